@@ -12,29 +12,24 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 import grpc.aio
 
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
-Responses: TypeAlias = AsyncGenerator[Any, None]
-# grpc.aio passes a behaviour either the deserialized request or an async iterator of them.
-UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
-StreamBehavior: TypeAlias = Callable[[Any, Context], Responses]
-
 if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
     UnaryUnaryClientInterceptorBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
     UnaryStreamClientInterceptorBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
     StreamUnaryClientInterceptorBase = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
     StreamStreamClientInterceptorBase = grpc.aio.StreamStreamClientInterceptor[Any, Any]
 else:
+    Context = grpc.aio.ServicerContext
+    Handler = grpc.RpcMethodHandler
     ServerInterceptorBase = grpc.aio.ServerInterceptor
     UnaryUnaryClientInterceptorBase = grpc.aio.UnaryUnaryClientInterceptor
     UnaryStreamClientInterceptorBase = grpc.aio.UnaryStreamClientInterceptor
     StreamUnaryClientInterceptorBase = grpc.aio.StreamUnaryClientInterceptor
     StreamStreamClientInterceptorBase = grpc.aio.StreamStreamClientInterceptor
-
-# grpc-stubs leaves grpc.aio.ClientInterceptor opaque; this is what channels accept.
-ClientInterceptor: TypeAlias = (
-    "UnaryUnaryClientInterceptorBase | UnaryStreamClientInterceptorBase"
-    " | StreamUnaryClientInterceptorBase | StreamStreamClientInterceptorBase"
-)
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+Responses: TypeAlias = AsyncGenerator[Any, None]
+# grpc.aio passes a behaviour either the deserialized request or an async iterator of them.
+UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior: TypeAlias = Callable[[Any, Context], Responses]

@@ -19,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
 from interceptors._typing import (
-    ClientInterceptor,
     Context,
     Handler,
     Responses,
@@ -174,11 +173,14 @@ class _StreamStream(_Budget, StreamStreamClientInterceptorBase):
         return await continuation(self.details(client_call_details), request_iterator)
 
 
-def deadline_client_interceptors(*, margin: float = 0.05) -> list[ClientInterceptor]:
+def deadline_client_interceptors(*, margin: float = 0.05) -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors (one per call kind) that pass on the remaining budget less ``margin`` seconds."""
-    return [
-        _UnaryUnary(margin=margin),
-        _UnaryStream(margin=margin),
-        _StreamUnary(margin=margin),
-        _StreamStream(margin=margin),
-    ]
+    return cast(
+        list[grpc.aio.ClientInterceptor],
+        [
+            _UnaryUnary(margin=margin),
+            _UnaryStream(margin=margin),
+            _StreamUnary(margin=margin),
+            _StreamStream(margin=margin),
+        ],
+    )
