@@ -3,7 +3,7 @@
 Requests are ``StringValue`` commands, so the tests need no generated code:
 ``ok:TEXT`` answers ``TEXT#N`` (N counts handler runs), ``abort:CODE`` aborts with a
 BadRequest detail, ``setcode:CODE`` sets the code and returns, ``crash`` raises,
-``gate`` waits for :attr:`Probe.gate`, ``sleep:SECONDS`` sleeps.
+``gate`` waits for :attr:`Probe.gate`, ``sleep:SECONDS`` sleeps, ``slow:TEXT`` is ``ok`` after 0.2 s.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ class Probe:
             self.started.set()
             await self.gate.wait()
             return f"gate#{self.runs[command]}"
+        if verb == "slow":
+            await asyncio.sleep(0.2)
+            return f"{arg}#{self.runs[command]}"
         if verb == "sleep":
             await asyncio.sleep(float(arg))
             return "slept"
