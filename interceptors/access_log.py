@@ -43,9 +43,7 @@ LEVELS: dict[grpc.StatusCode, int] = {
 class AccessLogInterceptor(WrappingInterceptor):
     """Log each finished call once, at a level chosen by its status code."""
 
-    def __init__(
-        self, *, logger: Any | None = None, levels: dict[grpc.StatusCode, int] | None = None
-    ) -> None:
+    def __init__(self, *, logger: Any | None = None, levels: dict[grpc.StatusCode, int] | None = None) -> None:
         super().__init__()
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.access")
         self._levels = LEVELS if levels is None else {**LEVELS, **levels}

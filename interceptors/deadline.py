@@ -160,16 +160,12 @@ class _UnaryStream(_Budget, UnaryStreamClientInterceptorBase):
 
 
 class _StreamUnary(_Budget, StreamUnaryClientInterceptorBase):
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(self.details(client_call_details), request_iterator)
 
 
 class _StreamStream(_Budget, StreamStreamClientInterceptorBase):
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(self.details(client_call_details), request_iterator)
 
 

@@ -90,9 +90,7 @@ def outcome_of_error(context: Context, error: BaseException) -> Outcome:
         return Outcome(grpc.StatusCode.CANCELLED, "Cancelled", error=error)
     code = context.code()
     if isinstance(error, grpc.aio.AbortError):
-        return Outcome(
-            code or grpc.StatusCode.UNKNOWN, context.details() or "", _trailing(context), error=error
-        )
+        return Outcome(code or grpc.StatusCode.UNKNOWN, context.details() or "", _trailing(context), error=error)
     # A crash: grpc sends the code the handler had set, else UNKNOWN.
     if code is None or code is grpc.StatusCode.OK:
         code = grpc.StatusCode.UNKNOWN

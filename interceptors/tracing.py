@@ -114,9 +114,7 @@ class TracingInterceptor(ServerInterceptorBase):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
-        if self._records and not _not_sampled(
-            metadata_value(handler_call_details.invocation_metadata, TRACEPARENT)
-        ):
+        if self._records and not _not_sampled(metadata_value(handler_call_details.invocation_metadata, TRACEPARENT)):
             return cast(Handler, await self._recording.intercept_service(continuation, handler_call_details))
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -207,9 +205,7 @@ class _StreamUnary(_Inject, StreamUnaryClientInterceptorBase):
 
 
 class _StreamStream(_Inject, StreamStreamClientInterceptorBase):
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, requests: Any
-    ) -> Any:
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
         return await continuation(self.details(client_call_details), requests)
 
 
@@ -220,6 +216,4 @@ def tracing_client_interceptors(*, tracing: Tracing) -> list[grpc.aio.ClientInte
             list[grpc.aio.ClientInterceptor],
             aio_client_interceptors(tracer_provider=tracing.provider),  # type: ignore[no-untyped-call]
         )
-    return cast(
-        list[grpc.aio.ClientInterceptor], [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]
-    )
+    return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()])

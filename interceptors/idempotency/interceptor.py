@@ -32,8 +32,8 @@ import grpc
 import grpc.aio
 import structlog
 from google.protobuf import descriptor_pool
+from google.rpc import error_details_pb2
 
-from interceptors import _status
 from interceptors._typing import Context, Handler, UnaryBehavior
 from interceptors.idempotency import record
 from interceptors.idempotency.store import IdempotencyStore
@@ -47,6 +47,7 @@ from interceptors.outcome import (
     outcome_of_error,
     replay,
 )
+from runtime.errors import ApiError, error_info, invalid_argument, retry_info
 
 HEADER = "idempotency-key"
 REPLAYED: Metadata = (("idempotency-replayed", "true"),)
@@ -110,10 +111,10 @@ class IdempotencyInterceptor(WrappingInterceptor):
         self._max_key_length = max_key_length
         self._transient = transient
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.idempotency")
-        self._in_progress = _status.status(
+        self._in_progress = ApiError(
             grpc.StatusCode.ABORTED,
             "a call with this idempotency key is still running; retry after the delay to get its outcome",
-            _status.retry_info(retry_delay),
+            [error_info("IDEMPOTENCY_IN_PROGRESS"), retry_info(retry_delay)],
         )
 
     def wrap(self, method: str, handler: Handler) -> Handler:
@@ -131,22 +132,13 @@ class IdempotencyInterceptor(WrappingInterceptor):
             response_serializer=_passthrough(serialize),
         )
 
-    def _key_error(self, field: str, problem: str) -> grpc.Status:
-        return _status.status(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"invalid idempotency key in {field}: {problem}",
-            _status.bad_request(field, problem),
-        )
-
-    def _validate(self, field: str, key: str) -> grpc.Status | None:
+    def _validate(self, field: str, key: str) -> ApiError | None:
         if not key:
-            return self._key_error(field, "must not be empty")
+            return invalid_argument([(field, "must not be empty")])
         if len(key) > self._max_key_length:
-            return self._key_error(
-                field, f"must be at most {self._max_key_length} characters, got {len(key)}"
-            )
+            return invalid_argument([(field, f"must be at most {self._max_key_length} characters, got {len(key)}")])
         if _KEY_PATTERN.fullmatch(key) is None:
-            return self._key_error(field, f"may contain only {_KEY_CHARS} (a UUID is a good key)")
+            return invalid_argument([(field, f"may contain only {_KEY_CHARS} (a UUID is a good key)")])
         return None
 
 
@@ -164,8 +156,19 @@ class _KeyedCall:
         self._method = method
         self._field = request_field
         self._serialize = serialize
+        field = HEADER if request_field is None else f"{HEADER} or {request_field}"
+        self._reused = ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"invalid request: {field}: {_REUSED}",
+            [
+                error_details_pb2.BadRequest(
+                    field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=_REUSED)]
+                ),
+                error_info("IDEMPOTENCY_KEY_REUSED"),
+            ],
+        )
 
-    def _key(self, request: Any, context: Context) -> tuple[str | None, grpc.Status | None]:
+    def _key(self, request: Any, context: Context) -> tuple[str | None, ApiError | None]:
         header = metadata_value(context.invocation_metadata(), HEADER)
         if isinstance(header, bytes):
             header = header.decode("ascii", "replace")
@@ -177,8 +180,8 @@ class _KeyedCall:
             if problem is not None:
                 return None, problem
             if field_key is not None and field_key != header:
-                return None, self._i._key_error(
-                    str(self._field), f"differs from the {HEADER} header; send one key, or the same in both"
+                return None, invalid_argument(
+                    [(str(self._field), f"differs from the {HEADER} header; send one key, or the same in both")]
                 )
             return header, None
         if field_key is not None:
@@ -193,31 +196,21 @@ class _KeyedCall:
         async def keyed(request: Any, context: Context) -> Any:
             key, problem = self._key(request, context)
             if problem is not None:
-                await _status.abort(context, problem)
+                await problem.abort(context)
             if key is None:
                 return await behavior(request, context)
             scope = hashlib.sha256(
                 b"\0".join((current_caller.get().subject.encode(), method.encode(), key.encode()))
             ).hexdigest()
-            body = (
-                request.SerializeToString(deterministic=True)
-                if hasattr(request, "SerializeToString")
-                else request
-            )
+            body = request.SerializeToString(deterministic=True) if hasattr(request, "SerializeToString") else request
             fingerprint = hashlib.sha256(body).hexdigest()
             owner = os.urandom(12).hex()
             entry = await store.claim(scope, fingerprint, owner, lease=i._lease)
             if entry is not None:
                 if entry.fingerprint != fingerprint:
-                    await _status.abort(
-                        context,
-                        i._key_error(
-                            HEADER if self._field is None else f"{HEADER} / {self._field}",
-                            _REUSED,
-                        ),
-                    )
+                    await self._reused.abort(context)
                 if entry.record is None:
-                    await _status.abort(context, i._in_progress)
+                    await i._in_progress.abort(context)
                 return await replay(context, record.decode(entry.record), REPLAYED)
             try:
                 response = await behavior(request, context)
@@ -270,6 +263,4 @@ def _check_method(method: str, options: IdempotentMethod) -> None:
     if field is not None:
         found = descriptor.input_type.fields_by_name.get(field)
         if found is None or found.type != found.TYPE_STRING:
-            raise ValueError(
-                f"{descriptor.input_type.full_name} has no string field {field!r} to carry the key"
-            )
+            raise ValueError(f"{descriptor.input_type.full_name} has no string field {field!r} to carry the key")

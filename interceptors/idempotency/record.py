@@ -28,9 +28,7 @@ def encode(outcome: Outcome, serialize: Callable[[Any], bytes] | None) -> bytes:
             "code": outcome.code.value[0],
             "details": outcome.details,
             "trailing": [
-                [key, base64.b64encode(value).decode(), True]
-                if isinstance(value, bytes)
-                else [key, value, False]
+                [key, base64.b64encode(value).decode(), True] if isinstance(value, bytes) else [key, value, False]
                 for key, value in outcome.trailing_metadata
             ],
             "response": None if response is None else base64.b64encode(response).decode(),

@@ -84,8 +84,7 @@ class SQLiteStore:
 
     def _complete(self, key: str, owner: str, record: bytes, ttl: float) -> None:
         self._connection().execute(
-            "UPDATE idempotency_keys SET owner = NULL, record = ?, expires_at = ? "
-            "WHERE key = ? AND owner = ?",
+            "UPDATE idempotency_keys SET owner = NULL, record = ?, expires_at = ? WHERE key = ? AND owner = ?",
             (record, time.time() + ttl, key, owner),
         )
 

@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 SERVICE = "agentmesh.test.Probe"
@@ -162,9 +162,7 @@ async def serve(
     await server.start()
     try:
         target = f"127.0.0.1:{port}"
-        async with grpc.aio.insecure_channel(
-            target, interceptors=list(client_interceptors) or None
-        ) as channel:
+        async with grpc.aio.insecure_channel(target, interceptors=list(client_interceptors) or None) as channel:
             yield ProbeClient(channel, target)
     finally:
         await server.stop(None)

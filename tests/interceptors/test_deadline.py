@@ -109,7 +109,7 @@ async def test_an_outgoing_call_with_no_budget_left_fails_locally(probe: Probe) 
     assert downstream.runs["ok:down"] == 0
 
 
-class _Stall(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class _Stall(grpc.aio.ServerInterceptor):
     """Blocks the loop before the chain runs, as an overloaded server would."""
 
     def __init__(self, seconds: float) -> None:

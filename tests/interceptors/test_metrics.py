@@ -78,10 +78,7 @@ async def test_metrics_are_served_over_http() -> None:
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
     finally:
         server.close()
-    assert (
-        'agentmesh_circuit_breaker_state{agentmesh_circuit_breaker_state="half_open",target="agent"} 1.0'
-        in body
-    )
+    assert 'agentmesh_circuit_breaker_state{agentmesh_circuit_breaker_state="half_open",target="agent"} 1.0' in body
 
 
 def test_two_registries_never_share_counters() -> None:

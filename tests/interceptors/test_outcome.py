@@ -109,9 +109,7 @@ async def test_a_client_cancellation_is_cancelled(probe: Probe) -> None:
         ("2:crash", grpc.StatusCode.UNKNOWN),
     ],
 )
-async def test_server_streams_report_how_they_ended(
-    probe: Probe, command: str, code: grpc.StatusCode
-) -> None:
+async def test_server_streams_report_how_they_ended(probe: Probe, command: str, code: grpc.StatusCode) -> None:
     recorder = Recorder()
     async with serve(probe, [recorder]) as client:
         call = client.stream(sv(command))
@@ -154,10 +152,7 @@ async def test_client_streams_and_bidi_streams_are_observed(probe: Probe) -> Non
         assert (await client.collect(requests("1", "2"))).value == "1,2"
         assert (await recorder.last()).response.value == "1,2"
         recorder.done.clear()
-        assert (
-            await _code(client.collect(requests("1", "abort:ALREADY_EXISTS")))
-            is grpc.StatusCode.ALREADY_EXISTS
-        )
+        assert await _code(client.collect(requests("1", "abort:ALREADY_EXISTS"))) is grpc.StatusCode.ALREADY_EXISTS
         assert (await recorder.last()).code is grpc.StatusCode.ALREADY_EXISTS
         recorder.done.clear()
         assert [m.value async for m in client.chat(requests("1", "ok:x"))] == ["1", "x#1"]

@@ -28,9 +28,7 @@ def _recording(exporter: InMemorySpanExporter, name: str) -> Tracing:
     return setup_tracing(service_name=name, span_processors=[SimpleSpanProcessor(exporter)])
 
 
-async def _two_hops(
-    upstream: Tracing, downstream: Tracing, client: Tracing, **call: Any
-) -> tuple[Probe, Probe]:
+async def _two_hops(upstream: Tracing, downstream: Tracing, client: Tracing, **call: Any) -> tuple[Probe, Probe]:
     """client -> up (a probe that forwards) -> down, each hop traced with its own provider."""
     up, down = Probe(), Probe()
 
@@ -59,8 +57,7 @@ async def test_one_trace_spans_every_hop_parent_to_child() -> None:
     exporter = InMemorySpanExporter()
     await _two_hops(_recording(exporter, "up"), _recording(exporter, "down"), _recording(exporter, "client"))
     spans = {
-        (span.kind, span.name, span.resource.attributes["service.name"]): span
-        for span in exporter.get_finished_spans()
+        (span.kind, span.name, span.resource.attributes["service.name"]): span for span in exporter.get_finished_spans()
     }
     do = "/agentmesh.test.Probe/Do"
     chain = [
@@ -77,9 +74,7 @@ async def test_one_trace_spans_every_hop_parent_to_child() -> None:
 async def test_every_log_line_of_a_call_carries_its_trace_id() -> None:
     exporter = InMemorySpanExporter()
     with capture_logs(processors=[add_trace_context]) as logs:
-        await _two_hops(
-            _recording(exporter, "up"), _recording(exporter, "down"), _recording(exporter, "client")
-        )
+        await _two_hops(_recording(exporter, "up"), _recording(exporter, "down"), _recording(exporter, "client"))
     [server_down] = [
         s
         for s in exporter.get_finished_spans()

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from interceptors._typing import Context, Handler, UnaryBehavior
@@ -48,9 +48,7 @@ def detail(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any:
 
 
 class Result:
-    def __init__(
-        self, value: str | None, code: grpc.StatusCode, trailing: dict[str, Any], error: Any
-    ) -> None:
+    def __init__(self, value: str | None, code: grpc.StatusCode, trailing: dict[str, Any], error: Any) -> None:
         self.value, self.code, self.trailing, self.error = value, code, trailing, error
 
     @property
@@ -58,9 +56,7 @@ class Result:
         return self.trailing.get("idempotency-replayed") == "true"
 
 
-async def keyed(
-    client: ProbeClient, command: str, key: str | None, caller: str | None = None, **kw: Any
-) -> Result:
+async def keyed(client: ProbeClient, command: str, key: str | None, caller: str | None = None, **kw: Any) -> Result:
     """One call with ``idempotency-key: key``, its outcome captured whether it failed or not."""
     metadata = []
     if key is not None:
@@ -82,7 +78,5 @@ async def keyed_until_done(client: ProbeClient, command: str, key: str) -> Resul
         result = await keyed(client, command, key)
         if result.code is not grpc.StatusCode.ABORTED:
             return result
-        await asyncio.sleep(
-            detail(result.error, error_details_pb2.RetryInfo).retry_delay.ToTimedelta().total_seconds()
-        )
+        await asyncio.sleep(detail(result.error, error_details_pb2.RetryInfo).retry_delay.ToTimedelta().total_seconds())
     raise AssertionError("the first call never finished")

@@ -34,9 +34,7 @@ async def test_fifty_concurrent_identical_calls_run_the_handler_once_and_all_get
     assert sum(not result.replayed for result in results) == 1
 
 
-@pytest.mark.parametrize(
-    "store_factory", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)], indirect=True
-)
+@pytest.mark.parametrize("store_factory", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)], indirect=True)
 async def test_a_retry_after_a_server_restart_is_replayed(
     store_factory: Callable[[], IdempotencyStore],
 ) -> None:

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
 from tests.interceptors.idempotency.helpers import CallerFromHeader, detail, keyed
@@ -36,9 +36,7 @@ async def test_an_error_is_replayed_with_its_status_details(probe: Probe) -> Non
         second = await keyed(client, "abort:FAILED_PRECONDITION", KEY)
     assert first.code is second.code is grpc.StatusCode.FAILED_PRECONDITION
     assert second.error.details() == first.error.details() == "probe aborted with FAILED_PRECONDITION"
-    assert detail(second.error, error_details_pb2.BadRequest) == detail(
-        first.error, error_details_pb2.BadRequest
-    )
+    assert detail(second.error, error_details_pb2.BadRequest) == detail(first.error, error_details_pb2.BadRequest)
     assert second.replayed and probe.runs["abort:FAILED_PRECONDITION"] == 1
 
 
