@@ -1,8 +1,8 @@
 """Structured logs: one JSON object per line (or a readable console form), via structlog.
 
 Everything logs through the standard `logging` module too (grpc, libraries), rendered by the
-same processors, so a log pipeline sees one format. Per-call context (trace id, method,
-caller) is bound with `structlog.contextvars` by the interceptors and appears on every line.
+same processors, so a log pipeline sees one format. Every line written during a call carries the
+call's trace and span ids (`add_trace_context`), so one call's lines can be found together.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from typing import Literal
 
 import structlog
 
+from interceptors.tracing import add_trace_context
+
 
 def configure_logging(*, level: str = "INFO", fmt: Literal["json", "console"] = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

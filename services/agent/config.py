@@ -16,3 +16,11 @@ class AgentSettings(ServiceSettings):
     rag_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:50053"])
     retrieval_top_k: int = Field(default=3, ge=1, le=50)
     retrieval_timeout_s: float = Field(default=2.0, gt=0)
+    # Calls with side effects take idempotency keys; CreateRun's AIP-155 request_id is one too.
+    idempotent_methods: dict[str, str] = Field(
+        default_factory=lambda: {
+            "/agentmesh.agent.v1.AgentService/CreateRun": "request_id",
+            "/agentmesh.agent.v1.AgentService/CancelRun": "",
+            "/agentmesh.agent.v1.AgentService/SubmitReview": "",
+        }
+    )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import SpanProcessor
+
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from agentmesh.rag.v1 import rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.middleware import Middleware
 from runtime.upstreams import StaticUpstreams
 from services.agent.config import AgentSettings
 from services.agent.run_store import RunStore
@@ -13,10 +18,11 @@ from services.agent.servicer import AgentServicer
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-async def build(settings: AgentSettings) -> ServerPlan:
+async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+    middleware = Middleware.start(settings, service="agent", span_processors=span_processors)
     store = RunStore(settings.data_dir / "agent.sqlite3")
     await store.open()
-    upstreams = StaticUpstreams({"rag": settings.rag_endpoints})
+    upstreams = StaticUpstreams({"rag": settings.rag_endpoints}, interceptors=middleware.client_interceptors)
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
     servicer = AgentServicer(store, rag, settings)
     return ServerPlan(
@@ -26,5 +32,6 @@ async def build(settings: AgentSettings) -> ServerPlan:
                 SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
             )
         ],
-        on_stopped=[upstreams.close, store.close],
+        interceptors=middleware.server_interceptors,
+        on_stopped=[upstreams.close, store.close, middleware.close],
     )

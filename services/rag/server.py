@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import SpanProcessor
+
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.middleware import Middleware
 from services.rag.config import RagSettings
 from services.rag.document_store import DocumentStore
 from services.rag.servicer import RagServicer
@@ -11,7 +16,8 @@ from services.rag.servicer import RagServicer
 SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 
 
-async def build(settings: RagSettings) -> ServerPlan:
+async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+    middleware = Middleware.start(settings, service="rag", span_processors=span_processors)
     store = DocumentStore(settings.data_dir / "rag.sqlite3")
     await store.open()
     servicer = RagServicer(store, settings)
@@ -20,5 +26,6 @@ async def build(settings: RagSettings) -> ServerPlan:
         bindings=[
             ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
         ],
-        on_stopped=[store.close],
+        interceptors=middleware.server_interceptors,
+        on_stopped=[store.close, middleware.close],
     )
