@@ -50,6 +50,8 @@ from interceptors._typing import (
 from interceptors.outcome import metadata_value, wrap_handler
 
 TRACEPARENT = "traceparent"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +132,24 @@ class TracingInterceptor(ServerInterceptorBase):
         provider = self._provider
 
         def enter(context: Context) -> object:
-            carrier = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
-            parent = propagate.extract(carrier, getter=_GETTER)
-            remote = trace.get_current_span(parent).get_span_context()
+            metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
             ids = provider.id_generator
-            if remote.is_valid:
-                trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
-            else:
-                trace_id, state = ids.generate_trace_id(), None
-                decision = provider.sampler.should_sample(None, trace_id, method, SpanKind.SERVER).decision
-                sampled = decision is Decision.RECORD_AND_SAMPLE
-                flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-            span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False, flags, state))
-            return otel_context.attach(trace.set_span_in_context(span, parent))
+            if metadata_value(metadata, TRACEPARENT) is not None:
+                parent = propagate.extract(metadata, getter=_GETTER)
+                remote = trace.get_current_span(parent).get_span_context()
+                if remote.is_valid:
+                    span = NonRecordingSpan(
+                        SpanContext(
+                            remote.trace_id, ids.generate_span_id(), False, remote.trace_flags, remote.trace_state
+                        )
+                    )
+                    return otel_context.attach(trace.set_span_in_context(span, parent))
+            # A new trace: sampled or not as the sampler says, so services that do record follow it.
+            trace_id = ids.generate_trace_id()
+            decision = provider.sampler.should_sample(None, trace_id, method, SpanKind.SERVER).decision
+            flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+            span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False, flags))
+            return otel_context.attach(trace.set_span_in_context(span))
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def in_trace(request: Any, context: Context) -> Any:
