@@ -40,15 +40,29 @@ LEVELS: dict[grpc.StatusCode, int] = {
 }
 
 
-class AccessLogInterceptor(WrappingInterceptor):
-    """Log each finished call once, at a level chosen by its status code."""
+# Health checks and reflection would drown the log (a checker calls every few seconds);
+# metrics still count them.
+PROBES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-    def __init__(self, *, logger: Any | None = None, levels: dict[grpc.StatusCode, int] | None = None) -> None:
+
+class AccessLogInterceptor(WrappingInterceptor):
+    """Log each finished call once, at a level chosen by its status code; methods under ``skip`` are not logged."""
+
+    def __init__(
+        self,
+        *,
+        logger: Any | None = None,
+        levels: dict[grpc.StatusCode, int] | None = None,
+        skip: tuple[str, ...] = PROBES,
+    ) -> None:
         super().__init__()
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.access")
         self._levels = LEVELS if levels is None else {**LEVELS, **levels}
+        self._skip = skip
 
     def wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(self._skip):
+            return handler
         log = self._log.bind(method=method)
         levels = self._levels
 

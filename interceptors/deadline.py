@@ -41,6 +41,8 @@ from interceptors.outcome import WrappingInterceptor, wrap_handler
 call_deadline: ContextVar[float | None] = ContextVar("agentmesh_call_deadline", default=None)
 
 _EXPIRED = "deadline already passed before the server started the call"
+# Streams meant to stay open (health watches, reflection sessions) get no default deadline.
+LONG_LIVED = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
 
 
 def remaining_budget() -> float | None:
@@ -50,19 +52,25 @@ def remaining_budget() -> float | None:
 
 
 class DeadlineInterceptor(WrappingInterceptor):
-    """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls."""
+    """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
 
-    def __init__(self, *, default_timeout: float = 30.0) -> None:
+    Methods starting with a prefix in ``exempt`` are left alone.
+    """
+
+    def __init__(self, *, default_timeout: float = 30.0, exempt: tuple[str, ...] = LONG_LIVED) -> None:
         super().__init__()
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
         self._default_timeout = default_timeout
+        self._exempt = exempt
         self._too_slow = (
             f"the call sent no deadline and outran the server default of {default_timeout:g}s; "
             "send a deadline (grpc-timeout) if it needs longer"
         )
 
     def wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(self._exempt):
+            return handler
         default_timeout = self._default_timeout
         too_slow = self._too_slow
 

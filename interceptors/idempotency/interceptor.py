@@ -47,7 +47,7 @@ from interceptors.outcome import (
     outcome_of_error,
     replay,
 )
-from runtime.errors import ApiError, error_info, invalid_argument, retry_info
+from runtime.errors import ApiError, error_info, invalid_argument, retry_info, unavailable
 
 HEADER = "idempotency-key"
 REPLAYED: Metadata = (("idempotency-replayed", "true"),)
@@ -111,6 +111,11 @@ class IdempotencyInterceptor(WrappingInterceptor):
         self._max_key_length = max_key_length
         self._transient = transient
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.idempotency")
+        self._store_down = unavailable(
+            "cannot check the idempotency key right now; retry the call with the same key",
+            reason="BACKEND_UNAVAILABLE",
+            retry_after_s=retry_delay,
+        )
         self._in_progress = ApiError(
             grpc.StatusCode.ABORTED,
             "a call with this idempotency key is still running; retry after the delay to get its outcome",
@@ -205,7 +210,12 @@ class _KeyedCall:
             body = request.SerializeToString(deterministic=True) if hasattr(request, "SerializeToString") else request
             fingerprint = hashlib.sha256(body).hexdigest()
             owner = os.urandom(12).hex()
-            entry = await store.claim(scope, fingerprint, owner, lease=i._lease)
+            try:
+                entry = await store.claim(scope, fingerprint, owner, lease=i._lease)
+            except Exception:
+                # Without the store the handler might run twice: refuse, and let the client retry.
+                i._log.exception("idempotency store unavailable", method=method)
+                await i._store_down.abort(context)
             if entry is not None:
                 if entry.fingerprint != fingerprint:
                     await self._reused.abort(context)

@@ -47,6 +47,7 @@ class Probe:
         self.runs: Counter[str] = Counter()
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
         self.seen: list[dict[str, Any]] = []
         self.hook: Any = None
 
@@ -69,7 +70,11 @@ class Probe:
             raise RuntimeError("secret internal detail")
         if verb == "gate":
             self.started.set()
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
             return f"gate#{self.runs[command]}"
         if verb == "slow":
             await asyncio.sleep(0.2)

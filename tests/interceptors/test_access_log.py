@@ -46,3 +46,11 @@ async def test_streams_are_logged_once_when_they_end(probe: Probe) -> None:
             assert len([m async for m in client.stream(sv("5"))]) == 5
     [line] = logs
     assert (line["method"], line["code"]) == ("/agentmesh.test.Probe/Stream", "OK")
+
+
+async def test_probe_methods_are_not_logged(probe: Probe) -> None:
+    async with serve(probe, [AccessLogInterceptor(skip=("/agentmesh.test.Probe/Stream",))]) as client:
+        with capture_logs() as logs:
+            assert len([m async for m in client.stream(sv("1"))]) == 1
+            await client.do(sv("ok:a"))
+    assert [line["method"] for line in logs] == ["/agentmesh.test.Probe/Do"]

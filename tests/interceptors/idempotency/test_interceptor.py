@@ -4,12 +4,14 @@ outcomes and bad keys are handled."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from structlog.testing import capture_logs
 
-from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
+from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore, RedisStore
 from tests.interceptors.idempotency.helpers import CallerFromHeader, detail, keyed
 from tests.interceptors.probe import DO, STREAM, Probe, serve, sv
 
@@ -74,6 +76,7 @@ async def test_an_expired_deadline_is_not_stored_so_a_retry_runs(probe: Probe) -
     async with serve(probe, [idempotency()]) as client:
         timed_out = await keyed(client, "gate", KEY, timeout=0.2)
         assert timed_out.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(probe.cancelled.wait(), 10)  # the server saw the deadline too
         probe.gate.set()
         for _ in range(100):  # the server notices the deadline just after the client does
             retry = await keyed(client, "gate", KEY)
@@ -151,3 +154,20 @@ async def test_streaming_methods_cannot_take_keys(probe: Probe) -> None:
 def test_method_names_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match=r"look like /package\.Service/Method"):
         idempotency(methods={"Do": IdempotentMethod()})
+
+
+async def test_an_unreachable_store_is_unavailable_with_retry_info_and_the_handler_does_not_run(probe: Probe) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    interceptor = IdempotencyInterceptor(store=store, methods={DO: IdempotentMethod()}, retry_delay=0.05)
+    try:
+        async with serve(probe, [interceptor]) as client:
+            with capture_logs():
+                result = await keyed(client, "ok:a", KEY)
+    finally:
+        await store.close()
+    assert result.code is grpc.StatusCode.UNAVAILABLE
+    assert detail(result.error, error_details_pb2.RetryInfo).retry_delay.ToTimedelta().total_seconds() == 0.05
+    assert probe.runs["ok:a"] == 0
