@@ -109,3 +109,15 @@ async def test_a_caller_that_did_not_sample_is_not_recorded_but_keeps_its_trace_
         )
     assert exporter.get_finished_spans() == ()  # parent-based sampling follows the caller's "not sampled"
     assert {line["trace_id"] for line in logs} == {trace_id}
+
+
+async def test_streams_on_the_fast_path_carry_the_trace_context() -> None:
+    probe = Probe()
+    quiet = TracingInterceptor(tracing=setup_tracing(service_name="quiet"))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with serve(probe, [quiet, AccessLogInterceptor()]) as client:
+        with capture_logs(processors=[add_trace_context]) as logs:
+            call = client.stream(sv("2"), metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+            assert [m.value async for m in call] == ["0", "1"]
+    [access] = logs
+    assert access["trace_id"] == trace_id and access["span_id"] != "00f067aa0ba902b7"
