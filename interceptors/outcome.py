@@ -16,6 +16,8 @@ behaviour instead, and this module is the one way they do it:
 * :func:`replay` ends a call with a previously recorded outcome (short-circuit).
 * :func:`observe` is the common case: call ``on_done(context, outcome, started)`` once, when
   the call ends, however it ends, for unary and streaming calls alike.
+* :class:`WrappingInterceptor` is the base of such interceptors: it wraps each method's
+  handler once and serves the wrapped handler to every later call.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 import grpc.aio
@@ -222,11 +222,13 @@ class _KeyedCall:
                 if entry.record is None:
                     await i._in_progress.abort(context)
                 return await replay(context, record.decode(entry.record), REPLAYED)
+            recording = _RecordOnAbort(context, self, scope, owner)
             try:
-                response = await behavior(request, context)
+                response = await behavior(request, cast(Context, recording))
             except BaseException as error:
-                outcome = outcome_of_error(context, error)
-                await self._finish(scope, owner, _CRASHED if outcome.unexpected else outcome)
+                if not recording.recorded:
+                    outcome = outcome_of_error(context, error)
+                    await self._finish(scope, owner, _CRASHED if outcome.unexpected else outcome)
                 raise
             await self._finish(scope, owner, outcome_of(context, response))
             return response
@@ -246,6 +248,37 @@ class _KeyedCall:
         except Exception:
             # The answer still goes out; the key stays claimed until its lease lapses.
             i._log.exception("could not record idempotent outcome", method=self._method)
+
+
+class _RecordOnAbort:
+    """The servicer context, except that ``abort`` records the outcome before the status goes out.
+
+    grpc.aio sends an aborted call's status at once, before the handler's exception unwinds
+    through the interceptors; recording only then would let a quick retry find the key still
+    "in progress". Everything else is the real context.
+    """
+
+    __slots__ = ("_call", "_context", "_owner", "_scope", "recorded")
+
+    def __init__(self, context: Context, call: _KeyedCall, scope: str, owner: str) -> None:
+        self._context = context
+        self._call = call
+        self._scope = scope
+        self._owner = owner
+        self.recorded = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> NoReturn:
+        if not self.recorded:
+            self.recorded = True
+            await self._call._finish(self._scope, self._owner, Outcome(code, details, tuple(trailing_metadata)))
+        await self._context.abort(code, details, trailing_metadata)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _passthrough(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:

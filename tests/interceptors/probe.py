@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -171,6 +171,15 @@ async def serve(
             yield ProbeClient(channel, target)
     finally:
         await server.stop(None)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (10 s at most) until ``condition()`` holds: an aborted call's status reaches the client
+    before the server's interceptors finish unwinding, so their effects (log lines, metrics) come
+    a moment later, with no event to wait on."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - the state belongs to the server under test
+            await asyncio.sleep(0.01)
 
 
 def sv(value: str) -> StringValue:

@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from interceptors.access_log import AccessLogInterceptor
-from tests.interceptors.probe import Probe, serve, sv
+from tests.interceptors.probe import Probe, eventually, serve, sv
 
 
 async def test_each_call_logs_one_line_with_method_code_duration_peer_and_caller(probe: Probe) -> None:
@@ -34,8 +34,10 @@ async def test_each_call_logs_one_line_with_method_code_duration_peer_and_caller
 )
 async def test_the_level_follows_the_code(probe: Probe, command: str, code: str, level: str) -> None:
     async with serve(probe, [AccessLogInterceptor()]) as client:
-        with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError):
-            await client.do(sv(command))
+        with capture_logs() as logs:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.do(sv(command))
+            await eventually(lambda: len(logs) == 1)
     [line] = [log for log in logs if log["event"] == "rpc finished"]
     assert (line["code"], line["log_level"]) == (code, level)
 

@@ -141,13 +141,16 @@ async def test_a_retried_create_run_is_replayed_through_the_gateway(tmp_path: Pa
         reused = agent_pb.CreateRunRequest(request_id=request.request_id, question="Something else?")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await create(reused, timeout=10)
-        metrics = await asyncio.to_thread(_scrape, system.metrics_ports["agent"])
+        create_run = 'grpc_method="CreateRun",grpc_service="agentmesh.agent.v1.AgentService",grpc_type="unary"'
+        refused = f'grpc_server_handled_total{{grpc_code="INVALID_ARGUMENT",{create_run}}} 1.0'
+        metrics = ""
+        async with asyncio.timeout(10):
+            while refused not in metrics:  # the refusal reaches the client before the server counts it
+                metrics = await asyncio.to_thread(_scrape, system.metrics_ports["agent"])
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     reasons = [getattr(detail, "reason", None) for detail in status_details(caught.value)]
     assert "IDEMPOTENCY_KEY_REUSED" in reasons
-    create_run = 'grpc_method="CreateRun",grpc_service="agentmesh.agent.v1.AgentService",grpc_type="unary"'
     assert f'grpc_server_handled_total{{grpc_code="OK",{create_run}}} 2.0' in metrics
-    assert f'grpc_server_handled_total{{grpc_code="INVALID_ARGUMENT",{create_run}}} 1.0' in metrics
 
 
 async def test_a_bad_idempotency_key_is_refused_through_the_gateway(tmp_path: Path) -> None:

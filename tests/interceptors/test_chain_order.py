@@ -22,7 +22,7 @@ from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, M
 from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.outcome import WrappingInterceptor, wrap_handler
 from interceptors.tracing import TracingInterceptor, add_trace_context, setup_tracing
-from tests.interceptors.probe import DO, Probe, serve, sv
+from tests.interceptors.probe import DO, Probe, eventually, serve, sv
 
 
 class Refuse(WrappingInterceptor):
@@ -75,8 +75,10 @@ def test_the_parts_come_in_the_documented_order() -> None:
 async def test_a_crash_is_traced_counted_and_logged_as_internal_with_the_trace_id(probe: Probe) -> None:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
     async with serve(probe, _chain(exporter, registry)) as client:
-        with capture_logs(processors=[add_trace_context]) as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.do(sv("crash"))
+        with capture_logs(processors=[add_trace_context]) as logs:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.do(sv("crash"))
+            await eventually(lambda: len(logs) == 2 and len(exporter.get_finished_spans()) == 1)
     [span] = exporter.get_finished_spans()
     trace_id = format(span.context.trace_id, "032x")
     assert caught.value.code() is grpc.StatusCode.INTERNAL
@@ -91,11 +93,13 @@ async def test_a_crash_is_traced_counted_and_logged_as_internal_with_the_trace_i
 async def test_a_refusal_inside_the_chain_is_traced_counted_and_logged(probe: Probe, streaming: bool) -> None:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
     async with serve(probe, _chain(exporter, registry, auth=Refuse())) as client:
-        with capture_logs(processors=[add_trace_context]) as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
-            if streaming:
-                await client.stream(sv("2")).read()
-            else:
-                await client.do(sv("ok:a"))
+        with capture_logs(processors=[add_trace_context]) as logs:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                if streaming:
+                    await client.stream(sv("2")).read()
+                else:
+                    await client.do(sv("ok:a"))
+            await eventually(lambda: len(logs) == 1 and len(exporter.get_finished_spans()) == 1)
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     [span] = exporter.get_finished_spans()
     assert _handled(registry, "Stream" if streaming else "Do", "UNAUTHENTICATED") == 1

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from interceptors.metrics import Metrics, MetricsInterceptor, serve_metrics
-from tests.interceptors.probe import Probe, serve, sv
+from tests.interceptors.probe import Probe, eventually, serve, sv
 
 PROBE = {"grpc_service": "agentmesh.test.Probe"}
 
@@ -29,7 +29,8 @@ async def test_calls_are_counted_by_method_and_final_code(probe: Probe) -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await client.do(sv("abort:NOT_FOUND"))
         assert len([m async for m in client.stream(sv("2"))]) == 2
-    do = {**PROBE, "grpc_method": "Do", "grpc_type": "unary"}
+        do = {**PROBE, "grpc_method": "Do", "grpc_type": "unary"}
+        await eventually(lambda: _value(registry, "grpc_server_handled_total", **do, grpc_code="NOT_FOUND") == 1)
     assert _value(registry, "grpc_server_handled_total", **do, grpc_code="OK") == 2
     assert _value(registry, "grpc_server_handled_total", **do, grpc_code="NOT_FOUND") == 1
     stream = {**PROBE, "grpc_method": "Stream", "grpc_type": "server_stream"}

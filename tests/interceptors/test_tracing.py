@@ -121,3 +121,13 @@ async def test_streams_on_the_fast_path_carry_the_trace_context() -> None:
             assert [m.value async for m in call] == ["0", "1"]
     [access] = logs
     assert access["trace_id"] == trace_id and access["span_id"] != "00f067aa0ba902b7"
+
+
+def test_spans_are_exported_over_otlp_only_when_an_endpoint_is_configured() -> None:
+    assert not setup_tracing(service_name="quiet").records
+    exporting = setup_tracing(service_name="loud", otlp_endpoint="http://127.0.0.1:4317")
+    try:
+        assert exporting.records
+        assert exporting.provider.resource.attributes["service.name"] == "loud"
+    finally:
+        exporting.provider.shutdown()
