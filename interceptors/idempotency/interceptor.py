@@ -14,8 +14,8 @@ have one, an AIP-155 ``request_id`` field). For each (caller, method, key):
   so this runs inside auth), expire after ``ttl``, and are bounded in length and charset.
 
 Which methods take keys is configuration (``methods``); other methods pass through
-untouched, at no cost. Streaming methods are refused at construction: there is no
-single response to replay.
+untouched, at no cost. Streaming methods are refused (at construction when their
+descriptor is imported, else when first called): there is no single response to replay.
 """
 
 from __future__ import annotations
