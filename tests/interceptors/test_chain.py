@@ -153,13 +153,14 @@ async def test_a_retried_create_run_is_replayed_through_the_gateway(tmp_path: Pa
     assert f'grpc_server_handled_total{{grpc_code="OK",{create_run}}} 2.0' in metrics
 
 
-async def test_a_bad_idempotency_key_is_refused_through_the_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "problem"), [("", "must not be empty"), ("x" * 300, "at most 255 characters")])
+async def test_a_bad_idempotency_key_is_refused_through_the_gateway(tmp_path: Path, key: str, problem: str) -> None:
     async with traced_system(tmp_path) as system:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await agent_grpc.AgentServiceStub(system.channel).CreateRun(
                 agent_pb.CreateRunRequest(question="How long do refunds take?"),
-                metadata=(("idempotency-key", "x" * 300),),
+                metadata=(("idempotency-key", key),),
                 timeout=10,
             )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 255 characters" in (caught.value.details() or "")
+    assert problem in (caught.value.details() or "")
