@@ -99,8 +99,12 @@ def _route_action(target: Config, route: Route) -> Config:
     action: Config = {
         **target,
         "timeout": envoy_duration(route.timeout),
-        # A caller's own gRPC deadline wins when it is shorter than the route timeout.
-        "max_stream_duration": {"grpc_timeout_header_max": envoy_duration(route.timeout)},
+        # Enforced as a stream duration so callers get DEADLINE_EXCEEDED (a plain route
+        # timeout is HTTP 504, i.e. UNAVAILABLE); a caller's shorter grpc-timeout wins.
+        "max_stream_duration": {
+            "max_stream_duration": envoy_duration(route.timeout),
+            "grpc_timeout_header_max": envoy_duration(route.timeout),
+        },
     }
     if route.retries is not None:
         action["retry_policy"] = {

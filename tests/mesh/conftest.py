@@ -126,9 +126,15 @@ async def call(
     method: str,
     *,
     metadata: Sequence[tuple[str, str]] = (),
-    timeout: float = 10.0,
+    timeout: float | None = 10.0,
 ) -> str:
     """One unary call with raw bytes; returns the name of the backend that answered."""
     stub = channel.unary_unary(method)
     reply: bytes = await stub(b"", metadata=tuple(metadata), timeout=timeout)
     return reply.decode()
+
+
+def tuned(policy: Policy, service: str, **updates: object) -> Policy:
+    """``policy`` with some of ``service``'s settings replaced (small limits make overflow cheap to cause)."""
+    changed = policy.services[service].model_copy(update=updates)
+    return policy.model_copy(update={"services": {**policy.services, service: changed}})
