@@ -1,0 +1,89 @@
+# agentmesh: every target installs what it needs, and a second call with nothing changed installs nothing.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF_VERSION := 1.75.0
+BUF := .tools/buf/node_modules/.bin/buf
+PROTOS := $(shell find protos/agentmesh -name '*.proto' | sort)
+SITE := $(VENV)/lib/python3.11/site-packages
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+# --- set-up -------------------------------------------------------------------------------
+
+$(VENV)/.installed: pyproject.toml tools/requirements.py
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) tools/requirements.py dev > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	# The repo root (hand-written packages) and gen/ (generated code) on the venv's path.
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > $(SITE)/agentmesh-paths.pth
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create the venv and install the pinned packages from pyproject.toml
+
+$(BUF):
+	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
+	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
+
+.PHONY: debian-deps
+debian-deps: ## Debian packages the tests use (installed only when missing)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
+
+# --- code generation ----------------------------------------------------------------------
+
+gen/.stamp: $(PROTOS) $(VENV)/.installed
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen \
+	  $(PROTOS)
+	# One descriptor set for Envoy's transcoder, grpcurl and the gateway's reflection.
+	$(PY) -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
+	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS)
+	find gen/agentmesh -type d -exec touch {}/__init__.py \;
+	touch gen/agentmesh/py.typed gen/.stamp
+
+.PHONY: gen
+gen: gen/.stamp ## generate Python code, type stubs and the descriptor set from protos/ into gen/
+
+# --- checks -------------------------------------------------------------------------------
+
+.PHONY: lint
+lint: gen $(BUF) ## ruff, mypy --strict and buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(BUF) lint
+
+.PHONY: test
+test: gen debian-deps lint ## lint, then the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: fmt
+fmt: venv ## format and auto-fix the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# --- running ------------------------------------------------------------------------------
+
+.PHONY: run
+run: gen ## run the whole system on loopback with embedded defaults (Ctrl-C stops it)
+	$(PY) -m runtime.launcher
+
+.PHONY: clean
+clean: ## remove generated code, venv and local data
+	rm -rf gen $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache
