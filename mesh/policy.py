@@ -70,7 +70,6 @@ class Edge(_Strict):
     identity: Identity
     hosts: list[str]
     upstream: ServiceName
-    timeout: Duration
     transcode: list[str]
 
 

@@ -13,6 +13,7 @@ import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,12 +33,13 @@ class Backend:
     last_metadata: dict[str, str] = field(default_factory=dict)
     port: int = 0
     _server: grpc.aio.Server | None = None
-    _health: health.aio.HealthServicer | None = None
+    _health: Any = None
 
     async def start(self) -> Backend:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers([_AnyMethod(self._handle)])
-        self._health = health.aio.HealthServicer()
+        # grpc-stubs does not describe the asyncio health servicer.
+        self._health = cast(Any, health).aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.certs is None:
@@ -59,14 +61,18 @@ class Backend:
 
     async def set_serving(self, serving: bool) -> None:
         assert self._health is not None
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self._health.set("", status)
 
     @property
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
-    async def _handle(self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    async def _handle(
+        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
         self.calls[method] += 1
         self.last_metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
         sleep_ms = int(self.last_metadata.get("x-test-sleep-ms", "0"))
@@ -83,14 +89,16 @@ class Backend:
 Handler = Callable[[str, bytes, "grpc.aio.ServicerContext[bytes, bytes]"], Awaitable[bytes]]
 
 
-class _AnyMethod(grpc.GenericRpcHandler):
+class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """Serves every method except health (registered separately) with raw bytes in and out."""
 
     def __init__(self, handle: Handler) -> None:
         self._handle = handle
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = handler_call_details.method
         if method.startswith("/grpc.health.v1.Health/"):
             return None
-        return grpc.unary_unary_rpc_method_handler(functools.partial(self._handle, method))  # type: ignore[arg-type]
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._handle, method))

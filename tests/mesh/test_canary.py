@@ -30,7 +30,10 @@ async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
     v2 = await backends("agent-v2", certs=mesh_certs("agent"))
     rag = await backends("rag-v1", certs=mesh_certs("rag"))
     config = caller_sidecar(
-        policy, caller="gateway", upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}}, certs=mesh_certs
+        policy,
+        caller="gateway",
+        upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}},
+        certs=mesh_certs,
     )
     envoy = await envoys(config, "gateway-sidecar")
     channel = await outbound_channel(envoy, "agent")
@@ -58,7 +61,10 @@ async def test_the_version_header_pins_every_call_to_the_canary(
     v2 = await backends("agent-v2", certs=mesh_certs("agent"))
     rag = await backends("rag-v1", certs=mesh_certs("rag"))
     config = caller_sidecar(
-        policy, caller="gateway", upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}}, certs=mesh_certs
+        policy,
+        caller="gateway",
+        upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}},
+        certs=mesh_certs,
     )
     envoy = await envoys(config, "gateway-sidecar")
     async with await outbound_channel(envoy, "agent") as channel:

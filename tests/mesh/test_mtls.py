@@ -17,7 +17,7 @@ from tests.mesh.conftest import LOOPBACK, MeshCerts, call, caller_sidecar, mtls_
 pytestmark = pytest.mark.envoy
 
 SEARCH = "/agentmesh.rag.v1.RagService/Search"
-INGEST = "/agentmesh.rag.v1.RagService/Ingest"
+INGEST = "/agentmesh.rag.v1.RagService/IngestDocuments"
 # The sidecar's certificate names 127.0.0.1 and localhost; grpc checks the latter.
 _TARGET_NAME = (("grpc.ssl_target_name_override", "localhost"),)
 
@@ -51,7 +51,7 @@ async def _call_as(inbound: Address, certs: CertPaths | None, method: str, *, tr
     else:
         channel = grpc.aio.secure_channel(target, mtls_credentials(certs, ca=trust), options=_TARGET_NAME)
     async with channel:
-        return await call(channel, method, timeout=5)
+        return await call(channel, method, deadline=5)
 
 
 async def _ssl_stat(envoy: EnvoyProcess, suffix: str) -> int:
@@ -115,7 +115,7 @@ async def test_an_allowed_caller_is_denied_methods_its_policy_does_not_grant(
     policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
     envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
 ) -> None:  # fmt: skip
-    assert policy.services["rag"].callers["agent"] == [SEARCH]
+    assert INGEST not in policy.services["rag"].callers["agent"]
     app, envoy, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
 
     with pytest.raises(grpc.aio.AioRpcError) as denied:

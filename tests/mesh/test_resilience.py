@@ -22,7 +22,7 @@ from tests.mesh.conftest import MeshCerts, call, caller_sidecar, outbound_channe
 pytestmark = pytest.mark.envoy
 
 SEARCH = "/agentmesh.rag.v1.RagService/Search"  # a read: retried
-INGEST = "/agentmesh.rag.v1.RagService/Ingest"  # a write: never retried
+CREATE_RUN = "/agentmesh.agent.v1.AgentService/CreateRun"  # not idempotent: never retried
 GET_RUN = "/agentmesh.agent.v1.AgentService/GetRun"
 
 Backends = Callable[..., Awaitable[Backend]]
@@ -30,21 +30,30 @@ Envoys = Callable[[Config, str], Awaitable[EnvoyProcess]]
 
 
 async def _gateway_sidecar(
-    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys, *, rag_instances: int = 1
-) -> tuple[EnvoyProcess, list[Backend], Backend]:
-    rag = [await backends(f"rag-{i}", certs=mesh_certs("rag")) for i in range(rag_instances)]
-    agent = await backends("agent", certs=mesh_certs("agent"))
-    config = caller_sidecar(
-        policy, caller="gateway", upstreams={"agent": {"v1": [agent], "v2": [agent]}, "rag": {"v1": rag}},
-        certs=mesh_certs,
-    )  # fmt: skip
-    return await envoys(config, "gateway-sidecar"), rag, agent
+    policy: Policy,
+    mesh_certs: MeshCerts,
+    backends: Backends,
+    envoys: Envoys,
+    *,
+    agents: int = 1,
+    rags: int = 1,
+) -> tuple[EnvoyProcess, list[Backend], list[Backend]]:
+    """The gateway's sidecar in front of stand-in agent v1 and rag instances (the canary is off)."""
+    agent = [await backends(f"agent-{i}", certs=mesh_certs("agent")) for i in range(agents)]
+    canary_v2 = await backends("agent-canary", certs=mesh_certs("agent"))
+    rag = [await backends(f"rag-{i}", certs=mesh_certs("rag")) for i in range(rags)]
+    canary = policy.services["agent"].canary
+    assert canary is not None
+    no_canary = tuned(policy, "agent", canary=canary.model_copy(update={"weights": {"v1": 100, "v2": 0}}))
+    upstreams = {"agent": {"v1": agent, "v2": [canary_v2]}, "rag": {"v1": rag}}
+    config = caller_sidecar(no_canary, caller="gateway", upstreams=upstreams, certs=mesh_certs)
+    return await envoys(config, "gateway-sidecar"), agent, rag
 
 
 async def test_a_safe_method_is_retried_on_transient_codes(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy, [rag], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
+    envoy, _, [rag] = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
     rag.fail_next = 2  # UNAVAILABLE twice, then fine
 
     async with await outbound_channel(envoy, "rag") as channel:
@@ -58,90 +67,92 @@ async def test_a_safe_method_is_retried_on_transient_codes(
 async def test_a_method_with_side_effects_is_never_retried(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy, [rag], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
-    rag.fail_next = 1
+    envoy, [agent], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
+    agent.fail_next = 1
 
-    async with await outbound_channel(envoy, "rag") as channel:
+    async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await call(channel, INGEST)
+            await call(channel, CREATE_RUN)
 
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert rag.calls[INGEST] == 1
-    assert await envoy.stat("cluster.rag_v1.upstream_rq_retry") == 0
+    assert agent.calls[CREATE_RUN] == 1
+    assert await envoy.stat("cluster.agent_v1.upstream_rq_retry") == 0
 
 
-async def _short_ingest_timeout(
+async def _short_create_run_timeout(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> EnvoyProcess:
-    rag_policy = policy.services["rag"]
-    short = [*rag_policy.routes[:-1], rag_policy.routes[-1].model_copy(update={"timeout": "300ms"})]
-    envoy, _, _ = await _gateway_sidecar(tuned(policy, "rag", routes=short), mesh_certs, backends, envoys)
+    agent_policy = policy.services["agent"]
+    short = [*agent_policy.routes[:-1], agent_policy.routes[-1].model_copy(update={"timeout": "300ms"})]
+    envoy, _, _ = await _gateway_sidecar(tuned(policy, "agent", routes=short), mesh_certs, backends, envoys)
     return envoy
 
 
 async def test_a_route_timeout_ends_a_slow_call_as_deadline_exceeded(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy = await _short_ingest_timeout(policy, mesh_certs, backends, envoys)
+    envoy = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
 
-    async with await outbound_channel(envoy, "rag") as channel:
+    async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             # The caller's own 10 s deadline is capped at the route's 300 ms.
-            await call(channel, INGEST, metadata=[("x-test-sleep-ms", "3000")], timeout=10)
+            await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=10)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await envoy.stat("http.outbound_rag.downstream_rq_max_duration_reached") == 1
+    assert await envoy.stat("http.outbound_agent.downstream_rq_max_duration_reached") == 1
 
 
 async def test_a_route_timeout_also_bounds_callers_that_set_no_deadline(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy = await _short_ingest_timeout(policy, mesh_certs, backends, envoys)
+    envoy = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
 
-    async with await outbound_channel(envoy, "rag") as channel:
+    async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await call(channel, INGEST, metadata=[("x-test-sleep-ms", "3000")], timeout=None)
+            await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=None)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await envoy.stat("http.outbound_rag.downstream_rq_max_duration_reached") == 1
+    assert await envoy.stat("http.outbound_agent.downstream_rq_max_duration_reached") == 1
 
 
 async def test_the_circuit_breaker_sheds_calls_beyond_its_limits(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
     tiny = ConnectionPool(max_connections=1, max_pending_requests=1, max_requests=1, max_retries=0)
-    envoy, [rag], _ = await _gateway_sidecar(tuned(policy, "rag", connection_pool=tiny), mesh_certs, backends, envoys)
-    rag.delay = 0.5
+    envoy, [agent], _ = await _gateway_sidecar(
+        tuned(policy, "agent", connection_pool=tiny), mesh_certs, backends, envoys
+    )
+    agent.delay = 0.5
 
-    async with await outbound_channel(envoy, "rag") as channel:
-        results = await asyncio.gather(*(call(channel, INGEST) for _ in range(6)), return_exceptions=True)
+    async with await outbound_channel(envoy, "agent") as channel:
+        results = await asyncio.gather(*(call(channel, CREATE_RUN) for _ in range(6)), return_exceptions=True)
 
     shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert shed, results
     assert all(r.code() == grpc.StatusCode.UNAVAILABLE for r in shed)
-    stats = await envoy.stats("cluster.rag_v1.upstream_")
+    stats = await envoy.stats("cluster.agent_v1.upstream_")
     # Which limit trips first depends on timing (one connection, one stream, one pending slot).
     overflows = sum(value for name, value in stats.items() if name.endswith("_overflow"))
     assert overflows == len(shed), stats
-    assert rag.total_calls == len(results) - len(shed)
+    assert agent.total_calls == len(results) - len(shed)
 
 
 async def test_an_instance_returning_errors_is_ejected(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy, [healthy, broken], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys, rag_instances=2)
+    envoy, [healthy, broken], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys, agents=2)
     broken.always_fail = grpc.StatusCode.INTERNAL
-    threshold = policy.services["rag"].outlier_detection.consecutive_errors
+    threshold = policy.services["agent"].outlier_detection.consecutive_errors
 
-    async with await outbound_channel(envoy, "rag") as channel:
+    async with await outbound_channel(envoy, "agent") as channel:
         for _ in range(threshold * 2):  # round robin: the broken one sees `threshold` in a row
             try:
-                await call(channel, INGEST)
+                await call(channel, CREATE_RUN)
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.INTERNAL
-        assert await envoy.stat("cluster.rag_v1.outlier_detection.ejections_enforced_total") == 1
+        assert await envoy.stat("cluster.agent_v1.outlier_detection.ejections_enforced_total") == 1
         broken_calls = broken.total_calls
-        answered = await asyncio.gather(*(call(channel, INGEST) for _ in range(20)))
+        answered = await asyncio.gather(*(call(channel, CREATE_RUN) for _ in range(20)))
 
     assert set(answered) == {healthy.name}
     assert broken.total_calls == broken_calls
@@ -162,14 +173,14 @@ async def test_active_grpc_health_checks_keep_traffic_off_a_not_serving_instance
     envoy = await envoys(config, "gateway-sidecar")
 
     async with await outbound_channel(envoy, "rag") as channel:
-        answered = await asyncio.gather(*(call(channel, INGEST) for _ in range(20)))
+        answered = await asyncio.gather(*(call(channel, SEARCH) for _ in range(20)))
         assert set(answered) == {"rag-a"}
         assert await envoy.stat("cluster.rag_v1.health_check.failure") >= 1
         assert await envoy.stat("cluster.rag_v1.membership_healthy") == 1
 
         await rag_b.set_serving(True)
         await _until(lambda: envoy.stat("cluster.rag_v1.membership_healthy"), 2)
-        answered = await asyncio.gather(*(call(channel, INGEST) for _ in range(20)))
+        answered = await asyncio.gather(*(call(channel, SEARCH) for _ in range(20)))
 
     assert set(answered) == {"rag-a", "rag-b"}
 
@@ -179,12 +190,12 @@ async def test_a_delay_fault_is_injected_only_when_its_header_asks(
 ) -> None:
     [fault] = policy.faults_for("rag")
     assert fault.delay is not None
-    envoy, [rag], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
+    envoy, _, _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "rag") as channel:
         assert await call(channel, SEARCH) == "rag-0"
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await call(channel, SEARCH, metadata=[(policy.fault_header, fault.name)], timeout=0.5)
+            await call(channel, SEARCH, metadata=[(policy.fault_header, fault.name)], deadline=0.5)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await envoy.stat("http.outbound_rag.fault.delays_injected") == 1
@@ -195,7 +206,7 @@ async def test_an_abort_fault_fails_the_call_before_it_reaches_the_service(
 ) -> None:
     [fault] = policy.faults_for("agent")
     assert fault.abort == "unavailable"
-    envoy, _, agent = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
+    envoy, [agent], _ = await _gateway_sidecar(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -212,4 +223,3 @@ async def _until(read: Callable[[], Awaitable[int]], wanted: int, *, within: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value}, wanted {wanted} after {within}s")
         await asyncio.sleep(0.1)
-
