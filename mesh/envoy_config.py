@@ -98,9 +98,10 @@ def _split_action(policy: Policy, callee: str) -> Config:
 def _route_action(target: Config, route: Route) -> Config:
     action: Config = {
         **target,
-        "timeout": envoy_duration(route.timeout),
-        # Enforced as a stream duration so callers get DEADLINE_EXCEEDED (a plain route
-        # timeout is HTTP 504, i.e. UNAVAILABLE); a caller's shorter grpc-timeout wins.
+        # The route's limit is enforced as a stream duration, so callers get DEADLINE_EXCEEDED
+        # (the router's own timeout answers HTTP 504, i.e. UNAVAILABLE) and a caller's
+        # shorter grpc-timeout wins. "0s" turns the router's default 15 s timeout off.
+        "timeout": "0s",
         "max_stream_duration": {
             "max_stream_duration": envoy_duration(route.timeout),
             "grpc_timeout_header_max": envoy_duration(route.timeout),

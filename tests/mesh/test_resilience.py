@@ -7,7 +7,6 @@ and reads Envoy's admin /stats to prove the mechanism fired, not just that calls
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -17,7 +16,7 @@ from mesh.envoy_config import Config
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import ConnectionPool, HealthCheck, Policy
 from tests.mesh.backend import Backend
-from tests.mesh.conftest import MeshCerts, call, caller_sidecar, outbound_channel, tuned
+from tests.mesh.conftest import MeshCerts, call, caller_sidecar, eventually, outbound_channel, tuned
 
 pytestmark = pytest.mark.envoy
 
@@ -60,8 +59,8 @@ async def test_a_safe_method_is_retried_on_transient_codes(
         assert await call(channel, SEARCH) == "rag-0"
 
     assert rag.calls[SEARCH] == 3
-    assert await envoy.stat("cluster.rag_v1.upstream_rq_retry") == 2
-    assert await envoy.stat("cluster.rag_v1.upstream_rq_retry_success") == 1
+    assert await envoy.stat_reaching("cluster.rag_v1.upstream_rq_retry", 2) == 2
+    assert await envoy.stat_reaching("cluster.rag_v1.upstream_rq_retry_success", 1) == 1
 
 
 async def test_a_method_with_side_effects_is_never_retried(
@@ -98,8 +97,8 @@ async def test_a_route_timeout_ends_a_slow_call_as_deadline_exceeded(
             # The caller's own 10 s deadline is capped at the route's 300 ms.
             await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=10)
 
-    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await envoy.stat("http.outbound_agent.downstream_rq_max_duration_reached") == 1
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
+    assert await envoy.stat_reaching("http.outbound_agent.downstream_rq_max_duration_reached", 1) == 1
 
 
 async def test_a_route_timeout_also_bounds_callers_that_set_no_deadline(
@@ -111,8 +110,8 @@ async def test_a_route_timeout_also_bounds_callers_that_set_no_deadline(
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=None)
 
-    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await envoy.stat("http.outbound_agent.downstream_rq_max_duration_reached") == 1
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
+    assert await envoy.stat_reaching("http.outbound_agent.downstream_rq_max_duration_reached", 1) == 1
 
 
 async def test_the_circuit_breaker_sheds_calls_beyond_its_limits(
@@ -130,10 +129,13 @@ async def test_the_circuit_breaker_sheds_calls_beyond_its_limits(
     shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert shed, results
     assert all(r.code() == grpc.StatusCode.UNAVAILABLE for r in shed)
-    stats = await envoy.stats("cluster.agent_v1.upstream_")
-    # Which limit trips first depends on timing (one connection, one stream, one pending slot).
-    overflows = sum(value for name, value in stats.items() if name.endswith("_overflow"))
-    assert overflows == len(shed), stats
+
+    async def overflows() -> int:
+        # Which limit trips first depends on timing (one connection, one stream, one pending slot).
+        stats = await envoy.stats("cluster.agent_v1.upstream_")
+        return sum(value for name, value in stats.items() if name.endswith("_overflow"))
+
+    assert await eventually(overflows, len(shed)) == len(shed)
     assert agent.total_calls == len(results) - len(shed)
 
 
@@ -150,7 +152,9 @@ async def test_an_instance_returning_errors_is_ejected(
                 await call(channel, CREATE_RUN)
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.INTERNAL
-        assert await envoy.stat("cluster.agent_v1.outlier_detection.ejections_enforced_total") == 1
+        assert (
+            await envoy.stat_reaching("cluster.agent_v1.outlier_detection.ejections_enforced_total", 1) == 1
+        )
         broken_calls = broken.total_calls
         answered = await asyncio.gather(*(call(channel, CREATE_RUN) for _ in range(20)))
 
@@ -175,11 +179,11 @@ async def test_active_grpc_health_checks_keep_traffic_off_a_not_serving_instance
     async with await outbound_channel(envoy, "rag") as channel:
         answered = await asyncio.gather(*(call(channel, SEARCH) for _ in range(20)))
         assert set(answered) == {"rag-a"}
-        assert await envoy.stat("cluster.rag_v1.health_check.failure") >= 1
-        assert await envoy.stat("cluster.rag_v1.membership_healthy") == 1
+        assert await envoy.stat_reaching("cluster.rag_v1.health_check.failure", 1) >= 1
+        assert await envoy.stat_reaching("cluster.rag_v1.membership_healthy", 1) == 1
 
         await rag_b.set_serving(True)
-        await _until(lambda: envoy.stat("cluster.rag_v1.membership_healthy"), 2)
+        assert await envoy.stat_reaching("cluster.rag_v1.membership_healthy", 2) == 2
         answered = await asyncio.gather(*(call(channel, SEARCH) for _ in range(20)))
 
     assert set(answered) == {"rag-a", "rag-b"}
@@ -198,7 +202,7 @@ async def test_a_delay_fault_is_injected_only_when_its_header_asks(
             await call(channel, SEARCH, metadata=[(policy.fault_header, fault.name)], deadline=0.5)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await envoy.stat("http.outbound_rag.fault.delays_injected") == 1
+    assert await envoy.stat_reaching("http.outbound_rag.fault.delays_injected", 1) == 1
 
 
 async def test_an_abort_fault_fails_the_call_before_it_reaches_the_service(
@@ -213,13 +217,5 @@ async def test_an_abort_fault_fails_the_call_before_it_reaches_the_service(
             await call(channel, GET_RUN, metadata=[(policy.fault_header, fault.name)])
 
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert await envoy.stat("http.outbound_agent.fault.aborts_injected") == 1
+    assert await envoy.stat_reaching("http.outbound_agent.fault.aborts_injected", 1) == 1
     assert agent.total_calls == 0
-
-
-async def _until(read: Callable[[], Awaitable[int]], wanted: int, *, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while (value := await read()) != wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value}, wanted {wanted} after {within}s")
-        await asyncio.sleep(0.1)
