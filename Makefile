@@ -82,7 +82,7 @@ fmt: venv ## format and auto-fix the code
 
 .PHONY: run
 run: gen ## run the whole system on loopback with embedded defaults (Ctrl-C stops it)
-	$(PY) -m runtime.launcher
+	$(PY) -m tools.launcher
 
 .PHONY: clean
 clean: ## remove generated code, venv and local data

@@ -1,0 +1,157 @@
+"""The one way every agentmesh grpc.aio server starts, serves and stops.
+
+What each server gets, in one place: `grpc.health.v1` with a status per service, reflection
+(v1 and v1alpha), the interceptor chain, structured logs, and a graceful drain on
+SIGTERM/SIGINT:
+
+1. health turns NOT_SERVING for every service and new calls get UNAVAILABLE (DRAINING);
+   `on_drain` hooks run here (e.g. deregistering from discovery) so peers stop sending;
+2. after `drain_delay_s`, the server stops: in-flight calls, streams included, get up to
+   `grace_period_s` to finish, then are cancelled;
+3. `on_stopped` hooks release resources, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from interceptors.decode import DecodeInterceptor
+from interceptors.drain import DrainInterceptor
+from runtime.config import ServiceSettings
+from runtime.logging import configure_logging
+from runtime.reflection import enable_reflection
+
+log = structlog.get_logger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+_S = TypeVar("_S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBinding:
+    """A servicer to mount: its fully-qualified name and the generated `add_..._to_server`."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class ServerPlan:
+    """Everything a service hands to the bootstrap. Built by `services/<name>/server.py`."""
+
+    settings: ServiceSettings
+    bindings: Sequence[ServiceBinding]
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()
+    generic_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = ()
+    # Extra names for reflection, and the pool to describe them from (the gateway describes
+    # the services it routes to, from the descriptor set, without importing their code).
+    reflection_names: Sequence[str] = ()
+    reflection_pool: descriptor_pool.DescriptorPool | None = None
+    on_started: list[Callable[[int], Awaitable[None]]] = field(default_factory=list)
+    on_drain: list[Hook] = field(default_factory=list)
+    on_stopped: list[Hook] = field(default_factory=list)
+
+
+class ManagedServer:
+    """A started server. `stop()` performs the drain described in the module docstring."""
+
+    def __init__(self, plan: ServerPlan) -> None:
+        self.plan = plan
+        self._drain = DrainInterceptor()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        opts = [
+            ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
+            ("grpc.max_send_message_length", plan.settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        # Drain gate outermost: a draining server refuses before any other work is done. Decoding
+        # next, so every interceptor of the chain sees requests that parsed.
+        self.server = grpc.aio.server(interceptors=[self._drain, DecodeInterceptor(), *plan.interceptors], options=opts)
+        self.port = 0
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def service_names(self) -> list[str]:
+        return [b.name for b in self.plan.bindings]
+
+    async def start(self) -> int:
+        plan = self.plan
+        for binding in plan.bindings:
+            binding.add_to_server(self.server)
+        if plan.generic_handlers:
+            self.server.add_generic_rpc_handlers(tuple(plan.generic_handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [*self.service_names, *plan.reflection_names, health.SERVICE_NAME]
+        enable_reflection(self.server, names, pool=plan.reflection_pool)
+        address = f"{plan.settings.host}:{plan.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        await self.server.start()
+        for name in ["", *self.service_names, *plan.reflection_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if plan.settings.port_file is not None:
+            plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
+            plan.settings.port_file.write_text(str(self.port))
+        for started in plan.on_started:
+            await started(self.port)
+        log.info("server started", address=f"{plan.settings.host}:{self.port}", services=names)
+        return self.port
+
+    def stop(self) -> asyncio.Task[None]:
+        """Begin the drain (idempotent); await the returned task for it to finish."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        settings = self.plan.settings
+        log.info("draining", drain_delay_s=settings.drain_delay_s, grace_period_s=settings.grace_period_s)
+        self._drain.draining = True
+        await self.health.enter_graceful_shutdown()
+        for hook in self.plan.on_drain:
+            await _run_hook(hook, "on_drain")
+        await asyncio.sleep(settings.drain_delay_s)
+        await self.server.stop(settings.grace_period_s)
+        for hook in self.plan.on_stopped:
+            await _run_hook(hook, "on_stopped")
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def _run_hook(hook: Hook, phase: str) -> None:
+    # A failing hook must not keep the process from draining and exiting.
+    try:
+        await hook()
+    except Exception:
+        log.exception("shutdown hook failed", phase=phase, hook=getattr(hook, "__qualname__", repr(hook)))
+
+
+async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
+    """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
+    plan = await build()
+    server = ManagedServer(plan)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await stop_requested.wait()
+    await server.stop()
+    return 0
+
+
+def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerPlan]]) -> int:
+    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain."""
+    settings = settings_type()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return asyncio.run(serve_until_signal(lambda: build(settings)))

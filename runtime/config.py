@@ -1,0 +1,32 @@
+"""Typed settings shared by every service, read from the environment and `.env`.
+
+Each service has its own prefix under one family (`AGENTMESH_GATEWAY_`, `AGENTMESH_AGENT_`,
+`AGENTMESH_RAG_`), so one `.env` can configure the whole system on one machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every grpc.aio server in agentmesh needs to start and to stop well."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    # After SIGTERM: health reports NOT_SERVING and new calls are refused for `drain_delay_s`
+    # (so balancers and health checkers notice), then in-flight calls get `grace_period_s`.
+    drain_delay_s: float = Field(default=0.5, ge=0)
+    grace_period_s: float = Field(default=10.0, ge=0)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    data_dir: Path = Path("var")
+    # Written with the bound port once the server listens, so launchers and tests can find it.
+    port_file: Path | None = None

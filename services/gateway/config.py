@@ -1,0 +1,40 @@
+"""Settings of the gateway (env prefix `AGENTMESH_GATEWAY_`).
+
+Routes are data: `AGENTMESH_GATEWAY_ROUTES='{"agentmesh.agent.v1.AgentService": "agent"}'` maps a
+fully-qualified service to a backend name, and `AGENTMESH_GATEWAY_BACKENDS` maps each backend
+name to its endpoints (static discovery, the embedded default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from runtime.config import ServiceSettings
+
+DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parents[2] / "gen" / "agentmesh.pb"
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTMESH_GATEWAY_", env_file=".env", extra="ignore", frozen=True)
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    descriptor_set: Path = DEFAULT_DESCRIPTOR_SET
+    routes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "agentmesh.agent.v1.AgentService": "agent",
+            "agentmesh.rag.v1.RagService": "rag",
+        }
+    )
+    backends: dict[str, list[str]] = Field(
+        default_factory=lambda: {"agent": ["127.0.0.1:50052"], "rag": ["127.0.0.1:50053"]}
+    )
+
+    @model_validator(mode="after")
+    def _every_route_has_a_backend(self) -> GatewaySettings:
+        missing = sorted({b for b in self.routes.values() if b not in self.backends})
+        if missing:
+            raise ValueError(f"routes name backends with no endpoints configured: {missing}")
+        return self

@@ -1,0 +1,24 @@
+"""Assemble the RAG service's server from its settings (shared bootstrap)."""
+
+from __future__ import annotations
+
+from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
+from runtime.bootstrap import ServerPlan, ServiceBinding
+from services.rag.config import RagSettings
+from services.rag.document_store import DocumentStore
+from services.rag.servicer import RagServicer
+
+SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
+
+
+async def build(settings: RagSettings) -> ServerPlan:
+    store = DocumentStore(settings.data_dir / "rag.sqlite3")
+    await store.open()
+    servicer = RagServicer(store, settings)
+    return ServerPlan(
+        settings=settings,
+        bindings=[
+            ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
+        ],
+        on_stopped=[store.close],
+    )

@@ -1,0 +1,47 @@
+"""A tiny service on the shared bootstrap whose calls take as long as the caller asks.
+
+Used as a process by the drain tests: `python -m tests.runtime.slow_service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from pydantic_settings import SettingsConfigDict
+
+from runtime.bootstrap import ServerPlan, run_service
+from runtime.config import ServiceSettings
+
+
+class SlowSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTMESH_SLOW_", extra="ignore", frozen=True)
+
+
+async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    await asyncio.sleep(float(request.decode()))
+    return b"done"
+
+
+async def ticks(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    count = int(request.decode())
+    for i in range(count):
+        yield str(i).encode()
+        await asyncio.sleep(0.2)
+
+
+async def build(settings: SlowSettings) -> ServerPlan:
+    handler = grpc.method_handlers_generic_handler(
+        "test.Slow",
+        {
+            "Wait": grpc.unary_unary_rpc_method_handler(wait),
+            "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+        },
+    )
+    return ServerPlan(settings=settings, bindings=[], generic_handlers=[handler])
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_service(SlowSettings, build))

@@ -1,0 +1,77 @@
+"""SIGTERM drains a server: in-flight calls finish, health says NOT_SERVING, new calls are refused, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.system import health_status, spawn, wait_until
+
+
+async def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path: Path) -> None:
+    service = spawn(
+        "tests.runtime.slow_service",
+        {
+            "AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"),
+            "AGENTMESH_SLOW_DRAIN_DELAY_S": "1.5",
+            "AGENTMESH_SLOW_GRACE_PERIOD_S": "10",
+        },
+        tmp_path,
+    )
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            in_flight = asyncio.ensure_future(channel.unary_unary("/test.Slow/Wait")(b"2.5", timeout=15))
+            stream = channel.unary_stream("/test.Slow/Ticks")(b"12", timeout=15)
+            first = await stream.read()
+            assert first == b"0"  # both calls are now in flight on the server
+
+            service.process.send_signal(15)
+
+            async def not_serving() -> bool:
+                return await health_status(service.address) == "NOT_SERVING"
+
+            await wait_until(not_serving, timeout_s=5)
+            async with grpc.aio.insecure_channel(service.address) as fresh:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await fresh.unary_unary("/test.Slow/Wait")(b"0", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (refused.value.details() or "")
+
+            assert await asyncio.wait_for(in_flight, 15) == b"done"
+            rest = []
+            while (message := await stream.read()) is not grpc.aio.EOF:
+                rest.append(message)
+            assert [first, *rest] == [str(i).encode() for i in range(12)]
+            assert await stream.code() == grpc.StatusCode.OK
+        assert await asyncio.to_thread(service.process.wait, 15) == 0
+    finally:
+        service.kill()
+    assert "draining" in service.logs() and "stopped" in service.logs()
+
+
+async def test_calls_still_running_after_the_grace_period_are_cancelled_and_the_process_exits(
+    tmp_path: Path,
+) -> None:
+    service = spawn(
+        "tests.runtime.slow_service",
+        {
+            "AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"),
+            "AGENTMESH_SLOW_DRAIN_DELAY_S": "0",
+            "AGENTMESH_SLOW_GRACE_PERIOD_S": "0.5",
+        },
+        tmp_path,
+    )
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stream = channel.unary_stream("/test.Slow/Ticks")(b"1000", timeout=30)
+            assert await stream.read() == b"0"
+            service.process.send_signal(15)
+            with pytest.raises(grpc.aio.AioRpcError):
+                while await stream.read() is not grpc.aio.EOF:
+                    pass
+        assert await asyncio.to_thread(service.process.wait, 15) == 0
+    finally:
+        service.kill()

@@ -1,0 +1,141 @@
+"""`make run`: the whole system on one machine, with the embedded defaults.
+
+Starts rag, agent and gateway as their own processes (exactly `python -m services.<name>`),
+waits until each reports SERVING, seeds the knowledge base from `examples/knowledge/` when it is
+empty, prints where everything is, and on Ctrl-C (or SIGTERM) drains the services front to
+back: gateway, then agent, then rag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+PORTS = {
+    "rag": int(os.environ.get("AGENTMESH_RAG_PORT", "50053")),
+    "agent": int(os.environ.get("AGENTMESH_AGENT_PORT", "50052")),
+    "gateway": int(os.environ.get("AGENTMESH_GATEWAY_PORT", "50051")),
+}
+
+
+def _env(name: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+    env.setdefault("AGENTMESH_AGENT_RAG_ENDPOINTS", f'["{HOST}:{PORTS["rag"]}"]')
+    env.setdefault(
+        "AGENTMESH_GATEWAY_BACKENDS",
+        f'{{"agent": ["{HOST}:{PORTS["agent"]}"], "rag": ["{HOST}:{PORTS["rag"]}"]}}',
+    )
+    env.setdefault("AGENTMESH_LOG_FORMAT", "console")
+    prefix = f"AGENTMESH_{name.upper()}_"
+    env[prefix + "PORT"] = str(PORTS[name])
+    env.setdefault(prefix + "LOG_FORMAT", "console")
+    return env
+
+
+async def _wait_serving(name: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    address = f"{HOST}:{PORTS[name]}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while loop.time() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}")
+            try:
+                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{name} did not become SERVING on {address} within {timeout_s}s")
+
+
+async def _seed_knowledge() -> int:
+    async with grpc.aio.insecure_channel(f"{HOST}:{PORTS['gateway']}") as channel:
+        rag = rag_service_pb2_grpc.RagServiceStub(channel)
+        documents = [
+            document_pb2.Document(
+                document_id=path.stem,
+                text=path.read_text(),
+                content_type="text/markdown",
+                metadata={"source": "examples"},
+            )
+            for path in sorted((REPO / "examples" / "knowledge").glob("*.md"))
+        ]
+        response = await rag.IngestDocuments(rag_service_pb2.IngestDocumentsRequest(documents=documents), timeout=10)
+        return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
+
+
+def _banner() -> str:
+    gateway = f"{HOST}:{PORTS['gateway']}"
+    question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
+    return "\n".join(
+        [
+            "",
+            "agentmesh is up:",
+            *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
+            "",
+            "Try:",
+            f"  .venv/bin/grpcurl -plaintext {gateway} list",
+            f"  .venv/bin/grpcurl -plaintext -d '{question}' {gateway} agentmesh.agent.v1.AgentService/CreateRun",
+            "",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+async def main() -> int:
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        for name in ("rag", "agent", "gateway"):
+            # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
+            processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
+                [sys.executable, "-m", f"services.{name}"], env=_env(name), cwd=REPO, start_new_session=True
+            )
+            await _wait_serving(name, processes[name])
+        changed = await _seed_knowledge()
+        print(_banner() + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        while not stop.is_set():
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited unexpectedly with code {process.returncode}", file=sys.stderr)
+                    code = 1
+                    stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    except (RuntimeError, TimeoutError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        code = 1
+    finally:
+        for name in ("gateway", "agent", "rag"):
+            child = processes.get(name)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(child.wait, 30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
