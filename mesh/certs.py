@@ -92,9 +92,7 @@ class DevCA:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         key_pem = key.private_bytes(
@@ -118,9 +116,7 @@ class DevCA:
 
 def cert_paths(directory: Path, name: str) -> CertPaths:
     """Where ``write_identity`` puts ``name``'s files (without creating them)."""
-    return CertPaths(
-        ca=directory / "ca.pem", cert=directory / f"{name}.pem", key=directory / f"{name}-key.pem"
-    )
+    return CertPaths(ca=directory / "ca.pem", cert=directory / f"{name}.pem", key=directory / f"{name}-key.pem")
 
 
 def write_mesh_certs(directory: Path, identities: dict[str, str]) -> dict[str, CertPaths]:

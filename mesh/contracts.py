@@ -58,8 +58,7 @@ def contract_problems(policy: Policy, methods: dict[str, descriptor_pb2.MethodDe
                 for path, method in methods.items():
                     if _matches(pattern, path) and method.options.idempotency_level not in _SAFE_TO_RETRY:
                         problems.append(
-                            f"{where} retries {path}, which the protos do not mark "
-                            "NO_SIDE_EFFECTS or IDEMPOTENT"
+                            f"{where} retries {path}, which the protos do not mark NO_SIDE_EFFECTS or IDEMPOTENT"
                         )
     for where, pattern in patterns:
         if pattern != "*" and not any(_matches(pattern, path) for path in methods):

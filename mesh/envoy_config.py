@@ -116,9 +116,7 @@ def _route_action(target: Config, route: Route) -> Config:
             "retry_host_predicate": [
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": _any(
-                        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                    ),
+                    "typed_config": _any("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"),
                 }
             ],
             "host_selection_retry_max_attempts": 3,
@@ -149,9 +147,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
                     "prefix": "/",
                     "headers": [{"name": policy.fault_header, "string_match": {"exact": fault.name}}],
                 },
-                "route": _route_action(
-                    _split_action(policy, callee), catch_all.model_copy(update={"retries": None})
-                ),
+                "route": _route_action(_split_action(policy, callee), catch_all.model_copy(update={"retries": None})),
                 "typed_per_filter_config": {"envoy.filters.http.fault": _fault_config(fault)},
             }
         )
@@ -348,9 +344,7 @@ def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: 
                                 "trusted_ca": {"filename": str(certs.ca)},
                                 # Unknown identities are refused during the handshake;
                                 # RBAC below then narrows known ones to their methods.
-                                "match_typed_subject_alt_names": _san_matchers(
-                                    [policy.spiffe_id(c) for c in callers]
-                                ),
+                                "match_typed_subject_alt_names": _san_matchers([policy.spiffe_id(c) for c in callers]),
                             },
                             "alpn_protocols": ["h2"],
                         },
@@ -361,9 +355,7 @@ def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: 
                         stat_prefix="inbound",
                         codec="HTTP2",
                         # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
-                        routes=[
-                            {"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}
-                        ],
+                        routes=[{"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}],
                         http_filters=[_rbac_filter(policy, service)],
                         # Identity comes from the verified certificate, never from a header.
                         forward_client_cert_details="SANITIZE_SET",
@@ -429,9 +421,7 @@ def sidecar_bootstrap(
     listeners = [_inbound_listener(policy, service, address=inbound, certs=certs)]
     clusters = [_local_app_cluster(app)]
     for callee in callees:
-        listeners.append(
-            _outbound_listener(policy, callee, address=Address("127.0.0.1", outbound_ports[callee]))
-        )
+        listeners.append(_outbound_listener(policy, callee, address=Address("127.0.0.1", outbound_ports[callee])))
         clusters += _callee_clusters(policy, callee, upstreams[callee], certs)
     return {
         "node": {"id": f"{service}-{version}", "cluster": service},
@@ -447,8 +437,7 @@ def _callee_clusters(
     if set(versions) != set(wanted):
         raise ValueError(f"{callee} needs endpoints for versions {wanted}, got {sorted(versions)}")
     return [
-        upstream_cluster(policy, callee=callee, version=v, endpoints=versions[v], client_certs=certs)
-        for v in wanted
+        upstream_cluster(policy, callee=callee, version=v, endpoints=versions[v], client_certs=certs) for v in wanted
     ]
 
 
