@@ -61,18 +61,14 @@ class Backend:
 
     async def set_serving(self, serving: bool) -> None:
         assert self._health is not None
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
 
     @property
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
-    async def _handle(
-        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> bytes:
+    async def _handle(self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         self.calls[method] += 1
         self.last_metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
         sleep_ms = int(self.last_metadata.get("x-test-sleep-ms", "0"))
@@ -89,15 +85,13 @@ class Backend:
 Handler = Callable[[str, bytes, "grpc.aio.ServicerContext[bytes, bytes]"], Awaitable[bytes]]
 
 
-class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+class _AnyMethod(grpc.GenericRpcHandler):
     """Serves every method except health (registered separately) with raw bytes in and out."""
 
     def __init__(self, handle: Handler) -> None:
         self._handle = handle
 
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = handler_call_details.method
         if method.startswith("/grpc.health.v1.Health/"):
             return None

@@ -71,9 +71,7 @@ async def test_the_version_header_pins_every_call_to_the_canary(
     )
     envoy = await envoys(config, "gateway-sidecar")
     async with await outbound_channel(envoy, "agent") as channel:
-        answered = await asyncio.gather(
-            *(call(channel, GET_RUN, metadata=[("version", "v2")]) for _ in range(100))
-        )
+        answered = await asyncio.gather(*(call(channel, GET_RUN, metadata=[("version", "v2")]) for _ in range(100)))
 
     assert set(answered) == {"agent-v2"}
     assert v1.total_calls == 0

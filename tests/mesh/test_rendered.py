@@ -50,7 +50,9 @@ async def test_envoy_validates_each_rendered_config(config: Path, local_root: Pa
 @pytest.mark.envoy
 async def test_envoy_validation_rejects_a_misspelt_field(tmp_path: Path, local_root: Path) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text((REPO / "envoy" / "agent-v1.yaml").read_text().replace("max_ejection_percent", "max_ejection_pct"))
+    broken.write_text(
+        (REPO / "envoy" / "agent-v1.yaml").read_text().replace("max_ejection_percent", "max_ejection_pct")
+    )
 
     ok, output = await validate_config(broken, cwd=local_root)
 

@@ -152,9 +152,7 @@ async def test_an_instance_returning_errors_is_ejected(
                 await call(channel, CREATE_RUN)
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.INTERNAL
-        assert (
-            await envoy.stat_reaching("cluster.agent_v1.outlier_detection.ejections_enforced_total", 1) == 1
-        )
+        assert await envoy.stat_reaching("cluster.agent_v1.outlier_detection.ejections_enforced_total", 1) == 1
         broken_calls = broken.total_calls
         answered = await asyncio.gather(*(call(channel, CREATE_RUN) for _ in range(20)))
 
