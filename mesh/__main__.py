@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mesh.certs import write_mesh_certs
-from mesh.contracts import contract_problems, load_methods
+from mesh.contracts import contract_problems, load_methods, missing_error_detail_files
 from mesh.local_layout import DESCRIPTOR_SET, mesh_identities
 from mesh.policy import DEFAULT_POLICY_PATH, load_policy
 from mesh.render import drift, write
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         problems = [f"{path} is stale: run `make mesh-render`" for path in drift(policy, root)]
         if DESCRIPTOR_SET.exists():
             problems += contract_problems(policy, load_methods(DESCRIPTOR_SET))
+            problems += [
+                f"{DESCRIPTOR_SET} lacks {name}: HTTP errors from the edge would have no JSON body"
+                for name in missing_error_detail_files(DESCRIPTOR_SET)
+            ]
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0

@@ -19,6 +19,20 @@ _SAFE_TO_RETRY = {
 }
 
 
+# The edge turns grpc-status-details-bin into JSON only for detail types it can describe.
+ERROR_DETAIL_FILES = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+
+
+def missing_error_detail_files(descriptor_set: Path) -> list[str]:
+    """Error-detail protos the transcoder needs that the descriptor set lacks.
+
+    Without them an error reaches HTTP clients as a bare status code with an empty body.
+    """
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    present = {file.name for file in files.file}
+    return [name for name in ERROR_DETAIL_FILES if name not in present]
+
+
 def load_methods(descriptor_set: Path) -> dict[str, descriptor_pb2.MethodDescriptorProto]:
     """gRPC path ("/pkg.Service/Method") -> method, for every service in the set."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())

@@ -9,7 +9,7 @@ import yaml
 from google.protobuf.descriptor_pb2 import MethodDescriptorProto
 from pydantic import ValidationError
 
-from mesh.contracts import contract_problems, load_methods
+from mesh.contracts import contract_problems, load_methods, missing_error_detail_files
 from mesh.policy import DEFAULT_POLICY_PATH, Policy, Retries, Route, load_policy
 
 DESCRIPTOR_SET = Path("gen/agentmesh.pb")
@@ -92,3 +92,9 @@ def test_a_method_pattern_naming_no_method_is_caught(methods: Methods) -> None:
 
     [problem] = contract_problems(Policy.model_validate(raw), methods)
     assert "Serch matches no method" in problem
+
+
+def test_the_descriptor_set_describes_the_error_details_the_edge_renders_as_json(methods: Methods) -> None:
+    assert missing_error_detail_files(DESCRIPTOR_SET) == [], (
+        "add protos/google/rpc/status.proto and error_details.proto to the descriptor set in `make gen`"
+    )
