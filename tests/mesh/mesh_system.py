@@ -73,14 +73,8 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
             stack.push_async_callback(server.stop)
 
         rag_inbound, rag_port = await sidecar("rag-v1", "rag", "v1", {})
-        await app(
-            "rag-v1",
-            ManagedServer(
-                await build_rag(
-                    RagSettings(port=rag_port, host=LOOPBACK, data_dir=work_dir, drain_delay_s=0, grace_period_s=1)
-                )
-            ),
-        )
+        quick = {"host": LOOPBACK, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0}
+        await app("rag-v1", ManagedServer(await build_rag(RagSettings.model_validate({"port": rag_port, **quick}))))
         rag = {"rag": {"v1": [rag_inbound]}}
 
         agents: dict[str, list[Address]] = {}
@@ -89,18 +83,14 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
             inbound, port = await sidecar(instance, "agent", version, rag)
             agents[version] = [inbound]
             # Both versions share one run store, as one database would serve both in a cluster.
-            settings = AgentSettings(
-                port=port, host=LOOPBACK, data_dir=work_dir, drain_delay_s=0, grace_period_s=1,
-                rag_endpoints=[await outbound(instance, "rag")],
-            )  # fmt: skip
+            rag_endpoints = [await outbound(instance, "rag")]
+            settings = AgentSettings.model_validate({"port": port, "rag_endpoints": rag_endpoints, **quick})
             await app(instance, ManagedServer(await build_agent(settings)))
 
         gateway_inbound, gateway_port = await sidecar("gateway-v1", "gateway", "v1", {"agent": agents, **rag})
         backends = {callee: [await outbound("gateway-v1", callee)] for callee in ("agent", "rag")}
-        await app(
-            "gateway-v1",
-            ManagedServer(await build_gateway(GatewaySettings(port=gateway_port, backends=backends, **quick))),
-        )
+        gateway = GatewaySettings.model_validate({"port": gateway_port, "backends": backends, **quick})
+        await app("gateway-v1", ManagedServer(await build_gateway(gateway)))
 
         edge = EnvoyProcess(
             edge_bootstrap(
