@@ -75,6 +75,9 @@ def contract_problems(policy: Policy, methods: dict[str, descriptor_pb2.MethodDe
                             f"{where} retries {path}, which the protos do not mark NO_SIDE_EFFECTS or IDEMPOTENT"
                         )
     for where, pattern in patterns:
-        if pattern != "*" and not any(_matches(pattern, path) for path in methods):
+        # grpc.* (health, reflection) are gRPC's own services, not in our contracts.
+        if pattern == "*" or pattern.startswith("/grpc."):
+            continue
+        if not any(_matches(pattern, path) for path in methods):
             problems.append(f"{where}: {pattern} matches no method in the contracts")
     return problems

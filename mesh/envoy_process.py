@@ -49,10 +49,11 @@ class EnvoyProcess:
     """One Envoy. Use as ``async with EnvoyProcess(config, workdir=..., name=...) as envoy:``."""
 
     def __init__(
-        self, config: Config, *, workdir: Path, name: str, concurrency: int = 1, log_level: str = "warning"
+        self, config: Config | Path, *, workdir: Path, name: str, concurrency: int = 1, log_level: str = "warning"
     ) -> None:
+        """``config`` is a bootstrap to write into ``workdir``, or the path of one already on disk."""
         self.name = name
-        self._config_path = write_config(config, workdir / f"{name}.yaml")
+        self._config_path = config if isinstance(config, Path) else write_config(config, workdir / f"{name}.yaml")
         self._admin_path = workdir / f"{name}.admin"
         self._log_path = workdir / f"{name}.log"
         self._concurrency = concurrency
@@ -80,6 +81,8 @@ class EnvoyProcess:
                 "--admin-address-path", str(self._admin_path),
                 "-l", self._log_level,
                 stdout=log, stderr=log,
+                # Its own session: Ctrl-C reaches the launcher, which stops Envoys last.
+                start_new_session=True,
             )  # fmt: skip
         try:
             await self._wait_ready(ready_within)
