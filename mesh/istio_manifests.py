@@ -102,7 +102,9 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
         "kind": "Deployment",
         "metadata": _meta(policy, f"{service}-{version}", **labels),
         "spec": {
-            "replicas": 2,
+            # One pod per version while state lives in the pod (SQLite on an emptyDir): see
+            # istio/README.md before scaling.
+            "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "true"}},
