@@ -31,6 +31,8 @@ class Backend:
     delay: float = 0.0
     calls: Counter[str] = field(default_factory=Counter)
     last_metadata: dict[str, str] = field(default_factory=dict)
+    # Seconds the last call had left when it arrived (None: the caller set no deadline).
+    last_deadline: float | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
     _health: Any = None
@@ -71,6 +73,7 @@ class Backend:
     async def _handle(self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         self.calls[method] += 1
         self.last_metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        self.last_deadline = context.time_remaining()
         sleep_ms = int(self.last_metadata.get("x-test-sleep-ms", "0"))
         if self.delay or sleep_ms:
             await asyncio.sleep(self.delay + sleep_ms / 1000)

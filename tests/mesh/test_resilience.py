@@ -80,38 +80,39 @@ async def test_a_method_with_side_effects_is_never_retried(
 
 async def _short_create_run_timeout(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
-) -> EnvoyProcess:
+) -> tuple[EnvoyProcess, Backend]:
     agent_policy = policy.services["agent"]
     short = [*agent_policy.routes[:-1], agent_policy.routes[-1].model_copy(update={"timeout": "300ms"})]
-    envoy, _, _ = await _gateway_sidecar(tuned(policy, "agent", routes=short), mesh_certs, backends, envoys)
-    return envoy
+    envoy, [agent], _ = await _gateway_sidecar(tuned(policy, "agent", routes=short), mesh_certs, backends, envoys)
+    return envoy, agent
 
 
-async def test_a_route_timeout_ends_a_slow_call_as_deadline_exceeded(
+async def test_a_route_timeout_caps_a_longer_caller_deadline(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
+    envoy, agent = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            # The caller's own 10 s deadline is capped at the route's 300 ms.
             await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=10)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
-    assert await envoy.stat_reaching("http.outbound_agent.downstream_rq_max_duration_reached", 1) == 1
+    # The service is told the capped deadline, so it can stop work nobody waits for.
+    assert agent.last_deadline is not None and agent.last_deadline <= 0.3
 
 
 async def test_a_route_timeout_also_bounds_callers_that_set_no_deadline(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    envoy = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
+    envoy, agent = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=None)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
-    assert await envoy.stat_reaching("http.outbound_agent.downstream_rq_max_duration_reached", 1) == 1
+    # Envoy or the service itself (racing at the same instant) ends the call: both hold the limit.
+    assert agent.last_deadline is not None and agent.last_deadline <= 0.3
 
 
 async def test_the_circuit_breaker_sheds_calls_beyond_its_limits(
