@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.certs import CertPaths
-from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Route, Service, envoy_duration
+from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Route, Service, proto_duration
 
 Config = dict[str, Any]
 
@@ -103,15 +103,15 @@ def _route_action(target: Config, route: Route) -> Config:
         # shorter grpc-timeout wins. "0s" turns the router's default 15 s timeout off.
         "timeout": "0s",
         "max_stream_duration": {
-            "max_stream_duration": envoy_duration(route.timeout),
-            "grpc_timeout_header_max": envoy_duration(route.timeout),
+            "max_stream_duration": proto_duration(route.timeout),
+            "grpc_timeout_header_max": proto_duration(route.timeout),
         },
     }
     if route.retries is not None:
         action["retry_policy"] = {
             "retry_on": ",".join(route.retries.retry_on),
             "num_retries": route.retries.attempts,
-            "per_try_timeout": envoy_duration(route.retries.per_try_timeout),
+            "per_try_timeout": proto_duration(route.retries.per_try_timeout),
             # Retry on another instance where there is one.
             "retry_host_predicate": [
                 {
@@ -128,7 +128,7 @@ def _fault_config(fault: Fault) -> Config:
     hundred_percent = {"numerator": 100, "denominator": "HUNDRED"}
     config = _any("envoy.extensions.filters.http.fault.v3.HTTPFault")
     if fault.delay is not None:
-        config["delay"] = {"fixed_delay": envoy_duration(fault.delay), "percentage": hundred_percent}
+        config["delay"] = {"fixed_delay": proto_duration(fault.delay), "percentage": hundred_percent}
     if fault.abort is not None:
         config["abort"] = {"grpc_status": GRPC_CODE_NUMBERS[fault.abort], "percentage": hundred_percent}
     return config
@@ -247,16 +247,16 @@ def upstream_cluster(
         "outlier_detection": {
             # For gRPC the router reports grpc-status mapped to HTTP (INTERNAL -> 500, UNAVAILABLE -> 503).
             "consecutive_5xx": outliers.consecutive_errors,
-            "interval": envoy_duration(outliers.interval),
-            "base_ejection_time": envoy_duration(outliers.base_ejection_time),
+            "interval": proto_duration(outliers.interval),
+            "base_ejection_time": proto_duration(outliers.base_ejection_time),
             "max_ejection_percent": outliers.max_ejection_percent,
         },
         "health_checks": [
             {
-                "timeout": envoy_duration(health.timeout),
-                "interval": envoy_duration(health.interval),
+                "timeout": proto_duration(health.timeout),
+                "interval": proto_duration(health.interval),
                 # Idle clusters are otherwise probed only once a minute.
-                "no_traffic_interval": envoy_duration(health.interval),
+                "no_traffic_interval": proto_duration(health.interval),
                 "unhealthy_threshold": health.unhealthy_threshold,
                 "healthy_threshold": health.healthy_threshold,
                 "grpc_health_check": {},

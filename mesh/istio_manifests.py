@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mesh.policy import Policy, Route, Service, envoy_duration
+from mesh.policy import Policy, Route, Service, proto_duration
 
 Manifest = dict[str, Any]
 
@@ -175,11 +175,11 @@ def _destinations(policy: Policy, service: str) -> list[Manifest]:
 
 
 def _http_route(name: str, match: list[Manifest], destinations: list[Manifest], route: Route) -> Manifest:
-    http: Manifest = {"name": name, "match": match, "route": destinations, "timeout": envoy_duration(route.timeout)}
+    http: Manifest = {"name": name, "match": match, "route": destinations, "timeout": proto_duration(route.timeout)}
     if route.retries is not None:
         http["retries"] = {
             "attempts": route.retries.attempts,
-            "perTryTimeout": envoy_duration(route.retries.per_try_timeout),
+            "perTryTimeout": proto_duration(route.retries.per_try_timeout),
             "retryOn": ",".join(route.retries.retry_on),
         }
     else:
@@ -201,7 +201,7 @@ def http_routes(policy: Policy, service: str) -> list[Manifest]:
             catch_all,
         )
         if fault.delay is not None:
-            http["fault"] = {"delay": {"fixedDelay": envoy_duration(fault.delay), "percentage": {"value": 100.0}}}
+            http["fault"] = {"delay": {"fixedDelay": proto_duration(fault.delay), "percentage": {"value": 100.0}}}
         if fault.abort is not None:
             http["fault"] = {
                 "abort": {"grpcStatus": fault.abort.upper().replace("-", "_"), "percentage": {"value": 100.0}}
@@ -298,8 +298,8 @@ def destination_rule(policy: Policy, service: str) -> Manifest:
                 },
                 "outlierDetection": {
                     "consecutive5xxErrors": outliers.consecutive_errors,
-                    "interval": envoy_duration(outliers.interval),
-                    "baseEjectionTime": envoy_duration(outliers.base_ejection_time),
+                    "interval": proto_duration(outliers.interval),
+                    "baseEjectionTime": proto_duration(outliers.base_ejection_time),
                     "maxEjectionPercent": outliers.max_ejection_percent,
                 },
                 "tls": {"mode": "ISTIO_MUTUAL"},

@@ -27,17 +27,12 @@ def _parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match["value"]) * _UNIT_SECONDS[match["unit"]])
 
 
-def proto_duration(value: timedelta) -> str:
-    """The protobuf JSON form ("0.6s") that both Envoy and Istio accept."""
-    return f"{value.total_seconds():g}s"
-
-
 def _check_duration(text: str) -> str:
     _parse_duration(text)
     return text
 
 
-# Kept as the policy's own text so rendered files show what the author wrote.
+# Checked here, kept as the author wrote it; renderers convert with proto_duration().
 Duration = Annotated[str, AfterValidator(_check_duration)]
 
 # gRPC status names as Envoy's `retry_on` and Istio's `retryOn` spell them.
@@ -229,27 +224,12 @@ class Policy(_Strict):
         return [fault for fault in self.faults if fault.service == service]
 
 
-def seconds(duration: str) -> float:
-    return _parse_duration(duration).total_seconds()
-
-
-def envoy_duration(duration: str) -> str:
-    return proto_duration(_parse_duration(duration))
+def proto_duration(duration: str) -> str:
+    """A policy duration in the protobuf JSON form ("0.6s") that both Envoy and Istio read."""
+    return f"{_parse_duration(duration).total_seconds():g}s"
 
 
 def load_policy(path: Path = DEFAULT_POLICY_PATH) -> Policy:
     with path.open(encoding="utf-8") as handle:
         return Policy.model_validate(yaml.safe_load(handle))
 
-
-__all__ = [
-    "GRPC_CODE_NUMBERS",
-    "Canary",
-    "Fault",
-    "Policy",
-    "Route",
-    "Service",
-    "envoy_duration",
-    "load_policy",
-    "seconds",
-]
