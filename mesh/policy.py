@@ -140,6 +140,13 @@ class Service(_Strict):
     resources: Resources
 
     @model_validator(mode="after")
+    def _last_route_catches_all(self) -> Service:
+        # Otherwise a new method would fall through every route and fail as UNIMPLEMENTED.
+        if "*" not in self.routes[-1].methods:
+            raise ValueError('the last route must match "*" so that every method has a timeout')
+        return self
+
+    @model_validator(mode="after")
     def _canary_names_known_versions(self) -> Service:
         if self.canary is None and len(self.versions) > 1:
             raise ValueError(f"versions {self.versions} need a canary section to say how traffic splits")

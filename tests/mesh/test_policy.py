@@ -47,6 +47,13 @@ def test_a_caller_must_be_a_known_service_or_the_edge() -> None:
         Policy.model_validate(raw)
 
 
+def test_the_last_route_must_catch_every_method() -> None:
+    raw = _raw()
+    raw["services"]["rag"]["routes"].pop()  # type: ignore[index]
+    with pytest.raises(ValidationError, match='must match "\\*"'):
+        Policy.model_validate(raw)
+
+
 def test_durations_need_a_unit() -> None:
     raw = _raw()
     raw["services"]["rag"]["routes"][0]["timeout"] = "3"  # type: ignore[index]
