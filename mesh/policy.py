@@ -239,4 +239,3 @@ def proto_duration(duration: str) -> str:
 def load_policy(path: Path = DEFAULT_POLICY_PATH) -> Policy:
     with path.open(encoding="utf-8") as handle:
         return Policy.model_validate(yaml.safe_load(handle))
-
