@@ -48,7 +48,8 @@ class _App:
                 await self.process.wait()
 
 
-def _app_env(policy: Policy, instance: str) -> dict[str, str]:
+def app_env(policy: Policy, instance: str) -> dict[str, str]:
+    """The environment for one app: its own port, and its callees at its sidecar's outbound ports."""
     service, _ = split_instance(instance)
     ports = policy.local.instances[instance]
     prefix = f"AGENTMESH_{service.upper()}_"
@@ -74,7 +75,7 @@ async def _start_app(policy: Policy, instance: str) -> _App:
     with log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
-            cwd=REPO, env=_app_env(policy, instance), stdout=log, stderr=log, start_new_session=True,
+            cwd=REPO, env=app_env(policy, instance), stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     app = _App(instance, process, policy.local.instances[instance].app)
     await _wait_serving(app)
