@@ -1,0 +1,503 @@
+"""The knowledge base: validated ingest, hybrid search, get and delete over a data directory.
+
+Writes go to SQLite (the source of truth) under one lock; after each commit a new index
+snapshot is built in a worker thread and swapped in, and the writer returns once its change
+is searchable. Searches run in worker threads on the snapshot current when they start, so
+they never wait for ingestion. Concurrent writers share rebuilds: whoever takes the rebuild
+lock indexes everything committed so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+import structlog
+
+from services.rag.bm25_index import tokenize
+from services.rag.chunking import ChunkingOptions, ContentType, chunk_document
+from services.rag.embedding import Embedder
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.snapshot import Hit, IndexSnapshot, Mode, build_snapshot
+from services.rag.store import ChunkRecord, DocumentRecord, DocumentWrite, NewChunk, Store, Vector
+
+__all__ = ["DocumentInput", "Hit", "IngestOutcome", "IngestResult", "KnowledgeBase", "Limits", "Mode"]
+
+_log = structlog.get_logger(__name__)
+
+_DOCUMENT_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_CONTENT_TYPES = {"": ContentType.PLAIN_TEXT, **{t.value: t for t in ContentType}}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_document_bytes: int = 1 << 20
+    max_batch_documents: int = 100
+    max_query_chars: int = 2000
+    max_top_k: int = 50
+    max_metadata_entries: int = 32
+    max_metadata_key_chars: int = 64
+    max_metadata_value_chars: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInput:
+    document_id: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
+
+
+class IngestOutcome(Enum):
+    CREATED = "created"
+    REPLACED = "replaced"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    document_id: str
+    outcome: IngestOutcome
+    chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    record: DocumentRecord
+    text: str
+
+
+def chunk_id(chunk: ChunkRecord) -> str:
+    """The public ID of a chunk: stable for one version of its document."""
+    return f"{chunk.document_id}#{chunk.ordinal}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    document: DocumentInput
+    content_type: ContentType
+    content_hash: str
+    chunks: list[NewChunk]
+    index_texts: list[str]
+
+
+class KnowledgeBase:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        index_dir: Path,
+        embedder: Embedder | None,
+        chunking: ChunkingOptions,
+        limits: Limits,
+        save_delay_s: float,
+    ) -> None:
+        self._store = store
+        self._index_dir = index_dir
+        self._embedder = embedder
+        self._chunking = chunking
+        self.limits = limits
+        self._save_delay_s = save_delay_s
+        self._write_lock = asyncio.Lock()
+        self._rebuild_lock = asyncio.Lock()
+        self._documents: dict[str, DocumentRecord] = {}
+        # Insertion order is key order: keys only grow, so this stays sorted.
+        self._chunks: dict[int, ChunkRecord] = {}
+        self._generation = 0
+        self._snapshot: IndexSnapshot | None = None
+        self._save_task: asyncio.Task[None] | None = None
+        self._saved_generation = -1
+        self._save_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        embedder: Embedder | None = None,
+        chunking: ChunkingOptions | None = None,
+        limits: Limits | None = None,
+        save_delay_s: float = 2.0,
+    ) -> KnowledgeBase:
+        """Open the knowledge base in ``data_dir``, loading saved indexes when they are current."""
+        store = await Store.open(data_dir / "rag.sqlite3", model=embedder.model_name if embedder else None)
+        kb = cls(
+            store=store,
+            index_dir=data_dir / "index",
+            embedder=embedder,
+            chunking=chunking or ChunkingOptions(),
+            limits=limits or Limits(),
+            save_delay_s=save_delay_s,
+        )
+        try:
+            await kb._load()
+        except BaseException:
+            await store.close()
+            raise
+        return kb
+
+    @property
+    def dense_enabled(self) -> bool:
+        return self._embedder is not None
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def snapshot(self) -> IndexSnapshot:
+        """The index snapshot searches currently use."""
+        assert self._snapshot is not None, "used before open() finished"
+        return self._snapshot
+
+    async def close(self) -> None:
+        """Save the current indexes (so the next start loads instead of rebuilding) and close."""
+        if self._save_task is not None:
+            self._save_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._save_task
+        await self._save_now()
+        await self._store.close()
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def ingest(
+        self, documents: Sequence[DocumentInput], *, field_prefix: str = "documents"
+    ) -> list[IngestResult]:
+        """Add or replace ``documents`` atomically; returns once they are searchable.
+
+        Validation errors name the field as ``{field_prefix}[i].<field>``.
+        """
+        if not documents:
+            raise InvalidArgument(field_prefix, "at least one document is required")
+        if len(documents) > self.limits.max_batch_documents:
+            raise InvalidArgument(
+                field_prefix,
+                f"at most {self.limits.max_batch_documents} documents per request, got {len(documents)}",
+            )
+        seen: set[str] = set()
+        for index, document in enumerate(documents):
+            try:
+                self._validate(document)
+            except InvalidArgument as error:
+                raise error.within(f"{field_prefix}[{index}]") from None
+            if document.document_id in seen:
+                raise InvalidArgument(
+                    f"{field_prefix}[{index}].document_id",
+                    f"document_id {document.document_id!r} appears twice in one request",
+                )
+            seen.add(document.document_id)
+
+        prepared = await asyncio.to_thread(self._prepare, documents)
+        vectors = await self._embed_missing(prepared)
+
+        async with self._write_lock:
+            results: list[IngestResult] = []
+            writes: list[DocumentWrite] = []
+            for item in prepared:
+                existing = self._documents.get(item.document.document_id)
+                if existing is not None and self._same_version(existing, item):
+                    results.append(
+                        IngestResult(existing.document_id, IngestOutcome.UNCHANGED, existing.chunk_count)
+                    )
+                    continue
+                outcome = IngestOutcome.CREATED if existing is None else IngestOutcome.REPLACED
+                results.append(IngestResult(item.document.document_id, outcome, len(item.chunks)))
+                writes.append(
+                    DocumentWrite(
+                        document_id=item.document.document_id,
+                        content_type=item.content_type.value,
+                        metadata=dict(item.document.metadata),
+                        text=item.document.text,
+                        content_hash=item.content_hash,
+                        chunks=item.chunks,
+                        vectors={
+                            c.content_hash: vectors[c.content_hash]
+                            for c in item.chunks
+                            if c.content_hash in vectors
+                        },
+                    )
+                )
+            if not writes:
+                return results
+            update_time = time.time()
+            generation, keys = await self._store.apply(writes, update_time=update_time)
+            self._apply_to_catalog(writes, keys, vectors, generation, update_time)
+        await self._refresh(generation)
+        return results
+
+    async def delete(self, document_id: str) -> None:
+        """Remove a document and its chunks; DocumentNotFound if there is none."""
+        if not _DOCUMENT_ID.fullmatch(document_id):
+            raise InvalidArgument("document_id", _document_id_rule(document_id))
+        async with self._write_lock:
+            if document_id not in self._documents:
+                raise DocumentNotFound(document_id)
+            generation, _ = await self._store.apply([], deletes=[document_id], update_time=time.time())
+            del self._documents[document_id]
+            for key in [k for k, c in self._chunks.items() if c.document_id == document_id]:
+                del self._chunks[key]
+            self._generation = generation
+        await self._refresh(generation)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def get(self, document_id: str) -> StoredDocument:
+        if not _DOCUMENT_ID.fullmatch(document_id):
+            raise InvalidArgument("document_id", _document_id_rule(document_id))
+        record = self._documents.get(document_id)
+        text = await self._store.document_text(document_id) if record is not None else None
+        if record is None or text is None:
+            raise DocumentNotFound(document_id)
+        return StoredDocument(record, text)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        top_k: int,
+        metadata_filter: Mapping[str, str] | None = None,
+        mode: Mode | None = None,
+    ) -> list[Hit]:
+        """The ``top_k`` most relevant chunks, best first; ``mode`` defaults to hybrid when dense is on."""
+        if not query.strip():
+            raise InvalidArgument("query", "query must contain at least one non-whitespace character")
+        if len(query) > self.limits.max_query_chars:
+            raise InvalidArgument(
+                "query", f"query is {len(query)} characters; the maximum is {self.limits.max_query_chars}"
+            )
+        if not 1 <= top_k <= self.limits.max_top_k:
+            raise InvalidArgument(
+                "top_k", f"top_k must be between 1 and {self.limits.max_top_k}, got {top_k}"
+            )
+        mode = mode or (Mode.HYBRID if self._embedder is not None else Mode.BM25)
+        if mode is not Mode.BM25 and self._embedder is None:
+            raise DenseRetrievalDisabled()
+        snapshot = self._snapshot
+        assert snapshot is not None, "search before open() finished"
+        embedder = self._embedder
+        # Ask each retriever for more than top_k: fusion needs depth, and duplicates are collapsed.
+        candidates = max(4 * top_k, 50)
+
+        def run() -> list[Hit]:
+            vector = embedder.embed([query])[0] if embedder is not None and mode is not Mode.BM25 else None
+            return snapshot.search(
+                query,
+                top_k=top_k,
+                metadata_filter=metadata_filter or {},
+                mode=mode,
+                query_vector=vector,
+                candidates=candidates,
+            )
+
+        return await asyncio.to_thread(run)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _validate(self, document: DocumentInput) -> None:
+        limits = self.limits
+        if not _DOCUMENT_ID.fullmatch(document.document_id):
+            raise InvalidArgument("document_id", _document_id_rule(document.document_id))
+        if document.content_type not in _CONTENT_TYPES:
+            raise InvalidArgument(
+                "content_type",
+                f"unsupported content_type {document.content_type!r}; use text/plain or text/markdown",
+            )
+        if not document.text.strip():
+            raise InvalidArgument("text", "text must contain at least one non-whitespace character")
+        size = len(document.text.encode("utf-8"))
+        if size > limits.max_document_bytes:
+            raise InvalidArgument(
+                "text",
+                f"document is {size} bytes of UTF-8; the limit is {limits.max_document_bytes} bytes,"
+                " split it into several documents",
+            )
+        if len(document.metadata) > limits.max_metadata_entries:
+            raise InvalidArgument("metadata", f"at most {limits.max_metadata_entries} metadata entries")
+        for key, value in document.metadata.items():
+            if not key or len(key) > limits.max_metadata_key_chars:
+                raise InvalidArgument(
+                    "metadata", f"metadata keys must be 1 to {limits.max_metadata_key_chars} characters"
+                )
+            if len(value) > limits.max_metadata_value_chars:
+                raise InvalidArgument(
+                    "metadata",
+                    f"metadata value of {key!r} exceeds {limits.max_metadata_value_chars} characters",
+                )
+
+    def _prepare(self, documents: Sequence[DocumentInput]) -> list[_Prepared]:
+        """Chunk and tokenize (CPU-bound: runs in a worker thread)."""
+        prepared: list[_Prepared] = []
+        for document in documents:
+            content_type = _CONTENT_TYPES[document.content_type]
+            chunks: list[NewChunk] = []
+            index_texts: list[str] = []
+            seen: set[str] = set()
+            for piece in chunk_document(document.text, content_type, self._chunking):
+                # The heading path gives a chunk its context ("Retries" under "Envoy > Routes").
+                index_text = f"{piece.heading}\n{piece.text}" if piece.heading else piece.text
+                digest = hashlib.sha256(index_text.encode("utf-8")).hexdigest()
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                chunks.append(NewChunk(len(chunks), piece.start, piece.end, piece.heading, digest, ()))
+                index_texts.append(index_text)
+            token_lists = tokenize(index_texts) if index_texts else []
+            chunks = [
+                NewChunk(c.ordinal, c.start, c.end, c.heading, c.content_hash, tuple(tokens))
+                for c, tokens in zip(chunks, token_lists, strict=True)
+            ]
+            prepared.append(
+                _Prepared(
+                    document=document,
+                    content_type=content_type,
+                    content_hash=hashlib.sha256(document.text.encode("utf-8")).hexdigest(),
+                    chunks=chunks,
+                    index_texts=index_texts,
+                )
+            )
+        return prepared
+
+    async def _embed_missing(self, prepared: Sequence[_Prepared]) -> dict[str, Vector]:
+        """Vectors for every chunk hash in ``prepared``: stored ones reused, the rest embedded."""
+        if self._embedder is None:
+            return {}
+        texts = {c.content_hash: t for p in prepared for c, t in zip(p.chunks, p.index_texts, strict=True)}
+        vectors = await self._store.stored_vectors(texts)
+        missing = [h for h in texts if h not in vectors]
+        if missing:
+            embedded = await asyncio.to_thread(self._embedder.embed, [texts[h] for h in missing])
+            vectors.update(zip(missing, embedded, strict=True))
+        return vectors
+
+    @staticmethod
+    def _same_version(existing: DocumentRecord, item: _Prepared) -> bool:
+        return (
+            existing.content_hash == item.content_hash
+            and existing.content_type == item.content_type.value
+            and dict(existing.metadata) == dict(item.document.metadata)
+        )
+
+    def _apply_to_catalog(
+        self,
+        writes: Sequence[DocumentWrite],
+        keys: Mapping[str, list[int]],
+        vectors: Mapping[str, Vector],
+        generation: int,
+        update_time: float,
+    ) -> None:
+        for write in writes:
+            for key in [k for k, c in self._chunks.items() if c.document_id == write.document_id]:
+                del self._chunks[key]
+            self._documents[write.document_id] = DocumentRecord(
+                write.document_id,
+                write.content_type,
+                dict(write.metadata),
+                write.content_hash,
+                update_time,
+                len(write.chunks),
+            )
+            for key, chunk in zip(keys[write.document_id], write.chunks, strict=True):
+                self._chunks[key] = ChunkRecord(
+                    key=key,
+                    document_id=write.document_id,
+                    ordinal=chunk.ordinal,
+                    start=chunk.start,
+                    end=chunk.end,
+                    heading=chunk.heading,
+                    text=write.text[chunk.start : chunk.end],
+                    content_hash=chunk.content_hash,
+                    tokens=chunk.tokens,
+                    vector=vectors.get(chunk.content_hash),
+                )
+        self._generation = generation
+
+    async def _load(self) -> None:
+        generation, documents, chunks = await self._store.load_all()
+        self._documents = {d.document_id: d for d in documents}
+        self._chunks = {c.key: c for c in chunks}
+        self._generation = generation
+        if self._embedder is not None:
+            await self._backfill_vectors()
+        dimensions = self._embedder.dimensions if self._embedder is not None else None
+        self._snapshot = await asyncio.to_thread(
+            build_snapshot,
+            generation=self._generation,
+            documents=dict(self._documents),
+            chunks=list(self._chunks.values()),
+            previous=None,
+            dense_dimensions=dimensions,
+            saved=self._index_dir,
+        )
+        self._saved_generation = self._generation
+        _log.info(
+            "rag.knowledge_base.loaded",
+            documents=len(self._documents),
+            chunks=len(self._chunks),
+            generation=self._generation,
+            dense=dimensions is not None,
+            indexes_restored=self._snapshot.restored,
+        )
+
+    async def _backfill_vectors(self) -> None:
+        """Embed chunks ingested while dense retrieval was off (or under another model)."""
+        assert self._embedder is not None
+        lacking = [c for c in self._chunks.values() if c.vector is None]
+        if not lacking:
+            return
+        _log.info("rag.knowledge_base.backfilling_embeddings", chunks=len(lacking))
+        texts = {c.content_hash: f"{c.heading}\n{c.text}" if c.heading else c.text for c in lacking}
+        hashes = list(texts)
+        embedded = await asyncio.to_thread(self._embedder.embed, [texts[h] for h in hashes])
+        vectors = dict(zip(hashes, embedded, strict=True))
+        await self._store.put_vectors(vectors)
+        for chunk in lacking:
+            self._chunks[chunk.key] = replace(chunk, vector=vectors[chunk.content_hash])
+
+    async def _refresh(self, generation: int) -> None:
+        """Return once a snapshot at ``generation`` or later is live."""
+        async with self._rebuild_lock:
+            current = self._snapshot
+            if current is not None and current.generation >= generation:
+                return
+            # Everything committed so far, not just this caller's change.
+            target = self._generation
+            self._snapshot = await asyncio.to_thread(
+                build_snapshot,
+                generation=target,
+                documents=dict(self._documents),
+                chunks=list(self._chunks.values()),
+                previous=current,
+                dense_dimensions=self._embedder.dimensions if self._embedder is not None else None,
+            )
+        self._schedule_save()
+
+    def _schedule_save(self) -> None:
+        if self._save_task is None or self._save_task.done():
+            self._save_task = asyncio.create_task(self._save_later(), name="rag-index-save")
+
+    async def _save_later(self) -> None:
+        # Debounced: a burst of ingests is saved once, after it settles.
+        await asyncio.sleep(self._save_delay_s)
+        # Shielded: a save under way finishes even if close() cancels this task, and close()
+        # waits for it on the lock instead of writing the same directory at the same time.
+        await asyncio.shield(self._save_now())
+
+    async def _save_now(self) -> None:
+        async with self._save_lock:
+            snapshot = self._snapshot
+            if snapshot is None or snapshot.generation == self._saved_generation:
+                return
+            await asyncio.to_thread(snapshot.save, self._index_dir)
+            self._saved_generation = snapshot.generation
+
+
+def _document_id_rule(document_id: str) -> str:
+    return f"document_id {document_id[:40]!r} must be 1 to 128 characters of A-Z a-z 0-9 . _ : / -"
