@@ -114,7 +114,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{dataset['questions']} questions ({styles}) over {dataset['documents']} documents"
-        f" ({dataset['chunks']} chunks); chunk size {config['chunk_size']}, overlap {config['chunk_overlap']},"
+        f" ({dataset['chunks']} chunks); chunk size {config['chunk_size']},"
+        f" overlap {config['chunk_overlap']},"
         f" embeddings: {config['embedding_model'] or 'off'}."
     )
     return "\n".join(lines) + "\n"
