@@ -83,8 +83,7 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
             "chunks": chunk_count,
             "questions": len(questions),
             "questions_by_style": {
-                style: sum(q["style"] == style for q in questions)
-                for style in sorted({q["style"] for q in questions})
+                style: sum(q["style"] == style for q in questions) for style in sorted({q["style"] for q in questions})
             },
             "source": "written for agentmesh (eval/rag/README.md)",
         },
@@ -122,9 +121,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-dense", action="store_true", help="BM25 only (no torch, no model)")
     parser.add_argument("--output-dir", type=Path, default=HERE)
     parser.add_argument("--chunk-size", type=int, default=ChunkingOptions().size)

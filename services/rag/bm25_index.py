@@ -15,9 +15,18 @@ _STEMMER = Stemmer.Stemmer("english")
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Lowercased, stop-word-free, Snowball-stemmed word tokens, one list per text."""
+    """Lowercased, stop-word-free, Snowball-stemmed word tokens, one list per text.
+
+    Single characters count as words (bm25s drops them by default): "step 7" or "option B"
+    must be findable.
+    """
     tokens = bm25s.tokenize(
-        list(texts), stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
+        list(texts),
+        token_pattern=r"(?u)\b\w+\b",
+        stopwords="en",
+        stemmer=_STEMMER,
+        return_ids=False,
+        show_progress=False,
     )
     return [list(doc) for doc in tokens]
 

@@ -61,9 +61,7 @@ class _Section:
 
 def chunk_document(text: str, content_type: ContentType, options: ChunkingOptions) -> list[Chunk]:
     """Chunks in document order; whitespace-only documents give no chunks."""
-    sections = (
-        _markdown_sections(text) if content_type is ContentType.MARKDOWN else [_Section(0, len(text), "")]
-    )
+    sections = _markdown_sections(text) if content_type is ContentType.MARKDOWN else [_Section(0, len(text), "")]
     chunks: list[Chunk] = []
     for section in sections:
         units = _split_long(_units(text, section.start, section.end), text, options.size)

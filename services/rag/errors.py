@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class KnowledgeBaseError(Exception):
     """Base of the errors a caller can act on."""
 
 
 class InvalidArgument(KnowledgeBaseError):
-    """A request field is invalid; ``field`` is its path in the request (AIP-193 field violation)."""
+    """Request fields are invalid: (field path, what is wrong) pairs, as AIP-193 field violations."""
 
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
+    def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one violation")
+        super().__init__("; ".join(f"{field}: {description}" for field, description in violations))
+        self.violations = tuple(violations)
 
-    def within(self, prefix: str) -> InvalidArgument:
-        """The same violation with its field path nested under ``prefix`` (e.g. ``documents[2]``)."""
-        return InvalidArgument(f"{prefix}.{self.field}", self.description)
+    @property
+    def fields(self) -> list[str]:
+        return [field for field, _ in self.violations]
 
 
 class DocumentNotFound(KnowledgeBaseError):

@@ -12,9 +12,7 @@ K = TypeVar("K", bound=Hashable)
 DEFAULT_RRF_K = 60
 
 
-def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[K]], *, k: int = DEFAULT_RRF_K
-) -> list[tuple[K, float]]:
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[K]], *, k: int = DEFAULT_RRF_K) -> list[tuple[K, float]]:
     """Fuse best-first rankings into one: score(d) = sum over rankings of 1 / (k + rank(d)).
 
     Ranks start at 1. Ties keep the order in which items were first seen, so the result is

@@ -33,6 +33,7 @@ __all__ = ["DocumentInput", "Hit", "IngestOutcome", "IngestResult", "KnowledgeBa
 _log = structlog.get_logger(__name__)
 
 _DOCUMENT_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_DOCUMENT_ID_RULE = "must be 1 to 128 characters of letters, digits and . _ : / -"
 _CONTENT_TYPES = {"": ContentType.PLAIN_TEXT, **{t.value: t for t in ContentType}}
 
 
@@ -168,32 +169,33 @@ class KnowledgeBase:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def ingest(
-        self, documents: Sequence[DocumentInput], *, field_prefix: str = "documents"
-    ) -> list[IngestResult]:
+    async def ingest(self, documents: Sequence[DocumentInput], *, field: str = "documents") -> list[IngestResult]:
         """Add or replace ``documents`` atomically; returns once they are searchable.
 
-        Validation errors name the field as ``{field_prefix}[i].<field>``.
+        Invalid input raises InvalidArgument listing every violation, with field paths such
+        as ``documents[2].text`` (``field`` names the list in the caller's request).
         """
+        violations: list[tuple[str, str]] = []
         if not documents:
-            raise InvalidArgument(field_prefix, "at least one document is required")
-        if len(documents) > self.limits.max_batch_documents:
-            raise InvalidArgument(
-                field_prefix,
-                f"at most {self.limits.max_batch_documents} documents per request, got {len(documents)}",
+            violations.append((field, "at least one document is required"))
+        elif len(documents) > self.limits.max_batch_documents:
+            violations.append(
+                (
+                    field,
+                    f"at most {self.limits.max_batch_documents} documents per request, got {len(documents)};"
+                    " stream larger batches with StreamIngestDocuments",
+                )
             )
         seen: set[str] = set()
         for index, document in enumerate(documents):
-            try:
-                self._validate(document)
-            except InvalidArgument as error:
-                raise error.within(f"{field_prefix}[{index}]") from None
+            violations += self.document_violations(document, field=f"{field}[{index}]")
             if document.document_id in seen:
-                raise InvalidArgument(
-                    f"{field_prefix}[{index}].document_id",
-                    f"document_id {document.document_id!r} appears twice in one request",
+                violations.append(
+                    (f"{field}[{index}].document_id", f"{document.document_id!r} appears twice in one request")
                 )
             seen.add(document.document_id)
+        if violations:
+            raise InvalidArgument(violations)
 
         prepared = await asyncio.to_thread(self._prepare, documents)
         vectors = await self._embed_missing(prepared)
@@ -204,9 +206,7 @@ class KnowledgeBase:
             for item in prepared:
                 existing = self._documents.get(item.document.document_id)
                 if existing is not None and self._same_version(existing, item):
-                    results.append(
-                        IngestResult(existing.document_id, IngestOutcome.UNCHANGED, existing.chunk_count)
-                    )
+                    results.append(IngestResult(existing.document_id, IngestOutcome.UNCHANGED, existing.chunk_count))
                     continue
                 outcome = IngestOutcome.CREATED if existing is None else IngestOutcome.REPLACED
                 results.append(IngestResult(item.document.document_id, outcome, len(item.chunks)))
@@ -219,9 +219,7 @@ class KnowledgeBase:
                         content_hash=item.content_hash,
                         chunks=item.chunks,
                         vectors={
-                            c.content_hash: vectors[c.content_hash]
-                            for c in item.chunks
-                            if c.content_hash in vectors
+                            c.content_hash: vectors[c.content_hash] for c in item.chunks if c.content_hash in vectors
                         },
                     )
                 )
@@ -235,8 +233,7 @@ class KnowledgeBase:
 
     async def delete(self, document_id: str) -> None:
         """Remove a document and its chunks; DocumentNotFound if there is none."""
-        if not _DOCUMENT_ID.fullmatch(document_id):
-            raise InvalidArgument("document_id", _document_id_rule(document_id))
+        _check_document_id(document_id)
         async with self._write_lock:
             if document_id not in self._documents:
                 raise DocumentNotFound(document_id)
@@ -250,8 +247,7 @@ class KnowledgeBase:
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, document_id: str) -> StoredDocument:
-        if not _DOCUMENT_ID.fullmatch(document_id):
-            raise InvalidArgument("document_id", _document_id_rule(document_id))
+        _check_document_id(document_id)
         record = self._documents.get(document_id)
         text = await self._store.document_text(document_id) if record is not None else None
         if record is None or text is None:
@@ -267,16 +263,15 @@ class KnowledgeBase:
         mode: Mode | None = None,
     ) -> list[Hit]:
         """The ``top_k`` most relevant chunks, best first; ``mode`` defaults to hybrid when dense is on."""
+        violations: list[tuple[str, str]] = []
         if not query.strip():
-            raise InvalidArgument("query", "query must contain at least one non-whitespace character")
-        if len(query) > self.limits.max_query_chars:
-            raise InvalidArgument(
-                "query", f"query is {len(query)} characters; the maximum is {self.limits.max_query_chars}"
-            )
+            violations.append(("query", "is required and must contain a non-whitespace character"))
+        elif len(query) > self.limits.max_query_chars:
+            violations.append(("query", f"is {len(query)} characters; the maximum is {self.limits.max_query_chars}"))
         if not 1 <= top_k <= self.limits.max_top_k:
-            raise InvalidArgument(
-                "top_k", f"top_k must be between 1 and {self.limits.max_top_k}, got {top_k}"
-            )
+            violations.append(("top_k", f"must be between 1 and {self.limits.max_top_k}, got {top_k}"))
+        if violations:
+            raise InvalidArgument(violations)
         mode = mode or (Mode.HYBRID if self._embedder is not None else Mode.BM25)
         if mode is not Mode.BM25 and self._embedder is None:
             raise DenseRetrievalDisabled()
@@ -301,36 +296,41 @@ class KnowledgeBase:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _validate(self, document: DocumentInput) -> None:
+    def document_violations(self, document: DocumentInput, *, field: str) -> list[tuple[str, str]]:
+        """What is wrong with one document, as (field path under ``field``, description) pairs."""
         limits = self.limits
+        out: list[tuple[str, str]] = []
         if not _DOCUMENT_ID.fullmatch(document.document_id):
-            raise InvalidArgument("document_id", _document_id_rule(document.document_id))
-        if document.content_type not in _CONTENT_TYPES:
-            raise InvalidArgument(
-                "content_type",
-                f"unsupported content_type {document.content_type!r}; use text/plain or text/markdown",
-            )
+            out.append((f"{field}.document_id", _DOCUMENT_ID_RULE))
         if not document.text.strip():
-            raise InvalidArgument("text", "text must contain at least one non-whitespace character")
-        size = len(document.text.encode("utf-8"))
-        if size > limits.max_document_bytes:
-            raise InvalidArgument(
-                "text",
-                f"document is {size} bytes of UTF-8; the limit is {limits.max_document_bytes} bytes,"
-                " split it into several documents",
-            )
+            out.append((f"{field}.text", "is required and must contain a non-whitespace character"))
+        else:
+            size = len(document.text.encode("utf-8"))
+            if size > limits.max_document_bytes:
+                out.append(
+                    (
+                        f"{field}.text",
+                        f"is {size} bytes of UTF-8; the limit is {limits.max_document_bytes} bytes:"
+                        " split it into several documents",
+                    )
+                )
+        if document.content_type not in _CONTENT_TYPES:
+            out.append((f"{field}.content_type", "must be empty, text/plain or text/markdown"))
         if len(document.metadata) > limits.max_metadata_entries:
-            raise InvalidArgument("metadata", f"at most {limits.max_metadata_entries} metadata entries")
+            out.append((f"{field}.metadata", f"at most {limits.max_metadata_entries} entries"))
         for key, value in document.metadata.items():
             if not key or len(key) > limits.max_metadata_key_chars:
-                raise InvalidArgument(
-                    "metadata", f"metadata keys must be 1 to {limits.max_metadata_key_chars} characters"
+                out.append(
+                    (f"{field}.metadata[{key!r}]", f"keys must be 1 to {limits.max_metadata_key_chars} characters")
                 )
-            if len(value) > limits.max_metadata_value_chars:
-                raise InvalidArgument(
-                    "metadata",
-                    f"metadata value of {key!r} exceeds {limits.max_metadata_value_chars} characters",
+            elif len(value) > limits.max_metadata_value_chars:
+                out.append(
+                    (
+                        f"{field}.metadata[{key!r}]",
+                        f"values must be at most {limits.max_metadata_value_chars} characters",
+                    )
                 )
+        return out
 
     def _prepare(self, documents: Sequence[DocumentInput]) -> list[_Prepared]:
         """Chunk and tokenize (CPU-bound: runs in a worker thread)."""
@@ -499,5 +499,6 @@ class KnowledgeBase:
             self._saved_generation = snapshot.generation
 
 
-def _document_id_rule(document_id: str) -> str:
-    return f"document_id {document_id[:40]!r} must be 1 to 128 characters of A-Z a-z 0-9 . _ : / -"
+def _check_document_id(document_id: str) -> None:
+    if not _DOCUMENT_ID.fullmatch(document_id):
+        raise InvalidArgument([("document_id", _DOCUMENT_ID_RULE)])

@@ -96,17 +96,22 @@ class IndexSnapshot:
     def _filter_mask(self, metadata_filter: Mapping[str, str]) -> npt.NDArray[np.bool_] | None:
         if not metadata_filter:
             return None
+        unknown = sorted(set(metadata_filter) - set(self.postings))
+        if unknown:
+            known = ", ".join(sorted(self.postings)[:20]) or "none yet"
+            raise InvalidArgument(
+                [
+                    (
+                        f"metadata_filter[{field!r}]",
+                        f"unknown filter field: no document has this metadata key (known: {known})",
+                    )
+                    for field in unknown
+                ]
+            )
         mask = np.ones(len(self.chunks), dtype=np.bool_)
         for field, value in metadata_filter.items():
-            values = self.postings.get(field)
-            if values is None:
-                known = ", ".join(sorted(self.postings)[:20]) or "none yet"
-                raise InvalidArgument(
-                    "metadata_filter",
-                    f"unknown filter field {field!r}: no document has that metadata key (known: {known})",
-                )
             selected = np.zeros(len(self.chunks), dtype=np.bool_)
-            selected[values.get(value, np.empty(0, dtype=np.intp))] = True
+            selected[self.postings[field].get(value, np.empty(0, dtype=np.intp))] = True
             mask &= selected
         return mask
 
@@ -174,9 +179,7 @@ def build_snapshot(
     )
 
 
-def _derive_dense(
-    chunks: tuple[ChunkRecord, ...], previous: IndexSnapshot | None, dimensions: int
-) -> DenseIndex:
+def _derive_dense(chunks: tuple[ChunkRecord, ...], previous: IndexSnapshot | None, dimensions: int) -> DenseIndex:
     base = previous.dense if previous is not None and previous.dense is not None else None
     old_keys = set(previous.position_by_key) if base is not None and previous is not None else set()
     current = {chunk.key for chunk in chunks}

@@ -181,9 +181,7 @@ class Store:
         for start in range(0, len(hashes), 500):
             batch = hashes[start : start + 500]
             marks = ",".join("?" * len(batch))
-            query = (
-                f"SELECT content_hash, vector FROM embeddings WHERE model = ? AND content_hash IN ({marks})"
-            )
+            query = f"SELECT content_hash, vector FROM embeddings WHERE model = ? AND content_hash IN ({marks})"
             async with self._db.execute(query, (self._model, *batch)) as cursor:
                 async for row in cursor:
                     found[row[0]] = np.frombuffer(row[1], dtype=np.float32)
@@ -256,12 +254,8 @@ class Store:
                         [(h, self._model, v.astype(np.float32).tobytes()) for h, v in write.vectors.items()],
                     )
             # Texts and embeddings no chunk or document refers to any more.
-            await db.execute(
-                "DELETE FROM contents WHERE content_hash NOT IN (SELECT content_hash FROM documents)"
-            )
-            await db.execute(
-                "DELETE FROM embeddings WHERE content_hash NOT IN (SELECT content_hash FROM chunks)"
-            )
+            await db.execute("DELETE FROM contents WHERE content_hash NOT IN (SELECT content_hash FROM documents)")
+            await db.execute("DELETE FROM embeddings WHERE content_hash NOT IN (SELECT content_hash FROM chunks)")
             await db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             await db.commit()
         except BaseException:

@@ -13,9 +13,7 @@ from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
 pytestmark = pytest.mark.slow
 
 CORPUS = [
-    DocumentInput(
-        "pets/cats", "Cats are small domesticated carnivores that purr and hunt mice.", {"topic": "animals"}
-    ),
+    DocumentInput("pets/cats", "Cats are small domesticated carnivores that purr and hunt mice.", {"topic": "animals"}),
     DocumentInput(
         "pets/dogs", "Dogs are loyal companions bred for herding, guarding and hunting.", {"topic": "animals"}
     ),
@@ -24,9 +22,7 @@ CORPUS = [
         "Every RPC carries a deadline; a call that runs past it is cancelled.",
         {"topic": "ops"},
     ),
-    DocumentInput(
-        "ops/backoff", "Retries wait longer after each failure, with random jitter.", {"topic": "ops"}
-    ),
+    DocumentInput("ops/backoff", "Retries wait longer after each failure, with random jitter.", {"topic": "ops"}),
 ]
 
 
@@ -37,9 +33,7 @@ def test_embeddings_are_unit_length_and_similar_texts_are_close(minilm: MiniLmEm
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
 
 
-async def test_dense_search_finds_paraphrases_that_share_no_words(
-    tmp_path: Path, minilm: MiniLmEmbedder
-) -> None:
+async def test_dense_search_finds_paraphrases_that_share_no_words(tmp_path: Path, minilm: MiniLmEmbedder) -> None:
     kb = await KnowledgeBase.open(tmp_path, embedder=minilm, save_delay_s=60)
     try:
         await kb.ingest(CORPUS)
@@ -80,24 +74,18 @@ async def test_the_vector_index_survives_a_restart(tmp_path: Path, minilm: MiniL
     await kb.ingest(CORPUS)
     await kb.delete("pets/dogs")
     before = [(h.chunk.key, round(h.score, 5)) for h in await kb.search("puppy", top_k=3, mode=Mode.DENSE)]
-    assert "pets/dogs" not in {
-        h.chunk.document_id for h in await kb.search("puppy", top_k=3, mode=Mode.DENSE)
-    }
+    assert "pets/dogs" not in {h.chunk.document_id for h in await kb.search("puppy", top_k=3, mode=Mode.DENSE)}
     await kb.close()
     reopened = await KnowledgeBase.open(tmp_path, embedder=minilm)
     try:
         assert reopened.snapshot.restored
-        after = [
-            (h.chunk.key, round(h.score, 5)) for h in await reopened.search("puppy", top_k=3, mode=Mode.DENSE)
-        ]
+        after = [(h.chunk.key, round(h.score, 5)) for h in await reopened.search("puppy", top_k=3, mode=Mode.DENSE)]
         assert after == before
     finally:
         await reopened.close()
 
 
-async def test_enabling_dense_later_embeds_the_existing_chunks(
-    tmp_path: Path, minilm: MiniLmEmbedder
-) -> None:
+async def test_enabling_dense_later_embeds_the_existing_chunks(tmp_path: Path, minilm: MiniLmEmbedder) -> None:
     lexical = await KnowledgeBase.open(tmp_path, save_delay_s=60)
     await lexical.ingest(CORPUS)
     await lexical.close()
