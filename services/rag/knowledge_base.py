@@ -14,10 +14,11 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -31,6 +32,7 @@ from services.rag.store import ChunkRecord, DocumentRecord, DocumentWrite, NewCh
 __all__ = ["DocumentInput", "Hit", "IngestOutcome", "IngestResult", "KnowledgeBase", "Limits", "Mode"]
 
 _log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 _DOCUMENT_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 _DOCUMENT_ID_RULE = "must be 1 to 128 characters of letters, digits and . _ : / -"
@@ -111,6 +113,8 @@ class KnowledgeBase:
         self._documents: dict[str, DocumentRecord] = {}
         # Insertion order is key order: keys only grow, so this stays sorted.
         self._chunks: dict[int, ChunkRecord] = {}
+        self._keys_by_document: dict[str, list[int]] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
         self._generation = 0
         self._snapshot: IndexSnapshot | None = None
         self._save_task: asyncio.Task[None] | None = None
@@ -159,7 +163,9 @@ class KnowledgeBase:
         return self._snapshot
 
     async def close(self) -> None:
-        """Save the current indexes (so the next start loads instead of rebuilding) and close."""
+        """Finish writes under way, save the indexes (so the next start loads them) and close."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self._save_task is not None:
             self._save_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,6 +206,24 @@ class KnowledgeBase:
         prepared = await asyncio.to_thread(self._prepare, documents)
         vectors = await self._embed_missing(prepared)
 
+        # Shielded: a caller that is cancelled (deadline, client gone) stops waiting, but a
+        # commit under way still completes together with its catalog update and index rebuild,
+        # so the store, the catalog and the searchable snapshot never disagree.
+        return await asyncio.shield(self._track(self._commit_ingest(prepared, vectors)))
+
+    async def delete(self, document_id: str) -> None:
+        """Remove a document and its chunks; DocumentNotFound if there is none."""
+        _check_document_id(document_id)
+        await asyncio.shield(self._track(self._commit_delete(document_id)))
+
+    def _track(self, write: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """Run a write as a task that close() waits for, even if its caller stops waiting."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _commit_ingest(self, prepared: Sequence[_Prepared], vectors: Mapping[str, Vector]) -> list[IngestResult]:
         async with self._write_lock:
             results: list[IngestResult] = []
             writes: list[DocumentWrite] = []
@@ -231,15 +255,13 @@ class KnowledgeBase:
         await self._refresh(generation)
         return results
 
-    async def delete(self, document_id: str) -> None:
-        """Remove a document and its chunks; DocumentNotFound if there is none."""
-        _check_document_id(document_id)
+    async def _commit_delete(self, document_id: str) -> None:
         async with self._write_lock:
             if document_id not in self._documents:
                 raise DocumentNotFound(document_id)
             generation, _ = await self._store.apply([], deletes=[document_id], update_time=time.time())
             del self._documents[document_id]
-            for key in [k for k, c in self._chunks.items() if c.document_id == document_id]:
+            for key in self._keys_by_document.pop(document_id, []):
                 del self._chunks[key]
             self._generation = generation
         await self._refresh(generation)
@@ -394,8 +416,9 @@ class KnowledgeBase:
         update_time: float,
     ) -> None:
         for write in writes:
-            for key in [k for k, c in self._chunks.items() if c.document_id == write.document_id]:
+            for key in self._keys_by_document.pop(write.document_id, []):
                 del self._chunks[key]
+            self._keys_by_document[write.document_id] = list(keys[write.document_id])
             self._documents[write.document_id] = DocumentRecord(
                 write.document_id,
                 write.content_type,
@@ -423,6 +446,8 @@ class KnowledgeBase:
         generation, documents, chunks = await self._store.load_all()
         self._documents = {d.document_id: d for d in documents}
         self._chunks = {c.key: c for c in chunks}
+        for chunk in chunks:
+            self._keys_by_document.setdefault(chunk.document_id, []).append(chunk.key)
         self._generation = generation
         if self._embedder is not None:
             await self._backfill_vectors()
@@ -484,11 +509,13 @@ class KnowledgeBase:
             self._save_task = asyncio.create_task(self._save_later(), name="rag-index-save")
 
     async def _save_later(self) -> None:
-        # Debounced: a burst of ingests is saved once, after it settles.
-        await asyncio.sleep(self._save_delay_s)
-        # Shielded: a save under way finishes even if close() cancels this task, and close()
-        # waits for it on the lock instead of writing the same directory at the same time.
-        await asyncio.shield(self._save_now())
+        # Debounced: a burst of ingests is saved once, after it settles; changes that land
+        # while a save runs are picked up by the next round.
+        while self._snapshot is not None and self._snapshot.generation != self._saved_generation:
+            await asyncio.sleep(self._save_delay_s)
+            # Shielded: a save under way finishes even if close() cancels this task, and close()
+            # waits for it on the lock instead of writing the same directory at the same time.
+            await asyncio.shield(self._save_now())
 
     async def _save_now(self) -> None:
         async with self._save_lock:

