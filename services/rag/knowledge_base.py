@@ -26,7 +26,7 @@ from services.rag.bm25_index import tokenize
 from services.rag.chunking import ChunkingOptions, ContentType, chunk_document
 from services.rag.embedding import Embedder
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
-from services.rag.snapshot import Hit, IndexSnapshot, Mode, build_snapshot
+from services.rag.snapshot import DenseModel, Hit, IndexSnapshot, Mode, build_snapshot
 from services.rag.store import ChunkRecord, DocumentRecord, DocumentWrite, NewChunk, Store, Vector
 
 __all__ = ["DocumentInput", "Hit", "IngestOutcome", "IngestResult", "KnowledgeBase", "Limits", "Mode"]
@@ -105,6 +105,7 @@ class KnowledgeBase:
         self._store = store
         self._index_dir = index_dir
         self._embedder = embedder
+        self._dense_model = DenseModel(embedder.model_name, embedder.dimensions) if embedder is not None else None
         self._chunking = chunking
         self.limits = limits
         self._save_delay_s = save_delay_s
@@ -157,6 +158,16 @@ class KnowledgeBase:
         return self._generation
 
     @property
+    def writes_in_flight(self) -> int:
+        """Commits under way, including those whose caller has stopped waiting."""
+        return len(self._writes)
+
+    async def settle(self) -> None:
+        """Wait for the commits under way (those whose callers gave up included) to finish."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    @property
     def snapshot(self) -> IndexSnapshot:
         """The index snapshot searches currently use."""
         assert self._snapshot is not None, "used before open() finished"
@@ -164,8 +175,7 @@ class KnowledgeBase:
 
     async def close(self) -> None:
         """Finish writes under way, save the indexes (so the next start loads them) and close."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.settle()
         if self._save_task is not None:
             self._save_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,13 +213,16 @@ class KnowledgeBase:
         if violations:
             raise InvalidArgument(violations)
 
-        prepared = await asyncio.to_thread(self._prepare, documents)
+        # Re-ingesting what is already stored (a seed on every start, a retried batch) costs a
+        # hash per document: only new or changed documents are chunked and embedded.
+        changed = [d for d in documents if not self._is_stored(d)]
+        prepared = await asyncio.to_thread(self._prepare, changed)
         vectors = await self._embed_missing(prepared)
 
         # Shielded: a caller that is cancelled (deadline, client gone) stops waiting, but a
         # commit under way still completes together with its catalog update and index rebuild,
         # so the store, the catalog and the searchable snapshot never disagree.
-        return await asyncio.shield(self._track(self._commit_ingest(prepared, vectors)))
+        return await asyncio.shield(self._track(self._commit_ingest(documents, prepared, vectors)))
 
     async def delete(self, document_id: str) -> None:
         """Remove a document and its chunks; DocumentNotFound if there is none."""
@@ -223,13 +236,24 @@ class KnowledgeBase:
         task.add_done_callback(self._writes.discard)
         return task
 
-    async def _commit_ingest(self, prepared: Sequence[_Prepared], vectors: Mapping[str, Vector]) -> list[IngestResult]:
+    async def _commit_ingest(
+        self, documents: Sequence[DocumentInput], prepared: Sequence[_Prepared], vectors: Mapping[str, Vector]
+    ) -> list[IngestResult]:
+        by_id = {item.document.document_id: item for item in prepared}
         async with self._write_lock:
+            late = [d for d in documents if d.document_id not in by_id and not self._is_stored(d)]
+            if late:
+                # Changed by a concurrent write since ingest() looked: prepare these now.
+                extra = await asyncio.to_thread(self._prepare, late)
+                vectors = {**vectors, **await self._embed_missing(extra)}
+                by_id.update((item.document.document_id, item) for item in extra)
             results: list[IngestResult] = []
             writes: list[DocumentWrite] = []
-            for item in prepared:
-                existing = self._documents.get(item.document.document_id)
-                if existing is not None and self._same_version(existing, item):
+            for document in documents:
+                item = by_id.get(document.document_id)
+                existing = self._documents.get(document.document_id)
+                if item is None or (existing is not None and self._same_version(existing, item)):
+                    assert existing is not None
                     results.append(IngestResult(existing.document_id, IngestOutcome.UNCHANGED, existing.chunk_count))
                     continue
                 outcome = IngestOutcome.CREATED if existing is None else IngestOutcome.REPLACED
@@ -270,11 +294,10 @@ class KnowledgeBase:
 
     async def get(self, document_id: str) -> StoredDocument:
         _check_document_id(document_id)
-        record = self._documents.get(document_id)
-        text = await self._store.document_text(document_id) if record is not None else None
-        if record is None or text is None:
+        found = await self._store.get_document(document_id)
+        if found is None:
             raise DocumentNotFound(document_id)
-        return StoredDocument(record, text)
+        return StoredDocument(*found)
 
     async def search(
         self,
@@ -380,7 +403,7 @@ class KnowledgeBase:
                 _Prepared(
                     document=document,
                     content_type=content_type,
-                    content_hash=hashlib.sha256(document.text.encode("utf-8")).hexdigest(),
+                    content_hash=_content_hash(document.text),
                     chunks=chunks,
                     index_texts=index_texts,
                 )
@@ -405,6 +428,16 @@ class KnowledgeBase:
             existing.content_hash == item.content_hash
             and existing.content_type == item.content_type.value
             and dict(existing.metadata) == dict(item.document.metadata)
+        )
+
+    def _is_stored(self, document: DocumentInput) -> bool:
+        """True when exactly this version of the document is already stored."""
+        existing = self._documents.get(document.document_id)
+        return (
+            existing is not None
+            and existing.content_type == _CONTENT_TYPES[document.content_type].value
+            and dict(existing.metadata) == dict(document.metadata)
+            and existing.content_hash == _content_hash(document.text)
         )
 
     def _apply_to_catalog(
@@ -451,14 +484,13 @@ class KnowledgeBase:
         self._generation = generation
         if self._embedder is not None:
             await self._backfill_vectors()
-        dimensions = self._embedder.dimensions if self._embedder is not None else None
         self._snapshot = await asyncio.to_thread(
             build_snapshot,
             generation=self._generation,
             documents=dict(self._documents),
             chunks=list(self._chunks.values()),
             previous=None,
-            dense_dimensions=dimensions,
+            dense_model=self._dense_model,
             saved=self._index_dir,
         )
         self._saved_generation = self._generation
@@ -467,7 +499,7 @@ class KnowledgeBase:
             documents=len(self._documents),
             chunks=len(self._chunks),
             generation=self._generation,
-            dense=dimensions is not None,
+            dense=self._dense_model is not None,
             indexes_restored=self._snapshot.restored,
         )
 
@@ -500,7 +532,7 @@ class KnowledgeBase:
                 documents=dict(self._documents),
                 chunks=list(self._chunks.values()),
                 previous=current,
-                dense_dimensions=self._embedder.dimensions if self._embedder is not None else None,
+                dense_model=self._dense_model,
             )
         self._schedule_save()
 
@@ -524,6 +556,10 @@ class KnowledgeBase:
                 return
             await asyncio.to_thread(snapshot.save, self._index_dir)
             self._saved_generation = snapshot.generation
+
+
+def _content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _check_document_id(document_id: str) -> None:

@@ -34,6 +34,14 @@ class Mode(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class DenseModel:
+    """Which embedding model the dense index holds vectors of; saved indexes must match it."""
+
+    name: str
+    dimensions: int
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     chunk: ChunkRecord
     document: DocumentRecord
@@ -47,6 +55,7 @@ class IndexSnapshot:
     documents: Mapping[str, DocumentRecord]
     bm25: Bm25Index
     dense: DenseIndex | None
+    dense_model: DenseModel | None
     position_by_key: Mapping[int, int]
     # metadata key -> value -> positions of the chunks whose document has that pair.
     postings: Mapping[str, Mapping[str, npt.NDArray[np.intp]]]
@@ -126,7 +135,7 @@ class IndexSnapshot:
         manifest = {
             "generation": self.generation,
             "keys": [chunk.key for chunk in self.chunks],
-            "dense": self.dense is not None,
+            "dense_model": None if self.dense_model is None else self.dense_model.name,
         }
         (staging / _MANIFEST).write_text(json.dumps(manifest))
         retired = directory.with_name(directory.name + ".retired")
@@ -143,7 +152,7 @@ def build_snapshot(
     documents: Mapping[str, DocumentRecord],
     chunks: Sequence[ChunkRecord],
     previous: IndexSnapshot | None,
-    dense_dimensions: int | None,
+    dense_model: DenseModel | None,
     saved: Path | None = None,
 ) -> IndexSnapshot:
     """Index ``chunks``; loads the indexes from ``saved`` instead when it holds this exact state.
@@ -152,14 +161,14 @@ def build_snapshot(
     than rebuilt, so an ingest costs HNSW insertions for its own chunks only.
     """
     chunks = tuple(chunks)
-    loaded = _load_saved(saved, generation, chunks, dense_dimensions) if saved is not None else None
+    loaded = _load_saved(saved, generation, chunks, dense_model) if saved is not None else None
     if loaded is not None:
         bm25, dense = loaded
     else:
         bm25 = Bm25Index.build([chunk.tokens for chunk in chunks])
         dense = None
-        if dense_dimensions is not None:
-            dense = _derive_dense(chunks, previous, dense_dimensions)
+        if dense_model is not None:
+            dense = _derive_dense(chunks, previous, dense_model.dimensions)
     postings: dict[str, dict[str, list[int]]] = {}
     for position, chunk in enumerate(chunks):
         for field, value in documents[chunk.document_id].metadata.items():
@@ -170,6 +179,7 @@ def build_snapshot(
         documents=dict(documents),
         bm25=bm25,
         dense=dense,
+        dense_model=dense_model,
         position_by_key={chunk.key: position for position, chunk in enumerate(chunks)},
         postings={
             field: {value: np.asarray(positions, dtype=np.intp) for value, positions in values.items()}
@@ -200,7 +210,7 @@ def _derive_dense(chunks: tuple[ChunkRecord, ...], previous: IndexSnapshot | Non
 
 
 def _load_saved(
-    directory: Path, generation: int, chunks: tuple[ChunkRecord, ...], dense_dimensions: int | None
+    directory: Path, generation: int, chunks: tuple[ChunkRecord, ...], dense_model: DenseModel | None
 ) -> tuple[Bm25Index, DenseIndex | None] | None:
     manifest_path = directory / _MANIFEST
     if not manifest_path.exists():
@@ -208,8 +218,10 @@ def _load_saved(
     manifest = json.loads(manifest_path.read_text())
     if manifest["generation"] != generation or manifest["keys"] != [chunk.key for chunk in chunks]:
         return None
-    if dense_dimensions is not None and not manifest["dense"]:
+    if dense_model is not None and manifest.get("dense_model") != dense_model.name:
         return None
     bm25 = Bm25Index.load(directory / "bm25", len(chunks))
-    dense = DenseIndex.load(directory / "dense.usearch", dense_dimensions) if dense_dimensions else None
+    dense = None
+    if dense_model is not None:
+        dense = DenseIndex.load(directory / "dense.usearch", dense_model.dimensions)
     return bm25, dense

@@ -149,13 +149,19 @@ class Store:
         """Every document and chunk (chunks in key order), with vectors where stored."""
         return await asyncio.to_thread(self._read, self._load_all)
 
-    async def document_text(self, document_id: str) -> str | None:
-        def query(db: sqlite3.Connection) -> str | None:
+    async def get_document(self, document_id: str) -> tuple[DocumentRecord, str] | None:
+        """A committed document and its text, read together (never half of a replace)."""
+
+        def query(db: sqlite3.Connection) -> tuple[DocumentRecord, str] | None:
             row = db.execute(
-                "SELECT c.text FROM documents d JOIN contents c USING (content_hash) WHERE d.document_id = ?",
+                """SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
+                          (SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.document_id)
+                   FROM documents d JOIN contents c USING (content_hash) WHERE d.document_id = ?""",
                 (document_id,),
             ).fetchone()
-            return None if row is None else str(row[0])
+            if row is None:
+                return None
+            return DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[6]), str(row[5])
 
         return await asyncio.to_thread(self._read, query)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from services.rag.chunking import ChunkingOptions
@@ -29,3 +32,22 @@ async def kb(tmp_path: Path) -> AsyncIterator[KnowledgeBase]:
     )
     yield base
     await base.close()
+
+
+class HashingEmbedder:
+    """A deterministic stand-in for the model (bag of hashed words), for tests of index plumbing.
+
+    Retrieval quality is tested with the real model; this one only has to be stable and cheap.
+    """
+
+    def __init__(self, *, model_name: str = "test/hashing", dimensions: int = 64) -> None:
+        self.model_name = model_name
+        self.dimensions = dimensions
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                vectors[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimensions] += 1.0
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)

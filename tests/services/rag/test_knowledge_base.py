@@ -9,7 +9,8 @@ import pytest
 from services.rag.chunking import ChunkingOptions
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
 from services.rag.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase, Mode, chunk_id
-from tests.services.rag.conftest import SMALL_LIMITS
+from tests.services.rag.conftest import SMALL_LIMITS, HashingEmbedder
+from tests.system import wait_until
 
 RETRIES = DocumentInput(
     "guide/retries",
@@ -289,3 +290,49 @@ async def test_single_characters_and_digits_are_searchable(kb: KnowledgeBase) ->
     await kb.ingest([DocumentInput("steps", "Step 7 restarts the pods."), DocumentInput("other", "Step 8 drains.")])
     [hit, *_] = await kb.search("step 7", top_k=2)
     assert hit.chunk.document_id == "steps"
+
+
+async def test_a_batch_reports_unchanged_and_new_documents_separately(kb: KnowledgeBase) -> None:
+    await kb.ingest([RETRIES])
+    results = await kb.ingest([RETRIES, DEADLINES])
+    assert [(r.document_id, r.outcome) for r in results] == [
+        ("guide/retries", IngestOutcome.UNCHANGED),
+        ("guide/deadlines", IngestOutcome.CREATED),
+    ]
+
+
+async def test_changing_only_metadata_replaces_the_document(kb: KnowledgeBase) -> None:
+    await kb.ingest([DEADLINES])
+    moved = DocumentInput(DEADLINES.document_id, DEADLINES.text, {"team": "edge"})
+    [result] = await kb.ingest([moved])
+    assert result.outcome is IngestOutcome.REPLACED
+    [hit] = await kb.search("deadline", top_k=5, metadata_filter={"team": "edge"})
+    assert hit.document.metadata == {"team": "edge"}
+
+
+async def test_dense_indexes_saved_for_another_model_are_rebuilt(tmp_path: Path) -> None:
+    first = await KnowledgeBase.open(tmp_path, embedder=HashingEmbedder(model_name="a", dimensions=16))
+    await first.ingest([RETRIES, DEADLINES])
+    await first.close()
+    second = await KnowledgeBase.open(tmp_path, embedder=HashingEmbedder(model_name="b", dimensions=32))
+    try:
+        assert not second.snapshot.restored
+        [best, *_] = await second.search("deadline hop", top_k=2, mode=Mode.DENSE)
+        assert best.chunk.document_id == "guide/deadlines"
+    finally:
+        await second.close()
+
+
+async def test_a_cancelled_ingest_still_commits_and_becomes_searchable(kb: KnowledgeBase) -> None:
+    task = asyncio.create_task(kb.ingest([DEADLINES]))
+
+    async def committing() -> bool:
+        return kb.writes_in_flight > 0
+
+    # Let it reach the shielded commit, then give up on it, as a handler past its deadline would.
+    await wait_until(committing, timeout_s=10, interval_s=0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(kb.settle(), timeout=10)
+    assert [h.chunk.document_id for h in await kb.search("deadline", top_k=1)] == ["guide/deadlines"]
