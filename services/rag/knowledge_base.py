@@ -116,6 +116,7 @@ class KnowledgeBase:
         self._chunks: dict[int, ChunkRecord] = {}
         self._keys_by_document: dict[str, list[int]] = {}
         self._writes: set[asyncio.Task[Any]] = set()
+        self._catch_up: asyncio.Task[None] | None = None
         self._generation = 0
         self._snapshot: IndexSnapshot | None = None
         self._save_task: asyncio.Task[None] | None = None
@@ -185,8 +186,14 @@ class KnowledgeBase:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def ingest(self, documents: Sequence[DocumentInput], *, field: str = "documents") -> list[IngestResult]:
-        """Add or replace ``documents`` atomically; returns once they are searchable.
+    async def ingest(
+        self, documents: Sequence[DocumentInput], *, field: str = "documents", wait_searchable: bool = True
+    ) -> list[IngestResult]:
+        """Add or replace ``documents`` atomically; by default returns once they are searchable.
+
+        With ``wait_searchable=False`` it returns once they are committed and the index catches
+        up in the background, where one rebuild covers every batch committed meanwhile: a long
+        stream of batches then costs a few index rebuilds instead of one per batch.
 
         Invalid input raises InvalidArgument listing every violation, with field paths such
         as ``documents[2].text`` (``field`` names the list in the caller's request).
@@ -222,7 +229,7 @@ class KnowledgeBase:
         # Shielded: a caller that is cancelled (deadline, client gone) stops waiting, but a
         # commit under way still completes together with its catalog update and index rebuild,
         # so the store, the catalog and the searchable snapshot never disagree.
-        return await asyncio.shield(self._track(self._commit_ingest(documents, prepared, vectors)))
+        return await asyncio.shield(self._track(self._commit_ingest(documents, prepared, vectors, wait_searchable)))
 
     async def delete(self, document_id: str) -> None:
         """Remove a document and its chunks; DocumentNotFound if there is none."""
@@ -237,7 +244,11 @@ class KnowledgeBase:
         return task
 
     async def _commit_ingest(
-        self, documents: Sequence[DocumentInput], prepared: Sequence[_Prepared], vectors: Mapping[str, Vector]
+        self,
+        documents: Sequence[DocumentInput],
+        prepared: Sequence[_Prepared],
+        vectors: Mapping[str, Vector],
+        wait_searchable: bool,
     ) -> list[IngestResult]:
         by_id = {item.document.document_id: item for item in prepared}
         async with self._write_lock:
@@ -271,12 +282,17 @@ class KnowledgeBase:
                         },
                     )
                 )
-            if not writes:
-                return results
-            update_time = time.time()
-            generation, keys = await self._store.apply(writes, update_time=update_time)
-            self._apply_to_catalog(writes, keys, vectors, generation, update_time)
-        await self._refresh(generation)
+            # With nothing to write, "searchable" still means: whatever the caller committed
+            # before (earlier batches of a stream) is indexed too.
+            generation = self._generation
+            if writes:
+                update_time = time.time()
+                generation, keys = await self._store.apply(writes, update_time=update_time)
+                self._apply_to_catalog(writes, keys, vectors, generation, update_time)
+        if wait_searchable:
+            await self._refresh(generation)
+        elif self._catch_up is None or self._catch_up.done():
+            self._catch_up = self._track(self._catch_up_with_commits())
         return results
 
     async def _commit_delete(self, document_id: str) -> None:
@@ -524,7 +540,8 @@ class KnowledgeBase:
             current = self._snapshot
             if current is not None and current.generation >= generation:
                 return
-            # Everything committed so far, not just this caller's change.
+            # Everything committed so far, not just this caller's change: concurrent and
+            # background writers waiting on the lock then find their change already indexed.
             target = self._generation
             self._snapshot = await asyncio.to_thread(
                 build_snapshot,
@@ -535,6 +552,12 @@ class KnowledgeBase:
                 dense_model=self._dense_model,
             )
         self._schedule_save()
+
+    async def _catch_up_with_commits(self) -> None:
+        # Loops rather than rebuilding once: commits that land during a rebuild are picked up by
+        # the next round, and the task ends only when nothing committed is left unindexed.
+        while self._snapshot is None or self._snapshot.generation < self._generation:
+            await self._refresh(self._generation)
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():

@@ -125,11 +125,14 @@ class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
         pending_ids: set[str] = set()
         pending_bytes = 0
 
-        async def flush() -> None:
+        async def flush(*, last: bool = False) -> None:
             nonlocal pending_bytes
             if pending:
                 with _domain_errors():
-                    results.extend(_result(r) for r in await knowledge.ingest(pending, field="document"))
+                    # Only the last batch waits for the index: earlier ones are committed and
+                    # indexed in the background, so a long stream is not one rebuild per batch.
+                    ingested = await knowledge.ingest(pending, field="document", wait_searchable=last)
+                results.extend(_result(r) for r in ingested)
                 pending.clear()
                 pending_ids.clear()
                 pending_bytes = 0
@@ -139,7 +142,7 @@ class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
             document = _document_input(message.document)
             violations = knowledge.document_violations(document, field="document")
             if violations:
-                await flush()
+                await flush(last=True)
                 raise invalid_argument(
                     (field, f"{description} (stream message {index}; the {len(results)} before it were ingested)")
                     for field, description in violations
@@ -158,7 +161,7 @@ class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
             index += 1
         if index == 0:
             raise invalid_argument([("document", "the stream carried no documents")])
-        await flush()
+        await flush(last=True)
         return rag_service_pb2.StreamIngestDocumentsResponse(results=results)
 
     @api_errors

@@ -336,3 +336,19 @@ async def test_a_cancelled_ingest_still_commits_and_becomes_searchable(kb: Knowl
         await task
     await asyncio.wait_for(kb.settle(), timeout=10)
     assert [h.chunk.document_id for h in await kb.search("deadline", top_k=1)] == ["guide/deadlines"]
+
+
+async def test_batches_that_do_not_wait_are_indexed_by_the_next_one_that_does(kb: KnowledgeBase) -> None:
+    for i in range(5):
+        await kb.ingest([DocumentInput(f"b{i}", f"Background batch {i} about quotas.")], wait_searchable=False)
+    # The last batch changes nothing, yet returning means everything before it is searchable.
+    [result] = await kb.ingest([DocumentInput("b4", "Background batch 4 about quotas.")])
+    assert result.outcome is IngestOutcome.UNCHANGED
+    assert len(await kb.search("quotas", top_k=10)) == 5
+
+
+async def test_settle_waits_for_background_indexing(kb: KnowledgeBase) -> None:
+    await kb.ingest([DEADLINES], wait_searchable=False)
+    await asyncio.wait_for(kb.settle(), timeout=10)
+    assert kb.snapshot.generation == kb.generation
+    assert await kb.search("deadline", top_k=1)
