@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import bm25s
 import numpy as np
 import numpy.typing as npt
 import Stemmer  # type: ignore[import-not-found]
 
-# PyStemmer's objects are thread-safe for stemWords, and building one costs a few ms.
-_STEMMER = Stemmer.Stemmer("english")
+# bm25s pins its logger to DEBUG on import, which would print a line per index build whatever
+# the service's log level; let it inherit the configured level like every other library.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
+
+# A PyStemmer object keeps mutable state (its cache) and is not thread-safe, while tokenizing
+# runs in worker threads (ingests and searches at once): one stemmer per thread.
+_stemmers = threading.local()
+
+
+def _stemmer() -> Any:
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    return stemmer
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -24,7 +39,7 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
         list(texts),
         token_pattern=r"(?u)\b\w+\b",
         stopwords="en",
-        stemmer=_STEMMER,
+        stemmer=_stemmer(),
         return_ids=False,
         show_progress=False,
     )

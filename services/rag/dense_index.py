@@ -2,10 +2,13 @@
 
 Instances are never mutated once published: ``updated`` copies the graph, applies the
 changes to the copy and returns it, so searches on the old instance run undisturbed.
+Calls into one usearch index are serialised: its per-thread search contexts are shared by
+concurrent callers (unum-cloud/USearch#441), and a search takes well under a millisecond.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +26,20 @@ _EXACT_FILTER_LIMIT = 4096
 class DenseIndex:
     def __init__(self, index: Index) -> None:
         self._index = index
+        self._lock = threading.Lock()
 
     @classmethod
     def empty(cls, dimensions: int) -> DenseIndex:
         return cls(Index(ndim=dimensions, metric="cos", dtype="f32"))
 
     def __len__(self) -> int:
-        return len(self._index)
+        with self._lock:
+            return len(self._index)
 
     def updated(self, *, remove: Keys, add_keys: Keys, add_vectors: Vectors) -> DenseIndex:
         """A new index with ``remove`` gone and ``add_keys`` added; this one is unchanged."""
-        index = self._index.copy()
+        with self._lock:
+            index = self._index.copy()
         if remove.size:
             index.remove(remove)
         if add_keys.size:
@@ -42,6 +48,10 @@ class DenseIndex:
 
     def search(self, query: Vectors, k: int, allowed: Keys | None = None) -> list[tuple[int, float]]:
         """Up to ``k`` (key, cosine similarity) pairs, best first, only keys in ``allowed`` if given."""
+        with self._lock:
+            return self._search(query, k, allowed)
+
+    def _search(self, query: Vectors, k: int, allowed: Keys | None) -> list[tuple[int, float]]:
         total = len(self._index)
         if total == 0 or (allowed is not None and allowed.size == 0):
             return []
@@ -64,7 +74,8 @@ class DenseIndex:
             count = min(total, count * 4)
 
     def save(self, path: Path) -> None:
-        self._index.save(str(path))
+        with self._lock:
+            self._index.save(str(path))
 
     @classmethod
     def load(cls, path: Path, dimensions: int) -> DenseIndex:
