@@ -57,6 +57,8 @@ class IndexSnapshot:
     dense: DenseIndex | None
     dense_model: DenseModel | None
     position_by_key: Mapping[int, int]
+    # Chunk keys by position, for turning a filter mask into the keys the dense index knows.
+    keys: npt.NDArray[np.uint64]
     # metadata key -> value -> positions of the chunks whose document has that pair.
     postings: Mapping[str, Mapping[str, npt.NDArray[np.intp]]]
     # True when the indexes were loaded from a saved snapshot rather than built.
@@ -83,7 +85,7 @@ class IndexSnapshot:
             assert self.dense is not None and query_vector is not None
             allowed = None
             if mask is not None:
-                allowed = np.fromiter((self.chunks[i].key for i in np.flatnonzero(mask)), dtype=np.uint64)
+                allowed = self.keys[mask]
             by_key = self.dense.search(query_vector, candidates, allowed)
             rankings.append([(self.position_by_key[key], score) for key, score in by_key])
         if mode is Mode.HYBRID:
@@ -181,6 +183,7 @@ def build_snapshot(
         dense=dense,
         dense_model=dense_model,
         position_by_key={chunk.key: position for position, chunk in enumerate(chunks)},
+        keys=np.fromiter((chunk.key for chunk in chunks), dtype=np.uint64, count=len(chunks)),
         postings={
             field: {value: np.asarray(positions, dtype=np.intp) for value, positions in values.items()}
             for field, values in postings.items()
