@@ -43,6 +43,8 @@ class Chunk:
 
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_NOT_A_TITLE = re.compile(r"^ {0,3}(?:[-*+>|]|\d+[.)])(?:\s|$)|^ {4}")
 # A unit ends at a blank line, after sentence-final punctuation followed by something that
 # starts a sentence, or before a list item. Lowercase after a period ("e.g. this") is not a break.
 _UNIT_BREAK = re.compile(
@@ -77,8 +79,9 @@ def _markdown_sections(text: str) -> list[_Section]:
     heading = ""
     in_fence: str | None = None
     offset = 0
-    for line in text.splitlines(keepends=True):
-        bare = line.rstrip("\r\n")
+    lines = text.splitlines(keepends=True)
+    bare_lines = [line.rstrip("\r\n") for line in lines]
+    for index, (line, bare) in enumerate(zip(lines, bare_lines, strict=True)):
         fence = _FENCE.match(bare)
         if fence:
             marker = fence.group(1)
@@ -86,18 +89,36 @@ def _markdown_sections(text: str) -> list[_Section]:
                 in_fence = marker
             elif marker == in_fence:
                 in_fence = None
-        elif in_fence is None and (match := _HEADING.match(bare)):
+        elif in_fence is None and (found := _heading(bare_lines, index)):
             if offset > section_start:
                 sections.append(_Section(section_start, offset, heading))
-            level = len(match.group(1))
-            path = [(lvl, title) for lvl, title in path if lvl < level]
-            path.append((level, match.group(2).strip()))
-            heading = " > ".join(title for _, title in path)
+            level, title = found
+            path = [(lvl, t) for lvl, t in path if lvl < level]
+            path.append((level, title))
+            heading = " > ".join(t for _, t in path)
             section_start = offset
         offset += len(line)
     if len(text) > section_start:
         sections.append(_Section(section_start, len(text), heading))
     return sections
+
+
+def _heading(lines: list[str], index: int) -> tuple[int, str] | None:
+    """(level, title) if ``lines[index]`` starts a heading: ATX (``## Title``) or setext (underlined)."""
+    line = lines[index]
+    if match := _HEADING.match(line):
+        return len(match.group(1)), match.group(2).strip()
+    # Setext: a one-line paragraph underlined with = (level 1) or - (level 2). A "---" after a
+    # blank line is a thematic break instead, and list items or quotes are not titles.
+    if (
+        index + 1 < len(lines)
+        and line.strip()
+        and (index == 0 or not lines[index - 1].strip())
+        and not _NOT_A_TITLE.match(line)
+        and (underline := _SETEXT_UNDERLINE.match(lines[index + 1]))
+    ):
+        return (1 if underline.group(1).startswith("=") else 2), line.strip()
+    return None
 
 
 def _units(text: str, start: int, end: int) -> list[tuple[int, int]]:

@@ -42,6 +42,21 @@ def test_hash_lines_inside_fenced_code_are_not_headings() -> None:
     assert "# a shell comment" in chunks[1].text
 
 
+def test_underlined_setext_headings_start_sections_too() -> None:
+    text = "Guide\n=====\n\nIntro.\n\nRetries\n-------\nThey back off.\n"
+    chunks = chunk_document(text, ContentType.MARKDOWN, ChunkingOptions(size=400, overlap=0))
+    assert [(c.heading, c.text) for c in chunks] == [
+        ("Guide", "Guide\n=====\n\nIntro."),
+        ("Guide > Retries", "Retries\n-------\nThey back off."),
+    ]
+
+
+def test_thematic_breaks_and_list_items_are_not_setext_headings() -> None:
+    text = "# Notes\n\nA paragraph.\n\n---\n\n- an item\n---\n"
+    chunks = chunk_document(text, ContentType.MARKDOWN, ChunkingOptions(size=400, overlap=0))
+    assert {c.heading for c in chunks} == {"Notes"}
+
+
 def test_plain_text_has_no_sections() -> None:
     chunks = chunk_document(GUIDE, ContentType.PLAIN_TEXT, ChunkingOptions(size=4000, overlap=0))
     assert len(chunks) == 1
