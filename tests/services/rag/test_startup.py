@@ -16,7 +16,7 @@ from services.rag.config import RagSettings
 from services.rag.server import build
 
 async def main() -> None:
-    plan = await build(RagSettings(port=0, data_dir=Path(sys.argv[1])))
+    plan = await build(RagSettings(port=0, data_dir=Path(sys.argv[1]), dense_enabled=False))
     for hook in plan.on_stopped:
         await hook()
 
