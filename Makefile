@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml tools/requirements.py
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) tools/requirements.py dev > $(VENV)/requirements.txt
+	$(PY) tools/requirements.py dev dense > $(VENV)/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
 	# The repo root (hand-written packages) and gen/ (generated code) on the venv's path.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > $(SITE)/agentmesh-paths.pth
@@ -105,6 +105,10 @@ mesh-render: gen ## render envoy/ and istio/ from mesh/policy.yaml (commit the r
 .PHONY: mesh-check
 mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the policy contradicts the protos
 	$(PY) -m mesh check
+
+.PHONY: eval
+eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md})
+	$(PY) -m eval.rag
 
 .PHONY: clean
 clean: ## remove generated code, venv and local data
