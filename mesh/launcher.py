@@ -1,0 +1,199 @@
+"""`make run MESH=envoy`: the whole system behind Envoy, with mTLS on every hop, on loopback.
+
+Runs exactly what ``envoy/`` holds: an edge proxy, one sidecar per service instance (agent v1
+and its v2 canary included) and each app as ``python -m services.<name>`` on a plaintext
+loopback port that only its own sidecar talks to. Ports are the policy's ``local`` layout.
+Ctrl-C (or SIGTERM) stops the edge, then the apps front to back, then the sidecars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
+from mesh.certs import cert_paths, write_mesh_certs
+from mesh.envoy_process import EnvoyProcess
+from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
+from mesh.policy import Policy, load_policy
+from mesh.render import drift
+
+REPO = Path(__file__).resolve().parents[1]
+WORK_DIR = REPO / "var" / "mesh"
+# Started in this order (callees first), stopped in reverse.
+START_ORDER = ("rag", "agent", "gateway")
+
+
+class _App:
+    """One service instance as its own process, in its own session (Ctrl-C reaches the launcher only)."""
+
+    def __init__(self, instance: str, process: asyncio.subprocess.Process, port: int) -> None:
+        self.instance, self.process, self.port = instance, process, port
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+def app_env(policy: Policy, instance: str) -> dict[str, str]:
+    """The environment for one app: its own port, and its callees at its sidecar's outbound ports."""
+    service, _ = split_instance(instance)
+    ports = policy.local.instances[instance]
+    prefix = f"AGENTMESH_{service.upper()}_"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "gen")]),
+        prefix + "HOST": LOOPBACK,
+        prefix + "PORT": str(ports.app),
+        prefix + "LOG_FORMAT": os.environ.get(prefix + "LOG_FORMAT", "console"),
+    }
+    # Each callee is reached through this instance's own sidecar, never directly.
+    via_sidecar = {callee: [f"{LOOPBACK}:{port}"] for callee, port in ports.outbound.items()}
+    if service == "gateway":
+        env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
+    if service == "agent":
+        env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
+    return env
+
+
+async def _start_app(policy: Policy, instance: str) -> _App:
+    service, _ = split_instance(instance)
+    log = (WORK_DIR / f"{instance}.log").open("ab")
+    with log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"services.{service}",
+            cwd=REPO, env=app_env(policy, instance), stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    app = _App(instance, process, policy.local.instances[instance].app)
+    await _wait_serving(app)
+    return app
+
+
+async def _wait_serving(app: _App, *, within: float = 30.0) -> None:
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{app.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(int(within / 0.2)):
+            if app.process.returncode is not None:
+                raise RuntimeError(f"{app.instance} exited; see {WORK_DIR / app.instance}.log")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{app.instance} did not report SERVING within {within}s")
+
+
+async def _seed_knowledge(policy: Policy) -> int:
+    """Ingest the example documents through the edge, over TLS: the first call proves the chain."""
+    ca = cert_paths(REPO / policy.local.certs_dir, "edge").ca
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    async with grpc.aio.secure_channel(f"localhost:{policy.local.edge.port}", credentials) as channel:
+        rag = rag_service_pb2_grpc.RagServiceStub(channel)
+        documents = [
+            document_pb2.Document(
+                document_id=path.stem, text=path.read_text(), content_type="text/markdown",
+                metadata={"source": "examples"},
+            )
+            for path in sorted((REPO / "examples" / "knowledge").glob("*.md"))
+        ]  # fmt: skip
+        request = rag_service_pb2.IngestDocumentsRequest(documents=documents)
+        response = await rag.IngestDocuments(request, timeout=10, wait_for_ready=True)
+        return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
+
+
+def _banner(policy: Policy) -> str:
+    edge = f"localhost:{policy.local.edge.port}"
+    ca = f"{policy.local.certs_dir}/ca.pem"
+    question = '{"question": "How long do refunds take?"}'
+    lines = [
+        "",
+        f"agentmesh is up behind Envoy; the edge is https://{edge} (gRPC and HTTP/JSON, CA {ca}).",
+        "",
+        "  instance      app (plaintext, loopback)   sidecar (mTLS)   sidecar admin",
+        *(
+            f"  {name:<13} {LOOPBACK}:{ports.app:<17}   :{ports.inbound:<14}  http://{LOOPBACK}:{ports.admin}"
+            for name, ports in policy.local.instances.items()
+        ),
+        f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
+        "",
+        "Try:",
+        f"  curl --cacert {ca} -X POST https://{edge}/v1/runs -H 'content-type: application/json' -d '{question}'",
+        f"  curl --cacert {ca} https://{edge}/v1/runs/RUN_ID",
+        f"  .venv/bin/grpcurl -cacert {ca} -H 'version: v2' -d '{question}' {edge} "
+        "agentmesh.agent.v1.AgentService/CreateRun",
+        f"  curl -s http://{LOOPBACK}:{policy.local.instances['gateway-v1'].admin}/stats | grep agent_v",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    policy = load_policy()
+    stale = drift(policy, REPO)
+    if stale:
+        print(f"envoy/ or istio/ is stale ({', '.join(map(str, stale))}): run `make mesh-render`", file=sys.stderr)
+        return 1
+    certs_dir = REPO / policy.local.certs_dir
+    if not (certs_dir / "ca.pem").exists():
+        write_mesh_certs(certs_dir, mesh_identities(policy))
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    sidecars: list[EnvoyProcess] = []
+    apps: list[_App] = []
+    edge: EnvoyProcess | None = None
+    code = 0
+    try:
+        for service in START_ORDER:
+            for version in policy.services[service].versions:
+                instance = instance_name(service, version)
+                sidecar = EnvoyProcess(REPO / "envoy" / f"{instance}.yaml", workdir=WORK_DIR, name=instance)
+                sidecars.append(sidecar)
+                await sidecar.start()
+                apps.append(await _start_app(policy, instance))
+        edge = EnvoyProcess(REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge")
+        await edge.start()
+        changed = await _seed_knowledge(policy)
+        print(_banner(policy) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        while not stop.is_set():
+            for app in apps:
+                if app.process.returncode is not None:
+                    print(f"{app.instance} exited with code {app.process.returncode}", file=sys.stderr)
+                    code = 1
+                    stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    except (RuntimeError, TimeoutError, grpc.aio.AioRpcError) as error:
+        print(f"start-up failed: {error} (logs in {WORK_DIR})", file=sys.stderr)
+        code = 1
+    finally:
+        if edge is not None:
+            await edge.stop()
+        for app in reversed(apps):
+            await app.stop()
+        for sidecar in reversed(sidecars):
+            await sidecar.stop()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,241 @@
+"""The traffic policy model: ``mesh/policy.yaml`` parsed and checked before anything is rendered.
+
+Every model forbids unknown keys, so a typo in the policy fails loudly instead of silently
+rendering a mesh without the setting someone thought they had written.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
+
+_DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def _parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write e.g. '250ms', '2s' or '1m'")
+    return timedelta(seconds=float(match["value"]) * _UNIT_SECONDS[match["unit"]])
+
+
+def _check_duration(text: str) -> str:
+    _parse_duration(text)
+    return text
+
+
+# Checked here, kept as the author wrote it; renderers convert with proto_duration().
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+# gRPC status names as Envoy's `retry_on` and Istio's `retryOn` spell them.
+RetryableCode = Literal["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
+AbortCode = Literal["unavailable", "internal", "resource-exhausted", "deadline-exceeded", "cancelled"]
+
+GRPC_CODE_NUMBERS: dict[str, int] = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
+
+ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+Version = Annotated[str, Field(pattern=r"^v[0-9]+$")]
+MethodPattern = Annotated[str, Field(pattern=r"^(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Identity(_Strict):
+    namespace: str
+    service_account: str
+
+
+class Edge(_Strict):
+    identity: Identity
+    hosts: list[str]
+    upstream: ServiceName
+    transcode: list[str]
+
+
+class Jwt(_Strict):
+    issuer: str
+    jwks_uri: str
+    audiences: list[str]
+
+
+class Retries(_Strict):
+    # Retries after the first try (Envoy's num_retries, Istio's attempts).
+    attempts: Annotated[int, Field(ge=1, le=10)]
+    per_try_timeout: Duration
+    retry_on: list[RetryableCode] = Field(min_length=1)
+
+
+class Route(_Strict):
+    methods: list[MethodPattern] = Field(min_length=1)
+    timeout: Duration
+    retries: Retries | None = None
+
+
+class ConnectionPool(_Strict):
+    max_connections: Annotated[int, Field(ge=1)]
+    max_pending_requests: Annotated[int, Field(ge=1)]
+    max_requests: Annotated[int, Field(ge=1)]
+    max_retries: Annotated[int, Field(ge=0)]
+
+
+class OutlierDetection(_Strict):
+    consecutive_errors: Annotated[int, Field(ge=1)]
+    interval: Duration
+    base_ejection_time: Duration
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)]
+
+
+class HealthCheck(_Strict):
+    interval: Duration
+    timeout: Duration
+    unhealthy_threshold: Annotated[int, Field(ge=1)]
+    healthy_threshold: Annotated[int, Field(ge=1)]
+
+
+class Canary(_Strict):
+    header: str
+    value: str
+    version: Version
+    weights: dict[Version, Annotated[int, Field(ge=0, le=100)]]
+
+    @model_validator(mode="after")
+    def _weights_total_100(self) -> Canary:
+        if sum(self.weights.values()) != 100:
+            raise ValueError(f"canary weights must add up to 100, got {sum(self.weights.values())}")
+        return self
+
+
+class Resources(_Strict):
+    cpu: str
+    memory: str
+
+
+class Service(_Strict):
+    port: Annotated[int, Field(ge=1, le=65535)]
+    versions: list[Version] = Field(min_length=1)
+    canary: Canary | None = None
+    # caller name -> method patterns it may call; a caller is a service name or "edge".
+    callers: dict[str, list[MethodPattern]]
+    # First match wins, as in Envoy and Istio; the last route should catch "*".
+    routes: list[Route] = Field(min_length=1)
+    connection_pool: ConnectionPool
+    outlier_detection: OutlierDetection
+    health_check: HealthCheck
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _last_route_catches_all(self) -> Service:
+        # Otherwise a new method would fall through every route and fail as UNIMPLEMENTED.
+        if "*" not in self.routes[-1].methods:
+            raise ValueError('the last route must match "*" so that every method has a timeout')
+        return self
+
+    @model_validator(mode="after")
+    def _canary_names_known_versions(self) -> Service:
+        if self.canary is None and len(self.versions) > 1:
+            raise ValueError(f"versions {self.versions} need a canary section to say how traffic splits")
+        if self.canary is not None:
+            unknown = ({self.canary.version} | set(self.canary.weights)) - set(self.versions)
+            if unknown:
+                raise ValueError(f"canary names versions {sorted(unknown)} not in versions {self.versions}")
+        return self
+
+
+class Fault(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+    service: ServiceName
+    delay: Duration | None = None
+    abort: AbortCode | None = None
+
+    @model_validator(mode="after")
+    def _delay_or_abort(self) -> Fault:
+        if (self.delay is None) == (self.abort is None):
+            raise ValueError(f"fault {self.name!r} needs exactly one of delay or abort")
+        return self
+
+
+class LocalInstance(_Strict):
+    app: int
+    inbound: int
+    admin: int
+    outbound: dict[ServiceName, int]
+
+
+class LocalEdge(_Strict):
+    port: int
+    admin: int
+
+
+class Local(_Strict):
+    certs_dir: str
+    edge: LocalEdge
+    # "<service>-<version>" -> ports
+    instances: dict[str, LocalInstance]
+
+
+class Policy(_Strict):
+    trust_domain: str
+    namespace: str
+    edge: Edge
+    jwt: Jwt
+    services: dict[ServiceName, Service]
+    faults: list[Fault] = []
+    fault_header: str
+    local: Local
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Policy:
+        known_callers = {*self.services, "edge"}
+        for name, service in self.services.items():
+            unknown = set(service.callers) - known_callers
+            if unknown:
+                raise ValueError(f"service {name!r} allows unknown callers {sorted(unknown)}")
+        if self.edge.upstream not in self.services:
+            raise ValueError(f"edge upstream {self.edge.upstream!r} is not a service")
+        for fault in self.faults:
+            if fault.service not in self.services:
+                raise ValueError(f"fault {fault.name!r} targets unknown service {fault.service!r}")
+        return self
+
+    def identity(self, caller: str) -> Identity:
+        """The Kubernetes identity (namespace, service account) a caller runs as."""
+        if caller == "edge":
+            return self.edge.identity
+        return Identity(namespace=self.namespace, service_account=caller)
+
+    def spiffe_id(self, caller: str) -> str:
+        identity = self.identity(caller)
+        return f"spiffe://{self.trust_domain}/ns/{identity.namespace}/sa/{identity.service_account}"
+
+    def callees(self, caller: str) -> list[str]:
+        """Services ``caller`` may call, in policy order."""
+        return [name for name, service in self.services.items() if caller in service.callers]
+
+    def faults_for(self, service: str) -> list[Fault]:
+        return [fault for fault in self.faults if fault.service == service]
+
+
+def proto_duration(duration: str) -> str:
+    """A policy duration in the protobuf JSON form ("0.6s") that both Envoy and Istio read."""
+    return f"{_parse_duration(duration).total_seconds():g}s"
+
+
+def load_policy(path: Path = DEFAULT_POLICY_PATH) -> Policy:
+    with path.open(encoding="utf-8") as handle:
+        return Policy.model_validate(yaml.safe_load(handle))
