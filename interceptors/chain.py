@@ -19,9 +19,10 @@ Server chain, outermost first (grpc.aio runs the first interceptor outermost):
 The bootstrap puts its drain gate and request decoding in front of this chain.
 
 Client chain (a service's outgoing calls), outermost first: tracing (one client span
-around all attempts), deadline (the remaining budget), then SLOTS for the retry policy and
-the circuit breaker (interceptors from ``interceptors.retry`` / ``interceptors.circuit_breaker``);
-the breaker innermost so that every attempt counts toward its state.
+around all attempts), deadline (the remaining budget, which bounds the retries too), then
+SLOTS for forwarding the verified caller, the retry policy and the circuit breaker
+(``runtime.resilience.upstream_guards`` groups its interceptors by these slots); the
+breaker innermost so that every attempt counts toward its state.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def client_chain(
     *,
     tracing: Tracing | None,
     deadline_margin_s: float,
+    forwarding: Sequence[grpc.aio.ClientInterceptor] = (),
     retry: Sequence[grpc.aio.ClientInterceptor] = (),
     circuit_breaker: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> list[grpc.aio.ClientInterceptor]:
@@ -74,6 +76,7 @@ def client_chain(
     return [
         *(() if tracing is None else tracing_client_interceptors(tracing=tracing)),
         *deadline_client_interceptors(margin=deadline_margin_s),
+        *forwarding,  # SLOT: forwarding of the verified caller's credentials
         *retry,  # SLOT: the retry policy's interceptors
         *circuit_breaker,  # SLOT: the circuit breaker's interceptors
     ]

@@ -81,8 +81,12 @@ class Metrics:
         )
 
     def set_breaker_state(self, target: str, state: str) -> None:
-        """Record a circuit breaker transition; ``state`` is one of :data:`BREAKER_STATES`."""
+        """Record a circuit breaker's state; ``state`` is one of :data:`BREAKER_STATES`."""
         self.breaker.labels(target).state(state)
+
+    def breaker_state_changed(self, target: str, old: str, new: str) -> None:
+        """The same, shaped as a breaker's ``on_state_change(target, old, new)`` listener."""
+        self.set_breaker_state(target, str(new))
 
 
 class MetricsInterceptor(WrappingInterceptor):

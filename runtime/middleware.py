@@ -37,9 +37,9 @@ class Middleware:
     """The chain of one service: server and client interceptors plus the resources behind them."""
 
     server_interceptors: list[ServerInterceptorBase]
-    client_interceptors: list[grpc.aio.ClientInterceptor]
     metrics: Metrics
     tracing: Tracing
+    deadline_margin_s: float
     _store: IdempotencyStore | None = None
     _metrics_server: MetricsServer | None = None
     _closed: bool = field(default=False, repr=False)
@@ -50,9 +50,15 @@ class Middleware:
         settings: ServiceSettings,
         *,
         service: str,
+        auth: ServerInterceptorBase | None = None,
+        rate_limit: ServerInterceptorBase | None = None,
         span_processors: Sequence[SpanProcessor] = (),
     ) -> Middleware:
-        """The chain for ``service`` (e.g. "agent"); ``span_processors`` add to the configured export."""
+        """The chain for ``service`` (e.g. "agent").
+
+        ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the
+        configured span export (tests pass an in-memory exporter).
+        """
         tracing = setup_tracing(
             service_name=f"agentmesh-{service}",
             otlp_endpoint=settings.otlp_endpoint,
@@ -84,13 +90,34 @@ class Middleware:
                 metrics=metrics,
                 access_log=AccessLogInterceptor(),
                 default_deadline_s=settings.default_deadline_s,
+                auth=auth,
+                rate_limit=rate_limit,
                 idempotency=idempotency,
             ),
-            client_interceptors=client_chain(tracing=tracing, deadline_margin_s=settings.deadline_margin_s),
             metrics=metrics,
             tracing=tracing,
+            deadline_margin_s=settings.deadline_margin_s,
             _store=store,
             _metrics_server=metrics_server,
+        )
+
+    def client_interceptors(
+        self,
+        *,
+        forwarding: Sequence[grpc.aio.ClientInterceptor] = (),
+        retry: Sequence[grpc.aio.ClientInterceptor] = (),
+        circuit_breaker: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> list[grpc.aio.ClientInterceptor]:
+        """The interceptors for the service's upstream channels, with the resilience slots filled.
+
+        Breakers report their state through ``self.metrics.breaker_state_changed``.
+        """
+        return client_chain(
+            tracing=self.tracing,
+            deadline_margin_s=self.deadline_margin_s,
+            forwarding=forwarding,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
         )
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
     middleware = Middleware.start(settings, service="agent", span_processors=span_processors)
     store = RunStore(settings.data_dir / "agent.sqlite3")
     await store.open()
-    upstreams = StaticUpstreams({"rag": settings.rag_endpoints}, interceptors=middleware.client_interceptors)
+    upstreams = StaticUpstreams({"rag": settings.rag_endpoints}, interceptors=middleware.client_interceptors())
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
     servicer = AgentServicer(store, rag, settings)
     return ServerPlan(

@@ -18,7 +18,7 @@ async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProc
     middleware = Middleware.start(settings, service="gateway", span_processors=span_processors)
     pool = load_descriptor_pool(settings.descriptor_set)
     routes = build_routes(settings.routes, pool)
-    upstreams = StaticUpstreams(settings.backends, interceptors=middleware.client_interceptors)
+    upstreams = StaticUpstreams(settings.backends, interceptors=middleware.client_interceptors())
     return ServerPlan(
         settings=settings,
         bindings=[],

@@ -85,3 +85,10 @@ async def test_metrics_are_served_over_http() -> None:
 def test_two_registries_never_share_counters() -> None:
     Metrics(registry=CollectorRegistry())
     Metrics(registry=CollectorRegistry())  # would raise "Duplicated timeseries" on a shared registry
+
+
+def test_a_breaker_listener_records_the_new_state() -> None:
+    metrics = Metrics(registry=CollectorRegistry())
+    metrics.breaker_state_changed("agent", "closed", "open")
+    state = {"target": "agent", "agentmesh_circuit_breaker_state": "open"}
+    assert metrics.registry.get_sample_value("agentmesh_circuit_breaker_state", state) == 1
