@@ -15,7 +15,6 @@ class RagSettings(ServiceSettings):
     max_document_bytes: int = Field(default=1024 * 1024, gt=0)
     max_batch_documents: int = Field(default=100, gt=0)
     max_top_k: int = Field(default=50, gt=0)
-    default_top_k: int = Field(default=5, gt=0)
     # Dense retrieval loads torch and all-MiniLM-L6-v2 (seconds, ~0.5 GB), so it is opt-in:
     # BM25 alone starts instantly and needs neither. Turning it on later embeds the chunks
     # already stored, once, on the next start.
@@ -29,6 +28,4 @@ class RagSettings(ServiceSettings):
     def _overlap_below_half_the_size(self) -> RagSettings:
         if self.chunk_overlap >= self.chunk_size // 2:
             raise ValueError("chunk_overlap must be below half of chunk_size")
-        if self.default_top_k > self.max_top_k:
-            raise ValueError("default_top_k must not exceed max_top_k")
         return self

@@ -166,12 +166,10 @@ class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
 
     @api_errors
     async def Search(self, request: rag_service_pb2.SearchRequest, context: Context) -> rag_service_pb2.SearchResponse:
-        # proto3 cannot tell an unset top_k from 0; the contract makes 0 mean the default.
-        top_k = request.top_k or self._settings.default_top_k
         with _domain_errors():
             hits = await self._knowledge.search(
                 request.query,
-                top_k=top_k,
+                top_k=request.top_k,
                 metadata_filter=dict(request.metadata_filter),
                 mode=_MODES.get(request.mode),
             )

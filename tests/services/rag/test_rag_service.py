@@ -115,11 +115,11 @@ async def test_reingesting_an_id_replaces_its_chunks_and_identical_content_is_un
     assert hit.citation.quote == edited.text
 
 
-async def test_a_zero_top_k_means_the_default_of_five(rag: rag_grpc.RagServiceAsyncStub) -> None:
+async def test_top_k_bounds_the_number_of_results(rag: rag_grpc.RagServiceAsyncStub) -> None:
     documents = [document_pb2.Document(document_id=f"d{i}", text=f"Shared words, note {i}.") for i in range(5)]
     await ingest(rag, *documents)
     await ingest(rag, document_pb2.Document(document_id="d5", text="Shared words, note 5."))
-    response = await rag.Search(rag_pb.SearchRequest(query="shared words"), timeout=5)
+    response = await rag.Search(rag_pb.SearchRequest(query="shared words", top_k=5), timeout=5)
     assert len(response.results) == 5
 
 
