@@ -1,0 +1,98 @@
+"""AIP-193 error statuses for interceptors: build them, reject calls with them, read them back.
+
+Interceptors reject before a handler runs and, on the client side, fail calls that never
+reach the network (an open circuit). Both need a ``google.rpc.Status`` with typed details
+carried in ``grpc-status-details-bin``, built here once so every rejection looks alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+
+from interceptors._aio_types import Context, Handler
+
+# ErrorInfo.domain for every reason raised by agentmesh interceptors.
+ERROR_DOMAIN = "agentmesh.dev"
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+M = TypeVar("M", bound=Message)
+
+
+def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def error_status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Status:
+    """A ``grpc.Status`` whose trailing metadata carries ``details`` as a google.rpc.Status."""
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    proto = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status
+
+
+def rejecting_handler(like: Handler, status: grpc.Status) -> Handler:
+    """A handler of the same streaming kind as ``like`` that ends every call with ``status``.
+
+    Returned from ``intercept_service`` so a rejection costs no handler work. A coroutine
+    behaviour is valid for all four kinds in grpc.aio (streaming kinds use the
+    reader/writer API), so one function serves them all.
+    """
+
+    async def reject(_request: Any, context: Context) -> None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    deserializer = like.request_deserializer
+    serializer = like.response_serializer
+    if like.request_streaming and like.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(reject, deserializer, serializer)
+    if like.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(reject, deserializer, serializer)
+    if like.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(reject, deserializer, serializer)
+    return grpc.unary_unary_rpc_method_handler(reject, deserializer, serializer)
+
+
+def client_error(status: grpc.Status) -> grpc.aio.AioRpcError:
+    """An ``AioRpcError`` for a call failed locally, indistinguishable in shape from a remote one."""
+    return grpc.aio.AioRpcError(
+        code=status.code,
+        initial_metadata=grpc.aio.Metadata(),
+        trailing_metadata=grpc.aio.Metadata(*status.trailing_metadata),
+        details=status.details,
+        debug_error_string=None,
+    )
+
+
+def status_details_bytes(trailing_metadata: Any) -> bytes | None:
+    if not trailing_metadata:
+        return None
+    for key, value in trailing_metadata:
+        if key == _STATUS_DETAILS_KEY:
+            return value if isinstance(value, bytes) else None
+    return None
+
+
+def find_detail(error: grpc.aio.AioRpcError, kind: type[M]) -> M | None:
+    """The first detail of type ``kind`` in an error's google.rpc.Status, if any."""
+    raw = status_details_bytes(error.trailing_metadata())
+    if raw is None:
+        return None
+    proto = status_pb2.Status.FromString(raw)
+    for any_detail in proto.details:
+        if any_detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            any_detail.Unpack(found)
+            return found
+    return None
