@@ -30,4 +30,9 @@ else:
     StreamUnaryClientInterceptorBase = grpc.aio.StreamUnaryClientInterceptor
     StreamStreamClientInterceptorBase = grpc.aio.StreamStreamClientInterceptor
 
+# grpc-stubs leaves grpc.aio.ClientInterceptor opaque; this is what channels accept.
+ClientInterceptor: TypeAlias = (
+    "UnaryUnaryClientInterceptorBase | UnaryStreamClientInterceptorBase"
+    " | StreamUnaryClientInterceptorBase | StreamStreamClientInterceptorBase"
+)
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -135,6 +135,11 @@ class EchoClient:
         )
         self.bidi = channel.stream_stream(BIDI, request_serializer=ser, response_deserializer=de)
         self.other = channel.unary_unary(OTHER, request_serializer=ser, response_deserializer=de)
+
+
+def open_channel(port: int, *interceptors: object) -> grpc.aio.Channel:
+    """A plaintext loopback channel through ``interceptors`` (grpc-stubs types these opaquely)."""
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=cast(Any, list(interceptors)))
 
 
 async def requests_of(*values: str) -> AsyncIterator[StringValue]:
