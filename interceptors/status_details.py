@@ -86,7 +86,12 @@ def status_details_bytes(trailing_metadata: Any) -> bytes | None:
 
 def find_detail(error: grpc.aio.AioRpcError, kind: type[M]) -> M | None:
     """The first detail of type ``kind`` in an error's google.rpc.Status, if any."""
-    raw = status_details_bytes(error.trailing_metadata())
+    return find_detail_in(error.trailing_metadata(), kind)
+
+
+def find_detail_in(trailing_metadata: Any, kind: type[M]) -> M | None:
+    """The first detail of type ``kind`` in the google.rpc.Status carried by trailing metadata."""
+    raw = status_details_bytes(trailing_metadata)
     if raw is None:
         return None
     proto = status_pb2.Status.FromString(raw)

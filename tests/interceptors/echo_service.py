@@ -42,6 +42,7 @@ class Echo:
     fail_with: list[grpc.StatusCode] = field(default_factory=list)
     trailing_on_failure: Sequence[tuple[str, str | bytes]] = ()
     seen_metadata: list[dict[str, str]] = field(default_factory=list)
+    seen_time_remaining: list[float | None] = field(default_factory=list)
     # Set to block calls until released (for hanging-backend tests).
     gate: asyncio.Event | None = None
 
@@ -50,6 +51,7 @@ class Echo:
         self.seen_metadata.append(
             {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         )
+        self.seen_time_remaining.append(context.time_remaining())
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with:
