@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 
-from interceptors._aio_types import Context, Handler
+from interceptors._typing import Context, Handler
 
 # Returns None to admit the call, or the status to end it with.
 Check: TypeAlias = Callable[[Context], grpc.Status | None]
@@ -60,24 +60,16 @@ def _streaming(behavior: Any, check: Check) -> Any:
 def guarded(handler: Handler, check: Check) -> Handler:
     """``handler`` with ``check`` run first on every call."""
     for behavior in (handler.unary_unary, handler.unary_stream, handler.stream_unary, handler.stream_stream):
-        if behavior is not None and not (
-            inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-        ):
+        if behavior is not None and not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
             raise TypeError(f"{behavior!r}: admission checks wrap async (grpc.aio) behaviours only")
     deserializer = handler.request_deserializer
     serializer = handler.response_serializer
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, check), deserializer, serializer
-        )
+        return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, check), deserializer, serializer)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, check), deserializer, serializer
-        )
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, check), deserializer, serializer)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, check), deserializer, serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, check), deserializer, serializer)
     return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, check), deserializer, serializer)
 
 

@@ -45,7 +45,7 @@ import grpc
 import grpc.aio
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from interceptors._aio_types import Context, Continuation, Handler, ServerInterceptorBase
+from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
 from interceptors.admission import GuardedHandlers
 from interceptors.identity import Caller, current_caller
 from interceptors.jwks import TokenRejected, TokenVerifier
@@ -169,9 +169,7 @@ class AuthInterceptor(ServerInterceptorBase):
     ) -> Caller | grpc.Status:
         header = bearer_token(metadata)
         if header is None:
-            return _unauthenticated(
-                "TOKEN_MISSING", f"{method} needs an 'authorization: Bearer <token>' header"
-            )
+            return _unauthenticated("TOKEN_MISSING", f"{method} needs an 'authorization: Bearer <token>' header")
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

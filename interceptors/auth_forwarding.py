@@ -10,13 +10,12 @@ header the caller set explicitly on the outgoing call wins.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
-from interceptors._aio_types import (
-    ClientInterceptor,
+from interceptors._typing import (
     StreamStreamClientInterceptorBase,
     StreamUnaryClientInterceptorBase,
     UnaryStreamClientInterceptorBase,
@@ -75,6 +74,7 @@ class _StreamStream(StreamStreamClientInterceptorBase):
         return await continuation(with_caller_token(client_call_details), request_iterator)
 
 
-def forwarding_interceptors() -> list[ClientInterceptor]:
+def forwarding_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Interceptors adding the caller's token to every call kind on one channel."""
-    return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]
+    # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
+    return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()])

@@ -32,17 +32,16 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 import structlog
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from interceptors._aio_types import (
-    ClientInterceptor,
+from interceptors._typing import (
     StreamStreamClientInterceptorBase,
     StreamUnaryClientInterceptorBase,
     UnaryStreamClientInterceptorBase,
@@ -232,8 +231,7 @@ class CircuitBreaker:
         message = (
             f"circuit to {self.target} is half-open and its probe calls are in flight; failing fast"
             if probing
-            else f"circuit to {self.target} is open after repeated failures; failing fast for "
-            f"{retry_after:.1f}s more"
+            else f"circuit to {self.target} is open after repeated failures; failing fast for {retry_after:.1f}s more"
         )
         return client_error(
             error_status(
@@ -356,7 +354,7 @@ class _StreamStream(StreamStreamClientInterceptorBase):
         return await self._guard.streaming(continuation, client_call_details, request_iterator)
 
 
-def circuit_breaker_interceptors(breaker: CircuitBreaker) -> list[ClientInterceptor]:
+def circuit_breaker_interceptors(breaker: CircuitBreaker) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors guarding every call kind on one channel with ``breaker``.
 
     Four objects, not one: grpc.aio's channel files each interceptor under the first
@@ -364,4 +362,8 @@ def circuit_breaker_interceptors(breaker: CircuitBreaker) -> list[ClientIntercep
     four would only ever see unary-unary calls.
     """
     guard = _Guard(breaker)
-    return [_UnaryUnary(guard), _UnaryStream(guard), _StreamUnary(guard), _StreamStream(guard)]
+    # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
+    return cast(
+        list[grpc.aio.ClientInterceptor],
+        [_UnaryUnary(guard), _UnaryStream(guard), _StreamUnary(guard), _StreamStream(guard)],
+    )

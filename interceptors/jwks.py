@@ -57,9 +57,7 @@ class KeySet:
                 raise ValueError(f"JWKS key {kid!r} contains a private key; services need public keys only")
             key = jwt.PyJWK(entry)
             if key.algorithm_name not in ASYMMETRIC_ALGORITHMS:
-                raise ValueError(
-                    f"JWKS key {kid!r} uses {key.algorithm_name}; only RS256 and ES256 are accepted"
-                )
+                raise ValueError(f"JWKS key {kid!r} uses {key.algorithm_name}; only RS256 and ES256 are accepted")
             keys[kid] = key
         return cls(keys)
 
@@ -193,6 +191,4 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise TokenRejected("TOKEN_CLAIMS", "the bearer token's 'sub' claim must be a non-empty string")
         # The clock here and in PyJWT agree, so a token accepted now is cached with its own exp.
-        return VerifiedToken(
-            subject=subject, scopes=scopes_of(claims), expires_at=float(claims["exp"]), claims=claims
-        )
+        return VerifiedToken(subject=subject, scopes=scopes_of(claims), expires_at=float(claims["exp"]), claims=claims)

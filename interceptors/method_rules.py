@@ -23,9 +23,7 @@ def validate_pattern(pattern: str) -> str:
         return pattern
     parts = pattern.split("/")
     if len(parts) != 3 or parts[0] != "" or not parts[1] or not parts[2]:
-        raise ValueError(
-            f"method pattern {pattern!r} must look like '/pkg.Service/Method', '/pkg.Service/*' or '*'"
-        )
+        raise ValueError(f"method pattern {pattern!r} must look like '/pkg.Service/Method', '/pkg.Service/*' or '*'")
     if "*" in parts[1] or ("*" in parts[2] and parts[2] != "*"):
         raise ValueError(f"method pattern {pattern!r}: '*' may only stand for the whole method name")
     return pattern

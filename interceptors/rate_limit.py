@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from interceptors._aio_types import Context, Continuation, Handler, ServerInterceptorBase
+from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
 from interceptors.admission import GuardedHandlers
 from interceptors.identity import current_caller
 from interceptors.method_rules import MethodRules, validate_pattern

@@ -34,17 +34,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor_pool import DescriptorPool
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from interceptors._aio_types import (
-    ClientInterceptor,
+from interceptors._typing import (
     UnaryStreamClientInterceptorBase,
     UnaryUnaryClientInterceptorBase,
 )
@@ -284,7 +283,7 @@ def retry_interceptors(
     pool: DescriptorPool | None = None,
     rng: random.Random | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
-) -> list[ClientInterceptor]:
+) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors retrying idempotent unary and server-streaming calls on one channel.
 
     Pass the channel's ``breaker`` to stop retrying as soon as it opens. Two objects,
@@ -298,4 +297,5 @@ def retry_interceptors(
         rng=rng or random.Random(),
         sleep=sleep,
     )
-    return [_UnaryUnary(retrier), _UnaryStream(retrier)]
+    # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
+    return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(retrier), _UnaryStream(retrier)])

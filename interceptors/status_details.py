@@ -13,10 +13,10 @@ import grpc
 import grpc.aio
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from interceptors._aio_types import Context, Handler
+from interceptors._typing import Context, Handler
 
 # ErrorInfo.domain for every reason raised by agentmesh interceptors.
 ERROR_DOMAIN = "agentmesh.dev"

@@ -16,7 +16,7 @@ import grpc.aio
 from google.protobuf.wrappers_pb2 import StringValue
 from grpc_health.v1 import health, health_pb2_grpc
 
-from interceptors._aio_types import ServerInterceptorBase
+from interceptors._typing import ServerInterceptorBase
 from interceptors.identity import current_caller
 
 SERVICE = "test.v1.Echo"
@@ -48,9 +48,7 @@ class Echo:
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
-        self.seen_metadata.append(
-            {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        )
+        self.seen_metadata.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
         self.seen_time_remaining.append(context.time_remaining())
         if self.gate is not None:
             await self.gate.wait()
@@ -76,9 +74,7 @@ class Echo:
         values = [r.value async for r in requests]
         return StringValue(value=f"{_who()}:{','.join(values)}")
 
-    async def bidi(
-        self, requests: AsyncIterator[StringValue], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    async def bidi(self, requests: AsyncIterator[StringValue], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # Writer-API style on purpose: interceptors must keep coroutine behaviours working.
         await self._enter("Bidi", context)
         async for request in requests:
@@ -111,7 +107,7 @@ async def start_server(
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(interceptors=list(interceptors))
     server.add_generic_rpc_handlers(echo.generic_handlers())
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"127.0.0.1:{port}"
     if server_credentials is None:
@@ -129,12 +125,8 @@ class EchoClient:
         ser = StringValue.SerializeToString
         de = StringValue.FromString
         self.unary = channel.unary_unary(UNARY, request_serializer=ser, response_deserializer=de)
-        self.server_stream = channel.unary_stream(
-            SERVER_STREAM, request_serializer=ser, response_deserializer=de
-        )
-        self.client_stream = channel.stream_unary(
-            CLIENT_STREAM, request_serializer=ser, response_deserializer=de
-        )
+        self.server_stream = channel.unary_stream(SERVER_STREAM, request_serializer=ser, response_deserializer=de)
+        self.client_stream = channel.stream_unary(CLIENT_STREAM, request_serializer=ser, response_deserializer=de)
         self.bidi = channel.stream_stream(BIDI, request_serializer=ser, response_deserializer=de)
         self.other = channel.unary_unary(OTHER, request_serializer=ser, response_deserializer=de)
 

@@ -51,9 +51,7 @@ async def rejected(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     return caught.value
 
 
-async def test_valid_es256_token_reaches_handler_as_current_caller(
-    client: Any, es256_key: SigningKey
-) -> None:
+async def test_valid_es256_token_reaches_handler_as_current_caller(client: Any, es256_key: SigningKey) -> None:
     echo, _ = client
     reply = await echo.unary(StringValue(value="hi"), metadata=bearer(es256_key.token(scopes=("echo.read",))))
     assert reply.value == "alice|-:hi"
@@ -144,9 +142,7 @@ async def test_wrong_audience_or_issuer_is_unauthenticated(
 async def test_token_signed_by_wrong_key_is_unauthenticated(client: Any, es256_key: SigningKey) -> None:
     echo, _ = client
     impostor = SigningKey(es256_key.kid, "ES256", generate_private_key("ES256"))
-    error = await rejected(
-        echo.unary(StringValue(value="x"), metadata=bearer(impostor.token(scopes=("echo.read",))))
-    )
+    error = await rejected(echo.unary(StringValue(value="x"), metadata=bearer(impostor.token(scopes=("echo.read",)))))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(error) == "TOKEN_SIGNATURE"
 
@@ -154,9 +150,7 @@ async def test_token_signed_by_wrong_key_is_unauthenticated(client: Any, es256_k
 async def test_token_naming_an_unknown_key_is_unauthenticated(client: Any) -> None:
     echo, _ = client
     stranger = SigningKey("who-knows", "ES256", generate_private_key("ES256"))
-    error = await rejected(
-        echo.unary(StringValue(value="x"), metadata=bearer(stranger.token(scopes=("echo.read",))))
-    )
+    error = await rejected(echo.unary(StringValue(value="x"), metadata=bearer(stranger.token(scopes=("echo.read",)))))
     assert error_reason(error) == "TOKEN_KEY_UNKNOWN"
 
 

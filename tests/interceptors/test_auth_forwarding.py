@@ -46,12 +46,8 @@ async def start_relay(backend_port: int, keys: KeySet, *, forward: bool) -> tupl
     handler = grpc.method_handlers_generic_handler(
         RELAY,
         {
-            "Unary": grpc.unary_unary_rpc_method_handler(
-                unary, StringValue.FromString, StringValue.SerializeToString
-            ),
-            "Bidi": grpc.stream_stream_rpc_method_handler(
-                bidi, StringValue.FromString, StringValue.SerializeToString
-            ),
+            "Unary": grpc.unary_unary_rpc_method_handler(unary, StringValue.FromString, StringValue.SerializeToString),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi, StringValue.FromString, StringValue.SerializeToString),
         },
     )
     server = grpc.aio.server(interceptors=[auth(keys)])
@@ -80,9 +76,7 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def test_backend_sees_the_original_caller_through_the_gateway(
-    relay: Any, es256_key: SigningKey
-) -> None:
+async def test_backend_sees_the_original_caller_through_the_gateway(relay: Any, es256_key: SigningKey) -> None:
     channel = await relay()
     call = channel.unary_unary(
         f"/{RELAY}/Unary",

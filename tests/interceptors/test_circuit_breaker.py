@@ -10,7 +10,7 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from pydantic import ValidationError
 
 from interceptors.circuit_breaker import (
@@ -26,9 +26,7 @@ from tests.interceptors.echo_service import Echo, EchoClient, open_channel, requ
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 S = grpc.StatusCode
 
-POLICY = BreakerPolicy(
-    consecutive_failures=3, failure_rate=0.5, minimum_calls=6, window_seconds=10, open_seconds=5
-)
+POLICY = BreakerPolicy(consecutive_failures=3, failure_rate=0.5, minimum_calls=6, window_seconds=10, open_seconds=5)
 
 
 class FakeClock:

@@ -89,9 +89,7 @@ async def test_dns_san_is_the_identity_when_there_is_no_spiffe_id(
     async with channel_to(ca, mtls_port, legacy) as channel:
         replies = [
             r.value
-            async for r in EchoClient(channel).server_stream(
-                StringValue(value="s"), metadata=bearer(es256_key.token())
-            )
+            async for r in EchoClient(channel).server_stream(StringValue(value="s"), metadata=bearer(es256_key.token()))
         ]
     assert replies[0] == "alice|legacy.agentmesh.local:s:0"
 

@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interceptors.auth import AuthInterceptor, AuthPolicy
@@ -127,9 +127,7 @@ async def test_rejected_auth_does_not_spend_the_callers_tokens(echo: Any, es256_
 
 def test_bucket_refills_at_the_configured_rate() -> None:
     now = [100.0]
-    limiter = RateLimiter(
-        RateLimitPolicy(limits={"*": Limit(rate_per_second=2, burst=2)}), clock=lambda: now[0]
-    )
+    limiter = RateLimiter(RateLimitPolicy(limits={"*": Limit(rate_per_second=2, burst=2)}), clock=lambda: now[0])
     assert limiter.acquire("a", "/s.S/M") == 0.0
     assert limiter.acquire("a", "/s.S/M") == 0.0
     assert limiter.acquire("a", "/s.S/M") == pytest.approx(0.5)

@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, message_factory, wrappers_pb2
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 
 from interceptors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_breaker_interceptors
 from interceptors.retry import ATTEMPT_HEADER, Idempotency, RetryPolicy, retry_interceptors
@@ -73,12 +73,8 @@ class FixedRandom(random.Random):
         return b
 
 
-def retry_channel(
-    port: int, sleeps: Sleeps, policy: RetryPolicy | None = None, *inner: object
-) -> grpc.aio.Channel:
-    return open_channel(
-        port, *retry_interceptors(policy, pool=POOL, sleep=sleeps, rng=random.Random(7)), *inner
-    )
+def retry_channel(port: int, sleeps: Sleeps, policy: RetryPolicy | None = None, *inner: object) -> grpc.aio.Channel:
+    return open_channel(port, *retry_interceptors(policy, pool=POOL, sleep=sleeps, rng=random.Random(7)), *inner)
 
 
 def retry_info(seconds: float) -> tuple[tuple[str, str | bytes], ...]:
@@ -124,9 +120,7 @@ async def test_an_idempotency_key_makes_any_method_retryable(serve: Serve) -> No
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE]
     async with retry_channel(port, Sleeps()) as channel:
-        reply = await EchoClient(channel).other(
-            StringValue(value="x"), metadata=(("idempotency-key", "k-1"),)
-        )
+        reply = await EchoClient(channel).other(StringValue(value="x"), metadata=(("idempotency-key", "k-1"),))
     assert reply.value.endswith(":x")
     assert echo.calls["Unary"] == 2
 
@@ -194,9 +188,7 @@ async def test_a_circuit_open_failure_ends_the_retries(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE] * 10
     cb = CircuitBreaker("echo", BreakerPolicy(consecutive_failures=2))
-    async with retry_channel(
-        port, Sleeps(), RetryPolicy(max_attempts=5), *circuit_breaker_interceptors(cb)
-    ) as ch:
+    async with retry_channel(port, Sleeps(), RetryPolicy(max_attempts=5), *circuit_breaker_interceptors(cb)) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await EchoClient(ch).unary(StringValue(value="x"))
     assert echo.calls["Unary"] == 2

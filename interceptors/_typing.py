@@ -1,13 +1,12 @@
 """Type names for grpc.aio interceptors that the grpc-stubs package spells awkwardly.
 
-grpc-stubs declares the interceptor bases, ``RpcMethodHandler`` and ``ServicerContext``
-as generics, but at run time they are plain classes: subscripted forms exist for the
-type checker only, so they are defined under ``TYPE_CHECKING``.
+grpc-stubs declares the interceptor bases and ``RpcMethodHandler`` as generics, but at
+run time they are plain classes, so a subscripted base only exists for the type checker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -29,10 +28,8 @@ else:
     UnaryStreamClientInterceptorBase = grpc.aio.UnaryStreamClientInterceptor
     StreamUnaryClientInterceptorBase = grpc.aio.StreamUnaryClientInterceptor
     StreamStreamClientInterceptorBase = grpc.aio.StreamStreamClientInterceptor
-
-# grpc-stubs leaves grpc.aio.ClientInterceptor opaque; this is what channels accept.
-ClientInterceptor: TypeAlias = (
-    "UnaryUnaryClientInterceptorBase | UnaryStreamClientInterceptorBase"
-    " | StreamUnaryClientInterceptorBase | StreamStreamClientInterceptorBase"
-)
-Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler"]]
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+Responses: TypeAlias = AsyncGenerator[Any, None]
+# grpc.aio passes a behaviour either the deserialized request or an async iterator of them.
+UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior: TypeAlias = Callable[[Any, Context], Responses]
