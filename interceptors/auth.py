@@ -51,7 +51,8 @@ from interceptors.identity import Caller, current_caller
 from interceptors.jwks import TokenRejected, TokenVerifier
 from interceptors.method_rules import MethodRules, validate_pattern
 from interceptors.peer_identity import peer_identity
-from interceptors.status_details import error_info, error_status, rejecting_handler
+from interceptors.status_details import error_status, rejecting_handler
+from runtime.errors import error_info
 
 AUTHORIZATION_KEY = "authorization"
 

@@ -37,8 +37,6 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 import structlog
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interceptors._typing import (
@@ -47,7 +45,8 @@ from interceptors._typing import (
     UnaryStreamClientInterceptorBase,
     UnaryUnaryClientInterceptorBase,
 )
-from interceptors.status_details import client_error, error_info, error_status
+from interceptors.status_details import client_error, error_status
+from runtime.errors import error_info, retry_info
 
 CIRCUIT_OPEN = "CIRCUIT_OPEN"
 
@@ -225,8 +224,6 @@ class CircuitBreaker:
 
     def open_error(self) -> grpc.aio.AioRpcError:
         retry_after = self.retry_after()
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(max(1, int(retry_after * 1000)))
         probing = self._state is BreakerState.HALF_OPEN
         message = (
             f"circuit to {self.target} is half-open and its probe calls are in flight; failing fast"
@@ -238,7 +235,7 @@ class CircuitBreaker:
                 grpc.StatusCode.UNAVAILABLE,
                 message,
                 error_info(CIRCUIT_OPEN, target=self.target, state=str(self._state)),
-                error_details_pb2.RetryInfo(retry_delay=delay),
+                retry_info(max(retry_after, 0.001)),
             )
         )
 

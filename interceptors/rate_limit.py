@@ -22,6 +22,7 @@ no locks, because grpc.aio runs every interceptor on the event loop thread.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,7 +37,8 @@ from interceptors._typing import Context, Continuation, Handler, ServerIntercept
 from interceptors.admission import GuardedHandlers
 from interceptors.identity import current_caller
 from interceptors.method_rules import MethodRules, validate_pattern
-from interceptors.status_details import error_info, error_status
+from interceptors.status_details import error_status
+from runtime.errors import error_info, retry_info
 
 
 class Limit(BaseModel):
@@ -140,9 +141,8 @@ class RateLimiter:
 
 
 def rate_limited_status(subject: str, method: str, retry_after: float, limit: Limit | None) -> grpc.Status:
-    delay = duration_pb2.Duration()
     # Round up to the millisecond so a client sleeping exactly this long finds a token.
-    delay.FromMilliseconds(max(1, int(retry_after * 1000) + 1))
+    delay_ms = max(1, math.ceil(retry_after * 1000))
     described = "" if limit is None else f" ({limit.rate_per_second:g}/s, burst {limit.burst})"
     violation = error_details_pb2.QuotaFailure.Violation(
         subject=f"caller:{subject}",
@@ -152,8 +152,8 @@ def rate_limited_status(subject: str, method: str, retry_after: float, limit: Li
     )
     return error_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"rate limit exceeded for {subject!r} on {method}; retry in {delay.ToMilliseconds()} ms",
-        error_details_pb2.RetryInfo(retry_delay=delay),
+        f"rate limit exceeded for {subject!r} on {method}; retry in {delay_ms} ms",
+        retry_info(delay_ms / 1000),
         error_details_pb2.QuotaFailure(violations=[violation]),
         error_info("RATE_LIMITED", method=method, caller=subject),
     )

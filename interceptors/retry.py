@@ -48,7 +48,8 @@ from interceptors._typing import (
     UnaryUnaryClientInterceptorBase,
 )
 from interceptors.circuit_breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
-from interceptors.status_details import ERROR_DOMAIN, find_detail_in
+from interceptors.status_details import find_detail_in
+from runtime.errors import DOMAIN
 
 ATTEMPT_HEADER = "x-retry-attempt"
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -134,7 +135,7 @@ def _retry_info_seconds(trailing_metadata: Any) -> float | None:
 
 def _is_circuit_open(trailing_metadata: Any) -> bool:
     info = find_detail_in(trailing_metadata, error_details_pb2.ErrorInfo)
-    return info is not None and info.reason == CIRCUIT_OPEN and info.domain == ERROR_DOMAIN
+    return info is not None and info.reason == CIRCUIT_OPEN and info.domain == DOMAIN
 
 
 class _Retrier:

@@ -1,8 +1,10 @@
-"""AIP-193 error statuses for interceptors: build them, reject calls with them, read them back.
+"""AIP-193 statuses where interceptors need them: rejecting a call, failing one locally, reading details.
 
-Interceptors reject before a handler runs and, on the client side, fail calls that never
-reach the network (an open circuit). Both need a ``google.rpc.Status`` with typed details
-carried in ``grpc-status-details-bin``, built here once so every rejection looks alike.
+Statuses are built by ``runtime.errors`` like every other error in the mesh. What is
+specific to interceptors lives here: a server interceptor rejects before any handler
+runs (a handler of the right streaming kind that only aborts), a client interceptor
+fails a call that never reaches the network (an open circuit) with an ``AioRpcError``
+shaped like a remote one, and retries read details from a finished call's trailers.
 """
 
 from __future__ import annotations
@@ -11,35 +13,20 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import status_pb2
 
 from interceptors._typing import Context, Handler
-
-# ErrorInfo.domain for every reason raised by agentmesh interceptors.
-ERROR_DOMAIN = "agentmesh.dev"
+from runtime.errors import ApiError
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 M = TypeVar("M", bound=Message)
 
 
-def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
-
-
 def error_status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Status:
-    """A ``grpc.Status`` whose trailing metadata carries ``details`` as a google.rpc.Status."""
-    packed = []
-    for detail in details:
-        any_detail = any_pb2.Any()
-        any_detail.Pack(detail)
-        packed.append(any_detail)
-    proto = status_pb2.Status(code=code.value[0], message=message, details=packed)
-    status: grpc.Status = rpc_status.to_status(proto)
-    return status
+    """A ``grpc.Status`` whose trailing metadata carries ``details`` (runtime.errors' encoding)."""
+    return ApiError(code, message, details).to_status()
 
 
 def rejecting_handler(like: Handler, status: grpc.Status) -> Handler:
