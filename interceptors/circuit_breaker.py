@@ -240,16 +240,64 @@ class CircuitBreaker:
         )
 
 
-class _Guard:
-    """What the four per-kind interceptors share: the breaker and the outcome bookkeeping."""
+class BreakerSet:
+    """One breaker per target for a channel factory whose interceptors serve several targets.
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
+    ``target_of`` maps a full method name to its target (the gateway maps a service to
+    the backend its route names), so one interceptor list still keeps a breaker per
+    backend. Breakers are created on first use and kept per method name.
+    """
+
+    def __init__(
+        self,
+        policy: BreakerPolicy | None = None,
+        *,
+        target_of: Callable[[str], str],
+        on_state_change: StateListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any | None = None,
+    ) -> None:
+        self._policy = policy or BreakerPolicy()
+        self._target_of = target_of
+        self._options: dict[str, Any] = {"on_state_change": on_state_change, "clock": clock, "logger": logger}
+        self._by_target: dict[str, CircuitBreaker] = {}
+        self._by_method: dict[str, CircuitBreaker] = {}
+
+    def get(self, target: str) -> CircuitBreaker:
+        breaker = self._by_target.get(target)
+        if breaker is None:
+            breaker = self._by_target[target] = CircuitBreaker(target, self._policy, **self._options)
+        return breaker
+
+    def for_method(self, method: str) -> CircuitBreaker:
+        breaker = self._by_method.get(method)
+        if breaker is None:
+            breaker = self._by_method[method] = self.get(self._target_of(method))
+        return breaker
+
+
+def breaker_lookup(breakers: CircuitBreaker | BreakerSet) -> Callable[[str], CircuitBreaker]:
+    """``method -> breaker`` for either one breaker (one target) or a set of them."""
+    if isinstance(breakers, BreakerSet):
+        return breakers.for_method
+    return lambda _method: breakers
+
+
+def _method_of(details: Any) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+class _Guard:
+    """What the four per-kind interceptors share: the breakers and the outcome bookkeeping."""
+
+    def __init__(self, breakers: CircuitBreaker | BreakerSet) -> None:
+        self._breaker_for = breaker_lookup(breakers)
         # Done callbacks schedule a task to read the final code; keep them referenced.
         self._pending: set[asyncio.Task[None]] = set()
 
     async def unary_response(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        breaker = self.breaker
+        breaker = self._breaker_for(_method_of(details))
         permit = breaker.acquire()
         if permit is None:
             raise breaker.open_error()
@@ -269,7 +317,7 @@ class _Guard:
         return call
 
     async def streaming(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        breaker = self.breaker
+        breaker = self._breaker_for(_method_of(details))
         permit = breaker.acquire()
         if permit is None:
             raise breaker.open_error()
@@ -282,24 +330,25 @@ class _Guard:
             breaker.release(permit)
             raise
         # The callback's argument is grpc's internal call object, so use the one we hold.
-        call.add_done_callback(lambda _done: self._settle(permit, call))
+        call.add_done_callback(lambda _done: self._settle(breaker, permit, call))
         return call
 
-    def _settle(self, permit: Permit, call: Any) -> None:
+    def _settle(self, breaker: CircuitBreaker, permit: Permit, call: Any) -> None:
         if call.cancelled():
-            self.breaker.release(permit)
+            breaker.release(permit)
             return
-        task = asyncio.get_running_loop().create_task(self._record_final_code(permit, call))
+        task = asyncio.get_running_loop().create_task(self._record_final_code(breaker, permit, call))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _record_final_code(self, permit: Permit, call: Any) -> None:
+    @staticmethod
+    async def _record_final_code(breaker: CircuitBreaker, permit: Permit, call: Any) -> None:
         # The call is done, so this await returns at once; the status is only exposed async.
         code = await call.code()
         if code is grpc.StatusCode.CANCELLED:
-            self.breaker.release(permit)
+            breaker.release(permit)
         else:
-            self.breaker.record(permit, code)
+            breaker.record(permit, code)
 
 
 class _UnaryUnary(UnaryUnaryClientInterceptorBase):
@@ -351,14 +400,14 @@ class _StreamStream(StreamStreamClientInterceptorBase):
         return await self._guard.streaming(continuation, client_call_details, request_iterator)
 
 
-def circuit_breaker_interceptors(breaker: CircuitBreaker) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors guarding every call kind on one channel with ``breaker``.
+def circuit_breaker_interceptors(breakers: CircuitBreaker | BreakerSet) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors guarding every call kind: with one breaker (one channel, one target) or a set.
 
     Four objects, not one: grpc.aio's channel files each interceptor under the first
     call kind it implements (an if/elif over isinstance), so an object implementing all
     four would only ever see unary-unary calls.
     """
-    guard = _Guard(breaker)
+    guard = _Guard(breakers)
     # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
     return cast(
         list[grpc.aio.ClientInterceptor],

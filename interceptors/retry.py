@@ -47,7 +47,7 @@ from interceptors._typing import (
     UnaryStreamClientInterceptorBase,
     UnaryUnaryClientInterceptorBase,
 )
-from interceptors.circuit_breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
+from interceptors.circuit_breaker import CIRCUIT_OPEN, BreakerSet, BreakerState, CircuitBreaker, breaker_lookup
 from interceptors.status_details import find_detail_in
 from runtime.errors import DOMAIN
 
@@ -146,14 +146,14 @@ class _Retrier:
         policy: RetryPolicy,
         *,
         idempotency: Idempotency,
-        breaker: CircuitBreaker | None,
+        breakers: CircuitBreaker | BreakerSet | None,
         rng: random.Random,
         sleep: Callable[[float], Any],
     ) -> None:
         self._policy = policy
         self._codes = frozenset(grpc.StatusCode[name] for name in policy.retryable_codes)
         self._idempotency = idempotency
-        self._breaker = breaker
+        self._breaker_for = None if breakers is None else breaker_lookup(breakers)
         self._rng = rng
         self._sleep = sleep
 
@@ -163,7 +163,7 @@ class _Retrier:
         return self._idempotency.call_is_safe(_method_name(details), request, details.metadata)
 
     def delay_before(
-        self, attempt: int, code: grpc.StatusCode, trailing_metadata: Any, deadline: float | None
+        self, method: str, attempt: int, code: grpc.StatusCode, trailing_metadata: Any, deadline: float | None
     ) -> float | None:
         """Seconds to wait before attempt ``attempt`` (2, 3, ...), or None to stop."""
         policy = self._policy
@@ -171,7 +171,7 @@ class _Retrier:
             return None
         if _is_circuit_open(trailing_metadata):
             return None
-        if self._breaker is not None and self._breaker.state is BreakerState.OPEN:
+        if self._breaker_for is not None and self._breaker_for(method).state is BreakerState.OPEN:
             return None
         ceiling = min(
             policy.max_backoff_seconds,
@@ -213,13 +213,14 @@ class _Retrier:
         failed before the caller could see anything (None if it may be returned as is).
         """
         deadline = None if details.timeout is None else asyncio.get_running_loop().time() + details.timeout
+        method = _method_name(details)
         attempt = 1
         while True:
             try:
                 call = await continuation(self.attempt_details(details, attempt, deadline), request)
             except grpc.aio.AioRpcError as error:
                 # An inner interceptor (the breaker) failed the call without sending it.
-                delay = self.delay_before(attempt + 1, error.code(), error.trailing_metadata(), deadline)
+                delay = self.delay_before(method, attempt + 1, error.code(), error.trailing_metadata(), deadline)
                 if delay is None:
                     raise
             else:
@@ -227,7 +228,7 @@ class _Retrier:
                 if failure is None:
                     return call
                 code, trailing = failure
-                delay = self.delay_before(attempt + 1, code, trailing, deadline)
+                delay = self.delay_before(method, attempt + 1, code, trailing, deadline)
                 if delay is None:
                     return call
             await self._sleep(delay)
@@ -280,21 +281,22 @@ class _UnaryStream(UnaryStreamClientInterceptorBase):
 def retry_interceptors(
     policy: RetryPolicy | None = None,
     *,
-    breaker: CircuitBreaker | None = None,
+    breakers: CircuitBreaker | BreakerSet | None = None,
     pool: DescriptorPool | None = None,
     rng: random.Random | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
 ) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors retrying idempotent unary and server-streaming calls on one channel.
 
-    Pass the channel's ``breaker`` to stop retrying as soon as it opens. Two objects,
+    Pass the channel's ``breakers`` (the same ones its breaker interceptors use) to stop
+    retrying as soon as the target's circuit opens. Two objects,
     because grpc.aio files an interceptor under only the first call kind it implements.
     """
     policy = policy or RetryPolicy()
     retrier = _Retrier(
         policy,
         idempotency=Idempotency(pool=pool, request_id_field=policy.request_id_field),
-        breaker=breaker,
+        breakers=breakers,
         rng=rng or random.Random(),
         sleep=sleep,
     )

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from interceptors.circuit_breaker import (
     BreakerPolicy,
+    BreakerSet,
     BreakerState,
     CircuitBreaker,
     circuit_breaker_interceptors,
@@ -287,3 +288,21 @@ async def test_backend_killed_mid_run_opens_the_circuit_then_recovers_through_a_
     finally:
         await server.stop(None)
     assert [new for _, _, new in changes] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+async def test_a_breaker_set_keeps_one_circuit_per_target_on_a_shared_interceptor_list(serve: Serve) -> None:
+    echo, port = await serve()
+    echo.fail_with = [S.UNAVAILABLE] * 3
+    breakers = BreakerSet(POLICY, target_of=lambda method: "echo" if method.startswith("/test.v1.Echo/") else "other")
+    async with open_channel(port, *circuit_breaker_interceptors(breakers)) as channel:
+        client = EchoClient(channel)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.unary(StringValue(value="x"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.unary(StringValue(value="x"))
+        assert_circuit_open(caught.value)
+        # Another target behind the same interceptors is unaffected.
+        assert (await client.other(StringValue(value="y"))).value == "anonymous|-:y"
+    assert breakers.get("echo").state is BreakerState.OPEN
+    assert breakers.get("other").state is BreakerState.CLOSED

@@ -202,7 +202,7 @@ async def test_knowing_the_breaker_no_retry_is_even_attempted_once_it_opens(serv
     cb = CircuitBreaker("echo", BreakerPolicy(consecutive_failures=2))
     sleeps = Sleeps()
     interceptors = [
-        *retry_interceptors(RetryPolicy(max_attempts=5), breaker=cb, pool=POOL, sleep=sleeps),
+        *retry_interceptors(RetryPolicy(max_attempts=5), breakers=cb, pool=POOL, sleep=sleeps),
         *circuit_breaker_interceptors(cb),
     ]
     async with open_channel(port, *interceptors) as ch:
