@@ -26,8 +26,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-DEV_ISSUER = "https://auth.agentmesh.local"
-DEV_AUDIENCE = "agentmesh"
+from runtime.security import DEFAULT_AUDIENCE as DEV_AUDIENCE
+from runtime.security import DEFAULT_ISSUER as DEV_ISSUER
 
 
 def generate_private_key(alg: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+from runtime.resilience import UpstreamResilience
 
 
 class AgentSettings(ServiceSettings):
@@ -16,3 +17,5 @@ class AgentSettings(ServiceSettings):
     rag_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:50053"])
     retrieval_top_k: int = Field(default=3, ge=1, le=50)
     retrieval_timeout_s: float = Field(default=2.0, gt=0)
+    # Retries and a circuit breaker on the calls to RAG.
+    upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
