@@ -22,8 +22,10 @@ per call from an idempotency key, and sends only ``grpc-previous-rpc-attempts``.
 one advantage, transparently replaying a client-streaming request, is not needed:
 client-streaming and bidi calls are not retried here at all, because their requests
 are consumed as they are sent and replaying them would mean buffering unbounded
-streams. A server-streaming call is retried only if it fails before its response
-headers arrive, i.e. before the caller could have seen any response.
+streams. A server-streaming call is retried only if it has already failed when its
+response headers arrive: the interceptor has not handed it to the caller yet, so nothing
+was seen (messages that arrived with the failure are dropped with it; the method is
+idempotent). Once the stream is running, a failure goes to the caller.
 
 Place the retry interceptors outside the breaker (earlier in the channel's list), so
 every attempt passes through the breaker.

@@ -43,6 +43,10 @@ class Echo:
     trailing_on_failure: Sequence[tuple[str, str | bytes]] = ()
     seen_metadata: list[dict[str, str]] = field(default_factory=list)
     seen_time_remaining: list[float | None] = field(default_factory=list)
+    # Server streams fail with this code after their first message (once), when set,
+    # as soon as ``mid_stream`` is set (so a test decides when the failure happens).
+    fail_mid_stream: grpc.StatusCode | None = None
+    mid_stream: asyncio.Event = field(default_factory=asyncio.Event)
     # Set to block calls until released (for hanging-backend tests).
     gate: asyncio.Event | None = None
 
@@ -66,6 +70,10 @@ class Echo:
         await self._enter("ServerStream", context)
         for i in range(3):
             yield StringValue(value=f"{_who()}:{request.value}:{i}")
+            if self.fail_mid_stream is not None:
+                code, self.fail_mid_stream = self.fail_mid_stream, None
+                await self.mid_stream.wait()
+                await context.abort(code, f"told to fail mid-stream with {code.name}")
 
     async def client_stream(
         self, requests: AsyncIterator[StringValue], context: grpc.aio.ServicerContext[Any, Any]

@@ -224,6 +224,20 @@ async def test_a_server_stream_failing_before_its_first_response_is_retried(serv
     assert echo.calls["ServerStream"] == 2
 
 
+async def test_a_server_stream_that_already_sent_a_response_is_not_retried(serve: Serve) -> None:
+    echo, port = await serve()
+    echo.fail_mid_stream = S.UNAVAILABLE
+    received: list[str] = []
+    async with retry_channel(port, Sleeps()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for reply in EchoClient(channel).server_stream(StringValue(value="s")):
+                received.append(reply.value)
+                echo.mid_stream.set()  # the caller has seen a response; now the stream breaks
+    assert caught.value.code() is S.UNAVAILABLE
+    assert received == ["anonymous|-:s:0"]
+    assert echo.calls["ServerStream"] == 1
+
+
 async def test_client_streaming_calls_are_never_retried(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE]

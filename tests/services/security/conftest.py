@@ -60,5 +60,3 @@ async def secured_system(tmp_path: Path, auth_settings: AuthSettings) -> AsyncIt
     finally:
         for server in (gateway, agent, rag):
             await server.stop()
-
-
