@@ -20,9 +20,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
+import structlog
+
+log = structlog.get_logger(__name__)
 
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
 DEV_ALGORITHM = "HS256"
@@ -74,12 +77,6 @@ class KeySet:
         k = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
         return cls({kid: jwt.PyJWK({"kty": "oct", "k": k, "kid": kid, "alg": DEV_ALGORITHM})})
 
-    def merged(self, other: KeySet) -> KeySet:
-        overlap = self._keys.keys() & other._keys.keys()
-        if overlap:
-            raise ValueError(f"key ids {sorted(overlap)} appear in both key sets")
-        return KeySet({**self._keys, **other._keys})
-
     def find(self, kid: str | None) -> jwt.PyJWK | None:
         if kid is None:
             # A token without kid is only unambiguous when there is exactly one key.
@@ -91,12 +88,60 @@ class KeySet:
         return self._keys.keys()
 
 
+class KeySource(Protocol):
+    def find(self, kid: str | None) -> jwt.PyJWK | None: ...
+
+
+class JwksFile:
+    """A JWKS file that follows key rotation without a restart.
+
+    At most once per ``min_reload_interval_s`` (driven by lookups, so an idle service does
+    no work) the file's mtime is checked and, if it changed, the keys are re-read: a key
+    the issuer adds verifies within one interval, and a key it removes stops verifying,
+    cached tokens included. No lookup can force a read sooner, so tokens naming invented
+    kids cannot make every call touch the disk. The read is synchronous: a JWKS is a few
+    hundred bytes and this happens at most once per interval.
+    """
+
+    def __init__(
+        self, path: str | Path, *, min_reload_interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._path = Path(path)
+        self._interval = min_reload_interval_s
+        self._clock = clock
+        self._mtime_ns = self._path.stat().st_mtime_ns
+        self._keys = KeySet.from_jwks_file(self._path)
+        self._checked = clock()
+
+    def find(self, kid: str | None) -> jwt.PyJWK | None:
+        if self._clock() - self._checked >= self._interval:
+            self._reload()
+        return self._keys.find(kid)
+
+    def _reload(self) -> None:
+        self._checked = self._clock()
+        try:
+            mtime_ns = self._path.stat().st_mtime_ns
+            if mtime_ns == self._mtime_ns:
+                return
+            self._keys = KeySet.from_jwks_file(self._path)
+            self._mtime_ns = mtime_ns
+        except (OSError, ValueError) as error:
+            # Keep verifying with the keys we have rather than failing every call.
+            log.error("could not reload JWKS file; keeping the current keys", path=str(self._path), error=str(error))
+            return
+        log.info("reloaded JWKS file", path=str(self._path))
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
     subject: str
     scopes: frozenset[str]
     expires_at: float
     claims: Mapping[str, Any]
+    # The key that verified it; a cached token is re-checked if the key set no longer has it.
+    kid: str | None = None
+    key: jwt.PyJWK | None = None
 
 
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -134,7 +179,7 @@ class TokenVerifier:
     def __init__(
         self,
         *,
-        keys: KeySet,
+        keys: KeySource,
         issuer: str,
         audience: str,
         leeway_seconds: float = 10.0,
@@ -154,11 +199,13 @@ class TokenVerifier:
         """The verified token, or ``TokenRejected`` saying why not."""
         cached = self._cache.get(token)
         if cached is not None:
-            if cached.expires_at + self._leeway > self._clock():
+            if cached.expires_at + self._leeway <= self._clock():
+                del self._cache[token]
+                raise TokenRejected("TOKEN_EXPIRED", "the bearer token has expired; obtain a new one")
+            if self._keys.find(cached.kid) is cached.key:
                 self._cache.move_to_end(token)
                 return cached
-            del self._cache[token]
-            raise TokenRejected("TOKEN_EXPIRED", "the bearer token has expired; obtain a new one")
+            del self._cache[token]  # its key was rotated out: verify again (and fail)
         verified = self._verify_uncached(token)
         self._cache[token] = verified
         if len(self._cache) > self._cache_size:
@@ -170,11 +217,12 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
             raise _rejection(error) from error
-        kid = header.get("kid")
-        key = self._keys.find(kid if isinstance(kid, str) else None)
+        raw_kid = header.get("kid")
+        kid = raw_kid if isinstance(raw_kid, str) else None
+        key = self._keys.find(kid)
         if key is None:
             raise TokenRejected(
-                "TOKEN_KEY_UNKNOWN", f"the bearer token names signing key {kid!r}, which is not trusted"
+                "TOKEN_KEY_UNKNOWN", f"the bearer token names signing key {raw_kid!r}, which is not trusted"
             )
         try:
             claims = self._jwt.decode(

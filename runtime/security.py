@@ -15,7 +15,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from interceptors.auth import DEFAULT_PUBLIC_METHODS, AuthInterceptor, AuthPolicy
-from interceptors.jwks import KeySet, TokenVerifier
+from interceptors.jwks import JwksFile, KeySet, KeySource, TokenVerifier
 from interceptors.method_rules import validate_pattern
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,8 @@ class AuthSettings(BaseModel):
 
     # RS256/ES256 public keys. Production uses this.
     jwks_file: Path | None = None
+    # Re-read the JWKS at most this often when a token names an unknown key (rotation).
+    jwks_reload_interval_s: float = Field(default=30.0, ge=0)
     # HS256 shared secret, for local development only (anyone holding it can mint tokens).
     dev_hs256_secret: SecretStr | None = None
     issuer: str = DEFAULT_ISSUER
@@ -70,9 +72,9 @@ class AuthSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _has_keys(self) -> AuthSettings:
-        if self.jwks_file is None and self.dev_hs256_secret is None:
-            raise ValueError("auth needs verification keys: set jwks_file (or dev_hs256_secret for local runs)")
+    def _one_key_source(self) -> AuthSettings:
+        if (self.jwks_file is None) == (self.dev_hs256_secret is None):
+            raise ValueError("auth needs exactly one key source: jwks_file, or dev_hs256_secret for local runs")
         return self
 
     def policy(self) -> AuthPolicy:
@@ -82,13 +84,11 @@ class AuthSettings(BaseModel):
             required_peers=self.required_peers,
         )
 
-    def key_set(self) -> KeySet:
-        keys: KeySet | None = None if self.jwks_file is None else KeySet.from_jwks_file(self.jwks_file)
-        if self.dev_hs256_secret is not None:
-            dev = KeySet.hs256_dev(self.dev_hs256_secret.get_secret_value())
-            keys = dev if keys is None else keys.merged(dev)
-        assert keys is not None  # guaranteed by _has_keys
-        return keys
+    def keys(self) -> KeySource:
+        if self.jwks_file is not None:
+            return JwksFile(self.jwks_file, min_reload_interval_s=self.jwks_reload_interval_s)
+        assert self.dev_hs256_secret is not None  # one of the two, checked above
+        return KeySet.hs256_dev(self.dev_hs256_secret.get_secret_value())
 
 
 def auth_interceptor(settings: AuthSettings | None, *, service: str) -> AuthInterceptor | None:
@@ -103,6 +103,6 @@ def auth_interceptor(settings: AuthSettings | None, *, service: str) -> AuthInte
     if settings.dev_hs256_secret is not None:
         log.warning("auth accepts HS256 dev tokens; never use the dev secret outside local runs", service=service)
     verifier = TokenVerifier(
-        keys=settings.key_set(), issuer=settings.issuer, audience=settings.audience, leeway_seconds=settings.leeway_s
+        keys=settings.keys(), issuer=settings.issuer, audience=settings.audience, leeway_seconds=settings.leeway_s
     )
     return AuthInterceptor(verifier=verifier, policy=settings.policy(), mtls=settings.mtls)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,10 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from interceptors.auth import AuthInterceptor, AuthPolicy, resolve_access
-from interceptors.jwks import KeySet, TokenVerifier
+from interceptors.jwks import JwksFile, KeySet, KeySource, TokenRejected, TokenVerifier
 from tests.interceptors.conftest import AUDIENCE, ISSUER, SigningKey, error_reason
 from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, requests_of
-from tools.dev_tokens import generate_private_key
+from tools.dev_tokens import generate_private_key, public_jwk
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 
@@ -30,7 +32,7 @@ POLICY = AuthPolicy(
 )
 
 
-def verifier(keys: KeySet, **options: Any) -> TokenVerifier:
+def verifier(keys: KeySource, **options: Any) -> TokenVerifier:
     return TokenVerifier(keys=keys, issuer=ISSUER, audience=AUDIENCE, **options)
 
 
@@ -280,3 +282,32 @@ def test_cached_token_is_rejected_once_it_expires(es256_key: SigningKey, key_set
     now[0] += 31
     with pytest.raises(Exception, match="expired"):
         checker.verify(token)
+
+
+def test_a_jwks_file_follows_key_rotation_without_a_restart(
+    tmp_path: Any, es256_key: SigningKey, rs256_key: SigningKey
+) -> None:
+    path = tmp_path / "jwks.json"
+
+    def publish(*keys: SigningKey, mtime_ns: int) -> None:
+        path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    now = [0.0]
+    publish(es256_key, mtime_ns=1_000_000_000)
+    checker = verifier(JwksFile(path, min_reload_interval_s=30, clock=lambda: now[0]))
+    old_token, new_token = es256_key.token(), rs256_key.token()
+    assert checker.verify(old_token).subject == "alice"
+    with pytest.raises(TokenRejected, match="not trusted"):
+        checker.verify(new_token)
+
+    publish(es256_key, rs256_key, mtime_ns=2_000_000_000)  # the issuer adds a key
+    with pytest.raises(TokenRejected):
+        checker.verify(new_token)  # not before the interval: lookups cannot force reads
+    now[0] += 30
+    assert checker.verify(new_token).subject == "alice"
+
+    publish(rs256_key, mtime_ns=3_000_000_000)  # ... and retires the old one
+    now[0] += 30
+    with pytest.raises(TokenRejected, match="not trusted"):
+        checker.verify(old_token)  # even though it was cached
