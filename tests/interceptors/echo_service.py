@@ -7,17 +7,20 @@ code. Each reply names the caller (``current_caller``) so tests can see what aut
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
 import grpc.aio
 from google.protobuf.wrappers_pb2 import StringValue
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 
 from interceptors._typing import ServerInterceptorBase
 from interceptors.identity import current_caller
+from interceptors.status_details import find_detail
 
 SERVICE = "test.v1.Echo"
 UNARY = f"/{SERVICE}/Unary"
@@ -142,6 +145,30 @@ class EchoClient:
 def open_channel(port: int, *interceptors: object) -> grpc.aio.Channel:
     """A plaintext loopback channel through ``interceptors`` (grpc-stubs types these opaquely)."""
     return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=cast(Any, list(interceptors)))
+
+
+@asynccontextmanager
+async def serving() -> AsyncIterator[Callable[..., Awaitable[tuple[Echo, int]]]]:
+    """A factory starting echo servers (``await start(interceptors=[...])``), all stopped on exit."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(*, echo: Echo | None = None, **options: Any) -> tuple[Echo, int]:
+        echo = echo or Echo()
+        server, port = await start_server(echo, **options)
+        servers.append(server)
+        return echo, port
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.stop(None)
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason of an error's AIP-193 details, if it has one."""
+    info = find_detail(error, error_details_pb2.ErrorInfo)
+    return None if info is None else str(info.reason)
 
 
 async def requests_of(*values: str) -> AsyncIterator[StringValue]:

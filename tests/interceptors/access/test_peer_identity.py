@@ -14,8 +14,8 @@ from google.protobuf.wrappers_pb2 import StringValue
 from interceptors.auth import AuthInterceptor, AuthPolicy
 from interceptors.jwks import KeySet, TokenVerifier
 from interceptors.peer_identity import PeerIdentity, peer_identity_from_auth_context
-from tests.interceptors.conftest import AUDIENCE, ISSUER, SigningKey, error_reason
-from tests.interceptors.echo_service import SERVICE, UNARY, Echo, EchoClient
+from tests.interceptors.echo_service import SERVICE, UNARY, Echo, EchoClient, error_reason
+from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 from tests.interceptors.tls_certs import Leaf, issue
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]

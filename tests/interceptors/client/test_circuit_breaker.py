@@ -21,8 +21,7 @@ from interceptors.circuit_breaker import (
     circuit_breaker_interceptors,
 )
 from interceptors.status_details import find_detail
-from tests.interceptors.conftest import error_reason
-from tests.interceptors.echo_service import Echo, EchoClient, open_channel, requests_of, start_server
+from tests.interceptors.echo_service import Echo, EchoClient, error_reason, open_channel, requests_of, start_server
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 S = grpc.StatusCode

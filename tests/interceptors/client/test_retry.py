@@ -16,8 +16,7 @@ from interceptors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_
 from interceptors.retry import ATTEMPT_HEADER, Idempotency, RetryPolicy, retry_interceptors
 from interceptors.status_details import error_status
 from runtime.errors import error_info
-from tests.interceptors.conftest import error_reason
-from tests.interceptors.echo_service import Echo, EchoClient, open_channel, requests_of
+from tests.interceptors.echo_service import Echo, EchoClient, error_reason, open_channel, requests_of
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 S = grpc.StatusCode

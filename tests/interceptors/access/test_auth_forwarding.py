@@ -13,8 +13,8 @@ from google.protobuf.wrappers_pb2 import StringValue
 from interceptors.auth import AuthInterceptor, AuthPolicy
 from interceptors.auth_forwarding import forwarding_interceptors
 from interceptors.jwks import KeySet, TokenVerifier
-from tests.interceptors.conftest import AUDIENCE, ISSUER, SigningKey, error_reason
-from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, open_channel, requests_of
+from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, error_reason, open_channel, requests_of
+from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 RELAY = "test.v1.Relay"

@@ -16,8 +16,8 @@ from interceptors.auth import AuthInterceptor, AuthPolicy
 from interceptors.jwks import KeySet, TokenVerifier
 from interceptors.rate_limit import Limit, RateLimiter, RateLimitInterceptor, RateLimitPolicy
 from interceptors.status_details import find_detail
-from tests.interceptors.conftest import AUDIENCE, ISSUER, SigningKey, error_reason
-from tests.interceptors.echo_service import SERVICE, UNARY, Echo, EchoClient, requests_of
+from tests.interceptors.echo_service import SERVICE, UNARY, Echo, EchoClient, error_reason, requests_of
+from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
 

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from interceptors.auth import AuthInterceptor, AuthPolicy, resolve_access
 from interceptors.jwks import JwksFile, KeySet, KeySource, TokenRejected, TokenVerifier
-from tests.interceptors.conftest import AUDIENCE, ISSUER, SigningKey, error_reason
-from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, requests_of
+from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, error_reason, requests_of
+from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 from tools.dev_tokens import generate_private_key, public_jwk
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]
