@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.security import AuthSettings
+
 
 class ServiceSettings(BaseSettings):
     """What every grpc.aio server in agentmesh needs to start and to stop well."""
@@ -27,6 +29,8 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Bearer-token auth (runtime/security.py). None runs without it, with a warning at start.
+    auth: AuthSettings | None = None
     data_dir: Path = Path("var")
     # Written with the bound port once the server listens, so launchers and tests can find it.
     port_file: Path | None = None

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+from runtime.resilience import UpstreamResilience
 
 
 class AgentSettings(ServiceSettings):
@@ -24,3 +25,5 @@ class AgentSettings(ServiceSettings):
             "/agentmesh.agent.v1.AgentService/SubmitReview": "",
         }
     )
+    # Retries and a circuit breaker on the calls to RAG.
+    upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)

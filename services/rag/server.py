@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.middleware import Middleware
+from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
 from services.rag.embedding import Embedder, MiniLmEmbedder
@@ -20,7 +21,9 @@ SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_na
 
 
 async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
-    middleware = Middleware.start(settings, service="rag", span_processors=span_processors)
+    middleware = Middleware.start(
+        settings, service="rag", auth=auth_interceptor(settings.auth, service="rag"), span_processors=span_processors
+    )
     embedder: Embedder | None = None
     if settings.dense_enabled:
         # Loading torch and the model takes seconds: off the event loop.
