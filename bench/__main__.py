@@ -1,0 +1,51 @@
+"""`python -m bench`: every scenario, each pass, then the report (`make bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import h2load, machine, report
+from bench.harness import Settings, run_all
+from bench.processes import REPO
+from bench.scenarios import SCENARIOS, TARGETS, by_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", help=f"default: all ({', '.join(s.name for s in SCENARIOS)})")
+    parser.add_argument("--passes", type=int, default=Settings.passes)
+    parser.add_argument("--duration", type=float, default=Settings.duration_s, help="measured seconds per client")
+    parser.add_argument("--warmup", type=float, default=Settings.warmup_s)
+    parser.add_argument("--concurrency", type=int, default=Settings.concurrency)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="README whose bench block is updated")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    if not h2load.available():
+        print("h2load is missing: apt-get install -y nghttp2-client", file=sys.stderr)
+        return 2
+    scenarios = by_name(args.scenarios)
+    settings = Settings(
+        concurrency=args.concurrency, warmup_s=args.warmup, duration_s=args.duration, passes=args.passes
+    )
+    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    about = machine.describe()
+    began = time.monotonic()
+    results = run_all(scenarios, settings, args.work_dir, progress=lambda line: print(line, flush=True))
+    built = report.build(
+        scenarios, results, TARGETS, machine=about, settings=asdict(settings), wall_s=time.monotonic() - began
+    )
+    built["started_at"] = started_at
+    text = report.write(built, args.out, None if args.no_readme else args.readme)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

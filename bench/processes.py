@@ -1,0 +1,135 @@
+"""The processes of a scenario and what CPU each of them spent.
+
+Every server in a scenario runs in its own process, and so does the client, so that CPU seconds
+per 1,000 calls can be given per process: on a shared 2-core machine a throughput ratio alone may
+only say who got more of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a `python -m` child: the repo and generated code importable."""
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}", **(extra or {})}
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Child:
+    """A process the harness started; `role` names it in the report ("backend", "gateway", ...)."""
+
+    role: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    process: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.process = psutil.Process(self.popen.pid)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process, all its threads, so far."""
+        try:
+            times = self.process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return float(times.user + times.system)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, timeout_s: float = 10) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout_s)
+
+
+class ProcessGroup:
+    """Starts children, waits until each is listening, and stops them all (last started first)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.children: list[Child] = []
+
+    def start(
+        self,
+        role: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        port_file: Path | None = None,
+        port: int = 0,
+        timeout_s: float = 30,
+    ) -> Child:
+        """Start `argv`; the port is read from `port_file` once written (or is `port`, if known)."""
+        log_path = self.work_dir / f"{role}.log"
+        if port_file is not None:
+            port_file.unlink(missing_ok=True)
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                list(argv), cwd=self.work_dir, env=dict(env) if env is not None else None, stdout=log, stderr=log
+            )
+        child = Child(role, popen, log_path, port)
+        self.children.append(child)
+        if port_file is not None:
+            child.port = _wait_for_port(child, port_file, timeout_s)
+        return child
+
+    def port_file(self, role: str) -> Path:
+        """Where `role` is to write its port once listening (passed to it by flag or env)."""
+        return self.work_dir / f"{role}.port"
+
+    def cpu(self) -> dict[str, float]:
+        return {child.role: child.cpu_seconds() for child in self.children}
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            if child.popen.poll() is not None:
+                raise RuntimeError(f"{child.role} exited with {child.popen.returncode}:\n{child.logs()}")
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def _wait_for_port(child: Child, port_file: Path, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            text = port_file.read_text().strip()
+            if text:
+                return int(text)
+        if child.popen.poll() is not None:
+            raise RuntimeError(f"{child.role} exited with {child.popen.returncode}:\n{child.logs()}")
+        time.sleep(0.02)
+    child.stop()
+    raise TimeoutError(f"{child.role} did not start listening within {timeout_s}s:\n{child.logs()}")
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {role: after[role] - before.get(role, 0.0) for role in after}

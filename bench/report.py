@@ -1,0 +1,191 @@
+"""Turn measurements into the report: medians across passes, ratios to baselines, targets.
+
+Written as JSON (`bench/results/latest.json`, everything including each pass) and markdown
+(`latest.md`, also placed between the bench markers of the README).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.payload import EVENTS_PER_STREAM, STREAM, UNARY
+from bench.scenarios import Scenario, Target
+
+BEGIN = "<!-- bench:begin (written by `make bench`) -->"
+END = "<!-- bench:end -->"
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Medians over passes for rates, latencies and CPU; errors and calls summed."""
+    roles = sorted({role for run in runs for role in run["cpu_s_per_1k"]}, key=_role_order)
+    errors: dict[str, int] = {}
+    for run in runs:
+        for code, count in run["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    return {
+        "rps": _median([r["rps"] for r in runs]),
+        "messages_per_s": _median([r["messages"] / r["elapsed_s"] if r["elapsed_s"] else 0.0 for r in runs]),
+        "latency_ms": {q: _median([r["latency_ms"][q] for r in runs]) for q in ("p50", "p90", "p99")},
+        "calls": sum(r["calls"] for r in runs),
+        "errors": errors,
+        "cpu_s_per_1k": {role: _median([r["cpu_s_per_1k"].get(role, 0.0) for r in runs]) for role in roles},
+    }
+
+
+def _role_order(role: str) -> tuple[int, str]:
+    order = ["edge", "gateway", "sidecar", "backend", "redis", "client"]
+    return (order.index(role) if role in order else len(order) - 1, role)
+
+
+def build(
+    scenarios: Sequence[Scenario],
+    results: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    targets: Sequence[Target],
+    *,
+    machine: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    wall_s: float,
+) -> dict[str, Any]:
+    by_name = {s.name: s for s in scenarios}
+    summaries = {
+        name: {client: summarize_runs(runs) for client, runs in clients.items()} for name, clients in results.items()
+    }
+    rows: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        clients: dict[str, Any] = {}
+        for client, summary in summaries[scenario.name].items():
+            base = summaries.get(scenario.baseline, {}).get(client)
+            ratio = p99_ratio = None
+            if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
+                ratio = summary["messages_per_s"] / base["messages_per_s"]
+                p99_ratio = summary["latency_ms"]["p99"] / base["latency_ms"]["p99"]
+            clients[client] = {
+                **summary,
+                "ratio": ratio,
+                "p99_ratio": p99_ratio,
+                "runs": results[scenario.name][client],
+            }
+        rows.append(
+            {
+                "name": scenario.name,
+                "summary": scenario.summary,
+                "topology": scenario.topology.describe(),
+                "call": scenario.call,
+                "baseline": scenario.baseline,
+                "clients": clients,
+            }
+        )
+    checked = []
+    for target in targets:
+        if target.scenario not in by_name:
+            continue
+        entry = next(r for r in rows if r["name"] == target.scenario)["clients"].get(target.client, {})
+        value = entry.get(target.metric)
+        checked.append(
+            {
+                "title": target.title,
+                "scenario": target.scenario,
+                "client": target.client,
+                "metric": target.metric,
+                "bound": target.bound,
+                "at_least": target.at_least,
+                "value": value,
+                "met": None if value is None else target.met(value),
+            }
+        )
+    return {
+        "machine": dict(machine),
+        "settings": dict(settings),
+        "payload": {
+            "unary": f"{UNARY.method}: {len(UNARY.request)}-byte request, {len(UNARY.responses[0])}-byte response",
+            "stream": f"{STREAM.method}: {len(STREAM.request)}-byte request, "
+            f"{EVENTS_PER_STREAM} events of {len(STREAM.responses[0])} bytes per call",
+        },
+        "wall_s": round(wall_s, 1),
+        "scenarios": rows,
+        "targets": checked,
+    }
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _fmt_errors(errors: Mapping[str, int]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in sorted(errors.items())) if errors else "0"
+
+
+def _fmt_cpu(cpu: Mapping[str, float]) -> str:
+    parts = [f"{role} {seconds:.2f}" for role, seconds in cpu.items()]
+    servers = sum(seconds for role, seconds in cpu.items() if role != "client")
+    return " · ".join(parts) + f" (servers {servers:.2f})"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    machine, settings = report["machine"], report["settings"]
+    lines = [
+        f"Measured {report['started_at']} on {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
+        f"{machine['os']}; Python {machine['python']}, grpcio {machine['grpcio']}, {machine['h2load']}"
+        + (f", {machine['envoy']}" if machine.get("envoy") else "")
+        + f". Load average at start {', '.join(str(x) for x in machine['load_average_at_start'])} "
+        f"(the machine is shared; ratios are to a baseline measured in the same run).",
+        "",
+        f"{settings['concurrency']} calls in flight, {settings['warmup_s']:g} s warm-up then "
+        f"{settings['duration_s']:g} s measured per client, {settings['passes']} passes (alternating order), "
+        f"medians shown; whole run {report['wall_s']:.0f} s. Unary call {report['payload']['unary']}; "
+        f"streaming {report['payload']['stream']}.",
+        "",
+    ]
+    if report["targets"]:
+        lines += ["| target | client | measured | |", "|---|---|---|---|"]
+        for target in report["targets"]:
+            verdict = {True: "met", False: "**missed**", None: "not measured"}[target["met"]]
+            lines.append(f"| {target['title']} | {target['client']} | {_fmt_ratio(target['value'])} | {verdict} |")
+        lines.append("")
+    for client in ("h2load", "pyclient"):
+        rows = [r for r in report["scenarios"] if client in r["clients"]]
+        if not rows:
+            continue
+        lines += [
+            f"**{client}**"
+            + (" (C, cheap: shows the servers' ceiling)" if client == "h2load" else " (grpc.aio client)"),
+            "",
+            "| scenario | calls/s | msgs/s | x baseline | p50 ms | p90 ms | p99 ms | p99 x | errors "
+            "| CPU s per 1k calls |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in rows:
+            c = row["clients"][client]
+            base = "" if row["baseline"] == "bare" else f" (vs {row['baseline']})"
+            lat = c["latency_ms"]
+            lines.append(
+                f"| {row['name']}{base} | {c['rps']:,.0f} | {c['messages_per_s']:,.0f} | {_fmt_ratio(c['ratio'])} "
+                f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {_fmt_ratio(c['p99_ratio'])} "
+                f"| {_fmt_errors(c['errors'])} | {_fmt_cpu(c['cpu_s_per_1k'])} |"
+            )
+        lines.append("")
+    lines += ["Scenarios:", ""]
+    lines += [f"- `{r['name']}`: {r['summary']} ({r['topology']})" for r in report["scenarios"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: Mapping[str, Any], out_dir: Path, readme: Path | None) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out_dir / "latest.md").write_text(text)
+    if readme is not None and readme.exists():
+        current = readme.read_text()
+        if BEGIN in current and END in current:
+            head, rest = current.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            readme.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    return text
