@@ -6,13 +6,13 @@ import argparse
 import datetime
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench import h2load, machine, report
 from bench.harness import Settings, run_all
 from bench.processes import REPO
-from bench.scenarios import SCENARIOS, TARGETS, by_name
+from bench.scenarios import CLIENTS, SCENARIOS, TARGETS, by_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=Settings.duration_s, help="measured seconds per client")
     parser.add_argument("--warmup", type=float, default=Settings.warmup_s)
     parser.add_argument("--concurrency", type=int, default=Settings.concurrency)
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS), help="default: both")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="README whose bench block is updated")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not h2load.available():
         print("h2load is missing: apt-get install -y nghttp2-client", file=sys.stderr)
         return 2
-    scenarios = by_name(args.scenarios)
+    scenarios = [replace(s, clients=tuple(c for c in s.clients if c in args.clients)) for s in by_name(args.scenarios)]
     settings = Settings(
         concurrency=args.concurrency, warmup_s=args.warmup, duration_s=args.duration, passes=args.passes
     )

@@ -54,8 +54,9 @@ class _Relay:
                 (True, False): channel.stream_unary,
                 (True, True): channel.stream_stream,
             }[(self.route.client_streaming, self.route.server_streaming)]
-            # No serializers: requests and responses stay bytes end to end.
-            self._callable = factory(self.route.method)
+            # No serializers: requests and responses stay bytes end to end. Registered, as generated
+            # stubs do, so grpc core resolves the method path once per channel rather than per call.
+            self._callable = factory(self.route.method, _registered_method=True)
             self._channel = channel
         return self._callable
 
