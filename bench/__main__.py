@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import h2load, machine, report
+from bench import h2load, machine, profile, report
 from bench.harness import Settings, run_all
 from bench.processes import REPO
 from bench.scenarios import CLIENTS, SCENARIOS, TARGETS, by_name
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=Settings.warmup_s)
     parser.add_argument("--concurrency", type=int, default=Settings.concurrency)
     parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS), help="default: both")
+    parser.add_argument(
+        "--profile", nargs="+", default=[], metavar="ROLE", help="py-spy these processes (gateway, ...)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="README whose bench block is updated")
@@ -32,15 +35,28 @@ def main(argv: list[str] | None = None) -> int:
         print("h2load is missing: apt-get install -y nghttp2-client", file=sys.stderr)
         return 2
     scenarios = [replace(s, clients=tuple(c for c in s.clients if c in args.clients)) for s in by_name(args.scenarios)]
+    if args.profile and not profile.available():
+        print("py-spy is missing: pip install py-spy", file=sys.stderr)
+        return 2
     settings = Settings(
-        concurrency=args.concurrency, warmup_s=args.warmup, duration_s=args.duration, passes=args.passes
+        concurrency=args.concurrency,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        passes=args.passes,
+        profile_roles=tuple(args.profile),
+        profile_dir=args.out / "profiles",
     )
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     about = machine.describe()
     began = time.monotonic()
     results = run_all(scenarios, settings, args.work_dir, progress=lambda line: print(line, flush=True))
     built = report.build(
-        scenarios, results, TARGETS, machine=about, settings=asdict(settings), wall_s=time.monotonic() - began
+        scenarios,
+        results,
+        TARGETS,
+        machine=about,
+        settings={k: v for k, v in asdict(settings).items() if not k.startswith("profile")},
+        wall_s=time.monotonic() - began,
     )
     built["started_at"] = started_at
     text = report.write(built, args.out, None if args.no_readme else args.readme)

@@ -10,13 +10,14 @@ import json
 import resource
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import h2load
+from bench import h2load, profile
 from bench.payload import CALLS
 from bench.processes import ProcessGroup, cpu_delta, python_argv, python_env
 from bench.scenarios import Scenario
@@ -30,6 +31,9 @@ class Settings:
     duration_s: float = 2.0
     passes: int = 2
     h2load_connections: int = 2
+    # Roles ("gateway", "backend", ...) to sample with py-spy in the first pass, and where to write.
+    profile_roles: tuple[str, ...] = ()
+    profile_dir: Path | None = None
 
 
 Measurement = dict[str, Any]
@@ -46,7 +50,13 @@ def _per_thousand(cpu: dict[str, float], calls: int) -> dict[str, float]:
 
 
 def measure_h2load(
-    scenario: Scenario, endpoint: Endpoint, group: ProcessGroup, settings: Settings, work_dir: Path
+    scenario: Scenario,
+    endpoint: Endpoint,
+    group: ProcessGroup,
+    settings: Settings,
+    work_dir: Path,
+    *,
+    profile_this: bool = False,
 ) -> Measurement:
     options = h2load.H2loadOptions(
         url=endpoint.url,
@@ -58,12 +68,21 @@ def measure_h2load(
         headers=scenario.headers,
     )
     marks: dict[str, Any] = {}
+    profiled = [c for c in group.children if c.role in settings.profile_roles] if profile_this else []
+    samplers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def on_measuring() -> None:
+        for child in profiled:
+            raw = work_dir / f"profile-{child.role}.raw"
+            samplers.append((child.role, profile.start(child.popen.pid, settings.duration_s, raw), raw))
         marks["servers"] = group.cpu()
         marks["client"] = _children_cpu()
 
     result = h2load.run(options, work_dir, on_measuring)
+    if samplers and settings.profile_dir is not None:
+        settings.profile_dir.mkdir(parents=True, exist_ok=True)
+        for role, sampler, raw in samplers:
+            profile.finish(sampler, raw, settings.profile_dir / f"{scenario.name}-{role}.txt")
     servers = cpu_delta(marks["servers"], group.cpu())
     client = _children_cpu() - marks["client"]
     group.check_alive()
@@ -101,6 +120,9 @@ def measure_pyclient(scenario: Scenario, endpoint: Endpoint, group: ProcessGroup
         text=True,
     )
     assert process.stdout is not None
+    # A stuck client must not hang the run: past its time it is killed, and its pipe then ends.
+    watchdog = threading.Timer(settings.warmup_s + settings.duration_s + 60, process.kill)
+    watchdog.start()
     try:
         marker = process.stdout.readline().strip()
         if marker != "measuring":
@@ -110,6 +132,7 @@ def measure_pyclient(scenario: Scenario, endpoint: Endpoint, group: ProcessGroup
         servers = cpu_delta(servers_before, group.cpu())
         process.wait(timeout=30)
     finally:
+        watchdog.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()
@@ -124,7 +147,9 @@ def measure_pyclient(scenario: Scenario, endpoint: Endpoint, group: ProcessGroup
     return {**result, "cpu_s_per_1k": _per_thousand({**servers, "client": client}, result["calls"])}
 
 
-def run_scenario(scenario: Scenario, settings: Settings, work_dir: Path) -> dict[str, Measurement]:
+def run_scenario(
+    scenario: Scenario, settings: Settings, work_dir: Path, *, profile_this: bool = False
+) -> dict[str, Measurement]:
     """One pass of one scenario: start its topology, measure with each client, stop it."""
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
@@ -134,7 +159,9 @@ def run_scenario(scenario: Scenario, settings: Settings, work_dir: Path) -> dict
         endpoint = scenario.topology.start(group)
         for client in scenario.clients:
             if client == "h2load":
-                results[client] = measure_h2load(scenario, endpoint, group, settings, work_dir)
+                results[client] = measure_h2load(
+                    scenario, endpoint, group, settings, work_dir, profile_this=profile_this
+                )
             else:
                 results[client] = measure_pyclient(scenario, endpoint, group, settings)
     finally:
@@ -151,7 +178,7 @@ def run_all(
         order = list(scenarios) if number % 2 == 0 else list(reversed(scenarios))
         for scenario in order:
             started = time.monotonic()
-            measured = run_scenario(scenario, settings, work_dir / scenario.name)
+            measured = run_scenario(scenario, settings, work_dir / scenario.name, profile_this=number == 0)
             for client, measurement in measured.items():
                 results[scenario.name][client].append(measurement)
             summary = ", ".join(
