@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from importlib import metadata
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from bench import envoy
 
 
 def _cpu_model() -> str:
@@ -31,7 +34,14 @@ def _version(argv: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     output = (completed.stdout or completed.stderr).strip().splitlines()
-    return output[0] if output else None
+    return output[0].strip() if output else None
+
+
+def _envoy_version() -> str | None:
+    # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "envoy 1.40.0"
+    line = _version([envoy.binary() or "envoy", "--version"])
+    found = re.search(r"/(\d+\.\d+\.\d+)/", line or "")
+    return f"envoy {found.group(1)}" if found else line
 
 
 def describe() -> dict[str, Any]:
@@ -43,6 +53,6 @@ def describe() -> dict[str, Any]:
         "python": platform.python_version(),
         "grpcio": metadata.version("grpcio"),
         "h2load": _version(["h2load", "--version"]),
-        "envoy": _version(["envoy", "--version"]),
+        "envoy": _envoy_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.backend import BackendSpec
-from bench.topology import Direct, Topology, ViaGateway
+from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway
 
 CLIENTS = ("h2load", "pyclient")
 
@@ -53,6 +53,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         Direct(BackendSpec(bootstrap=True)),
     ),
     Scenario("gateway", "one gateway hop: client → gateway → bare backend", ViaGateway(BARE)),
+    Scenario("envoy", "one Envoy sidecar hop, plaintext: client → Envoy → bare backend", ViaEnvoy(BARE)),
     Scenario("stream", "server streaming, 50 events per call (ratio in events/s)", Direct(BARE), call="stream"),
 )
 

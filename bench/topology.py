@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from bench import envoy
 from bench.backend import BackendSpec
 from bench.payload import SERVICE
 from bench.processes import Child, ProcessGroup, python_argv, python_env
@@ -128,3 +129,20 @@ class ViaGateway:
 
     def describe(self) -> str:
         return f"client → gateway → backend ({_describe_backend(self.backend)})"
+
+
+@dataclass(frozen=True)
+class ViaEnvoy:
+    """client → Envoy (plain HTTP/2 proxy, `bench.envoy.plain_proxy`) → backend."""
+
+    backend: BackendSpec = field(default_factory=BackendSpec)
+
+    def start(self, group: ProcessGroup) -> Endpoint:
+        backend = start_backend(group, self.backend)
+        listen, admin = free_port(), free_port()
+        config = envoy.plain_proxy(listen_port=listen, admin_port=admin, upstream_port=backend.port)
+        proxy = envoy.start(group, "sidecar", config, admin_port=admin, listen_port=listen)
+        return Endpoint(proxy.address)
+
+    def describe(self) -> str:
+        return f"client → Envoy → backend ({_describe_backend(self.backend)})"
