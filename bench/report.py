@@ -41,7 +41,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _role_order(role: str) -> tuple[int, str]:
-    order = ["edge", "gateway", "sidecar", "backend", "redis", "client"]
+    order = ["edge", "outbound", "gateway", "sidecar", "backend", "redis", "client"]
     return (order.index(role) if role in order else len(order) - 1, role)
 
 

@@ -53,7 +53,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         Direct(BackendSpec(bootstrap=True)),
     ),
     Scenario("gateway", "one gateway hop: client → gateway → bare backend", ViaGateway(BARE)),
-    Scenario("envoy", "one Envoy sidecar hop, plaintext: client → Envoy → bare backend", ViaEnvoy(BARE)),
+    Scenario("envoy", "one Envoy sidecar hop, plaintext", ViaEnvoy(BARE)),
+    Scenario("envoy-mtls", "the sidecar-to-sidecar mesh hop: two Envoys, mTLS between them", ViaEnvoy(BARE, mtls=True)),
+    Scenario(
+        "edge-sidecar",
+        "the edge path: TLS from the client to an edge Envoy, mTLS to the sidecar",
+        ViaEnvoy(BARE, mtls=True, edge=True),
+    ),
     Scenario("stream", "server streaming, 50 events per call (ratio in events/s)", Direct(BARE), call="stream"),
 )
 

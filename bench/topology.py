@@ -133,16 +133,47 @@ class ViaGateway:
 
 @dataclass(frozen=True)
 class ViaEnvoy:
-    """client → Envoy (plain HTTP/2 proxy, `bench.envoy.plain_proxy`) → backend."""
+    """client → Envoy sidecar → backend, or with `mtls` the mesh path between two sidecars:
+    client → outbound sidecar (plaintext on loopback) → mTLS → inbound sidecar → backend.
+    With `edge`, the first proxy is an edge terminating TLS from the client (no client certificate)."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
+    mtls: bool = False
+    edge: bool = False
 
     def start(self, group: ProcessGroup) -> Endpoint:
         backend = start_backend(group, self.backend)
-        listen, admin = free_port(), free_port()
-        config = envoy.plain_proxy(listen_port=listen, admin_port=admin, upstream_port=backend.port)
-        proxy = envoy.start(group, "sidecar", config, admin_port=admin, listen_port=listen)
-        return Endpoint(proxy.address)
+        if not self.mtls:
+            listen, admin = free_port(), free_port()
+            config = envoy.proxy(listen_port=listen, admin_port=admin, upstream_port=backend.port)
+            return Endpoint(envoy.start(group, "sidecar", config, admin_port=admin, listen_port=listen).address)
+        certs = envoy.write_certs(group.work_dir / "certs", ["inbound.bench.local", "outbound.bench.local"])
+        inbound, outbound = certs["inbound.bench.local"], certs["outbound.bench.local"]
+        in_port, in_admin = free_port(), free_port()
+        inbound_config = envoy.proxy(
+            listen_port=in_port,
+            admin_port=in_admin,
+            upstream_port=backend.port,
+            downstream_tls=inbound,
+            require_client_certificate=True,
+        )
+        envoy.start(group, "sidecar", inbound_config, admin_port=in_admin, listen_port=in_port)
+        out_port, out_admin = free_port(), free_port()
+        outbound_config = envoy.proxy(
+            listen_port=out_port,
+            admin_port=out_admin,
+            upstream_port=in_port,
+            downstream_tls=outbound if self.edge else None,
+            upstream_tls=outbound,
+            upstream_sni="inbound.bench.local",
+        )
+        role = "edge" if self.edge else "outbound"
+        first = envoy.start(group, role, outbound_config, admin_port=out_admin, listen_port=out_port)
+        tls = ClientTls(ca=outbound.ca, server_name="outbound.bench.local") if self.edge else None
+        return Endpoint(first.address, tls)
 
     def describe(self) -> str:
-        return f"client → Envoy → backend ({_describe_backend(self.backend)})"
+        path = "Envoy"
+        if self.mtls:
+            path = "edge (TLS) → mTLS → sidecar" if self.edge else "sidecar → mTLS → sidecar"
+        return f"client → {path} → backend ({_describe_backend(self.backend)})"
