@@ -63,14 +63,21 @@ def build(
         clients: dict[str, Any] = {}
         for client, summary in summaries[scenario.name].items():
             base = summaries.get(scenario.baseline, {}).get(client)
-            ratio = p99_ratio = None
+            ratio = p99_ratio = cpu_ratio = None
             if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
                 ratio = summary["messages_per_s"] / base["messages_per_s"]
                 p99_ratio = summary["latency_ms"]["p99"] / base["latency_ms"]["p99"]
+                # CPU per message of all servers: steadier than throughput on a shared machine.
+                per_message = summary["rps"] / summary["messages_per_s"] if summary["messages_per_s"] else 1.0
+                base_per_message = base["rps"] / base["messages_per_s"] if base["messages_per_s"] else 1.0
+                base_cpu = _servers_cpu(base["cpu_s_per_1k"]) * base_per_message
+                if base_cpu:
+                    cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
             clients[client] = {
                 **summary,
                 "ratio": ratio,
                 "p99_ratio": p99_ratio,
+                "servers_cpu_ratio": cpu_ratio,
                 "runs": results[scenario.name][client],
             }
         rows.append(
@@ -123,10 +130,12 @@ def _fmt_errors(errors: Mapping[str, int]) -> str:
     return ", ".join(f"{code} {count}" for code, count in sorted(errors.items())) if errors else "0"
 
 
+def _servers_cpu(cpu: Mapping[str, float]) -> float:
+    return sum(seconds for role, seconds in cpu.items() if role != "client")
+
+
 def _fmt_cpu(cpu: Mapping[str, float]) -> str:
-    parts = [f"{role} {seconds:.2f}" for role, seconds in cpu.items()]
-    servers = sum(seconds for role, seconds in cpu.items() if role != "client")
-    return " · ".join(parts) + f" (servers {servers:.2f})"
+    return " · ".join(f"{role} {seconds:.2f}" for role, seconds in cpu.items())
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -159,8 +168,8 @@ def markdown(report: Mapping[str, Any]) -> str:
             + (" (C, cheap: shows the servers' ceiling)" if client == "h2load" else " (grpc.aio client)"),
             "",
             "| scenario | calls/s | msgs/s | x baseline | p50 ms | p90 ms | p99 ms | p99 x | errors "
-            "| CPU s per 1k calls |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| servers CPU per msg x | CPU s per 1k calls |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in rows:
             c = row["clients"][client]
@@ -169,7 +178,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {row['name']}{base} | {c['rps']:,.0f} | {c['messages_per_s']:,.0f} | {_fmt_ratio(c['ratio'])} "
                 f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {_fmt_ratio(c['p99_ratio'])} "
-                f"| {_fmt_errors(c['errors'])} | {_fmt_cpu(c['cpu_s_per_1k'])} |"
+                f"| {_fmt_errors(c['errors'])} | {_fmt_ratio(c['servers_cpu_ratio'])} | {_fmt_cpu(c['cpu_s_per_1k'])} |"
             )
         lines.append("")
     lines += ["Scenarios:", ""]
