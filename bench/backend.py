@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agentmesh.agent.v1 import agent_service_pb2
 from bench import payload
@@ -105,8 +106,13 @@ async def serve(spec: BackendSpec, port_file: Path) -> None:
         return
     server = grpc.aio.server(interceptors=stack.interceptors)
     add_bench_methods(server)
+    # Health too (no interceptors either), so Envoy's active health checks find it SERVING.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    for name in ("", payload.SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _write_port(port_file, port)
     await stop.wait()
     await server.stop(1)

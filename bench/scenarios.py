@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.backend import BackendSpec
-from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway
+from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway, ViaMeshEdge, ViaMeshSidecars
 
 CLIENTS = ("h2load", "pyclient")
 
@@ -53,17 +53,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         Direct(BackendSpec(bootstrap=True)),
     ),
     Scenario("gateway", "one gateway hop: client → gateway → bare backend", ViaGateway(BARE)),
-    Scenario("envoy", "one Envoy sidecar hop, plaintext", ViaEnvoy(BARE)),
-    Scenario("envoy-mtls", "the sidecar-to-sidecar mesh hop: two Envoys, mTLS between them", ViaEnvoy(BARE, mtls=True)),
-    Scenario(
-        "edge-sidecar",
-        "the edge path: TLS from the client to an edge Envoy, mTLS to the sidecar",
-        ViaEnvoy(BARE, mtls=True, edge=True),
-    ),
+    Scenario("envoy", "one Envoy hop, plaintext, router only (the floor under the mesh's sidecars)", ViaEnvoy(BARE)),
+    Scenario("envoy-mtls", "the mesh's sidecar-to-sidecar hop: two Envoys, mTLS and RBAC", ViaMeshSidecars(BARE)),
+    Scenario("edge-sidecar", "the mesh's way in: TLS to the edge Envoy, mTLS to the sidecar", ViaMeshEdge(BARE)),
     Scenario("stream", "server streaming, 50 events per call (ratio in events/s)", Direct(BARE), call="stream"),
 )
 
-TARGETS: tuple[Target, ...] = (Target("gateway hop ≥ 0.6x bare throughput", "gateway", "h2load", "ratio", 0.6),)
+TARGETS: tuple[Target, ...] = (
+    Target("gateway hop ≥ 0.6x bare throughput", "gateway", "h2load", "ratio", 0.6),
+    Target("Envoy mTLS sidecar hop ≥ 0.8x bare throughput", "envoy-mtls", "h2load", "ratio", 0.8),
+)
 
 
 def by_name(names: list[str] | None) -> list[Scenario]:

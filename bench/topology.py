@@ -17,8 +17,14 @@ from typing import Protocol
 from bench import envoy
 from bench.backend import BackendSpec
 from bench.payload import SERVICE
-from bench.processes import Child, ProcessGroup, python_argv, python_env
+from bench.processes import REPO, Child, ProcessGroup, python_argv, python_env
 from bench.stacks import NEEDS_REDIS
+from mesh.certs import cert_paths, write_mesh_certs
+from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
+from mesh.local_layout import LOOPBACK, mesh_identities
+from mesh.policy import Policy, load_policy
+
+DESCRIPTOR_SET_PATH = REPO / "gen" / "agentmesh.pb"
 
 
 @dataclass(frozen=True)
@@ -133,47 +139,112 @@ class ViaGateway:
 
 @dataclass(frozen=True)
 class ViaEnvoy:
-    """client → Envoy sidecar → backend, or with `mtls` the mesh path between two sidecars:
-    client → outbound sidecar (plaintext on loopback) → mTLS → inbound sidecar → backend.
-    With `edge`, the first proxy is an edge terminating TLS from the client (no client certificate)."""
+    """client → Envoy (`bench.envoy.plain_proxy`: plaintext, router only) → backend."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
-    mtls: bool = False
-    edge: bool = False
 
     def start(self, group: ProcessGroup) -> Endpoint:
         backend = start_backend(group, self.backend)
-        if not self.mtls:
-            listen, admin = free_port(), free_port()
-            config = envoy.proxy(listen_port=listen, admin_port=admin, upstream_port=backend.port)
-            return Endpoint(envoy.start(group, "sidecar", config, admin_port=admin, listen_port=listen).address)
-        certs = envoy.write_certs(group.work_dir / "certs", ["inbound.bench.local", "outbound.bench.local"])
-        inbound, outbound = certs["inbound.bench.local"], certs["outbound.bench.local"]
-        in_port, in_admin = free_port(), free_port()
-        inbound_config = envoy.proxy(
-            listen_port=in_port,
-            admin_port=in_admin,
-            upstream_port=backend.port,
-            downstream_tls=inbound,
-            require_client_certificate=True,
-        )
-        envoy.start(group, "sidecar", inbound_config, admin_port=in_admin, listen_port=in_port)
-        out_port, out_admin = free_port(), free_port()
-        outbound_config = envoy.proxy(
-            listen_port=out_port,
-            admin_port=out_admin,
-            upstream_port=in_port,
-            downstream_tls=outbound if self.edge else None,
-            upstream_tls=outbound,
-            upstream_sni="inbound.bench.local",
-        )
-        role = "edge" if self.edge else "outbound"
-        first = envoy.start(group, role, outbound_config, admin_port=out_admin, listen_port=out_port)
-        tls = ClientTls(ca=outbound.ca, server_name="outbound.bench.local") if self.edge else None
-        return Endpoint(first.address, tls)
+        listen, admin = free_port(), free_port()
+        config = envoy.plain_proxy(listen_port=listen, admin_port=admin, upstream_port=backend.port)
+        return Endpoint(envoy.start(group, "sidecar", config, admin_port=admin, listen_port=listen).address)
 
     def describe(self) -> str:
-        path = "Envoy"
-        if self.mtls:
-            path = "edge (TLS) → mTLS → sidecar" if self.edge else "sidecar → mTLS → sidecar"
-        return f"client → {path} → backend ({_describe_backend(self.backend)})"
+        return f"client → Envoy → backend ({_describe_backend(self.backend)})"
+
+
+def _mesh_sidecar(
+    group: ProcessGroup,
+    policy: Policy,
+    certs_dir: Path,
+    *,
+    role: str,
+    service: str,
+    app_port: int,
+    upstream_inbound: int | None = None,
+) -> tuple[Child, int, dict[str, int]]:
+    """The mesh's sidecar for `service` (rendered by `mesh.envoy_config`, as `make run MESH=envoy` does).
+
+    Every callee's versions point at `upstream_inbound` (the one sidecar the bench calls through)
+    or, for callees the bench never calls, at a closed port. Returns the child, its inbound port
+    and its outbound port per callee.
+    """
+    unused = free_port()
+    inbound, admin = free_port(), free_port()
+    outbound = {callee: free_port() for callee in policy.callees(service)}
+    upstreams = {
+        callee: {
+            version: [Address(LOOPBACK, upstream_inbound or unused)] for version in policy.services[callee].versions
+        }
+        for callee in outbound
+    }
+    config = sidecar_bootstrap(
+        policy,
+        service=service,
+        version=policy.services[service].versions[0],
+        app=Address(LOOPBACK, app_port),
+        inbound=Address(LOOPBACK, inbound),
+        admin_port=admin,
+        outbound_ports=outbound,
+        upstreams=upstreams,
+        certs=cert_paths(certs_dir, service),
+    )
+    return envoy.start(group, role, config, admin_port=admin, listen_port=inbound), inbound, outbound
+
+
+@dataclass(frozen=True)
+class ViaMeshSidecars:
+    """The mesh's service-to-service path with its real sidecar configs: the caller's sidecar
+    (plaintext on loopback) → mTLS + RBAC → the callee's sidecar → backend, the bench backend
+    standing in for the agent service and the client for the gateway."""
+
+    backend: BackendSpec = field(default_factory=BackendSpec)
+
+    def start(self, group: ProcessGroup) -> Endpoint:
+        policy = load_policy()
+        certs_dir = group.work_dir / "certs"
+        write_mesh_certs(certs_dir, mesh_identities(policy))
+        backend = start_backend(group, self.backend)
+        _, agent_inbound, _ = _mesh_sidecar(
+            group, policy, certs_dir, role="sidecar", service="agent", app_port=backend.port
+        )
+        # The caller's app is the client itself; its sidecar's own app port is never used.
+        _, _, outbound = _mesh_sidecar(
+            group, policy, certs_dir, role="outbound", service="gateway", app_port=free_port(),
+            upstream_inbound=agent_inbound,
+        )  # fmt: skip
+        return Endpoint(f"{LOOPBACK}:{outbound['agent']}")
+
+    def describe(self) -> str:
+        return f"client → caller's sidecar → mTLS → callee's sidecar → backend ({_describe_backend(self.backend)})"
+
+
+@dataclass(frozen=True)
+class ViaMeshEdge:
+    """The mesh's way in, with its real configs: TLS to the edge Envoy (gRPC-JSON transcoder,
+    routes) → mTLS + RBAC → the gateway's sidecar → backend (standing in for the gateway)."""
+
+    backend: BackendSpec = field(default_factory=BackendSpec)
+
+    def start(self, group: ProcessGroup) -> Endpoint:
+        policy = load_policy()
+        certs_dir = group.work_dir / "certs"
+        write_mesh_certs(certs_dir, mesh_identities(policy))
+        backend = start_backend(group, self.backend)
+        _, gateway_inbound, _ = _mesh_sidecar(
+            group, policy, certs_dir, role="sidecar", service="gateway", app_port=backend.port
+        )
+        listen, admin = free_port(), free_port()
+        config = edge_bootstrap(
+            policy,
+            listen=Address(LOOPBACK, listen),
+            admin_port=admin,
+            upstreams={v: [Address(LOOPBACK, gateway_inbound)] for v in policy.services[policy.edge.upstream].versions},
+            certs=cert_paths(certs_dir, "edge"),
+            descriptor_set=DESCRIPTOR_SET_PATH,
+        )
+        edge = envoy.start(group, "edge", config, admin_port=admin, listen_port=listen)
+        return Endpoint(edge.address, ClientTls(ca=certs_dir / "ca.pem", server_name="localhost"))
+
+    def describe(self) -> str:
+        return f"client → TLS → edge → mTLS → gateway's sidecar → backend ({_describe_backend(self.backend)})"
