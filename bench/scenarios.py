@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.backend import BackendSpec
-from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway, ViaMeshEdge, ViaMeshSidecars
+from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway, ViaMeshEdge, ViaMeshInbound, ViaMeshSidecars
 
 CLIENTS = ("h2load", "pyclient")
 
@@ -55,6 +55,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("gateway", "one gateway hop: client → gateway → bare backend", ViaGateway(BARE)),
     Scenario("envoy", "one Envoy hop, plaintext, router only (the floor under the mesh's sidecars)", ViaEnvoy(BARE)),
     Scenario("envoy-mtls", "the mesh's sidecar-to-sidecar hop: two Envoys, mTLS and RBAC", ViaMeshSidecars(BARE)),
+    Scenario(
+        "sidecar-inbound-mtls",
+        "one mesh sidecar hop: the client itself speaks mTLS to the callee's sidecar",
+        ViaMeshInbound(BARE),
+        clients=("pyclient",),
+    ),
     Scenario("edge-sidecar", "the mesh's way in: TLS to the edge Envoy, mTLS to the sidecar", ViaMeshEdge(BARE)),
     Scenario("stream", "server streaming, 50 events per call (ratio in events/s)", Direct(BARE), call="stream"),
 )

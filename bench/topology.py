@@ -220,6 +220,29 @@ class ViaMeshSidecars:
 
 
 @dataclass(frozen=True)
+class ViaMeshInbound:
+    """One mesh sidecar hop with mTLS: the client presents the gateway's certificate to the agent's
+    sidecar (mTLS + RBAC) → backend. h2load cannot present a client certificate, so this one is for
+    the Python client."""
+
+    backend: BackendSpec = field(default_factory=BackendSpec)
+
+    def start(self, group: ProcessGroup) -> Endpoint:
+        policy = load_policy()
+        certs_dir = group.work_dir / "certs"
+        write_mesh_certs(certs_dir, mesh_identities(policy))
+        backend = start_backend(group, self.backend)
+        _, inbound, _ = _mesh_sidecar(group, policy, certs_dir, role="sidecar", service="agent", app_port=backend.port)
+        caller = cert_paths(certs_dir, "gateway")
+        return Endpoint(
+            f"{LOOPBACK}:{inbound}", ClientTls(ca=caller.ca, cert=caller.cert, key=caller.key, server_name="localhost")
+        )
+
+    def describe(self) -> str:
+        return f"client (mTLS) → callee's sidecar → backend ({_describe_backend(self.backend)})"
+
+
+@dataclass(frozen=True)
 class ViaMeshEdge:
     """The mesh's way in, with its real configs: TLS to the edge Envoy (gRPC-JSON transcoder,
     routes) → mTLS + RBAC → the gateway's sidecar → backend (standing in for the gateway)."""
