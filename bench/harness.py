@@ -28,7 +28,7 @@ from bench.topology import Endpoint
 class Settings:
     concurrency: int = 32
     warmup_s: float = 0.5
-    duration_s: float = 2.0
+    duration_s: float = 1.5
     passes: int = 2
     h2load_connections: int = 2
     # Roles ("gateway", "backend", ...) to sample with py-spy in the first pass, and where to write.

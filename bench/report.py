@@ -62,7 +62,9 @@ def build(
     for scenario in scenarios:
         clients: dict[str, Any] = {}
         for client, summary in summaries[scenario.name].items():
-            base = summaries.get(scenario.baseline, {}).get(client)
+            # Where the named baseline was not measured with this client, the bare one is.
+            baseline = scenario.baseline if client in summaries.get(scenario.baseline, {}) else "bare"
+            base = summaries.get(baseline, {}).get(client)
             ratio = p99_ratio = cpu_ratio = None
             if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
                 ratio = summary["messages_per_s"] / base["messages_per_s"]
@@ -75,6 +77,7 @@ def build(
                     cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
             clients[client] = {
                 **summary,
+                "baseline": baseline,
                 "ratio": ratio,
                 "p99_ratio": p99_ratio,
                 "servers_cpu_ratio": cpu_ratio,
@@ -173,7 +176,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         ]
         for row in rows:
             c = row["clients"][client]
-            base = "" if row["baseline"] == "bare" else f" (vs {row['baseline']})"
+            base = "" if c["baseline"] == "bare" else f" (vs {c['baseline']})"
             lat = c["latency_ms"]
             lines.append(
                 f"| {row['name']}{base} | {c['rps']:,.0f} | {c['messages_per_s']:,.0f} | {_fmt_ratio(c['ratio'])} "

@@ -44,6 +44,13 @@ class Target:
 
 
 BARE = BackendSpec()
+CHAIN = BackendSpec(bootstrap=True, interceptors=("chain",))
+STORES = ("memory", "sqlite", "redis")
+
+
+def alone(interceptor: str, summary: str) -> Scenario:
+    return Scenario(interceptor, summary, Direct(BackendSpec(interceptors=(interceptor,))))
+
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("bare", "grpc.aio server, no interceptors (the baseline)", Direct(BARE)),
@@ -52,7 +59,36 @@ SCENARIOS: tuple[Scenario, ...] = (
         "the shared bootstrap: health, reflection, drain and decode interceptors",
         Direct(BackendSpec(bootstrap=True)),
     ),
-    Scenario("gateway", "one gateway hop: client → gateway → bare backend", ViaGateway(BARE)),
+    alone("tracing", "tracing as configured by default: no exporter, so the trace context only"),
+    alone("tracing-sampled", "tracing with a span exporter, 10% of new traces recorded"),
+    alone("otel-instrumentation", "the stock opentelemetry-instrumentation-grpc interceptor, every call recorded"),
+    alone("metrics", "Prometheus metrics (calls by code, latency histogram, in flight)"),
+    alone("logs", "access log: one JSON line per call"),
+    alone("errors", "recovery: crashes become INTERNAL"),
+    alone("deadline", "deadline: default for calls without one, refuse calls already late"),
+    *(
+        Scenario(
+            f"idempotency-{store}",
+            f"idempotency keys in {store}: a new key on every call (first executions)",
+            Direct(BackendSpec(interceptors=(f"idempotency-{store}",))),
+            clients=("pyclient",),
+            unique_header="idempotency-key",
+        )
+        for store in STORES
+    ),
+    *(
+        Scenario(
+            f"replay-{store}",
+            f"idempotency keys in {store}: the same key on every call (replays of one stored outcome)",
+            Direct(BackendSpec(interceptors=(f"idempotency-{store}",))),
+            headers=(("idempotency-key", f"bench-replay-{store}"),),
+            baseline=f"idempotency-{store}",
+        )
+        for store in STORES
+    ),
+    Scenario("chain", "the full chain, as the services build it, through the shared bootstrap", Direct(CHAIN)),
+    Scenario("gateway", "one gateway hop (the gateway with its own chain) → bare backend", ViaGateway(BARE)),
+    Scenario("gateway-chain", "client → gateway → backend, the full chain on both", ViaGateway(CHAIN)),
     Scenario("envoy", "one Envoy hop, plaintext, router only (the floor under the mesh's sidecars)", ViaEnvoy(BARE)),
     Scenario("envoy-mtls", "the mesh's sidecar-to-sidecar hop: two Envoys, mTLS and RBAC", ViaMeshSidecars(BARE)),
     Scenario(
@@ -66,8 +102,21 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 TARGETS: tuple[Target, ...] = (
+    Target("full interceptor chain ≥ 0.8x bare throughput", "chain", "h2load", "ratio", 0.8),
     Target("gateway hop ≥ 0.6x bare throughput", "gateway", "h2load", "ratio", 0.6),
     Target("Envoy mTLS sidecar hop ≥ 0.8x bare throughput", "envoy-mtls", "h2load", "ratio", 0.8),
+    *(
+        Target(f"idempotent replay ≥ 1.0x a first execution ({store})", f"replay-{store}", "pyclient", "ratio", 1.0)
+        for store in STORES
+    ),
+    Target(
+        "p99 client → gateway → backend, full chain, ≤ 2.5x bare p99",
+        "gateway-chain",
+        "h2load",
+        "p99_ratio",
+        2.5,
+        at_least=False,
+    ),
 )
 
 

@@ -1,19 +1,44 @@
 """The interceptors a bench backend can be given, by name, built with their real constructors.
 
-Scenarios name interceptors (`"auth"`, `"idempotency-sqlite"`, ...); this module is the one place
-that knows how to construct each for a benchmark: the configuration a production server would
-use, with local stores and a development signing key.
+Scenarios name interceptors (`"tracing"`, `"idempotency-sqlite"`, `"chain"`, ...); this module is
+the one place that knows how to construct each for a benchmark: the configuration a production
+server would use, with local stores. `"chain"` is the whole chain exactly as the services build it
+from their settings (`runtime.middleware.Middleware`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import CollectorRegistry
+
+from bench.payload import UNARY_METHOD
+from interceptors.access_log import AccessLogInterceptor
+from interceptors.deadline import DeadlineInterceptor
+from interceptors.errors import ErrorsInterceptor
+from interceptors.idempotency import (
+    IdempotencyInterceptor,
+    IdempotencyStore,
+    IdempotentMethod,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+)
+from interceptors.metrics import Metrics, MetricsInterceptor
+from interceptors.tracing import TracingInterceptor, setup_tracing
+from runtime.config import ServiceSettings
+from runtime.middleware import Middleware
 
 Hook = Callable[[], Awaitable[None]]
+# The share of traces recorded in the "tracing-sampled" scenario: a production-like ratio.
+SAMPLED_RATIO = 0.1
 
 
 @dataclass(frozen=True)
@@ -30,8 +55,109 @@ class Stack:
     on_stopped: list[Hook] = field(default_factory=list)
 
 
+class DiscardingExporter(SpanExporter):
+    """Takes finished spans and drops them: the cost of recording without a collector to send to."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
 Factory = Callable[[StackOptions, Stack], Awaitable[None]]
-FACTORIES: dict[str, Factory] = {}
+
+
+async def _tracing(options: StackOptions, stack: Stack) -> None:
+    # As configured by default: no exporter, so no span records and only the context is kept.
+    stack.interceptors.append(TracingInterceptor(tracing=setup_tracing(service_name="agentmesh-bench")))
+
+
+async def _tracing_sampled(options: StackOptions, stack: Stack) -> None:
+    tracing = setup_tracing(
+        service_name="agentmesh-bench",
+        sample_ratio=SAMPLED_RATIO,
+        span_processors=[BatchSpanProcessor(DiscardingExporter())],
+    )
+    stack.interceptors.append(TracingInterceptor(tracing=tracing))
+    stack.on_stopped.append(_shutdown(tracing.provider))
+
+
+async def _otel_instrumentation(options: StackOptions, stack: Stack) -> None:
+    # The stock interceptor, every call recorded (the reference the tracing interceptor is held to).
+    tracing = setup_tracing(service_name="agentmesh-bench", span_processors=[BatchSpanProcessor(DiscardingExporter())])
+    stack.interceptors.append(aio_server_interceptor(tracer_provider=tracing.provider))  # type: ignore[no-untyped-call]
+    stack.on_stopped.append(_shutdown(tracing.provider))
+
+
+def _shutdown(provider: Any) -> Hook:
+    async def shutdown() -> None:
+        provider.shutdown()
+
+    return shutdown
+
+
+async def _metrics(options: StackOptions, stack: Stack) -> None:
+    stack.interceptors.append(MetricsInterceptor(metrics=Metrics(registry=CollectorRegistry())))
+
+
+async def _logs(options: StackOptions, stack: Stack) -> None:
+    # One JSON access line per call, to the backend's log file (the bench backend logs at INFO).
+    stack.interceptors.append(AccessLogInterceptor())
+
+
+async def _errors(options: StackOptions, stack: Stack) -> None:
+    stack.interceptors.append(ErrorsInterceptor())
+
+
+async def _deadline(options: StackOptions, stack: Stack) -> None:
+    stack.interceptors.append(DeadlineInterceptor(default_timeout=30.0))
+
+
+def _idempotency(make_store: Callable[[StackOptions], IdempotencyStore]) -> Factory:
+    async def factory(options: StackOptions, stack: Stack) -> None:
+        store = make_store(options)
+        stack.interceptors.append(
+            IdempotencyInterceptor(store=store, methods={UNARY_METHOD: IdempotentMethod(request_field="request_id")})
+        )
+        stack.on_stopped.append(store.close)
+
+    return factory
+
+
+def _redis_store(options: StackOptions) -> IdempotencyStore:
+    if options.redis_url is None:
+        raise ValueError("idempotency-redis needs a Redis URL (the harness starts redis-server)")
+    return RedisStore.from_url(options.redis_url, prefix="agentmesh:bench:idempotency:")
+
+
+async def _chain(options: StackOptions, stack: Stack) -> None:
+    # The whole server chain as every service builds it from its settings, CreateRun taking keys.
+    settings = ServiceSettings(
+        data_dir=Path(options.data_dir),
+        idempotent_methods={UNARY_METHOD: "request_id"},
+        idempotency_store="sqlite",
+    )
+    middleware = Middleware.start(settings, service="bench")
+    stack.interceptors.extend(middleware.server_interceptors)
+    stack.on_stopped.append(middleware.close)
+
+
+FACTORIES: dict[str, Factory] = {
+    "tracing": _tracing,
+    "tracing-sampled": _tracing_sampled,
+    "otel-instrumentation": _otel_instrumentation,
+    "metrics": _metrics,
+    "logs": _logs,
+    "errors": _errors,
+    "deadline": _deadline,
+    "idempotency-memory": _idempotency(lambda options: MemoryStore()),
+    "idempotency-sqlite": _idempotency(
+        lambda options: SQLiteStore(path=Path(options.data_dir) / "idempotency.sqlite3")
+    ),
+    "idempotency-redis": _idempotency(_redis_store),
+    "chain": _chain,
+}
+
+# Interceptors whose store is a Redis server; the harness starts one for them.
+NEEDS_REDIS: frozenset[str] = frozenset({"idempotency-redis"})
 
 
 async def build_interceptors(names: Sequence[str], options: StackOptions) -> Stack:
@@ -43,7 +169,3 @@ async def build_interceptors(names: Sequence[str], options: StackOptions) -> Sta
             raise ValueError(f"unknown interceptor {name!r}; known: {sorted(FACTORIES)}") from None
         await factory(options, stack)
     return stack
-
-
-# Interceptors whose store is a Redis server; the harness starts one for them.
-NEEDS_REDIS: frozenset[str] = frozenset()

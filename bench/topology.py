@@ -85,7 +85,9 @@ def start_redis(group: ProcessGroup) -> str:
 def start_backend(group: ProcessGroup, spec: BackendSpec, role: str = "backend") -> Child:
     if NEEDS_REDIS.intersection(spec.interceptors) and spec.options.redis_url is None:
         spec = replace(spec, options=replace(spec.options, redis_url=start_redis(group)))
-    spec = replace(spec, options=replace(spec.options, data_dir=str(group.work_dir / "data")))
+    data_dir = group.work_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    spec = replace(spec, options=replace(spec.options, data_dir=str(data_dir)))
     port_file = group.port_file(role)
     argv = python_argv("bench.backend", "--spec", spec.to_json(), "--port-file", str(port_file))
     return group.start(role, argv, env=python_env(), port_file=port_file)
