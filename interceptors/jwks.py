@@ -239,4 +239,11 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise TokenRejected("TOKEN_CLAIMS", "the bearer token's 'sub' claim must be a non-empty string")
         # The clock here and in PyJWT agree, so a token accepted now is cached with its own exp.
-        return VerifiedToken(subject=subject, scopes=scopes_of(claims), expires_at=float(claims["exp"]), claims=claims)
+        return VerifiedToken(
+            subject=subject,
+            scopes=scopes_of(claims),
+            expires_at=float(claims["exp"]),
+            claims=claims,
+            kid=kid,
+            key=key,
+        )

@@ -284,6 +284,20 @@ def test_cached_token_is_rejected_once_it_expires(es256_key: SigningKey, key_set
         checker.verify(token)
 
 
+@pytest.mark.parametrize("with_second_key", [False, True])
+def test_a_verified_token_is_served_from_the_cache(
+    es256_key: SigningKey, rs256_key: SigningKey, with_second_key: bool
+) -> None:
+    keys = [es256_key, rs256_key] if with_second_key else [es256_key]
+    checker = verifier(KeySet.from_jwks({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
+    token = es256_key.token()
+
+    first = checker.verify(token)
+
+    # The same object back: no second signature check (one costs about as much as a whole call).
+    assert checker.verify(token) is first
+
+
 def test_a_jwks_file_follows_key_rotation_without_a_restart(
     tmp_path: Any, es256_key: SigningKey, rs256_key: SigningKey
 ) -> None:
