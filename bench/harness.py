@@ -65,7 +65,7 @@ def measure_h2load(
         warmup_s=settings.warmup_s,
         duration_s=settings.duration_s,
         connections=settings.h2load_connections,
-        headers=scenario.headers,
+        headers=(*scenario.headers, *endpoint.headers),
     )
     marks: dict[str, Any] = {}
     profiled = [c for c in group.children if c.role in settings.profile_roles] if profile_this else []
@@ -102,8 +102,10 @@ def measure_pyclient(scenario: Scenario, endpoint: Endpoint, group: ProcessGroup
         "--duration",
         str(settings.duration_s),
     ]
-    for name, value in scenario.headers:
+    for name, value in (*scenario.headers, *endpoint.headers):
         args += ["--header", f"{name}={value}"]
+    if scenario.client_breaker:
+        args += ["--breaker"]
     if scenario.unique_header:
         args += ["--unique-header", scenario.unique_header]
     tls = endpoint.tls

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from bench.payload import CALLS, Call
+from interceptors.circuit_breaker import CircuitBreaker, circuit_breaker_interceptors
 
 WRONG_RESPONSE = "WRONG_RESPONSE"
 
@@ -37,6 +38,8 @@ class ClientOptions:
     metadata: tuple[tuple[str, str], ...] = ()
     # A header given a fresh value on every call (e.g. a new idempotency key per call).
     unique_header: str | None = None
+    # Guard the channel with a circuit breaker, as services guard their upstream channels.
+    breaker: bool = False
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -63,8 +66,9 @@ class _Window:
 
 def _channel(options: ClientOptions) -> grpc.aio.Channel:
     channel_options: list[tuple[str, Any]] = []
+    interceptors = circuit_breaker_interceptors(CircuitBreaker(options.target)) if options.breaker else None
     if options.ca is None:
-        return grpc.aio.insecure_channel(options.target, options=channel_options)
+        return grpc.aio.insecure_channel(options.target, options=channel_options, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=options.ca.read_bytes(),
         private_key=options.key.read_bytes() if options.key else None,
@@ -72,7 +76,7 @@ def _channel(options: ClientOptions) -> grpc.aio.Channel:
     )
     if options.server_name:
         channel_options.append(("grpc.ssl_target_name_override", options.server_name))
-    return grpc.aio.secure_channel(options.target, credentials, options=channel_options)
+    return grpc.aio.secure_channel(options.target, credentials, options=channel_options, interceptors=interceptors)
 
 
 async def _worker(
@@ -154,6 +158,7 @@ def parse_args(argv: list[str]) -> ClientOptions:
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--header", action="append", default=[], help="NAME=VALUE, sent on every call")
     parser.add_argument("--unique-header", help="a header given a new value on every call")
+    parser.add_argument("--breaker", action="store_true", help="a circuit breaker on the channel")
     parser.add_argument("--ca", type=Path)
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)
@@ -168,6 +173,7 @@ def parse_args(argv: list[str]) -> ClientOptions:
         duration_s=args.duration,
         metadata=metadata,
         unique_header=args.unique_header,
+        breaker=args.breaker,
         ca=args.ca,
         cert=args.cert,
         key=args.key,

@@ -25,6 +25,8 @@ class Scenario:
     headers: tuple[tuple[str, str], ...] = ()
     # A header given a new value on every call (only the Python client can do that).
     unique_header: str | None = None
+    # The Python client guards its channel with a circuit breaker (a client interceptor).
+    client_breaker: bool = False
     baseline: str = "bare"
 
 
@@ -59,6 +61,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "the shared bootstrap: health, reflection, drain and decode interceptors",
         Direct(BackendSpec(bootstrap=True)),
     ),
+    alone("auth", "auth: ES256 bearer token (verified once, then cached), the mesh's scope table"),
+    Scenario(
+        "breaker",
+        "circuit breaker: a client interceptor, so its cost shows in the client's CPU",
+        Direct(BARE),
+        clients=("pyclient",),
+        client_breaker=True,
+    ),
     alone("tracing", "tracing as configured by default: no exporter, so the trace context only"),
     alone("tracing-sampled", "tracing with a span exporter, 10% of new traces recorded"),
     alone("otel-instrumentation", "the stock opentelemetry-instrumentation-grpc interceptor, every call recorded"),
@@ -88,7 +98,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("chain", "the full chain, as the services build it, through the shared bootstrap", Direct(CHAIN)),
     Scenario("gateway", "one gateway hop (the gateway with its own chain) → bare backend", ViaGateway(BARE)),
-    Scenario("gateway-chain", "client → gateway → backend, the full chain on both", ViaGateway(CHAIN)),
+    Scenario(
+        "gateway-chain",
+        "client → gateway → backend, the full chain (auth included) on both",
+        ViaGateway(CHAIN, gateway_auth=True),
+    ),
     Scenario("envoy", "one Envoy hop, plaintext, router only (the floor under the mesh's sidecars)", ViaEnvoy(BARE)),
     Scenario("envoy-mtls", "the mesh's sidecar-to-sidecar hop: two Envoys, mTLS and RBAC", ViaMeshSidecars(BARE)),
     Scenario(

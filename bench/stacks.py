@@ -35,6 +35,7 @@ from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.tracing import TracingInterceptor, setup_tracing
 from runtime.config import ServiceSettings
 from runtime.middleware import Middleware
+from runtime.security import AuthSettings, auth_interceptor
 
 Hook = Callable[[], Awaitable[None]]
 # The share of traces recorded in the "tracing-sampled" scenario: a production-like ratio.
@@ -47,6 +48,8 @@ class StackOptions:
 
     redis_url: str | None = None
     data_dir: str = "var/bench"
+    # The public keys tokens are checked against, for interceptors doing auth.
+    jwks_file: str | None = None
 
 
 @dataclass
@@ -128,19 +131,34 @@ def _redis_store(options: StackOptions) -> IdempotencyStore:
     return RedisStore.from_url(options.redis_url, prefix="agentmesh:bench:idempotency:")
 
 
+def _auth_settings(options: StackOptions) -> AuthSettings:
+    if options.jwks_file is None:
+        raise ValueError("auth needs a JWKS file (the harness issues one)")
+    return AuthSettings(jwks_file=Path(options.jwks_file))
+
+
+async def _auth(options: StackOptions, stack: Stack) -> None:
+    interceptor = auth_interceptor(_auth_settings(options), service="bench")
+    assert interceptor is not None  # settings were given
+    stack.interceptors.append(interceptor)
+
+
 async def _chain(options: StackOptions, stack: Stack) -> None:
-    # The whole server chain as every service builds it from its settings, CreateRun taking keys.
+    # The whole server chain as every service builds it from its settings: auth with the mesh's
+    # scope table, CreateRun taking idempotency keys (kept in SQLite, the default).
     settings = ServiceSettings(
         data_dir=Path(options.data_dir),
         idempotent_methods={UNARY_METHOD: "request_id"},
         idempotency_store="sqlite",
+        auth=_auth_settings(options),
     )
-    middleware = Middleware.start(settings, service="bench")
+    middleware = Middleware.start(settings, service="bench", auth=auth_interceptor(settings.auth, service="bench"))
     stack.interceptors.extend(middleware.server_interceptors)
     stack.on_stopped.append(middleware.close)
 
 
 FACTORIES: dict[str, Factory] = {
+    "auth": _auth,
     "tracing": _tracing,
     "tracing-sampled": _tracing_sampled,
     "otel-instrumentation": _otel_instrumentation,
@@ -158,6 +176,8 @@ FACTORIES: dict[str, Factory] = {
 
 # Interceptors whose store is a Redis server; the harness starts one for them.
 NEEDS_REDIS: frozenset[str] = frozenset({"idempotency-redis"})
+# Interceptors that check bearer tokens; the harness issues keys and a token for them.
+NEEDS_AUTH: frozenset[str] = frozenset({"auth", "chain"})
 
 
 async def build_interceptors(names: Sequence[str], options: StackOptions) -> Stack:

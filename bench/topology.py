@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from bench import envoy
+from bench import credentials, envoy
 from bench.backend import BackendSpec
+from bench.credentials import Credentials
 from bench.payload import SERVICE
 from bench.processes import REPO, Child, ProcessGroup, python_argv, python_env
-from bench.stacks import NEEDS_REDIS
+from bench.stacks import NEEDS_AUTH, NEEDS_REDIS
 from mesh.certs import cert_paths, write_mesh_certs
 from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.local_layout import LOOPBACK, mesh_identities
@@ -39,6 +40,8 @@ class ClientTls:
 class Endpoint:
     address: str  # host:port
     tls: ClientTls | None = None
+    # Sent on every call (a bearer token when the servers check one).
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
@@ -82,7 +85,21 @@ def start_redis(group: ProcessGroup) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_backend(group: ProcessGroup, spec: BackendSpec, role: str = "backend") -> Child:
+def needs_auth(spec: BackendSpec) -> bool:
+    return bool(NEEDS_AUTH.intersection(spec.interceptors))
+
+
+def issue_credentials(group: ProcessGroup) -> Credentials:
+    return credentials.issue(group.work_dir / "keys")
+
+
+def start_backend(
+    group: ProcessGroup, spec: BackendSpec, role: str = "backend", *, creds: Credentials | None = None
+) -> Child:
+    if needs_auth(spec):
+        if creds is None:
+            raise ValueError(f"{spec.interceptors} check tokens: pass credentials")
+        spec = replace(spec, options=replace(spec.options, jwks_file=str(creds.jwks_file)))
     if NEEDS_REDIS.intersection(spec.interceptors) and spec.options.redis_url is None:
         spec = replace(spec, options=replace(spec.options, redis_url=start_redis(group)))
     data_dir = group.work_dir / "data"
@@ -105,7 +122,9 @@ class Direct:
     backend: BackendSpec = field(default_factory=BackendSpec)
 
     def start(self, group: ProcessGroup) -> Endpoint:
-        return Endpoint(start_backend(group, self.backend).address)
+        creds = issue_credentials(group) if needs_auth(self.backend) else None
+        backend = start_backend(group, self.backend, creds=creds)
+        return Endpoint(backend.address, headers=(creds.header,) if creds else ())
 
     def describe(self) -> str:
         return f"client → backend ({_describe_backend(self.backend)})"
@@ -116,10 +135,14 @@ class ViaGateway:
     """client → gateway (`python -m services.gateway`) → backend."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
+    # The gateway verifies tokens too (AGENTMESH_GATEWAY_AUTH), as it does in production.
+    gateway_auth: bool = False
     gateway_env: tuple[tuple[str, str], ...] = ()
 
     def start(self, group: ProcessGroup) -> Endpoint:
-        backend = start_backend(group, self.backend)
+        creds = issue_credentials(group) if self.gateway_auth or needs_auth(self.backend) else None
+        backend = start_backend(group, self.backend, creds=creds)
+        auth_env = {"AGENTMESH_GATEWAY_AUTH": json.dumps({"jwks_file": str(creds.jwks_file)})} if creds else {}
         port_file = group.port_file("gateway")
         env = python_env(
             {
@@ -129,14 +152,16 @@ class ViaGateway:
                 "AGENTMESH_GATEWAY_BACKENDS": json.dumps({"agent": [backend.address]}),
                 "AGENTMESH_GATEWAY_DRAIN_DELAY_S": "0",
                 "AGENTMESH_GATEWAY_GRACE_PERIOD_S": "1",
+                **(auth_env if self.gateway_auth else {}),
                 **dict(self.gateway_env),
             }
         )
         gateway = group.start("gateway", python_argv("services.gateway"), env=env, port_file=port_file)
-        return Endpoint(gateway.address)
+        return Endpoint(gateway.address, headers=(creds.header,) if creds else ())
 
     def describe(self) -> str:
-        return f"client → gateway → backend ({_describe_backend(self.backend)})"
+        gateway = "gateway (auth on)" if self.gateway_auth else "gateway"
+        return f"client → {gateway} → backend ({_describe_backend(self.backend)})"
 
 
 @dataclass(frozen=True)
