@@ -35,11 +35,11 @@ async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProc
         pool=pool,
         on_state_change=middleware.metrics.breaker_state_changed,
     )
+    # No token-forwarding interceptor: the proxy already passes the caller's metadata on, its
+    # `authorization` header included, and each client interceptor costs every forwarded call.
     upstreams = StaticUpstreams(
         settings.backends,
-        interceptors=middleware.client_interceptors(
-            forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
-        ),
+        interceptors=middleware.client_interceptors(retry=guards.retry, circuit_breaker=guards.circuit_breaker),
     )
     return ServerPlan(
         settings=settings,
