@@ -7,10 +7,12 @@ Names and KV prefixes come from ``consul.unique(...)`` so runs never collide on 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,20 @@ async def consul(request: pytest.FixtureRequest) -> AsyncIterator[ConsulUnderTes
     # Reaping is sped up (Consul: every 30 s, at least 1 min critical) so the rule is testable.
     async with ConsulAgentDouble(reap_interval=0.1, min_deregister_critical_after=0.0) as double:
         yield ConsulUnderTest(ConsulAddress(double.http_addr), double)
+
+
+async def health_until(
+    client: Any, service: str, predicate: Callable[[list[dict[str, Any]]], bool], *, within: float = 20.0
+) -> list[dict[str, Any]]:
+    """Follow ``/v1/health/service/<service>`` with blocking queries until ``predicate(entries)``."""
+    index = None
+    async with asyncio.timeout(within):
+        while True:
+            index, entries = await client.health.service(service, index=index, wait="5s")
+            if predicate(entries):
+                return list(entries)
+
+
+def check_statuses(entries: list[dict[str, Any]]) -> list[str]:
+    """Statuses of the service checks (not the node's serfHealth) across all entries."""
+    return [c["Status"] for e in entries for c in e["Checks"] if c["ServiceID"]]

@@ -7,14 +7,14 @@ is kept honest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import consul as consul_lib
 import pytest
 
 from runtime.discovery.consul_client import open_consul
-from tests.doubles.consul_fixtures import ConsulUnderTest
+from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
 
 WAIT = 20.0  # generous: checks run on their own schedule on a loaded machine
@@ -27,15 +27,9 @@ async def client(consul: ConsulUnderTest) -> AsyncIterator[Any]:
     await c.close()
 
 
-async def eventually(probe: Callable[[], Awaitable[bool]], *, timeout: float = WAIT) -> None:
-    async with asyncio.timeout(timeout):
-        while not await probe():
-            await asyncio.sleep(0.05)
-
-
 async def statuses(client: Any, service: str) -> list[str]:
     _, entries = await client.health.service(service)
-    return [c["Status"] for e in entries for c in e["Checks"] if c["ServiceID"]]
+    return check_statuses(entries)
 
 
 async def test_a_registered_service_with_a_grpc_check_becomes_passing_then_deregisters(
@@ -62,11 +56,7 @@ async def test_a_registered_service_with_a_grpc_check_becomes_passing_then_dereg
         assert checks[f"service:{name}-1"]["Status"] == "critical"  # every new check starts critical
         assert checks[f"service:{name}-1"]["Type"] == "grpc"
 
-        async def passing() -> bool:
-            _, entries = await client.health.service(name, passing=True)
-            return len(entries) == 1
-
-        await eventually(passing)
+        await health_until(client, name, lambda entries: check_statuses(entries) == ["passing"])
         _, entries = await client.health.service(name, passing=True)
         assert entries[0]["Service"]["Port"] == instance.port
         assert {c["CheckID"] for c in entries[0]["Checks"]} == {"serfHealth", f"service:{name}-1"}
@@ -88,17 +78,13 @@ async def test_a_grpc_check_follows_the_instances_serving_status(
             name, service_id=name, address="127.0.0.1", port=instance.port, check=check
         )
         try:
-            await eventually(lambda: _is(client, name, ["passing"]))
+            await health_until(client, name, lambda e: check_statuses(e) == ["passing"])
             await instance.set_serving(False)
-            await eventually(lambda: _is(client, name, ["critical"]))
+            await health_until(client, name, lambda e: check_statuses(e) == ["critical"])
             await instance.set_serving(True)
-            await eventually(lambda: _is(client, name, ["passing"]))
+            await health_until(client, name, lambda e: check_statuses(e) == ["passing"])
         finally:
             await client.agent.service.deregister(name)
-
-
-async def _is(client: Any, service: str, expected: list[str]) -> bool:
-    return await statuses(client, service) == expected
 
 
 async def test_ttl_checks_move_on_pass_warn_fail_and_expire_to_critical(
@@ -118,7 +104,7 @@ async def test_ttl_checks_move_on_pass_warn_fail_and_expire_to_critical(
         assert await client.agent.check.ttl_fail(check_id)
         assert await statuses(client, name) == ["critical"]
         assert await client.agent.check.ttl_pass(check_id)
-        await eventually(lambda: _is(client, name, ["critical"]), timeout=10)  # nobody refreshed it
+        await health_until(client, name, lambda e: check_statuses(e) == ["critical"])  # nobody refreshed it
         assert "TTL expired" in (await client.agent.checks())[check_id]["Output"]
         assert not await client.agent.check.ttl_pass("no-such-check")
     finally:
@@ -195,11 +181,8 @@ async def test_a_service_critical_past_deregister_critical_service_after_is_reap
     name = consul.unique("reaped")
     check = consul_lib.Check.grpc("127.0.0.1:1", "0.1s", timeout="0.5s", deregister="0.3s")
     await client.agent.service.register(name, service_id=name, port=1, check=check)
-
-    async def gone() -> bool:
-        return name not in await client.agent.services()
-
-    await eventually(gone)
+    await health_until(client, name, lambda entries: entries == [])
+    assert name not in await client.agent.services()
 
 
 async def test_bad_registrations_get_consuls_400(consul: ConsulUnderTest, client: Any) -> None:
