@@ -13,7 +13,7 @@ from runtime.discovery.consul_client import open_consul
 from runtime.discovery.endpoints import Endpoints
 from tests.doubles.consul_fixtures import ConsulUnderTest
 from tests.doubles.echo_instance import EchoInstance
-from tests.runtime.discovery.log_events import log_events
+from tests.runtime.log_events import log_events
 
 
 async def next_set(watch: AsyncIterator[Endpoints]) -> list[str]:

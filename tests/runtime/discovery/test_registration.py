@@ -16,7 +16,7 @@ from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
-from tests.runtime.discovery.log_events import log_events
+from tests.runtime.log_events import log_events
 
 FAST_CHECKS = {"check_interval": 0.2, "check_timeout": 1.0}
 
