@@ -27,6 +27,7 @@ import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
 
+from runtime.backoff import Backoff
 from runtime.discovery.endpoints import Endpoints, Resolver
 
 log = structlog.get_logger(__name__)
@@ -189,12 +190,28 @@ class BalancedChannel(grpc.aio.Channel):
             return self._endpoints
 
     async def _follow(self) -> None:
-        watch = self._resolver.watch(self.service)
-        try:
-            async for endpoints in watch:
-                await self._swap(endpoints)
-        finally:
-            await watch.aclose()  # type: ignore[attr-defined]
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        while True:
+            watch = self._resolver.watch(self.service)
+            try:
+                async for endpoints in watch:
+                    backoff.reset()
+                    await self._swap(endpoints)
+                return  # the resolver was closed
+            except Exception as error:
+                # A resolver bug or a bad static table must not silently freeze the endpoint set.
+                delay = backoff.next_delay()
+                log.error(
+                    "discovery.watch_failed",
+                    service=self.service,
+                    error=str(error) or type(error).__name__,
+                    keeping=[e.target for e in self._endpoints],
+                    retry_in=round(delay, 2),
+                )
+                self._resolved.set()  # an error is an answer too: start() need not wait it out
+                await asyncio.sleep(delay)
+            finally:
+                await watch.aclose()  # type: ignore[attr-defined]
 
     async def _swap(self, endpoints: Endpoints) -> None:
         old = self._current

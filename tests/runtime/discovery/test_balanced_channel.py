@@ -18,6 +18,7 @@ from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from runtime.discovery.static import StaticResolver
 from tests.doubles.consul_fixtures import ConsulUnderTest
 from tests.doubles.echo_instance import ECHO_METHOD, ECHO_SERVICE, EchoInstance
+from tests.runtime.log_events import log_events
 
 
 async def echo(channel: grpc.aio.Channel) -> str:
@@ -151,3 +152,13 @@ async def test_calls_spread_over_two_consul_instances_and_all_reach_the_survivor
 
     assert failures == [], "idempotent calls are retried on the surviving instance"
     assert [e.instance_id for e in channel.endpoints] == [registrars[1].registration.service_id]
+
+
+async def test_a_service_missing_from_the_static_table_is_logged_and_calls_fail_unavailable() -> None:
+    with log_events() as logs:
+        async with BalancedChannel("search", StaticResolver({"rag": []})) as channel:
+            failure = await logs.wait_for("discovery.watch_failed")
+            with pytest.raises(grpc.aio.AioRpcError) as call:
+                await echo(channel)
+    assert "no static endpoints for service 'search'" in failure["error"]
+    assert call.value.code() == grpc.StatusCode.UNAVAILABLE
