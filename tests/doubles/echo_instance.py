@@ -24,9 +24,12 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 class EchoInstance:
     """A grpc.aio server on 127.0.0.1:0 whose Echo returns ``name``."""
 
-    def __init__(self, name: str, *, port: int = 0) -> None:
+    def __init__(
+        self, name: str, *, port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.name = name
         self.port = port
+        self._credentials = credentials
         self.health = health_aio.HealthServicer()
         self.calls = 0
         self._server = grpc.aio.server()
@@ -41,7 +44,11 @@ class EchoInstance:
         )
         self._server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._credentials)
         await self._server.start()
 
     async def set_serving(self, serving: bool) -> None:

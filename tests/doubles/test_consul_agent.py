@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import consul as consul_lib
+import grpc
 import pytest
+import trustme
 
-from runtime.discovery.consul_client import open_consul
+from runtime.discovery.consul_client import ConsulAddress, open_consul
+from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
 
@@ -190,3 +193,29 @@ async def test_bad_registrations_get_consuls_400(consul: ConsulUnderTest, client
         await client.agent.service.register("", port=1)
     with pytest.raises(consul_lib.ConsulException):
         await client.agent.service.register(consul.unique("x"), check={"GRPC": "127.0.0.1:1"})  # no Interval
+
+
+async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("rag.agentmesh.local")
+    server_credentials = grpc.ssl_server_credentials(
+        [(leaf.private_key_pem.bytes(), b"".join(blob.bytes() for blob in leaf.cert_chain_pems))]
+    )
+    async with (
+        EchoInstance("tls", credentials=server_credentials) as instance,
+        ConsulAgentDouble(grpc_root_certificates=ca.cert_pem.bytes()) as double,
+    ):
+        client = open_consul(ConsulAddress(double.http_addr))
+        try:
+            for name, use_tls in (("plain", False), ("tls", True)):
+                check = consul_lib.Check.grpc(
+                    f"127.0.0.1:{instance.port}", "0.2s", use_tls=use_tls, timeout="2s"
+                )
+                check["TLSServerName"] = "rag.agentmesh.local"
+                check["Status"] = "passing"  # so "plain" must be probed to turn critical
+                await client.agent.service.register(name, port=instance.port, check=check)
+            await health_until(client, "plain", lambda e: check_statuses(e) == ["critical"])
+            entries = await health_until(client, "tls", lambda e: check_statuses(e) == ["passing"])
+            assert "success" in entries[0]["Checks"][1]["Output"]
+        finally:
+            await client.close()
