@@ -212,7 +212,8 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
                     f"127.0.0.1:{instance.port}", "0.2s", use_tls=use_tls, timeout="2s"
                 )
                 check["TLSServerName"] = "rag.agentmesh.local"
-                check["Status"] = "passing"  # so "plain" must be probed to turn critical
+                # Each starts in the state its probe must change: only a real probe moves it.
+                check["Status"] = "critical" if use_tls else "passing"
                 await client.agent.service.register(name, port=instance.port, check=check)
             await health_until(client, "plain", lambda e: check_statuses(e) == ["critical"])
             entries = await health_until(client, "tls", lambda e: check_statuses(e) == ["passing"])
