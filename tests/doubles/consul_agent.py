@@ -28,10 +28,12 @@ Health checks really run, on Consul's rules
 a new check starts ``critical`` unless ``Status`` says otherwise; gRPC checks call
 ``grpc.health.v1.Health/Check`` on ``GRPC`` (``host:port`` or ``host:port/service``) every
 ``Interval`` after a random first stagger, over TLS when ``GRPCUseTLS``, and count
-``SuccessBeforePassing`` / ``FailuresBeforeCritical``; TTL checks go ``critical`` with output
+``SuccessBeforePassing`` / ``FailuresBeforeCritical``; an ``Interval`` under one second is
+raised to one second; TTL checks go ``critical`` with output
 "TTL expired" when not refreshed within ``TTL``; a service whose check stays critical longer than
 ``DeregisterCriticalServiceAfter`` is reaped. Consul enforces a one-minute minimum for that and
-reaps every 30 s; both are constructor options here so tests need not wait minutes.
+reaps every 30 s. Those three timings are constructor options here (Consul's values by default)
+so that tests need not wait minutes.
 
 Request bodies are decoded like Consul's: field names case-insensitively, snake_case accepted.
 Not modelled: ACLs, sessions and locks, datacenters other than the local one, anti-entropy
@@ -222,6 +224,7 @@ class ConsulAgentDouble:
         datacenter: str = "dc1",
         reap_interval: float = 30.0,
         min_deregister_critical_after: float = 60.0,
+        min_check_interval: float = 1.0,
         grpc_root_certificates: bytes | None = None,
     ) -> None:
         self._host = host
@@ -231,6 +234,7 @@ class ConsulAgentDouble:
         self._datacenter = datacenter
         self._reap_interval = reap_interval
         self._min_deregister_after = min_deregister_critical_after
+        self._min_check_interval = min_check_interval
         self._grpc_root_certificates = grpc_root_certificates
         self._index = 1
         self._changed = asyncio.Event()
@@ -484,6 +488,8 @@ class ConsulAgentDouble:
         )
         if kind == "grpc" and check.interval <= 0:
             raise _BadRequest("Invalid check: Interval must be > 0 for a GRPC check")
+        if kind == "grpc":
+            check.interval = max(check.interval, self._min_check_interval)  # Consul raises it, with a warning
         if kind == "grpc" and check.timeout <= 0:
             check.timeout = _DEFAULT_GRPC_TIMEOUT
         return check

@@ -203,7 +203,7 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
     )
     async with (
         EchoInstance("tls", credentials=server_credentials) as instance,
-        ConsulAgentDouble(grpc_root_certificates=ca.cert_pem.bytes()) as double,
+        ConsulAgentDouble(grpc_root_certificates=ca.cert_pem.bytes(), min_check_interval=0.1) as double,
     ):
         client = open_consul(ConsulAddress(double.http_addr))
         try:
