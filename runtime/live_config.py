@@ -146,9 +146,7 @@ class LiveConfig(Generic[SettingsT]):
                     service=self._service,
                     consul=str(self._address),
                     error=str(error) or type(error).__name__,
-                    using="last applied settings"
-                    if self._last_overrides is not None
-                    else "env/.env settings",
+                    using="last applied settings" if self._last_overrides is not None else "env/.env settings",
                     retry_in=round(delay, 2),
                 )
                 unreachable = True
@@ -215,6 +213,4 @@ class LiveConfig(Generic[SettingsT]):
                     await result
             except Exception:
                 # One broken subscriber must not keep the others on stale settings.
-                log.exception(
-                    "live_config.subscriber_failed", service=self._service, subscriber=repr(callback)
-                )
+                log.exception("live_config.subscriber_failed", service=self._service, subscriber=repr(callback))

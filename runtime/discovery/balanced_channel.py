@@ -218,9 +218,7 @@ class BalancedChannel(grpc.aio.Channel):
         if endpoints:
             target = await _core_target(endpoints)
             if self._credentials is None:
-                new = grpc.aio.insecure_channel(
-                    target, options=self._options, interceptors=self._interceptors
-                )
+                new = grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
             else:
                 new = grpc.aio.secure_channel(
                     target, self._credentials, options=self._options, interceptors=self._interceptors
@@ -260,9 +258,7 @@ class BalancedChannel(grpc.aio.Channel):
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         if self._current is None:
             return (
-                grpc.ChannelConnectivity.TRANSIENT_FAILURE
-                if self._resolved.is_set()
-                else grpc.ChannelConnectivity.IDLE
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE if self._resolved.is_set() else grpc.ChannelConnectivity.IDLE
             )
         return self._current.get_state(try_to_connect)
 

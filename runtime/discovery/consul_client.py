@@ -53,9 +53,7 @@ class _Consul(consul.aio.Consul):  # type: ignore[misc]
     def http_connect(
         self, host: str, port: int, scheme: str, verify: bool | str = True, cert: Any = None
     ) -> _HTTPClient:
-        return _HTTPClient(
-            host, port, scheme, verify=verify, cert=cert, request_timeout=self._request_timeout
-        )
+        return _HTTPClient(host, port, scheme, verify=verify, cert=cert, request_timeout=self._request_timeout)
 
 
 class ConsulAddress:

@@ -132,9 +132,7 @@ class ConsulRegistrar:
                 if not self.registered.is_set() or not await self._still_registered():
                     await self._register()
                     log.info(
-                        "consul.registration.registered"
-                        if not ever_registered
-                        else "consul.registration.restored",
+                        "consul.registration.registered" if not ever_registered else "consul.registration.restored",
                         service=reg.name,
                         service_id=reg.service_id,
                         address=f"{reg.address}:{reg.port}",
@@ -170,9 +168,7 @@ class ConsulRegistrar:
         reg = self._registration
         try:
             removed = await self._client.agent.service.deregister(reg.service_id)
-            log.info(
-                "consul.registration.deregistered", service=reg.name, service_id=reg.service_id, found=removed
-            )
+            log.info("consul.registration.deregistered", service=reg.name, service_id=reg.service_id, found=removed)
         except CONSUL_ERRORS as error:
             log.warning(
                 "consul.registration.deregister_failed",

@@ -19,8 +19,7 @@ class StaticResolver:
 
     def __init__(self, targets: Mapping[str, Sequence[str]]) -> None:
         self._table: dict[str, Endpoints] = {
-            service: tuple(Endpoint.parse(t) for t in service_targets)
-            for service, service_targets in targets.items()
+            service: tuple(Endpoint.parse(t) for t in service_targets) for service, service_targets in targets.items()
         }
         self._closed = asyncio.Event()
 
@@ -39,9 +38,7 @@ class StaticResolver:
             return self._table[service]
         except KeyError:
             known = ", ".join(sorted(self._table)) or "none"
-            raise UnknownServiceError(
-                f"no static endpoints for service {service!r} (configured: {known})"
-            ) from None
+            raise UnknownServiceError(f"no static endpoints for service {service!r} (configured: {known})") from None
 
     async def watch(self, service: str) -> AsyncIterator[Endpoints]:
         yield await self.resolve(service)

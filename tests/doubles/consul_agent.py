@@ -430,8 +430,7 @@ class ConsulAgentDouble:
         service_id = request.match_info["id"]
         if service_id not in self._services:
             return self._text(
-                f'Unknown service ID "{service_id}". '
-                "Ensure that the service ID is passed, not the service name.",
+                f'Unknown service ID "{service_id}". Ensure that the service ID is passed, not the service name.',
                 404,
             )
         self._remove_service(service_id)
@@ -457,9 +456,7 @@ class ConsulAgentDouble:
 
     # -- checks -----------------------------------------------------------------------------
 
-    def _build_check(
-        self, body: Mapping[str, Any], *, default_id: str, default_name: str, service_id: str
-    ) -> _Check:
+    def _build_check(self, body: Mapping[str, Any], *, default_id: str, default_name: str, service_id: str) -> _Check:
         if body.get("grpc"):
             kind = "grpc"
         elif body.get("ttl"):
@@ -619,9 +616,7 @@ class ConsulAgentDouble:
     async def _probe_grpc(self, check: _Check) -> tuple[bool, str]:
         target, _, service = check.grpc.partition("/")
         if check.grpc_use_tls:
-            options = (
-                [("grpc.ssl_target_name_override", check.tls_server_name)] if check.tls_server_name else []
-            )
+            options = [("grpc.ssl_target_name_override", check.tls_server_name)] if check.tls_server_name else []
             credentials = grpc.ssl_channel_credentials(root_certificates=self._grpc_root_certificates)
             channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
@@ -632,8 +627,7 @@ class ConsulAgentDouble:
         except grpc.aio.AioRpcError as error:
             return (
                 False,
-                f"gRPC check {check.grpc}: failed: rpc error: "
-                f"code = {error.code().name} desc = {error.details()}",
+                f"gRPC check {check.grpc}: failed: rpc error: code = {error.code().name} desc = {error.details()}",
             )
         finally:
             await channel.close(None)
@@ -708,9 +702,7 @@ class ConsulAgentDouble:
                 ]
                 if passing_only and any(c["Status"] != PASSING for c in checks):
                     continue
-                entries.append(
-                    {"Node": self._node_json(), "Service": service.health_json(), "Checks": checks}
-                )
+                entries.append({"Node": self._node_json(), "Service": service.health_json(), "Checks": checks})
             return self._service_name_index.get(name, self._catalog_index), entries
 
         index, entries = await self._blocking(request, read)
@@ -751,9 +743,7 @@ class ConsulAgentDouble:
 
         index, found = await self._blocking(request, read)
         if not found:
-            return web.Response(
-                status=404, headers={"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true"}
-            )
+            return web.Response(status=404, headers={"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true"})
         if keys_only:
             listed: list[str] = []
             for k, _ in found:

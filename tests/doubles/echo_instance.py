@@ -15,7 +15,7 @@ from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # implicit re-export
+from grpc_health.v1.health import aio as health_aio
 
 ECHO_SERVICE = "test.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
@@ -24,9 +24,7 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 class EchoInstance:
     """A grpc.aio server on 127.0.0.1:0 whose Echo returns ``name``."""
 
-    def __init__(
-        self, name: str, *, port: int = 0, credentials: grpc.ServerCredentials | None = None
-    ) -> None:
+    def __init__(self, name: str, *, port: int = 0, credentials: grpc.ServerCredentials | None = None) -> None:
         self.name = name
         self.port = port
         self._credentials = credentials

@@ -71,15 +71,11 @@ async def test_a_registered_service_with_a_grpc_check_becomes_passing_then_dereg
         assert not await client.agent.service.deregister(f"{name}-1")  # unknown id: 404
 
 
-async def test_a_grpc_check_follows_the_instances_serving_status(
-    consul: ConsulUnderTest, client: Any
-) -> None:
+async def test_a_grpc_check_follows_the_instances_serving_status(consul: ConsulUnderTest, client: Any) -> None:
     name = consul.unique("echo")
     async with EchoInstance("a") as instance:
         check = consul_lib.Check.grpc(f"127.0.0.1:{instance.port}", "0.2s", timeout="1s")
-        await client.agent.service.register(
-            name, service_id=name, address="127.0.0.1", port=instance.port, check=check
-        )
+        await client.agent.service.register(name, service_id=name, address="127.0.0.1", port=instance.port, check=check)
         try:
             await health_until(client, name, lambda e: check_statuses(e) == ["passing"])
             await instance.set_serving(False)
@@ -90,9 +86,7 @@ async def test_a_grpc_check_follows_the_instances_serving_status(
             await client.agent.service.deregister(name)
 
 
-async def test_ttl_checks_move_on_pass_warn_fail_and_expire_to_critical(
-    consul: ConsulUnderTest, client: Any
-) -> None:
+async def test_ttl_checks_move_on_pass_warn_fail_and_expire_to_critical(consul: ConsulUnderTest, client: Any) -> None:
     name = consul.unique("ttl")
     await client.agent.service.register(name, service_id=name, port=1, check=consul_lib.Check.ttl("1s"))
     check_id = f"service:{name}"
@@ -114,9 +108,7 @@ async def test_ttl_checks_move_on_pass_warn_fail_and_expire_to_critical(
         await client.agent.service.deregister(name)
 
 
-async def test_a_blocking_query_returns_on_change_with_a_higher_index(
-    consul: ConsulUnderTest, client: Any
-) -> None:
+async def test_a_blocking_query_returns_on_change_with_a_higher_index(consul: ConsulUnderTest, client: Any) -> None:
     name = consul.unique("blocking")
     index, entries = await client.health.service(name)
     assert entries == [] and int(index) > 0
@@ -144,9 +136,7 @@ async def test_a_blocking_query_without_change_returns_after_wait_with_the_same_
     await client.kv.delete(key)
 
 
-async def test_kv_recurse_cas_and_delete_follow_consul_semantics(
-    consul: ConsulUnderTest, client: Any
-) -> None:
+async def test_kv_recurse_cas_and_delete_follow_consul_semantics(consul: ConsulUnderTest, client: Any) -> None:
     prefix = consul.unique("agentmesh-test") + "/"
     try:
         index, missing = await client.kv.get(prefix + "a")
@@ -208,9 +198,7 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
         client = open_consul(ConsulAddress(double.http_addr))
         try:
             for name, use_tls in (("plain", False), ("tls", True)):
-                check = consul_lib.Check.grpc(
-                    f"127.0.0.1:{instance.port}", "0.2s", use_tls=use_tls, timeout="2s"
-                )
+                check = consul_lib.Check.grpc(f"127.0.0.1:{instance.port}", "0.2s", use_tls=use_tls, timeout="2s")
                 check["TLSServerName"] = "rag.agentmesh.local"
                 # Each starts in the state its probe must change: only a real probe moves it.
                 check["Status"] = "critical" if use_tls else "passing"

@@ -15,9 +15,7 @@ class LogEvents:
         self.entries = entries
         self._seen: dict[str, asyncio.Event] = {}
 
-    def _spot(
-        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def _spot(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         self._seen.setdefault(event_dict["event"], asyncio.Event()).set()
         return event_dict
 

@@ -47,7 +47,7 @@ async def test_the_watch_follows_checks_going_critical_and_passing_without_a_res
             await a.set_serving(True)
             assert await next_set(watch) == both
         finally:
-            await watch.aclose()  # type: ignore[attr-defined]
+            await watch.aclose()
             await resolver.aclose()
             for instance in (a, b):
                 await client.agent.service.deregister(f"{name}-{instance.name}")

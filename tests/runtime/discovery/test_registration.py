@@ -29,9 +29,7 @@ async def client(consul: ConsulUnderTest) -> AsyncIterator[Any]:
 
 
 def registration(name: str, port: int, **overrides: Any) -> ServiceRegistration:
-    return ServiceRegistration(
-        name=name, address="127.0.0.1", port=port, version="v1", **(FAST_CHECKS | overrides)
-    )
+    return ServiceRegistration(name=name, address="127.0.0.1", port=port, version="v1", **(FAST_CHECKS | overrides))
 
 
 async def test_an_instance_registers_with_a_grpc_check_and_deregisters_on_shutdown(

@@ -159,6 +159,4 @@ async def test_a_typo_in_a_key_is_refused_rather_than_silently_ignored() -> None
     config = LiveConfig(DynamicSettings(), service="rag", consul=None)
     with log_events() as logs:
         assert not await config.apply({"breaker": {"failure_treshold": 1}}, source="test")
-    assert (
-        logs.named("live_config.refused")[0]["problems"][0]["key"] == "agentmesh/rag/breaker/failure_treshold"
-    )
+    assert logs.named("live_config.refused")[0]["problems"][0]["key"] == "agentmesh/rag/breaker/failure_treshold"
