@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+import grpc
 
 from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.consul_client import ConsulAddress
@@ -10,6 +12,8 @@ from runtime.discovery.endpoints import Resolver
 from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.discovery.static import StaticResolver
+from runtime.discovery.upstreams import DiscoveryUpstreams
+from runtime.upstreams import StaticUpstreams, Upstreams
 
 
 def consul_address(settings: DiscoverySettings) -> ConsulAddress:
@@ -49,3 +53,28 @@ def build_registrar(
         tls_server_name=tls_server_name,
     )
     return ConsulRegistrar(consul_address(settings), registration)
+
+
+async def build_upstreams(
+    settings: DiscoverySettings,
+    *,
+    static: Mapping[str, Sequence[str]],
+    retry_methods: Iterable[str] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Upstreams:
+    """Channels to the named backends: ``static`` endpoints by default, Consul when configured.
+
+    With Consul the backend names (the keys of ``static``) are the Consul service names.
+    """
+    if settings.discovery != "consul":
+        return StaticUpstreams(static, interceptors=interceptors, credentials=credentials)
+    upstreams = DiscoveryUpstreams(
+        ConsulResolver(consul_address(settings), tag=settings.consul_tag),
+        static.keys(),
+        retry_methods=retry_methods,
+        interceptors=interceptors,
+        credentials=credentials,
+    )
+    await upstreams.start()
+    return upstreams

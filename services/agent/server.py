@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
-from agentmesh.rag.v1 import rag_service_pb2_grpc
+from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
-from runtime.upstreams import StaticUpstreams
+from runtime.discovery.balanced_channel import idempotent_methods
+from runtime.discovery.factory import build_upstreams
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
 from services.agent.config import AgentSettings
 from services.agent.run_store import RunStore
 from services.agent.servicer import AgentServicer
@@ -13,13 +16,18 @@ from services.agent.servicer import AgentServicer
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-async def build(settings: AgentSettings) -> ServerPlan:
+async def build(settings: AgentSettings, discovery: DiscoverySettings | None = None) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
     store = RunStore(settings.data_dir / "agent.sqlite3")
     await store.open()
-    upstreams = StaticUpstreams({"rag": settings.rag_endpoints})
+    upstreams = await build_upstreams(
+        discovery,
+        static={"rag": settings.rag_endpoints},
+        retry_methods=idempotent_methods(rag_service_pb2.DESCRIPTOR.services_by_name["RagService"]),
+    )
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
     servicer = AgentServicer(store, rag, settings)
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(
@@ -28,3 +36,5 @@ async def build(settings: AgentSettings) -> ServerPlan:
         ],
         on_stopped=[upstreams.close, store.close],
     )
+    add_registration(plan, discovery, service="agent")
+    return plan

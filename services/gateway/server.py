@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from runtime.bootstrap import ServerPlan
-from runtime.upstreams import StaticUpstreams
+from runtime.discovery.balanced_channel import idempotent_methods
+from runtime.discovery.factory import build_upstreams
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
 from services.gateway.config import GatewaySettings
 from services.gateway.proxy import RoutingHandler
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
-async def build(settings: GatewaySettings) -> ServerPlan:
+async def build(settings: GatewaySettings, discovery: DiscoverySettings | None = None) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
     pool = load_descriptor_pool(settings.descriptor_set)
     routes = build_routes(settings.routes, pool)
-    upstreams = StaticUpstreams(settings.backends)
-    return ServerPlan(
+    upstreams = await build_upstreams(
+        discovery,
+        static=settings.backends,
+        retry_methods=idempotent_methods(*(pool.FindServiceByName(name) for name in settings.routes)),
+    )
+    plan = ServerPlan(
         settings=settings,
         bindings=[],
         generic_handlers=[RoutingHandler(routes, upstreams)],
@@ -21,3 +29,5 @@ async def build(settings: GatewaySettings) -> ServerPlan:
         reflection_pool=pool,
         on_stopped=[upstreams.close],
     )
+    add_registration(plan, discovery, service="gateway")
+    return plan

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
 from services.rag.config import RagSettings
 from services.rag.document_store import DocumentStore
 from services.rag.servicer import RagServicer
@@ -11,14 +13,17 @@ from services.rag.servicer import RagServicer
 SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 
 
-async def build(settings: RagSettings) -> ServerPlan:
+async def build(settings: RagSettings, discovery: DiscoverySettings | None = None) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
     store = DocumentStore(settings.data_dir / "rag.sqlite3")
     await store.open()
     servicer = RagServicer(store, settings)
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
         ],
         on_stopped=[store.close],
     )
+    add_registration(plan, discovery, service="rag")
+    return plan
