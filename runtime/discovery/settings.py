@@ -17,7 +17,7 @@ class DiscoverySettings(BaseSettings):
     Consul's own ``CONSUL_HTTP_ADDR`` / ``CONSUL_HTTP_TOKEN``, so the usual Consul environment works.
     """
 
-    model_config = SettingsConfigDict(env_prefix="AGENTMESH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AGENTMESH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     discovery: Literal["static", "consul"] = "static"
     static_targets: dict[str, list[str]] = Field(default_factory=dict)
