@@ -82,7 +82,11 @@ async def rags(consul: ConsulUnderTest, tmp_path: Path) -> AsyncIterator[dict[st
 async def gateway(consul: ConsulUnderTest) -> AsyncIterator[ManagedServer]:
     settings = GatewaySettings(port=0, drain_delay_s=0, grace_period_s=1)
     discovery = DiscoverySettings(
-        _env_file=None, **{k.removeprefix("AGENTMESH_").lower(): v for k, v in discovery_env(consul).items()}
+        _env_file=None,
+        discovery="consul",
+        consul_http_addr=str(consul.address),
+        check_interval_seconds=0.2,
+        check_timeout_seconds=1.0,
     )
     server = ManagedServer(await build_gateway(settings, discovery))
     await server.start()
