@@ -29,8 +29,10 @@ class DynamicSettings(BaseSettings):
     """Set by env (``AGENTMESH_BREAKER__FAILURE_THRESHOLD=3``), ``.env``, or at runtime by KV
     (``agentmesh/<service>/breaker/failure_threshold``)."""
 
+    # extra="ignore": one .env configures every service, so it holds AGENTMESH_* keys that are not
+    # dynamic settings. KV keys are checked strictly by LiveConfig instead.
     model_config = SettingsConfigDict(
-        env_prefix="AGENTMESH_", env_nested_delimiter="__", env_file=".env", extra="forbid", frozen=True
+        env_prefix="AGENTMESH_", env_nested_delimiter="__", env_file=".env", extra="ignore", frozen=True
     )
 
     rate_limit: RateLimit = RateLimit()

@@ -15,13 +15,19 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
 from runtime.backoff import Backoff
 from runtime.discovery.consul_client import CONSUL_ERRORS, ConsulAddress, open_consul
+from runtime.discovery.factory import consul_address
+from runtime.discovery.settings import DiscoverySettings
+from runtime.dynamic_settings import DynamicSettings
+
+if TYPE_CHECKING:
+    from runtime.bootstrap import ServerPlan
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +118,15 @@ class LiveConfig(Generic[SettingsT]):
         """``callback(old, new)`` after each applied change (sync or async)."""
         self._subscribers.append(callback)
 
+    def attach(self, plan: ServerPlan) -> None:
+        """Watch while the server runs: from start-up (after it listens) until it has stopped."""
+
+        async def start(port: int) -> None:
+            await self.start()
+
+        plan.on_started.append(start)
+        plan.on_stopped.append(self.aclose)
+
     async def start(self) -> None:
         """Begin watching (no-op without Consul); returns at once, Consul up or not."""
         if self._address is None or self._task is not None:
@@ -170,17 +185,27 @@ class LiveConfig(Generic[SettingsT]):
 
     async def apply(self, overrides: Mapping[str, Any], *, source: str) -> bool:
         """Validate ``base + overrides`` and swap it in; False (and the old settings kept) if invalid."""
-        try:
-            candidate = type(self._base).model_validate(_merge(self._base.model_dump(), overrides))
-        except ValidationError as error:
+        model = type(self._base)
+        problems = [
+            {"key": self._prefix + name, "error": f"not a setting (known: {', '.join(model.model_fields)})"}
+            for name in overrides
+            if name not in model.model_fields
+        ]
+        candidate: SettingsT | None = None
+        if not problems:
+            try:
+                candidate = model.model_validate(_merge(self._base.model_dump(), overrides))
+            except ValidationError as error:
+                problems = [
+                    {"key": self._prefix + "/".join(str(p) for p in e["loc"]), "error": e["msg"]}
+                    for e in error.errors()
+                ]
+        if candidate is None:
             log.error(
                 "live_config.refused",
                 service=self._service,
                 source=source,
-                problems=[
-                    {"key": self._prefix + "/".join(str(p) for p in e["loc"]), "error": e["msg"]}
-                    for e in error.errors()
-                ],
+                problems=problems,
                 keeping="last good settings",
             )
             self._last_overrides = dict(overrides)  # refused once is enough; wait for the next change
@@ -214,3 +239,15 @@ class LiveConfig(Generic[SettingsT]):
             except Exception:
                 # One broken subscriber must not keep the others on stale settings.
                 log.exception("live_config.subscriber_failed", service=self._service, subscriber=repr(callback))
+
+
+def live_config_for(discovery: DiscoverySettings, *, service: str, data_dir: Path) -> LiveConfig[DynamicSettings]:
+    """``service``'s dynamic settings: env/.env, overridden from Consul KV when discovery is Consul.
+
+    The last applied KV overrides are kept in ``data_dir`` so a restart while Consul is down
+    comes back with them rather than with the env defaults.
+    """
+    consul = consul_address(discovery) if discovery.discovery == "consul" else None
+    return LiveConfig(
+        DynamicSettings(), service=service, consul=consul, cache_path=data_dir / f"{service}-live-config.json"
+    )

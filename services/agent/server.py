@@ -9,6 +9,7 @@ from runtime.discovery.balanced_channel import idempotent_methods
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config import live_config_for
 from services.agent.config import AgentSettings
 from services.agent.run_store import RunStore
 from services.agent.servicer import AgentServicer
@@ -18,6 +19,9 @@ SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].ful
 
 async def build(settings: AgentSettings, discovery: DiscoverySettings | None = None) -> ServerPlan:
     discovery = discovery or DiscoverySettings()
+    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+    live_config = live_config_for(discovery, service="agent", data_dir=settings.data_dir)
     store = RunStore(settings.data_dir / "agent.sqlite3")
     await store.open()
     upstreams = await build_upstreams(
@@ -37,4 +41,5 @@ async def build(settings: AgentSettings, discovery: DiscoverySettings | None = N
         on_stopped=[upstreams.close, store.close],
     )
     add_registration(plan, discovery, service="agent")
+    live_config.attach(plan)
     return plan

@@ -160,3 +160,12 @@ async def test_a_typo_in_a_key_is_refused_rather_than_silently_ignored() -> None
     with log_events() as logs:
         assert not await config.apply({"breaker": {"failure_treshold": 1}}, source="test")
     assert logs.named("live_config.refused")[0]["problems"][0]["key"] == "agentmesh/rag/breaker/failure_treshold"
+
+
+async def test_an_unknown_top_level_key_is_refused_too() -> None:
+    config = LiveConfig(DynamicSettings(), service="rag", consul=None)
+    with log_events() as logs:
+        assert not await config.apply({"feature_flag": {"x": True}}, source="test")
+    [problem] = logs.named("live_config.refused")[0]["problems"]
+    assert problem["key"] == "agentmesh/rag/feature_flag"
+    assert "not a setting" in problem["error"]
