@@ -87,6 +87,8 @@ async def _core_target(endpoints: Endpoints) -> str:
             ip = ipaddress.ip_address(endpoint.address)
         except ValueError:
             infos = await loop.getaddrinfo(endpoint.address, endpoint.port, type=socket.SOCK_STREAM)
+            # IPv4 first: "localhost" often lists ::1 first while servers bind 127.0.0.1.
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)
             ip = ipaddress.ip_address(infos[0][4][0])
         (v4 if ip.version == 4 else v6).append(
             f"{ip}:{endpoint.port}" if ip.version == 4 else f"[{ip}]:{endpoint.port}"
@@ -99,8 +101,10 @@ async def _core_target(endpoints: Endpoints) -> str:
 class _Delegate:
     """A multicallable that forwards each call to the channel current at call time."""
 
-    def __init__(self, owner: BalancedChannel, kind: str, method: str, args: tuple[Any, ...]) -> None:
-        self._owner, self._kind, self._method, self._args = owner, kind, method, args
+    def __init__(
+        self, owner: BalancedChannel, kind: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._owner, self._kind, self._method, self._args, self._kwargs = owner, kind, method, args, kwargs
         self._bound_to: grpc.aio.Channel | None = None
         self._bound: Any = None
 
@@ -115,7 +119,7 @@ class _Delegate:
                 None,
             )
         if current is not self._bound_to:
-            self._bound = getattr(current, self._kind)(self._method, *self._args)
+            self._bound = getattr(current, self._kind)(self._method, *self._args, **self._kwargs)
             self._bound_to = current
         return self._bound(*args, **kwargs)
 
@@ -244,16 +248,16 @@ class BalancedChannel(grpc.aio.Channel):
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _UnaryUnary(self, "unary_unary", method, (*args, *kwargs.values()))
+        return _UnaryUnary(self, "unary_unary", method, args, kwargs)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _UnaryStream(self, "unary_stream", method, (*args, *kwargs.values()))
+        return _UnaryStream(self, "unary_stream", method, args, kwargs)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _StreamUnary(self, "stream_unary", method, (*args, *kwargs.values()))
+        return _StreamUnary(self, "stream_unary", method, args, kwargs)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _StreamStream(self, "stream_stream", method, (*args, *kwargs.values()))
+        return _StreamStream(self, "stream_stream", method, args, kwargs)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         if self._current is None:

@@ -13,19 +13,19 @@ from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.discovery.static import StaticResolver
 from runtime.discovery.upstreams import DiscoveryUpstreams
-from runtime.upstreams import StaticUpstreams, Upstreams
 
 
 def consul_address(settings: DiscoverySettings) -> ConsulAddress:
     return ConsulAddress(settings.consul_http_addr, token=settings.consul_http_token)
 
 
-def build_resolver(settings: DiscoverySettings) -> Resolver:
+def build_resolver(settings: DiscoverySettings, *, static: Mapping[str, Sequence[str]]) -> Resolver:
+    """Consul when configured; otherwise the static table (a JSON file when named, else ``static``)."""
     if settings.discovery == "consul":
         return ConsulResolver(consul_address(settings), tag=settings.consul_tag)
     if settings.static_targets_file is not None:
         return StaticResolver.from_file(settings.static_targets_file)
-    return StaticResolver(settings.static_targets)
+    return StaticResolver(static)
 
 
 def build_registrar(
@@ -62,15 +62,14 @@ async def build_upstreams(
     retry_methods: Iterable[str] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     credentials: grpc.ChannelCredentials | None = None,
-) -> Upstreams:
-    """Channels to the named backends: ``static`` endpoints by default, Consul when configured.
+) -> DiscoveryUpstreams:
+    """Channels to the backends named in ``static``, resolved by the configured discovery.
 
-    With Consul the backend names (the keys of ``static``) are the Consul service names.
+    ``static`` gives each backend's endpoints for static discovery; with Consul its keys are the
+    Consul service names. Either way the channels balance, health-check and retry alike.
     """
-    if settings.discovery != "consul":
-        return StaticUpstreams(static, interceptors=interceptors, credentials=credentials)
     upstreams = DiscoveryUpstreams(
-        ConsulResolver(consul_address(settings), tag=settings.consul_tag),
+        build_resolver(settings, static=static),
         static.keys(),
         retry_methods=retry_methods,
         interceptors=interceptors,

@@ -146,8 +146,10 @@ class ConsulRegistrar:
             except CONSUL_ERRORS as error:
                 self.registered.clear()
                 delay = self._backoff.next_delay()
-                log.warning(
-                    "consul.registration.unreachable",
+                # An answer with an error status is not an outage: say it was refused, and why.
+                refused = isinstance(error, consul.ConsulException)
+                (log.error if refused else log.warning)(
+                    "consul.registration.refused" if refused else "consul.registration.unreachable",
                     service=reg.name,
                     service_id=reg.service_id,
                     consul=str(self._address),

@@ -12,15 +12,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class DiscoverySettings(BaseSettings):
     """``AGENTMESH_DISCOVERY=consul`` switches from the static table to Consul.
 
-    Static targets come from ``AGENTMESH_STATIC_TARGETS='{"rag": ["127.0.0.1:50053"]}'`` or a JSON
-    file named by ``AGENTMESH_STATIC_TARGETS_FILE``. The Consul address and token fall back to
+    Static endpoints come from each service's own settings (``AGENTMESH_GATEWAY_BACKENDS``, ...),
+    or, for every service at once, from a JSON file named by ``AGENTMESH_STATIC_TARGETS_FILE``
+    (``{"rag": ["127.0.0.1:50053"], ...}``). The Consul address and token fall back to
     Consul's own ``CONSUL_HTTP_ADDR`` / ``CONSUL_HTTP_TOKEN``, so the usual Consul environment works.
     """
 
     model_config = SettingsConfigDict(env_prefix="AGENTMESH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     discovery: Literal["static", "consul"] = "static"
-    static_targets: dict[str, list[str]] = Field(default_factory=dict)
     static_targets_file: Path | None = None
 
     consul_http_addr: str = Field(

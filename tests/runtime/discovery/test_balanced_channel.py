@@ -162,3 +162,11 @@ async def test_a_service_missing_from_the_static_table_is_logged_and_calls_fail_
                 await echo(channel)
     assert "no static endpoints for service 'search'" in failure["error"]
     assert call.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_host_names_resolve_preferring_ipv4_like_the_servers_bind() -> None:
+    async with (
+        EchoInstance("a") as a,
+        BalancedChannel("rag", StaticResolver({"rag": [f"localhost:{a.port}"]})) as channel,
+    ):
+        assert await echo(channel) == "a"
