@@ -1,7 +1,7 @@
 """Upstreams found by discovery: one `BalancedChannel` per backend name, following a `Resolver`.
 
-Implements the `runtime.upstreams.Upstreams` protocol, so the gateway and the agent use it exactly
-like `StaticUpstreams`; `runtime.discovery.factory.build_upstreams` picks one or the other.
+Implements the `runtime.upstreams.Upstreams` protocol for the gateway and the agent, with static
+endpoints or Consul behind it (`runtime.discovery.factory.build_upstreams` picks the resolver).
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import grpc
 from runtime.discovery.balanced_channel import BalancedChannel
 from runtime.discovery.endpoints import Resolver
 from runtime.upstreams import CHANNEL_OPTIONS, UnknownBackendError
-
-# main's channel options, except that retries are on: the service config enables them only for
-# methods the protos mark idempotent (plus gRPC's transparent retries of calls never sent).
-DISCOVERY_CHANNEL_OPTIONS = tuple((key, 1 if key == "grpc.enable_retries" else value) for key, value in CHANNEL_OPTIONS)
 
 
 class DiscoveryUpstreams:
@@ -37,7 +33,7 @@ class DiscoveryUpstreams:
                 name,
                 resolver,
                 credentials=credentials,
-                options=DISCOVERY_CHANNEL_OPTIONS,
+                options=CHANNEL_OPTIONS,
                 interceptors=interceptors,
                 retry_methods=retry,
             )
