@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import json
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -187,7 +187,7 @@ class BalancedChannel(grpc.aio.Channel):
                 note="calls fail with UNAVAILABLE until discovery answers",
             )
 
-    async def wait_for_endpoints(self, predicate: Any = bool) -> Endpoints:
+    async def wait_for_endpoints(self, predicate: Callable[[Endpoints], bool] = bool) -> Endpoints:
         """Wait until the endpoint set satisfies ``predicate`` (default: not empty)."""
         async with self._changed:
             await self._changed.wait_for(lambda: predicate(self._endpoints))
