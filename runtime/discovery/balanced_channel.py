@@ -4,9 +4,10 @@ gRPC Python cannot plug in a custom name resolver, but gRPC core already balance
 address list (``ipv4:a:p,b:p``) with its ``round_robin`` policy, watches each backend's
 ``grpc.health.v1`` stream (client-side health checking) and retries idempotent calls that failed
 with UNAVAILABLE on another backend. So this channel keeps one such core channel for the current
-endpoint set and swaps in a new one when discovery reports a change; calls already running finish
-on the old channel during a short grace period. Core shares subchannels between channels with the
-same arguments, so a swap reuses the connections to backends that stayed.
+endpoint set and swaps in a new one when discovery reports a change; calls already running, long
+streams included, finish on the old channel, which is closed once its last call is done. Core
+shares subchannels between channels with the same arguments, so a swap reuses the connections to
+backends that stayed.
 
 Stubs are built once on the ``BalancedChannel``; every call picks the current core channel.
 """
@@ -98,6 +99,29 @@ async def _core_target(endpoints: Endpoints) -> str:
     return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
 
+class _Generation:
+    """One core channel for one endpoint set, and how many calls are still running on it."""
+
+    __slots__ = ("active", "channel", "idle")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def track(self, call: Any) -> Any:
+        self.active += 1
+        self.idle.clear()
+        call.add_done_callback(self._finished)
+        return call
+
+    def _finished(self, call: Any) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+
 class _Delegate:
     """A multicallable that forwards each call to the channel current at call time."""
 
@@ -105,7 +129,7 @@ class _Delegate:
         self, owner: BalancedChannel, kind: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._owner, self._kind, self._method, self._args, self._kwargs = owner, kind, method, args, kwargs
-        self._bound_to: grpc.aio.Channel | None = None
+        self._bound_to: _Generation | None = None
         self._bound: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,9 +143,9 @@ class _Delegate:
                 None,
             )
         if current is not self._bound_to:
-            self._bound = getattr(current, self._kind)(self._method, *self._args, **self._kwargs)
+            self._bound = getattr(current.channel, self._kind)(self._method, *self._args, **self._kwargs)
             self._bound_to = current
-        return self._bound(*args, **kwargs)
+        return current.track(self._bound(*args, **kwargs))
 
 
 class _UnaryUnary(_Delegate, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
@@ -153,7 +177,7 @@ class BalancedChannel(grpc.aio.Channel):
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         retry_methods: Iterable[str] = (),
         health_service: str | None = "",
-        swap_grace: float = 5.0,
+        retire_after: float | None = None,
     ) -> None:
         self.service = service
         self._resolver = resolver
@@ -161,13 +185,13 @@ class BalancedChannel(grpc.aio.Channel):
         config = json.dumps(service_config(health_service=health_service, retry_methods=retry_methods))
         self._options: list[tuple[str, Any]] = [*options, ("grpc.service_config", config)]
         self._interceptors = list(interceptors)
-        self._swap_grace = swap_grace
-        self._current: grpc.aio.Channel | None = None
+        self._retire_after = retire_after  # None: an old channel lives until its last call ends
+        self._current: _Generation | None = None
         self._endpoints: Endpoints = ()
         self._resolved = asyncio.Event()
         self._changed = asyncio.Condition()
         self._follower: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[_Generation, asyncio.Task[None]] = {}
 
     @property
     def endpoints(self) -> Endpoints:
@@ -227,7 +251,7 @@ class BalancedChannel(grpc.aio.Channel):
                 new = grpc.aio.secure_channel(
                     target, self._credentials, options=self._options, interceptors=self._interceptors
                 )
-            self._current = new
+            self._current = _Generation(new)
         else:
             self._current = None
         log.info(
@@ -241,9 +265,14 @@ class BalancedChannel(grpc.aio.Channel):
         async with self._changed:
             self._changed.notify_all()
         if old is not None:
-            task = asyncio.create_task(old.close(self._swap_grace), name=f"retire:{self.service}")
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            task = asyncio.create_task(self._retire(old), name=f"retire:{self.service}")
+            self._retiring[old] = task
+            task.add_done_callback(lambda _: self._retiring.pop(old, None))
+
+    async def _retire(self, generation: _Generation) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(generation.idle.wait(), self._retire_after)
+        await generation.channel.close(None)
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
@@ -264,7 +293,7 @@ class BalancedChannel(grpc.aio.Channel):
             return (
                 grpc.ChannelConnectivity.TRANSIENT_FAILURE if self._resolved.is_set() else grpc.ChannelConnectivity.IDLE
             )
-        return self._current.get_state(try_to_connect)
+        return self._current.channel.get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         while self.get_state() == last_observed_state:
@@ -272,7 +301,7 @@ class BalancedChannel(grpc.aio.Channel):
             if current is None:
                 await self.wait_for_endpoints()
                 continue
-            await current.wait_for_state_change(last_observed_state)
+            await current.channel.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
         await self.wait_for_endpoints()
@@ -285,10 +314,11 @@ class BalancedChannel(grpc.aio.Channel):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        current, self._current = self._current, None
-        if current is not None:
-            await current.close(grace)
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        generations = [g for g in (self._current, *self._retiring) if g is not None]
+        self._current = None
+        for task in self._retiring.values():
+            task.cancel()
+        await asyncio.gather(*(g.channel.close(grace) for g in generations))
 
     async def __aenter__(self) -> BalancedChannel:
         await self.start()

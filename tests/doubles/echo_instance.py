@@ -1,6 +1,8 @@
-"""A minimal gRPC service instance for discovery tests: ``grpc.health.v1`` plus ``test.Echo/Echo``.
+"""A minimal gRPC service instance for discovery tests: ``grpc.health.v1`` plus ``test.Echo``.
 
-Echo answers with the instance's name, so a test can see which instance served a call.
+``Echo`` answers with the instance's name, so a test can see which instance served a call;
+``Ticks`` streams the name twice, the second time only once ``release`` is set, so a test can
+hold a stream open across a change.
 Run in-process with ``EchoInstance`` or as a separate process (so a test can SIGKILL it) with
 ``python -m tests.doubles.echo_instance --name a``, which prints its port on the first line.
 """
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Self
 
 import grpc
@@ -19,6 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 
 ECHO_SERVICE = "test.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+TICKS_METHOD = f"/{ECHO_SERVICE}/Ticks"
 
 
 class EchoInstance:
@@ -30,15 +34,25 @@ class EchoInstance:
         self._credentials = credentials
         self.health = health_aio.HealthServicer()
         self.calls = 0
+        self.release = asyncio.Event()
         self._server = grpc.aio.server()
 
     async def _echo(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         self.calls += 1
         return self.name.encode()
 
+    async def _ticks(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        yield self.name.encode()
+        await self.release.wait()
+        yield self.name.encode()
+
     async def start(self) -> None:
         handler = grpc.method_handlers_generic_handler(
-            ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(self._echo)}
+            ECHO_SERVICE,
+            {
+                "Echo": grpc.unary_unary_rpc_method_handler(self._echo),
+                "Ticks": grpc.unary_stream_rpc_method_handler(self._ticks),
+            },
         )
         self._server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -14,10 +14,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from runtime.discovery.balanced_channel import BalancedChannel, idempotent_methods, service_config
 from runtime.discovery.consul import ConsulResolver
+from runtime.discovery.endpoints import Endpoint, Endpoints
 from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from runtime.discovery.static import StaticResolver
 from tests.doubles.consul_fixtures import ConsulUnderTest
-from tests.doubles.echo_instance import ECHO_METHOD, ECHO_SERVICE, EchoInstance
+from tests.doubles.echo_instance import ECHO_METHOD, ECHO_SERVICE, TICKS_METHOD, EchoInstance
 from tests.runtime.log_events import log_events
 
 
@@ -170,3 +171,41 @@ async def test_host_names_resolve_preferring_ipv4_like_the_servers_bind() -> Non
         BalancedChannel("rag", StaticResolver({"rag": [f"localhost:{a.port}"]})) as channel,
     ):
         assert await echo(channel) == "a"
+
+
+class SettableResolver:
+    """A resolver the test moves by hand: each ``publish`` is one discovery change."""
+
+    def __init__(self) -> None:
+        self._changes: asyncio.Queue[Endpoints] = asyncio.Queue()
+
+    def publish(self, *targets: str) -> None:
+        self._changes.put_nowait(tuple(Endpoint.parse(t) for t in targets))
+
+    async def resolve(self, service: str) -> Endpoints:
+        raise NotImplementedError
+
+    async def watch(self, service: str) -> AsyncIterator[Endpoints]:
+        while True:
+            yield await self._changes.get()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_stream_running_when_the_endpoint_set_changes_finishes_on_its_old_channel() -> None:
+    resolver = SettableResolver()
+    resolver.publish("127.0.0.1:1")  # placeholder so the channel starts; replaced below
+    async with EchoInstance("a") as a, EchoInstance("b") as b, BalancedChannel("rag", resolver) as channel:
+        resolver.publish(f"127.0.0.1:{a.port}")
+        await channel.wait_for_endpoints(lambda e: [x.port for x in e] == [a.port])
+        stream = channel.unary_stream(TICKS_METHOD)(b"", timeout=20)
+        assert await stream.read() == b"a"
+
+        resolver.publish(f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}")  # membership changes mid-stream
+        await channel.wait_for_endpoints(lambda e: len(e) == 2)
+        assert {await echo(channel) for _ in range(6)} == {"a", "b"}  # new calls use the new set
+        a.release.set()
+        assert await stream.read() == b"a"  # the old stream was not cut off
+        assert await stream.read() == grpc.aio.EOF
+        assert await stream.code() == grpc.StatusCode.OK
