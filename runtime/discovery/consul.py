@@ -102,7 +102,7 @@ class ConsulResolver:
             # reset (restore, new agent), so start over; an index of 0 must never be sent back.
             index = 0 if new_index < index else max(new_index, 1)
             if endpoints != last:
-                log.info(
+                log.debug(  # the channel that applies the change logs it at info
                     "consul.discovery.changed",
                     service=service,
                     old=[e.target for e in last or ()],

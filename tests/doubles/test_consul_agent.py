@@ -7,6 +7,8 @@ is kept honest.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -206,3 +208,29 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
             assert "success" in entries[0]["Checks"][1]["Output"]
         finally:
             await client.close()
+
+
+async def test_the_double_runs_as_a_standalone_process_for_make_run() -> None:
+    port = await asyncio.to_thread(_free_port)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.doubles.consul_agent", "--port", str(port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        banner = await asyncio.wait_for(process.stdout.readline(), 20)
+        assert f"127.0.0.1:{port}" in banner.decode()
+        client = open_consul(ConsulAddress(f"127.0.0.1:{port}"))
+        try:
+            assert await client.status.leader()
+        finally:
+            await client.close()
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
