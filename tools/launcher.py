@@ -4,6 +4,11 @@ Starts rag, agent and gateway as their own processes (exactly `python -m service
 waits until each reports SERVING, seeds the knowledge base from `examples/knowledge/` when it is
 empty, prints where everything is, and on Ctrl-C (or SIGTERM) drains the services front to
 back: gateway, then agent, then rag.
+
+With `AGENTMESH_DISCOVERY=consul` the services register with the Consul agent at
+`CONSUL_HTTP_ADDR` (default 127.0.0.1:8500) and find each other through it; the launcher waits
+until each backend is passing in Consul before starting the next. `AGENTMESH_CONSUL_DOUBLE=1`
+also starts the in-repo Consul agent test double there, for machines without Consul.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
+from runtime.discovery.consul import ConsulResolver
+from runtime.discovery.factory import consul_address
+from runtime.discovery.settings import DiscoverySettings
 
 REPO = Path(__file__).resolve().parents[1]
+DISCOVERY = DiscoverySettings()
 HOST = "127.0.0.1"
 PORTS = {
     "rag": int(os.environ.get("AGENTMESH_RAG_PORT", "50053")),
@@ -38,6 +47,8 @@ def _env(name: str) -> dict[str, str]:
         f'{{"agent": ["{HOST}:{PORTS["agent"]}"], "rag": ["{HOST}:{PORTS["rag"]}"]}}',
     )
     env.setdefault("AGENTMESH_LOG_FORMAT", "console")
+    if DISCOVERY.discovery == "consul":
+        env.setdefault("AGENTMESH_CHECK_INTERVAL_SECONDS", "1")  # snappier than the 5 s default, for a local run
     prefix = f"AGENTMESH_{name.upper()}_"
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
@@ -79,6 +90,35 @@ async def _seed_knowledge() -> int:
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
+async def _wait_discovered(name: str, timeout_s: float = 30) -> None:
+    """Consul mode: wait until `name` has a passing instance, so the next service finds it at once."""
+    resolver = ConsulResolver(consul_address(DISCOVERY))
+    watch = resolver.watch(name)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for endpoints in watch:
+                if endpoints:
+                    return
+    except TimeoutError:
+        raise TimeoutError(
+            f"{name} did not become passing in Consul at {DISCOVERY.consul_http_addr} within {timeout_s}s "
+            "(is an agent running there? `AGENTMESH_CONSUL_DOUBLE=1 make run` starts the test double)"
+        ) from None
+    finally:
+        await watch.aclose()  # type: ignore[attr-defined]
+        await resolver.aclose()
+
+
+def _start_consul_double() -> subprocess.Popen[bytes]:
+    port = consul_address(DISCOVERY).port
+    return subprocess.Popen(  # started before any service, like an agent already running on the host
+        [sys.executable, "-m", "tests.doubles.consul_agent", "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
 def _banner() -> str:
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
@@ -87,6 +127,8 @@ def _banner() -> str:
             "",
             "agentmesh is up:",
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
+            f"  discovery: {DISCOVERY.discovery}"
+            + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             "",
             "Try:",
             f"  .venv/bin/grpcurl -plaintext {gateway} list",
@@ -105,13 +147,18 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     code = 0
+    consul_double = None
     try:
+        if DISCOVERY.discovery == "consul" and os.environ.get("AGENTMESH_CONSUL_DOUBLE") == "1":
+            consul_double = _start_consul_double()
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
                 [sys.executable, "-m", f"services.{name}"], env=_env(name), cwd=REPO, start_new_session=True
             )
             await _wait_serving(name, processes[name])
+            if DISCOVERY.discovery == "consul":
+                await _wait_discovered(name)
         changed = await _seed_knowledge()
         print(_banner() + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
         while not stop.is_set():
@@ -134,6 +181,9 @@ async def main() -> int:
                     await asyncio.to_thread(child.wait, 30)
                 except subprocess.TimeoutExpired:
                     child.kill()
+        if consul_double is not None:  # last: the services deregistered from it while draining
+            consul_double.terminate()
+            await asyncio.to_thread(consul_double.wait, 10)
     return code
 
 
