@@ -22,7 +22,10 @@ def add_registration(plan: ServerPlan, settings: DiscoverySettings, *, service: 
     registrars: list[ConsulRegistrar] = []
 
     async def register(port: int) -> None:
-        registrar = build_registrar(settings, service=service, port=port, tags=tags)
+        # Consul's gRPC check must speak TLS to a TLS port (GRPCUseTLS).
+        registrar = build_registrar(
+            settings, service=service, port=port, tags=tags, grpc_use_tls=plan.settings.tls is not None
+        )
         assert registrar is not None
         registrar.start()
         registrars.append(registrar)
