@@ -9,10 +9,13 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from agentmesh.rag.v1 import rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.discovery.factory import build_upstreams
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
-from runtime.upstreams import StaticUpstreams
 from services.agent.config import AgentSettings
 from services.agent.run_store import RunStore
 from services.agent.servicer import AgentServicer
@@ -20,7 +23,16 @@ from services.agent.servicer import AgentServicer
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+async def build(
+    settings: AgentSettings,
+    discovery: DiscoverySettings | None = None,
+    *,
+    span_processors: Sequence[SpanProcessor] = (),
+) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
+    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+    live_config = live_config_for(discovery, service="agent", data_dir=settings.data_dir)
     middleware = Middleware.start(
         settings,
         service="agent",
@@ -34,15 +46,18 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
         target_of=lambda _method: "rag",
         on_state_change=middleware.metrics.breaker_state_changed,
     )
-    upstreams = StaticUpstreams(
-        {"rag": settings.rag_endpoints},
+    # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
+    # breaker); the channels add no service-config retryPolicy on top.
+    upstreams = await build_upstreams(
+        discovery,
+        static={"rag": settings.rag_endpoints},
         interceptors=middleware.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
     servicer = AgentServicer(store, rag, settings)
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(
@@ -52,3 +67,6 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
         interceptors=middleware.server_interceptors,
         on_stopped=[upstreams.close, store.close, middleware.close],
     )
+    add_registration(plan, discovery, service="agent")
+    live_config.attach(plan)
+    return plan
