@@ -20,7 +20,7 @@ from typing import Any
 from bench import h2load, profile
 from bench.payload import CALLS
 from bench.processes import ProcessGroup, cpu_delta, python_argv, python_env
-from bench.scenarios import Scenario
+from bench.scenarios import BASELINE, Scenario
 from bench.topology import Endpoint
 
 
@@ -174,11 +174,17 @@ def run_scenario(
 def run_all(
     scenarios: Sequence[Scenario], settings: Settings, work_dir: Path, progress: Progress = print
 ) -> dict[str, dict[str, list[Measurement]]]:
-    """Every scenario, `settings.passes` times; returns scenario → client → one measurement per pass."""
+    """Every scenario, `settings.passes` times; returns scenario → client → its measurements.
+
+    The bare baseline, which every ratio divides by, is measured at both ends of each pass, so a
+    lucky or unlucky moment weighs less on all of them.
+    """
     results: dict[str, dict[str, list[Measurement]]] = {s.name: {c: [] for c in s.clients} for s in scenarios}
+    bare = [s for s in scenarios if s.name == BASELINE]
+    others = [s for s in scenarios if s.name != BASELINE]
     for number in range(settings.passes):
-        order = list(scenarios) if number % 2 == 0 else list(reversed(scenarios))
-        for scenario in order:
+        middle = others if number % 2 == 0 else list(reversed(others))
+        for scenario in [*bare, *middle, *bare] if others else bare:
             started = time.monotonic()
             measured = run_scenario(scenario, settings, work_dir / scenario.name, profile_this=number == 0)
             for client, measurement in measured.items():

@@ -151,9 +151,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"(the machine is shared; ratios are to a baseline measured in the same run).",
         "",
         f"{settings['concurrency']} calls in flight, {settings['warmup_s']:g} s warm-up then "
-        f"{settings['duration_s']:g} s measured per client, {settings['passes']} passes (alternating order), "
-        f"medians shown; whole run {report['wall_s']:.0f} s. Unary call {report['payload']['unary']}; "
-        f"streaming {report['payload']['stream']}.",
+        f"{settings['duration_s']:g} s measured per client, {settings['passes']} passes (alternating order, "
+        f"the bare baseline at both ends of each), medians shown; whole run {report['wall_s']:.0f} s. "
+        f"Unary call {report['payload']['unary']}; streaming {report['payload']['stream']}.",
         "",
     ]
     if report["targets"]:

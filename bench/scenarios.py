@@ -13,6 +13,8 @@ from bench.backend import BackendSpec
 from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway, ViaMeshEdge, ViaMeshInbound, ViaMeshSidecars
 
 CLIENTS = ("h2load", "pyclient")
+# The scenario every other one is compared with unless it names another baseline.
+BASELINE = "bare"
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Scenario:
     unique_header: str | None = None
     # The Python client guards its channel with a circuit breaker (a client interceptor).
     client_breaker: bool = False
-    baseline: str = "bare"
+    baseline: str = BASELINE
 
 
 @dataclass(frozen=True)
