@@ -42,6 +42,7 @@ $(BUF):
 debian-deps: ## Debian packages the tests use (installed only when missing)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 # --- code generation ----------------------------------------------------------------------
@@ -105,6 +106,10 @@ mesh-render: gen ## render envoy/ and istio/ from mesh/policy.yaml (commit the r
 .PHONY: mesh-check
 mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the policy contradicts the protos
 	$(PY) -m mesh check
+
+.PHONY: bench
+bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~4 min): bench/results/latest.{json,md}
+	$(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: eval
 eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md})

@@ -3,7 +3,7 @@
 The instrumentation's aio server interceptor costs a small server about a third of its
 throughput, and still most of that when the span is sampled out: it extracts the context,
 parses the peer, builds attributes and proxies the servicer context on every call
-(``python -m bench.chain_overhead``: about six times the server CPU of the fast path
+(measured by the tracing scenarios of ``make bench``: several times the server CPU of the fast path
 below). So :class:`TracingInterceptor` decides first whether the call can record anything:
 
 * nothing records (no span processor, e.g. no exporter configured), or the caller's
