@@ -101,8 +101,9 @@ class InProcessEventBus:
             log.error("event dead-lettered", event_id=event.id, type=event.type, attempts=delivery.attempt)
             self.dead_letters.append(event)
             return
-        log.warning("event handler failed; will redeliver", event_id=event.id, attempt=delivery.attempt,
-                    exc_info=True)
+        log.warning(
+            "event handler failed; will redeliver", event_id=event.id, attempt=delivery.attempt, exc_info=True
+        )
         retry = _Delivery(event, delivery.attempt + 1)
 
         def redeliver() -> None:

@@ -109,4 +109,3 @@ class Outbox:
                 last_prune = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=poll_interval)
-

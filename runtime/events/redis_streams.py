@@ -74,8 +74,12 @@ class _Consumer:
                 await self._claim_stale()
                 await self._handle_all(await self._read(">", block_ms=self._bus.block_ms))
             except (redis.ConnectionError, redis.TimeoutError):
-                log.warning("redis unavailable; consumer retrying", stream=self._stream, group=self._group,
-                            exc_info=True)
+                log.warning(
+                    "redis unavailable; consumer retrying",
+                    stream=self._stream,
+                    group=self._group,
+                    exc_info=True,
+                )
                 await asyncio.sleep(self._bus.retry_delay)
 
     async def _read(self, start: str, *, block_ms: int | None = None) -> _Entries:
@@ -98,13 +102,21 @@ class _Consumer:
         start = "0-0"
         while True:
             next_start, claimed, *_deleted = await self._bus.client.xautoclaim(
-                self._stream, self._group, self._consumer, self._bus.claim_idle_ms, start_id=start,
+                self._stream,
+                self._group,
+                self._consumer,
+                self._bus.claim_idle_ms,
+                start_id=start,
                 count=self._bus.batch_size,
             )
             entries = [(_text(entry_id), fields) for entry_id, fields in claimed if fields]
             if entries:
-                log.info("claimed events of an idle consumer", stream=self._stream, group=self._group,
-                         count=len(entries))
+                log.info(
+                    "claimed events of an idle consumer",
+                    stream=self._stream,
+                    group=self._group,
+                    count=len(entries),
+                )
                 await self._handle_all(await self._drop_exhausted(entries))
             start = _text(next_start)
             if start == "0-0":
@@ -139,8 +151,12 @@ class _Consumer:
                 await self._handler(event)
             except Exception:
                 # Left pending: XAUTOCLAIM hands it out again once it has been idle long enough.
-                log.warning("event handler failed; left pending for redelivery", event_id=event.id,
-                            entry_id=entry_id, exc_info=True)
+                log.warning(
+                    "event handler failed; left pending for redelivery",
+                    event_id=event.id,
+                    entry_id=entry_id,
+                    exc_info=True,
+                )
                 continue
             await self._bus.client.xack(self._stream, self._group, entry_id)
 
