@@ -49,9 +49,7 @@ class _Consumer:
 class InProcessEventBus:
     """``EventBus`` backed by asyncio queues."""
 
-    def __init__(
-        self, *, retention: int = 10_000, redelivery_delay: float = 0.2, max_deliveries: int = 5
-    ) -> None:
+    def __init__(self, *, retention: int = 10_000, redelivery_delay: float = 0.2, max_deliveries: int = 5) -> None:
         self._retention = retention
         self._redelivery_delay = redelivery_delay
         self._max_deliveries = max_deliveries
@@ -101,9 +99,7 @@ class InProcessEventBus:
             log.error("event dead-lettered", event_id=event.id, type=event.type, attempts=delivery.attempt)
             self.dead_letters.append(event)
             return
-        log.warning(
-            "event handler failed; will redeliver", event_id=event.id, attempt=delivery.attempt, exc_info=True
-        )
+        log.warning("event handler failed; will redeliver", event_id=event.id, attempt=delivery.attempt, exc_info=True)
         retry = _Delivery(event, delivery.attempt + 1)
 
         def redeliver() -> None:

@@ -43,8 +43,7 @@ class ToolBudget:
             if await cursor.fetchone() is not None:
                 return
             cursor = await tx.execute(
-                "SELECT coalesce(sum(units), 0) FROM tool_budget_reservations"
-                " WHERE owner = ? AND status = 'HELD'",
+                "SELECT coalesce(sum(units), 0) FROM tool_budget_reservations WHERE owner = ? AND status = 'HELD'",
                 (owner,),
             )
             row = await cursor.fetchone()

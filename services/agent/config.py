@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+
+
+class FallbackRuleSetting(BaseModel):
+    """When the decision step fails, a question matching `pattern` (a regex) gets `answer`."""
+
+    pattern: str
+    answer: str
 
 
 class AgentSettings(ServiceSettings):
@@ -16,3 +25,36 @@ class AgentSettings(ServiceSettings):
     rag_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:50053"])
     retrieval_top_k: int = Field(default=3, ge=1, le=50)
     retrieval_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Background execution: runs in flight at once, and admitted runs waiting for a worker.
+    workers: int = Field(default=8, ge=1)
+    backlog: int = Field(default=256, ge=0)
+    # The RetryInfo hint sent with RESOURCE_EXHAUSTED when workers and backlog are full.
+    busy_retry_after_s: float = Field(default=1.0, ge=0)
+
+    # Decision step: a registered engine ("extractive", "http") or "package.module:factory",
+    # called with `decision_engine_options` as keyword arguments.
+    decision_engine: str = "extractive"
+    decision_engine_options: dict[str, Any] = Field(default_factory=dict)
+    decision_timeout_s: float = Field(default=10.0, gt=0)
+    fallback_rules: list[FallbackRuleSetting] = Field(default_factory=list)
+
+    # Review rules.
+    review_min_confidence: float = Field(default=0.25, ge=0, le=1)
+    review_sensitive_terms: list[str] = Field(default_factory=lambda: ["password", "credential", "salary", "medical"])
+    # SubmitReview requires this scope on the caller once `enforce_reviewer_scope` is on; it
+    # stays off until the auth interceptor sets `current_caller`.
+    reviewer_scope: str = "runs.review"
+    enforce_reviewer_scope: bool = False
+
+    # Tool budget: tool calls one run reserves, and the most a caller's in-flight runs may hold.
+    tool_calls_per_run: int = Field(default=2, ge=1)
+    tool_budget_per_caller: int = Field(default=2000, ge=1)
+
+    # Event bus: in-process (embedded default) or Redis Streams.
+    event_bus: Literal["in_process", "redis"] = "in_process"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Consumer name in Redis consumer groups: stable across restarts, so a restarted instance
+    # takes back the events it had read but not acknowledged. Empty: the host name.
+    instance_id: str = ""
+    outbox_poll_s: float = Field(default=1.0, gt=0)

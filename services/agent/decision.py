@@ -67,6 +67,8 @@ class Decision:
     # The engine's own estimate in [0, 1]; review rules park low-confidence answers.
     confidence: float
     decided_by: str
+    # The engine found nothing to answer from and says so (``answer`` explains it to the user).
+    abstained: bool = False
 
 
 @runtime_checkable
@@ -89,13 +91,17 @@ _STOPWORDS = frozenset(
 
 
 def _terms(text: str) -> set[str]:
-    return {
-        word for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOPWORDS and len(word) > 1
-    }
+    return {word for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOPWORDS and len(word) > 1}
+
+
+NO_KNOWLEDGE = "The knowledge base has nothing on this question."
 
 
 class ExtractiveDecisionEngine:
-    """Answers with the retrieved sentences that best cover the question's terms, cited."""
+    """Answers with the retrieved sentences that best cover the question's terms, cited.
+
+    Confidence is the share of the question's content words found in the best sentence.
+    """
 
     name = "extractive"
 
@@ -109,7 +115,8 @@ class ExtractiveDecisionEngine:
         for rank, passage in enumerate(request.passages):
             for match in _SENTENCE.finditer(passage.text):
                 sentence = match.group().strip()
-                if not sentence or not question_terms:
+                # A Markdown heading names a topic but states nothing; an answer quotes statements.
+                if not sentence or sentence.startswith("#") or not question_terms:
                     continue
                 coverage = len(question_terms & _terms(sentence)) / len(question_terms)
                 if coverage < self._min_coverage:
@@ -126,7 +133,7 @@ class ExtractiveDecisionEngine:
                 )
                 candidates.append((coverage, rank, match.start(), citation))
         if not candidates:
-            return Decision(answer="", citations=(), confidence=0.0, decided_by=self.name)
+            return Decision(answer=NO_KNOWLEDGE, citations=(), confidence=1.0, decided_by=self.name, abstained=True)
         best = sorted(candidates, key=lambda c: (-c[0], c[1], c[2]))[: self._max_sentences]
         # Read in document order within the chosen set, so the answer flows like the source.
         chosen = sorted(best, key=lambda c: (c[1], c[2]))
@@ -250,8 +257,7 @@ def load_decision_engine(spec: str, options: Mapping[str, Any] | None = None) ->
         factory = getattr(importlib.import_module(module_name), attribute)
     else:
         raise ValueError(
-            f"unknown decision engine {spec!r}: use one of {sorted(ENGINES)}"
-            " or an import path 'package.module:factory'"
+            f"unknown decision engine {spec!r}: use one of {sorted(ENGINES)} or an import path 'package.module:factory'"
         )
     engine = factory(**options)
     if not isinstance(engine, DecisionEngine):

@@ -118,9 +118,7 @@ class RunProjection:
         return await self.catch_up(store)
 
     async def checkpoint(self) -> int:
-        row = await self._db.fetch_one(
-            "SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,)
-        )
+        row = await self._db.fetch_one("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
         return int(row[0]) if row else 0
 
     async def _checkpoint(self, tx: Transaction) -> int:

@@ -65,8 +65,10 @@ class FallbackRules:
 class ReviewPolicy:
     """When an answer must be looked at by a person before it is released."""
 
-    min_confidence: float = 0.35
+    min_confidence: float = 0.25
     require_citations: bool = True
+    # An engine that says "nothing found" is not guessing; park those only if asked to.
+    review_abstentions: bool = False
     sensitive_terms: Sequence[str] = field(default=("password", "credential", "salary", "medical"))
 
     def reason_to_review(self, question: str, decision: Decision) -> str | None:
@@ -75,6 +77,8 @@ class ReviewPolicy:
             return "the decision step failed and no rule answered; escalated to human review"
         if decision.decided_by.startswith("fallback:"):
             return None  # rule answers are written and approved ahead of time
+        if decision.abstained:
+            return "the knowledge base has nothing on this question" if self.review_abstentions else None
         if not decision.answer:
             return "no answer was found in the knowledge base"
         if self.require_citations and not decision.citations:

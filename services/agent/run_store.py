@@ -21,7 +21,7 @@ from runtime.events.bus import Event
 from runtime.events.outbox import Outbox
 from runtime.sqlite import Database, Transaction
 from services.agent.model import Citation, EventType, Run, RunEvent
-from services.agent.state_machine import IllegalTransition, RunState, check_transition
+from services.agent.state_machine import TERMINAL, IllegalTransition, RunState, check_transition
 
 RUN_EVENTS_STREAM = "agent.runs"
 
@@ -127,13 +127,11 @@ class RunStore:
                 if existing is not None:
                     stored_fingerprint, run = existing
                     if stored_fingerprint != fingerprint:
-                        raise RequestIdReused(
-                            f"request_id {request_id!r} was already used for a different request"
-                        )
+                        raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
                     return run, False
             now = time.time()
             run = Run(
-                run_id=uuid.uuid4().hex,
+                run_id=f"run_{uuid.uuid4().hex}",
                 question=question,
                 state=RunState.IDLE,
                 version=1,
@@ -189,6 +187,8 @@ class RunStore:
     async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
         """Record a completed workflow step, inside the caller's (the saga log's) transaction."""
         run = await self._load(tx, run_id)
+        if run.state in TERMINAL:
+            return  # a step that finished after the run was cancelled: its last event stays the terminal one
         await self._append(tx, run, EventType.STEP_COMPLETED, f"{step}: {cause}")
 
     async def _apply_transition(
@@ -208,9 +208,7 @@ class RunStore:
             "UPDATE runs SET state = ?, snapshot = ? WHERE run_id = ?",
             (updated.state, json.dumps(updated.to_dict()), updated.run_id),
         )
-        await self._append(
-            tx, updated, EventType.STATE_CHANGED, cause, from_state=run.state, to_state=to_state
-        )
+        await self._append(tx, updated, EventType.STATE_CHANGED, cause, from_state=run.state, to_state=to_state)
         return updated
 
     async def _append(
@@ -292,6 +290,10 @@ class RunStore:
                 (run_id, after, limit),
             )
         return [run_event_from_event(Event.from_json(row[0])) for row in rows]
+
+    async def last_sequence(self) -> int:
+        row = await self.db.fetch_one("SELECT coalesce(max(sequence), 0) FROM run_events")
+        return int(row[0]) if row else 0
 
     def next_commit(self) -> asyncio.Event:
         """An event set by the next commit that appends to the log. Take it *before* reading."""

@@ -223,15 +223,11 @@ class Saga:
             try:
                 result = await step.action(context)
             except Exception as error:
-                log.warning(
-                    "saga step failed; compensating", saga_id=saga_id, step=step.name, error=str(error)
-                )
+                log.warning("saga step failed; compensating", saga_id=saga_id, step=step.name, error=str(error))
                 await self._log.mark_step(saga_id, step.name, StepStatus.FAILED)
                 outcome = await self.compensate(saga_id, reason=f"{step.name} failed: {error}")
                 return SagaOutcome(outcome.status, outcome.results, outcome.error, failed_step=step.name)
-            await self._log.mark_step(
-                saga_id, step.name, StepStatus.DONE, result=result, listener=self._on_step_done
-            )
+            await self._log.mark_step(saga_id, step.name, StepStatus.DONE, result=result, listener=self._on_step_done)
             results[step.name] = result
         await self._log.set_status(saga_id, SagaStatus.COMPLETED)
         return SagaOutcome(SagaStatus.COMPLETED, results)
@@ -241,9 +237,7 @@ class Saga:
         await self._log.begin(saga_id)
         await self._log.set_status(saga_id, SagaStatus.COMPENSATING, error=reason)
         recorded = await self._log.steps(saga_id)
-        results = {
-            name: result for name, (status, result, _) in recorded.items() if status is StepStatus.DONE
-        }
+        results = {name: result for name, (status, result, _) in recorded.items() if status is StepStatus.DONE}
         for step in reversed(self._steps):
             if step.name not in recorded:
                 continue

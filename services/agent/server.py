@@ -1,24 +1,107 @@
-"""Assemble the agent service's server from its settings (shared bootstrap)."""
+"""Assemble the agent service from its settings: stores, event bus, workflow, workers, servicer."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from agentmesh.rag.v1 import rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.events.bus import EventBus
+from runtime.events.in_process import InProcessEventBus
+from runtime.events.outbox import Outbox
+from runtime.events.redis_streams import RedisStreamsEventBus
+from runtime.sqlite import Database
 from runtime.upstreams import StaticUpstreams
+from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
-from services.agent.run_store import RunStore
+from services.agent.decision import load_decision_engine
+from services.agent.executor import RunExecutor
+from services.agent.projections import RunProjection
+from services.agent.retrieval import RagRetriever
+from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
+from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
+from services.agent.saga import SagaLog
 from services.agent.servicer import AgentServicer
+from services.agent.workflow import RunWorkflow, WorkflowOptions
 
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+PROJECTION_GROUP = "agent.projection.runs"
+
+
+def event_bus(settings: AgentSettings) -> EventBus:
+    if settings.event_bus == "redis":
+        return RedisStreamsEventBus.from_url(settings.redis_url)
+    return InProcessEventBus()
 
 
 async def build(settings: AgentSettings) -> ServerPlan:
-    store = RunStore(settings.data_dir / "agent.sqlite3")
-    await store.open()
+    # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
+    # the read model lives in its own file, built only from events.
+    db = await Database.open(settings.data_dir / "agent.sqlite3")
+    read_db = await Database.open(settings.data_dir / "agent-read.sqlite3")
+    outbox = Outbox(db)
+    store = RunStore(db, outbox)
+    saga_log = SagaLog(db)
+    budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
+    projection = RunProjection(read_db)
+    for component in (store, saga_log, budget, projection):
+        await component.create_schema()
+
+    bus = event_bus(settings)
     upstreams = StaticUpstreams({"rag": settings.rag_endpoints})
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
-    servicer = AgentServicer(store, rag, settings)
+    engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    workflow = RunWorkflow(
+        store=store,
+        saga_log=saga_log,
+        budget=budget,
+        retriever=RagRetriever(rag, timeout_s=settings.retrieval_timeout_s),
+        engine=engine,
+        fallback=FallbackRules([FallbackRule(r.pattern, r.answer) for r in settings.fallback_rules]),
+        review=ReviewPolicy(
+            min_confidence=settings.review_min_confidence, sensitive_terms=settings.review_sensitive_terms
+        ),
+        options=WorkflowOptions(
+            decision_timeout=settings.decision_timeout_s,
+            top_k=settings.retrieval_top_k,
+            tool_calls_per_run=settings.tool_calls_per_run,
+        ),
+    )
+    executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
+    servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
+    background: list[asyncio.Task[None]] = []
+
+    async def start_background(port: int) -> None:
+        await projection.catch_up(store)
+        await bus.subscribe(
+            RUN_EVENTS_STREAM,
+            group=PROJECTION_GROUP,
+            consumer=settings.instance_id or socket.gethostname(),
+            handler=projection.apply,
+        )
+        background.append(asyncio.create_task(outbox.relay(bus, poll_interval=settings.outbox_poll_s)))
+        # Runs a previous process accepted but did not finish: resume or compensate them.
+        for run_id in await workflow.recover():
+            executor.resume(run_id)
+
+    async def stop_background() -> None:
+        await executor.shutdown(grace_s=settings.grace_period_s)
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A last relay so events of the final commits are not left for the next start.
+        with contextlib.suppress(Exception):
+            await outbox.relay_once(bus)
+        await bus.close()
+        await engine.close()
+        await upstreams.close()
+        await read_db.close()
+        await db.close()
+
     return ServerPlan(
         settings=settings,
         bindings=[
@@ -26,5 +109,6 @@ async def build(settings: AgentSettings) -> ServerPlan:
                 SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
             )
         ],
-        on_stopped=[upstreams.close, store.close],
+        on_started=[start_background],
+        on_stopped=[stop_background],
     )

@@ -121,9 +121,7 @@ class RunWorkflow:
     async def _fail_if_running(self, run_id: str, cause: str) -> None:
         # Already cancelled (or finished) by someone else: that state stands.
         with contextlib.suppress(IllegalTransition):
-            await self._store.transition(
-                run_id, RunState.FAILED, cause=cause, only_from=[RunState.PROCESSING]
-            )
+            await self._store.transition(run_id, RunState.FAILED, cause=cause, only_from=[RunState.PROCESSING])
 
     # -- steps (each idempotent by StepContext.key) -------------------------------------
 
@@ -218,6 +216,7 @@ def _decision_to_dict(decision: Decision) -> dict[str, Any]:
         ],
         "confidence": decision.confidence,
         "decided_by": decision.decided_by,
+        "abstained": decision.abstained,
     }
 
 
@@ -227,4 +226,5 @@ def _decision_from_dict(raw: Mapping[str, Any]) -> Decision:
         citations=tuple(Citation.from_dict(c) for c in raw["citations"]),
         confidence=float(raw["confidence"]),
         decided_by=raw["decided_by"],
+        abstained=bool(raw.get("abstained", False)),
     )

@@ -13,9 +13,7 @@ from runtime.events.dedup import deduplicate
 class Recorder:
     """A handler that records what it handled and lets a test await a count."""
 
-    def __init__(
-        self, *, fail_first: int = 0, fail_always: bool = False, changed: asyncio.Event | None = None
-    ) -> None:
+    def __init__(self, *, fail_first: int = 0, fail_always: bool = False, changed: asyncio.Event | None = None) -> None:
         self.handled: list[Event] = []
         self.attempts: Counter[str] = Counter()
         self._fail_first = fail_first

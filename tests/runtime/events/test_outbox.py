@@ -86,9 +86,7 @@ async def test_a_rolled_back_transaction_publishes_nothing(db: Database, outbox:
     assert await db.fetch_all("SELECT * FROM orders") == []
 
 
-async def test_events_survive_a_broker_outage_and_are_published_once_in_order(
-    db: Database, outbox: Outbox
-) -> None:
+async def test_events_survive_a_broker_outage_and_are_published_once_in_order(db: Database, outbox: Outbox) -> None:
     bus = FlakyBus()
     events = [order_placed(f"o-{i}") for i in range(3)]
     for event in events:
