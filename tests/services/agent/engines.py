@@ -23,8 +23,7 @@ class FixedEngine:
 
     async def decide(self, request: DecisionRequest) -> Decision:
         citations = tuple(
-            Citation(p.document_id, p.chunk_id, p.start_offset, p.end_offset, p.text, p.score)
-            for p in request.passages
+            Citation(p.document_id, p.chunk_id, p.start_offset, p.end_offset, p.text, p.score) for p in request.passages
         )
         return Decision(self._answer, citations, self._confidence, self.name)
 

@@ -130,9 +130,10 @@ async def test_cancelling_a_run_mid_decision_compensates_what_it_did(stores: Sto
     flow = workflow(stores, engine=SlowEngine(delay_s=30))
     execution = asyncio.create_task(flow.execute(run.run_id))
     async with asyncio.timeout(10):
-        while "reserve_budget" not in await stores.sagas.steps(run.run_id) or (
-            await stores.sagas.steps(run.run_id)
-        ).get("decide") is None:
+        while (
+            "reserve_budget" not in await stores.sagas.steps(run.run_id)
+            or (await stores.sagas.steps(run.run_id)).get("decide") is None
+        ):
             await asyncio.sleep(0.01)
 
     await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="changed my mind")
