@@ -61,6 +61,23 @@ class SlowEngine:
         return None
 
 
+class BlockingEngine:
+    """Never decides: sets ``entered`` and waits to be cancelled (a run caught mid-decision)."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        return None
+
+
 class StaticRetriever:
     """The retrieval tool, returning fixed passages and counting calls."""
 

@@ -43,4 +43,4 @@ def test_an_illegal_transition_is_refused_naming_both_states(src: RunState, dst:
 
 
 def test_completed_failed_and_cancelled_are_terminal() -> None:
-    assert TERMINAL == {S.COMPLETED, S.FAILED, S.CANCELLED}
+    assert {S.COMPLETED, S.FAILED, S.CANCELLED} == TERMINAL

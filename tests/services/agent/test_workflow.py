@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from runtime.events.outbox import Outbox
+from services.agent.budget import ToolBudget
 from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.model import EventType
 from services.agent.retrieval import RetrievalFailed
@@ -13,7 +14,14 @@ from services.agent.saga import SagaStatus
 from services.agent.state_machine import RunState
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 from tests.services.agent.conftest import Stores
-from tests.services.agent.engines import REFUNDS, FailingEngine, FixedEngine, SlowEngine, StaticRetriever
+from tests.services.agent.engines import (
+    REFUNDS,
+    BlockingEngine,
+    FailingEngine,
+    FixedEngine,
+    SlowEngine,
+    StaticRetriever,
+)
 
 
 def workflow(
@@ -116,8 +124,6 @@ async def test_a_failed_retrieval_releases_the_reserved_budget_and_fails_the_run
 
 
 async def test_an_exhausted_tool_budget_fails_the_run_with_the_reason(stores: Stores) -> None:
-    from services.agent.budget import ToolBudget
-
     stores.budget = ToolBudget(stores.db, max_units_per_owner=1)
     run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
     done = await workflow(stores).execute(run.run_id)
@@ -127,14 +133,9 @@ async def test_an_exhausted_tool_budget_fails_the_run_with_the_reason(stores: St
 
 async def test_cancelling_a_run_mid_decision_compensates_what_it_did(stores: Stores) -> None:
     run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
-    flow = workflow(stores, engine=SlowEngine(delay_s=30))
-    execution = asyncio.create_task(flow.execute(run.run_id))
-    async with asyncio.timeout(10):
-        while (
-            "reserve_budget" not in await stores.sagas.steps(run.run_id)
-            or (await stores.sagas.steps(run.run_id)).get("decide") is None
-        ):
-            await asyncio.sleep(0.01)
+    engine = BlockingEngine()
+    execution = asyncio.create_task(workflow(stores, engine=engine).execute(run.run_id))
+    await asyncio.wait_for(engine.entered.wait(), timeout=10)
 
     await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="changed my mind")
     execution.cancel()
