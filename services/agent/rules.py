@@ -87,6 +87,7 @@ class ReviewPolicy:
             return f"confidence {decision.confidence:.2f} is below {self.min_confidence:.2f}"
         text = f"{question} {decision.answer}".lower()
         for term in self.sensitive_terms:
-            if re.search(rf"\b{re.escape(term.lower())}\b", text):
+            # Whole words, plurals included ("password" matches "passwords", not "passwordless").
+            if re.search(rf"\b{re.escape(term.lower())}(?:s|es)?\b", text):
                 return f"mentions a sensitive topic ({term})"
         return None

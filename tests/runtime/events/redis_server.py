@@ -24,6 +24,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -48,11 +49,13 @@ def redis_server(workdir: Path) -> Iterator[str]:
     try:
         assert process.stdout is not None
         # Event-driven readiness: redis logs this line once it accepts connections.
+        output = []
         for line in process.stdout:
+            output.append(line)
             if "Ready to accept connections" in line:
                 break
         else:
-            raise RuntimeError(f"redis-server exited early with code {process.wait()}")
+            raise RuntimeError(f"redis-server exited with code {process.wait()}:\n{''.join(output)}")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from services.agent.budget import ToolBudget
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
 from services.agent.saga import SagaLog
+from tests.runtime.events.redis_server import redis_server
 
 
 @dataclass
@@ -51,3 +52,9 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
     yield opened
     await opened.read_db.close()
     await opened.db.close()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    with redis_server(tmp_path / "redis") as url:
+        yield url

@@ -10,7 +10,7 @@ Run = run_pb2.Run
 SETTLED = frozenset({Run.STATE_COMPLETED, Run.STATE_FAILED, Run.STATE_CANCELLED, Run.STATE_WAITING_FOR_REVIEW})
 
 
-async def settled_run(agent: agent_grpc.AgentServiceStub, run_id: str, *, timeout_s: float = 20) -> run_pb2.Run:
+async def settled_run(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, *, timeout_s: float = 20) -> run_pb2.Run:
     """The run once it is finished or waiting for review, read back with GetRun."""
     stream = agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=timeout_s)
     async for response in stream:
