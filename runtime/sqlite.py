@@ -73,11 +73,13 @@ class Database:
             tx = Transaction(self._writer)
             try:
                 yield tx
+                await asyncio.shield(self._writer.execute("COMMIT"))
             except BaseException:
                 # Shielded: a cancelled caller must still leave the connection out of the transaction.
-                await asyncio.shield(self._writer.execute("ROLLBACK"))
+                # (A failed COMMIT may already have ended it, hence the check.)
+                if self._writer.in_transaction:
+                    await asyncio.shield(self._writer.execute("ROLLBACK"))
                 raise
-            await asyncio.shield(self._writer.execute("COMMIT"))
         for callback in tx._after_commit:
             callback()
 

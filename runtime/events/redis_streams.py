@@ -81,6 +81,12 @@ class _Consumer:
                     exc_info=True,
                 )
                 await asyncio.sleep(self._bus.retry_delay)
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # The stream or group was deleted under us (FLUSHDB, a trim job): recreate it and go on.
+                log.warning("consumer group vanished; recreating it", stream=self._stream, group=self._group)
+                await self._bus.create_group(self._stream, self._group)
 
     async def _read(self, start: str, *, block_ms: int | None = None) -> _Entries:
         response = await self._bus.client.xreadgroup(
@@ -192,13 +198,16 @@ class RedisStreamsEventBus:
         # Approximate trimming (~) lets Redis drop whole macro-nodes, which is far cheaper than exact.
         await self.client.xadd(event.stream, {_FIELD: event.to_json()}, maxlen=self.maxlen, approximate=True)
 
-    async def subscribe(self, stream: str, *, group: str, consumer: str, handler: Handler) -> Subscription:
+    async def create_group(self, stream: str, group: str) -> None:
         try:
             # id=0: a new group starts from the oldest retained event, like the in-process bus.
             await self.client.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+
+    async def subscribe(self, stream: str, *, group: str, consumer: str, handler: Handler) -> Subscription:
+        await self.create_group(stream, group)
         subscription = _Consumer(self, stream, group, consumer, handler)
         subscription.start()
         self._consumers.append(subscription)
