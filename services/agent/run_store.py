@@ -17,11 +17,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import structlog
+
 from runtime.events.bus import Event
 from runtime.events.outbox import Outbox
 from runtime.sqlite import Database, Transaction
 from services.agent.model import Citation, EventType, Run, RunEvent
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState, check_transition
+
+log = structlog.get_logger(__name__)
 
 RUN_EVENTS_STREAM = "agent.runs"
 
@@ -182,7 +186,9 @@ class RunStore:
                 changes["citations"] = citations
             if decided_by is not None:
                 changes["decided_by"] = decided_by
-            return await self._apply_transition(tx, run, to_state, cause, changes)
+            updated = await self._apply_transition(tx, run, to_state, cause, changes)
+        log.info("run state changed", run_id=run_id, from_state=run.state, to_state=to_state, cause=cause)
+        return updated
 
     async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
         """Record a completed workflow step, inside the caller's (the saga log's) transaction."""

@@ -177,7 +177,7 @@ class RunWorkflow:
         run = await self._store.get(ctx.saga_id)
         if run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
             # Recorded by an earlier attempt that died before the saga log said so.
-            await self._budget.settle(f"{ctx.saga_id}:reserve_budget")
+            await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
             return {"state": str(run.state), "summary": f"run {run.state}"}
         if run.state is not RunState.PROCESSING:
             raise RunCancelled(f"run is {run.state}")
@@ -192,7 +192,7 @@ class RunWorkflow:
             citations=decision.citations,
             decided_by=decision.decided_by,
         )
-        await self._budget.settle(f"{ctx.saga_id}:reserve_budget")
+        await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
         return {"state": str(target), "summary": f"run {target}"}
 
     async def _step_done(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from runtime.events.outbox import Outbox
 from runtime.sqlite import Database
@@ -58,3 +60,31 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
 def redis_url(tmp_path: Path) -> Iterator[str]:
     with redis_server(tmp_path / "redis") as url:
         yield url
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A stand-in LLM service on a loopback port, speaking both supported protocols."""
+    received: list[dict[str, Any]] = []
+
+    async def agentmesh(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.append(body)
+        return web.json_response({"answer": "Five business days [1].", "citations": [1, 7], "confidence": 0.8})
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.append(body)
+        content = "Refunds take five business days [1]."
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+    app = web.Application()
+    app.router.add_post("/decide", agentmesh)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", received
+    await runner.cleanup()

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -212,3 +213,17 @@ async def test_200_concurrent_runs_are_all_accepted_and_completed_and_none_is_lo
             if not token:
                 break
         assert listed == run_ids
+
+
+async def test_an_llm_behind_an_http_api_plugs_in_by_configuration_alone(
+    tmp_path: Path, llm: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, received = llm
+    engine = {"url": f"{base}/v1/chat/completions", "protocol": "openai-chat", "model": "local"}
+    async with agent_service(tmp_path, decision_engine="http", decision_engine_options=engine) as agent:
+        run = await settled_run(agent, (await _create(agent)).run_id)
+
+    assert (run.state, run.decided_by) == (Run.STATE_COMPLETED, "http")
+    assert run.answer == "Refunds take five business days [1]."
+    assert run.citations[0].document_id == "refund-policy"
+    assert "Question: How long do refunds take?" in received[0]["messages"][1]["content"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from services.agent.decision import (
     DecisionRequest,
@@ -48,34 +46,6 @@ def test_an_unknown_engine_or_a_non_engine_is_refused_with_what_to_do() -> None:
         load_decision_engine("gpt")
     with pytest.raises(TypeError, match="not a DecisionEngine"):
         load_decision_engine("tests.services.agent.engines:StaticRetriever")
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A stand-in LLM service on a loopback port, speaking both supported protocols."""
-    received: list[dict[str, Any]] = []
-
-    async def agentmesh(request: web.Request) -> web.Response:
-        body = await request.json()
-        received.append(body)
-        return web.json_response({"answer": "Five business days [1].", "citations": [1, 7], "confidence": 0.8})
-
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        received.append(body)
-        content = "Refunds take five business days [1]."
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
-
-    app = web.Application()
-    app.router.add_post("/decide", agentmesh)
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", received
-    await runner.cleanup()
 
 
 async def test_the_http_engine_sends_numbered_passages_and_maps_cited_indexes(
