@@ -9,6 +9,7 @@ or not persisted; it suppresses duplicates within one process lifetime.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 from runtime.events.bus import Event, Handler
@@ -16,10 +17,12 @@ from runtime.sqlite import Database, Transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (
-    consumer TEXT NOT NULL,
-    event_id TEXT NOT NULL,
+    consumer    TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
     PRIMARY KEY (consumer, event_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (consumer, recorded_at);
 """
 
 
@@ -36,10 +39,23 @@ class ProcessedEvents:
     async def claim(self, tx: Transaction, event_id: str) -> bool:
         """Record ``event_id`` as applied; False if it already was (the caller then skips it)."""
         cursor = await tx.execute(
-            "INSERT OR IGNORE INTO processed_events (consumer, event_id) VALUES (?, ?)",
-            (self._consumer, event_id),
+            "INSERT OR IGNORE INTO processed_events (consumer, event_id, recorded_at) VALUES (?, ?, ?)",
+            (self._consumer, event_id, time.time()),
         )
         return cursor.rowcount == 1
+
+    async def prune(self, *, older_than: float) -> int:
+        """Forget ids recorded more than ``older_than`` seconds ago.
+
+        Redelivery happens within minutes (claim idle time, relay retries), so a retention of
+        hours keeps every duplicate that can still arrive while bounding the ledger.
+        """
+        async with self._db.transaction() as tx:
+            cursor = await tx.execute(
+                "DELETE FROM processed_events WHERE consumer = ? AND recorded_at < ?",
+                (self._consumer, time.time() - older_than),
+            )
+            return cursor.rowcount
 
     async def forget_all(self, tx: Transaction) -> None:
         """Drop the ledger, for a consumer that rebuilds its state from scratch."""

@@ -58,3 +58,5 @@ class AgentSettings(ServiceSettings):
     # takes back the events it had read but not acknowledged. Empty: the host name.
     instance_id: str = ""
     outbox_poll_s: float = Field(default=1.0, gt=0)
+    # How long consumers remember applied event ids (redeliveries come within minutes).
+    dedup_retention_s: float = Field(default=24 * 3600, gt=0)

@@ -117,6 +117,10 @@ class RunProjection:
             await self._processed.forget_all(tx)
         return await self.catch_up(store)
 
+    async def prune_ledger(self, *, older_than: float) -> int:
+        """Bound the event-id ledger; older duplicates are still absorbed by the version check."""
+        return await self._processed.prune(older_than=older_than)
+
     async def checkpoint(self) -> int:
         row = await self._db.fetch_one("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
         return int(row[0]) if row else 0

@@ -74,6 +74,11 @@ async def build(settings: AgentSettings) -> ServerPlan:
     servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
     background: list[asyncio.Task[None]] = []
 
+    async def prune_ledger_hourly() -> None:
+        while True:
+            await projection.prune_ledger(older_than=settings.dedup_retention_s)
+            await asyncio.sleep(3600)
+
     async def start_background(port: int) -> None:
         await projection.catch_up(store)
         await bus.subscribe(
@@ -83,6 +88,7 @@ async def build(settings: AgentSettings) -> ServerPlan:
             handler=projection.apply,
         )
         background.append(asyncio.create_task(outbox.relay(bus, poll_interval=settings.outbox_poll_s)))
+        background.append(asyncio.create_task(prune_ledger_hourly()))
         # Runs a previous process accepted but did not finish: resume or compensate them.
         for run_id in await workflow.recover():
             executor.resume(run_id)
