@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -60,3 +61,13 @@ class AgentSettings(ServiceSettings):
     outbox_poll_s: float = Field(default=1.0, gt=0)
     # How long consumers remember applied event ids (redeliveries come within minutes).
     dedup_retention_s: float = Field(default=24 * 3600, gt=0)
+
+    @property
+    def write_db_path(self) -> Path:
+        """Runs, their event log, the outbox, the saga log and the tool budget (one transaction scope)."""
+        return self.data_dir / "agent.sqlite3"
+
+    @property
+    def read_db_path(self) -> Path:
+        """The run projection, built only from events."""
+        return self.data_dir / "agent-read.sqlite3"

@@ -40,8 +40,8 @@ def event_bus(settings: AgentSettings) -> EventBus:
 async def build(settings: AgentSettings) -> ServerPlan:
     # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
     # the read model lives in its own file, built only from events.
-    db = await Database.open(settings.data_dir / "agent.sqlite3")
-    read_db = await Database.open(settings.data_dir / "agent-read.sqlite3")
+    db = await Database.open(settings.write_db_path)
+    read_db = await Database.open(settings.read_db_path)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
     saga_log = SagaLog(db)

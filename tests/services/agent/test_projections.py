@@ -10,10 +10,12 @@ import pytest
 from runtime.events.bus import Event
 from runtime.events.in_process import InProcessEventBus
 from runtime.sqlite import Database
+from services.agent.config import AgentSettings
 from services.agent.projections import InvalidPageToken, RunProjection
+from services.agent.rebuild_projection import rebuild
 from services.agent.run_store import RUN_EVENTS_STREAM, event_from_run_event
 from services.agent.state_machine import RunState
-from tests.services.agent.conftest import Stores
+from tests.services.agent.conftest import Stores, open_stores
 from tests.system import wait_until
 
 
@@ -121,3 +123,15 @@ async def test_pages_are_newest_first_and_tokens_are_bound_to_their_filter(store
         await stores.projection.page(state=RunState.FAILED, page_token=token)
     with pytest.raises(InvalidPageToken):
         await stores.projection.page(page_token="not-a-token")
+
+
+async def test_the_rebuild_command_replays_the_log_into_the_configured_read_database(tmp_path: Path) -> None:
+    settings = AgentSettings(data_dir=tmp_path / "data")
+    stores = await open_stores(settings.data_dir)
+    await _history(stores, n=5)
+    await stores.read_db.close()
+    await stores.db.close()
+
+    counts = await rebuild(settings)
+
+    assert counts == {"CANCELLED": 1, "COMPLETED": 2, "FAILED": 1, "PROCESSING": 1}
