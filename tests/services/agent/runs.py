@@ -18,3 +18,13 @@ async def settled_run(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, *, t
             stream.cancel()
             break
     return (await agent.GetRun(agent_pb.GetRunRequest(run_id=run_id), timeout=5)).run
+
+
+async def until_step(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, step: str) -> None:
+    """Return once the run reports workflow step ``step`` completed."""
+    stream = agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=20)
+    async for response in stream:
+        if response.event.type == "run.step_completed" and response.event.cause.startswith(f"{step}:"):
+            stream.cancel()
+            return
+    raise AssertionError(f"the run ended before step {step}")

@@ -20,7 +20,7 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from runtime.errors import status_details
-from tests.services.agent.runs import settled_run
+from tests.services.agent.runs import settled_run, until_step
 from tests.system import start_agent, start_rag, wait_until
 
 Run = run_pb2.Run
@@ -53,16 +53,6 @@ async def agent_service(data_dir: Path, **settings: object) -> AsyncIterator[age
 
 async def _create(agent: agent_grpc.AgentServiceAsyncStub, question: str = "How long do refunds take?") -> run_pb2.Run:
     return (await agent.CreateRun(agent_pb.CreateRunRequest(question=question), timeout=10)).run
-
-
-async def _until_step(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, step: str) -> None:
-    """Watch until the run reports ``step`` completed."""
-    stream = agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=20)
-    async for response in stream:
-        if response.event.type == "run.step_completed" and response.event.cause.startswith(f"{step}:"):
-            stream.cancel()
-            return
-    raise AssertionError(f"the run ended before step {step}")
 
 
 async def test_create_run_returns_processing_at_once_and_the_workflow_finishes_in_the_background(
@@ -147,7 +137,7 @@ async def test_cancelling_a_running_run_ends_it_and_a_second_cancel_names_both_s
     engine = "tests.services.agent.engines:BlockingEngine"
     async with agent_service(tmp_path, decision_engine=engine) as agent:
         run = await _create(agent)
-        await _until_step(agent, run.run_id, "retrieve")
+        await until_step(agent, run.run_id, "retrieve")
 
         cancelled = await agent.CancelRun(agent_pb.CancelRunRequest(run_id=run.run_id, reason="wrong question"))
         assert (cancelled.run.state, cancelled.run.status_reason) == (Run.STATE_CANCELLED, "wrong question")
