@@ -14,6 +14,7 @@ from runtime.events.bus import Event
 from runtime.events.redis_streams import RedisStreamsEventBus
 from runtime.sqlite import Database
 from tests.runtime.events.ledger import Ledger
+from tests.system import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -66,3 +67,28 @@ async def test_events_of_a_consumer_killed_before_ack_are_redelivered_and_applie
     assert (await publisher.client.xpending("payments", "ledger"))["pending"] == 0
     await publisher.close()
     await db.close()
+
+
+async def test_an_event_that_keeps_failing_is_moved_to_the_dead_letter_stream(redis_url: str) -> None:
+    bus = RedisStreamsEventBus.from_url(redis_url, claim_idle_ms=50, block_ms=20, max_deliveries=2)
+    await bus.client.delete("invoices", "invoices.dead")
+    attempts: list[str] = []
+
+    async def always_fails(event: Event) -> None:
+        attempts.append(event.id)
+        raise RuntimeError("cannot apply")
+
+    poison = Event(stream="invoices", type="invoice.issued", key="i-1")
+    await bus.publish(poison)
+    await bus.subscribe("invoices", group="billing", consumer="b1", handler=always_fails)
+
+    async def dead_lettered() -> bool:
+        return await bus.client.xlen("invoices.dead") == 1
+
+    await wait_until(dead_lettered)
+    [(_, fields)] = await bus.client.xrange("invoices.dead")
+    assert fields is not None
+    assert Event.from_json(fields[b"event"]) == poison
+    assert attempts == [poison.id, poison.id]
+    assert (await bus.client.xpending("invoices", "billing"))["pending"] == 0
+    await bus.close()
