@@ -153,7 +153,7 @@ class RunStore:
             )
             await self._append(tx, run, EventType.CREATED, "run created", to_state=run.state)
             if start:
-                run = await self._apply_transition(tx, run, RunState.PROCESSING, "accepted by a worker", {})
+                run = await self._apply_transition(tx, run, RunState.PROCESSING, "admitted for execution", {})
             return run, True
 
     async def transition(
@@ -170,8 +170,8 @@ class RunStore:
     ) -> Run:
         """Move a run to ``to_state``, or raise ``IllegalTransition`` without changing anything.
 
-        ``only_from`` narrows the table further for one command (a review only applies to a
-        run that is waiting for one, even though CANCELLED → ... is checked by the table).
+        ``only_from`` narrows the table for one command: a review may only move a run that waits
+        for review, although the table also allows, say, PROCESSING → COMPLETED.
         """
         async with self.db.transaction() as tx:
             run = await self._load(tx, run_id)
