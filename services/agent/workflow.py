@@ -24,7 +24,7 @@ from services.agent.model import Citation, Run
 from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
 from services.agent.run_store import RunStore
 from services.agent.saga import Saga, SagaLog, SagaStatus, SagaStep, StepContext
-from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
+from services.agent.state_machine import IllegalTransition, RunState
 
 log = structlog.get_logger(__name__)
 
@@ -86,9 +86,8 @@ class RunWorkflow:
         if run.state is RunState.IDLE:
             run = await self._store.transition(run_id, RunState.PROCESSING, cause="picked up by a worker")
         if run.state is not RunState.PROCESSING:
-            if await self._saga_log.status(run_id) in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-                await self.abort(run_id, reason=f"run is {run.state}")
-            return run
+            await self._finish_saga(run)
+            return await self._store.get(run_id)
         try:
             outcome = await self._saga.run(run_id)
         except asyncio.CancelledError:
@@ -109,14 +108,24 @@ class RunWorkflow:
         resume: list[str] = []
         for run_id in await self._saga_log.unfinished():
             run = await self._store.get(run_id)
-            if run.state in TERMINAL:
-                await self.abort(run_id, reason=f"run is {run.state}")
-            else:
+            if run.state in (RunState.IDLE, RunState.PROCESSING):
                 resume.append(run_id)
+            else:
+                await self._finish_saga(run)
         for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
             if run_id not in resume:
                 resume.append(run_id)
         return resume
+
+    async def _finish_saga(self, run: Run) -> None:
+        """End the saga of a run that is no longer PROCESSING (after a crash or a cancel)."""
+        status = await self._saga_log.status(run.run_id)
+        if status is SagaStatus.RUNNING and run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
+            # The answer was recorded before the process died; only the record step's own
+            # bookkeeping is left, and it is idempotent.
+            await self._saga.run(run.run_id)
+        elif status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            await self.abort(run.run_id, reason=f"run is {run.state}")
 
     async def _fail_if_running(self, run_id: str, cause: str) -> None:
         # Already cancelled (or finished) by someone else: that state stands.

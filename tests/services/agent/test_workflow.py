@@ -155,3 +155,25 @@ async def test_no_event_is_published_for_a_change_that_did_not_commit(stores: St
     done = await workflow(stores).execute(run.run_id)
     assert done.state is RunState.CANCELLED
     assert await Outbox(stores.db).pending_count() == before
+
+
+async def test_a_crash_between_recording_the_answer_and_logging_it_finishes_forward(stores: Stores) -> None:
+    run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
+    flow = workflow(stores)
+    done = await flow.execute(run.run_id)
+    events = await stores.runs.events(run_id=run.run_id)
+    # Put the log back to the instant after the COMPLETED transition committed and before the
+    # saga marked "record" done and settled the budget, as a SIGKILL there would leave it.
+    async with stores.db.transaction() as tx:
+        await tx.execute("UPDATE sagas SET status = 'RUNNING' WHERE saga_id = ?", (run.run_id,))
+        await tx.execute(
+            "UPDATE saga_steps SET status = 'STARTED' WHERE saga_id = ? AND name = 'record'", (run.run_id,)
+        )
+        await tx.execute("UPDATE tool_budget_reservations SET status = 'HELD' WHERE owner = 'alice'")
+
+    assert await flow.recover() == []
+
+    assert await stores.runs.get(run.run_id) == done
+    assert await stores.runs.events(run_id=run.run_id) == events
+    assert await stores.sagas.status(run.run_id) is SagaStatus.COMPLETED
+    assert set((await stores.budget.statuses("alice")).values()) == {"SETTLED"}
