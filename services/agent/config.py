@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
@@ -59,8 +59,21 @@ class AgentSettings(ServiceSettings):
     # takes back the events it had read but not acknowledged. Empty: the host name.
     instance_id: str = ""
     outbox_poll_s: float = Field(default=1.0, gt=0)
+    # A run's saga is leased to the instance executing it; each step renews the lease, so it must
+    # outlast the longest step. Another instance resumes the run only after it expires.
+    saga_lease_s: float = Field(default=120.0, gt=0)
     # How long consumers remember applied event ids (redeliveries come within minutes).
     dedup_retention_s: float = Field(default=24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_step(self) -> AgentSettings:
+        longest_step = max(self.decision_timeout_s, self.retrieval_timeout_s)
+        if self.saga_lease_s <= longest_step:
+            raise ValueError(
+                f"saga_lease_s ({self.saga_lease_s}) must exceed the longest step timeout ({longest_step}),"
+                " or a slow step would lose its run to another instance"
+            )
+        return self
 
     @property
     def write_db_path(self) -> Path:

@@ -29,10 +29,13 @@ log = structlog.get_logger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sagas (
-    saga_id    TEXT PRIMARY KEY,
-    status     TEXT NOT NULL,
-    error      TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    saga_id     TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    error       TEXT NOT NULL DEFAULT '',
+    updated_at  REAL NOT NULL,
+    -- Lease: who executes the saga, until when. Another owner may take it over only after expiry.
+    owner       TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sagas_unfinished ON sagas (status) WHERE status IN ('RUNNING', 'COMPENSATING');
 CREATE TABLE IF NOT EXISTS saga_steps (
@@ -100,25 +103,61 @@ class StepListener(Protocol):
         """Called inside the transaction that marks ``step`` done, so its writes commit with it."""
 
 
-class SagaLog:
-    """The persisted saga state, in the caller's SQLite database."""
+class SagaLeased(Exception):
+    """Another owner holds the saga's lease: it is executing it, or did until recently."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, saga_id: str, owner: str) -> None:
+        self.owner = owner
+        super().__init__(f"saga {saga_id} is leased by {owner!r}")
+
+
+class SagaLog:
+    """The persisted saga state, in the caller's SQLite database.
+
+    Executing a saga takes a lease in ``owner``'s name, renewed by every step write. Several
+    processes sharing the database therefore never execute one saga at once, and a process
+    restarted under the same owner name takes its sagas back at once, while another owner
+    waits for the lease (``lease_s``, longer than any single step) to expire.
+    """
+
+    def __init__(self, db: Database, *, owner: str = "", lease_s: float = 120.0) -> None:
         self.db = db
+        self.owner = owner
+        self._lease_s = lease_s
 
     async def create_schema(self) -> None:
         await self.db.executescript(_SCHEMA)
 
     async def begin(self, saga_id: str) -> SagaStatus:
+        """Create the saga if new and take its lease; raises ``SagaLeased`` if another owner holds it."""
+        now = time.time()
         async with self.db.transaction() as tx:
             await tx.execute(
                 "INSERT OR IGNORE INTO sagas (saga_id, status, updated_at) VALUES (?, ?, ?)",
-                (saga_id, SagaStatus.RUNNING, time.time()),
+                (saga_id, SagaStatus.RUNNING, now),
             )
-            cursor = await tx.execute("SELECT status FROM sagas WHERE saga_id = ?", (saga_id,))
+            cursor = await tx.execute("SELECT status, owner, lease_until FROM sagas WHERE saga_id = ?", (saga_id,))
             row = await cursor.fetchone()
             assert row is not None
-            return SagaStatus(row[0])
+            status = SagaStatus(row[0])
+            if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+                if row[1] != self.owner and row[2] > now:
+                    raise SagaLeased(saga_id, row[1])
+                await tx.execute(
+                    "UPDATE sagas SET owner = ?, lease_until = ? WHERE saga_id = ?",
+                    (self.owner, now + self._lease_s, saga_id),
+                )
+            return status
+
+    async def _renew(self, tx: Transaction, saga_id: str) -> None:
+        cursor = await tx.execute(
+            "UPDATE sagas SET lease_until = ? WHERE saga_id = ? AND owner = ?",
+            (time.time() + self._lease_s, saga_id, self.owner),
+        )
+        if cursor.rowcount != 1:
+            # Our lease expired and another owner took the saga over: it continues, we stop.
+            row = await (await tx.execute("SELECT owner FROM sagas WHERE saga_id = ?", (saga_id,))).fetchone()
+            raise SagaLeased(saga_id, row[0] if row else "")
 
     async def status(self, saga_id: str) -> SagaStatus | None:
         row = await self.db.fetch_one("SELECT status FROM sagas WHERE saga_id = ?", (saga_id,))
@@ -144,14 +183,16 @@ class SagaLog:
         }
 
     async def unfinished(self) -> list[str]:
+        """Sagas to resume: this owner's, and those whose owner let the lease expire."""
         rows = await self.db.fetch_all(
-            "SELECT saga_id FROM sagas WHERE status IN (?, ?) ORDER BY updated_at",
-            (SagaStatus.RUNNING, SagaStatus.COMPENSATING),
+            "SELECT saga_id FROM sagas WHERE status IN (?, ?) AND (owner = ? OR lease_until < ?) ORDER BY updated_at",
+            (SagaStatus.RUNNING, SagaStatus.COMPENSATING, self.owner, time.time()),
         )
         return [row[0] for row in rows]
 
     async def mark_started(self, saga_id: str, position: int, name: str) -> None:
         async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
             await tx.execute(
                 "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
                 " VALUES (?, ?, ?, ?, 1, ?)"
@@ -170,6 +211,7 @@ class SagaLog:
         listener: StepListener | None = None,
     ) -> None:
         async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
             await tx.execute(
                 "UPDATE saga_steps SET status = ?, result = coalesce(?, result), updated_at = ?"
                 " WHERE saga_id = ? AND name = ?",
@@ -180,6 +222,9 @@ class SagaLog:
 
     async def set_status(self, saga_id: str, status: SagaStatus, *, error: str = "") -> None:
         async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
+            if status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
+                await tx.execute("UPDATE sagas SET lease_until = 0 WHERE saga_id = ?", (saga_id,))
             await tx.execute(
                 "UPDATE sagas SET status = ?, error = CASE WHEN ? = '' THEN error ELSE ? END, updated_at = ?"
                 " WHERE saga_id = ?",

@@ -44,7 +44,8 @@ async def build(settings: AgentSettings) -> ServerPlan:
     read_db = await Database.open(settings.read_db_path)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
-    saga_log = SagaLog(db)
+    instance = settings.instance_id or socket.gethostname()
+    saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
     projection = RunProjection(read_db)
     for component in (store, saga_log, budget, projection):
@@ -74,6 +75,13 @@ async def build(settings: AgentSettings) -> ServerPlan:
     servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
     background: list[asyncio.Task[None]] = []
 
+    async def resume_orphaned_runs() -> None:
+        # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
+        while True:
+            await asyncio.sleep(settings.saga_lease_s)
+            for run_id in await workflow.recover(include_unstarted=False):
+                executor.resume(run_id)
+
     async def prune_ledger_hourly() -> None:
         while True:
             await projection.prune_ledger(older_than=settings.dedup_retention_s)
@@ -84,11 +92,12 @@ async def build(settings: AgentSettings) -> ServerPlan:
         await bus.subscribe(
             RUN_EVENTS_STREAM,
             group=PROJECTION_GROUP,
-            consumer=settings.instance_id or socket.gethostname(),
+            consumer=instance,
             handler=projection.apply,
         )
         background.append(asyncio.create_task(outbox.relay(bus, poll_interval=settings.outbox_poll_s)))
         background.append(asyncio.create_task(prune_ledger_hourly()))
+        background.append(asyncio.create_task(resume_orphaned_runs()))
         # Runs a previous process accepted but did not finish: resume or compensate them.
         for run_id in await workflow.recover():
             executor.resume(run_id)

@@ -23,7 +23,7 @@ from services.agent.decision import Decision, DecisionEngine, DecisionRequest, P
 from services.agent.model import Citation, Run
 from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
 from services.agent.run_store import RunStore
-from services.agent.saga import Saga, SagaLog, SagaStatus, SagaStep, StepContext
+from services.agent.saga import Saga, SagaLeased, SagaLog, SagaStatus, SagaStep, StepContext
 from services.agent.state_machine import IllegalTransition, RunState
 
 log = structlog.get_logger(__name__)
@@ -90,6 +90,9 @@ class RunWorkflow:
             return await self._store.get(run_id)
         try:
             outcome = await self._saga.run(run_id)
+        except SagaLeased as leased:
+            log.info("run is being executed by another instance", run_id=run_id, owner=leased.owner)
+            return await self._store.get(run_id)
         except asyncio.CancelledError:
             # Cancelled by CancelRun: undo now. Cancelled by shutdown: leave it for recovery.
             if (await self._store.get(run_id)).state is RunState.CANCELLED:
@@ -103,8 +106,12 @@ class RunWorkflow:
         """Compensate whatever the run's saga did (after a cancel, or a crash mid-compensation)."""
         await self._saga.compensate(run_id, reason=reason)
 
-    async def recover(self) -> list[str]:
-        """After a restart: finish interrupted compensations; return the runs to execute again."""
+    async def recover(self, *, include_unstarted: bool = True) -> list[str]:
+        """Finish interrupted compensations; return the runs whose execution must be resumed.
+
+        At start-up (``include_unstarted``) that includes admitted runs whose saga never began;
+        periodic sweeps only take sagas this instance owns or whose owner's lease expired.
+        """
         resume: list[str] = []
         for run_id in await self._saga_log.unfinished():
             run = await self._store.get(run_id)
@@ -112,20 +119,24 @@ class RunWorkflow:
                 resume.append(run_id)
             else:
                 await self._finish_saga(run)
-        for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
-            if run_id not in resume:
-                resume.append(run_id)
+        if include_unstarted:
+            for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
+                if run_id not in resume:
+                    resume.append(run_id)
         return resume
 
     async def _finish_saga(self, run: Run) -> None:
         """End the saga of a run that is no longer PROCESSING (after a crash or a cancel)."""
         status = await self._saga_log.status(run.run_id)
-        if status is SagaStatus.RUNNING and run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
-            # The answer was recorded before the process died; only the record step's own
-            # bookkeeping is left, and it is idempotent.
-            await self._saga.run(run.run_id)
-        elif status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-            await self.abort(run.run_id, reason=f"run is {run.state}")
+        try:
+            if status is SagaStatus.RUNNING and run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
+                # The answer was recorded before the process died; only the record step's own
+                # bookkeeping is left, and it is idempotent.
+                await self._saga.run(run.run_id)
+            elif status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+                await self.abort(run.run_id, reason=f"run is {run.state}")
+        except SagaLeased as leased:
+            log.info("saga is being finished by another instance", run_id=run.run_id, owner=leased.owner)
 
     async def _fail_if_running(self, run_id: str, cause: str) -> None:
         # Already cancelled (or finished) by someone else: that state stands.

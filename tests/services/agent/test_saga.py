@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from services.agent.saga import Saga, SagaFailed, SagaLog, SagaStatus, SagaStep, StepContext, StepStatus
+from services.agent.saga import (
+    Saga,
+    SagaFailed,
+    SagaLeased,
+    SagaLog,
+    SagaStatus,
+    SagaStep,
+    StepContext,
+    StepStatus,
+)
 from tests.services.agent.conftest import Stores
 
 
@@ -123,3 +132,34 @@ async def test_step_names_must_be_unique(stores: Stores) -> None:
     journal = Journal()
     with pytest.raises(ValueError, match="unique"):
         Saga(stores.sagas, [journal.step("a"), journal.step("a")])
+
+
+async def test_a_saga_leased_by_a_live_owner_is_not_run_by_another(stores: Stores) -> None:
+    mine = SagaLog(stores.db, owner="agent-a")
+    theirs = SagaLog(stores.db, owner="agent-b")
+    await mine.begin("s-7")
+
+    journal = Journal()
+    with pytest.raises(SagaLeased, match="agent-a"):
+        await journal.saga(theirs).run("s-7")
+    assert journal.calls == []
+    assert await theirs.unfinished() == []
+    # The owner itself, restarted under the same name, takes its saga back at once.
+    assert await SagaLog(stores.db, owner="agent-a").unfinished() == ["s-7"]
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_stops_at_its_next_step(stores: Stores) -> None:
+    # agent-a started the saga and then hung past its lease (modelled by a lease already expired).
+    stale = SagaLog(stores.db, owner="agent-a", lease_s=-1)
+    await stale.begin("s-8")
+    await stale.mark_started("s-8", 0, "reserve")
+
+    successor = SagaLog(stores.db, owner="agent-b")
+    assert await successor.unfinished() == ["s-8"]
+    journal = Journal()
+    outcome = await journal.saga(successor).run("s-8")
+    assert outcome.status is SagaStatus.COMPLETED
+
+    # agent-a wakes up: its next write finds the saga is no longer its own.
+    with pytest.raises(SagaLeased, match="agent-b"):
+        await stale.mark_step("s-8", "reserve", StepStatus.DONE, result={})
