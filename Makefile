@@ -11,6 +11,8 @@ PY := $(VENV)/bin/python
 BUF_VERSION := 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos/agentmesh -name '*.proto' | sort)
+# In the descriptor set too, so Envoy's transcoder can render AIP-193 error details as JSON.
+RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
 
@@ -23,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml tools/requirements.py
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) tools/requirements.py dev > $(VENV)/requirements.txt
+	$(PY) tools/requirements.py dev dense > $(VENV)/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
 	# The repo root (hand-written packages) and gen/ (generated code) on the venv's path.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > $(SITE)/agentmesh-paths.pth
@@ -53,7 +55,7 @@ gen/.stamp: $(PROTOS) $(VENV)/.installed
 	  $(PROTOS)
 	# One descriptor set for Envoy's transcoder, grpcurl and the gateway's reflection.
 	$(PY) -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
-	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS)
+	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS)
 	find gen/agentmesh -type d -exec touch {}/__init__.py \;
 	touch gen/agentmesh/py.typed gen/.stamp
 
@@ -63,11 +65,12 @@ gen: gen/.stamp ## generate Python code, type stubs and the descriptor set from 
 # --- checks -------------------------------------------------------------------------------
 
 .PHONY: lint
-lint: gen $(BUF) ## ruff, mypy --strict and buf lint
+lint: gen $(BUF) ## ruff, mypy --strict, buf lint, and the mesh configs against their policy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 	$(BUF) lint
+	$(PY) -m mesh check
 
 .PHONY: test
 test: gen debian-deps lint ## lint, then the whole test suite
@@ -81,8 +84,31 @@ fmt: venv ## format and auto-fix the code
 # --- running ------------------------------------------------------------------------------
 
 .PHONY: run
-run: gen ## run the whole system on loopback with embedded defaults (Ctrl-C stops it)
+run: gen ## run the whole system on loopback (Ctrl-C stops it); MESH=envoy puts it behind Envoy with mTLS
+ifeq ($(MESH),envoy)
+	$(PY) -m mesh certs --if-missing
+	$(PY) -m mesh.launcher
+else
 	$(PY) -m tools.launcher
+endif
+
+# --- mesh ---------------------------------------------------------------------------------
+
+.PHONY: certs
+certs: venv ## a fresh dev CA and one SPIFFE certificate per mesh identity in certs/ (gitignored)
+	$(PY) -m mesh certs
+
+.PHONY: mesh-render
+mesh-render: gen ## render envoy/ and istio/ from mesh/policy.yaml (commit the result)
+	$(PY) -m mesh render
+
+.PHONY: mesh-check
+mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the policy contradicts the protos
+	$(PY) -m mesh check
+
+.PHONY: eval
+eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md})
+	$(PY) -m eval.rag
 
 .PHONY: clean
 clean: ## remove generated code, venv and local data

@@ -22,6 +22,9 @@ class Caller:
     peer_identity: str | None = None
     # Claims kept for handlers that need more than subject and scopes (issuer, audience, ...).
     claims: dict[str, object] = field(default_factory=dict, compare=False)
+    # The verified bearer token itself, so outgoing calls can forward it for the next hop
+    # to verify again (see interceptors/auth_forwarding.py). Never logged: repr=False.
+    bearer_token: str | None = field(default=None, repr=False, compare=False)
 
 
 ANONYMOUS = Caller(subject="anonymous")

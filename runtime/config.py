@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.security import AuthSettings
+
 
 class ServiceSettings(BaseSettings):
     """What every grpc.aio server in agentmesh needs to start and to stop well."""
@@ -27,6 +29,25 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Bearer-token auth (runtime/security.py). None runs without it, with a warning at start.
+    auth: AuthSettings | None = None
     data_dir: Path = Path("var")
     # Written with the bound port once the server listens, so launchers and tests can find it.
     port_file: Path | None = None
+
+    # The interceptor chain (interceptors/chain.py). Calls that arrive without a deadline get
+    # this one; outgoing calls get the caller's remaining budget less the margin.
+    default_deadline_s: float = Field(default=30.0, gt=0)
+    deadline_margin_s: float = Field(default=0.05, ge=0)
+    # Prometheus metrics on http://metrics_host:metrics_port/metrics; 0 turns the endpoint off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Traces: exported over OTLP/gRPC only when an endpoint is set; trace ids are logged always.
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Idempotency keys: which methods take them (full method name -> request field that also
+    # carries the key, "" for the `idempotency-key` header only) and where they are kept.
+    idempotent_methods: dict[str, str] = Field(default_factory=dict)
+    idempotency_store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    idempotency_redis_url: str = "redis://127.0.0.1:6379/0"
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)

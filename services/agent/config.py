@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+from runtime.resilience import UpstreamResilience
 
 
 class FallbackRuleSetting(BaseModel):
@@ -43,10 +44,8 @@ class AgentSettings(ServiceSettings):
     # Review rules.
     review_min_confidence: float = Field(default=0.25, ge=0, le=1)
     review_sensitive_terms: list[str] = Field(default_factory=lambda: ["password", "credential", "salary", "medical"])
-    # SubmitReview requires this scope on the caller once `enforce_reviewer_scope` is on; it
-    # stays off until the auth interceptor sets `current_caller`.
-    reviewer_scope: str = "runs.review"
-    enforce_reviewer_scope: bool = False
+    # Who may review is the auth policy's business: SubmitReview requires `runs.review`
+    # (runtime/security.py, MESH_REQUIRED_SCOPES) whenever `auth` is configured.
 
     # Tool budget: tool calls one run reserves, and the most a caller's in-flight runs may hold.
     tool_calls_per_run: int = Field(default=2, ge=1)
@@ -84,3 +83,14 @@ class AgentSettings(ServiceSettings):
     def read_db_path(self) -> Path:
         """The run projection, built only from events."""
         return self.data_dir / "agent-read.sqlite3"
+
+    # Calls with side effects take idempotency keys; CreateRun's AIP-155 request_id is one too.
+    idempotent_methods: dict[str, str] = Field(
+        default_factory=lambda: {
+            "/agentmesh.agent.v1.AgentService/CreateRun": "request_id",
+            "/agentmesh.agent.v1.AgentService/CancelRun": "",
+            "/agentmesh.agent.v1.AgentService/SubmitReview": "",
+        }
+    )
+    # Retries and a circuit breaker on the calls to RAG.
+    upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
@@ -62,9 +63,10 @@ class RunExecutor:
             if not admission.used:
                 self._admitted -= 1
 
-    def submit(self, admission: Admission, run_id: str) -> None:
+    def submit(self, admission: Admission, run_id: str, *, context: contextvars.Context | None = None) -> None:
+        """Execute ``run_id`` in the background, in ``context`` (default: a copy of the current one)."""
         admission.used = True
-        self._start(run_id)
+        self._start(run_id, context)
 
     def resume(self, run_id: str) -> None:
         """Execute a run admitted before a restart (recovery), outside the admission limit."""
@@ -72,8 +74,8 @@ class RunExecutor:
             self._admitted += 1
             self._start(run_id)
 
-    def _start(self, run_id: str) -> None:
-        self._tasks[run_id] = asyncio.create_task(self._run(run_id), name=f"run:{run_id}")
+    def _start(self, run_id: str, context: contextvars.Context | None = None) -> None:
+        self._tasks[run_id] = asyncio.create_task(self._run(run_id), name=f"run:{run_id}", context=context)
 
     async def _run(self, run_id: str) -> None:
         try:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from agentmesh.rag.v1 import rag_service_pb2_grpc
@@ -13,6 +16,9 @@ from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
+from runtime.middleware import Middleware
+from runtime.resilience import upstream_guards
+from runtime.security import auth_interceptor
 from runtime.sqlite import Database
 from runtime.upstreams import StaticUpstreams
 from services.agent.budget import ToolBudget
@@ -37,7 +43,13 @@ def event_bus(settings: AgentSettings) -> EventBus:
     return InProcessEventBus()
 
 
-async def build(settings: AgentSettings) -> ServerPlan:
+async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+    middleware = Middleware.start(
+        settings,
+        service="agent",
+        auth=auth_interceptor(settings.auth, service="agent"),
+        span_processors=span_processors,
+    )
     # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
     # the read model lives in its own file, built only from events.
     db = await Database.open(settings.write_db_path)
@@ -52,7 +64,17 @@ async def build(settings: AgentSettings) -> ServerPlan:
         await component.create_schema()
 
     bus = event_bus(settings)
-    upstreams = StaticUpstreams({"rag": settings.rag_endpoints})
+    guards = upstream_guards(
+        settings.upstream_resilience,
+        target_of=lambda _method: "rag",
+        on_state_change=middleware.metrics.breaker_state_changed,
+    )
+    upstreams = StaticUpstreams(
+        {"rag": settings.rag_endpoints},
+        interceptors=middleware.client_interceptors(
+            forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
+        ),
+    )
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
     engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
     workflow = RunWorkflow(
@@ -124,6 +146,7 @@ async def build(settings: AgentSettings) -> ServerPlan:
                 SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
             )
         ],
+        interceptors=middleware.server_interceptors,
         on_started=[start_background],
-        on_stopped=[stop_background],
+        on_stopped=[stop_background, middleware.close],
     )

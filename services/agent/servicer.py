@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -21,7 +22,6 @@ import structlog
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
 from runtime.errors import (
-    ApiError,
     api_errors,
     api_errors_stream,
     failed_precondition,
@@ -65,6 +65,17 @@ def _domain_errors() -> Iterator[None]:
         ) from None
 
 
+def _background_context() -> contextvars.Context:
+    """The context a run executes in: it acts for its creator, but outlives the CreateRun call.
+
+    Only the caller identity is carried over (so RAG calls forward the creator's token); the
+    call's deadline and the rest of its context are not, since the run continues after it.
+    """
+    context = contextvars.Context()
+    context.run(current_caller.set, current_caller.get())
+    return context
+
+
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(
         self, *, store: RunStore, projection: RunProjection, executor: RunExecutor, settings: AgentSettings
@@ -96,7 +107,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                         [("request_id", "was already used for a different request; use a new request_id")]
                     ) from None
                 if created:
-                    self._executor.submit(admission, run.run_id)
+                    self._executor.submit(admission, run.run_id, context=_background_context())
         except ExecutorFull as full:
             raise resource_exhausted(
                 f"the agent is at capacity ({full.capacity} runs running or queued); retry later",
@@ -125,12 +136,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.SubmitReviewRequest, context: Context
     ) -> agent_service_pb2.SubmitReviewResponse:
         validate_review(request)
+        # The auth interceptor has already required the reviewer scope (runs.review) for this method.
         caller = current_caller.get()
-        if self._settings.enforce_reviewer_scope and self._settings.reviewer_scope not in caller.scopes:
-            raise ApiError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"reviewing runs needs the {self._settings.reviewer_scope!r} scope, which {caller.subject!r} lacks",
-            )
         approve = request.decision == Review.DECISION_APPROVE
         verdict = "approved" if approve else "rejected"
         with _domain_errors():

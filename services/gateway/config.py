@@ -12,7 +12,9 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from interceptors.rate_limit import RateLimitPolicy
 from runtime.config import ServiceSettings
+from runtime.resilience import UpstreamResilience
 
 DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parents[2] / "gen" / "agentmesh.pb"
 
@@ -31,6 +33,12 @@ class GatewaySettings(ServiceSettings):
     backends: dict[str, list[str]] = Field(
         default_factory=lambda: {"agent": ["127.0.0.1:50052"], "rag": ["127.0.0.1:50053"]}
     )
+
+    # Token buckets per (caller, method); empty means no limits. Example:
+    # AGENTMESH_GATEWAY_RATE_LIMITS='{"limits": {"*": {"rate_per_second": 20, "burst": 40}}}'
+    rate_limits: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
+    # Retries and a circuit breaker per backend on the gateway's outgoing calls.
+    upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
 
     @model_validator(mode="after")
     def _every_route_has_a_backend(self) -> GatewaySettings:

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import SpanProcessor
+
+from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
 from runtime.bootstrap import ServerPlan
+from runtime.middleware import Middleware
+from runtime.resilience import upstream_guards
+from runtime.security import auth_interceptor
 from runtime.upstreams import StaticUpstreams
 from services.gateway.config import GatewaySettings
 from services.gateway.proxy import RoutingHandler
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
-async def build(settings: GatewaySettings) -> ServerPlan:
+async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+    limits = settings.rate_limits
+    middleware = Middleware.start(
+        settings,
+        service="gateway",
+        # Quotas are per verified caller: auth runs first (chain.py orders the slots).
+        auth=auth_interceptor(settings.auth, service="gateway"),
+        rate_limit=RateLimitInterceptor(limiter=RateLimiter(limits)) if limits.limits or limits.caller_limits else None,
+        span_processors=span_processors,
+    )
     pool = load_descriptor_pool(settings.descriptor_set)
     routes = build_routes(settings.routes, pool)
-    upstreams = StaticUpstreams(settings.backends)
+    guards = upstream_guards(
+        settings.upstream_resilience,
+        target_of=lambda method: routes[method].backend,
+        pool=pool,
+        on_state_change=middleware.metrics.breaker_state_changed,
+    )
+    upstreams = StaticUpstreams(
+        settings.backends,
+        interceptors=middleware.client_interceptors(
+            forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
+        ),
+    )
     return ServerPlan(
         settings=settings,
         bindings=[],
         generic_handlers=[RoutingHandler(routes, upstreams)],
         reflection_names=sorted(settings.routes),
         reflection_pool=pool,
-        on_stopped=[upstreams.close],
+        interceptors=middleware.server_interceptors,
+        on_stopped=[upstreams.close, middleware.close],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
@@ -15,4 +15,17 @@ class RagSettings(ServiceSettings):
     max_document_bytes: int = Field(default=1024 * 1024, gt=0)
     max_batch_documents: int = Field(default=100, gt=0)
     max_top_k: int = Field(default=50, gt=0)
-    default_top_k: int = Field(default=5, gt=0)
+    # Dense retrieval loads torch and all-MiniLM-L6-v2 (seconds, ~0.5 GB), so it is opt-in:
+    # BM25 alone starts instantly and needs neither. Turning it on later embeds the chunks
+    # already stored, once, on the next start.
+    dense_enabled: bool = False
+    chunk_size: int = Field(default=800, ge=32, description="target chunk size in characters")
+    chunk_overlap: int = Field(default=120, ge=0, description="characters repeated between consecutive chunks")
+    # Index snapshots are saved this long after the last change (a burst is saved once), and on stop.
+    index_save_delay_s: float = Field(default=2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_half_the_size(self) -> RagSettings:
+        if self.chunk_overlap >= self.chunk_size // 2:
+            raise ValueError("chunk_overlap must be below half of chunk_size")
+        return self

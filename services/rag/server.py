@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import SpanProcessor
+
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.middleware import Middleware
+from runtime.security import auth_interceptor
+from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.document_store import DocumentStore
+from services.rag.embedding import Embedder, MiniLmEmbedder
+from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
 
 SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 
 
-async def build(settings: RagSettings) -> ServerPlan:
-    store = DocumentStore(settings.data_dir / "rag.sqlite3")
-    await store.open()
-    servicer = RagServicer(store, settings)
+async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+    middleware = Middleware.start(
+        settings, service="rag", auth=auth_interceptor(settings.auth, service="rag"), span_processors=span_processors
+    )
+    embedder: Embedder | None = None
+    if settings.dense_enabled:
+        # Loading torch and the model takes seconds: off the event loop.
+        embedder = await asyncio.to_thread(MiniLmEmbedder)
+    knowledge = await KnowledgeBase.open(
+        settings.data_dir / "rag",
+        embedder=embedder,
+        chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
+        limits=Limits(
+            max_document_bytes=settings.max_document_bytes,
+            max_batch_documents=settings.max_batch_documents,
+            max_top_k=settings.max_top_k,
+        ),
+        save_delay_s=settings.index_save_delay_s,
+    )
+    servicer = RagServicer(knowledge, settings)
     return ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
         ],
-        on_stopped=[store.close],
+        interceptors=middleware.server_interceptors,
+        on_stopped=[knowledge.close, middleware.close],
     )

@@ -1,8 +1,9 @@
-"""RagService handlers: validate, call the document store, map to protos."""
+"""RagService handlers: map protos to the knowledge base and its errors to AIP-193 statuses."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -11,114 +12,181 @@ from agentmesh.common.v1 import citation_pb2
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from runtime.errors import api_errors, failed_precondition, invalid_argument, not_found
 from services.rag.config import RagSettings
-from services.rag.document_store import DocumentStore, StoredDocument
-from services.rag.validation import (
-    document_violations,
-    validate_document_id,
-    validate_ingest,
-    validate_search,
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.knowledge_base import (
+    DocumentInput,
+    Hit,
+    IngestOutcome,
+    IngestResult,
+    KnowledgeBase,
+    Mode,
+    StoredDocument,
+    chunk_id,
 )
 
 Context = grpc.aio.ServicerContext[object, object]
 
 _OUTCOMES = {
-    "created": rag_service_pb2.IngestResult.OUTCOME_CREATED,
-    "replaced": rag_service_pb2.IngestResult.OUTCOME_REPLACED,
-    "unchanged": rag_service_pb2.IngestResult.OUTCOME_UNCHANGED,
+    IngestOutcome.CREATED: rag_service_pb2.IngestResult.OUTCOME_CREATED,
+    IngestOutcome.REPLACED: rag_service_pb2.IngestResult.OUTCOME_REPLACED,
+    IngestOutcome.UNCHANGED: rag_service_pb2.IngestResult.OUTCOME_UNCHANGED,
 }
+_MODES = {
+    rag_service_pb2.SearchRequest.MODE_UNSPECIFIED: None,
+    rag_service_pb2.SearchRequest.MODE_BM25: Mode.BM25,
+    rag_service_pb2.SearchRequest.MODE_DENSE: Mode.DENSE,
+    rag_service_pb2.SearchRequest.MODE_HYBRID: Mode.HYBRID,
+}
+# A stream is ingested in batches: bounded memory, and one index rebuild per batch, not per message.
+_STREAM_BATCH_BYTES = 8 * 1024 * 1024
 
 
-def _to_proto(doc: StoredDocument) -> document_pb2.Document:
+@contextlib.contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Translate knowledge-base errors into the API errors `api_errors` sends as the call's status."""
+    try:
+        yield
+    except InvalidArgument as error:
+        raise invalid_argument(error.violations) from error
+    except DocumentNotFound as error:
+        raise not_found("document", error.document_id) from error
+    except DenseRetrievalDisabled as error:
+        raise failed_precondition(str(error), reason="INVALID_STATE", feature="dense_retrieval") from error
+
+
+def _document_input(document: document_pb2.Document) -> DocumentInput:
+    return DocumentInput(
+        document_id=document.document_id,
+        text=document.text,
+        metadata=dict(document.metadata),
+        content_type=document.content_type,
+    )
+
+
+def _result(result: IngestResult) -> rag_service_pb2.IngestResult:
+    return rag_service_pb2.IngestResult(
+        document_id=result.document_id, outcome=_OUTCOMES[result.outcome], chunk_count=result.chunk_count
+    )
+
+
+def _search_result(hit: Hit) -> document_pb2.SearchResult:
+    chunk = hit.chunk
+    return document_pb2.SearchResult(
+        citation=citation_pb2.Citation(
+            document_id=chunk.document_id,
+            chunk_id=chunk_id(chunk),
+            start_offset=chunk.start,
+            end_offset=chunk.end,
+            quote=chunk.text,
+            score=hit.score,
+        ),
+        score=hit.score,
+        metadata=dict(hit.document.metadata),
+    )
+
+
+def _document(stored: StoredDocument) -> document_pb2.Document:
+    record = stored.record
     update_time = timestamp_pb2.Timestamp()
-    update_time.FromNanoseconds(int(doc.update_time * 1e9))
+    update_time.FromNanoseconds(int(record.update_time * 1e9))
     return document_pb2.Document(
-        document_id=doc.document_id,
-        text=doc.text,
-        metadata=dict(doc.metadata),
-        content_type=doc.content_type,
-        content_hash=doc.content_hash,
-        chunk_count=doc.chunk_count,
+        document_id=record.document_id,
+        text=stored.text,
+        metadata=dict(record.metadata),
+        content_type=record.content_type,
+        content_hash=record.content_hash,
+        chunk_count=record.chunk_count,
         update_time=update_time,
     )
 
 
 class RagServicer(rag_service_pb2_grpc.RagServiceServicer):
-    def __init__(self, store: DocumentStore, settings: RagSettings) -> None:
-        self._store = store
+    def __init__(self, knowledge: KnowledgeBase, settings: RagSettings) -> None:
+        self._knowledge = knowledge
         self._settings = settings
-
-    async def _ingest_one(self, doc: document_pb2.Document) -> rag_service_pb2.IngestResult:
-        outcome, stored = await self._store.upsert(
-            doc.document_id, doc.text, doc.metadata, doc.content_type or "text/plain"
-        )
-        return rag_service_pb2.IngestResult(
-            document_id=doc.document_id, outcome=_OUTCOMES[outcome], chunk_count=stored.chunk_count
-        )
 
     @api_errors
     async def IngestDocuments(
         self, request: rag_service_pb2.IngestDocumentsRequest, context: Context
     ) -> rag_service_pb2.IngestDocumentsResponse:
-        validate_ingest(request, self._settings)
-        results = [await self._ingest_one(doc) for doc in request.documents]
-        return rag_service_pb2.IngestDocumentsResponse(results=results)
+        with _domain_errors():
+            results = await self._knowledge.ingest([_document_input(d) for d in request.documents], field="documents")
+        return rag_service_pb2.IngestDocumentsResponse(results=[_result(r) for r in results])
 
     @api_errors
     async def StreamIngestDocuments(
         self, request_iterator: AsyncIterator[rag_service_pb2.StreamIngestDocumentsRequest], context: Context
     ) -> rag_service_pb2.StreamIngestDocumentsResponse:
-        results = []
+        """Ingest in batches as messages arrive. On an invalid message, every message before it is
+        ingested, none after, and the error says how many were."""
+        knowledge = self._knowledge
+        results: list[rag_service_pb2.IngestResult] = []
+        pending: list[DocumentInput] = []
+        pending_ids: set[str] = set()
+        pending_bytes = 0
+
+        async def flush(*, last: bool = False) -> None:
+            nonlocal pending_bytes
+            if pending:
+                with _domain_errors():
+                    # Only the last batch waits for the index: earlier ones are committed and
+                    # indexed in the background, so a long stream is not one rebuild per batch.
+                    ingested = await knowledge.ingest(pending, field="document", wait_searchable=last)
+                results.extend(_result(r) for r in ingested)
+                pending.clear()
+                pending_ids.clear()
+                pending_bytes = 0
+
         index = 0
         async for message in request_iterator:
-            violations = document_violations(f"document (stream message {index})", message.document, self._settings)
+            document = _document_input(message.document)
+            violations = knowledge.document_violations(document, field="document")
             if violations:
-                raise invalid_argument(violations)
-            results.append(await self._ingest_one(message.document))
+                await flush(last=True)
+                raise invalid_argument(
+                    (field, f"{description} (stream message {index}; the {len(results)} before it were ingested)")
+                    for field, description in violations
+                )
+            size = message.document.ByteSize()
+            # A batch holds distinct IDs; a repeated ID starts a new batch, so the later version wins.
+            if (
+                document.document_id in pending_ids
+                or len(pending) >= self._settings.max_batch_documents
+                or pending_bytes + size > _STREAM_BATCH_BYTES
+            ):
+                await flush()
+            pending.append(document)
+            pending_ids.add(document.document_id)
+            pending_bytes += size
             index += 1
+        if index == 0:
+            raise invalid_argument([("document", "the stream carried no documents")])
+        await flush(last=True)
         return rag_service_pb2.StreamIngestDocumentsResponse(results=results)
 
     @api_errors
     async def Search(self, request: rag_service_pb2.SearchRequest, context: Context) -> rag_service_pb2.SearchResponse:
-        top_k = validate_search(request, self._settings)
-        if request.mode == rag_service_pb2.SearchRequest.MODE_DENSE:
-            raise failed_precondition(
-                "dense retrieval is not enabled on this server; use MODE_BM25 or enable it",
-                reason="DENSE_DISABLED",
+        with _domain_errors():
+            hits = await self._knowledge.search(
+                request.query,
+                top_k=request.top_k,
+                metadata_filter=dict(request.metadata_filter),
+                mode=_MODES.get(request.mode),
             )
-        hits = await self._store.search(request.query, top_k=top_k, metadata_filter=request.metadata_filter)
-        return rag_service_pb2.SearchResponse(
-            results=[
-                document_pb2.SearchResult(
-                    citation=citation_pb2.Citation(
-                        document_id=h.document_id,
-                        chunk_id=h.chunk_id,
-                        start_offset=h.start,
-                        end_offset=h.end,
-                        quote=h.text,
-                        score=h.score,
-                    ),
-                    score=h.score,
-                    metadata=dict(h.metadata),
-                )
-                for h in hits
-            ]
-        )
+        return rag_service_pb2.SearchResponse(results=[_search_result(h) for h in hits])
 
     @api_errors
     async def GetDocument(
         self, request: rag_service_pb2.GetDocumentRequest, context: Context
     ) -> rag_service_pb2.GetDocumentResponse:
-        validate_document_id(request.document_id)
-        doc = await self._store.get(request.document_id)
-        if doc is None:
-            raise not_found("document", request.document_id)
-        return rag_service_pb2.GetDocumentResponse(document=_to_proto(doc))
+        with _domain_errors():
+            stored = await self._knowledge.get(request.document_id)
+        return rag_service_pb2.GetDocumentResponse(document=_document(stored))
 
     @api_errors
     async def DeleteDocument(
         self, request: rag_service_pb2.DeleteDocumentRequest, context: Context
     ) -> rag_service_pb2.DeleteDocumentResponse:
-        validate_document_id(request.document_id)
-        if not await self._store.delete(request.document_id):
-            raise not_found("document", request.document_id)
+        with _domain_errors():
+            await self._knowledge.delete(request.document_id)
         return rag_service_pb2.DeleteDocumentResponse()

@@ -63,10 +63,12 @@ RAG_CASES = [
         ),
         ["documents[1].document_id"],
     ),
-    ("Search", rag_pb.SearchRequest(query=""), ["query"]),
+    ("Search", rag_pb.SearchRequest(query="", top_k=5), ["query"]),
+    ("Search", rag_pb.SearchRequest(query="q"), ["top_k"]),
+    ("Search", rag_pb.SearchRequest(query="q", top_k=0), ["top_k"]),
     ("Search", rag_pb.SearchRequest(query="q", top_k=51), ["top_k"]),
     ("Search", rag_pb.SearchRequest(query="q", top_k=-1), ["top_k"]),
-    ("Search", rag_pb.SearchRequest(query="q" * 2001), ["query"]),
+    ("Search", rag_pb.SearchRequest(query="q" * 2001, top_k=5), ["query"]),
     ("GetDocument", rag_pb.GetDocumentRequest(document_id="bad id with spaces"), ["document_id"]),
 ]
 

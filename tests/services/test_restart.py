@@ -69,7 +69,7 @@ async def test_documents_and_runs_survive_a_restart(tmp_path: Path) -> None:
             stub = rag_grpc.RagServiceStub(channel)
             document = (await stub.GetDocument(rag_pb.GetDocumentRequest(document_id="vacation"), timeout=5)).document
             assert document.text == "Employees get 25 vacation days."
-            hits = await stub.Search(rag_pb.SearchRequest(query="vacation days"), timeout=5)
+            hits = await stub.Search(rag_pb.SearchRequest(query="vacation days", top_k=3), timeout=5)
             assert hits.results[0].citation.document_id == "vacation"
         async with grpc.aio.insecure_channel(agent.address) as channel:
             stub_agent = agent_grpc.AgentServiceStub(channel)

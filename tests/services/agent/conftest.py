@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import pytest
 from aiohttp import web
 
 from runtime.events.outbox import Outbox
+from runtime.security import AuthSettings
 from runtime.sqlite import Database
 from services.agent.budget import ToolBudget
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
 from services.agent.saga import SagaLog
 from tests.runtime.events.redis_server import redis_server
+from tools.dev_tokens import generate_private_key, mint, public_jwk
 
 
 @dataclass
@@ -88,3 +91,20 @@ async def llm() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}", received
     await runner.cleanup()
+
+
+Bearer = Callable[..., tuple[tuple[str, str]]]
+
+
+@pytest.fixture
+def token_auth(tmp_path: Path) -> tuple[AuthSettings, Bearer]:
+    """Auth settings trusting a test key, and ``bearer(subject, *scopes)`` call metadata signed by it."""
+    key = generate_private_key("ES256")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public_jwk(key, kid="agent-test")]}))
+
+    def bearer(subject: str, *scopes: str) -> tuple[tuple[str, str]]:
+        token = mint(key=key, algorithm="ES256", subject=subject, scopes=scopes, kid="agent-test")
+        return (("authorization", f"Bearer {token}"),)
+
+    return AuthSettings(jwks_file=jwks), bearer

@@ -10,14 +10,20 @@ Run = run_pb2.Run
 SETTLED = frozenset({Run.STATE_COMPLETED, Run.STATE_FAILED, Run.STATE_CANCELLED, Run.STATE_WAITING_FOR_REVIEW})
 
 
-async def settled_run(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, *, timeout_s: float = 20) -> run_pb2.Run:
+async def settled_run(
+    agent: agent_grpc.AgentServiceAsyncStub,
+    run_id: str,
+    *,
+    timeout_s: float = 20,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> run_pb2.Run:
     """The run once it is finished or waiting for review, read back with GetRun."""
-    stream = agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=timeout_s)
+    stream = agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=timeout_s, metadata=metadata)
     async for response in stream:
         if response.event.type == "run.state_changed" and response.event.to_state in SETTLED:
             stream.cancel()
             break
-    return (await agent.GetRun(agent_pb.GetRunRequest(run_id=run_id), timeout=5)).run
+    return (await agent.GetRun(agent_pb.GetRunRequest(run_id=run_id), timeout=5, metadata=metadata)).run
 
 
 async def until_step(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, step: str) -> None:

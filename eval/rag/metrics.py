@@ -1,0 +1,25 @@
+"""Ranking metrics at document level, as used by the retrieval evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+
+
+def document_ranking(document_ids: Iterable[str]) -> list[str]:
+    """Documents in the order their first chunk was retrieved (later chunks of a document add nothing)."""
+    return list(dict.fromkeys(document_ids))
+
+
+def recall_at(k: int, ranking: Sequence[str], relevant: Collection[str]) -> float:
+    """Share of the relevant documents found in the first ``k`` of ``ranking``."""
+    if not relevant:
+        raise ValueError("a question needs at least one relevant document")
+    return len(set(ranking[:k]) & set(relevant)) / len(set(relevant))
+
+
+def reciprocal_rank_at(k: int, ranking: Sequence[str], relevant: Collection[str]) -> float:
+    """1 / rank of the first relevant document within the first ``k``, else 0."""
+    for rank, document_id in enumerate(ranking[:k], start=1):
+        if document_id in relevant:
+            return 1.0 / rank
+    return 0.0

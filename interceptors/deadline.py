@@ -1,0 +1,190 @@
+"""Deadlines: every call has one, outgoing calls inherit what is left, expired work is refused.
+
+Server side (:class:`DeadlineInterceptor`):
+* a call that arrives without a deadline gets ``default_timeout``, enforced here since
+  grpc cannot shorten a call's deadline after the fact;
+* a call whose deadline has already passed (it waited in a queue, or arrived late) is
+  refused with DEADLINE_EXCEEDED before any work is done;
+* the effective deadline is published in :data:`call_deadline` for the handler's
+  outgoing calls.
+
+Client side (:class:`DeadlineClientInterceptor`): an outgoing call made while serving
+one gets the remaining budget less ``margin`` (time to send the answer back), or its own
+shorter timeout; when nothing is left it fails locally instead of starting work that
+cannot finish in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextvars import ContextVar
+from typing import Any, cast
+
+import grpc
+import grpc.aio
+
+from interceptors._typing import (
+    Context,
+    Handler,
+    Responses,
+    StreamBehavior,
+    StreamStreamClientInterceptorBase,
+    StreamUnaryClientInterceptorBase,
+    UnaryBehavior,
+    UnaryStreamClientInterceptorBase,
+    UnaryUnaryClientInterceptorBase,
+)
+from interceptors.outcome import WrappingInterceptor, wrap_handler
+
+# Absolute deadline of the call being served, on the time.monotonic() clock; None outside a call.
+call_deadline: ContextVar[float | None] = ContextVar("agentmesh_call_deadline", default=None)
+
+_EXPIRED = "deadline already passed before the server started the call"
+# Streams meant to stay open (health watches, reflection sessions) get no default deadline.
+LONG_LIVED = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
+
+
+def remaining_budget() -> float | None:
+    """Seconds left for the call being served, or None outside a call."""
+    deadline = call_deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class DeadlineInterceptor(WrappingInterceptor):
+    """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
+
+    Methods starting with a prefix in ``exempt`` are left alone.
+    """
+
+    def __init__(self, *, default_timeout: float = 30.0, exempt: tuple[str, ...] = LONG_LIVED) -> None:
+        super().__init__()
+        if default_timeout <= 0:
+            raise ValueError("default_timeout must be positive")
+        self._default_timeout = default_timeout
+        self._exempt = exempt
+        self._too_slow = (
+            f"the call sent no deadline and outran the server default of {default_timeout:g}s; "
+            "send a deadline (grpc-timeout) if it needs longer"
+        )
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(self._exempt):
+            return handler
+        default_timeout = self._default_timeout
+        too_slow = self._too_slow
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def bounded(request: Any, context: Context) -> Any:
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    if remaining <= 0:
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _EXPIRED)
+                    # grpc itself cancels the handler when the caller's deadline passes.
+                    call_deadline.set(time.monotonic() + remaining)
+                    return await behavior(request, context)
+                call_deadline.set(time.monotonic() + default_timeout)
+                try:
+                    async with asyncio.timeout(default_timeout):
+                        return await behavior(request, context)
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, too_slow)
+
+            return bounded
+
+        def streaming(behavior: StreamBehavior) -> StreamBehavior:
+            async def bounded(request: Any, context: Context) -> Responses:
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    if remaining <= 0:
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _EXPIRED)
+                    call_deadline.set(time.monotonic() + remaining)
+                    async for response in behavior(request, context):
+                        yield response
+                    return
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + default_timeout
+                call_deadline.set(time.monotonic() + default_timeout)
+                responses = behavior(request, context)
+                try:
+                    while True:
+                        # The timeout must not span a yield: while suspended the generator
+                        # is outside its task, so each step is bounded separately.
+                        try:
+                            async with asyncio.timeout_at(deadline):
+                                response = await anext(responses)
+                        except StopAsyncIteration:
+                            return
+                        yield response
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, too_slow)
+                finally:
+                    await responses.aclose()
+
+            return bounded
+
+        return wrap_handler(handler, unary=unary, streaming=streaming)
+
+
+def _expired(method: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"no time left in the caller's deadline to call {method}",
+        debug_error_string=None,
+    )
+
+
+class _Budget:
+    """Shared logic of the four client interceptor kinds."""
+
+    def __init__(self, *, margin: float) -> None:
+        if margin < 0:
+            raise ValueError("margin must not be negative")
+        self._margin = margin
+
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        deadline = call_deadline.get()
+        if deadline is None:
+            return details
+        budget = deadline - time.monotonic() - self._margin
+        if budget <= 0:
+            method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+            raise _expired(method)
+        if details.timeout is not None and details.timeout <= budget:
+            return details
+        return details._replace(timeout=budget)  # type: ignore[attr-defined,no-any-return]
+
+
+class _UnaryUnary(_Budget, UnaryUnaryClientInterceptorBase):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self.details(client_call_details), request)
+
+
+class _UnaryStream(_Budget, UnaryStreamClientInterceptorBase):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self.details(client_call_details), request)
+
+
+class _StreamUnary(_Budget, StreamUnaryClientInterceptorBase):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(self.details(client_call_details), request_iterator)
+
+
+class _StreamStream(_Budget, StreamStreamClientInterceptorBase):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(self.details(client_call_details), request_iterator)
+
+
+def deadline_client_interceptors(*, margin: float = 0.05) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors (one per call kind) that pass on the remaining budget less ``margin`` seconds."""
+    return cast(
+        list[grpc.aio.ClientInterceptor],
+        [
+            _UnaryUnary(margin=margin),
+            _UnaryStream(margin=margin),
+            _StreamUnary(margin=margin),
+            _StreamStream(margin=margin),
+        ],
+    )

@@ -1,0 +1,192 @@
+"""Token-bucket rate limits per (caller, method), for the gateway.
+
+Each verified caller gets its own bucket for each limited method: ``rate_per_second``
+tokens refill continuously up to ``burst``, each call takes one. Limits come from a
+:class:`RateLimitPolicy` keyed by method pattern (``/pkg.Service/Method``,
+``/pkg.Service/*``, ``*``), with optional per-subject overrides (a batch client gets more,
+a suspicious one less). Methods without a limit are not wrapped at all.
+
+Over the limit, the call ends with RESOURCE_EXHAUSTED carrying ``RetryInfo`` (when the
+next token arrives, which retrying clients honour), ``QuotaFailure`` (whose quota ran
+out) and ``ErrorInfo`` reason ``RATE_LIMITED``.
+
+The interceptor must run inside auth (after it in the chain): it reads the caller auth
+verified, at call time. Unauthenticated calls to public methods share the ``anonymous``
+bucket; keep such methods unlimited here and shed abusive anonymous traffic at the edge.
+
+Buckets live in a bounded LRU. An evicted bucket comes back full, which errs towards
+letting a caller through; the bound only matters beyond ``max_buckets`` distinct active
+(caller, method) pairs. The hot path is one dict lookup, a clock read and a few floats:
+no locks, because grpc.aio runs every interceptor on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from google.rpc import error_details_pb2
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
+from interceptors.admission import GuardedHandlers
+from interceptors.identity import current_caller
+from interceptors.method_rules import MethodRules, validate_pattern
+from interceptors.status_details import error_status
+from runtime.errors import error_info, retry_info
+
+
+class Limit(BaseModel):
+    """A token bucket: sustained ``rate_per_second``, bursts of up to ``burst`` calls."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate_per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitPolicy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Method pattern -> limit for each caller of it.
+    limits: dict[str, Limit] = {}
+    # Caller subject -> method pattern -> limit, replacing ``limits`` for that caller.
+    caller_limits: dict[str, dict[str, Limit]] = {}
+
+    @field_validator("limits")
+    @classmethod
+    def _check_patterns(cls, value: dict[str, Limit]) -> dict[str, Limit]:
+        for pattern in value:
+            validate_pattern(pattern)
+        return value
+
+    @field_validator("caller_limits")
+    @classmethod
+    def _check_caller_patterns(cls, value: dict[str, dict[str, Limit]]) -> dict[str, dict[str, Limit]]:
+        for per_method in value.values():
+            for pattern in per_method:
+                validate_pattern(pattern)
+        return value
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """Take one token; 0.0 on success, else seconds until one is available."""
+        tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate
+
+
+class RateLimiter:
+    """The buckets and the decision, independent of gRPC (so it is easy to test and reuse)."""
+
+    def __init__(
+        self,
+        policy: RateLimitPolicy,
+        *,
+        max_buckets: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._default = MethodRules(policy.limits)
+        self._per_caller = {subject: MethodRules(rules) for subject, rules in policy.caller_limits.items()}
+        self._max_buckets = max_buckets
+        self._clock = clock
+        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+
+    def limits_method(self, method: str) -> bool:
+        """Whether any caller has a limit on ``method`` (if not, it needs no check at all)."""
+        if self._default.lookup(method) is not None:
+            return True
+        return any(rules.lookup(method) is not None for rules in self._per_caller.values())
+
+    def limit_for(self, subject: str, method: str) -> Limit | None:
+        rules = self._per_caller.get(subject)
+        if rules is not None:
+            limit = rules.lookup(method)
+            if limit is not None:
+                return limit
+        return self._default.lookup(method)
+
+    def acquire(self, subject: str, method: str) -> float:
+        """0.0 if the call may proceed, else the seconds to wait before retrying."""
+        key = (subject, method)
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            limit = self.limit_for(subject, method)
+            if limit is None:
+                return 0.0
+            bucket = TokenBucket(limit.rate_per_second, float(limit.burst), float(limit.burst), now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > self._max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)
+
+
+def rate_limited_status(subject: str, method: str, retry_after: float, limit: Limit | None) -> grpc.Status:
+    # Round up to the millisecond so a client sleeping exactly this long finds a token.
+    delay_ms = max(1, math.ceil(retry_after * 1000))
+    described = "" if limit is None else f" ({limit.rate_per_second:g}/s, burst {limit.burst})"
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject=f"caller:{subject}",
+        description=f"rate limit for {method}{described} exceeded",
+        quota_id="CallsPerCallerPerMethod",
+        quota_dimensions={"caller": subject, "method": method},
+    )
+    return error_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"rate limit exceeded for {subject!r} on {method}; retry in {delay_ms} ms",
+        retry_info(delay_ms / 1000),
+        error_details_pb2.QuotaFailure(violations=[violation]),
+        error_info("RATE_LIMITED", method=method, caller=subject),
+    )
+
+
+class RateLimitInterceptor(ServerInterceptorBase):
+    """Rejects calls over the caller's per-method token bucket with RESOURCE_EXHAUSTED."""
+
+    def __init__(self, *, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+        self._guards = GuardedHandlers(self._check_for)
+        self._limited: dict[str, bool] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        limited = self._limited.get(method)
+        if limited is None:
+            limited = self._limited[method] = self._limiter.limits_method(method)
+        return self._guards.get(method, handler) if limited else handler
+
+    def _check_for(self, method: str) -> Callable[[Context], grpc.Status | None]:
+        limiter = self._limiter
+
+        def check(_context: Context) -> grpc.Status | None:
+            subject = current_caller.get().subject
+            retry_after = limiter.acquire(subject, method)
+            if retry_after == 0.0:
+                return None
+            return rate_limited_status(subject, method, retry_after, limiter.limit_for(subject, method))
+
+        return check

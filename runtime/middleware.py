@@ -1,0 +1,141 @@
+"""Build a service's interceptor chain from its settings, and own what the chain needs.
+
+The chain's parts are ordered in ``interceptors.chain``; this module only turns settings
+into the parts (tracer provider, metrics registry and endpoint, idempotency store) and
+closes them when the server stops. Nothing here is global: each service, and each test,
+gets its own registry and provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc.aio
+from opentelemetry.sdk.trace import SpanProcessor
+from prometheus_client import CollectorRegistry
+
+from interceptors._typing import ServerInterceptorBase
+from interceptors.access_log import AccessLogInterceptor
+from interceptors.chain import client_chain, server_chain
+from interceptors.idempotency import (
+    IdempotencyInterceptor,
+    IdempotencyStore,
+    IdempotentMethod,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+)
+from interceptors.metrics import Metrics, MetricsServer, serve_metrics
+from interceptors.tracing import Tracing, setup_tracing
+from runtime.config import ServiceSettings
+
+
+@dataclass
+class Middleware:
+    """The chain of one service: server and client interceptors plus the resources behind them."""
+
+    server_interceptors: list[ServerInterceptorBase]
+    metrics: Metrics
+    tracing: Tracing
+    deadline_margin_s: float
+    _store: IdempotencyStore | None = None
+    _metrics_server: MetricsServer | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        settings: ServiceSettings,
+        *,
+        service: str,
+        auth: ServerInterceptorBase | None = None,
+        rate_limit: ServerInterceptorBase | None = None,
+        span_processors: Sequence[SpanProcessor] = (),
+    ) -> Middleware:
+        """The chain for ``service`` (e.g. "agent").
+
+        ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the
+        configured span export (tests pass an in-memory exporter).
+        """
+        tracing = setup_tracing(
+            service_name=f"agentmesh-{service}",
+            otlp_endpoint=settings.otlp_endpoint,
+            sample_ratio=settings.trace_sample_ratio,
+            span_processors=span_processors,
+        )
+        metrics = Metrics(registry=CollectorRegistry())
+        store = _store(settings, service) if settings.idempotent_methods else None
+        idempotency = (
+            None
+            if store is None
+            else IdempotencyInterceptor(
+                store=store,
+                methods={
+                    method: IdempotentMethod(request_field=request_field or None)
+                    for method, request_field in settings.idempotent_methods.items()
+                },
+                ttl=settings.idempotency_ttl_s,
+            )
+        )
+        metrics_server = (
+            serve_metrics(registry=metrics.registry, port=settings.metrics_port, host=settings.metrics_host)
+            if settings.metrics_port
+            else None
+        )
+        return cls(
+            server_interceptors=server_chain(
+                tracing=tracing,
+                metrics=metrics,
+                access_log=AccessLogInterceptor(),
+                default_deadline_s=settings.default_deadline_s,
+                auth=auth,
+                rate_limit=rate_limit,
+                idempotency=idempotency,
+            ),
+            metrics=metrics,
+            tracing=tracing,
+            deadline_margin_s=settings.deadline_margin_s,
+            _store=store,
+            _metrics_server=metrics_server,
+        )
+
+    def client_interceptors(
+        self,
+        *,
+        forwarding: Sequence[grpc.aio.ClientInterceptor] = (),
+        retry: Sequence[grpc.aio.ClientInterceptor] = (),
+        circuit_breaker: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> list[grpc.aio.ClientInterceptor]:
+        """The interceptors for the service's upstream channels, with the resilience slots filled.
+
+        Breakers report their state through ``self.metrics.breaker_state_changed``.
+        """
+        return client_chain(
+            tracing=self.tracing,
+            deadline_margin_s=self.deadline_margin_s,
+            forwarding=forwarding,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+        )
+
+    async def close(self) -> None:
+        """Stop the metrics endpoint, close the idempotency store, flush spans (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Both block (the HTTP server's poll loop, a final span export): off the event loop.
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.close)
+        if self._store is not None:
+            await self._store.close()
+        await asyncio.to_thread(self.tracing.provider.shutdown)
+
+
+def _store(settings: ServiceSettings, service: str) -> IdempotencyStore:
+    if settings.idempotency_store == "redis":
+        return RedisStore.from_url(settings.idempotency_redis_url, prefix=f"agentmesh:{service}:idempotency:")
+    if settings.idempotency_store == "memory":
+        return MemoryStore()
+    return SQLiteStore(path=settings.data_dir / f"{service}-idempotency.sqlite3")

@@ -1,0 +1,62 @@
+"""A service's outgoing calls to its backends: caller forwarding, retries and a breaker per backend.
+
+The interceptors come out in the order they must run (outermost first): forward the
+verified caller's token, retry idempotent calls, then the circuit breaker, innermost so
+that every attempt counts toward the backend's state and no retry goes into an open
+circuit. ``AGENTMESH_<SERVICE>_UPSTREAM_RESILIENCE`` holds the policies as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc.aio
+from google.protobuf.descriptor_pool import DescriptorPool
+from pydantic import BaseModel, ConfigDict, Field
+
+from interceptors.auth_forwarding import forwarding_interceptors
+from interceptors.circuit_breaker import BreakerPolicy, BreakerSet, StateListener, circuit_breaker_interceptors
+from interceptors.retry import RetryPolicy, retry_interceptors
+
+
+class UpstreamResilience(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class UpstreamGuards:
+    """The client interceptors for a service's upstream channels, grouped by chain slot."""
+
+    forwarding: list[grpc.aio.ClientInterceptor]
+    retry: list[grpc.aio.ClientInterceptor]
+    circuit_breaker: list[grpc.aio.ClientInterceptor]
+    breakers: BreakerSet
+
+    @property
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        return [*self.forwarding, *self.retry, *self.circuit_breaker]
+
+
+def upstream_guards(
+    resilience: UpstreamResilience,
+    *,
+    target_of: Callable[[str], str],
+    pool: DescriptorPool | None = None,
+    on_state_change: StateListener | None = None,
+) -> UpstreamGuards:
+    """Guards for channels to several backends; ``target_of`` names the backend of a method.
+
+    ``pool`` is where methods' ``idempotency_level`` is looked up (the default pool
+    holds every generated module imported; the gateway passes its descriptor set).
+    """
+    breakers = BreakerSet(resilience.breaker, target_of=target_of, on_state_change=on_state_change)
+    return UpstreamGuards(
+        forwarding=forwarding_interceptors(),
+        retry=retry_interceptors(resilience.retry, breakers=breakers, pool=pool),
+        circuit_breaker=circuit_breaker_interceptors(breakers),
+        breakers=breakers,
+    )

