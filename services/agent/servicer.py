@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import structlog
+from opentelemetry import context as otel_context
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
@@ -68,11 +69,14 @@ def _domain_errors() -> Iterator[None]:
 def _background_context() -> contextvars.Context:
     """The context a run executes in: it acts for its creator, but outlives the CreateRun call.
 
-    Only the caller identity is carried over (so RAG calls forward the creator's token); the
-    call's deadline and the rest of its context are not, since the run continues after it.
+    Carried over: the caller identity (RAG calls forward the creator's token) and the trace
+    context (the run's calls join the CreateRun trace). Not carried over: the call's deadline
+    and anything else scoped to the call, since the run continues after it returns.
     """
+    caller, trace_context = current_caller.get(), otel_context.get_current()
     context = contextvars.Context()
-    context.run(current_caller.set, current_caller.get())
+    context.run(current_caller.set, caller)
+    context.run(otel_context.attach, trace_context)
     return context
 
 
