@@ -40,6 +40,11 @@ class Transaction:
         """Run ``callback`` once the transaction has committed (never if it rolls back)."""
         self._after_commit.append(callback)
 
+    def run_commit_callbacks(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
 
 class Database:
     """A SQLite file opened for one writer and concurrent snapshot readers."""
@@ -66,22 +71,48 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """A write transaction: committed if the block returns, rolled back if it raises."""
+        """A write transaction: committed if the block returns, rolled back if it raises.
+
+        Safe under cancellation: BEGIN, COMMIT and ROLLBACK always run to completion before a
+        CancelledError goes through, so the connection never passes to the next transaction
+        mid-statement, and a transaction whose COMMIT went through still counts as committed.
+        """
         async with self._write_lock:
-            # IMMEDIATE takes the write lock up front, so a read-then-write never fails midway.
-            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                # IMMEDIATE takes the write lock up front, so a read-then-write never fails midway.
+                await self._complete("BEGIN IMMEDIATE")
+            except BaseException:
+                await self._rollback()
+                raise
             tx = Transaction(self._writer)
             try:
                 yield tx
-                await asyncio.shield(self._writer.execute("COMMIT"))
             except BaseException:
-                # Shielded: a cancelled caller must still leave the connection out of the transaction.
-                # (A failed COMMIT may already have ended it, hence the check.)
-                if self._writer.in_transaction:
-                    await asyncio.shield(self._writer.execute("ROLLBACK"))
+                await self._rollback()
                 raise
-        for callback in tx._after_commit:
-            callback()
+            try:
+                await self._complete("COMMIT")
+            except BaseException:
+                committed = not self._writer.in_transaction
+                await self._rollback()
+                if committed:
+                    tx.run_commit_callbacks()
+                raise
+        tx.run_commit_callbacks()
+
+    async def _complete(self, sql: str) -> None:
+        statement = asyncio.ensure_future(self._writer.execute(sql))
+        try:
+            await asyncio.shield(statement)
+        except asyncio.CancelledError:
+            await asyncio.wait({statement})
+            if not statement.cancelled():
+                statement.exception()  # retrieved; the cancellation is what the caller sees
+            raise
+
+    async def _rollback(self) -> None:
+        if self._writer.in_transaction:
+            await self._complete("ROLLBACK")
 
     async def executescript(self, script: str) -> None:
         """Run DDL (idempotent ``CREATE ... IF NOT EXISTS``) outside any open transaction."""

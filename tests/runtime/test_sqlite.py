@@ -65,3 +65,23 @@ async def test_a_cancelled_transaction_is_rolled_back_and_the_next_one_works(db:
     async with db.transaction() as tx:
         await tx.execute("INSERT INTO items VALUES ('whole')")
     assert await _names(db) == ["whole"]
+
+
+async def test_cancellation_at_any_point_of_a_transaction_leaves_the_connection_usable(db: Database) -> None:
+    async def insert(i: int) -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items VALUES (?)", (f"item-{i}",))
+
+    outcomes: list[BaseException | None] = []
+    for i in range(60):
+        task = asyncio.create_task(insert(i))
+        # Cancel after a varying number of loop turns: before BEGIN, mid-body, during COMMIT.
+        for _ in range(i % 6):
+            await asyncio.sleep(0)
+        task.cancel()
+        outcomes.extend(await asyncio.gather(task, return_exceptions=True))
+
+    assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO items VALUES ('after')")
+    assert "after" in await _names(db)

@@ -130,3 +130,19 @@ async def test_sent_rows_are_pruned_after_the_retention(db: Database, outbox: Ou
 
     assert await outbox.prune(older_than=3600) == 0
     assert await outbox.prune(older_than=-1) == 1
+
+
+async def test_a_relay_cancelled_mid_flight_stops_instead_of_retrying(db: Database, outbox: Outbox) -> None:
+    bus = FlakyBus()
+    bus.down = False
+    for i in range(30):
+        async with db.transaction() as tx:
+            await outbox.append(tx, order_placed(f"o-{i}"))
+        relay = asyncio.create_task(outbox.relay(bus, poll_interval=30))
+        for _ in range(i % 5):
+            await asyncio.sleep(0)
+        relay.cancel()
+        # A cancellation swallowed as a "relay failure" would keep the task retrying forever.
+        done, _ = await asyncio.wait({relay}, timeout=10)
+        assert done and relay.cancelled()
+    assert await outbox.relay_once(bus) >= 0
