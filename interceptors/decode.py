@@ -8,6 +8,7 @@ actionable status. Streaming requests keep grpc's own decoding.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,18 @@ def _decoding(
 ) -> Callable[..., Any]:
     def refusal() -> Exception:
         return invalid_argument([("(request)", f"is not a valid protobuf message for {method}")])
+
+    if streaming and not inspect.isasyncgenfunction(behavior):
+        # A streaming handler may send with `await context.write(...)` instead of yielding
+        # (grpc.health.v1's Watch does): it must be awaited, not iterated.
+        async def writing_behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            try:
+                request = deserialize(raw)
+            except DecodeError:
+                await refusal().abort(context)  # type: ignore[attr-defined]
+            await behavior(request, context)
+
+        return writing_behavior
 
     if streaming:
 

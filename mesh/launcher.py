@@ -60,7 +60,9 @@ def app_env(policy: Policy, instance: str) -> dict[str, str]:
         prefix + "PORT": str(ports.app),
         prefix + "LOG_FORMAT": os.environ.get(prefix + "LOG_FORMAT", "console"),
     }
-    # Each callee is reached through this instance's own sidecar, never directly.
+    # Each callee is reached through this instance's own sidecar, never directly; the sidecar
+    # health-checks the callee's instances, so the app does not health-check its sidecar.
+    env["AGENTMESH_CLIENT_HEALTH_CHECKS"] = "false"
     via_sidecar = {callee: [f"{LOOPBACK}:{port}"] for callee, port in ports.outbound.items()}
     if service == "gateway":
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)

@@ -93,7 +93,16 @@ class ManagedServer:
         names = [*self.service_names, *plan.reflection_names, health.SERVICE_NAME]
         enable_reflection(self.server, names, pool=plan.reflection_pool)
         address = f"{plan.settings.host}:{plan.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        tls = plan.settings.tls
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+                require_client_auth=tls.client_ca_file is not None,
+            )
+            self.port = self.server.add_secure_port(address, credentials)
         await self.server.start()
         for name in ["", *self.service_names, *plan.reflection_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -9,10 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.security import AuthSettings
+
+
+class TlsSettings(BaseModel):
+    """Serve TLS; with `client_ca_file`, mutual TLS (callers must present a certificate from that CA)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
 
 
 class ServiceSettings(BaseSettings):
@@ -29,6 +39,9 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # TLS on the listening port (e.g. `{"cert_file": ..., "key_file": ..., "client_ca_file": ...}`);
+    # None serves plaintext, as behind a mesh sidecar that terminates mTLS.
+    tls: TlsSettings | None = None
     # Bearer-token auth (runtime/security.py). None runs without it, with a warning at start.
     auth: AuthSettings | None = None
     data_dir: Path = Path("var")

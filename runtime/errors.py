@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agentmesh.common.v1 import error_reason_pb2
+
 DOMAIN = "agentmesh.dev"
 
 
@@ -46,7 +48,18 @@ class ApiError(Exception):
         return f"ApiError({self.code.name}, {self.message!r})"
 
 
+# The reasons clients may branch on are a contract (agentmesh.common.v1.ErrorReason); an
+# unlisted one is a programming error, caught by any test that reaches it.
+KNOWN_REASONS = frozenset(
+    name.removeprefix("ERROR_REASON_")
+    for name in error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name
+    if name != "ERROR_REASON_UNSPECIFIED"
+)
+
+
 def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    if reason not in KNOWN_REASONS:
+        raise ValueError(f"ErrorInfo reason {reason!r} is not in agentmesh.common.v1.ErrorReason")
     return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
 
 

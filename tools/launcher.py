@@ -4,6 +4,15 @@ Starts rag, agent and gateway as their own processes (exactly `python -m service
 waits until each reports SERVING, seeds the knowledge base from `examples/knowledge/` when it is
 empty, prints where everything is, and on Ctrl-C (or SIGTERM) drains the services front to
 back: gateway, then agent, then rag.
+
+Auth is on, as in production: the launcher creates a dev signing key and JWKS in `var/keys`
+(once) and a 12-hour token with every scope in `var/keys/dev-token`, and every service verifies
+tokens against that JWKS. `AGENTMESH_DEV_AUTH=0` runs without auth.
+
+With `AGENTMESH_DISCOVERY=consul` the services register with the Consul agent at
+`CONSUL_HTTP_ADDR` (default 127.0.0.1:8500) and find each other through it; the launcher waits
+until each backend is passing in Consul before starting the next. `AGENTMESH_CONSUL_DOUBLE=1`
+also starts the in-repo Consul agent test double there, for machines without Consul.
 """
 
 from __future__ import annotations
@@ -20,8 +29,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
+from runtime.discovery.consul import ConsulResolver
+from runtime.discovery.factory import consul_address
+from runtime.discovery.settings import DiscoverySettings
+from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 
 REPO = Path(__file__).resolve().parents[1]
+DISCOVERY = DiscoverySettings()
 HOST = "127.0.0.1"
 PORTS = {
     "rag": int(os.environ.get("AGENTMESH_RAG_PORT", "50053")),
@@ -30,7 +44,7 @@ PORTS = {
 }
 
 
-def _env(name: str) -> dict[str, str]:
+def _env(name: str, auth: DevAuth | None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
     env.setdefault("AGENTMESH_AGENT_RAG_ENDPOINTS", f'["{HOST}:{PORTS["rag"]}"]')
     env.setdefault(
@@ -38,7 +52,11 @@ def _env(name: str) -> dict[str, str]:
         f'{{"agent": ["{HOST}:{PORTS["agent"]}"], "rag": ["{HOST}:{PORTS["rag"]}"]}}',
     )
     env.setdefault("AGENTMESH_LOG_FORMAT", "console")
+    if DISCOVERY.discovery == "consul":
+        env.setdefault("AGENTMESH_CHECK_INTERVAL_SECONDS", "1")  # snappier than the 5 s default, for a local run
     prefix = f"AGENTMESH_{name.upper()}_"
+    if auth is not None:
+        env.setdefault(prefix + "AUTH", auth.service_auth_json())
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
     return env
@@ -63,7 +81,7 @@ async def _wait_serving(name: str, process: subprocess.Popen[bytes], timeout_s: 
     raise TimeoutError(f"{name} did not become SERVING on {address} within {timeout_s}s")
 
 
-async def _seed_knowledge() -> int:
+async def _seed_knowledge(auth: DevAuth | None) -> int:
     async with grpc.aio.insecure_channel(f"{HOST}:{PORTS['gateway']}") as channel:
         rag = rag_service_pb2_grpc.RagServiceStub(channel)
         documents = [
@@ -75,22 +93,63 @@ async def _seed_knowledge() -> int:
             )
             for path in sorted((REPO / "examples" / "knowledge").glob("*.md"))
         ]
-        response = await rag.IngestDocuments(rag_service_pb2.IngestDocumentsRequest(documents=documents), timeout=10)
+        metadata = () if auth is None else (("authorization", f"Bearer {auth.token}"),)
+        response = await rag.IngestDocuments(
+            rag_service_pb2.IngestDocumentsRequest(documents=documents), timeout=10, metadata=metadata
+        )
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
-def _banner() -> str:
+async def _wait_discovered(name: str, timeout_s: float = 30) -> None:
+    """Consul mode: wait until `name` has a passing instance, so the next service finds it at once."""
+    resolver = ConsulResolver(consul_address(DISCOVERY))
+    watch = resolver.watch(name)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for endpoints in watch:
+                if endpoints:
+                    return
+    except TimeoutError:
+        raise TimeoutError(
+            f"{name} did not become passing in Consul at {DISCOVERY.consul_http_addr} within {timeout_s}s "
+            "(is an agent running there? `AGENTMESH_CONSUL_DOUBLE=1 make run` starts the test double)"
+        ) from None
+    finally:
+        await watch.aclose()  # type: ignore[attr-defined]
+        await resolver.aclose()
+
+
+def _start_consul_double() -> subprocess.Popen[bytes]:
+    port = consul_address(DISCOVERY).port
+    return subprocess.Popen(  # started before any service, like an agent already running on the host
+        [sys.executable, "-m", "tests.doubles.consul_agent", "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def _banner(auth: DevAuth | None) -> str:
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
+    bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
     return "\n".join(
         [
             "",
             "agentmesh is up:",
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
+            f"  discovery: {DISCOVERY.discovery}"
+            + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             "",
             "Try:",
             f"  .venv/bin/grpcurl -plaintext {gateway} list",
-            f"  .venv/bin/grpcurl -plaintext -d '{question}' {gateway} agentmesh.agent.v1.AgentService/CreateRun",
+            f"  .venv/bin/grpcurl -plaintext {bearer}-d '{question}' {gateway} "
+            "agentmesh.agent.v1.AgentService/CreateRun",
+            *(
+                []
+                if auth is None
+                else [f"  (auth is on: {auth.token_file} holds a 12-hour token for {DEV_SUBJECT} with every scope)"]
+            ),
             "",
             "Ctrl-C stops everything.",
             "",
@@ -105,15 +164,21 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     code = 0
+    consul_double = None
+    auth = None if os.environ.get("AGENTMESH_DEV_AUTH") == "0" else ensure_dev_auth(REPO / "var" / "keys")
     try:
+        if DISCOVERY.discovery == "consul" and os.environ.get("AGENTMESH_CONSUL_DOUBLE") == "1":
+            consul_double = _start_consul_double()
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
-                [sys.executable, "-m", f"services.{name}"], env=_env(name), cwd=REPO, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"], env=_env(name, auth), cwd=REPO, start_new_session=True
             )
             await _wait_serving(name, processes[name])
-        changed = await _seed_knowledge()
-        print(_banner() + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+            if DISCOVERY.discovery == "consul":
+                await _wait_discovered(name)
+        changed = await _seed_knowledge(auth)
+        print(_banner(auth) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
         while not stop.is_set():
             for name, process in processes.items():
                 if process.poll() is not None:
@@ -134,6 +199,9 @@ async def main() -> int:
                     await asyncio.to_thread(child.wait, 30)
                 except subprocess.TimeoutExpired:
                     child.kill()
+        if consul_double is not None:  # last: the services deregistered from it while draining
+            consul_double.terminate()
+            await asyncio.to_thread(consul_double.wait, 10)
     return code
 
 

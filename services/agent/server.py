@@ -12,15 +12,18 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from agentmesh.rag.v1 import rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.discovery.factory import build_upstreams
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
 from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
+from runtime.live_config import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from runtime.sqlite import Database
-from runtime.upstreams import StaticUpstreams
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
 from services.agent.decision import load_decision_engine
@@ -43,7 +46,16 @@ def event_bus(settings: AgentSettings) -> EventBus:
     return InProcessEventBus()
 
 
-async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+async def build(
+    settings: AgentSettings,
+    discovery: DiscoverySettings | None = None,
+    *,
+    span_processors: Sequence[SpanProcessor] = (),
+) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
+    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+    live_config = live_config_for(discovery, service="agent", data_dir=settings.data_dir)
     middleware = Middleware.start(
         settings,
         service="agent",
@@ -69,8 +81,11 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
         target_of=lambda _method: "rag",
         on_state_change=middleware.metrics.breaker_state_changed,
     )
-    upstreams = StaticUpstreams(
-        {"rag": settings.rag_endpoints},
+    # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
+    # breaker); the channels add no service-config retryPolicy on top.
+    upstreams = await build_upstreams(
+        discovery,
+        static={"rag": settings.rag_endpoints},
         interceptors=middleware.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
@@ -139,7 +154,7 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
         await read_db.close()
         await db.close()
 
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(
@@ -150,3 +165,6 @@ async def build(settings: AgentSettings, *, span_processors: Sequence[SpanProces
         on_started=[start_background],
         on_stopped=[stop_background, middleware.close],
     )
+    add_registration(plan, discovery, service="agent")
+    live_config.attach(plan)
+    return plan

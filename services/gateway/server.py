@@ -8,16 +8,28 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
 from runtime.bootstrap import ServerPlan
+from runtime.discovery.factory import build_upstreams
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
-from runtime.upstreams import StaticUpstreams
 from services.gateway.config import GatewaySettings
 from services.gateway.proxy import RoutingHandler
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
-async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+async def build(
+    settings: GatewaySettings,
+    discovery: DiscoverySettings | None = None,
+    *,
+    span_processors: Sequence[SpanProcessor] = (),
+) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
+    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+    live_config = live_config_for(discovery, service="gateway", data_dir=settings.data_dir)
     limits = settings.rate_limits
     middleware = Middleware.start(
         settings,
@@ -35,13 +47,15 @@ async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProc
         pool=pool,
         on_state_change=middleware.metrics.breaker_state_changed,
     )
-    upstreams = StaticUpstreams(
-        settings.backends,
+    # Retries are the retry interceptor's alone (see services/agent/server.py).
+    upstreams = await build_upstreams(
+        discovery,
+        static=settings.backends,
         interceptors=middleware.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[],
         generic_handlers=[RoutingHandler(routes, upstreams)],
@@ -50,3 +64,6 @@ async def build(settings: GatewaySettings, *, span_processors: Sequence[SpanProc
         interceptors=middleware.server_interceptors,
         on_stopped=[upstreams.close, middleware.close],
     )
+    add_registration(plan, discovery, service="gateway")
+    live_config.attach(plan)
+    return plan

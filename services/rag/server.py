@@ -9,6 +9,9 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.discovery.server_hooks import add_registration
+from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config import live_config_for
 from runtime.middleware import Middleware
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
@@ -20,7 +23,16 @@ from services.rag.servicer import RagServicer
 SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 
 
-async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcessor] = ()) -> ServerPlan:
+async def build(
+    settings: RagSettings,
+    discovery: DiscoverySettings | None = None,
+    *,
+    span_processors: Sequence[SpanProcessor] = (),
+) -> ServerPlan:
+    discovery = discovery or DiscoverySettings()
+    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+    live_config = live_config_for(discovery, service="rag", data_dir=settings.data_dir)
     middleware = Middleware.start(
         settings, service="rag", auth=auth_interceptor(settings.auth, service="rag"), span_processors=span_processors
     )
@@ -40,7 +52,7 @@ async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcesso
         save_delay_s=settings.index_save_delay_s,
     )
     servicer = RagServicer(knowledge, settings)
-    return ServerPlan(
+    plan = ServerPlan(
         settings=settings,
         bindings=[
             ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
@@ -48,3 +60,6 @@ async def build(settings: RagSettings, *, span_processors: Sequence[SpanProcesso
         interceptors=middleware.server_interceptors,
         on_stopped=[knowledge.close, middleware.close],
     )
+    add_registration(plan, discovery, service="rag")
+    live_config.attach(plan)
+    return plan

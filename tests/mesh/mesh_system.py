@@ -17,6 +17,7 @@ from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import Policy
 from runtime.bootstrap import ManagedServer
+from runtime.discovery.settings import DiscoverySettings
 from services.agent.config import AgentSettings
 from services.agent.server import build as build_agent
 from services.gateway.config import GatewaySettings
@@ -73,6 +74,8 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
             stack.push_async_callback(server.stop)
 
         rag_inbound, rag_port = await sidecar("rag-v1", "rag", "v1", {})
+        # As `make run MESH=envoy` runs them: the sidecar health-checks callees, not the app.
+        BEHIND_SIDECAR = DiscoverySettings(client_health_checks=False)
         quick = {"host": LOOPBACK, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0}
         await app("rag-v1", ManagedServer(await build_rag(RagSettings.model_validate({"port": rag_port, **quick}))))
         rag = {"rag": {"v1": [rag_inbound]}}
@@ -85,12 +88,12 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
             # Both versions share one run store, as one database would serve both in a cluster.
             rag_endpoints = [await outbound(instance, "rag")]
             settings = AgentSettings.model_validate({"port": port, "rag_endpoints": rag_endpoints, **quick})
-            await app(instance, ManagedServer(await build_agent(settings)))
+            await app(instance, ManagedServer(await build_agent(settings, BEHIND_SIDECAR)))
 
         gateway_inbound, gateway_port = await sidecar("gateway-v1", "gateway", "v1", {"agent": agents, **rag})
         backends = {callee: [await outbound("gateway-v1", callee)] for callee in ("agent", "rag")}
         gateway = GatewaySettings.model_validate({"port": gateway_port, "backends": backends, **quick})
-        await app("gateway-v1", ManagedServer(await build_gateway(gateway)))
+        await app("gateway-v1", ManagedServer(await build_gateway(gateway, BEHIND_SIDECAR)))
 
         edge = EnvoyProcess(
             edge_bootstrap(

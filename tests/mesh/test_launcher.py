@@ -31,3 +31,8 @@ def test_no_app_listens_where_a_sidecar_or_another_app_does(policy: Policy) -> N
     for instance in policy.local.instances.values():
         ports += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
     assert len(ports) == len(set(ports))
+
+
+def test_apps_leave_health_checking_of_their_callees_to_the_sidecar(policy: Policy) -> None:
+    for instance in policy.local.instances:
+        assert app_env(policy, instance)["AGENTMESH_CLIENT_HEALTH_CHECKS"] == "false"

@@ -1,0 +1,38 @@
+"""Wiring registration into the shared bootstrap: register once listening, deregister first on drain.
+
+The bootstrap's drain turns health NOT_SERVING, then runs ``on_drain`` hooks, then waits
+``drain_delay_s`` before stopping: deregistering there takes the instance out of every peer's
+passing set while it still finishes the calls it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runtime.bootstrap import ServerPlan
+from runtime.discovery.factory import build_registrar
+from runtime.discovery.registration import ConsulRegistrar
+from runtime.discovery.settings import DiscoverySettings
+
+
+def add_registration(plan: ServerPlan, settings: DiscoverySettings, *, service: str, tags: Sequence[str] = ()) -> None:
+    """Register ``service`` with Consul when discovery is Consul; nothing with static discovery."""
+    if settings.discovery != "consul":
+        return
+    registrars: list[ConsulRegistrar] = []
+
+    async def register(port: int) -> None:
+        # Consul's gRPC check must speak TLS to a TLS port (GRPCUseTLS).
+        registrar = build_registrar(
+            settings, service=service, port=port, tags=tags, grpc_use_tls=plan.settings.tls is not None
+        )
+        assert registrar is not None
+        registrar.start()
+        registrars.append(registrar)
+
+    async def deregister() -> None:
+        for registrar in registrars:
+            await registrar.deregister()
+
+    plan.on_started.append(register)
+    plan.on_drain.insert(0, deregister)  # before any other drain work: peers stop picking us first

@@ -1,0 +1,52 @@
+"""Local credentials for `make run`: an ES256 signing key, its JWKS, and a token for the demo user.
+
+`make run` serves with auth on, as production does: every service verifies bearer tokens
+against `var/keys/jwks.json`. The private key never leaves `var/keys` (gitignored, mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from runtime.security import MESH_REQUIRED_SCOPES
+from tools.dev_tokens import generate_private_key, mint, private_key_pem, public_jwk
+
+DEV_SUBJECT = "dev-user"
+
+
+@dataclass(frozen=True)
+class DevAuth:
+    jwks_file: Path
+    token: str
+    token_file: Path
+
+    def service_auth_json(self) -> str:
+        """The value of `AGENTMESH_<SERVICE>_AUTH` for a service that verifies these tokens."""
+        return json.dumps({"jwks_file": str(self.jwks_file)})
+
+
+def ensure_dev_auth(keys_dir: Path, *, ttl_seconds: int = 12 * 3600) -> DevAuth:
+    """Create the key pair once; mint a fresh token (every scope the mesh knows) on every call."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key_path, jwks_path = keys_dir / "signing-key.pem", keys_dir / "jwks.json"
+    if not (key_path.exists() and jwks_path.exists()):
+        key = generate_private_key("ES256")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_key_pem(key))
+        jwks_path.write_text(json.dumps({"keys": [public_jwk(key, kid=f"dev-es256-{uuid.uuid4().hex[:8]}")]}))
+    kid = json.loads(jwks_path.read_text())["keys"][0]["kid"]
+    private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    scopes = sorted({scope for needed in MESH_REQUIRED_SCOPES.values() for scope in needed})
+    token = mint(
+        key=private_key, algorithm="ES256", subject=DEV_SUBJECT, scopes=scopes, kid=kid, ttl_seconds=ttl_seconds
+    )
+    token_file = keys_dir / "dev-token"
+    token_file.write_text(token + "\n")
+    return DevAuth(jwks_file=jwks_path.resolve(), token=token, token_file=token_file)
