@@ -9,6 +9,7 @@ client mistakes at info, conditions worth a look at warning, server faults at er
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -67,12 +68,15 @@ class AccessLogInterceptor(WrappingInterceptor):
         levels = self._levels
 
         def done(context: Context, outcome: Outcome, started: float) -> None:
+            # A call torn down by cancellation (the client went away, the deadline passed) may
+            # already be freed in grpc core; context.peer() on it segfaults the process.
+            cancelled = isinstance(outcome.error, (asyncio.CancelledError, GeneratorExit))
             log.log(
                 levels[outcome.code],
                 "rpc finished",
                 code=outcome.code.name,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                peer=context.peer(),
+                peer="" if cancelled else context.peer(),
                 caller=current_caller.get().subject,
             )
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
 from runtime.resilience import UpstreamResilience
+
+
+class FallbackRuleSetting(BaseModel):
+    """When the decision step fails, a question matching `pattern` (a regex) gets `answer`."""
+
+    pattern: str
+    answer: str
 
 
 class AgentSettings(ServiceSettings):
@@ -17,6 +27,63 @@ class AgentSettings(ServiceSettings):
     rag_endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:50053"])
     retrieval_top_k: int = Field(default=3, ge=1, le=50)
     retrieval_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Background execution: runs in flight at once, and admitted runs waiting for a worker.
+    workers: int = Field(default=8, ge=1)
+    backlog: int = Field(default=256, ge=0)
+    # The RetryInfo hint sent with RESOURCE_EXHAUSTED when workers and backlog are full.
+    busy_retry_after_s: float = Field(default=1.0, ge=0)
+
+    # Decision step: a registered engine ("extractive", "http") or "package.module:factory",
+    # called with `decision_engine_options` as keyword arguments.
+    decision_engine: str = "extractive"
+    decision_engine_options: dict[str, Any] = Field(default_factory=dict)
+    decision_timeout_s: float = Field(default=10.0, gt=0)
+    fallback_rules: list[FallbackRuleSetting] = Field(default_factory=list)
+
+    # Review rules.
+    review_min_confidence: float = Field(default=0.25, ge=0, le=1)
+    review_sensitive_terms: list[str] = Field(default_factory=lambda: ["password", "credential", "salary", "medical"])
+    # Who may review is the auth policy's business: SubmitReview requires `runs.review`
+    # (runtime/security.py, MESH_REQUIRED_SCOPES) whenever `auth` is configured.
+
+    # Tool budget: tool calls one run reserves, and the most a caller's in-flight runs may hold.
+    tool_calls_per_run: int = Field(default=2, ge=1)
+    tool_budget_per_caller: int = Field(default=2000, ge=1)
+
+    # Event bus: in-process (embedded default) or Redis Streams.
+    event_bus: Literal["in_process", "redis"] = "in_process"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Consumer name in Redis consumer groups: stable across restarts, so a restarted instance
+    # takes back the events it had read but not acknowledged. Empty: the host name.
+    instance_id: str = ""
+    outbox_poll_s: float = Field(default=1.0, gt=0)
+    # A run's saga is leased to the instance executing it; each step renews the lease, so it must
+    # outlast the longest step. Another instance resumes the run only after it expires.
+    saga_lease_s: float = Field(default=120.0, gt=0)
+    # How long consumers remember applied event ids (redeliveries come within minutes).
+    dedup_retention_s: float = Field(default=24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_step(self) -> AgentSettings:
+        longest_step = max(self.decision_timeout_s, self.retrieval_timeout_s)
+        if self.saga_lease_s <= longest_step:
+            raise ValueError(
+                f"saga_lease_s ({self.saga_lease_s}) must exceed the longest step timeout ({longest_step}),"
+                " or a slow step would lose its run to another instance"
+            )
+        return self
+
+    @property
+    def write_db_path(self) -> Path:
+        """Runs, their event log, the outbox, the saga log and the tool budget (one transaction scope)."""
+        return self.data_dir / "agent.sqlite3"
+
+    @property
+    def read_db_path(self) -> Path:
+        """The run projection, built only from events."""
+        return self.data_dir / "agent-read.sqlite3"
+
     # Calls with side effects take idempotency keys; CreateRun's AIP-155 request_id is one too.
     idempotent_methods: dict[str, str] = Field(
         default_factory=lambda: {

@@ -1,232 +1,306 @@
-"""Runs and their event log in SQLite: a state change and its event commit together.
+"""The write side: runs, their event log and the outbox, changed together in one SQLite transaction.
 
-The run is stored as its serialized proto (the contract is the schema) beside the columns
-that queries filter and sort on. `(creator, request_id)` is unique, so an AIP-155 retry can
-never create a second run, even when two retries race.
+A state change, the event that records it and the outbox row that publishes it commit or
+roll back as one, so the log, the bus and the run never disagree. The log's ``sequence`` is
+assigned under SQLite's single write lock, so sequences become visible in commit order and a
+reader that resumes "after N" can never skip an event that commits later with a smaller number.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
+import json
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
 
-import aiosqlite
+import structlog
 
-from agentmesh.agent.v1 import run_pb2
+from runtime.events.bus import Event
+from runtime.events.outbox import Outbox
+from runtime.sqlite import Database, Transaction
+from services.agent.model import Citation, EventType, Run, RunEvent
+from services.agent.state_machine import TERMINAL, IllegalTransition, RunState, check_transition
+
+log = structlog.get_logger(__name__)
+
+RUN_EVENTS_STREAM = "agent.runs"
 
 _SCHEMA = """
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS runs (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  run_id TEXT NOT NULL UNIQUE,
-  state INTEGER NOT NULL,
-  creator TEXT NOT NULL,
-  request_id TEXT,
-  request_hash TEXT NOT NULL,
-  body BLOB NOT NULL
+    run_id      TEXT PRIMARY KEY,
+    creator     TEXT NOT NULL,
+    request_id  TEXT,
+    fingerprint TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    snapshot    TEXT NOT NULL,
+    UNIQUE (creator, request_id)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS runs_request ON runs(creator, request_id) WHERE request_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS runs_state ON runs(state, seq);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS run_events (
-  sequence INTEGER PRIMARY KEY AUTOINCREMENT,
-  event_id TEXT NOT NULL UNIQUE,
-  run_id TEXT NOT NULL,
-  body BLOB NOT NULL
+    sequence INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    run_id   TEXT NOT NULL,
+    event    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS run_events_run ON run_events(run_id, sequence);
+CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, sequence);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One event to append with a state change."""
-
-    type: str
-    from_state: run_pb2.Run.State.ValueType
-    to_state: run_pb2.Run.State.ValueType
-    cause: str
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} does not exist")
 
 
-class RequestIdConflictError(Exception):
-    """The request ID was already used by this caller for a different request."""
+class RequestIdReused(ValueError):
+    """An AIP-155 request id sent again with a different request."""
 
 
-class StaleStateError(Exception):
-    """The run changed state since it was read; the caller re-reads and decides again."""
+def event_from_run_event(event: RunEvent) -> Event:
+    return Event(
+        id=event.event_id,
+        stream=RUN_EVENTS_STREAM,
+        type=event.type,
+        key=event.run_id,
+        occurred_at=event.create_time,
+        data={
+            "sequence": event.sequence,
+            "cause": event.cause,
+            "from_state": str(event.from_state) if event.from_state else None,
+            "to_state": str(event.to_state) if event.to_state else None,
+            "run": event.run.to_dict(),
+        },
+    )
 
-    def __init__(self, actual: run_pb2.Run.State.ValueType) -> None:
-        super().__init__(actual)
-        self.actual = actual
+
+def run_event_from_event(event: Event) -> RunEvent:
+    data = event.data
+    return RunEvent(
+        sequence=int(data["sequence"]),
+        event_id=event.id,
+        run_id=event.key,
+        type=event.type,
+        cause=str(data["cause"]),
+        create_time=event.occurred_at,
+        run=Run.from_dict(data["run"]),
+        from_state=RunState(data["from_state"]) if data.get("from_state") else None,
+        to_state=RunState(data["to_state"]) if data.get("to_state") else None,
+    )
 
 
-def new_run_id() -> str:
-    return f"run_{uuid.uuid4().hex}"
+def _fingerprint(question: str, labels: Mapping[str, str], retrieval_filter: Mapping[str, str]) -> str:
+    canonical = json.dumps([question, dict(labels), dict(retrieval_filter)], sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class RunStore:
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db: aiosqlite.Connection | None = None
-        # Writers serialize here rather than on SQLite's busy timeout: one process owns the file.
-        self._write_lock = asyncio.Lock()
-        self._changed = asyncio.Condition()
+    def __init__(self, db: Database, outbox: Outbox) -> None:
+        self.db = db
+        self._outbox = outbox
+        self._committed = asyncio.Event()
 
-    async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.executescript(_SCHEMA)
-        await self._db.commit()
+    async def create_schema(self) -> None:
+        await self._outbox.create_schema()
+        await self.db.executescript(_SCHEMA)
 
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("RunStore is not open")
-        return self._db
-
-    async def _append_events(self, run: run_pb2.Run, transitions: Sequence[Transition]) -> None:
-        for t in transitions:
-            event = run_pb2.RunEvent(
-                event_id=uuid.uuid4().hex,
-                run_id=run.run_id,
-                type=t.type,
-                from_state=t.from_state,
-                to_state=t.to_state,
-                cause=t.cause,
-            )
-            event.create_time.FromNanoseconds(time.time_ns())
-            await self.db.execute(
-                "INSERT INTO run_events (event_id, run_id, body) VALUES (?, ?, ?)",
-                (event.event_id, run.run_id, event.SerializeToString()),
-            )
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    # -- commands -------------------------------------------------------------------------
 
     async def create(
-        self, run: run_pb2.Run, *, request_hash: str, transitions: Sequence[Transition]
-    ) -> tuple[run_pb2.Run, bool]:
-        """Store a new run; with a request ID already used by its creator, return that run instead."""
-        async with self._write_lock:
-            if run.request_id:
-                existing = await self._by_request(run.creator, run.request_id)
-                if existing is not None:
-                    stored_hash, stored = existing
-                    if stored_hash != request_hash:
-                        raise RequestIdConflictError(run.request_id)
-                    return stored, False
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.execute(
-                    "INSERT INTO runs (run_id, state, creator, request_id, request_hash, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        run.run_id,
-                        run.state,
-                        run.creator,
-                        run.request_id or None,
-                        request_hash,
-                        run.SerializeToString(),
-                    ),
-                )
-                await self._append_events(run, transitions)
-                await self.db.commit()
-            except BaseException:
-                await self.db.rollback()
-                raise
-        await self._notify()
-        return run, True
-
-    async def _by_request(self, creator: str, request_id: str) -> tuple[str, run_pb2.Run] | None:
-        async with self.db.execute(
-            "SELECT request_hash, body FROM runs WHERE creator = ? AND request_id = ?", (creator, request_id)
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else (row[0], run_pb2.Run.FromString(row[1]))
-
-    async def save(
         self,
-        run: run_pb2.Run,
         *,
-        expected_state: run_pb2.Run.State.ValueType,
-        transitions: Sequence[Transition],
+        question: str,
+        creator: str = "",
+        request_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        retrieval_filter: Mapping[str, str] | None = None,
+        start: bool = True,
+    ) -> tuple[Run, bool]:
+        """Create a run (IDLE, then PROCESSING when ``start``); returns it and whether it is new.
+
+        The same ``request_id`` from the same creator returns the first run instead of a second.
+        """
+        labels, retrieval_filter = dict(labels or {}), dict(retrieval_filter or {})
+        fingerprint = _fingerprint(question, labels, retrieval_filter)
+        async with self.db.transaction() as tx:
+            if request_id:
+                existing = await self._by_request_id(tx, creator, request_id)
+                if existing is not None:
+                    stored_fingerprint, run = existing
+                    if stored_fingerprint != fingerprint:
+                        raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
+                    return run, False
+            now = time.time()
+            run = Run(
+                run_id=f"run_{uuid.uuid4().hex}",
+                question=question,
+                state=RunState.IDLE,
+                version=1,
+                create_time=now,
+                update_time=now,
+                creator=creator,
+                request_id=request_id,
+                labels=labels,
+                retrieval_filter=retrieval_filter,
+            )
+            await tx.execute(
+                "INSERT INTO runs (run_id, creator, request_id, fingerprint, state, snapshot)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run.run_id, creator, request_id or None, fingerprint, run.state, json.dumps(run.to_dict())),
+            )
+            await self._append(tx, run, EventType.CREATED, "run created", to_state=run.state)
+            if start:
+                run = await self._apply_transition(tx, run, RunState.PROCESSING, "admitted for execution", {})
+            return run, True
+
+    async def transition(
+        self,
+        run_id: str,
+        to_state: RunState,
+        *,
+        cause: str,
+        only_from: Iterable[RunState] | None = None,
+        answer: str | None = None,
+        citations: tuple[Citation, ...] | None = None,
+        decided_by: str | None = None,
+        status_reason: str | None = None,
+    ) -> Run:
+        """Move a run to ``to_state``, or raise ``IllegalTransition`` without changing anything.
+
+        ``only_from`` narrows the table for one command: a review may only move a run that waits
+        for review, although the table also allows, say, PROCESSING → COMPLETED.
+        """
+        async with self.db.transaction() as tx:
+            run = await self._load(tx, run_id)
+            if only_from is not None and run.state not in set(only_from):
+                raise IllegalTransition(run.state, to_state)
+            changes: dict[str, Any] = {}
+            if status_reason is not None:
+                changes["status_reason"] = status_reason
+            if answer is not None:
+                changes["answer"] = answer
+            if citations is not None:
+                changes["citations"] = citations
+            if decided_by is not None:
+                changes["decided_by"] = decided_by
+            updated = await self._apply_transition(tx, run, to_state, cause, changes)
+        log.info("run state changed", run_id=run_id, from_state=run.state, to_state=to_state, cause=cause)
+        return updated
+
+    async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
+        """Record a completed workflow step, inside the caller's (the saga log's) transaction."""
+        run = await self._load(tx, run_id)
+        if run.state in TERMINAL:
+            return  # a step that finished after the run was cancelled: its last event stays the terminal one
+        await self._append(tx, run, EventType.STEP_COMPLETED, f"{step}: {cause}")
+
+    async def _apply_transition(
+        self, tx: Transaction, run: Run, to_state: RunState, cause: str, changes: Mapping[str, Any]
+    ) -> Run:
+        check_transition(run.state, to_state)
+        # The cause explains a stopped or parked run; a running or completed one needs no reason.
+        reason = "" if to_state in (RunState.PROCESSING, RunState.COMPLETED) else cause
+        updated = replace(
+            run,
+            state=to_state,
+            version=run.version + 1,
+            update_time=time.time(),
+            **({"status_reason": reason} | dict(changes)),
+        )
+        await tx.execute(
+            "UPDATE runs SET state = ?, snapshot = ? WHERE run_id = ?",
+            (updated.state, json.dumps(updated.to_dict()), updated.run_id),
+        )
+        await self._append(tx, updated, EventType.STATE_CHANGED, cause, from_state=run.state, to_state=to_state)
+        return updated
+
+    async def _append(
+        self,
+        tx: Transaction,
+        run: Run,
+        event_type: str,
+        cause: str,
+        *,
+        from_state: RunState | None = None,
+        to_state: RunState | None = None,
     ) -> None:
-        """Write a changed run only if it is still in `expected_state` (compare-and-set)."""
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = await self.db.execute(
-                    "UPDATE runs SET state = ?, body = ? WHERE run_id = ? AND state = ?",
-                    (run.state, run.SerializeToString(), run.run_id, expected_state),
-                )
-                if cur.rowcount != 1:
-                    await self.db.rollback()
-                    current = await self.get(run.run_id)
-                    raise StaleStateError(current.state if current else run_pb2.Run.STATE_UNSPECIFIED)
-                await self._append_events(run, transitions)
-                await self.db.commit()
-            except StaleStateError:
-                raise
-            except BaseException:
-                await self.db.rollback()
-                raise
-        await self._notify()
+        cursor = await tx.execute("SELECT coalesce(max(sequence), 0) + 1 FROM run_events")
+        row = await cursor.fetchone()
+        assert row is not None
+        event = event_from_run_event(
+            RunEvent(
+                sequence=int(row[0]),
+                event_id=uuid.uuid4().hex,
+                run_id=run.run_id,
+                type=event_type,
+                cause=cause,
+                create_time=time.time(),
+                run=run,
+                from_state=from_state,
+                to_state=to_state,
+            )
+        )
+        await tx.execute(
+            "INSERT INTO run_events (sequence, event_id, run_id, event) VALUES (?, ?, ?, ?)",
+            (int(row[0]), event.id, run.run_id, event.to_json()),
+        )
+        await self._outbox.append(tx, event)
+        tx.on_commit(self._wake_watchers)
 
-    async def get(self, run_id: str) -> run_pb2.Run | None:
-        async with self.db.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else run_pb2.Run.FromString(row[0])
+    def _wake_watchers(self) -> None:
+        self._committed.set()
+        self._committed = asyncio.Event()
 
-    async def page(
-        self, *, state: run_pb2.Run.State.ValueType, before_seq: int | None, limit: int
-    ) -> tuple[list[run_pb2.Run], int | None]:
-        """Newest first. Returns the page and the cursor for the next page (None on the last)."""
-        sql = "SELECT seq, body FROM runs WHERE 1 = 1"
-        params: list[object] = []
-        if state:
-            sql += " AND state = ?"
-            params.append(state)
-        if before_seq is not None:
-            sql += " AND seq < ?"
-            params.append(before_seq)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        async with self.db.execute(sql, params) as cur:
-            rows = list(await cur.fetchall())
-        page = rows[:limit]
-        next_cursor = page[-1][0] if len(rows) > limit else None
-        return [run_pb2.Run.FromString(r[1]) for r in page], next_cursor
+    async def _load(self, tx: Transaction, run_id: str) -> Run:
+        cursor = await tx.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            raise RunNotFound(run_id)
+        return Run.from_dict(json.loads(row[0]))
 
-    async def events_after(self, run_id: str, after_sequence: int) -> list[run_pb2.RunEvent]:
-        async with self.db.execute(
-            "SELECT sequence, body FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence",
-            (run_id, after_sequence),
-        ) as cur:
-            rows = await cur.fetchall()
-        events = []
-        for sequence, body in rows:
-            event = run_pb2.RunEvent.FromString(body)
-            event.sequence = sequence
-            events.append(event)
-        return events
+    async def _by_request_id(self, tx: Transaction, creator: str, request_id: str) -> tuple[str, Run] | None:
+        cursor = await tx.execute(
+            "SELECT fingerprint, snapshot FROM runs WHERE creator = ? AND request_id = ?",
+            (creator, request_id),
+        )
+        row = await cursor.fetchone()
+        return (row[0], Run.from_dict(json.loads(row[1]))) if row else None
 
-    async def wait_for_change(self, timeout_s: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout_s)
+    # -- reads of the write model (commands, recovery, WatchRun) -------------------------
 
-    async def count_by_state(self) -> dict[int, int]:
-        async with self.db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state") as cur:
-            rows = await cur.fetchall()
-        return {int(state): int(count) for state, count in rows}
+    async def get(self, run_id: str) -> Run:
+        row = await self.db.fetch_one("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,))
+        if row is None:
+            raise RunNotFound(run_id)
+        return Run.from_dict(json.loads(row[0]))
+
+    async def run_ids_in(self, states: Iterable[RunState]) -> list[str]:
+        wanted = [str(s) for s in states]
+        rows = await self.db.fetch_all(
+            f"SELECT run_id FROM runs WHERE state IN ({','.join('?' * len(wanted))})", wanted
+        )
+        return [row[0] for row in rows]
+
+    async def events(self, *, after: int = 0, run_id: str | None = None, limit: int = 500) -> list[RunEvent]:
+        """Events with ``sequence > after`` in order, for one run or for all."""
+        if run_id is None:
+            rows = await self.db.fetch_all(
+                "SELECT event FROM run_events WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, limit)
+            )
+        else:
+            rows = await self.db.fetch_all(
+                "SELECT event FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (run_id, after, limit),
+            )
+        return [run_event_from_event(Event.from_json(row[0])) for row in rows]
+
+    async def last_sequence(self) -> int:
+        row = await self.db.fetch_one("SELECT coalesce(max(sequence), 0) FROM run_events")
+        return int(row[0]) if row else 0
+
+    def next_commit(self) -> asyncio.Event:
+        """An event set by the next commit that appends to the log. Take it *before* reading."""
+        return self._committed

@@ -1,7 +1,10 @@
-"""Assemble the agent service's server from its settings (shared bootstrap)."""
+"""Assemble the agent service from its settings: stores, event bus, workflow, workers, servicer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import SpanProcessor
@@ -12,15 +15,35 @@ from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
+from runtime.events.bus import EventBus
+from runtime.events.in_process import InProcessEventBus
+from runtime.events.outbox import Outbox
+from runtime.events.redis_streams import RedisStreamsEventBus
 from runtime.live_config import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
+from runtime.sqlite import Database
+from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
-from services.agent.run_store import RunStore
+from services.agent.decision import load_decision_engine
+from services.agent.executor import RunExecutor
+from services.agent.projections import RunProjection
+from services.agent.retrieval import RagRetriever
+from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
+from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
+from services.agent.saga import SagaLog
 from services.agent.servicer import AgentServicer
+from services.agent.workflow import RunWorkflow, WorkflowOptions
 
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+PROJECTION_GROUP = "agent.projection.runs"
+
+
+def event_bus(settings: AgentSettings) -> EventBus:
+    if settings.event_bus == "redis":
+        return RedisStreamsEventBus.from_url(settings.redis_url)
+    return InProcessEventBus()
 
 
 async def build(
@@ -39,8 +62,20 @@ async def build(
         auth=auth_interceptor(settings.auth, service="agent"),
         span_processors=span_processors,
     )
-    store = RunStore(settings.data_dir / "agent.sqlite3")
-    await store.open()
+    # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
+    # the read model lives in its own file, built only from events.
+    db = await Database.open(settings.write_db_path)
+    read_db = await Database.open(settings.read_db_path)
+    outbox = Outbox(db)
+    store = RunStore(db, outbox)
+    instance = settings.instance_id or socket.gethostname()
+    saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
+    budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
+    projection = RunProjection(read_db)
+    for component in (store, saga_log, budget, projection):
+        await component.create_schema()
+
+    bus = event_bus(settings)
     guards = upstream_guards(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
@@ -56,7 +91,69 @@ async def build(
         ),
     )
     rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
-    servicer = AgentServicer(store, rag, settings)
+    engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    workflow = RunWorkflow(
+        store=store,
+        saga_log=saga_log,
+        budget=budget,
+        retriever=RagRetriever(rag, timeout_s=settings.retrieval_timeout_s),
+        engine=engine,
+        fallback=FallbackRules([FallbackRule(r.pattern, r.answer) for r in settings.fallback_rules]),
+        review=ReviewPolicy(
+            min_confidence=settings.review_min_confidence, sensitive_terms=settings.review_sensitive_terms
+        ),
+        options=WorkflowOptions(
+            decision_timeout=settings.decision_timeout_s,
+            top_k=settings.retrieval_top_k,
+            tool_calls_per_run=settings.tool_calls_per_run,
+        ),
+    )
+    executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
+    servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
+    background: list[asyncio.Task[None]] = []
+
+    async def resume_orphaned_runs() -> None:
+        # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
+        while True:
+            await asyncio.sleep(settings.saga_lease_s)
+            for run_id in await workflow.recover(include_unstarted=False):
+                executor.resume(run_id)
+
+    async def prune_ledger_hourly() -> None:
+        while True:
+            await projection.prune_ledger(older_than=settings.dedup_retention_s)
+            await asyncio.sleep(3600)
+
+    async def start_background(port: int) -> None:
+        await projection.catch_up(store)
+        await bus.subscribe(
+            RUN_EVENTS_STREAM,
+            group=PROJECTION_GROUP,
+            consumer=instance,
+            handler=projection.apply,
+        )
+        background.append(asyncio.create_task(outbox.relay(bus, poll_interval=settings.outbox_poll_s)))
+        background.append(asyncio.create_task(prune_ledger_hourly()))
+        background.append(asyncio.create_task(resume_orphaned_runs()))
+        # Runs a previous process accepted but did not finish: resume or compensate them.
+        for run_id in await workflow.recover():
+            executor.resume(run_id)
+
+    async def stop_background() -> None:
+        await executor.shutdown(grace_s=settings.grace_period_s)
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A last relay so events of the final commits are not left for the next start.
+        with contextlib.suppress(Exception):
+            await outbox.relay_once(bus)
+        await bus.close()
+        await engine.close()
+        await upstreams.close()
+        await read_db.close()
+        await db.close()
+
     plan = ServerPlan(
         settings=settings,
         bindings=[
@@ -65,7 +162,8 @@ async def build(
             )
         ],
         interceptors=middleware.server_interceptors,
-        on_stopped=[upstreams.close, store.close, middleware.close],
+        on_started=[start_background],
+        on_stopped=[stop_background, middleware.close],
     )
     add_registration(plan, discovery, service="agent")
     live_config.attach(plan)

@@ -1,241 +1,224 @@
-"""AgentService handlers: validate, run the workflow, persist, read back."""
+"""AgentService handlers: commands write through the run store, queries read the projection.
+
+- CreateRun persists the run (PROCESSING) and returns at once; the workflow continues on a
+  background worker. When workers and backlog are full it is RESOURCE_EXHAUSTED with RetryInfo.
+- CancelRun and SubmitReview are state transitions checked by the state machine; a refused
+  one is FAILED_PRECONDITION naming both states.
+- GetRun, ListRuns and GetRunStats read the run projection. Before reading, the projection
+  catches up with the event log if it is behind, so a caller reads its own writes.
+- WatchRun streams the run's event log after a cursor, then follows new commits live.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-import time
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import structlog
+from opentelemetry import context as otel_context
 
-from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc, run_pb2
-from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
+from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
-from runtime.errors import api_errors, api_errors_stream, failed_precondition, invalid_argument, not_found
-from services.agent.answering import compose_answer
+from runtime.errors import (
+    api_errors,
+    api_errors_stream,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    resource_exhausted,
+    unavailable,
+)
 from services.agent.config import AgentSettings
-from services.agent.run_store import RequestIdConflictError, RunStore, StaleStateError, Transition, new_run_id
+from services.agent.executor import ExecutorClosed, ExecutorFull, RunExecutor
+from services.agent.messages import (
+    event_to_proto,
+    proto_state_name,
+    run_to_proto,
+    state_from_proto,
+    state_to_proto,
+)
+from services.agent.projections import InvalidPageToken, RunProjection
+from services.agent.run_store import RequestIdReused, RunNotFound, RunStore
+from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
-Run = run_pb2.Run
-TERMINAL = frozenset({Run.STATE_COMPLETED, Run.STATE_FAILED, Run.STATE_CANCELLED})
+Review = agent_service_pb2.SubmitReviewRequest
+# Safety net for WatchRun: commits wake watchers at once; this only bounds a missed wake-up.
 WATCH_POLL_S = 5.0
 
 
-def _state_name(state: int) -> str:
-    return Run.State.Name(state)  # type: ignore[arg-type]
-
-
-def _encode_page_token(before_seq: int, state: int) -> str:
-    raw = json.dumps({"b": before_seq, "s": state}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, state: int) -> int:
+@contextlib.contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Domain refusals as AIP-193 errors."""
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        before, token_state = int(data["b"]), int(data["s"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise invalid_argument([("page_token", "is malformed; pass next_page_token unchanged")]) from None
-    if token_state != state:
-        raise invalid_argument([("page_token", "was issued for a different state filter")])
-    return before
+        yield
+    except RunNotFound as error:
+        raise not_found("run", error.run_id) from None
+    except IllegalTransition as error:
+        src, dst = proto_state_name(error.from_state), proto_state_name(error.to_state)
+        raise failed_precondition(
+            f"the run is {src}; there is no transition {src} -> {dst}", from_state=src, to_state=dst
+        ) from None
+
+
+def _background_context() -> contextvars.Context:
+    """The context a run executes in: it acts for its creator, but outlives the CreateRun call.
+
+    Carried over: the caller identity (RAG calls forward the creator's token) and the trace
+    context (the run's calls join the CreateRun trace). Not carried over: the call's deadline
+    and anything else scoped to the call, since the run continues after it returns.
+    """
+    caller, trace_context = current_caller.get(), otel_context.get_current()
+    context = contextvars.Context()
+    context.run(current_caller.set, caller)
+    context.run(otel_context.attach, trace_context)
+    return context
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: RunStore, rag: rag_service_pb2_grpc.RagServiceAsyncStub, settings: AgentSettings) -> None:
+    def __init__(
+        self, *, store: RunStore, projection: RunProjection, executor: RunExecutor, settings: AgentSettings
+    ) -> None:
         self._store = store
-        self._rag = rag
+        self._projection = projection
+        self._executor = executor
         self._settings = settings
 
-    async def _load(self, run_id: str) -> Run:
-        validate_run_id(run_id)
-        run = await self._store.get(run_id)
-        if run is None:
-            raise not_found("run", run_id)
-        return run
-
-    async def _answer(self, run: Run, context: Context) -> tuple[Transition, str]:
-        """Retrieve and compose; fills the run's answer. Returns the final transition and path."""
-        budget = self._settings.retrieval_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            budget = min(budget, remaining)
-        try:
-            response = await self._rag.Search(
-                rag_service_pb2.SearchRequest(
-                    query=run.question,
-                    top_k=self._settings.retrieval_top_k,
-                    metadata_filter=run.retrieval_filter,
-                ),
-                timeout=budget,
-            )
-        except grpc.aio.AioRpcError as error:
-            log.warning("retrieval failed", run_id=run.run_id, code=error.code().name, details=error.details())
-            run.state = Run.STATE_FAILED
-            run.status_reason = f"knowledge retrieval failed: {error.code().name}"
-            return Transition("run.state_changed", Run.STATE_PROCESSING, Run.STATE_FAILED, run.status_reason), ""
-        answer, citations = compose_answer(run.question, response.results)
-        run.answer = answer
-        run.citations.extend(citations)
-        run.state = Run.STATE_COMPLETED
-        run.decided_by = "extractive"
-        return Transition("run.state_changed", Run.STATE_PROCESSING, Run.STATE_COMPLETED, "answer composed"), "ok"
+    # -- commands ------------------------------------------------------------------------
 
     @api_errors
     async def CreateRun(
         self, request: agent_service_pb2.CreateRunRequest, context: Context
     ) -> agent_service_pb2.CreateRunResponse:
         validate_create(request)
-        run = Run(
-            run_id=new_run_id(),
-            question=request.question,
-            state=Run.STATE_PROCESSING,
-            labels=request.labels,
-            retrieval_filter=request.retrieval_filter,
-            request_id=request.request_id,
-            creator=current_caller.get().subject,
-        )
-        now = time.time_ns()
-        run.create_time.FromNanoseconds(now)
-        run.update_time.FromNanoseconds(now)
-        request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-        if request.request_id:
-            # A retry of an earlier CreateRun returns that run and does no work again.
-            try:
-                stored, created = await self._store.create(
-                    run,
-                    request_hash=request_hash,
-                    transitions=[Transition("run.created", Run.STATE_IDLE, Run.STATE_PROCESSING, "run accepted")],
-                )
-            except RequestIdConflictError:
-                raise invalid_argument(
-                    [("request_id", "was already used for a different request; use a new request_id")]
-                ) from None
-            if not created:
-                return agent_service_pb2.CreateRunResponse(run=stored)
-        else:
-            await self._store.create(
-                run,
-                request_hash=request_hash,
-                transitions=[Transition("run.created", Run.STATE_IDLE, Run.STATE_PROCESSING, "run accepted")],
-            )
-        final, _ = await self._answer(run, context)
-        run.update_time.FromNanoseconds(time.time_ns())
         try:
-            await self._store.save(run, expected_state=Run.STATE_PROCESSING, transitions=[final])
-        except StaleStateError as stale:
-            # Cancelled while we worked: the cancellation wins, the answer is dropped.
-            current = await self._store.get(run.run_id)
-            log.info("run changed while processing", run_id=run.run_id, state=_state_name(stale.actual))
-            return agent_service_pb2.CreateRunResponse(run=current)
-        return agent_service_pb2.CreateRunResponse(run=run)
-
-    @api_errors
-    async def GetRun(
-        self, request: agent_service_pb2.GetRunRequest, context: Context
-    ) -> agent_service_pb2.GetRunResponse:
-        return agent_service_pb2.GetRunResponse(run=await self._load(request.run_id))
-
-    @api_errors
-    async def ListRuns(
-        self, request: agent_service_pb2.ListRunsRequest, context: Context
-    ) -> agent_service_pb2.ListRunsResponse:
-        page_size = validate_list(request)
-        before = _decode_page_token(request.page_token, request.state) if request.page_token else None
-        runs, next_cursor = await self._store.page(state=request.state, before_seq=before, limit=page_size)
-        token = _encode_page_token(next_cursor, request.state) if next_cursor is not None else ""
-        return agent_service_pb2.ListRunsResponse(runs=runs, next_page_token=token)
-
-    async def _transition(self, run: Run, to_state: Run.State.ValueType, cause: str) -> Run:
-        from_state = run.state
-        run.state = to_state
-        run.status_reason = cause
-        run.update_time.FromNanoseconds(time.time_ns())
-        try:
-            await self._store.save(
-                run,
-                expected_state=from_state,
-                transitions=[Transition("run.state_changed", from_state, to_state, cause)],
-            )
-        except StaleStateError as stale:
-            raise failed_precondition(
-                f"run {run.run_id} moved to {_state_name(stale.actual)} meanwhile; "
-                f"cannot go to {_state_name(to_state)}",
-                from_state=_state_name(stale.actual),
-                to_state=_state_name(to_state),
+            with self._executor.admit() as admission:
+                try:
+                    run, created = await self._store.create(
+                        question=request.question,
+                        creator=current_caller.get().subject,
+                        request_id=request.request_id,
+                        labels=request.labels,
+                        retrieval_filter=request.retrieval_filter,
+                    )
+                except RequestIdReused:
+                    raise invalid_argument(
+                        [("request_id", "was already used for a different request; use a new request_id")]
+                    ) from None
+                if created:
+                    self._executor.submit(admission, run.run_id, context=_background_context())
+        except ExecutorFull as full:
+            raise resource_exhausted(
+                f"the agent is at capacity ({full.capacity} runs running or queued); retry later",
+                retry_after_s=self._settings.busy_retry_after_s,
+                limit="agent_run_slots",
             ) from None
-        return run
+        except ExecutorClosed:
+            raise unavailable("the agent is shutting down; retry on another instance", reason="DRAINING") from None
+        return agent_service_pb2.CreateRunResponse(run=run_to_proto(run))
 
     @api_errors
     async def CancelRun(
         self, request: agent_service_pb2.CancelRunRequest, context: Context
     ) -> agent_service_pb2.CancelRunResponse:
-        run = await self._load(request.run_id)
-        if run.state in TERMINAL:
-            raise failed_precondition(
-                f"run {run.run_id} is {_state_name(run.state)}; a finished run cannot be cancelled "
-                f"(no transition {_state_name(run.state)} -> STATE_CANCELLED)",
-                from_state=_state_name(run.state),
-                to_state="STATE_CANCELLED",
+        validate_run_id(request.run_id)
+        with _domain_errors():
+            run = await self._store.transition(
+                request.run_id, RunState.CANCELLED, cause=request.reason or "cancelled by caller"
             )
-        cause = request.reason or "cancelled by caller"
-        return agent_service_pb2.CancelRunResponse(run=await self._transition(run, Run.STATE_CANCELLED, cause))
+        # Interrupts the workflow if it is executing; it then compensates what it had done.
+        self._executor.cancel(run.run_id)
+        return agent_service_pb2.CancelRunResponse(run=run_to_proto(run))
 
     @api_errors
     async def SubmitReview(
         self, request: agent_service_pb2.SubmitReviewRequest, context: Context
     ) -> agent_service_pb2.SubmitReviewResponse:
         validate_review(request)
-        run = await self._load(request.run_id)
-        approve = request.decision == agent_service_pb2.SubmitReviewRequest.DECISION_APPROVE
-        target = Run.STATE_COMPLETED if approve else Run.STATE_FAILED
-        if run.state != Run.STATE_WAITING_FOR_REVIEW:
-            raise failed_precondition(
-                f"run {run.run_id} is {_state_name(run.state)}, not STATE_WAITING_FOR_REVIEW; "
-                f"no transition {_state_name(run.state)} -> {_state_name(target)} by review",
-                from_state=_state_name(run.state),
-                to_state=_state_name(target),
+        # The auth interceptor has already required the reviewer scope (runs.review) for this method.
+        caller = current_caller.get()
+        approve = request.decision == Review.DECISION_APPROVE
+        verdict = "approved" if approve else "rejected"
+        with _domain_errors():
+            run = await self._store.transition(
+                request.run_id,
+                RunState.COMPLETED if approve else RunState.FAILED,
+                cause=f"{verdict} by {caller.subject}" + (f": {request.comment}" if request.comment else ""),
+                only_from=[RunState.WAITING_FOR_REVIEW],
+                status_reason=request.comment or f"{verdict} by reviewer",
             )
-        cause = request.comment or ("approved by reviewer" if approve else "rejected by reviewer")
-        return agent_service_pb2.SubmitReviewResponse(run=await self._transition(run, target, cause))
+        return agent_service_pb2.SubmitReviewResponse(run=run_to_proto(run))
 
-    @api_errors_stream
-    async def WatchRun(
-        self, request: agent_service_pb2.WatchRunRequest, context: Context
-    ) -> AsyncIterator[agent_service_pb2.WatchRunResponse]:
-        if request.after_sequence < 0:
-            raise invalid_argument([("after_sequence", "must not be negative")])
-        run = await self._load(request.run_id)
-        cursor = request.after_sequence
-        while True:
-            for event in await self._store.events_after(run.run_id, cursor):
-                cursor = event.sequence
-                yield agent_service_pb2.WatchRunResponse(event=event)
-            run = await self._load(request.run_id)
-            if run.state in TERMINAL:
-                # Events committed with the terminal state are already read: a final drain.
-                for event in await self._store.events_after(run.run_id, cursor):
-                    cursor = event.sequence
-                    yield agent_service_pb2.WatchRunResponse(event=event)
-                return
-            await self._store.wait_for_change(WATCH_POLL_S)
+    # -- queries -------------------------------------------------------------------------
+
+    async def _read_model(self) -> RunProjection:
+        if await self._projection.checkpoint() < await self._store.last_sequence():
+            await self._projection.catch_up(self._store)
+        return self._projection
+
+    @api_errors
+    async def GetRun(
+        self, request: agent_service_pb2.GetRunRequest, context: Context
+    ) -> agent_service_pb2.GetRunResponse:
+        validate_run_id(request.run_id)
+        run = await (await self._read_model()).get(request.run_id)
+        if run is None:
+            raise not_found("run", request.run_id)
+        return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
+
+    @api_errors
+    async def ListRuns(
+        self, request: agent_service_pb2.ListRunsRequest, context: Context
+    ) -> agent_service_pb2.ListRunsResponse:
+        page_size = validate_list(request)
+        projection = await self._read_model()
+        try:
+            runs, token = await projection.page(
+                state=state_from_proto(request.state), page_size=page_size, page_token=request.page_token
+            )
+        except InvalidPageToken as error:
+            raise invalid_argument([("page_token", f"{error}; pass next_page_token unchanged")]) from None
+        return agent_service_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
     @api_errors
     async def GetRunStats(
         self, request: agent_service_pb2.GetRunStatsRequest, context: Context
     ) -> agent_service_pb2.GetRunStatsResponse:
-        counts = await self._store.count_by_state()
+        counts = await (await self._read_model()).counts()
         return agent_service_pb2.GetRunStatsResponse(
             counts=[
-                agent_service_pb2.GetRunStatsResponse.StateCount(state=state, count=count)  # type: ignore[arg-type]
-                for state, count in sorted(counts.items())
+                agent_service_pb2.GetRunStatsResponse.StateCount(state=state_to_proto(state), count=count)
+                for state, count in sorted(counts.items(), key=lambda item: state_to_proto(item[0]))
             ]
         )
+
+    @api_errors_stream
+    async def WatchRun(
+        self, request: agent_service_pb2.WatchRunRequest, context: Context
+    ) -> AsyncIterator[agent_service_pb2.WatchRunResponse]:
+        validate_run_id(request.run_id)
+        if request.after_sequence < 0:
+            raise invalid_argument([("after_sequence", "must not be negative")])
+        with _domain_errors():
+            await self._store.get(request.run_id)
+        cursor = request.after_sequence
+        while True:
+            # Taken before reading, so a commit between the read and the wait still wakes us.
+            next_commit = self._store.next_commit()
+            events = await self._store.events(after=cursor, run_id=request.run_id)
+            for event in events:
+                yield agent_service_pb2.WatchRunResponse(event=event_to_proto(event))
+                cursor = event.sequence
+            if events:
+                if events[-1].to_state in TERMINAL and events[-1].from_state is not None:
+                    return
+                continue
+            if (await self._store.get(request.run_id)).state in TERMINAL:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(next_commit.wait(), WATCH_POLL_S)

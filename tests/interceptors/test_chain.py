@@ -35,6 +35,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
+from tests.system import wait_until
 
 
 def _free_port() -> int:
@@ -96,6 +97,15 @@ async def test_one_trace_runs_from_the_client_through_gateway_and_agent_to_rag(t
                 agent_pb.CreateRunRequest(request_id=str(uuid.uuid4()), question="How long do refunds take?"),
                 timeout=10,
             )
+
+            # The agent retrieves in the background, within the CreateRun trace; wait for that call.
+            async def retrieved() -> bool:
+                return any(
+                    s.kind is SpanKind.CLIENT and s.name.endswith("/Search")
+                    for s in system.exporter.get_finished_spans()
+                )
+
+            await wait_until(retrieved)
         finished = system.exporter.get_finished_spans()
 
     def span(kind: SpanKind, service: str, method: str) -> Any:

@@ -56,7 +56,8 @@ async def test_create_run_with_json_through_the_gateway(system: System) -> None:
     )  # fmt: skip
     run = json.loads(out)["run"]
     assert run["runId"].startswith("run_")
-    assert run["state"] == "STATE_COMPLETED"
+    # CreateRun answers at once; the workflow goes on in the background.
+    assert run["state"] == "STATE_PROCESSING"
 
 
 @pytest.mark.parametrize("server", ["gateway", "agent", "rag"])

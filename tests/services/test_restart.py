@@ -11,6 +11,7 @@ from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
+from tests.services.agent.runs import settled_run
 from tests.system import ServiceProcess, spawn
 
 
@@ -53,11 +54,12 @@ async def test_documents_and_runs_survive_a_restart(tmp_path: Path) -> None:
                 timeout=5,
             )
         async with grpc.aio.insecure_channel(agent.address) as channel:
-            run = (
+            created = (
                 await agent_grpc.AgentServiceStub(channel).CreateRun(
                     agent_pb.CreateRunRequest(question="How many vacation days?", request_id="r-1"), timeout=5
                 )
             ).run
+            run = await settled_run(agent_grpc.AgentServiceStub(channel), created.run_id)
         assert agent.terminate() == 0
         assert rag.terminate() == 0
 

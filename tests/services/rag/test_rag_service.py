@@ -18,6 +18,7 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from runtime.bootstrap import ManagedServer
 from runtime.errors import status_details
+from tests.services.agent.runs import settled_run
 from tests.system import running_system, start_rag
 
 Created = rag_pb.IngestResult.OUTCOME_CREATED
@@ -286,20 +287,24 @@ async def test_the_agent_cites_the_chunks_retrieval_returned(tmp_path: Path) -> 
         rag = rag_grpc.RagServiceStub(channel)
         await ingest(rag, RETRIES, INVOICES)
         question = "What caps the extra load of retries?"
-        run = (
-            await agent_grpc.AgentServiceStub(channel).CreateRun(
+        agent = agent_grpc.AgentServiceStub(channel)
+        created = (
+            await agent.CreateRun(
                 agent_pb.CreateRunRequest(question=question, request_id=str(uuid.uuid4())), timeout=10
             )
         ).run
+        # The run answers in the background; wait for it to settle.
+        run = await settled_run(agent, created.run_id)
         assert run.citations, run
         retrieved = await rag.Search(rag_pb.SearchRequest(query=question, top_k=3), timeout=5)
         by_chunk = {r.citation.chunk_id: r.citation for r in retrieved.results}
         for citation in run.citations:
             assert citation.chunk_id in by_chunk
-            assert (citation.start_offset, citation.end_offset) == (
-                by_chunk[citation.chunk_id].start_offset,
-                by_chunk[citation.chunk_id].end_offset,
-            )
+            # The agent quotes the supporting sentence: a span inside the retrieved chunk.
+            chunk = by_chunk[citation.chunk_id]
+            assert chunk.start_offset <= citation.start_offset < citation.end_offset <= chunk.end_offset
+            relative = citation.start_offset - chunk.start_offset
+            assert chunk.quote[relative : relative + len(citation.quote)] == citation.quote
         assert run.citations[0].document_id == "guide/retries"
 
 

@@ -16,6 +16,7 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from interceptors.status_details import find_detail
+from tests.services.agent.runs import settled_run
 from tests.services.security.conftest import Issuer
 from tests.system import System
 
@@ -60,7 +61,8 @@ async def test_a_run_carries_the_callers_identity_through_gateway_agent_and_rag(
             metadata=issuer.bearer("alice", "runs.write", "documents.read"),
             timeout=10,
         )
-    run = created.run
+        # The run answers in the background, still as alice, whose token the agent forwards.
+        run = await settled_run(agent, created.run.run_id, metadata=issuer.bearer("alice", "runs.read"))
     assert run.state == run_pb2.Run.STATE_COMPLETED
     assert run.citations[0].document_id == "refund-policy"
 

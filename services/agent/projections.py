@@ -1,0 +1,204 @@
+"""The read side: a run view and per-state counts, built only from run events.
+
+Fed live from the event bus and, after a restart or on demand, from the event log by
+cursor (``catch_up``), with the same idempotent ``apply``: each event id is applied once (the
+ledger commits with the view), and a run's row only moves forward in ``version``, so
+redelivered or reordered events cannot roll it back or double-count it. ``rebuild`` drops the
+view and replays the whole log, which yields exactly the live view.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+from runtime.events.bus import Event
+from runtime.events.dedup import ProcessedEvents
+from runtime.sqlite import Database, Transaction
+from services.agent.model import Run, RunEvent
+from services.agent.run_store import RunStore, run_event_from_event
+from services.agent.state_machine import RunState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run_view (
+    run_id      TEXT PRIMARY KEY,
+    create_time REAL NOT NULL,
+    state       TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    snapshot    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_view_newest ON run_view (create_time DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS run_view_by_state ON run_view (state, create_time DESC, run_id DESC);
+CREATE TABLE IF NOT EXISTS run_state_counts (
+    state TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name     TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+"""
+
+
+class InvalidPageToken(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PageToken:
+    """Where the next page starts (keyset pagination), bound to the filter it was issued for."""
+
+    create_time: float
+    run_id: str
+    state: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.create_time, self.run_id, self.state]).encode()
+        return base64.urlsafe_b64encode(raw).decode()
+
+    @classmethod
+    def decode(cls, token: str, *, state: str) -> PageToken:
+        try:
+            create_time, run_id, token_state = json.loads(base64.urlsafe_b64decode(token.encode()))
+            decoded = cls(float(create_time), str(run_id), str(token_state))
+        except (ValueError, TypeError, binascii.Error) as error:
+            raise InvalidPageToken("page_token is not a token returned by ListRuns") from error
+        if decoded.state != state:
+            raise InvalidPageToken("page_token was issued for a different state filter")
+        return decoded
+
+
+class RunProjection:
+    NAME = "runs"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._processed = ProcessedEvents(db, consumer=f"projection:{self.NAME}")
+
+    async def create_schema(self) -> None:
+        await self._processed.create_schema()
+        await self._db.executescript(_SCHEMA)
+
+    # -- building ----------------------------------------------------------------------
+
+    async def apply(self, event: Event) -> None:
+        """Bus handler: apply one run event, at most once."""
+        run_event = run_event_from_event(event)
+        async with self._db.transaction() as tx:
+            checkpoint = await self._checkpoint(tx)
+            await self._apply(tx, run_event)
+            # In-order delivery (the usual case) keeps the catch-up cursor current, so a
+            # restart replays only what the bus had not delivered.
+            if run_event.sequence == checkpoint + 1:
+                await self._set_checkpoint(tx, run_event.sequence)
+
+    async def catch_up(self, store: RunStore, *, batch_size: int = 500) -> int:
+        """Apply every logged event after the checkpoint; returns how many were read."""
+        read = 0
+        while True:
+            checkpoint = await self.checkpoint()
+            events = await store.events(after=checkpoint, limit=batch_size)
+            if not events:
+                return read
+            async with self._db.transaction() as tx:
+                for run_event in events:
+                    await self._apply(tx, run_event)
+                await self._set_checkpoint(tx, events[-1].sequence)
+            read += len(events)
+
+    async def rebuild(self, store: RunStore) -> int:
+        """Forget everything and replay the whole event log."""
+        async with self._db.transaction() as tx:
+            for table in ("run_view", "run_state_counts"):
+                await tx.execute(f"DELETE FROM {table}")
+            await tx.execute("DELETE FROM projection_checkpoints WHERE name = ?", (self.NAME,))
+            await self._processed.forget_all(tx)
+        return await self.catch_up(store)
+
+    async def prune_ledger(self, *, older_than: float) -> int:
+        """Bound the event-id ledger; older duplicates are still absorbed by the version check."""
+        return await self._processed.prune(older_than=older_than)
+
+    async def checkpoint(self) -> int:
+        row = await self._db.fetch_one("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
+        return int(row[0]) if row else 0
+
+    async def _checkpoint(self, tx: Transaction) -> int:
+        cursor = await tx.execute("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _set_checkpoint(self, tx: Transaction, sequence: int) -> None:
+        await tx.execute(
+            "INSERT INTO projection_checkpoints (name, sequence) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
+            (self.NAME, sequence),
+        )
+
+    async def _apply(self, tx: Transaction, event: RunEvent) -> None:
+        if not await self._processed.claim(tx, event.event_id):
+            return
+        run = event.run
+        cursor = await tx.execute("SELECT version, state FROM run_view WHERE run_id = ?", (run.run_id,))
+        current = await cursor.fetchone()
+        if current is not None and current["version"] >= run.version:
+            return  # stale or same-version (step) event: the row already reflects it
+        await tx.execute(
+            "INSERT INTO run_view (run_id, create_time, state, version, snapshot) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
+            " snapshot = excluded.snapshot",
+            (run.run_id, run.create_time, run.state, run.version, json.dumps(run.to_dict())),
+        )
+        if current is None or current["state"] != run.state:
+            if current is not None:
+                await self._count(tx, current["state"], -1)
+            await self._count(tx, run.state, +1)
+
+    @staticmethod
+    async def _count(tx: Transaction, state: str, delta: int) -> None:
+        await tx.execute(
+            "INSERT INTO run_state_counts (state, count) VALUES (?, ?)"
+            " ON CONFLICT (state) DO UPDATE SET count = count + excluded.count",
+            (state, delta),
+        )
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def get(self, run_id: str) -> Run | None:
+        row = await self._db.fetch_one("SELECT snapshot FROM run_view WHERE run_id = ?", (run_id,))
+        return Run.from_dict(json.loads(row[0])) if row else None
+
+    async def page(
+        self, *, state: RunState | None = None, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[Run], str]:
+        """One page of runs, newest first, and the token of the next page ("" on the last)."""
+        state_key = str(state) if state else ""
+        where: list[str] = []
+        params: list[object] = []
+        if state is not None:
+            where.append("state = ?")
+            params.append(str(state))
+        if page_token:
+            after = PageToken.decode(page_token, state=state_key)
+            where.append("(create_time, run_id) < (?, ?)")
+            params.extend([after.create_time, after.run_id])
+        sql = "SELECT snapshot FROM run_view"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY create_time DESC, run_id DESC LIMIT ?"
+        rows = await self._db.fetch_all(sql, [*params, page_size + 1])
+        runs = [Run.from_dict(json.loads(row[0])) for row in rows[:page_size]]
+        has_more = len(rows) > page_size
+        next_token = PageToken(runs[-1].create_time, runs[-1].run_id, state_key).encode() if has_more else ""
+        return runs, next_token
+
+    async def counts(self) -> dict[RunState, int]:
+        rows = await self._db.fetch_all("SELECT state, count FROM run_state_counts WHERE count > 0")
+        return {RunState(row[0]): int(row[1]) for row in rows}
+
+    async def snapshot(self) -> tuple[list[Run], dict[RunState, int]]:
+        """The whole view, for comparing a rebuilt projection with a live one."""
+        rows = await self._db.fetch_all("SELECT snapshot FROM run_view ORDER BY run_id")
+        return [Run.from_dict(json.loads(row[0])) for row in rows], await self.counts()

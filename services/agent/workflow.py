@@ -1,0 +1,250 @@
+"""The hybrid run workflow as a saga: validate → reserve tool budget → retrieve → decide → review and record.
+
+Validation and review are deterministic rules; the decision is the pluggable engine. If the
+engine fails or exceeds its time limit, the fallback answers from rules or escalates the run
+to human review, so the run still ends in a defined state. Any other failed step (invalid
+input, budget exhausted, retrieval unavailable, the run cancelled meanwhile) compensates the
+completed steps in reverse and fails the run with the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from runtime.sqlite import Transaction
+from services.agent.budget import ToolBudget
+from services.agent.decision import Decision, DecisionEngine, DecisionRequest, Passage
+from services.agent.model import Citation, Run
+from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
+from services.agent.run_store import RunStore
+from services.agent.saga import Saga, SagaLeased, SagaLog, SagaStatus, SagaStep, StepContext
+from services.agent.state_machine import IllegalTransition, RunState
+
+log = structlog.get_logger(__name__)
+
+Retriever = Callable[[str, Mapping[str, str], int], Awaitable[Sequence[Passage]]]
+"""(query, metadata filter, top_k) -> passages, best first. The agent's one tool."""
+
+
+class RunCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowOptions:
+    decision_timeout: float = 10.0
+    top_k: int = 5
+    tool_calls_per_run: int = 2
+
+
+class RunWorkflow:
+    STEPS = ("validate", "reserve_budget", "retrieve", "decide", "record")
+
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        saga_log: SagaLog,
+        budget: ToolBudget,
+        retriever: Retriever,
+        engine: DecisionEngine,
+        validation: ValidationPolicy | None = None,
+        fallback: FallbackRules | None = None,
+        review: ReviewPolicy | None = None,
+        options: WorkflowOptions | None = None,
+    ) -> None:
+        self._store = store
+        self._saga_log = saga_log
+        self._budget = budget
+        self._retriever = retriever
+        self._engine = engine
+        self._validation = validation or ValidationPolicy()
+        self._fallback = fallback or FallbackRules()
+        self._review = review or ReviewPolicy()
+        self._options = options or WorkflowOptions()
+        self._saga = Saga(
+            saga_log,
+            [
+                SagaStep("validate", self._validate),
+                SagaStep("reserve_budget", self._reserve_budget, self._release_budget),
+                SagaStep("retrieve", self._retrieve),
+                SagaStep("decide", self._decide),
+                SagaStep("record", self._record),
+            ],
+            on_step_done=self._step_done,
+        )
+
+    async def execute(self, run_id: str) -> Run:
+        """Run (or resume) the workflow of one run to a resting state; safe to call again."""
+        run = await self._store.get(run_id)
+        if run.state is RunState.IDLE:
+            run = await self._store.transition(run_id, RunState.PROCESSING, cause="picked up by a worker")
+        if run.state is not RunState.PROCESSING:
+            await self._finish_saga(run)
+            return await self._store.get(run_id)
+        try:
+            outcome = await self._saga.run(run_id)
+        except SagaLeased as leased:
+            log.info("run is being executed by another instance", run_id=run_id, owner=leased.owner)
+            return await self._store.get(run_id)
+        except asyncio.CancelledError:
+            # Cancelled by CancelRun: undo now. Cancelled by shutdown: leave it for recovery.
+            if (await self._store.get(run_id)).state is RunState.CANCELLED:
+                await asyncio.shield(self.abort(run_id, reason="run cancelled"))
+            raise
+        if outcome.status is SagaStatus.COMPENSATED:
+            await self._fail_if_running(run_id, outcome.error)
+        return await self._store.get(run_id)
+
+    async def abort(self, run_id: str, *, reason: str) -> None:
+        """Compensate whatever the run's saga did (after a cancel, or a crash mid-compensation)."""
+        await self._saga.compensate(run_id, reason=reason)
+
+    async def recover(self, *, include_unstarted: bool = True) -> list[str]:
+        """Finish interrupted compensations; return the runs whose execution must be resumed.
+
+        At start-up (``include_unstarted``) that includes admitted runs whose saga never began;
+        periodic sweeps only take sagas this instance owns or whose owner's lease expired.
+        """
+        resume: list[str] = []
+        for run_id in await self._saga_log.unfinished():
+            run = await self._store.get(run_id)
+            if run.state in (RunState.IDLE, RunState.PROCESSING):
+                resume.append(run_id)
+            else:
+                await self._finish_saga(run)
+        if include_unstarted:
+            for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
+                if run_id not in resume:
+                    resume.append(run_id)
+        return resume
+
+    async def _finish_saga(self, run: Run) -> None:
+        """End the saga of a run that is no longer PROCESSING (after a crash or a cancel)."""
+        status = await self._saga_log.status(run.run_id)
+        try:
+            if status is SagaStatus.RUNNING and run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
+                # The answer was recorded before the process died; only the record step's own
+                # bookkeeping is left, and it is idempotent.
+                await self._saga.run(run.run_id)
+            elif status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+                await self.abort(run.run_id, reason=f"run is {run.state}")
+        except SagaLeased as leased:
+            log.info("saga is being finished by another instance", run_id=run.run_id, owner=leased.owner)
+
+    async def _fail_if_running(self, run_id: str, cause: str) -> None:
+        # Already cancelled (or finished) by someone else: that state stands.
+        with contextlib.suppress(IllegalTransition):
+            await self._store.transition(run_id, RunState.FAILED, cause=cause, only_from=[RunState.PROCESSING])
+
+    # -- steps (each idempotent by StepContext.key) -------------------------------------
+
+    async def _running(self, run_id: str) -> Run:
+        run = await self._store.get(run_id)
+        if run.state is not RunState.PROCESSING:
+            raise RunCancelled(f"run is {run.state}")
+        return run
+
+    async def _validate(self, ctx: StepContext) -> dict[str, Any]:
+        run = await self._running(ctx.saga_id)
+        question = self._validation.check(run.question)
+        return {"question": question, "summary": "question accepted"}
+
+    async def _reserve_budget(self, ctx: StepContext) -> dict[str, Any]:
+        run = await self._running(ctx.saga_id)
+        units = self._options.tool_calls_per_run
+        await self._budget.reserve(ctx.key, owner=run.creator, units=units)
+        return {"reservation": ctx.key, "summary": f"{units} tool calls reserved"}
+
+    async def _release_budget(self, ctx: StepContext, result: Any) -> None:
+        # Keyed by the reserving step's key, so this also covers a reservation that was in flight at a crash.
+        await self._budget.release(ctx.key)
+
+    async def _retrieve(self, ctx: StepContext) -> dict[str, Any]:
+        run = await self._running(ctx.saga_id)
+        question = ctx.results["validate"]["question"]
+        passages = await self._retriever(question, run.retrieval_filter, self._options.top_k)
+        return {"passages": [p.to_dict() for p in passages], "summary": f"{len(passages)} passages retrieved"}
+
+    async def _decide(self, ctx: StepContext) -> dict[str, Any]:
+        await self._running(ctx.saga_id)
+        question = ctx.results["validate"]["question"]
+        passages = tuple(Passage.from_dict(p) for p in ctx.results["retrieve"]["passages"])
+        request = DecisionRequest(run_id=ctx.saga_id, question=question, passages=passages)
+        try:
+            decision = await asyncio.wait_for(self._engine.decide(request), self._options.decision_timeout)
+            summary = f"decided by {decision.decided_by} (confidence {decision.confidence:.2f})"
+        except Exception as error:
+            failure = "timed out" if isinstance(error, TimeoutError) else f"failed: {error}"
+            log.warning("decision engine failed; using the fallback", run_id=ctx.saga_id, error=failure)
+            decision = self._fallback_decision(question)
+            summary = f"decision engine {self._engine.name} {failure}; {decision.decided_by}"
+        return {"decision": _decision_to_dict(decision), "summary": summary}
+
+    def _fallback_decision(self, question: str) -> Decision:
+        answer = self._fallback.answer(question)
+        if answer is not None:
+            return Decision(answer=answer, citations=(), confidence=1.0, decided_by="fallback:rules")
+        return Decision(answer="", citations=(), confidence=0.0, decided_by="fallback:escalated")
+
+    async def _record(self, ctx: StepContext) -> dict[str, Any]:
+        run = await self._store.get(ctx.saga_id)
+        if run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
+            # Recorded by an earlier attempt that died before the saga log said so.
+            await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
+            return {"state": str(run.state), "summary": f"run {run.state}"}
+        if run.state is not RunState.PROCESSING:
+            raise RunCancelled(f"run is {run.state}")
+        decision = _decision_from_dict(ctx.results["decide"]["decision"])
+        reason = self._review.reason_to_review(run.question, decision)
+        target = RunState.COMPLETED if reason is None else RunState.WAITING_FOR_REVIEW
+        await self._store.transition(
+            ctx.saga_id,
+            target,
+            cause=reason or f"answered by {decision.decided_by}",
+            answer=decision.answer,
+            citations=decision.citations,
+            decided_by=decision.decided_by,
+        )
+        await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
+        return {"state": str(target), "summary": f"run {target}"}
+
+    async def _step_done(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
+        summary = result.get("summary", "done") if isinstance(result, dict) else "done"
+        await self._store.append_step_event(tx, saga_id, step=step, cause=summary)
+
+
+def _decision_to_dict(decision: Decision) -> dict[str, Any]:
+    return {
+        "answer": decision.answer,
+        "citations": [
+            {
+                "document_id": c.document_id,
+                "chunk_id": c.chunk_id,
+                "start_offset": c.start_offset,
+                "end_offset": c.end_offset,
+                "quote": c.quote,
+                "score": c.score,
+            }
+            for c in decision.citations
+        ],
+        "confidence": decision.confidence,
+        "decided_by": decision.decided_by,
+        "abstained": decision.abstained,
+    }
+
+
+def _decision_from_dict(raw: Mapping[str, Any]) -> Decision:
+    return Decision(
+        answer=raw["answer"],
+        citations=tuple(Citation.from_dict(c) for c in raw["citations"]),
+        confidence=float(raw["confidence"]),
+        decided_by=raw["decided_by"],
+        abstained=bool(raw.get("abstained", False)),
+    )

@@ -1,0 +1,30 @@
+"""Deduplication by event id: the durable ledger and its retention."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from runtime.events.dedup import ProcessedEvents
+from runtime.sqlite import Database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "dedup.db")
+    yield database
+    await database.close()
+
+
+async def test_the_processed_event_ledger_forgets_ids_after_its_retention(db: Database) -> None:
+    ledger = ProcessedEvents(db, consumer="c")
+    await ledger.create_schema()
+    async with db.transaction() as tx:
+        assert await ledger.claim(tx, "e-1")
+        assert not await ledger.claim(tx, "e-1")
+    assert await ledger.prune(older_than=3600) == 0
+    assert await ledger.prune(older_than=-1) == 1
+    async with db.transaction() as tx:
+        assert await ledger.claim(tx, "e-1")

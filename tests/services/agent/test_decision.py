@@ -1,0 +1,88 @@
+"""Decision engines: the offline extractive one, an HTTP (LLM) one, and choosing either by configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.agent.decision import (
+    DecisionRequest,
+    ExtractiveDecisionEngine,
+    HttpDecisionEngine,
+    Passage,
+    load_decision_engine,
+)
+from tests.services.agent.engines import REFUNDS, SlowEngine
+
+DOCUMENT = "# Refunds\n\nRefunds are processed within 5 business days.\n\nA refund needs the order number."
+CHUNK = Passage("refund-policy", "refund-policy#0", 0, len(DOCUMENT), DOCUMENT, 2.0)
+
+
+async def test_the_extractive_engine_quotes_the_best_sentence_with_exact_offsets() -> None:
+    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
+    [citation] = decision.citations
+    assert decision.answer == "Refunds are processed within 5 business days. [1]"
+    assert DOCUMENT[citation.start_offset : citation.end_offset] == citation.quote
+    assert not citation.quote.startswith("#")  # headings state nothing
+    assert decision.confidence == pytest.approx(1 / 3)  # "refunds" of {long, refunds, take}
+
+
+async def test_the_extractive_engine_abstains_when_nothing_matches() -> None:
+    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Who is the CEO?", (CHUNK,)))
+    assert decision.abstained
+    assert decision.citations == ()
+
+
+def test_engines_are_chosen_by_name_or_import_path_with_their_options() -> None:
+    assert isinstance(load_decision_engine("extractive"), ExtractiveDecisionEngine)
+    assert isinstance(load_decision_engine("http", {"url": "http://127.0.0.1:1/decide"}), HttpDecisionEngine)
+    engine = load_decision_engine("tests.services.agent.engines:SlowEngine", {"delay_s": 0.5})
+    assert isinstance(engine, SlowEngine)
+
+
+def test_an_unknown_engine_or_a_non_engine_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match="use one of \\['extractive', 'http'\\]"):
+        load_decision_engine("gpt")
+    with pytest.raises(TypeError, match="not a DecisionEngine"):
+        load_decision_engine("tests.services.agent.engines:StaticRetriever")
+
+
+async def test_the_http_engine_sends_numbered_passages_and_maps_cited_indexes(
+    llm: tuple[str, list[dict[str, Any]]],
+) -> None:
+    base, received = llm
+    engine = load_decision_engine("http", {"url": f"{base}/decide"})
+    decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (REFUNDS,)))
+    await engine.close()
+
+    assert received[0]["passages"][0]["index"] == 1
+    assert received[0]["passages"][0]["text"] == REFUNDS.text
+    assert decision.answer == "Five business days [1]."
+    # Index 7 does not exist: dropped rather than invented.
+    assert [c.chunk_id for c in decision.citations] == [REFUNDS.chunk_id]
+    assert (decision.confidence, decision.decided_by) == (0.8, "http")
+
+
+async def test_the_http_engine_speaks_openai_compatible_chat_completions(
+    llm: tuple[str, list[dict[str, Any]]],
+) -> None:
+    base, received = llm
+    engine = load_decision_engine(
+        "http", {"url": f"{base}/v1/chat/completions", "protocol": "openai-chat", "model": "local-model"}
+    )
+    decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (REFUNDS,)))
+    await engine.close()
+
+    assert received[0]["model"] == "local-model"
+    assert "[1] Refunds are processed" in received[0]["messages"][1]["content"]
+    assert decision.answer == "Refunds take five business days [1]."
+    assert [c.document_id for c in decision.citations] == ["refund-policy"]
+    assert decision.confidence == 0.6
+
+
+async def test_an_http_engine_error_surfaces_so_the_workflow_falls_back() -> None:
+    engine = HttpDecisionEngine(url="http://127.0.0.1:9/unreachable", timeout=2)
+    with pytest.raises(Exception):  # noqa: B017 - any transport error; the workflow catches them all
+        await engine.decide(DecisionRequest("run-1", "q?", (REFUNDS,)))
+    await engine.close()
