@@ -145,6 +145,8 @@ def _banner(auth: DevAuth | None) -> str:
             f"  .venv/bin/grpcurl -plaintext {gateway} list",
             f"  .venv/bin/grpcurl -plaintext {bearer}-d '{question}' {gateway} "
             "agentmesh.agent.v1.AgentService/CreateRun",
+            f'  .venv/bin/grpcurl -plaintext {bearer}-d \'{{"run_id": "<run_id from above>"}}\' {gateway} '
+            "agentmesh.agent.v1.AgentService/WatchRun",
             *(
                 []
                 if auth is None
