@@ -127,6 +127,18 @@ class CircuitBreaker:
         self._totals = [0] * _WINDOW_BUCKETS
         self._failures = [0] * _WINDOW_BUCKETS
 
+    def reconfigure(self, policy: BreakerPolicy) -> None:
+        """Apply new thresholds while serving (live config). The state is kept; a new window
+        length restarts the failure-rate window, since old buckets would not line up."""
+        window_changed = policy.window_seconds != self._policy.window_seconds
+        self._policy = policy
+        self._failure_codes = frozenset(grpc.StatusCode[name] for name in policy.failure_codes)
+        if window_changed:
+            self._bucket_width = policy.window_seconds / _WINDOW_BUCKETS
+            self._bucket_ids = [-1] * _WINDOW_BUCKETS
+            self._totals = [0] * _WINDOW_BUCKETS
+            self._failures = [0] * _WINDOW_BUCKETS
+
     @property
     def state(self) -> BreakerState:
         if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._policy.open_seconds:
@@ -262,6 +274,16 @@ class BreakerSet:
         self._options: dict[str, Any] = {"on_state_change": on_state_change, "clock": clock, "logger": logger}
         self._by_target: dict[str, CircuitBreaker] = {}
         self._by_method: dict[str, CircuitBreaker] = {}
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._policy
+
+    def reconfigure(self, policy: BreakerPolicy) -> None:
+        """New thresholds for every breaker, existing and future (live config)."""
+        self._policy = policy
+        for breaker in self._by_target.values():
+            breaker.reconfigure(policy)
 
     def get(self, target: str) -> CircuitBreaker:
         breaker = self._by_target.get(target)

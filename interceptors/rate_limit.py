@@ -108,6 +108,12 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
 
+    def replace_policy(self, policy: RateLimitPolicy) -> None:
+        """Swap the limits while serving (live config); buckets restart full under the new limits."""
+        self._default = MethodRules(policy.limits)
+        self._per_caller = {subject: MethodRules(rules) for subject, rules in policy.caller_limits.items()}
+        self._buckets.clear()
+
     def limits_method(self, method: str) -> bool:
         """Whether any caller has a limit on ``method`` (if not, it needs no check at all)."""
         if self._default.lookup(method) is not None:
@@ -178,6 +184,11 @@ class RateLimitInterceptor(ServerInterceptorBase):
         if limited is None:
             limited = self._limited[method] = self._limiter.limits_method(method)
         return self._guards.get(method, handler) if limited else handler
+
+    def replace_policy(self, policy: RateLimitPolicy) -> None:
+        """New limits from the next call on, without a restart (see runtime/live_policies.py)."""
+        self._limiter.replace_policy(policy)
+        self._limited = {}
 
     def _check_for(self, method: str) -> Callable[[Context], grpc.Status | None]:
         limiter = self._limiter

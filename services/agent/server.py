@@ -20,6 +20,7 @@ from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
 from runtime.live_config import live_config_for
+from runtime.live_policies import follow_live_config
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
@@ -81,6 +82,7 @@ async def build(
         target_of=lambda _method: "rag",
         on_state_change=middleware.metrics.breaker_state_changed,
     )
+    follow_live_config(live_config, breakers=guards.breakers)
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
     # breaker); the channels add no service-config retryPolicy on top.
     upstreams = await build_upstreams(

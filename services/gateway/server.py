@@ -12,6 +12,7 @@ from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config import live_config_for
+from runtime.live_policies import follow_live_config
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
@@ -30,13 +31,15 @@ async def build(
     # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
     # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
     live_config = live_config_for(discovery, service="gateway", data_dir=settings.data_dir)
-    limits = settings.rate_limits
+    # Always in the chain, even with no limits configured (then it passes calls through at the
+    # cost of one dict lookup), so that live config can turn limits on without a restart.
+    rate_limit = RateLimitInterceptor(limiter=RateLimiter(settings.rate_limits))
     middleware = Middleware.start(
         settings,
         service="gateway",
         # Quotas are per verified caller: auth runs first (chain.py orders the slots).
         auth=auth_interceptor(settings.auth, service="gateway"),
-        rate_limit=RateLimitInterceptor(limiter=RateLimiter(limits)) if limits.limits or limits.caller_limits else None,
+        rate_limit=rate_limit,
         span_processors=span_processors,
     )
     pool = load_descriptor_pool(settings.descriptor_set)
@@ -47,6 +50,7 @@ async def build(
         pool=pool,
         on_state_change=middleware.metrics.breaker_state_changed,
     )
+    follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers)
     # Retries are the retry interceptor's alone (see services/agent/server.py). No token-forwarding
     # interceptor: the proxy already passes the caller's metadata on, its `authorization` header
     # included, and each client interceptor costs every forwarded call.
