@@ -9,19 +9,11 @@ header the caller set explicitly on the outgoing call wins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
-
 import grpc
 import grpc.aio
 
-from interceptors._typing import (
-    StreamStreamClientInterceptorBase,
-    StreamUnaryClientInterceptorBase,
-    UnaryStreamClientInterceptorBase,
-    UnaryUnaryClientInterceptorBase,
-)
 from interceptors.auth import AUTHORIZATION_KEY
+from interceptors.call_details import details_interceptors
 from interceptors.identity import current_caller
 
 
@@ -40,41 +32,6 @@ def with_caller_token(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCal
     )
 
 
-class _UnaryUnary(UnaryUnaryClientInterceptorBase):
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(with_caller_token(client_call_details), request)
-
-
-class _UnaryStream(UnaryStreamClientInterceptorBase):
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(with_caller_token(client_call_details), request)
-
-
-class _StreamUnary(StreamUnaryClientInterceptorBase):
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(with_caller_token(client_call_details), request_iterator)
-
-
-class _StreamStream(StreamStreamClientInterceptorBase):
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(with_caller_token(client_call_details), request_iterator)
-
-
 def forwarding_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Interceptors adding the caller's token to every call kind on one channel."""
-    # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
-    return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()])
+    return details_interceptors(with_caller_token)

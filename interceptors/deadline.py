@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -29,12 +29,9 @@ from interceptors._typing import (
     Handler,
     Responses,
     StreamBehavior,
-    StreamStreamClientInterceptorBase,
-    StreamUnaryClientInterceptorBase,
     UnaryBehavior,
-    UnaryStreamClientInterceptorBase,
-    UnaryUnaryClientInterceptorBase,
 )
+from interceptors.call_details import details_interceptors
 from interceptors.outcome import WrappingInterceptor, wrap_handler
 
 # Absolute deadline of the call being served, on the time.monotonic() clock; None outside a call.
@@ -157,34 +154,6 @@ class _Budget:
         return details._replace(timeout=budget)  # type: ignore[attr-defined,no-any-return]
 
 
-class _UnaryUnary(_Budget, UnaryUnaryClientInterceptorBase):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self.details(client_call_details), request)
-
-
-class _UnaryStream(_Budget, UnaryStreamClientInterceptorBase):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self.details(client_call_details), request)
-
-
-class _StreamUnary(_Budget, StreamUnaryClientInterceptorBase):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self.details(client_call_details), request_iterator)
-
-
-class _StreamStream(_Budget, StreamStreamClientInterceptorBase):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self.details(client_call_details), request_iterator)
-
-
 def deadline_client_interceptors(*, margin: float = 0.05) -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors (one per call kind) that pass on the remaining budget less ``margin`` seconds."""
-    return cast(
-        list[grpc.aio.ClientInterceptor],
-        [
-            _UnaryUnary(margin=margin),
-            _UnaryStream(margin=margin),
-            _StreamUnary(margin=margin),
-            _StreamStream(margin=margin),
-        ],
-    )
+    return details_interceptors(_Budget(margin=margin).details)

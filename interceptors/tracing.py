@@ -41,12 +41,9 @@ from interceptors._typing import (
     Responses,
     ServerInterceptorBase,
     StreamBehavior,
-    StreamStreamClientInterceptorBase,
-    StreamUnaryClientInterceptorBase,
     UnaryBehavior,
-    UnaryStreamClientInterceptorBase,
-    UnaryUnaryClientInterceptorBase,
 )
+from interceptors.call_details import details_interceptors
 from interceptors.outcome import metadata_value, wrap_handler
 
 TRACEPARENT = "traceparent"
@@ -196,26 +193,6 @@ class _Inject:
         return details._replace(metadata=grpc.aio.Metadata(*metadata))  # type: ignore[attr-defined,no-any-return]
 
 
-class _UnaryUnary(_Inject, UnaryUnaryClientInterceptorBase):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self.details(client_call_details), request)
-
-
-class _UnaryStream(_Inject, UnaryStreamClientInterceptorBase):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self.details(client_call_details), request)
-
-
-class _StreamUnary(_Inject, StreamUnaryClientInterceptorBase):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
-        return await continuation(self.details(client_call_details), requests)
-
-
-class _StreamStream(_Inject, StreamStreamClientInterceptorBase):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
-        return await continuation(self.details(client_call_details), requests)
-
-
 def tracing_client_interceptors(*, tracing: Tracing) -> list[grpc.aio.ClientInterceptor]:
     """Client spans (instrumentation-grpc) when spans record; else only trace context propagation."""
     if tracing.records:
@@ -223,4 +200,4 @@ def tracing_client_interceptors(*, tracing: Tracing) -> list[grpc.aio.ClientInte
             list[grpc.aio.ClientInterceptor],
             aio_client_interceptors(tracer_provider=tracing.provider),  # type: ignore[no-untyped-call]
         )
-    return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()])
+    return details_interceptors(_Inject().details)
