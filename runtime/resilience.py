@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc.aio
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -47,15 +48,17 @@ def upstream_guards(
     target_of: Callable[[str], str],
     pool: DescriptorPool | None = None,
     on_state_change: StateListener | None = None,
+    service_token_file: Path | None = None,
 ) -> UpstreamGuards:
     """Guards for channels to several backends; ``target_of`` names the backend of a method.
 
     ``pool`` is where methods' ``idempotency_level`` is looked up (the default pool
     holds every generated module imported; the gateway passes its descriptor set).
+    ``service_token_file`` holds the service's own token for calls made on no caller's behalf.
     """
     breakers = BreakerSet(resilience.breaker, target_of=target_of, on_state_change=on_state_change)
     return UpstreamGuards(
-        forwarding=forwarding_interceptors(),
+        forwarding=forwarding_interceptors(service_token_file=service_token_file),
         retry=retry_interceptors(resilience.retry, breakers=breakers, pool=pool),
         circuit_breaker=circuit_breaker_interceptors(breakers),
         breakers=breakers,

@@ -25,6 +25,8 @@ class DevAuth:
     jwks_file: Path
     token: str
     token_file: Path
+    # The agent's own token (documents.read), for runs it resumes after a restart.
+    agent_token_file: Path
 
     def service_auth_json(self) -> str:
         """The value of `AGENTMESH_<SERVICE>_AUTH` for a service that verifies these tokens."""
@@ -49,4 +51,16 @@ def ensure_dev_auth(keys_dir: Path, *, ttl_seconds: int = 12 * 3600) -> DevAuth:
     )
     token_file = keys_dir / "dev-token"
     token_file.write_text(token + "\n")
-    return DevAuth(jwks_file=jwks_path.resolve(), token=token, token_file=token_file)
+    agent_token = mint(
+        key=private_key,
+        algorithm="ES256",
+        subject="agentmesh-agent",
+        scopes=["documents.read"],
+        kid=kid,
+        ttl_seconds=ttl_seconds,
+    )
+    agent_token_file = keys_dir / "agent-token"
+    agent_token_file.write_text(agent_token + "\n")
+    return DevAuth(
+        jwks_file=jwks_path.resolve(), token=token, token_file=token_file, agent_token_file=agent_token_file.resolve()
+    )

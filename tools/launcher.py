@@ -57,6 +57,8 @@ def _env(name: str, auth: DevAuth | None) -> dict[str, str]:
     prefix = f"AGENTMESH_{name.upper()}_"
     if auth is not None:
         env.setdefault(prefix + "AUTH", auth.service_auth_json())
+        if name == "agent":
+            env.setdefault(prefix + "SERVICE_TOKEN_FILE", str(auth.agent_token_file))
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
     return env

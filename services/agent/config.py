@@ -94,3 +94,6 @@ class AgentSettings(ServiceSettings):
     )
     # Retries and a circuit breaker on the calls to RAG.
     upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
+    # The agent's own bearer token (a file, re-read when replaced), used for calls to RAG made on
+    # no caller's behalf: runs resumed after a restart. Needs the `documents.read` scope.
+    service_token_file: Path | None = None

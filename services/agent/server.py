@@ -81,6 +81,7 @@ async def build(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
         on_state_change=middleware.metrics.breaker_state_changed,
+        service_token_file=settings.service_token_file,
     )
     follow_live_config(live_config, breakers=guards.breakers)
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the

@@ -142,3 +142,27 @@ async def test_without_forwarding_the_backend_sees_no_token(relay: Any, es256_ke
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(caught.value) == "TOKEN_MISSING"
     await channel.close()
+
+
+async def test_calls_on_no_callers_behalf_carry_the_services_own_token(
+    serve: Serve, key_set: KeySet, es256_key: SigningKey, tmp_path: Any
+) -> None:
+    # A run resumed after a restart has no incoming call, hence no caller token to forward.
+    _, backend_port = await serve(interceptors=[auth(key_set)])
+    token_file = tmp_path / "agent-token"
+    channel = open_channel(backend_port, *forwarding_interceptors(service_token_file=token_file))
+    client = EchoClient(channel)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.unary(StringValue(value="x"))  # no token file yet: nothing to send
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        token_file.write_text(es256_key.token("agent", ("echo.read",)) + "\n")
+        assert (await client.unary(StringValue(value="x"))).value == "agent|-:x"
+
+        rotated = tmp_path / "rotated"
+        rotated.write_text(es256_key.token("agent-rotated", ("echo.read",)))
+        rotated.replace(token_file)  # rotation replaces the file; the next call uses the new token
+        assert (await client.unary(StringValue(value="y"))).value == "agent-rotated|-:y"
+    finally:
+        await channel.close()
