@@ -45,6 +45,7 @@ from interceptors._typing import (
     UnaryStreamClientInterceptorBase,
     UnaryUnaryClientInterceptorBase,
 )
+from interceptors.status_codes import code_set, error_code_names
 from interceptors.status_details import client_error, error_status
 from runtime.errors import error_info, retry_info
 
@@ -77,10 +78,7 @@ class BreakerPolicy(BaseModel):
     @field_validator("failure_codes")
     @classmethod
     def _known_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in grpc.StatusCode.__members__ or name == "OK":
-                raise ValueError(f"{name!r} is not a gRPC error code name (e.g. 'UNAVAILABLE')")
-        return value
+        return error_code_names(value)
 
 
 StateListener = Callable[[str, BreakerState, BreakerState], None]
@@ -110,7 +108,7 @@ class CircuitBreaker:
     ) -> None:
         self.target = target
         self._policy = policy = policy or BreakerPolicy()
-        self._failure_codes = frozenset(grpc.StatusCode[name] for name in policy.failure_codes)
+        self._failure_codes = code_set(policy.failure_codes)
         self._on_state_change = on_state_change
         self._clock = clock
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.breaker")
@@ -132,7 +130,7 @@ class CircuitBreaker:
         length restarts the failure-rate window, since old buckets would not line up."""
         window_changed = policy.window_seconds != self._policy.window_seconds
         self._policy = policy
-        self._failure_codes = frozenset(grpc.StatusCode[name] for name in policy.failure_codes)
+        self._failure_codes = code_set(policy.failure_codes)
         if window_changed:
             self._bucket_width = policy.window_seconds / _WINDOW_BUCKETS
             self._bucket_ids = [-1] * _WINDOW_BUCKETS

@@ -50,6 +50,7 @@ from interceptors._typing import (
     UnaryUnaryClientInterceptorBase,
 )
 from interceptors.circuit_breaker import CIRCUIT_OPEN, BreakerSet, BreakerState, CircuitBreaker, breaker_lookup
+from interceptors.status_codes import code_set, error_code_names
 from interceptors.status_details import find_detail_in
 from runtime.errors import DOMAIN
 
@@ -81,10 +82,7 @@ class RetryPolicy(BaseModel):
     @field_validator("retryable_codes")
     @classmethod
     def _known_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in grpc.StatusCode.__members__ or name == "OK":
-                raise ValueError(f"{name!r} is not a gRPC error code name (e.g. 'UNAVAILABLE')")
-        return value
+        return error_code_names(value)
 
 
 class Idempotency:
@@ -153,7 +151,7 @@ class _Retrier:
         sleep: Callable[[float], Any],
     ) -> None:
         self._policy = policy
-        self._codes = frozenset(grpc.StatusCode[name] for name in policy.retryable_codes)
+        self._codes = code_set(policy.retryable_codes)
         self._idempotency = idempotency
         self._breaker_for = None if breakers is None else breaker_lookup(breakers)
         self._rng = rng
