@@ -37,13 +37,14 @@ class DynamicSettings(BaseSettings):
 
     rate_limit: RateLimit = RateLimit()
     breaker: Breaker = Breaker()
-    # Share of traffic per version tag of the target (e.g. {"v1": 90, "v2": 10}).
-    route_weights: dict[str, int] = Field(default_factory=lambda: {"v1": 100})
+    # Share of each backend's calls per version tag of its instances (e.g. {"v1": 90, "v2": 10});
+    # empty: no split, every passing instance (runtime/discovery/version_split.py).
+    route_weights: dict[str, int] = Field(default_factory=dict)
     feature_flags: dict[str, bool] = Field(default_factory=dict)
 
     @field_validator("route_weights")
     @classmethod
     def _weights_route_somewhere(cls, weights: dict[str, int]) -> dict[str, int]:
-        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise ValueError("route weights must be >= 0 and add up to more than 0")
+        if weights and (any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
+            raise ValueError("route weights must be >= 0 and add up to more than 0 (or be empty: no split)")
         return weights

@@ -7,12 +7,14 @@ endpoints or Consul behind it (`runtime.discovery.factory.build_upstreams` picks
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 
 from runtime.discovery.balanced_channel import BalancedChannel
 from runtime.discovery.endpoints import Resolver
+from runtime.discovery.version_split import TaggedResolver, WeightedPick
 from runtime.upstreams import CHANNEL_OPTIONS, UnknownBackendError
 
 
@@ -29,8 +31,9 @@ class DiscoveryUpstreams:
     ) -> None:
         self._resolver = resolver
         retry = list(retry_methods)
-        self._channels = {
-            name: BalancedChannel(
+
+        def balanced(name: str, resolver: Resolver) -> BalancedChannel:
+            return BalancedChannel(
                 name,
                 resolver,
                 credentials=credentials,
@@ -39,8 +42,13 @@ class DiscoveryUpstreams:
                 retry_methods=retry,
                 health_service="" if health_checks else None,
             )
-            for name in backends
-        }
+
+        self._balanced = balanced
+        self._channels = {name: balanced(name, resolver) for name in backends}
+        # Version split (route weights): one channel per (backend, version), a pick per backend.
+        self._by_version: dict[tuple[str, str], BalancedChannel] = {}
+        self._picks: dict[str, WeightedPick] = {}
+        self._rng = random.Random()
 
     async def start(self, *, first_resolve_timeout: float = 2.0) -> None:
         """Follow every backend; wait (bounded, concurrently) for discovery's first answer."""
@@ -49,12 +57,43 @@ class DiscoveryUpstreams:
         )
 
     def channel(self, backend: str) -> grpc.aio.Channel:
+        """The channel for one call to ``backend``: picked by version weight when a split is set."""
+        pick = self._picks.get(backend)
+        if pick is not None:
+            return pick()
         try:
             return self._channels[backend]
         except KeyError:
             raise UnknownBackendError(backend) from None
 
+    async def set_route_weights(self, weights: Mapping[str, int], *, first_resolve_timeout: float = 2.0) -> None:
+        """Split every backend's calls by version weight from now on; empty weights stop splitting.
+
+        Channels for versions named the first time are started (and resolved) before the new
+        split takes effect, so no call is picked onto a channel that has not looked up its
+        instances yet. Channels of versions dropped from the weights stay open (calls in flight
+        finish) until the upstreams close.
+        """
+        if not weights:
+            self._picks = {}
+            return
+        starting = []
+        for backend in self._channels:
+            for version in weights:
+                if (backend, version) not in self._by_version:
+                    channel = self._balanced(backend, TaggedResolver(self._resolver, version))
+                    self._by_version[(backend, version)] = channel
+                    starting.append(channel.start(first_resolve_timeout=first_resolve_timeout))
+        await asyncio.gather(*starting)
+        self._picks = {
+            backend: WeightedPick(
+                {version: (weight, self._by_version[(backend, version)]) for version, weight in weights.items()},
+                rng=self._rng,
+            )
+            for backend in self._channels
+        }
+
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._by_version.values()]:
             await channel.close(None)
         await self._resolver.aclose()

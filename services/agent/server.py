@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
-from agentmesh.rag.v1 import rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
@@ -83,7 +82,6 @@ async def build(
         on_state_change=middleware.metrics.breaker_state_changed,
         service_token_file=settings.service_token_file,
     )
-    follow_live_config(live_config, breakers=guards.breakers)
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
     # breaker); the channels add no service-config retryPolicy on top.
     upstreams = await build_upstreams(
@@ -93,13 +91,13 @@ async def build(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
-    rag = rag_service_pb2_grpc.RagServiceStub(upstreams.channel("rag"))
+    await follow_live_config(live_config, breakers=guards.breakers, upstreams=upstreams)
     engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,
         budget=budget,
-        retriever=RagRetriever(rag, timeout_s=settings.retrieval_timeout_s),
+        retriever=RagRetriever(lambda: upstreams.channel("rag"), timeout_s=settings.retrieval_timeout_s),
         engine=engine,
         fallback=FallbackRules([FallbackRule(r.pattern, r.answer) for r in settings.fallback_rules]),
         review=ReviewPolicy(

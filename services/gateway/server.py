@@ -50,7 +50,6 @@ async def build(
         pool=pool,
         on_state_change=middleware.metrics.breaker_state_changed,
     )
-    follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers)
     # Retries are the retry interceptor's alone (see services/agent/server.py). No token-forwarding
     # interceptor: the proxy already passes the caller's metadata on, its `authorization` header
     # included, and each client interceptor costs every forwarded call.
@@ -59,6 +58,7 @@ async def build(
         static=settings.backends,
         interceptors=middleware.client_interceptors(retry=guards.retry, circuit_breaker=guards.circuit_breaker),
     )
+    await follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers, upstreams=upstreams)
     plan = ServerPlan(
         settings=settings,
         bindings=[],

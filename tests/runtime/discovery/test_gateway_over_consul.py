@@ -41,9 +41,10 @@ def discovery_env(consul: ConsulUnderTest) -> dict[str, str]:
     }
 
 
-async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str) -> ServiceProcess:
+async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str, version: str = "v1") -> ServiceProcess:
     env = {
         **discovery_env(consul),
+        "AGENTMESH_SERVICE_VERSION": version,
         "AGENTMESH_RAG_PORT": "0",
         "AGENTMESH_RAG_PORT_FILE": str(tmp_path / f"{name}.port"),
         "AGENTMESH_RAG_DATA_DIR": str(tmp_path / name),
@@ -64,8 +65,9 @@ async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str) -> Servi
 async def rags(consul: ConsulUnderTest, tmp_path: Path) -> AsyncIterator[dict[str, ServiceProcess]]:
     processes: dict[str, ServiceProcess] = {}
     try:
-        for name in INSTANCES:
-            processes[name] = await spawn_rag(consul, tmp_path, name)
+        # rag-a is version v1, rag-b version v2 (a tag in Consul); without route weights that is no split.
+        for name, version in zip(INSTANCES, ("v1", "v2"), strict=True):
+            processes[name] = await spawn_rag(consul, tmp_path, name, version)
         yield processes
     finally:
         for process in processes.values():
@@ -172,3 +174,31 @@ async def test_a_sigtermed_instance_leaves_consul_before_it_drains_and_no_call_f
         await client.close()
     assert traffic.failures == []
     assert "consul.registration.deregistered" in leaving.logs()
+
+
+async def test_route_weights_from_consul_kv_split_the_calls_between_versions_live(
+    consul: ConsulUnderTest, rags: dict[str, ServiceProcess], gateway: ManagedServer
+) -> None:
+    client = open_consul(consul.address)
+    try:
+        await health_until(client, "rag", lambda e: check_statuses(e) == ["passing", "passing"])
+        async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
+            await traffic.until(lambda: traffic.served["rag-a"] >= 5 and traffic.served["rag-b"] >= 5)
+
+            # Everything to v2 (rag-b), live: once applied, v1 gets no new calls.
+            await client.kv.put("agentmesh/gateway/route_weights", '{"v1": 0, "v2": 100}')
+            await traffic.until(lambda: traffic.served["rag-b"] >= traffic.served["rag-a"] + 40)
+            only_v2_from = dict(traffic.served)
+            await traffic.until(lambda: traffic.served["rag-b"] >= only_v2_from["rag-b"] + 30)
+            assert traffic.served["rag-a"] <= only_v2_from["rag-a"] + traffic._callers
+
+            # And back to v1 only.
+            await client.kv.put("agentmesh/gateway/route_weights", '{"v1": 100}')
+            await traffic.until(lambda: traffic.served["rag-a"] >= only_v2_from["rag-a"] + 40)
+            only_v1_from = dict(traffic.served)
+            await traffic.until(lambda: traffic.served["rag-a"] >= only_v1_from["rag-a"] + 30)
+            assert traffic.served["rag-b"] <= only_v1_from["rag-b"] + traffic._callers
+    finally:
+        await client.kv.delete("agentmesh/gateway/route_weights")
+        await client.close()
+    assert traffic.failures == []

@@ -38,7 +38,7 @@ async def test_a_live_rate_limit_applies_to_the_next_calls_without_a_restart(
 ) -> None:
     address, interceptor = limited_server
     live = LiveConfig(DynamicSettings(), service="gateway", consul=None)
-    follow_live_config(live, rate_limit=interceptor)
+    await follow_live_config(live, rate_limit=interceptor)
     async with grpc.aio.insecure_channel(address) as channel:
         say = channel.unary_unary("/test.Echo/Say")
         for _ in range(10):
@@ -55,7 +55,7 @@ async def test_a_live_rate_limit_applies_to_the_next_calls_without_a_restart(
 async def test_an_unrelated_change_leaves_the_buckets_alone(limited_server: tuple[str, RateLimitInterceptor]) -> None:
     address, interceptor = limited_server
     live = LiveConfig(DynamicSettings(), service="gateway", consul=None)
-    follow_live_config(live, rate_limit=interceptor)
+    await follow_live_config(live, rate_limit=interceptor)
     assert await live.apply({"rate_limit": {"requests_per_second": 0.01, "burst": 1}}, source="test")
     async with grpc.aio.insecure_channel(address) as channel:
         say = channel.unary_unary("/test.Echo/Say")
@@ -72,7 +72,7 @@ async def test_live_breaker_thresholds_reach_existing_and_new_breakers() -> None
     breakers = BreakerSet(BreakerPolicy(consecutive_failures=5), target_of=lambda method: "rag")
     existing = breakers.get("rag")
     live = LiveConfig(DynamicSettings(), service="agent", consul=None)
-    follow_live_config(live, breakers=breakers)
+    await follow_live_config(live, breakers=breakers)
 
     assert await live.apply({"breaker": {"failure_threshold": 1, "reset_timeout_seconds": 30}}, source="test")
 
