@@ -101,18 +101,25 @@ class ExtractiveDecisionEngine:
     """Answers with the retrieved sentences that best cover the question's terms, cited.
 
     Confidence is the share of the question's content words found in the best sentence.
+    Only passages that retrieval scored at least ``min_relative_score`` of the best one are
+    quoted: a sentence sharing one common word with the question ("long") from a passage
+    retrieval ranked far below is not part of the answer.
     """
 
     name = "extractive"
 
-    def __init__(self, *, max_sentences: int = 3, min_coverage: float = 0.2) -> None:
+    def __init__(self, *, max_sentences: int = 3, min_coverage: float = 0.2, min_relative_score: float = 0.5) -> None:
         self._max_sentences = max_sentences
         self._min_coverage = min_coverage
+        self._min_relative_score = min_relative_score
 
     async def decide(self, request: DecisionRequest) -> Decision:
         question_terms = _terms(request.question)
         candidates: list[tuple[float, int, int, Citation]] = []
+        top_score = max((p.score for p in request.passages), default=0.0)
         for rank, passage in enumerate(request.passages):
+            if top_score > 0 and passage.score < top_score * self._min_relative_score:
+                continue
             for match in _SENTENCE.finditer(passage.text):
                 sentence = match.group().strip()
                 # A Markdown heading names a topic but states nothing; an answer quotes statements.

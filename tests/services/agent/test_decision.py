@@ -28,6 +28,16 @@ async def test_the_extractive_engine_quotes_the_best_sentence_with_exact_offsets
     assert decision.confidence == pytest.approx(1 / 3)  # "refunds" of {long, refunds, take}
 
 
+async def test_passages_retrieval_ranked_far_below_the_best_are_not_quoted() -> None:
+    # "long" is in the question and in this sentence, but retrieval scored its passage at a tenth.
+    unrelated = "Passwords must be at least 12 characters long."
+    weak = Passage("security", "security#0", 0, len(unrelated), unrelated, 0.2)
+    decision = await ExtractiveDecisionEngine().decide(
+        DecisionRequest("run-1", "How long do refunds take?", (CHUNK, weak))
+    )
+    assert [c.document_id for c in decision.citations] == ["refund-policy"]
+
+
 async def test_the_extractive_engine_abstains_when_nothing_matches() -> None:
     decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Who is the CEO?", (CHUNK,)))
     assert decision.abstained
