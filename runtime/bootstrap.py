@@ -109,8 +109,17 @@ class ManagedServer:
         if plan.settings.port_file is not None:
             plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             plan.settings.port_file.write_text(str(self.port))
-        for started in plan.on_started:
-            await started(self.port)
+        try:
+            for started in plan.on_started:
+                await started(self.port)
+        except BaseException:
+            # A half-started server must not linger (its grpc threads would keep the process
+            # alive, answering health checks): stop it, release what was opened, re-raise.
+            log.exception("start-up failed; stopping")
+            await self.server.stop(0)
+            for hook in plan.on_stopped:
+                await _run_hook(hook, "on_stopped")
+            raise
         log.info("server started", address=f"{plan.settings.host}:{self.port}", services=names)
         return self.port
 

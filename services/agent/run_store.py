@@ -97,6 +97,13 @@ def _fingerprint(question: str, labels: Mapping[str, str], retrieval_filter: Map
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+SCHEMA_VERSION = 1
+
+
+class SchemaMismatchError(RuntimeError):
+    """The database was written by a different schema version."""
+
+
 class RunStore:
     def __init__(self, db: Database, outbox: Outbox) -> None:
         self.db = db
@@ -104,8 +111,18 @@ class RunStore:
         self._committed = asyncio.Event()
 
     async def create_schema(self) -> None:
+        # A data dir written by another schema would fail later on some query with "no such
+        # column"; refuse at start with what to do instead.
+        (version,) = await self.db.fetch_one("PRAGMA user_version") or (0,)
+        (tables,) = await self.db.fetch_one("SELECT count(*) FROM sqlite_master WHERE type = 'table'") or (0,)
+        if tables and version != SCHEMA_VERSION:
+            raise SchemaMismatchError(
+                f"the agent's database has schema version {version}, this build uses {SCHEMA_VERSION}: "
+                "it was written by another agentmesh version; move the data dir aside (or delete it) and restart"
+            )
         await self._outbox.create_schema()
         await self.db.executescript(_SCHEMA)
+        await self.db.executescript(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- commands -------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ from runtime.config import ServiceSettings
 class SlowSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMESH_SLOW_", extra="ignore", frozen=True)
 
+    # Make a start-up hook fail once the server listens (as a store or registration might).
+    fail_on_start: bool = False
+
 
 async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     await asyncio.sleep(float(request.decode()))
@@ -40,7 +43,14 @@ async def build(settings: SlowSettings) -> ServerPlan:
             "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
         },
     )
-    return ServerPlan(settings=settings, bindings=[], generic_handlers=[handler])
+    plan = ServerPlan(settings=settings, bindings=[], generic_handlers=[handler])
+    if settings.fail_on_start:
+
+        async def fail(port: int) -> None:
+            raise RuntimeError("a start-up hook failed")
+
+        plan.on_started.append(fail)
+    return plan
 
 
 if __name__ == "__main__":

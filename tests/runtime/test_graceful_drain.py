@@ -75,3 +75,17 @@ async def test_calls_still_running_after_the_grace_period_are_cancelled_and_the_
         assert await asyncio.to_thread(service.process.wait, 15) == 0
     finally:
         service.kill()
+
+
+async def test_a_failure_during_start_up_stops_the_server_and_the_process_exits_non_zero(tmp_path: Path) -> None:
+    env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"), "AGENTMESH_SLOW_FAIL_ON_START": "1"}
+    try:
+        service = spawn("tests.runtime.slow_service", env, tmp_path)
+    except RuntimeError as exited_already:  # it may fail before the launcher saw the port
+        assert "start-up failed" in str(exited_already)
+        return
+    try:
+        assert await asyncio.to_thread(service.process.wait, 20) != 0
+    finally:
+        service.kill()
+    assert "start-up failed" in service.logs()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from runtime.events.bus import Event, Handler, Subscription
+from runtime.events.outbox import Outbox
+from runtime.sqlite import Database
 from services.agent.model import EventType
-from services.agent.run_store import RequestIdReused
+from services.agent.run_store import RequestIdReused, RunStore, SchemaMismatchError
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -92,3 +97,23 @@ async def test_sequences_are_strictly_increasing_across_runs(stores: Stores) -> 
     sequences = [e.sequence for e in await stores.runs.events()]
     assert sequences == list(range(1, len(sequences) + 1))
     assert await stores.runs.last_sequence() == sequences[-1]
+
+
+async def test_a_database_written_by_another_schema_is_refused_at_start_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sqlite3"
+    with sqlite3.connect(path) as old:  # an unversioned schema, as an older build wrote it
+        old.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY, body BLOB)")
+    db = await Database.open(path)
+    try:
+        with pytest.raises(SchemaMismatchError, match="move the data dir aside"):
+            await RunStore(db, Outbox(db)).create_schema()
+    finally:
+        await db.close()
+
+    fresh = await Database.open(tmp_path / "fresh.sqlite3")
+    try:
+        store = RunStore(fresh, Outbox(fresh))
+        await store.create_schema()
+        await store.create_schema()  # a restart on its own schema is fine
+    finally:
+        await fresh.close()
