@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from mesh.certs import cert_paths, write_mesh_certs
@@ -25,6 +24,7 @@ from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 WORK_DIR = REPO / "var" / "mesh"
@@ -80,22 +80,11 @@ async def _start_app(policy: Policy, instance: str) -> _App:
             cwd=REPO, env=app_env(policy, instance), stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     app = _App(instance, process, policy.local.instances[instance].app)
-    await _wait_serving(app)
+    try:
+        await wait_serving(app.instance, f"{LOOPBACK}:{app.port}", exit_code=lambda: app.process.returncode, poll_s=0.2)
+    except RuntimeError as exited:
+        raise RuntimeError(f"{exited}; see {WORK_DIR / app.instance}.log") from None
     return app
-
-
-async def _wait_serving(app: _App, *, within: float = 30.0) -> None:
-    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{app.port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(int(within / 0.2)):
-            if app.process.returncode is not None:
-                raise RuntimeError(f"{app.instance} exited; see {WORK_DIR / app.instance}.log")
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{app.instance} did not report SERVING within {within}s")
 
 
 async def _seed_knowledge(policy: Policy) -> int:

@@ -7,15 +7,13 @@ against `var/keys/jwks.json`. The private key never leaves `var/keys` (gitignore
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
 from runtime.security import MESH_REQUIRED_SCOPES
-from tools.dev_tokens import generate_private_key, mint, private_key_pem, public_jwk
+from tools.dev_tokens import mint, write_key_pair
 
 DEV_SUBJECT = "dev-user"
 
@@ -38,11 +36,7 @@ def ensure_dev_auth(keys_dir: Path, *, ttl_seconds: int = 12 * 3600) -> DevAuth:
     keys_dir.mkdir(parents=True, exist_ok=True)
     key_path, jwks_path = keys_dir / "signing-key.pem", keys_dir / "jwks.json"
     if not (key_path.exists() and jwks_path.exists()):
-        key = generate_private_key("ES256")
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(private_key_pem(key))
-        jwks_path.write_text(json.dumps({"keys": [public_jwk(key, kid=f"dev-es256-{uuid.uuid4().hex[:8]}")]}))
+        write_key_pair(keys_dir, alg="ES256")
     kid = json.loads(jwks_path.read_text())["keys"][0]["kid"]
     private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     scopes = sorted({scope for needed in MESH_REQUIRED_SCOPES.values() for scope in needed})

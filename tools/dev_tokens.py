@@ -84,17 +84,22 @@ def mint(
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
-def _keygen(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def write_key_pair(out: Path, *, alg: str, kid: str | None = None) -> tuple[Path, Path, str]:
+    """A new signing key (``signing-key.pem``, mode 0600) and its public JWKS (``jwks.json``) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    key = generate_private_key(args.alg)
-    kid = args.kid or f"dev-{args.alg.lower()}-{uuid.uuid4().hex[:8]}"
-    key_path = out / "signing-key.pem"
+    key = generate_private_key(alg)
+    kid = kid or f"dev-{alg.lower()}-{uuid.uuid4().hex[:8]}"
+    key_path, jwks_path = out / "signing-key.pem", out / "jwks.json"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_key_pem(key))
-    (out / "jwks.json").write_text(json.dumps({"keys": [public_jwk(key, kid=kid)]}, indent=2) + "\n")
-    print(json.dumps({"kid": kid, "private_key": str(key_path), "jwks": str(out / "jwks.json")}))
+    jwks_path.write_text(json.dumps({"keys": [public_jwk(key, kid=kid)]}, indent=2) + "\n")
+    return key_path, jwks_path, kid
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key_path, jwks_path, kid = write_key_pair(Path(args.out), alg=args.alg, kid=args.kid)
+    print(json.dumps({"kid": kid, "private_key": str(key_path), "jwks": str(jwks_path)}))
     return 0
 
 

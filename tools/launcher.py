@@ -26,13 +26,13 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
+from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 DISCOVERY = DiscoverySettings()
@@ -62,25 +62,6 @@ def _env(name: str, auth: DevAuth | None) -> dict[str, str]:
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
     return env
-
-
-async def _wait_serving(name: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    address = f"{HOST}:{PORTS[name]}"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while loop.time() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}")
-            try:
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{name} did not become SERVING on {address} within {timeout_s}s")
 
 
 async def _seed_knowledge(auth: DevAuth | None) -> int:
@@ -178,7 +159,7 @@ async def main() -> int:
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
                 [sys.executable, "-m", f"services.{name}"], env=_env(name, auth), cwd=REPO, start_new_session=True
             )
-            await _wait_serving(name, processes[name])
+            await wait_serving(name, f"{HOST}:{PORTS[name]}", exit_code=processes[name].poll)
             if DISCOVERY.discovery == "consul":
                 await _wait_discovered(name)
         changed = await _seed_knowledge(auth)
