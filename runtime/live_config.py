@@ -123,9 +123,9 @@ class LiveConfig(Generic[SettingsT]):
 
         async def start(port: int) -> None:
             await self.start()
+            plan.lifespan.on_close(self.aclose, name=f"live config {self._service}")
 
-        plan.on_started.append(start)
-        plan.on_stopped.append(self.aclose)
+        plan.lifespan.on_started(start)
 
     async def start(self) -> None:
         """Begin watching (no-op without Consul); returns at once, Consul up or not."""
