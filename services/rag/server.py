@@ -11,7 +11,7 @@ from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
-from runtime.live_config import live_config_for
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
