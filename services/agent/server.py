@@ -19,8 +19,8 @@ from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
 from runtime.lifespan import Lifespan
-from runtime.live_config import live_config_for
-from runtime.live_policies import follow_live_config
+from runtime.live_config.enforce import follow_live_config
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor

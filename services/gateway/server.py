@@ -12,8 +12,8 @@ from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
-from runtime.live_config import live_config_for
-from runtime.live_policies import follow_live_config
+from runtime.live_config.enforce import follow_live_config
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor

@@ -12,7 +12,7 @@ from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
-from runtime.live_config import live_config_for
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
