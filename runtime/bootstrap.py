@@ -106,14 +106,19 @@ class ManagedServer:
                 require_client_auth=tls.client_ca_file is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
+        # NOT_SERVING until the start-up hooks are done (a database waited for, migrations,
+        # recovery): probes see the process alive but not ready, and no peer routes to it yet.
+        served = ["", *self.service_names, *plan.reflection_names]
+        for name in served:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        for name in ["", *self.service_names, *plan.reflection_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if plan.settings.port_file is not None:
             plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             plan.settings.port_file.write_text(str(self.port))
         try:
             await plan.lifespan.started(self.port)
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
@@ -150,8 +155,17 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
     plan = await build()
     server = ManagedServer(plan)
-    await server.start()
     loop = asyncio.get_running_loop()
+    # A signal during start-up (waiting for a database, say) abandons the start: start()
+    # then stops the half-started server and closes what was opened.
+    starting = asyncio.ensure_future(server.start())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, starting.cancel)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        log.info("stopped during start-up")
+        return 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
     await server.stop_begun.wait()
