@@ -50,9 +50,9 @@ from interceptors._typing import (
     UnaryUnaryClientInterceptorBase,
 )
 from interceptors.circuit_breaker import CIRCUIT_OPEN, BreakerSet, BreakerState, CircuitBreaker, breaker_lookup
-from interceptors.status_codes import code_set, error_code_names
-from interceptors.status_details import find_detail_in
-from runtime.errors import DOMAIN
+from rpcstatus.codes import code_set, error_code_names
+from rpcstatus.details import find_detail_in
+from rpcstatus.errors import DOMAIN
 
 ATTEMPT_HEADER = "x-retry-attempt"
 IDEMPOTENCY_HEADER = "idempotency-key"

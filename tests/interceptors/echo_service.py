@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from interceptors._typing import ServerInterceptorBase
 from interceptors.identity import current_caller
-from interceptors.status_details import find_detail
+from rpcstatus.details import find_detail
 
 SERVICE = "test.v1.Echo"
 UNARY = f"/{SERVICE}/Unary"
