@@ -47,6 +47,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,  # "connection is closed"
+    asyncpg.InvalidCatalogNameError,  # the database is not created yet (provisioned beside the service)
 )
 
 

@@ -53,7 +53,8 @@ async def test_waiting_for_an_unreachable_database_logs_the_setting_once_and_ret
     tmp_path: Path,
 ) -> None:
     cluster = LocalPostgres(tmp_path / "late", port=free_port())
-    db = await _open(cluster.url(), tmp_path)
+    # "postgres" exists as soon as the server accepts connections.
+    db = await _open(cluster.url("postgres"), tmp_path)
     try:
         with structlog.testing.capture_logs() as logs:
             waiting = asyncio.create_task(wait_until_reachable(db, backoff=Backoff(initial=0.05, maximum=0.2)))
