@@ -43,6 +43,7 @@ debian-deps: ## Debian packages the tests use (installed only when missing)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 # --- code generation ----------------------------------------------------------------------
@@ -108,11 +109,11 @@ mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the poli
 	$(PY) -m mesh check
 
 .PHONY: bench
-bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~4 min): bench/results/latest.{json,md}
+bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~4 min): bench/results/latest.{json,md}, docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: eval
-eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md})
+eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md}, docs/rag.md)
 	$(PY) -m eval.rag
 
 .PHONY: clean

@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="README whose bench block is updated")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument(
+        "--doc", type=Path, default=REPO / "docs" / "benchmarks.md", help="docs page whose bench block is updated"
+    )
+    parser.add_argument("--no-doc", action="store_true", help="leave the docs page alone")
     args = parser.parse_args(argv)
     if not h2load.available():
         print("h2load is missing: apt-get install -y nghttp2-client", file=sys.stderr)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=time.monotonic() - began,
     )
     built["started_at"] = started_at
-    text = report.write(built, args.out, None if args.no_readme else args.readme)
+    text = report.write(built, args.out, None if args.no_doc else args.doc)
     print(text)
     return 0
 

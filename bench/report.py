@@ -1,7 +1,7 @@
 """Turn measurements into the report: medians across passes, ratios to baselines, targets.
 
 Written as JSON (`bench/results/latest.json`, everything including each pass) and markdown
-(`latest.md`, also placed between the bench markers of the README).
+(`latest.md`, also placed between the bench markers of docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.payload import EVENTS_PER_STREAM, STREAM, UNARY
 from bench.scenarios import Scenario, Target
+from tools.doc_block import replace_block
 
 BEGIN = "<!-- bench:begin (written by `make bench`) -->"
 END = "<!-- bench:end -->"
@@ -189,15 +190,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(report: Mapping[str, Any], out_dir: Path, readme: Path | None) -> str:
+def write(report: Mapping[str, Any], out_dir: Path, doc: Path | None) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     (out_dir / "latest.md").write_text(text)
-    if readme is not None and readme.exists():
-        current = readme.read_text()
-        if BEGIN in current and END in current:
-            head, rest = current.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            readme.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    if doc is not None:
+        replace_block(doc, BEGIN, END, text)
     return text

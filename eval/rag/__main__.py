@@ -4,7 +4,7 @@
 
 Ingests ``corpus/*.md`` into a fresh knowledge base (a temporary directory, the service's
 default chunking), asks every question in ``questions.jsonl`` in each mode, and writes
-``results.json`` and ``results.md`` beside this file.
+``results.json`` and ``results.md`` beside this file, and the table into docs/rag.md.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from runtime.logging import configure_logging
 from services.rag.chunking import ChunkingOptions
 from services.rag.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
+from tools.doc_block import replace_block
 
 HERE = Path(__file__).parent
+DOC = HERE.parents[1] / "docs" / "rag.md"
+DOC_BEGIN = "<!-- eval:begin (written by `make eval`) -->"
+DOC_END = "<!-- eval:end -->"
 RECALL_K = 5
 MRR_K = 10
 
@@ -130,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-dense", action="store_true", help="BM25 only (no torch, no model)")
     parser.add_argument("--output-dir", type=Path, default=HERE)
+    parser.add_argument("--doc", type=Path, default=DOC, help="docs page whose eval block is updated (full runs only)")
+    parser.add_argument("--no-doc", action="store_true", help="leave the docs page alone")
     parser.add_argument("--chunk-size", type=int, default=ChunkingOptions().size)
     parser.add_argument("--chunk-overlap", type=int, default=ChunkingOptions().overlap)
     args = parser.parse_args()
@@ -141,6 +147,9 @@ def main() -> None:
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(results)
     (args.output_dir / "results.md").write_text(table, encoding="utf-8")
+    # The page compares all three retrievers; a BM25-only run leaves it as it was.
+    if not args.no_doc and not args.no_dense:
+        replace_block(args.doc, DOC_BEGIN, DOC_END, table)
     print(table, end="")
 
 

@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
-from runtime.errors import (
+from rpcstatus.errors import (
     api_errors,
     api_errors_stream,
     failed_precondition,
@@ -207,6 +207,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         with _domain_errors():
             await self._store.get(request.run_id)
         cursor = request.after_sequence
+        terminal_seen = False
         while True:
             # Taken before reading, so a commit between the read and the wait still wakes us.
             next_commit = self._store.next_commit()
@@ -218,7 +219,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 if events[-1].to_state in TERMINAL and events[-1].from_state is not None:
                     return
                 continue
-            if (await self._store.get(request.run_id)).state in TERMINAL:
+            if terminal_seen:
                 return
+            if (await self._store.get(request.run_id)).state in TERMINAL:
+                # The terminal transition may have committed between the log read above and this
+                # state read: it commits with its event, so one more read of the log sends it.
+                terminal_seen = True
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(next_commit.wait(), WATCH_POLL_S)

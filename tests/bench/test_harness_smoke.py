@@ -35,7 +35,7 @@ def _run_bench(tmp_path: Path, *args: str) -> dict:
             str(out),
             "--work-dir",
             str(tmp_path / "work"),
-            "--no-readme",
+            "--no-doc",
         ],
         cwd=REPO,
         env=python_env(),

@@ -15,6 +15,7 @@ from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.agent.v1 import run_pb2
 from mesh.policy import Policy
+from tests.grpcurl import grpcurl
 from tests.mesh.conftest import MeshCerts, TokenIssuer
 from tests.mesh.mesh_system import MeshSystem, running_mesh
 
@@ -124,3 +125,18 @@ async def test_bad_input_is_http_400_naming_the_field(http: aiohttp.ClientSessio
     assert body["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     [bad_request] = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
     assert [v["field"] for v in bad_request["fieldViolations"]] == ["question"]
+
+
+async def test_grpcurl_describes_services_and_methods_through_the_edge(
+    mesh: MeshSystem, mesh_certs: MeshCerts, policy: Policy
+) -> None:
+    # The policy lets the edge reach reflection (mesh/policy.yaml); without that this test has no subject.
+    assert "/grpc.reflection.v1.ServerReflection/*" in policy.services["gateway"].callers["edge"]
+    edge, ca = f"localhost:{mesh.edge.port}", mesh_certs("edge").ca
+
+    listed = (await grpcurl(edge, "list", cacert=ca)).split()
+    assert {"agentmesh.agent.v1.AgentService", "agentmesh.rag.v1.RagService"} <= set(listed)
+    methods = ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.rag.v1.RagService.Search"]
+    for method in [*methods, "grpc.health.v1.Health.Check"]:
+        described = await grpcurl(edge, "describe", method, cacert=ca)
+        assert f"{method} is a method" in described
