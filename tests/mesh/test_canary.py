@@ -49,7 +49,7 @@ async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
     # Binomial spread at n=1000, p=0.1 is ~9.5 calls; 45 calls is ~4.7 standard deviations.
     assert abs(answered["agent-v2"] - expected_v2) <= 45, answered
     assert (
-        await envoy.stat_reaching("cluster.agent_v2.upstream_rq_completed", answered["agent-v2"])
+        await envoy.stat_reaching("cluster.agent_v2.upstream_rq_total", answered["agent-v2"])
         == answered["agent-v2"]
     )
 
