@@ -149,14 +149,26 @@ class ManagedServer:
         await self.server.wait_for_termination()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    # A signal during build or start is kept and acted on once the server is up, rather than
+    # killing a half-built process. Forked workers start with these signals blocked
+    # (runtime/processes.py), so none is lost before the handlers exist.
+    signalled = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     plan = await build()
     server = ManagedServer(plan)
     await server.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
+    if signalled.is_set():
+        server.stop()
     await server.stop_begun.wait()
     await server.stop()
     if plan.lifespan.failure is not None:

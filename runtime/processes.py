@@ -48,6 +48,7 @@ class Worker:
 
 
 _current = Worker(0, 1)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def current_worker() -> Worker:
@@ -87,6 +88,9 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
     count = settings.processes
     with reserved_port(settings.host, settings.port) as port:
         children: dict[int, int] = {}
+        # Blocked while forking: a SIGTERM now waits until each process has its handlers (the
+        # workers' bootstrap and _supervise unblock them) instead of killing it half-started.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         for index in range(count):
             pid = os.fork()
             if pid == 0:  # the worker
@@ -115,8 +119,9 @@ def _supervise(children: dict[int, int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop_all)
-    signal.signal(signal.SIGINT, stop_all)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, stop_all)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     while children:
         pid, status = os.wait()
         index = children.pop(pid, None)

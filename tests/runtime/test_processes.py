@@ -148,7 +148,7 @@ async def test_two_processes_register_as_one_instance(
     client = open_consul(consul.address)
     try:
         entries = await health_until(client, "gateway", lambda e: len(e) >= 1)
-        assert await asyncio.to_thread(gateway.terminate) == 0
+        assert await asyncio.to_thread(gateway.terminate) == 0, gateway.logs()
         registered = [line for line in log_lines(gateway) if line["event"] == "consul.registration.registered"]
         assert [line.get("worker") for line in registered] == [0]
         assert [e["Service"]["Port"] for e in entries] == [gateway.port]
