@@ -30,12 +30,13 @@ from runtime.database.sqlite import SQLiteDatabase
 from services.rag.bm25_index import tokenize
 from services.rag.chunking import ChunkingOptions, ContentType, chunk_document
 from services.rag.embedding import Embedder
-from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
 from services.rag.follower import FollowerMetrics
 from services.rag.snapshot import DenseModel, Hit, IndexSnapshot, Mode, build_snapshot
 from services.rag.store import (
     CHANGES_RETAINED,
     GENERATION_CHANNEL,
+    SCHEMA,
     Change,
     ChunkRecord,
     DocumentRecord,
@@ -152,6 +153,32 @@ class KnowledgeBase:
         self.embedded_chunks = 0
 
     @classmethod
+    def create(
+        cls,
+        data_dir: Path,
+        *,
+        database: Database,
+        embedder: Embedder | None = None,
+        chunking: ChunkingOptions | None = None,
+        limits: Limits | None = None,
+        save_delay_s: float = 2.0,
+        metrics: FollowerMetrics | None = None,
+        owns_database: bool = False,
+    ) -> KnowledgeBase:
+        """A knowledge base on ``database`` (indexes saved under ``data_dir``), not loaded yet:
+        it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
+        return cls(
+            store=Store(database, model=embedder.model_name if embedder else None),
+            index_dir=data_dir / "index",
+            embedder=embedder,
+            chunking=chunking or ChunkingOptions(),
+            limits=limits or Limits(),
+            save_delay_s=save_delay_s,
+            owns_database=owns_database,
+            metrics=metrics,
+        )
+
+    @classmethod
     async def open(
         cls,
         data_dir: Path,
@@ -163,30 +190,36 @@ class KnowledgeBase:
         save_delay_s: float = 2.0,
         metrics: FollowerMetrics | None = None,
     ) -> KnowledgeBase:
-        """Open the knowledge base, loading saved indexes from ``data_dir`` when they are current.
-
-        ``database`` is the shared store (the caller closes it); without one, the embedded SQLite
-        file ``data_dir/rag.sqlite3`` is opened and closed with the knowledge base.
-        """
+        """Create and start; without ``database``, on the embedded SQLite file ``data_dir/rag.sqlite3``
+        (opened and closed with the knowledge base; a given database is the caller's to close)."""
         db = database or await SQLiteDatabase.open(data_dir / "rag.sqlite3")
+        kb = cls.create(
+            data_dir,
+            database=db,
+            embedder=embedder,
+            chunking=chunking,
+            limits=limits,
+            save_delay_s=save_delay_s,
+            metrics=metrics,
+            owns_database=database is None,
+        )
         try:
-            store = await Store.open(db, model=embedder.model_name if embedder else None)
-            kb = cls(
-                store=store,
-                index_dir=data_dir / "index",
-                embedder=embedder,
-                chunking=chunking or ChunkingOptions(),
-                limits=limits or Limits(),
-                save_delay_s=save_delay_s,
-                owns_database=database is None,
-                metrics=metrics,
-            )
-            await kb._load()
+            await kb.start()
         except BaseException:
             if database is None:
                 await db.close()
             raise
         return kb
+
+    async def start(self) -> None:
+        """Bring the schema to this build's version (once across replicas) and load the store,
+        with the saved indexes when they are current."""
+        await self._store.db.migrate(SCHEMA)
+        await self._load()
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
 
     @property
     def dense_enabled(self) -> bool:
@@ -210,7 +243,8 @@ class KnowledgeBase:
     @property
     def snapshot(self) -> IndexSnapshot:
         """The index snapshot searches currently use."""
-        assert self._snapshot is not None, "used before open() finished"
+        if self._snapshot is None:
+            raise NotReady()
         return self._snapshot
 
     async def close(self) -> None:
@@ -263,7 +297,7 @@ class KnowledgeBase:
 
     async def catch_up(self) -> None:
         """Return once the live snapshot reflects everything committed when this was called."""
-        await self._refresh(await self._store.generation())
+        await self._refresh(await self._store.generation(), following=True)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -300,6 +334,8 @@ class KnowledgeBase:
             seen.add(document.document_id)
         if violations:
             raise InvalidArgument(violations)
+        if self._snapshot is None:
+            raise NotReady()
 
         for _attempt in range(_STALE_RETRIES):
             # Re-ingesting what is already stored (a seed on every start, a retried batch, the
@@ -327,6 +363,8 @@ class KnowledgeBase:
     async def delete(self, document_id: str) -> None:
         """Remove a document and its chunks; DocumentNotFound if there is none."""
         _check_document_id(document_id)
+        if self._snapshot is None:
+            raise NotReady()
         await asyncio.shield(self._track(self._commit_delete(document_id)))
 
     def _track(self, write: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -387,6 +425,8 @@ class KnowledgeBase:
 
     async def get(self, document_id: str) -> StoredDocument:
         _check_document_id(document_id)
+        if self._snapshot is None:
+            raise NotReady()
         found = await self._store.get_document(document_id)
         if found is None:
             raise DocumentNotFound(document_id)
@@ -414,7 +454,8 @@ class KnowledgeBase:
         if mode is not Mode.BM25 and self._embedder is None:
             raise DenseRetrievalDisabled()
         snapshot = self._snapshot
-        assert snapshot is not None, "search before open() finished"
+        if snapshot is None:
+            raise NotReady()
         embedder = self._embedder
         # Ask each retriever for more than top_k: fusion needs depth, and duplicates are collapsed.
         candidates = max(4 * top_k, 50)
@@ -611,7 +652,7 @@ class KnowledgeBase:
         self.embedded_chunks += len(texts)
         return self._embedder.embed(texts)
 
-    async def _refresh(self, generation: int) -> None:
+    async def _refresh(self, generation: int, *, following: bool = False) -> None:
         """Return once a snapshot at ``generation`` or later is live."""
         async with self._rebuild_lock:
             current = self._snapshot
@@ -633,7 +674,14 @@ class KnowledgeBase:
         lag = time.time() - min(c.committed_at for c in changes) if changes else None
         if self._metrics is not None:
             self._metrics.snapshot_live(target, lag_s=lag)
-        _log.debug("rag.snapshot.live", generation=target, changes=len(changes), staleness_s=lag)
+        # Swaps that bring in other replicas' commits are what an operator watches; a replica's
+        # own writes are in the access log already.
+        (_log.info if following and changes else _log.debug)(
+            "rag.snapshot.live",
+            generation=target,
+            changes=len(changes),
+            staleness_s=None if lag is None else round(lag, 4),
+        )
         self._schedule_save()
 
     async def _catch_up_with_commits(self) -> None:

@@ -55,8 +55,7 @@ async def build(
                 setting="AGENTMESH_RAG_DATABASE_URL",
             )
         )
-        await wait_until_reachable(database)
-        knowledge = await KnowledgeBase.open(
+        knowledge = KnowledgeBase.create(
             settings.data_dir / "rag",
             database=database,
             metrics=FollowerMetrics(middleware.metrics.registry),
@@ -69,9 +68,17 @@ async def build(
             ),
             save_delay_s=settings.index_save_delay_s,
         )
-        life.on_close(knowledge.close, name="knowledge base")
-        # Commits of other replicas (and lost notifications) reach this replica's searches here.
-        life.supervise("store follower", lambda: knowledge.follow(poll_s=settings.follow_poll_s))
+
+        async def load_knowledge(_port: int) -> None:
+            # Once listening, not in build(): a database that is not up yet is waited for (one
+            # log line naming the setting, then backoff) while health says NOT_SERVING.
+            await wait_until_reachable(database)
+            await knowledge.start()
+            life.on_close(knowledge.close, name="knowledge base")
+            # Commits of other replicas (and lost notifications) reach this replica's searches here.
+            life.supervise("store follower", lambda: knowledge.follow(poll_s=settings.follow_poll_s))
+
+        life.on_started(load_knowledge)
         servicer = RagServicer(knowledge, settings)
         plan = ServerPlan(
             settings=settings,
