@@ -20,7 +20,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from console.trace_store import SPAN_KINDS, Span, TraceStore
-from runtime.errors import ApiError, invalid_argument
+from rpcstatus.errors import ApiError, invalid_argument
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 EXPORT = f"/{SERVICE}/Export"

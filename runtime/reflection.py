@@ -4,10 +4,16 @@ grpcio-reflection only serves v1alpha, but newer tools (grpcurl >= 1.9, Postman,
 for v1 first. The two protocols are the same messages under another package, so the v1
 service reuses the v1alpha servicer over the same wire bytes; its descriptor is derived from
 the v1alpha file at start-up, so `describe` works for it too.
+
+Method symbols (`pkg.Service.Method`) resolve to the file declaring their service, as in
+grpc-go: the stock servicer asks the pool's `FindFileContainingSymbol`, which knows services,
+messages, enums and fields but not methods, so `grpcurl describe pkg.Service.Method` said
+"Symbol not found".
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import grpc
@@ -42,6 +48,26 @@ def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
+# reflection.aio is set at import time, so mypy sees neither it nor its class.
+class _ReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc,name-defined]
+    """The stock servicer, resolving method symbols too."""
+
+    def _file_containing_symbol(
+        self, request: reflection_pb2.ServerReflectionRequest, fully_qualified_name: str
+    ) -> reflection_pb2.ServerReflectionResponse:
+        pool: descriptor_pool.DescriptorPool = self._pool
+        try:
+            pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            with contextlib.suppress(KeyError):
+                # The file of a method is the file of its service.
+                fully_qualified_name = pool.FindMethodByName(fully_qualified_name).containing_service.full_name
+        response: reflection_pb2.ServerReflectionResponse = super()._file_containing_symbol(
+            request, fully_qualified_name
+        )
+        return response
+
+
 def enable_reflection(
     server: grpc.aio.Server,
     service_names: Iterable[str],
@@ -52,7 +78,7 @@ def enable_reflection(
     _add_v1_descriptor(pool if pool is not None else descriptor_pool.Default())
     names = [*service_names, V1ALPHA_SERVICE, V1_SERVICE]
     # One servicer answers both protocols: same messages, same wire bytes.
-    servicer = reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
+    servicer = _ReflectionServicer(names, pool=pool)
     method = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from console.otlp_receiver import EXPORT, MAX_VALUE_CHARS, TraceReceiver
 from console.trace_store import TraceStore
-from runtime.errors import status_details
+from rpcstatus.errors import status_details
 
 
 @pytest.fixture

@@ -15,32 +15,44 @@ from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.agent.v1 import run_pb2
 from mesh.policy import Policy
-from tests.mesh.conftest import MeshCerts
+from tests.grpcurl import grpcurl
+from tests.mesh.conftest import MeshCerts, TokenIssuer
 from tests.mesh.mesh_system import MeshSystem, running_mesh
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 @pytest.fixture
-async def mesh(policy: Policy, mesh_certs: MeshCerts, tmp_path: Path) -> AsyncIterator[MeshSystem]:
-    async with running_mesh(policy, mesh_certs, tmp_path) as started:
+async def mesh(
+    policy: Policy, mesh_certs: MeshCerts, token_issuer: TokenIssuer, tmp_path: Path
+) -> AsyncIterator[MeshSystem]:
+    async with running_mesh(policy, mesh_certs, token_issuer, tmp_path) as started:
         yield started
 
 
 @pytest.fixture
-async def edge_channel(mesh: MeshSystem, mesh_certs: MeshCerts) -> AsyncIterator[grpc.aio.Channel]:
-    # An outside client: it trusts the edge's CA and presents no certificate.
-    credentials = grpc.ssl_channel_credentials(root_certificates=mesh_certs("edge").ca.read_bytes())
+async def edge_channel(
+    mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
+) -> AsyncIterator[grpc.aio.Channel]:
+    # An outside client: it trusts the edge's CA, presents no certificate, and sends its token.
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=mesh_certs("edge").ca.read_bytes()),
+        grpc.access_token_call_credentials(token_issuer.token()),
+    )
     target = f"localhost:{mesh.edge.port}"
     async with grpc.aio.secure_channel(target, credentials) as channel:
         yield channel
 
 
 @pytest.fixture
-async def http(mesh: MeshSystem, mesh_certs: MeshCerts) -> AsyncIterator[aiohttp.ClientSession]:
+async def http(
+    mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
+) -> AsyncIterator[aiohttp.ClientSession]:
     context = ssl.create_default_context(cafile=str(mesh_certs("edge").ca))
     async with aiohttp.ClientSession(
-        base_url=f"https://localhost:{mesh.edge.port}", connector=aiohttp.TCPConnector(ssl=context)
+        base_url=f"https://localhost:{mesh.edge.port}",
+        connector=aiohttp.TCPConnector(ssl=context),
+        headers={"authorization": f"Bearer {token_issuer.token()}"},
     ) as session:
         yield session
 
@@ -113,3 +125,18 @@ async def test_bad_input_is_http_400_naming_the_field(http: aiohttp.ClientSessio
     assert body["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     [bad_request] = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
     assert [v["field"] for v in bad_request["fieldViolations"]] == ["question"]
+
+
+async def test_grpcurl_describes_services_and_methods_through_the_edge(
+    mesh: MeshSystem, mesh_certs: MeshCerts, policy: Policy
+) -> None:
+    # The policy lets the edge reach reflection (mesh/policy.yaml); without that this test has no subject.
+    assert "/grpc.reflection.v1.ServerReflection/*" in policy.services["gateway"].callers["edge"]
+    edge, ca = f"localhost:{mesh.edge.port}", mesh_certs("edge").ca
+
+    listed = (await grpcurl(edge, "list", cacert=ca)).split()
+    assert {"agentmesh.agent.v1.AgentService", "agentmesh.rag.v1.RagService"} <= set(listed)
+    methods = ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.rag.v1.RagService.Search"]
+    for method in [*methods, "grpc.health.v1.Health.Check"]:
+        described = await grpcurl(edge, "describe", method, cacert=ca)
+        assert f"{method} is a method" in described

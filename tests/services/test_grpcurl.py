@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-import sys
-from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.grpcurl import grpcurl, run_grpcurl
 from tests.system import System
-
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-
-
-async def grpcurl(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        GRPCURL, "-plaintext", "-max-time", "10", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=20)
-    assert process.returncode == 0, f"grpcurl {' '.join(args)} failed: {err.decode()}"
-    return out.decode()
 
 
 @pytest.mark.parametrize("server", ["gateway", "agent", "rag"])
@@ -39,6 +27,48 @@ async def test_list_and_describe_every_server(system: System, server: str) -> No
     described = await grpcurl(system.address(server), "describe")
     for service in expected:
         assert f"{service} is a service" in described
+
+
+METHODS = {
+    "gateway": ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.rag.v1.RagService.Search"],
+    "agent": ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.agent.v1.AgentService.WatchRun"],
+    "rag": ["agentmesh.rag.v1.RagService.Search", "agentmesh.rag.v1.RagService.StreamIngestDocuments"],
+}
+
+
+@pytest.mark.parametrize("server", ["gateway", "agent", "rag"])
+async def test_describe_a_method_on_every_server(system: System, server: str) -> None:
+    # grpc-go resolves method symbols to the file of their service; so must we (grpcurl asks this way).
+    for method in [*METHODS[server], "grpc.health.v1.Health.Check"]:
+        described = await grpcurl(system.address(server), "describe", method)
+        name = method.rsplit(".", 1)[1]
+        assert f"{method} is a method" in described
+        assert f"rpc {name} (" in described
+
+
+async def test_describing_an_unknown_method_is_symbol_not_found(system: System) -> None:
+    code, _, err = await run_grpcurl(system.gateway_address, "describe", "agentmesh.agent.v1.AgentService.NoSuchMethod")
+    assert code != 0
+    assert "Symbol not found" in err
+
+
+@pytest.mark.parametrize("server", ["gateway", "agent", "rag"])
+async def test_v1alpha_reflection_resolves_a_method_to_the_file_of_its_service(system: System, server: str) -> None:
+    # grpcurl asks v1 first; older clients speak only v1alpha, served by the same resolver.
+    method = METHODS[server][0]
+    async with grpc.aio.insecure_channel(system.address(server)) as channel:
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=method)]), timeout=10
+        )
+        responses = [response async for response in stream]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in responses[0].file_descriptor_response.file_descriptor_proto
+    ]
+    service, name = method.rsplit(".", 1)
+    declaring = [f for f in files if any(f"{f.package}.{s.name}" == service for s in f.service)]
+    assert declaring, f"no file declaring {service} in the reply"
+    assert name in {m.name for s in declaring[0].service for m in s.method}
 
 
 async def test_describe_shows_request_messages_and_http_annotations(system: System) -> None:
