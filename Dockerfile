@@ -25,6 +25,7 @@ RUN mkdir gen \
  && find gen/agentmesh -type d -exec touch {}/__init__.py \;
 
 COPY runtime/ runtime/
+COPY rpcstatus/ rpcstatus/
 COPY interceptors/ interceptors/
 COPY services/ services/
 # Bytecode now: the root filesystem is read-only at run time.

@@ -96,8 +96,9 @@ async def serve(spec: BackendSpec, port_file: Path) -> None:
             settings=settings,
             bindings=[ServiceBinding(payload.SERVICE, add_bench_methods)],
             interceptors=stack.interceptors,
-            on_stopped=list(stack.on_stopped),
         )
+        for hook in reversed(stack.on_stopped):  # the lifespan closes last-registered first
+            plan.lifespan.on_close(hook)
         managed = ManagedServer(plan)
         port = await managed.start()
         _write_port(port_file, port)

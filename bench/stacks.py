@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from bench.payload import UNARY_METHOD
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.deadline import DeadlineInterceptor
-from interceptors.errors import ErrorsInterceptor
 from interceptors.idempotency import (
     IdempotencyInterceptor,
     IdempotencyStore,
@@ -32,6 +31,7 @@ from interceptors.idempotency import (
     SQLiteStore,
 )
 from interceptors.metrics import Metrics, MetricsInterceptor
+from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, setup_tracing
 from runtime.config import ServiceSettings
 from runtime.middleware import Middleware
@@ -107,7 +107,7 @@ async def _logs(options: StackOptions, stack: Stack) -> None:
 
 
 async def _errors(options: StackOptions, stack: Stack) -> None:
-    stack.interceptors.append(ErrorsInterceptor())
+    stack.interceptors.append(RecoveryInterceptor())
 
 
 async def _deadline(options: StackOptions, stack: Stack) -> None:

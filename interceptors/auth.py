@@ -47,12 +47,13 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
 from interceptors.admission import GuardedHandlers
+from interceptors.handlers import rejecting_handler
 from interceptors.identity import Caller, current_caller
 from interceptors.jwks import TokenRejected, TokenVerifier
 from interceptors.method_rules import MethodRules, validate_pattern
 from interceptors.peer_identity import peer_identity
-from interceptors.status_details import error_status, rejecting_handler
-from runtime.errors import error_info
+from rpcstatus.details import error_status
+from rpcstatus.errors import error_info
 
 AUTHORIZATION_KEY = "authorization"
 

@@ -34,9 +34,9 @@ import grpc.aio
 from interceptors._typing import ServerInterceptorBase
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.deadline import DeadlineInterceptor, deadline_client_interceptors
-from interceptors.errors import ErrorsInterceptor
 from interceptors.idempotency import IdempotencyInterceptor
 from interceptors.metrics import Metrics, MetricsInterceptor
+from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import Tracing, TracingInterceptor, tracing_client_interceptors
 
 
@@ -55,7 +55,7 @@ def server_chain(
         None if tracing is None else TracingInterceptor(tracing=tracing),
         None if metrics is None else MetricsInterceptor(metrics=metrics),
         access_log,
-        ErrorsInterceptor(),
+        RecoveryInterceptor(),
         DeadlineInterceptor(default_timeout=default_deadline_s),
         auth,  # SLOT: interceptors.auth.AuthInterceptor
         rate_limit,  # SLOT: interceptors.rate_limit.RateLimitInterceptor

@@ -45,9 +45,9 @@ from interceptors._typing import (
     UnaryStreamClientInterceptorBase,
     UnaryUnaryClientInterceptorBase,
 )
-from interceptors.status_codes import code_set, error_code_names
-from interceptors.status_details import client_error, error_status
-from runtime.errors import error_info, retry_info
+from rpcstatus.codes import code_set, error_code_names
+from rpcstatus.details import client_error, error_status
+from rpcstatus.errors import error_info, retry_info
 
 CIRCUIT_OPEN = "CIRCUIT_OPEN"
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from runtime.errors import invalid_argument
+from rpcstatus.errors import invalid_argument
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from runtime.errors import unavailable
+from rpcstatus.errors import unavailable
 
 _ALWAYS_ALLOWED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

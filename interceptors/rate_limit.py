@@ -37,8 +37,8 @@ from interceptors._typing import Context, Continuation, Handler, ServerIntercept
 from interceptors.admission import GuardedHandlers
 from interceptors.identity import current_caller
 from interceptors.method_rules import MethodRules, validate_pattern
-from interceptors.status_details import error_status
-from runtime.errors import error_info, retry_info
+from rpcstatus.details import error_status
+from rpcstatus.errors import error_info, retry_info
 
 
 class Limit(BaseModel):
@@ -102,6 +102,7 @@ class RateLimiter:
         max_buckets: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._policy = policy
         self._default = MethodRules(policy.limits)
         self._per_caller = {subject: MethodRules(rules) for subject, rules in policy.caller_limits.items()}
         self._max_buckets = max_buckets
@@ -110,9 +111,14 @@ class RateLimiter:
 
     def replace_policy(self, policy: RateLimitPolicy) -> None:
         """Swap the limits while serving (live config); buckets restart full under the new limits."""
+        self._policy = policy
         self._default = MethodRules(policy.limits)
         self._per_caller = {subject: MethodRules(rules) for subject, rules in policy.caller_limits.items()}
         self._buckets.clear()
+
+    @property
+    def policy(self) -> RateLimitPolicy:
+        return self._policy
 
     def limits_method(self, method: str) -> bool:
         """Whether any caller has a limit on ``method`` (if not, it needs no check at all)."""
@@ -185,8 +191,12 @@ class RateLimitInterceptor(ServerInterceptorBase):
             limited = self._limited[method] = self._limiter.limits_method(method)
         return self._guards.get(method, handler) if limited else handler
 
+    @property
+    def policy(self) -> RateLimitPolicy:
+        return self._limiter.policy
+
     def replace_policy(self, policy: RateLimitPolicy) -> None:
-        """New limits from the next call on, without a restart (see runtime/live_policies.py)."""
+        """New limits from the next call on, without a restart (see runtime/live_config/enforce.py)."""
         self._limiter.replace_policy(policy)
         self._limited = {}
 

@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
 
 from interceptors._typing import (
     Context,
@@ -180,16 +181,22 @@ def add_trace_context(_: object, __: str, event_dict: MutableMapping[str, Any]) 
     return event_dict
 
 
+def trace_headers(context: otel_context.Context | None = None) -> list[tuple[str, str]]:
+    """The headers carrying ``context`` (default: the current one) to the next hop (W3C traceparent)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return list(carrier.items())
+
+
 class _Inject:
     """Puts the current trace context in outgoing metadata (the fast path's client side)."""
 
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if not carrier:
+        headers = trace_headers()
+        if not headers:
             return details
         metadata = list(cast(Iterable[tuple[str, Any]], details.metadata or ()))
-        metadata.extend(carrier.items())
+        metadata.extend(headers)
         return details._replace(metadata=grpc.aio.Metadata(*metadata))  # type: ignore[attr-defined,no-any-return]
 
 
@@ -201,3 +208,37 @@ def tracing_client_interceptors(*, tracing: Tracing) -> list[grpc.aio.ClientInte
             aio_client_interceptors(tracer_provider=tracing.provider),  # type: ignore[no-untyped-call]
         )
     return details_interceptors(_Inject().details)
+
+
+class OutgoingTrace:
+    """Trace context for outgoing calls made without a client interceptor (the gateway's proxy).
+
+    :meth:`start` gives the headers to send and, when the call being served records its span,
+    a CLIENT span (named and attributed as instrumentation-grpc names its own) to :meth:`end`
+    with the final code. When nothing records, no span object is made at all: the headers carry
+    the current context, which the server side already made current.
+    """
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._records = tracing.records
+        self._tracer = tracing.provider.get_tracer(__name__)
+
+    def start(self, method: str) -> tuple[trace.Span | None, list[tuple[str, str]]]:
+        if not self._records or not trace.get_current_span().is_recording():
+            return None, trace_headers()
+        service, _, name = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        return span, trace_headers(trace.set_span_in_context(span))
+
+    @staticmethod
+    def end(span: trace.Span | None, code: grpc.StatusCode) -> None:
+        if span is None:
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()

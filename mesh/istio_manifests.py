@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mesh.app_auth import service_auth
 from mesh.policy import Policy, Route, Service, proto_duration
 
 Manifest = dict[str, Any]
@@ -19,6 +20,13 @@ CONTAINER_PORT_NAME = "grpc-api"
 EDGE_GATEWAY = "agentmesh-edge"
 EDGE_TLS_SECRET = "agentmesh-edge-tls"
 DATA_DIR = "/var/lib/agentmesh"
+# The issuer's public keys, for every service's own token check (created by the operator, see
+# istio/README.md: the JWKS is the issuer's, not something the policy can know).
+JWKS_CONFIG_MAP = "agentmesh-jwks"
+JWKS_DIR = "/etc/agentmesh/jwks"
+# The agent's own token (documents.read) for calls to rag on no caller's behalf.
+AGENT_TOKEN_SECRET = "agentmesh-agent-token"
+AGENT_TOKEN_DIR = "/var/run/secrets/agentmesh/agent-token"
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 _RUN_AS = 10001
 
@@ -81,6 +89,8 @@ def _service_env(policy: Policy, service: str) -> list[Manifest]:
         {"name": prefix + "PORT", "value": str(port)},
         {"name": prefix + "DATA_DIR", "value": DATA_DIR},
         {"name": prefix + "LOG_FORMAT", "value": "json"},
+        # Behind the ingress gateway's JWT check, every service verifies the forwarded token again.
+        {"name": prefix + "AUTH", "value": _json(service_auth(policy, f"{JWKS_DIR}/jwks.json"))},
     ]
     # Plain Kubernetes DNS names: the sidecar intercepts the call and applies the policy.
     endpoints = {
@@ -89,12 +99,37 @@ def _service_env(policy: Policy, service: str) -> list[Manifest]:
     if service == "gateway":
         env.append({"name": prefix + "BACKENDS", "value": json.dumps(endpoints, separators=(",", ":"))})
     if service == "agent":
-        env.append({"name": prefix + "RAG_ENDPOINTS", "value": json.dumps(endpoints["rag"], separators=(",", ":"))})
+        env.append({"name": prefix + "RAG_ENDPOINTS", "value": _json(endpoints["rag"])})
+        env.append({"name": prefix + "SERVICE_TOKEN_FILE", "value": f"{AGENT_TOKEN_DIR}/token"})
     return env
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _volumes(service: str) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts): scratch space, the data dir, the issuer's keys, the agent's own token."""
+    volumes: list[Manifest] = [
+        {"name": "data", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "jwks", "configMap": {"name": JWKS_CONFIG_MAP}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "data", "mountPath": DATA_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "jwks", "mountPath": JWKS_DIR, "readOnly": True},
+    ]
+    if service == "agent":
+        # Mounted, not an env var: a rotated token replaces the file, which the agent re-reads.
+        volumes.append({"name": "agent-token", "secret": {"secretName": AGENT_TOKEN_SECRET}})
+        mounts.append({"name": "agent-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def deployment(policy: Policy, service: str, version: str) -> Manifest:
     spec: Service = policy.services[service]
+    volumes, mounts = _volumes(service)
     probe = {"grpc": {"port": spec.port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
     labels = {"app": service, "version": version}
     return {
@@ -138,14 +173,11 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
                                 "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
-                            "volumeMounts": [
-                                {"name": "data", "mountPath": DATA_DIR},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
+                            "volumeMounts": mounts,
                         }
                     ],
                     # The root filesystem is read-only: state and scratch space are explicit.
-                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },
@@ -337,6 +369,30 @@ def authorization_policy(policy: Policy, service: str) -> Manifest:
     }
 
 
+def require_jwt(policy: Policy) -> Manifest:
+    """A call to the gateway without a token from the policy's issuer is denied, bar the public methods.
+
+    RequestAuthentication alone rejects only tokens that are present and bad; with no token
+    there is no request principal, and this policy turns that into a refusal at the gateway's
+    sidecar (403), before the app sees the call.
+    """
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": _meta(policy, f"{policy.edge.upstream}-require-jwt"),
+        "spec": {
+            "selector": {"matchLabels": {"app": policy.edge.upstream}},
+            "action": "DENY",
+            "rules": [
+                {
+                    "from": [{"source": {"notRequestPrincipals": [f"{policy.jwt.issuer}/*"]}}],
+                    "to": [{"operation": {"notPaths": list(policy.jwt.public_methods)}}],
+                }
+            ],
+        },
+    }
+
+
 def request_authentication(policy: Policy) -> Manifest:
     return {
         "apiVersion": "security.istio.io/v1",
@@ -348,7 +404,7 @@ def request_authentication(policy: Policy) -> Manifest:
                 {
                     "issuer": policy.jwt.issuer,
                     "jwksUri": policy.jwt.jwks_uri,
-                    "audiences": list(policy.jwt.audiences),
+                    "audiences": [policy.jwt.audience],
                     # The gateway's own auth interceptor reads the token too.
                     "forwardOriginalToken": True,
                 }
@@ -368,7 +424,7 @@ def manifest_files(policy: Policy) -> dict[str, list[Manifest]]:
         "services.yaml": [kubernetes_service(policy, s) for s in services],
         "deployments.yaml": [deployment(policy, s, v) for s in services for v in policy.services[s].versions],
         "peerauthentication.yaml": [peer_authentication(policy)],
-        "authorizationpolicies.yaml": [authorization_policy(policy, s) for s in services],
+        "authorizationpolicies.yaml": [authorization_policy(policy, s) for s in services] + [require_jwt(policy)],
         "requestauthentication.yaml": [request_authentication(policy)],
         "destinationrules.yaml": [destination_rule(policy, s) for s in services],
         "virtualservices.yaml": [virtual_service(policy, s) for s in services if s != policy.edge.upstream],

@@ -5,10 +5,11 @@ What each server gets, in one place: `grpc.health.v1` with a status per service,
 SIGTERM/SIGINT:
 
 1. health turns NOT_SERVING for every service and new calls get UNAVAILABLE (DRAINING);
-   `on_drain` hooks run here (e.g. deregistering from discovery) so peers stop sending;
+   the lifespan's `on_drain` hooks run here (e.g. deregistering from discovery) so peers stop sending;
 2. after `drain_delay_s`, the server stops: in-flight calls, streams included, get up to
    `grace_period_s` to finish, then are cancelled;
-3. `on_stopped` hooks release resources, and the process exits 0.
+3. the lifespan closes what `build()` opened, last opened first (`runtime.lifespan`), and the
+   process exits 0, or 1 when a supervised background loop stopped the service.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from interceptors.decode import DecodeInterceptor
 from interceptors.drain import DrainInterceptor
 from runtime.config import ServiceSettings
+from runtime.lifespan import Lifespan
 from runtime.logging import configure_logging
 from runtime.reflection import enable_reflection
 
 log = structlog.get_logger(__name__)
 
-Hook = Callable[[], Awaitable[None]]
 _S = TypeVar("_S", bound=ServiceSettings)
 
 
@@ -56,9 +57,8 @@ class ServerPlan:
     # the services it routes to, from the descriptor set, without importing their code).
     reflection_names: Sequence[str] = ()
     reflection_pool: descriptor_pool.DescriptorPool | None = None
-    on_started: list[Callable[[int], Awaitable[None]]] = field(default_factory=list)
-    on_drain: list[Hook] = field(default_factory=list)
-    on_stopped: list[Hook] = field(default_factory=list)
+    # What build() opened and how to close it, plus the hooks around serving.
+    lifespan: Lifespan = field(default_factory=Lifespan)
 
 
 class ManagedServer:
@@ -78,6 +78,9 @@ class ManagedServer:
         self.server = grpc.aio.server(interceptors=[self._drain, DecodeInterceptor(), *plan.interceptors], options=opts)
         self.port = 0
         self._stopping: asyncio.Task[None] | None = None
+        self.stop_begun = asyncio.Event()  # a drain began: by a signal or by a failed supervised loop
+        # A supervised loop that must not fail alone (on_crash="stop") drains the whole server.
+        plan.lifespan.bind_stop(self.stop)
 
     @property
     def service_names(self) -> list[str]:
@@ -110,15 +113,13 @@ class ManagedServer:
             plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             plan.settings.port_file.write_text(str(self.port))
         try:
-            for started in plan.on_started:
-                await started(self.port)
+            await plan.lifespan.started(self.port)
         except BaseException:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
             log.exception("start-up failed; stopping")
             await self.server.stop(0)
-            for hook in plan.on_stopped:
-                await _run_hook(hook, "on_stopped")
+            await plan.lifespan.aclose()
             raise
         log.info("server started", address=f"{plan.settings.host}:{self.port}", services=names)
         return self.port
@@ -127,6 +128,7 @@ class ManagedServer:
         """Begin the drain (idempotent); await the returned task for it to finish."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop())
+            self.stop_begun.set()
         return self._stopping
 
     async def _stop(self) -> None:
@@ -134,24 +136,14 @@ class ManagedServer:
         log.info("draining", drain_delay_s=settings.drain_delay_s, grace_period_s=settings.grace_period_s)
         self._drain.draining = True
         await self.health.enter_graceful_shutdown()
-        for hook in self.plan.on_drain:
-            await _run_hook(hook, "on_drain")
+        await self.plan.lifespan.drain()
         await asyncio.sleep(settings.drain_delay_s)
         await self.server.stop(settings.grace_period_s)
-        for hook in self.plan.on_stopped:
-            await _run_hook(hook, "on_stopped")
+        await self.plan.lifespan.aclose()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
-
-
-async def _run_hook(hook: Hook, phase: str) -> None:
-    # A failing hook must not keep the process from draining and exiting.
-    try:
-        await hook()
-    except Exception:
-        log.exception("shutdown hook failed", phase=phase, hook=getattr(hook, "__qualname__", repr(hook)))
 
 
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
@@ -160,11 +152,13 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     server = ManagedServer(plan)
     await server.start()
     loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
-    await stop_requested.wait()
+        loop.add_signal_handler(sig, server.stop)
+    await server.stop_begun.wait()
     await server.stop()
+    if plan.lifespan.failure is not None:
+        log.error("service stopped by a failure", reason=plan.lifespan.failure)
+        return 1
     return 0
 
 

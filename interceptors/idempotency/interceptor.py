@@ -47,7 +47,7 @@ from interceptors.outcome import (
     outcome_of_error,
     replay,
 )
-from runtime.errors import ApiError, error_info, invalid_argument, retry_info, unavailable
+from rpcstatus.errors import ApiError, error_info, invalid_argument, retry_info, unavailable
 
 HEADER = "idempotency-key"
 REPLAYED: Metadata = (("idempotency-replayed", "true"),)

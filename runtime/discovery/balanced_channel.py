@@ -2,12 +2,12 @@
 
 gRPC Python cannot plug in a custom name resolver, but gRPC core already balances over a static
 address list (``ipv4:a:p,b:p``) with its ``round_robin`` policy, watches each backend's
-``grpc.health.v1`` stream (client-side health checking) and retries idempotent calls that failed
-with UNAVAILABLE on another backend. So this channel keeps one such core channel for the current
-endpoint set and swaps in a new one when discovery reports a change; calls already running, long
-streams included, finish on the old channel, which is closed once its last call is done. Core
-shares subchannels between channels with the same arguments, so a swap reuses the connections to
-backends that stayed.
+``grpc.health.v1`` stream (client-side health checking); the retry interceptor on the channel
+sends a retried call to another backend through the same round robin. So this channel keeps one
+such core channel for the current endpoint set and swaps in a new one when discovery reports a
+change; calls already running, long streams included, finish on the old channel, which is closed
+once its last call is done. Core shares subchannels between channels with the same arguments, so
+a swap reuses the connections to backends that stayed.
 
 Stubs are built once on the ``BalancedChannel``; every call picks the current core channel.
 """
@@ -19,14 +19,12 @@ import contextlib
 import ipaddress
 import json
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.descriptor_pb2 import MethodOptions
 
 from runtime.backoff import Backoff
 from runtime.discovery.endpoints import Endpoints, Resolver
@@ -36,45 +34,16 @@ log = structlog.get_logger(__name__)
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
-def idempotent_methods(*services: ServiceDescriptor) -> list[str]:
-    """``package.Service/Method`` names whose proto marks them ``idempotency_level`` IDEMPOTENT or
-    NO_SIDE_EFFECTS: the calls that are safe to send again after a backend died under them."""
-    safe = (MethodOptions.IDEMPOTENT, MethodOptions.NO_SIDE_EFFECTS)
-    return [
-        f"{service.full_name}/{method.name}"
-        for service in services
-        for method in service.methods
-        if method.GetOptions().idempotency_level in safe
-    ]
+def service_config(*, health_service: str | None = "") -> dict[str, Any]:
+    """gRPC service config: round robin and client-side health checks.
 
-
-def service_config(*, health_service: str | None = "", retry_methods: Iterable[str] = ()) -> dict[str, Any]:
-    """gRPC service config: round robin, client-side health checks, retries for the named methods.
-
-    ``retry_methods`` are ``package.Service/Method`` or ``package.Service`` (every method).
+    No ``retryPolicy``: retrying a call that reached a backend is the retry interceptor's alone
+    (interceptors/retry.py honours RetryInfo, the deadline and the breaker); gRPC core keeps only
+    its transparent retries of calls that never left the client.
     """
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if health_service is not None:
         config["healthCheckConfig"] = {"serviceName": health_service}
-    names = []
-    for name in retry_methods:
-        service, _, method = name.partition("/")
-        names.append({"service": service, "method": method} if method else {"service": service})
-    if names:
-        config["methodConfig"] = [
-            {
-                "name": names,
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-        # Retries stop when more than half of recent calls failed, so an outage is not amplified.
-        config["retryThrottling"] = {"maxTokens": 10, "tokenRatio": 0.1}
     return config
 
 
@@ -175,14 +144,13 @@ class BalancedChannel(grpc.aio.Channel):
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
-        retry_methods: Iterable[str] = (),
         health_service: str | None = "",
         retire_after: float | None = None,
     ) -> None:
         self.service = service
         self._resolver = resolver
         self._credentials = credentials
-        config = json.dumps(service_config(health_service=health_service, retry_methods=retry_methods))
+        config = json.dumps(service_config(health_service=health_service))
         self._options: list[tuple[str, Any]] = [*options, ("grpc.service_config", config)]
         self._interceptors = list(interceptors)
         self._retire_after = retire_after  # None: an old channel lives until its last call ends

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 
@@ -59,19 +59,17 @@ async def build_upstreams(
     settings: DiscoverySettings,
     *,
     static: Mapping[str, Sequence[str]],
-    retry_methods: Iterable[str] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     credentials: grpc.ChannelCredentials | None = None,
 ) -> DiscoveryUpstreams:
     """Channels to the backends named in ``static``, resolved by the configured discovery.
 
     ``static`` gives each backend's endpoints for static discovery; with Consul its keys are the
-    Consul service names. Either way the channels balance, health-check and retry alike.
+    Consul service names. Either way the channels balance and health-check alike.
     """
     upstreams = DiscoveryUpstreams(
         build_resolver(settings, static=static),
         static.keys(),
-        retry_methods=retry_methods,
         interceptors=interceptors,
         credentials=credentials,
         health_checks=settings.client_health_checks,

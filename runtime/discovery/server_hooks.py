@@ -1,6 +1,6 @@
 """Wiring registration into the shared bootstrap: register once listening, deregister first on drain.
 
-The bootstrap's drain turns health NOT_SERVING, then runs ``on_drain`` hooks, then waits
+The bootstrap's drain turns health NOT_SERVING, then runs the lifespan's ``on_drain`` hooks, then waits
 ``drain_delay_s`` before stopping: deregistering there takes the instance out of every peer's
 passing set while it still finishes the calls it has.
 """
@@ -29,10 +29,12 @@ def add_registration(plan: ServerPlan, settings: DiscoverySettings, *, service: 
         assert registrar is not None
         registrar.start()
         registrars.append(registrar)
+        # Normally gone by the drain; this covers a start that failed after registering.
+        plan.lifespan.on_close(registrar.deregister, name=f"consul registration {service}")
 
     async def deregister() -> None:
         for registrar in registrars:
             await registrar.deregister()
 
-    plan.on_started.append(register)
-    plan.on_drain.insert(0, deregister)  # before any other drain work: peers stop picking us first
+    plan.lifespan.on_started(register)
+    plan.lifespan.on_drain(deregister, first=True)  # before any other drain work: peers stop picking us first

@@ -24,13 +24,11 @@ class DiscoveryUpstreams:
         resolver: Resolver,
         backends: Iterable[str],
         *,
-        retry_methods: Iterable[str] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         credentials: grpc.ChannelCredentials | None = None,
         health_checks: bool = True,
     ) -> None:
         self._resolver = resolver
-        retry = list(retry_methods)
 
         def balanced(name: str, resolver: Resolver) -> BalancedChannel:
             return BalancedChannel(
@@ -39,7 +37,6 @@ class DiscoveryUpstreams:
                 credentials=credentials,
                 options=CHANNEL_OPTIONS,
                 interceptors=interceptors,
-                retry_methods=retry,
                 health_service="" if health_checks else None,
             )
 

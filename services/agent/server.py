@@ -18,8 +18,9 @@ from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
-from runtime.live_config import live_config_for
-from runtime.live_policies import follow_live_config
+from runtime.lifespan import Lifespan
+from runtime.live_config.enforce import follow_live_config
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
@@ -52,7 +53,15 @@ async def build(
     *,
     span_processors: Sequence[SpanProcessor] = (),
 ) -> ServerPlan:
-    discovery = discovery or DiscoverySettings()
+    # Everything opened below registers its close on `life`, where it is opened; a failure
+    # half-way closes what was opened (runtime/lifespan.py).
+    async with Lifespan.opening() as life:
+        return await _assemble(life, settings, discovery or DiscoverySettings(), span_processors)
+
+
+async def _assemble(
+    life: Lifespan, settings: AgentSettings, discovery: DiscoverySettings, span_processors: Sequence[SpanProcessor]
+) -> ServerPlan:
     # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
     # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
     live_config = live_config_for(discovery, service="agent", data_dir=settings.data_dir)
@@ -62,10 +71,11 @@ async def build(
         auth=auth_interceptor(settings.auth, service="agent"),
         span_processors=span_processors,
     )
+    life.on_close(middleware.close, name="middleware")
     # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
     # the read model lives in its own file, built only from events.
-    db = await Database.open(settings.write_db_path)
-    read_db = await Database.open(settings.read_db_path)
+    db = life.closing(await Database.open(settings.write_db_path))
+    read_db = life.closing(await Database.open(settings.read_db_path))
     outbox = Outbox(db)
     store = RunStore(db, outbox)
     instance = settings.instance_id or socket.gethostname()
@@ -75,7 +85,14 @@ async def build(
     for component in (store, saga_log, budget, projection):
         await component.create_schema()
 
-    bus = event_bus(settings)
+    bus = life.closing(event_bus(settings))
+
+    async def relay_last_commits() -> None:
+        # A last relay so events of the final commits are not left for the next start.
+        with contextlib.suppress(Exception):
+            await outbox.relay_once(bus)
+
+    life.on_close(relay_last_commits)
     guards = upstream_guards(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
@@ -91,8 +108,10 @@ async def build(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
+    life.on_close(upstreams.close, name="upstreams")
     await follow_live_config(live_config, breakers=guards.breakers, upstreams=upstreams)
     engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    life.on_close(engine.close, name="decision engine")
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,
@@ -110,8 +129,8 @@ async def build(
         ),
     )
     executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
+    life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
     servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
-    background: list[asyncio.Task[None]] = []
 
     async def resume_orphaned_runs() -> None:
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
@@ -133,27 +152,13 @@ async def build(
             consumer=instance,
             handler=projection.apply,
         )
-        background.append(asyncio.create_task(outbox.relay(bus, poll_interval=settings.outbox_poll_s)))
-        background.append(asyncio.create_task(prune_ledger_hourly()))
-        background.append(asyncio.create_task(resume_orphaned_runs()))
+        # Started after the executor and the bus were opened, so stopped before they close.
+        life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        life.supervise("ledger pruning", prune_ledger_hourly)
+        life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.
         for run_id in await workflow.recover():
             executor.resume(run_id)
-
-    async def stop_background() -> None:
-        await executor.shutdown(grace_s=settings.grace_period_s)
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # A last relay so events of the final commits are not left for the next start.
-        with contextlib.suppress(Exception):
-            await outbox.relay_once(bus)
-        await bus.close()
-        await engine.close()
-        await upstreams.close()
-        await read_db.close()
-        await db.close()
 
     plan = ServerPlan(
         settings=settings,
@@ -163,9 +168,9 @@ async def build(
             )
         ],
         interceptors=middleware.server_interceptors,
-        on_started=[start_background],
-        on_stopped=[stop_background, middleware.close],
+        lifespan=life,
     )
+    life.on_started(start_background)
     add_registration(plan, discovery, service="agent")
     live_config.attach(plan)
     return plan

@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
-from runtime.errors import (
+from rpcstatus.errors import (
     api_errors,
     api_errors_stream,
     failed_precondition,

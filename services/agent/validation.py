@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from agentmesh.agent.v1 import agent_service_pb2, run_pb2
-from runtime.errors import invalid_argument
+from rpcstatus.errors import invalid_argument
 
 MAX_QUESTION_CHARS = 4000
 MAX_LABELS = 16

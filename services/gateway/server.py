@@ -6,18 +6,21 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import SpanProcessor
 
+from interceptors.deadline import DeadlineBudget
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
+from interceptors.tracing import OutgoingTrace
 from runtime.bootstrap import ServerPlan
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
-from runtime.live_config import live_config_for
-from runtime.live_policies import follow_live_config
+from runtime.lifespan import Lifespan
+from runtime.live_config.enforce import follow_live_config
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from services.gateway.config import GatewaySettings
-from services.gateway.proxy import RoutingHandler
+from services.gateway.proxy import Forwarding, RoutingHandler
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
@@ -28,46 +31,52 @@ async def build(
     span_processors: Sequence[SpanProcessor] = (),
 ) -> ServerPlan:
     discovery = discovery or DiscoverySettings()
-    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
-    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
-    live_config = live_config_for(discovery, service="gateway", data_dir=settings.data_dir)
-    # Always in the chain, even with no limits configured (then it passes calls through at the
-    # cost of one dict lookup), so that live config can turn limits on without a restart.
-    rate_limit = RateLimitInterceptor(limiter=RateLimiter(settings.rate_limits))
-    middleware = Middleware.start(
-        settings,
-        service="gateway",
-        # Quotas are per verified caller: auth runs first (chain.py orders the slots).
-        auth=auth_interceptor(settings.auth, service="gateway"),
-        rate_limit=rate_limit,
-        span_processors=span_processors,
-    )
-    pool = load_descriptor_pool(settings.descriptor_set)
-    routes = build_routes(settings.routes, pool)
-    guards = upstream_guards(
-        settings.upstream_resilience,
-        target_of=lambda method: routes[method].backend,
-        pool=pool,
-        on_state_change=middleware.metrics.breaker_state_changed,
-    )
-    # Retries are the retry interceptor's alone (see services/agent/server.py). No token-forwarding
-    # interceptor: the proxy already passes the caller's metadata on, its `authorization` header
-    # included, and each client interceptor costs every forwarded call.
-    upstreams = await build_upstreams(
-        discovery,
-        static=settings.backends,
-        interceptors=middleware.client_interceptors(retry=guards.retry, circuit_breaker=guards.circuit_breaker),
-    )
-    await follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers, upstreams=upstreams)
-    plan = ServerPlan(
-        settings=settings,
-        bindings=[],
-        generic_handlers=[RoutingHandler(routes, upstreams)],
-        reflection_names=sorted(settings.routes),
-        reflection_pool=pool,
-        interceptors=middleware.server_interceptors,
-        on_stopped=[upstreams.close, middleware.close],
-    )
-    add_registration(plan, discovery, service="gateway")
-    live_config.attach(plan)
-    return plan
+    async with Lifespan.opening() as life:
+        # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+        # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+        live_config = live_config_for(discovery, service="gateway", data_dir=settings.data_dir)
+        # Always in the chain, even with no limits configured (then it passes calls through at the
+        # cost of one dict lookup), so that live config can turn limits on without a restart.
+        rate_limit = RateLimitInterceptor(limiter=RateLimiter(settings.rate_limits))
+        middleware = Middleware.start(
+            settings,
+            service="gateway",
+            # Quotas are per verified caller: auth runs first (chain.py orders the slots).
+            auth=auth_interceptor(settings.auth, service="gateway"),
+            rate_limit=rate_limit,
+            span_processors=span_processors,
+        )
+        life.on_close(middleware.close, name="middleware")
+        pool = load_descriptor_pool(settings.descriptor_set)
+        routes = build_routes(settings.routes, pool)
+        guards = upstream_guards(
+            settings.upstream_resilience,
+            target_of=lambda method: routes[method].backend,
+            pool=pool,
+            on_state_change=middleware.metrics.breaker_state_changed,
+        )
+        # No client interceptor on the channels: trace context, deadline, retries and the breaker run
+        # inside the proxy's handler (proxy.py). Nor token forwarding: the proxy passes the caller's
+        # metadata on, its `authorization` header included.
+        upstreams = await build_upstreams(discovery, static=settings.backends)
+        life.on_close(upstreams.close, name="upstreams")
+        await follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers, upstreams=upstreams)
+        forwarding = Forwarding(
+            upstreams=upstreams,
+            breakers=guards.breakers,
+            retrier=guards.retrier,
+            trace=OutgoingTrace(middleware.tracing),
+            budget=DeadlineBudget(margin=settings.deadline_margin_s),
+        )
+        plan = ServerPlan(
+            settings=settings,
+            bindings=[],
+            generic_handlers=[RoutingHandler(routes, forwarding)],
+            reflection_names=sorted(settings.routes),
+            reflection_pool=pool,
+            interceptors=middleware.server_interceptors,
+            lifespan=life,
+        )
+        add_registration(plan, discovery, service="gateway")
+        live_config.attach(plan)
+        return plan

@@ -11,7 +11,8 @@ from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
-from runtime.live_config import live_config_for
+from runtime.lifespan import Lifespan
+from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
@@ -30,36 +31,44 @@ async def build(
     span_processors: Sequence[SpanProcessor] = (),
 ) -> ServerPlan:
     discovery = discovery or DiscoverySettings()
-    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
-    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
-    live_config = live_config_for(discovery, service="rag", data_dir=settings.data_dir)
-    middleware = Middleware.start(
-        settings, service="rag", auth=auth_interceptor(settings.auth, service="rag"), span_processors=span_processors
-    )
-    embedder: Embedder | None = None
-    if settings.dense_enabled:
-        # Loading torch and the model takes seconds: off the event loop.
-        embedder = await asyncio.to_thread(MiniLmEmbedder)
-    knowledge = await KnowledgeBase.open(
-        settings.data_dir / "rag",
-        embedder=embedder,
-        chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
-        limits=Limits(
-            max_document_bytes=settings.max_document_bytes,
-            max_batch_documents=settings.max_batch_documents,
-            max_top_k=settings.max_top_k,
-        ),
-        save_delay_s=settings.index_save_delay_s,
-    )
-    servicer = RagServicer(knowledge, settings)
-    plan = ServerPlan(
-        settings=settings,
-        bindings=[
-            ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))
-        ],
-        interceptors=middleware.server_interceptors,
-        on_stopped=[knowledge.close, middleware.close],
-    )
-    add_registration(plan, discovery, service="rag")
-    live_config.attach(plan)
-    return plan
+    async with Lifespan.opening() as life:
+        # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
+        # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
+        live_config = live_config_for(discovery, service="rag", data_dir=settings.data_dir)
+        middleware = Middleware.start(
+            settings,
+            service="rag",
+            auth=auth_interceptor(settings.auth, service="rag"),
+            span_processors=span_processors,
+        )
+        life.on_close(middleware.close, name="middleware")
+        embedder: Embedder | None = None
+        if settings.dense_enabled:
+            # Loading torch and the model takes seconds: off the event loop.
+            embedder = await asyncio.to_thread(MiniLmEmbedder)
+        knowledge = await KnowledgeBase.open(
+            settings.data_dir / "rag",
+            embedder=embedder,
+            chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
+            limits=Limits(
+                max_document_bytes=settings.max_document_bytes,
+                max_batch_documents=settings.max_batch_documents,
+                max_top_k=settings.max_top_k,
+            ),
+            save_delay_s=settings.index_save_delay_s,
+        )
+        life.on_close(knowledge.close, name="knowledge base")
+        servicer = RagServicer(knowledge, settings)
+        plan = ServerPlan(
+            settings=settings,
+            bindings=[
+                ServiceBinding(
+                    SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s)
+                )
+            ],
+            interceptors=middleware.server_interceptors,
+            lifespan=life,
+        )
+        add_registration(plan, discovery, service="rag")
+        live_config.attach(plan)
+        return plan

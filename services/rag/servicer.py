@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from agentmesh.common.v1 import citation_pb2
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
-from runtime.errors import api_errors, failed_precondition, invalid_argument, not_found
+from rpcstatus.errors import api_errors, failed_precondition, invalid_argument, not_found
 from services.rag.config import RagSettings
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
 from services.rag.knowledge_base import (

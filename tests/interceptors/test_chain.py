@@ -27,8 +27,8 @@ from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from interceptors.chain import client_chain
 from interceptors.tracing import add_trace_context, setup_tracing
+from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
-from runtime.errors import status_details
 from services.agent.config import AgentSettings
 from services.agent.server import build as build_agent
 from services.gateway.config import GatewaySettings

@@ -17,10 +17,10 @@ from interceptors._typing import Context, Handler, Responses
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.chain import server_chain
 from interceptors.deadline import DeadlineInterceptor
-from interceptors.errors import ErrorsInterceptor
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
 from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.outcome import WrappingInterceptor, wrap_handler
+from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, add_trace_context, setup_tracing
 from tests.interceptors.probe import DO, Probe, eventually, serve, sv
 
@@ -66,7 +66,7 @@ def test_the_parts_come_in_the_documented_order() -> None:
         TracingInterceptor,
         MetricsInterceptor,
         AccessLogInterceptor,
-        ErrorsInterceptor,
+        RecoveryInterceptor,
         DeadlineInterceptor,
     ]
     assert chain[5:] == [auth, rate_limit, idempotency]

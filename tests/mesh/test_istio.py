@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,16 @@ def test_mesh_wide_mtls_is_strict_and_destinations_use_istio_mutual() -> None:
     assert peer["spec"]["mtls"]["mode"] == "STRICT"
     for rule in (o for o in OBJECTS if o["kind"] == "DestinationRule"):
         assert rule["spec"]["trafficPolicy"]["tls"]["mode"] == "ISTIO_MUTUAL"
+
+
+def test_every_workload_verifies_tokens_with_keys_from_a_mounted_config_map() -> None:
+    for deployment in (o for o in OBJECTS if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        [auth] = [json.loads(e["value"]) for e in container["env"] if e["name"].endswith("_AUTH")]
+        jwks_dir = str(Path(auth["jwks_file"]).parent)
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == jwks_dir]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+
+        assert mount["readOnly"] is True
+        assert volume["configMap"]["name"], deployment["metadata"]["name"]

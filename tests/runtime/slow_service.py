@@ -49,7 +49,7 @@ async def build(settings: SlowSettings) -> ServerPlan:
         async def fail(port: int) -> None:
             raise RuntimeError("a start-up hook failed")
 
-        plan.on_started.append(fail)
+        plan.lifespan.on_started(fail)
     return plan
 
 

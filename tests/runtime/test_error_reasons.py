@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import DOMAIN, KNOWN_REASONS, error_info
+from rpcstatus.errors import DOMAIN, KNOWN_REASONS, error_info
 
 
 def test_a_listed_reason_is_sent_without_its_enum_prefix_in_the_agentmesh_domain() -> None:

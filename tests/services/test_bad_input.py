@@ -11,7 +11,7 @@ from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from runtime.errors import status_details
+from rpcstatus.errors import status_details
 from tests.system import System, health_status
 
 

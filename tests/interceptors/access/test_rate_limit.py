@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interceptors.auth import AuthInterceptor, AuthPolicy
 from interceptors.jwks import KeySet, TokenVerifier
 from interceptors.rate_limit import Limit, RateLimiter, RateLimitInterceptor, RateLimitPolicy
-from interceptors.status_details import find_detail
+from rpcstatus.details import find_detail
 from tests.interceptors.echo_service import SERVICE, UNARY, Echo, EchoClient, error_reason, requests_of
 from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 

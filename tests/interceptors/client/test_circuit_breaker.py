@@ -20,7 +20,7 @@ from interceptors.circuit_breaker import (
     CircuitBreaker,
     circuit_breaker_interceptors,
 )
-from interceptors.status_details import find_detail
+from rpcstatus.details import find_detail
 from tests.interceptors.echo_service import Echo, EchoClient, error_reason, open_channel, requests_of, start_server
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]

@@ -14,8 +14,8 @@ from google.rpc import error_details_pb2
 
 from interceptors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_breaker_interceptors
 from interceptors.retry import ATTEMPT_HEADER, Idempotency, RetryPolicy, retry_interceptors
-from interceptors.status_details import error_status
-from runtime.errors import error_info
+from rpcstatus.details import error_status
+from rpcstatus.errors import error_info
 from tests.interceptors.echo_service import Echo, EchoClient, error_reason, open_channel, requests_of
 
 Serve = Callable[..., Awaitable[tuple[Echo, int]]]

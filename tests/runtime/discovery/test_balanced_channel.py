@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool
 
-from runtime.discovery.balanced_channel import BalancedChannel, idempotent_methods, service_config
+from interceptors.retry import RetryPolicy, retry_interceptors
+from runtime.discovery.balanced_channel import BalancedChannel, service_config
 from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.endpoints import Endpoint, Endpoints
 from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
 from runtime.discovery.static import StaticResolver
 from tests.doubles.consul_fixtures import ConsulUnderTest
-from tests.doubles.echo_instance import ECHO_METHOD, ECHO_SERVICE, TICKS_METHOD, EchoInstance
+from tests.doubles.echo_instance import ECHO_METHOD, TICKS_METHOD, EchoInstance
 from tests.runtime.log_events import log_events
 
 
@@ -59,27 +59,10 @@ async def test_with_no_instances_calls_fail_unavailable_naming_the_service() -> 
     assert "no healthy instances of 'rag'" in (failure.value.details() or "")
 
 
-def test_retries_are_configured_only_for_methods_the_proto_marks_idempotent() -> None:
-    proto = descriptor_pb2.FileDescriptorProto(name="probe.proto", package="probe.v1", syntax="proto3")
-    proto.message_type.add(name="Empty")
-    service = proto.service.add(name="Store")
-    for name, level in [
-        ("Get", descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS),
-        ("Put", descriptor_pb2.MethodOptions.IDEMPOTENT),
-        ("Append", descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN),
-    ]:
-        method = service.method.add(name=name, input_type=".probe.v1.Empty", output_type=".probe.v1.Empty")
-        method.options.idempotency_level = level
-    file = descriptor_pool.DescriptorPool().AddSerializedFile(proto.SerializeToString())
-    methods = idempotent_methods(file.services_by_name["Store"])
-    assert methods == ["probe.v1.Store/Get", "probe.v1.Store/Put"]
-    config = service_config(retry_methods=methods)
-    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    assert config["methodConfig"][0]["name"] == [
-        {"service": "probe.v1.Store", "method": "Get"},
-        {"service": "probe.v1.Store", "method": "Put"},
-    ]
-    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+def test_the_service_config_balances_and_health_checks_but_leaves_retries_to_the_interceptor() -> None:
+    config = service_config()
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    assert "methodConfig" not in service_config(health_service=None)
 
 
 async def _spawn_instance(name: str) -> tuple[asyncio.subprocess.Process, int]:
@@ -120,9 +103,13 @@ async def test_calls_spread_over_two_consul_instances_and_all_reach_the_survivor
     progress = asyncio.Condition()
 
     async def caller(channel: BalancedChannel) -> None:
+        echo_safely = channel.unary_unary(ECHO_METHOD, None, None)
+        # The key makes the call safe to repeat, so the retry interceptor may send it again.
+        safe = (("idempotency-key", "echo"),)
         while not stop.is_set():
             try:
-                served[await echo(channel)] += 1
+                reply: bytes = await echo_safely(b"", timeout=10, metadata=safe)
+                served[reply.decode()] += 1
             except grpc.aio.AioRpcError as error:
                 failures.append(error)
             async with progress:
@@ -133,7 +120,8 @@ async def test_calls_spread_over_two_consul_instances_and_all_reach_the_survivor
             await progress.wait_for(predicate)
 
     try:
-        async with BalancedChannel(name, resolver, retry_methods=[ECHO_SERVICE]) as channel:
+        retries = retry_interceptors(RetryPolicy(max_attempts=5, initial_backoff_seconds=0.05))
+        async with BalancedChannel(name, resolver, interceptors=retries) as channel:
             await asyncio.wait_for(channel.wait_for_endpoints(lambda e: len(e) == 2), 20)
             callers = [asyncio.create_task(caller(channel)) for _ in range(3)]
             await until(lambda: served["rag-a"] >= 5 and served["rag-b"] >= 5)
@@ -151,7 +139,7 @@ async def test_calls_spread_over_two_consul_instances_and_all_reach_the_survivor
         for registrar in registrars:
             await registrar.deregister()
 
-    assert failures == [], "idempotent calls are retried on the surviving instance"
+    assert failures == [], "calls safe to repeat are retried on the surviving instance"
     assert [e.instance_id for e in channel.endpoints] == [registrars[1].registration.service_id]
 
 

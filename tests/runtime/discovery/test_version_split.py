@@ -11,7 +11,7 @@ import grpc
 from runtime.discovery.endpoints import Endpoint
 from runtime.discovery.static import StaticResolver
 from runtime.discovery.version_split import TaggedResolver, WeightedPick
-from runtime.dynamic_settings import DynamicSettings
+from runtime.live_config.settings import DynamicSettings
 
 
 def test_calls_are_picked_in_proportion_to_the_weights_and_zero_weight_gets_none() -> None:

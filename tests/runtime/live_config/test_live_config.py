@@ -11,8 +11,8 @@ import pytest
 
 from runtime.backoff import Backoff
 from runtime.discovery.consul_client import ConsulAddress, open_consul
-from runtime.dynamic_settings import DynamicSettings
-from runtime.live_config import LiveConfig, kv_prefix, overrides_from_kv
+from runtime.live_config.kv import LiveConfig, kv_prefix, overrides_from_kv
+from runtime.live_config.settings import DynamicSettings
 from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest
 from tests.runtime.log_events import log_events
@@ -48,14 +48,17 @@ async def test_a_kv_change_applies_live_and_is_logged_old_to_new(
     live: tuple[LiveConfig[DynamicSettings], asyncio.Queue[Change]], client: Any
 ) -> None:
     config, changes = live
-    assert config.current.breaker.failure_threshold == 5
+    assert config.current.breaker is None  # the service's own policy
     with log_events() as logs:
-        await client.kv.put(key(config, "breaker/failure_threshold"), "3")
+        await client.kv.put(key(config, "breaker/consecutive_failures"), "3")
         old, new = await asyncio.wait_for(changes.get(), 10)
-    assert (old.breaker.failure_threshold, new.breaker.failure_threshold) == (5, 3)
+    assert old.breaker is None
+    assert new.breaker is not None
+    assert new.breaker.consecutive_failures == 3
+    assert new.breaker.model_fields_set == {"consecutive_failures"}  # only what KV names is laid over
     assert config.current is new
     [entry] = logs.named("live_config.changed")
-    assert (entry["setting"], entry["old"], entry["new"]) == ("breaker.failure_threshold", 5, 3)
+    assert (entry["setting"], entry["old"], entry["new"]) == ("breaker.consecutive_failures", None, 3)
 
     await client.kv.put(key(config, "route_weights"), '{"v1": 90, "v2": 10}')
     await client.kv.put(key(config, "feature_flags/hybrid_search"), "true")
@@ -69,18 +72,20 @@ async def test_an_invalid_kv_value_is_refused_and_the_last_good_settings_stay(
     live: tuple[LiveConfig[DynamicSettings], asyncio.Queue[Change]], client: Any
 ) -> None:
     config, changes = live
-    await client.kv.put(key(config, "rate_limit/burst"), "20")
+    await client.kv.put(key(config, "rate_limit"), '{"rate_per_second": 5, "burst": 20}')
     await asyncio.wait_for(changes.get(), 10)
     with log_events() as logs:
-        await client.kv.put(key(config, "rate_limit/burst"), "0")  # burst must be >= 1
+        await client.kv.put(key(config, "rate_limit"), '{"rate_per_second": 5, "burst": 0}')  # burst >= 1
         refused = await logs.wait_for("live_config.refused")
     assert refused["problems"][0]["key"] == key(config, "rate_limit/burst")
     assert "greater than or equal to 1" in refused["problems"][0]["error"]
+    assert config.current.rate_limit is not None
     assert config.current.rate_limit.burst == 20
     assert changes.empty()
 
-    await client.kv.put(key(config, "rate_limit/burst"), "30")  # a fixed value applies again
+    await client.kv.put(key(config, "rate_limit"), '{"rate_per_second": 5, "burst": 30}')  # fixed: applies
     _, new = await asyncio.wait_for(changes.get(), 10)
+    assert new.rate_limit is not None
     assert new.rate_limit.burst == 30
     await client.kv.delete(kv_prefix(config._service), recurse=True)
 
@@ -89,11 +94,13 @@ async def test_deleting_an_override_falls_back_to_the_env_value(
     live: tuple[LiveConfig[DynamicSettings], asyncio.Queue[Change]], client: Any
 ) -> None:
     config, changes = live
-    await client.kv.put(key(config, "breaker/reset_timeout_seconds"), "2.5")
-    await asyncio.wait_for(changes.get(), 10)
-    await client.kv.delete(key(config, "breaker/reset_timeout_seconds"))
+    await client.kv.put(key(config, "breaker/open_seconds"), "2.5")
+    _, changed = await asyncio.wait_for(changes.get(), 10)
+    assert changed.breaker is not None
+    assert changed.breaker.open_seconds == 2.5
+    await client.kv.delete(key(config, "breaker/open_seconds"))
     _, new = await asyncio.wait_for(changes.get(), 10)
-    assert new.breaker.reset_timeout_seconds == 10.0
+    assert new.breaker is None  # nothing set by env either: the service's configured policy again
 
 
 async def test_with_consul_down_at_start_the_env_settings_serve_until_it_comes_back(
@@ -126,7 +133,7 @@ async def test_the_last_applied_kv_settings_are_used_when_consul_is_down_at_the_
     consul: ConsulUnderTest, client: Any, tmp_path: Path
 ) -> None:
     service, cache = consul.unique("gateway"), tmp_path / "live-config.json"
-    await client.kv.put(kv_prefix(service) + "breaker/failure_threshold", "2")
+    await client.kv.put(kv_prefix(service) + "breaker/consecutive_failures", "2")
     first = LiveConfig(DynamicSettings(), service=service, consul=consul.address, cache_path=cache)
     await first.start()
     await asyncio.wait_for(first.synced.wait(), 10)
@@ -137,19 +144,20 @@ async def test_the_last_applied_kv_settings_are_used_when_consul_is_down_at_the_
     second = LiveConfig(DynamicSettings(), service=service, consul=unreachable, cache_path=cache)
     await second.start()
     await asyncio.wait_for(second.synced.wait(), 10)
-    assert second.current.breaker.failure_threshold == 2
+    assert second.current.breaker is not None
+    assert second.current.breaker.consecutive_failures == 2
     await second.aclose()
 
 
 def test_kv_paths_nest_and_values_parse_as_json_or_text() -> None:
     entries: list[Mapping[str, Any]] = [
-        {"Key": "agentmesh/rag/breaker/failure_threshold", "Value": b"7"},
+        {"Key": "agentmesh/rag/breaker/consecutive_failures", "Value": b"7"},
         {"Key": "agentmesh/rag/feature_flags/", "Value": None},
         {"Key": "agentmesh/rag/route_weights", "Value": b'{"v2": 1}'},
         {"Key": "agentmesh/rag/motd", "Value": b"hello"},
     ]
     assert overrides_from_kv("agentmesh/rag/", entries) == {
-        "breaker": {"failure_threshold": 7},
+        "breaker": {"consecutive_failures": 7},
         "route_weights": {"v2": 1},
         "motd": "hello",
     }

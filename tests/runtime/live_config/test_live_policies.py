@@ -10,9 +10,9 @@ import pytest
 
 from interceptors.circuit_breaker import BreakerPolicy, BreakerSet, BreakerState
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor, RateLimitPolicy
-from runtime.dynamic_settings import DynamicSettings
-from runtime.live_config import LiveConfig
-from runtime.live_policies import follow_live_config
+from runtime.live_config.enforce import follow_live_config
+from runtime.live_config.kv import LiveConfig
+from runtime.live_config.settings import DynamicSettings
 
 
 async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -44,7 +44,7 @@ async def test_a_live_rate_limit_applies_to_the_next_calls_without_a_restart(
         for _ in range(10):
             assert await say(b"hi", timeout=5) == b"hi"  # no limits yet
 
-        assert await live.apply({"rate_limit": {"requests_per_second": 0.01, "burst": 2}}, source="test")
+        assert await live.apply({"rate_limit": {"rate_per_second": 0.01, "burst": 2}}, source="test")
         assert await say(b"1", timeout=5) == b"1"
         assert await say(b"2", timeout=5) == b"2"
         with pytest.raises(grpc.aio.AioRpcError) as limited:
@@ -56,12 +56,12 @@ async def test_an_unrelated_change_leaves_the_buckets_alone(limited_server: tupl
     address, interceptor = limited_server
     live = LiveConfig(DynamicSettings(), service="gateway", consul=None)
     await follow_live_config(live, rate_limit=interceptor)
-    assert await live.apply({"rate_limit": {"requests_per_second": 0.01, "burst": 1}}, source="test")
+    assert await live.apply({"rate_limit": {"rate_per_second": 0.01, "burst": 1}}, source="test")
     async with grpc.aio.insecure_channel(address) as channel:
         say = channel.unary_unary("/test.Echo/Say")
         assert await say(b"1", timeout=5) == b"1"
         assert await live.apply(
-            {"rate_limit": {"requests_per_second": 0.01, "burst": 1}, "feature_flags": {"x": True}}, source="test"
+            {"rate_limit": {"rate_per_second": 0.01, "burst": 1}, "feature_flags": {"x": True}}, source="test"
         )
         with pytest.raises(grpc.aio.AioRpcError) as limited:
             await say(b"2", timeout=5)  # the bucket was not refilled by the flag change
@@ -74,7 +74,7 @@ async def test_live_breaker_thresholds_reach_existing_and_new_breakers() -> None
     live = LiveConfig(DynamicSettings(), service="agent", consul=None)
     await follow_live_config(live, breakers=breakers)
 
-    assert await live.apply({"breaker": {"failure_threshold": 1, "reset_timeout_seconds": 30}}, source="test")
+    assert await live.apply({"breaker": {"consecutive_failures": 1, "open_seconds": 30}}, source="test")
 
     permit = existing.acquire()
     assert permit is not None

@@ -19,7 +19,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from runtime.errors import status_details
+from rpcstatus.errors import status_details
 from runtime.security import AuthSettings
 from tests.services.agent.conftest import Bearer
 from tests.services.agent.runs import settled_run, until_step

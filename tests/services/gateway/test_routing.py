@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2
 
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from runtime.errors import status_details
+from rpcstatus.errors import status_details
 from tests.system import System, start_gateway
 
 

@@ -16,8 +16,8 @@ from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
+from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
-from runtime.errors import status_details
 from tests.services.agent.runs import settled_run
 from tests.system import running_system, start_rag
 

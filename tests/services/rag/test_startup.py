@@ -17,8 +17,7 @@ from services.rag.server import build
 
 async def main() -> None:
     plan = await build(RagSettings(port=0, data_dir=Path(sys.argv[1]), dense_enabled=False))
-    for hook in plan.on_stopped:
-        await hook()
+    await plan.lifespan.aclose()
 
 asyncio.run(main())
 heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)

@@ -15,7 +15,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from interceptors.status_details import find_detail
+from rpcstatus.details import find_detail
 from tests.services.agent.runs import settled_run
 from tests.services.security.conftest import Issuer
 from tests.system import System

@@ -7,12 +7,12 @@ import grpc.aio
 import pytest
 from structlog.testing import capture_logs
 
-from interceptors.errors import ErrorsInterceptor
+from interceptors.recovery import RecoveryInterceptor
 from tests.interceptors.probe import Probe, serve, sv
 
 
 async def test_a_crash_becomes_internal_without_the_exception_text(probe: Probe) -> None:
-    async with serve(probe, [ErrorsInterceptor()]) as client:
+    async with serve(probe, [RecoveryInterceptor()]) as client:
         with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.do(sv("crash"))
     assert caught.value.code() is grpc.StatusCode.INTERNAL
@@ -24,7 +24,7 @@ async def test_a_crash_becomes_internal_without_the_exception_text(probe: Probe)
 
 
 async def test_a_crash_mid_stream_becomes_internal_after_the_messages_sent(probe: Probe) -> None:
-    async with serve(probe, [ErrorsInterceptor()]) as client:
+    async with serve(probe, [RecoveryInterceptor()]) as client:
         received = []
         with capture_logs(), pytest.raises(grpc.aio.AioRpcError) as caught:
             async for message in client.stream(sv("2:crash")):
@@ -35,7 +35,7 @@ async def test_a_crash_mid_stream_becomes_internal_after_the_messages_sent(probe
 
 
 async def test_statuses_set_by_the_handler_pass_untouched(probe: Probe) -> None:
-    async with serve(probe, [ErrorsInterceptor()]) as client:
+    async with serve(probe, [RecoveryInterceptor()]) as client:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.do(sv("abort:NOT_FOUND"))
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -29,7 +29,7 @@ def _message() -> str:
     return "internal error"
 
 
-class ErrorsInterceptor(WrappingInterceptor):
+class RecoveryInterceptor(WrappingInterceptor):
     """Recovery: an exception that is not a gRPC status becomes INTERNAL, logged with its stack."""
 
     def __init__(self, *, logger: Any | None = None) -> None:

@@ -1,7 +1,7 @@
 """Live configuration: typed settings from env/.env, overridden at runtime from Consul KV.
 
 Keys under ``agentmesh/<service>/`` map onto the settings model by path: the key
-``agentmesh/gateway/breaker/failure_threshold`` with value ``5`` sets ``breaker.failure_threshold``;
+``agentmesh/gateway/breaker/consecutive_failures`` with value ``5`` sets ``breaker.consecutive_failures``;
 a value is read as JSON when it parses (``5``, ``true``, ``{"v1": 90}``), as a plain string otherwise.
 Every change is validated as a whole before it is applied, atomically; an invalid one is refused
 and logged and the last good settings stay. Deleting a key falls back to the env/.env value.
@@ -24,7 +24,7 @@ from runtime.backoff import Backoff
 from runtime.discovery.consul_client import CONSUL_ERRORS, ConsulAddress, open_consul
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
-from runtime.dynamic_settings import DynamicSettings
+from runtime.live_config.settings import DynamicSettings
 
 if TYPE_CHECKING:
     from runtime.bootstrap import ServerPlan
@@ -123,9 +123,9 @@ class LiveConfig(Generic[SettingsT]):
 
         async def start(port: int) -> None:
             await self.start()
+            plan.lifespan.on_close(self.aclose, name=f"live config {self._service}")
 
-        plan.on_started.append(start)
-        plan.on_stopped.append(self.aclose)
+        plan.lifespan.on_started(start)
 
     async def start(self) -> None:
         """Begin watching (no-op without Consul); returns at once, Consul up or not."""
@@ -194,7 +194,8 @@ class LiveConfig(Generic[SettingsT]):
         candidate: SettingsT | None = None
         if not problems:
             try:
-                candidate = model.model_validate(_merge(self._base.model_dump(), overrides))
+                # exclude_unset: a policy section keeps only the fields actually given (settings.py).
+                candidate = model.model_validate(_merge(self._base.model_dump(exclude_unset=True), overrides))
             except ValidationError as error:
                 problems = [
                     {"key": self._prefix + "/".join(str(p) for p in e["loc"]), "error": e["msg"]}
@@ -212,7 +213,7 @@ class LiveConfig(Generic[SettingsT]):
             return False
         old, self._current = self._current, candidate
         self._last_overrides = dict(overrides)
-        before, after = _flatten(old.model_dump()), _flatten(candidate.model_dump())
+        before, after = _flatten(old.model_dump(exclude_unset=True)), _flatten(candidate.model_dump(exclude_unset=True))
         for path in sorted(before.keys() | after.keys()):
             if before.get(path) != after.get(path):
                 log.info(

@@ -1,33 +1,23 @@
-"""The settings that may change while a service runs (env/.env defaults, Consul KV overrides)."""
+"""The settings that may change while a service runs (env/.env defaults, Consul KV overrides).
+
+Each live setting reuses the schema of the policy it overrides, so a key is spelled the same
+in the service's static configuration, in the environment and in KV:
+``rate_limit`` is an ``interceptors.rate_limit.Limit``, ``breaker`` a
+``interceptors.circuit_breaker.BreakerPolicy`` of which only the fields given are applied.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RateLimit(_Frozen):
-    """Token bucket per caller: ``requests_per_second`` refill, up to ``burst`` at once."""
-
-    requests_per_second: float = Field(default=50.0, gt=0)
-    burst: int = Field(default=100, ge=1)
-
-
-class Breaker(_Frozen):
-    """Circuit breaker per target: open after ``failure_threshold`` consecutive failures."""
-
-    failure_threshold: int = Field(default=5, ge=1)
-    reset_timeout_seconds: float = Field(default=10.0, gt=0)
-    half_open_max_calls: int = Field(default=1, ge=1)
+from interceptors.circuit_breaker import BreakerPolicy
+from interceptors.rate_limit import Limit
 
 
 class DynamicSettings(BaseSettings):
-    """Set by env (``AGENTMESH_BREAKER__FAILURE_THRESHOLD=3``), ``.env``, or at runtime by KV
-    (``agentmesh/<service>/breaker/failure_threshold``)."""
+    """Set by env (``AGENTMESH_BREAKER__CONSECUTIVE_FAILURES=3``), ``.env``, or at runtime by KV
+    (``agentmesh/<service>/breaker/consecutive_failures``)."""
 
     # extra="ignore": one .env configures every service, so it holds AGENTMESH_* keys that are not
     # dynamic settings. KV keys are checked strictly by LiveConfig instead.
@@ -35,8 +25,12 @@ class DynamicSettings(BaseSettings):
         env_prefix="AGENTMESH_", env_nested_delimiter="__", env_file=".env", extra="ignore", frozen=True
     )
 
-    rate_limit: RateLimit = RateLimit()
-    breaker: Breaker = Breaker()
+    # One token bucket for every caller on every method, replacing the service's rate-limit
+    # policy while set; None: the service's own policy.
+    rate_limit: Limit | None = None
+    # Fields laid over the service's breaker policy (only those given: its failure codes and
+    # window stay unless named); None: the service's own policy.
+    breaker: BreakerPolicy | None = None
     # Share of each backend's calls per version tag of its instances (e.g. {"v1": 90, "v2": 10});
     # empty: no split, every passing instance (runtime/discovery/version_split.py).
     route_weights: dict[str, int] = Field(default_factory=dict)
