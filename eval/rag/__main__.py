@@ -63,7 +63,8 @@ def _share(flags: list[bool]) -> float:
     return round(statistics.fmean(flags), 4)
 
 
-async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
+async def evaluate(*, dense: bool, chunking: ChunkingOptions, answers: bool = True) -> dict[str, Any]:
+    """Retrieval metrics per mode and, with ``answers``, the answer measure per mode and engine."""
     corpus = load_corpus(HERE / "corpus")
     questions = load_questions(HERE / "questions.jsonl")
     embedder = None
@@ -76,8 +77,8 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
                 " install them, or run with --no-dense for BM25 alone"
             ) from error
     modes = [Mode.BM25, Mode.DENSE, Mode.HYBRID] if dense else [Mode.BM25]
-    engines = {"lexical": ExtractiveDecisionEngine()}
-    if embedder is not None:
+    engines = {"lexical": ExtractiveDecisionEngine()} if answers else {}
+    if answers and embedder is not None:
         engines["dense"] = ExtractiveDecisionEngine(embedder=embedder)
     with tempfile.TemporaryDirectory(prefix="agentmesh-eval-") as data_dir:
         kb = await KnowledgeBase.open(Path(data_dir), embedder=embedder, chunking=chunking)
@@ -87,7 +88,7 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
             chunk_count = len(kb.snapshot.chunks)
             metrics: dict[str, dict[str, dict[str, float]]] = {}
             per_question: dict[str, dict[str, int | None]] = {q["id"]: {} for q in questions}
-            answers: dict[str, dict[str, float]] = {}
+            answer_metrics: dict[str, dict[str, float]] = {}
             wrong_answers: dict[str, list[str]] = {}
             for mode in modes:
                 scores: dict[str, list[tuple[float, float]]] = {"all": []}
@@ -123,7 +124,7 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
                 }
                 for name, seen in outcomes.items():
                     styles = sorted({style for style, *_ in seen})
-                    answers[f"{mode.value}/{name}"] = {
+                    answer_metrics[f"{mode.value}/{name}"] = {
                         "answered": _share([right for _, right, _, _ in seen]),
                         **{
                             f"answered ({style})": _share([right for s, right, _, _ in seen if s == style])
@@ -154,7 +155,7 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
             " sentence and nothing from a document not relevant to the question",
         },
         "metrics": metrics,
-        "answers": answers,
+        "answers": answer_metrics,
         "first_relevant_rank": per_question,
         "wrong_answers": wrong_answers,
     }

@@ -165,7 +165,7 @@ class ExtractiveDecisionEngine:
         min_relative_score: float = 0.5,
         min_relative_relevance: float = 0.9,
         dense: bool = False,
-        min_similarity: float = 0.35,
+        min_similarity: float = 0.3,
         embedder: Embedder | None = None,
     ) -> None:
         self._max_sentences = max_sentences
