@@ -137,6 +137,8 @@ class Resources(_Strict):
 class Service(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)]
     versions: list[Version] = Field(min_length=1)
+    # Pods per version on Kubernetes; every one serves any request (state is shared, see `state`).
+    replicas: Annotated[int, Field(ge=1)]
     canary: Canary | None = None
     # caller name -> method patterns it may call; a caller is a service name or "edge".
     callers: dict[str, list[MethodPattern]]
@@ -163,6 +165,27 @@ class Service(_Strict):
             if unknown:
                 raise ValueError(f"canary names versions {sorted(unknown)} not in versions {self.versions}")
         return self
+
+
+class Store(_Strict):
+    image: str
+    # The PersistentVolumeClaim's size ("10Gi").
+    storage: str
+    resources: Resources
+
+
+class SharedState(_Strict):
+    """What every replica of every service must agree on lives here, never in a pod."""
+
+    # The Secret holding each service's database URL (key: the service name) and the in-cluster
+    # PostgreSQL's password; created by the operator (istio/README.md), never rendered.
+    database_secret: str
+    postgres: Store
+    redis: Store
+    # Service -> its own database in the in-cluster PostgreSQL.
+    databases: dict[ServiceName, str]
+    # Services that use Redis (the agent's event bus and idempotency keys).
+    redis_users: list[ServiceName]
 
 
 class Fault(_Strict):
@@ -205,6 +228,7 @@ class Policy(_Strict):
     edge: Edge
     jwt: Jwt
     services: dict[ServiceName, Service]
+    state: SharedState
     faults: list[Fault] = []
     fault_header: str
     local: Local
@@ -221,6 +245,9 @@ class Policy(_Strict):
         for fault in self.faults:
             if fault.service not in self.services:
                 raise ValueError(f"fault {fault.name!r} targets unknown service {fault.service!r}")
+        unknown_users = ({*self.state.databases, *self.state.redis_users}) - set(self.services)
+        if unknown_users:
+            raise ValueError(f"state names unknown services {sorted(unknown_users)}")
         edge_may_call = self.services[self.edge.upstream].callers.get("edge", [])
         unreachable = [m for m in self.jwt.public_methods if m not in edge_may_call and m != HEALTH_METHODS]
         if unreachable:

@@ -193,10 +193,14 @@ def _istio_clusters() -> Summary:
 
 def _istio_callers() -> Summary:
     summary: Summary = {}
+    meshed = {config["node"]["cluster"] for config in _envoy_configs()}
     for policy in _istio("AuthorizationPolicy"):
         if policy["spec"]["action"] == "DENY":
             continue  # the token requirement (below), not a caller allow-list
         service = policy["spec"]["selector"]["matchLabels"]["app"]
+        if service not in meshed:
+            continue  # a store (PostgreSQL, Redis): Kubernetes only, nothing to compare with
+
         assert policy["spec"]["action"] == "ALLOW"
         for rule in policy["spec"]["rules"]:
             [source] = rule["from"]
