@@ -108,6 +108,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("envoy", "one Envoy hop, plaintext, router only (the floor under the mesh's sidecars)", ViaEnvoy(BARE)),
     Scenario("envoy-mtls", "the mesh's sidecar-to-sidecar hop: two Envoys, mTLS and RBAC", ViaMeshSidecars(BARE)),
     Scenario(
+        "envoy-mtls-untuned",
+        "the same sidecar pair with Envoy's defaults (before the policy's proxy tuning)",
+        ViaMeshSidecars(BARE, tuned=False),
+    ),
+    Scenario(
         "sidecar-inbound-mtls",
         "one mesh sidecar hop: the client itself speaks mTLS to the callee's sidecar",
         ViaMeshInbound(BARE),

@@ -30,6 +30,7 @@ from interceptors.drain import DrainInterceptor
 from runtime.config import ServiceSettings
 from runtime.lifespan import Lifespan
 from runtime.logging import configure_logging
+from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,9 @@ class ManagedServer:
         opts = [
             ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
             ("grpc.max_send_message_length", plan.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # On only when several processes serve the port (runtime/processes.py): otherwise a
+            # second server started on the same port by mistake would silently share it.
+            ("grpc.so_reuseport", 1 if plan.settings.processes > 1 else 0),
         ]
         # Drain gate outermost: a draining server refuses before any other work is done. Decoding
         # next, so every interceptor of the chain sees requests that parsed.
@@ -146,14 +149,26 @@ class ManagedServer:
         await self.server.wait_for_termination()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    # A signal during build or start is kept and acted on once the server is up, rather than
+    # killing a half-built process. Forked workers start with these signals blocked
+    # (runtime/processes.py), so none is lost before the handlers exist.
+    signalled = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     plan = await build()
     server = ManagedServer(plan)
     await server.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
+    if signalled.is_set():
+        server.stop()
     await server.stop_begun.wait()
     await server.stop()
     if plan.lifespan.failure is not None:
@@ -166,4 +181,10 @@ def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerP
     """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain."""
     settings = settings_type()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    def serve(settings: _S) -> int:
+        return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    if settings.processes > 1:
+        return run_processes(settings, serve)
+    return serve(settings)
