@@ -298,6 +298,8 @@ class KnowledgeBase:
     async def catch_up(self) -> None:
         """Return once the live snapshot reflects everything committed when this was called."""
         await self._refresh(await self._store.generation(), following=True)
+        if self._metrics is not None:
+            self._metrics.caught_up()
 
     # --- writes ---------------------------------------------------------------------------
 
