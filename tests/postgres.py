@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ def _require_postgres() -> None:
         pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[LocalPostgres]:
+@contextmanager
+def _cluster() -> Iterator[LocalPostgres]:
     _require_postgres()
-    # Not under pytest's basetemp: concurrent pytest sessions of the same user prune each
-    # other's older basetemps, which would delete a cluster this long-lived under it.
+    # Not under pytest's basetemp: concurrent pytest sessions of the same user make
+    # /tmp/pytest-of-<user> private again (0700, which locks the postgres user out) and prune
+    # each other's older basetemps.
     root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))
     cluster = LocalPostgres(root / "cluster")
     try:
@@ -37,6 +39,12 @@ def postgres_cluster() -> Iterator[LocalPostgres]:
     finally:
         cluster.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    with _cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -49,13 +57,10 @@ def postgres_url(postgres_cluster: LocalPostgres) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+def own_postgres() -> Iterator[LocalPostgres]:
     """A cluster only this test uses: it may stop and start it."""
-    _require_postgres()
-    cluster = LocalPostgres(tmp_path / "postgres")
-    cluster.start()
-    yield cluster
-    cluster.stop(mode="immediate")
+    with _cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=BACKENDS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,8 @@ async def test_a_stopped_server_gives_database_unavailable_and_the_pool_recovers
 async def test_waiting_for_an_unreachable_database_logs_the_setting_once_and_returns_when_it_is_up(
     tmp_path: Path,
 ) -> None:
-    cluster = LocalPostgres(tmp_path / "late", port=free_port())
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))  # not under pytest's basetemp (tests/postgres.py)
+    cluster = LocalPostgres(root / "late", port=free_port())
     # "postgres" exists as soon as the server accepts connections.
     db = await _open(cluster.url("postgres"), tmp_path)
     try:
@@ -68,3 +71,4 @@ async def test_waiting_for_an_unreachable_database_logs_the_setting_once_and_ret
     finally:
         await db.close()
         await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(root, ignore_errors=True)
