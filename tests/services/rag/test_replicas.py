@@ -25,6 +25,7 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
 from runtime.database import Database, open_database
+from runtime.database.sqlite import SQLiteDatabase
 from runtime.supervisor import SupervisedLoop
 from services.rag.chunking import ChunkingOptions
 from services.rag.follower import FollowerMetrics
@@ -249,3 +250,25 @@ async def test_with_the_database_down_searches_are_served_writes_are_unavailable
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_processes_sharing_one_sqlite_file_follow_each_others_commits(tmp_path: Path) -> None:
+    """AGENTMESH_RAG_PROCESSES=N without a database URL: N knowledge bases on one SQLite file."""
+    path = tmp_path / "rag" / "rag.sqlite3"
+    databases = [await SQLiteDatabase.open(path), await SQLiteDatabase.open(path)]
+    writer = await KnowledgeBase.open(tmp_path / "rag", database=databases[0])
+    reader = await KnowledgeBase.open(tmp_path / "rag", database=databases[1], index_name="index-worker-1")
+    loop = SupervisedLoop("store follower", lambda: reader.follow(poll_s=0.05)).start()
+    try:
+        await writer.ingest(DOCUMENTS[:1])
+
+        async def found() -> bool:
+            return [h.document.document_id for h in await reader.search("topic0", top_k=1)] == ["doc-0"]
+
+        await wait_until(found, timeout_s=STALENESS_DEADLINE_S)
+    finally:
+        await loop.stop()
+        await reader.close()
+        await writer.close()
+        for db in databases:
+            await db.close()
