@@ -6,6 +6,8 @@ nothing else loses its database.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +25,18 @@ def _require_postgres() -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+def postgres_cluster() -> Iterator[LocalPostgres]:
     _require_postgres()
-    cluster = LocalPostgres(tmp_path_factory.mktemp("postgres") / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop(mode="immediate")
+    # Not under pytest's basetemp: concurrent pytest sessions of the same user prune each
+    # other's older basetemps, which would delete a cluster this long-lived under it.
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))
+    cluster = LocalPostgres(root / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
