@@ -109,14 +109,19 @@ class ManagedServer:
                 require_client_auth=tls.client_ca_file is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
+        # NOT_SERVING until the start-up hooks are done (a database waited for, migrations,
+        # recovery): probes see the process alive but not ready, and no peer routes to it yet.
+        served = ["", *self.service_names, *plan.reflection_names]
+        for name in served:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        for name in ["", *self.service_names, *plan.reflection_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if plan.settings.port_file is not None:
             plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             plan.settings.port_file.write_text(str(self.port))
         try:
             await plan.lifespan.started(self.port)
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
@@ -155,8 +160,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    # A signal during build or start is kept and acted on once the server is up, rather than
-    # killing a half-built process. Forked workers start with these signals blocked
+    # A signal during build is kept (and then abandons the start, below), rather than killing
+    # a half-built process. Forked workers start with these signals blocked
     # (runtime/processes.py), so none is lost before the handlers exist.
     signalled = asyncio.Event()
     for sig in _STOP_SIGNALS:
@@ -164,11 +169,22 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     plan = await build()
     server = ManagedServer(plan)
-    await server.start()
+    # A signal during start-up (waiting for a database, say) abandons the start: start() then
+    # stops the half-started server and closes what was opened (aclose again covers a start
+    # cancelled before it began; it is idempotent).
+    starting = asyncio.ensure_future(server.start())
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, starting.cancel)
+    if signalled.is_set():
+        starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        await plan.lifespan.aclose()
+        log.info("stopped during start-up")
+        return 0
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
-    if signalled.is_set():
-        server.stop()
     await server.stop_begun.wait()
     await server.stop()
     if plan.lifespan.failure is not None:
