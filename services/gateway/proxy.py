@@ -34,6 +34,7 @@ from interceptors.circuit_breaker import BreakerSet, CircuitBreaker, Permit
 from interceptors.deadline import DeadlineBudget
 from interceptors.retry import Retrier
 from interceptors.tracing import OutgoingTrace
+from runtime.bootstrap import ServiceBinding
 from runtime.upstreams import Upstreams
 from services.gateway.routing import Route
 
@@ -259,11 +260,20 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
     return grpc.unary_unary_rpc_method_handler(functools.partial(unary_response, retry=True))
 
 
-class RoutingHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
-    """Finds the handler for a method path; None (UNIMPLEMENTED) for anything not routed."""
+def route_bindings(routes: dict[str, Route], forwarding: Forwarding) -> list[ServiceBinding]:
+    """Every routed method as a registered method of its service: grpc finds the handler in its
+    registered-method table (no generic-handler scan per call), and the server chain is compiled
+    into each once, at start-up. Methods not routed stay UNIMPLEMENTED."""
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+    for path, route in routes.items():
+        service, _, name = path.lstrip("/").partition("/")
+        by_service.setdefault(service, {})[name] = make_handler(route, forwarding)
 
-    def __init__(self, routes: dict[str, Route], forwarding: Forwarding) -> None:
-        self.handlers = {path: make_handler(route, forwarding) for path, route in routes.items()}
+    def binding(service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> ServiceBinding:
+        def add_to_server(server: grpc.aio.Server) -> None:
+            # grpc-stubs lacks add_registered_method_handlers (grpcio 1.62+).
+            server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self.handlers.get(handler_call_details.method)
+        return ServiceBinding(service, add_to_server)
+
+    return [binding(service, handlers) for service, handlers in sorted(by_service.items())]
