@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from interceptors.selector import path_match
 from mesh.policy import Policy, Route, Service, proto_duration
 
 Manifest = dict[str, Any]
@@ -156,11 +157,7 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
 
 
 def _uri_match(pattern: str) -> Manifest:
-    if pattern == "*":
-        return {"prefix": "/"}
-    if pattern.endswith("/*"):
-        return {"prefix": pattern[:-1]}
-    return {"exact": pattern}
+    return dict(path_match(pattern))
 
 
 def _destinations(policy: Policy, service: str) -> list[Manifest]:

@@ -24,6 +24,8 @@ class SlowSettings(ServiceSettings):
 
 
 async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    # Headers first: a client awaiting them knows the call is running on the server.
+    await context.send_initial_metadata(())
     await asyncio.sleep(float(request.decode()))
     return b"done"
 
