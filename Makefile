@@ -38,11 +38,19 @@ $(BUF):
 	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
 	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
 
+.PHONY: run-deps
+run-deps: ## the Debian package `make run` needs: prometheus, for the console (installed only when missing)
+	@command -v prometheus >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
+
 .PHONY: debian-deps
 debian-deps: ## Debian packages the tests use (installed only when missing)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 # --- code generation ----------------------------------------------------------------------
@@ -85,7 +93,7 @@ fmt: venv ## format and auto-fix the code
 # --- running ------------------------------------------------------------------------------
 
 .PHONY: run
-run: gen ## run the whole system on loopback (Ctrl-C stops it); MESH=envoy puts it behind Envoy with mTLS
+run: gen run-deps ## run the whole system on loopback with the console on :8080 (Ctrl-C stops it); MESH=envoy: behind Envoy with mTLS
 ifeq ($(MESH),envoy)
 	$(PY) -m mesh certs --if-missing
 	$(PY) -m mesh.launcher

@@ -271,8 +271,8 @@ class ViaMeshInbound:
 
 @dataclass(frozen=True)
 class ViaMeshEdge:
-    """The mesh's way in, with its real configs: TLS to the edge Envoy (gRPC-JSON transcoder,
-    routes) → mTLS + RBAC → the gateway's sidecar → backend (standing in for the gateway)."""
+    """The mesh's way in, with its real configs: TLS to the edge Envoy (JWT check, gRPC-JSON
+    transcoder, routes) → mTLS + RBAC → the gateway's sidecar → backend (standing in for the gateway)."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
 
@@ -280,7 +280,9 @@ class ViaMeshEdge:
         policy = load_policy()
         certs_dir = group.work_dir / "certs"
         write_mesh_certs(certs_dir, mesh_identities(policy))
-        backend = start_backend(group, self.backend)
+        # The edge refuses calls without a token, so every call carries one.
+        creds = issue_credentials(group)
+        backend = start_backend(group, self.backend, creds=creds if needs_auth(self.backend) else None)
         _, gateway_inbound, _ = _mesh_sidecar(
             group, policy, certs_dir, role="sidecar", service="gateway", app_port=backend.port
         )
@@ -292,9 +294,11 @@ class ViaMeshEdge:
             upstreams={v: [Address(LOOPBACK, gateway_inbound)] for v in policy.services[policy.edge.upstream].versions},
             certs=cert_paths(certs_dir, "edge"),
             descriptor_set=DESCRIPTOR_SET_PATH,
+            jwks_file=creds.jwks_file,
         )
         edge = envoy.start(group, "edge", config, admin_port=admin, listen_port=listen)
-        return Endpoint(edge.address, ClientTls(ca=certs_dir / "ca.pem", server_name="localhost"))
+        tls = ClientTls(ca=certs_dir / "ca.pem", server_name="localhost")
+        return Endpoint(edge.address, tls, headers=(creds.header,))
 
     def describe(self) -> str:
-        return f"client → TLS → edge → mTLS → gateway's sidecar → backend ({_describe_backend(self.backend)})"
+        return f"client → TLS + JWT → edge → mTLS → gateway's sidecar → backend ({_describe_backend(self.backend)})"

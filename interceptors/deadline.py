@@ -124,27 +124,43 @@ def _expired(method: str) -> grpc.aio.AioRpcError:
     )
 
 
-class _Budget:
-    """Shared logic of the four client interceptor kinds."""
+class DeadlineBudget:
+    """The time an outgoing call made while serving one may take: what is left less ``margin``.
+
+    A plain object, so the gateway's proxy applies the same rule without a client interceptor;
+    :func:`deadline_client_interceptors` wraps it for channels that do use interceptors.
+    """
+
+    __slots__ = ("_margin",)
 
     def __init__(self, *, margin: float) -> None:
         if margin < 0:
             raise ValueError("margin must not be negative")
         self._margin = margin
 
-    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def timeout(self, method: str, own: float | None) -> float | None:
+        """The timeout for an outgoing call to ``method`` whose own timeout is ``own`` (None: none).
+
+        Raises DEADLINE_EXCEEDED (an ``AioRpcError``, as a failed call would) when nothing is left.
+        """
         deadline = call_deadline.get()
         if deadline is None:
-            return details
+            return own
         budget = deadline - time.monotonic() - self._margin
         if budget <= 0:
-            method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
             raise _expired(method)
-        if details.timeout is not None and details.timeout <= budget:
+        return own if own is not None and own <= budget else budget
+
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if call_deadline.get() is None:
             return details
-        return details._replace(timeout=budget)  # type: ignore[attr-defined,no-any-return]
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        timeout = self.timeout(method, details.timeout)
+        if timeout == details.timeout:
+            return details
+        return details._replace(timeout=timeout)  # type: ignore[attr-defined,no-any-return]
 
 
 def deadline_client_interceptors(*, margin: float = 0.05) -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors (one per call kind) that pass on the remaining budget less ``margin`` seconds."""
-    return details_interceptors(_Budget(margin=margin).details)
+    return details_interceptors(DeadlineBudget(margin=margin).details)

@@ -138,29 +138,48 @@ def _is_circuit_open(trailing_metadata: Any) -> bool:
     return info is not None and info.reason == CIRCUIT_OPEN and info.domain == DOMAIN
 
 
-class _Retrier:
-    """The policy applied to one channel; shared by the unary and server-streaming interceptors."""
+class Retrier:
+    """The retry policy as a plain object: which calls may be repeated, and how long to wait.
+
+    Shared by the unary and server-streaming interceptors of a channel, and used as is by the
+    gateway's proxy, which retries inside its handler rather than through an interceptor.
+    """
 
     def __init__(
         self,
-        policy: RetryPolicy,
+        policy: RetryPolicy | None = None,
         *,
-        idempotency: Idempotency,
-        breakers: CircuitBreaker | BreakerSet | None,
-        rng: random.Random,
-        sleep: Callable[[float], Any],
+        breakers: CircuitBreaker | BreakerSet | None = None,
+        pool: DescriptorPool | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self._policy = policy
+        self._policy = policy = policy or RetryPolicy()
         self._codes = code_set(policy.retryable_codes)
-        self._idempotency = idempotency
+        self._idempotency = Idempotency(pool=pool, request_id_field=policy.request_id_field)
         self._breaker_for = None if breakers is None else breaker_lookup(breakers)
-        self._rng = rng
-        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.sleep = sleep
+
+    @property
+    def enabled(self) -> bool:
+        return self._policy.max_attempts > 1
+
+    def method_is_safe(self, method: str) -> bool:
+        """True if every call of ``method`` may be repeated (its proto marks it so)."""
+        return self.enabled and self._idempotency.method_is_safe(method)
+
+    def call_is_safe(self, method: str, request: Any, metadata: Iterable[tuple[str, Any]] | None) -> bool:
+        """True if this call may be repeated: a safe method, or one named by an idempotency key."""
+        return self.enabled and self._idempotency.call_is_safe(method, request, metadata)
 
     def applies(self, details: grpc.aio.ClientCallDetails, request: Any) -> bool:
-        if self._policy.max_attempts == 1:
-            return False
-        return self._idempotency.call_is_safe(_method_name(details), request, details.metadata)
+        return self.call_is_safe(_method_name(details), request, details.metadata)
+
+    @staticmethod
+    def attempt_metadata(metadata: Iterable[tuple[str, Any]] | None, attempt: int) -> list[tuple[str, Any]]:
+        """``metadata`` for attempt ``attempt`` (2, 3, ...): its ``x-retry-attempt`` header replaced."""
+        return [*(item for item in metadata or () if item[0] != ATTEMPT_HEADER), (ATTEMPT_HEADER, str(attempt))]
 
     def delay_before(
         self, method: str, attempt: int, code: grpc.StatusCode, trailing_metadata: Any, deadline: float | None
@@ -193,8 +212,7 @@ class _Retrier:
     ) -> grpc.aio.ClientCallDetails:
         if attempt == 1:
             return details
-        metadata = grpc.aio.Metadata(*(item for item in details.metadata or () if item[0] != ATTEMPT_HEADER))
-        metadata.add(ATTEMPT_HEADER, str(attempt))
+        metadata = grpc.aio.Metadata(*Retrier.attempt_metadata(details.metadata, attempt))
         timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
@@ -231,7 +249,7 @@ class _Retrier:
                 delay = self.delay_before(method, attempt + 1, code, trailing, deadline)
                 if delay is None:
                     return call
-            await self._sleep(delay)
+            await self.sleep(delay)
             attempt += 1
 
 
@@ -255,7 +273,7 @@ async def _settle_server_stream(call: Any) -> tuple[grpc.StatusCode, Any] | None
 
 
 class _UnaryUnary(UnaryUnaryClientInterceptorBase):
-    def __init__(self, retrier: _Retrier) -> None:
+    def __init__(self, retrier: Retrier) -> None:
         self._retrier = retrier
 
     async def intercept_unary_unary(
@@ -267,7 +285,7 @@ class _UnaryUnary(UnaryUnaryClientInterceptorBase):
 
 
 class _UnaryStream(UnaryStreamClientInterceptorBase):
-    def __init__(self, retrier: _Retrier) -> None:
+    def __init__(self, retrier: Retrier) -> None:
         self._retrier = retrier
 
     async def intercept_unary_stream(
@@ -285,20 +303,15 @@ def retry_interceptors(
     pool: DescriptorPool | None = None,
     rng: random.Random | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    retrier: Retrier | None = None,
 ) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors retrying idempotent unary and server-streaming calls on one channel.
 
     Pass the channel's ``breakers`` (the same ones its breaker interceptors use) to stop
-    retrying as soon as the target's circuit opens. Two objects,
+    retrying as soon as the target's circuit opens, or a ready ``retrier``. Two objects,
     because grpc.aio files an interceptor under only the first call kind it implements.
     """
-    policy = policy or RetryPolicy()
-    retrier = _Retrier(
-        policy,
-        idempotency=Idempotency(pool=pool, request_id_field=policy.request_id_field),
-        breakers=breakers,
-        rng=rng or random.Random(),
-        sleep=sleep,
-    )
+    if retrier is None:
+        retrier = Retrier(policy, breakers=breakers, pool=pool, rng=rng, sleep=sleep)
     # grpc-stubs types channel interceptors as an opaque placeholder, hence the cast.
     return cast(list[grpc.aio.ClientInterceptor], [_UnaryUnary(retrier), _UnaryStream(retrier)])

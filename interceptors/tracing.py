@@ -35,7 +35,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind
+from opentelemetry.trace.status import Status, StatusCode
 
 from interceptors._typing import Context, Handler, Responses, StreamBehavior, UnaryBehavior
 from interceptors.call_details import details_interceptors
@@ -328,3 +329,37 @@ def tracing_client_interceptors(*, tracing: Tracing) -> list[grpc.aio.ClientInte
             aio_client_interceptors(tracer_provider=tracing.provider),  # type: ignore[no-untyped-call]
         )
     return details_interceptors(_Inject().details)
+
+
+class OutgoingTrace:
+    """Trace context for outgoing calls made without a client interceptor (the gateway's proxy).
+
+    :meth:`start` gives the headers to send and, when the call being served records its span,
+    a CLIENT span (named and attributed as instrumentation-grpc names its own) to :meth:`end`
+    with the final code. When nothing records, no span object is made at all: the headers carry
+    the current context, which the server side already made current.
+    """
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._records = tracing.records
+        self._tracer = tracing.provider.get_tracer(__name__)
+
+    def start(self, method: str) -> tuple[trace.Span | None, list[tuple[str, str]]]:
+        if not self._records or not trace.get_current_span().is_recording():
+            return None, trace_headers()
+        service, _, name = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        return span, trace_headers(trace.set_span_in_context(span))
+
+    @staticmethod
+    def end(span: trace.Span | None, code: grpc.StatusCode) -> None:
+        if span is None:
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()

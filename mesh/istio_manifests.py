@@ -11,46 +11,28 @@ import json
 from typing import Any
 
 from interceptors.selector import path_match
+from mesh.app_auth import service_auth
+from mesh.istio_state import postgres_objects, redis_objects, state_env
+from mesh.kube import CONTAINER_SECURITY, Manifest, host, meta, pod_security, principal, resources, service_account
 from mesh.policy import Policy, Route, Service, proto_duration
-
-Manifest = dict[str, Any]
 
 IMAGE = "agentmesh"
 CONTAINER_PORT_NAME = "grpc-api"
 EDGE_GATEWAY = "agentmesh-edge"
 EDGE_TLS_SECRET = "agentmesh-edge-tls"
 DATA_DIR = "/var/lib/agentmesh"
+# The issuer's public keys, for every service's own token check (created by the operator, see
+# istio/README.md: the JWKS is the issuer's, not something the policy can know).
+JWKS_CONFIG_MAP = "agentmesh-jwks"
+JWKS_DIR = "/etc/agentmesh/jwks"
+# The agent's own token (documents.read) for calls to rag on no caller's behalf.
+AGENT_TOKEN_SECRET = "agentmesh-agent-token"
+AGENT_TOKEN_DIR = "/var/run/secrets/agentmesh/agent-token"
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 _RUN_AS = 10001
 
 
-def _meta(policy: Policy, name: str, **labels: str) -> Manifest:
-    meta: Manifest = {"name": name, "namespace": policy.namespace}
-    if labels:
-        meta["labels"] = labels
-    return meta
-
-
-def host(policy: Policy, service: str) -> str:
-    return f"{service}.{policy.namespace}.svc.cluster.local"
-
-
-def principal(policy: Policy, caller: str) -> str:
-    """Istio's principal form of a SPIFFE ID: the URI without ``spiffe://``."""
-    return policy.spiffe_id(caller).removeprefix("spiffe://")
-
-
 # --------------------------------------------------------------------------- Kubernetes
-
-
-def service_account(policy: Policy, service: str) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _meta(policy, service, app=service),
-        # The pod needs no Kubernetes API access; Istio's identity comes from the SA name.
-        "automountServiceAccountToken": False,
-    }
 
 
 def kubernetes_service(policy: Policy, service: str) -> Manifest:
@@ -58,7 +40,7 @@ def kubernetes_service(policy: Policy, service: str) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(policy, service, app=service),
+        "metadata": meta(policy, service, app=service),
         "spec": {
             "selector": {"app": service},
             "ports": [
@@ -82,6 +64,8 @@ def _service_env(policy: Policy, service: str) -> list[Manifest]:
         {"name": prefix + "PORT", "value": str(port)},
         {"name": prefix + "DATA_DIR", "value": DATA_DIR},
         {"name": prefix + "LOG_FORMAT", "value": "json"},
+        # Behind the ingress gateway's JWT check, every service verifies the forwarded token again.
+        {"name": prefix + "AUTH", "value": _json(service_auth(policy, f"{JWKS_DIR}/jwks.json"))},
     ]
     # Plain Kubernetes DNS names: the sidecar intercepts the call and applies the policy.
     endpoints = {
@@ -90,22 +74,50 @@ def _service_env(policy: Policy, service: str) -> list[Manifest]:
     if service == "gateway":
         env.append({"name": prefix + "BACKENDS", "value": json.dumps(endpoints, separators=(",", ":"))})
     if service == "agent":
-        env.append({"name": prefix + "RAG_ENDPOINTS", "value": json.dumps(endpoints["rag"], separators=(",", ":"))})
-    return env
+        env.append({"name": prefix + "RAG_ENDPOINTS", "value": _json(endpoints["rag"])})
+        env.append({"name": prefix + "SERVICE_TOKEN_FILE", "value": f"{AGENT_TOKEN_DIR}/token"})
+    return env + state_env(policy, service)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _volumes(service: str) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts): scratch space, the data dir, the issuer's keys, the agent's own token."""
+    volumes: list[Manifest] = [
+        # Only what a pod can rebuild (rag's index snapshots, the last live config): every state
+        # that must survive the pod or agree across replicas is in PostgreSQL or Redis.
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "jwks", "configMap": {"name": JWKS_CONFIG_MAP}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "cache", "mountPath": DATA_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "jwks", "mountPath": JWKS_DIR, "readOnly": True},
+    ]
+    if service == "agent":
+        # Mounted, not an env var: a rotated token replaces the file, which the agent re-reads.
+        volumes.append({"name": "agent-token", "secret": {"secretName": AGENT_TOKEN_SECRET}})
+        mounts.append({"name": "agent-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def deployment(policy: Policy, service: str, version: str) -> Manifest:
     spec: Service = policy.services[service]
+    volumes, mounts = _volumes(service)
     probe = {"grpc": {"port": spec.port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
     labels = {"app": service, "version": version}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(policy, f"{service}-{version}", **labels),
+        "metadata": meta(policy, f"{service}-{version}", **labels),
         "spec": {
-            # One pod per version while state lives in the pod (SQLite on an emptyDir): see
-            # istio/README.md before scaling.
-            "replicas": 1,
+            # State is shared (PostgreSQL, Redis), so any replica serves any request.
+            "replicas": spec.replicas,
+            # A rollout adds a pod before it removes one: capacity never dips.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "true"}},
@@ -114,13 +126,16 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
                     "automountServiceAccountToken": False,
                     # Longer than the service's own drain (health NOT_SERVING, then grace).
                     "terminationGracePeriodSeconds": 30,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": _RUN_AS,
-                        "runAsGroup": _RUN_AS,
-                        "fsGroup": _RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security(_RUN_AS),
+                    # Replicas on different nodes where there are any: one node lost is not the service.
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": labels},
+                        }
+                    ],
                     "containers": [
                         {
                             "name": service,
@@ -130,23 +145,13 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
                             "env": _service_env(policy, service),
                             "readinessProbe": {**probe, "initialDelaySeconds": 2},
                             "livenessProbe": {**probe, "initialDelaySeconds": 10},
-                            "resources": {
-                                "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-                                "limits": {"memory": spec.resources.memory},
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "data", "mountPath": DATA_DIR},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
+                            "resources": resources(spec.resources),
+                            "securityContext": CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
                         }
                     ],
                     # The root filesystem is read-only: state and scratch space are explicit.
-                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },
@@ -234,7 +239,7 @@ def virtual_service(policy: Policy, service: str) -> Manifest:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": _meta(policy, service),
+        "metadata": meta(policy, service),
         "spec": {"hosts": [host(policy, service)], "http": http_routes(policy, service)},
     }
 
@@ -243,7 +248,7 @@ def edge_gateway(policy: Policy) -> Manifest:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": _meta(policy, EDGE_GATEWAY),
+        "metadata": meta(policy, EDGE_GATEWAY),
         "spec": {
             "selector": {"istio": "ingressgateway"},
             "servers": [
@@ -263,7 +268,7 @@ def edge_virtual_service(policy: Policy) -> Manifest:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": _meta(policy, EDGE_GATEWAY),
+        "metadata": meta(policy, EDGE_GATEWAY),
         "spec": {
             "hosts": list(policy.edge.hosts),
             "gateways": [EDGE_GATEWAY],
@@ -281,7 +286,7 @@ def destination_rule(policy: Policy, service: str) -> Manifest:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
-        "metadata": _meta(policy, service),
+        "metadata": meta(policy, service),
         "spec": {
             "host": host(policy, service),
             "trafficPolicy": {
@@ -309,11 +314,21 @@ def destination_rule(policy: Policy, service: str) -> Manifest:
 # --------------------------------------------------------------------------- Istio security
 
 
+def disruption_budget(policy: Policy, service: str) -> Manifest:
+    """A drain or upgrade takes at most one of a service's pods (any version) at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(policy, service, app=service),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": service}}},
+    }
+
+
 def peer_authentication(policy: Policy) -> Manifest:
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "PeerAuthentication",
-        "metadata": _meta(policy, "default"),
+        "metadata": meta(policy, "default"),
         "spec": {"mtls": {"mode": "STRICT"}},
     }
 
@@ -329,8 +344,32 @@ def authorization_policy(policy: Policy, service: str) -> Manifest:
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": _meta(policy, service),
+        "metadata": meta(policy, service),
         "spec": {"selector": {"matchLabels": {"app": service}}, "action": "ALLOW", "rules": rules},
+    }
+
+
+def require_jwt(policy: Policy) -> Manifest:
+    """A call to the gateway without a token from the policy's issuer is denied, bar the public methods.
+
+    RequestAuthentication alone rejects only tokens that are present and bad; with no token
+    there is no request principal, and this policy turns that into a refusal at the gateway's
+    sidecar (403), before the app sees the call.
+    """
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": meta(policy, f"{policy.edge.upstream}-require-jwt"),
+        "spec": {
+            "selector": {"matchLabels": {"app": policy.edge.upstream}},
+            "action": "DENY",
+            "rules": [
+                {
+                    "from": [{"source": {"notRequestPrincipals": [f"{policy.jwt.issuer}/*"]}}],
+                    "to": [{"operation": {"notPaths": list(policy.jwt.public_methods)}}],
+                }
+            ],
+        },
     }
 
 
@@ -338,14 +377,14 @@ def request_authentication(policy: Policy) -> Manifest:
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "RequestAuthentication",
-        "metadata": _meta(policy, "gateway-jwt"),
+        "metadata": meta(policy, "gateway-jwt"),
         "spec": {
             "selector": {"matchLabels": {"app": policy.edge.upstream}},
             "jwtRules": [
                 {
                     "issuer": policy.jwt.issuer,
                     "jwksUri": policy.jwt.jwks_uri,
-                    "audiences": list(policy.jwt.audiences),
+                    "audiences": [policy.jwt.audience],
                     # The gateway's own auth interceptor reads the token too.
                     "forwardOriginalToken": True,
                 }
@@ -363,9 +402,13 @@ def manifest_files(policy: Policy) -> dict[str, list[Manifest]]:
     return {
         "serviceaccounts.yaml": [service_account(policy, s) for s in services],
         "services.yaml": [kubernetes_service(policy, s) for s in services],
+        # The stores first: the services wait for them at start, but need not wait long.
+        "postgres.yaml": postgres_objects(policy),
+        "redis.yaml": redis_objects(policy),
         "deployments.yaml": [deployment(policy, s, v) for s in services for v in policy.services[s].versions],
+        "poddisruptionbudgets.yaml": [disruption_budget(policy, s) for s in services],
         "peerauthentication.yaml": [peer_authentication(policy)],
-        "authorizationpolicies.yaml": [authorization_policy(policy, s) for s in services],
+        "authorizationpolicies.yaml": [authorization_policy(policy, s) for s in services] + [require_jwt(policy)],
         "requestauthentication.yaml": [request_authentication(policy)],
         "destinationrules.yaml": [destination_rule(policy, s) for s in services],
         "virtualservices.yaml": [virtual_service(policy, s) for s in services if s != policy.edge.upstream],

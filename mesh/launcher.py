@@ -4,6 +4,10 @@ Runs exactly what ``envoy/`` holds: an edge proxy, one sidecar per service insta
 and its v2 canary included) and each app as ``python -m services.<name>`` on a plaintext
 loopback port that only its own sidecar talks to. Ports are the policy's ``local`` layout.
 Ctrl-C (or SIGTERM) stops the edge, then the apps front to back, then the sidecars.
+
+Auth is on at both layers: the edge refuses calls without a valid token (the dev issuer's JWKS
+in ``var/keys``, from ``tools.dev_auth``), and every app verifies the forwarded token again
+against the same keys with the policy's issuer, audience and public methods.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from pathlib import Path
 import grpc
 
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
+from mesh.app_auth import service_auth
 from mesh.certs import cert_paths, write_mesh_certs
 from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +54,17 @@ class _App:
                 await self.process.wait()
 
 
-def app_env(policy: Policy, instance: str) -> dict[str, str]:
-    """The environment for one app: its own port, and its callees at its sidecar's outbound ports."""
+def dev_auth(policy: Policy) -> DevAuth:
+    """The dev issuer's keys where the edge's config expects them, and fresh tokens."""
+    jwks_file = (REPO / policy.local.jwks_file).resolve()
+    auth = ensure_dev_auth(jwks_file.parent)
+    if auth.jwks_file != jwks_file:
+        raise RuntimeError(f"the dev JWKS is {auth.jwks_file}, but the policy's local.jwks_file says {jwks_file}")
+    return auth
+
+
+def app_env(policy: Policy, instance: str, auth: DevAuth) -> dict[str, str]:
+    """The environment for one app: its own port, its callees at its sidecar's outbound ports, auth."""
     service, _ = split_instance(instance)
     ports = policy.local.instances[instance]
     prefix = f"AGENTMESH_{service.upper()}_"
@@ -59,6 +74,7 @@ def app_env(policy: Policy, instance: str) -> dict[str, str]:
         prefix + "HOST": LOOPBACK,
         prefix + "PORT": str(ports.app),
         prefix + "LOG_FORMAT": os.environ.get(prefix + "LOG_FORMAT", "console"),
+        prefix + "AUTH": json.dumps(service_auth(policy, str(auth.jwks_file))),
     }
     # Each callee is reached through this instance's own sidecar, never directly; the sidecar
     # health-checks the callee's instances, so the app does not health-check its sidecar.
@@ -68,16 +84,18 @@ def app_env(policy: Policy, instance: str) -> dict[str, str]:
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
     if service == "agent":
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
+        # For calls to rag on no caller's behalf (runs resumed after a restart).
+        env[prefix + "SERVICE_TOKEN_FILE"] = str(auth.agent_token_file)
     return env
 
 
-async def _start_app(policy: Policy, instance: str) -> _App:
+async def _start_app(policy: Policy, instance: str, auth: DevAuth) -> _App:
     service, _ = split_instance(instance)
     log = (WORK_DIR / f"{instance}.log").open("ab")
     with log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
-            cwd=REPO, env=app_env(policy, instance), stdout=log, stderr=log, start_new_session=True,
+            cwd=REPO, env=app_env(policy, instance, auth), stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     app = _App(instance, process, policy.local.instances[instance].app)
     try:
@@ -87,7 +105,7 @@ async def _start_app(policy: Policy, instance: str) -> _App:
     return app
 
 
-async def _seed_knowledge(policy: Policy) -> int:
+async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
     """Ingest the example documents through the edge, over TLS: the first call proves the chain."""
     ca = cert_paths(REPO / policy.local.certs_dir, "edge").ca
     credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
@@ -101,14 +119,17 @@ async def _seed_knowledge(policy: Policy) -> int:
             for path in sorted((REPO / "examples" / "knowledge").glob("*.md"))
         ]  # fmt: skip
         request = rag_service_pb2.IngestDocumentsRequest(documents=documents)
-        response = await rag.IngestDocuments(request, timeout=10, wait_for_ready=True)
+        bearer = (("authorization", f"Bearer {auth.token}"),)
+        response = await rag.IngestDocuments(request, timeout=10, wait_for_ready=True, metadata=bearer)
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
-def _banner(policy: Policy) -> str:
+def _banner(policy: Policy, auth: DevAuth) -> str:
     edge = f"localhost:{policy.local.edge.port}"
     ca = f"{policy.local.certs_dir}/ca.pem"
     question = '{"question": "How long do refunds take?"}'
+    token = auth.token_file.relative_to(REPO) if auth.token_file.is_relative_to(REPO) else auth.token_file
+    bearer = f'-H "authorization: Bearer $(cat {token})"'
     lines = [
         "",
         f"agentmesh is up behind Envoy; the edge is https://{edge} (gRPC and HTTP/JSON, CA {ca}).",
@@ -120,11 +141,17 @@ def _banner(policy: Policy) -> str:
         ),
         f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
         "",
+        f"The edge refuses calls without a token from {policy.jwt.issuer}; {token} holds a 12-hour one",
+        f"for {DEV_SUBJECT} with every scope (health and reflection need none).",
+        "",
         "Try:",
-        f"  curl --cacert {ca} -X POST https://{edge}/v1/runs -H 'content-type: application/json' -d '{question}'",
-        f"  curl --cacert {ca} https://{edge}/v1/runs/RUN_ID",
-        f"  .venv/bin/grpcurl -cacert {ca} -H 'version: v2' -d '{question}' {edge} "
-        "agentmesh.agent.v1.AgentService/CreateRun",
+        f"  curl --cacert {ca} {bearer} -X POST https://{edge}/v1/runs \\",
+        f"    -H 'content-type: application/json' -d '{question}'",
+        f"  curl --cacert {ca} {bearer} https://{edge}/v1/runs/RUN_ID",
+        f"  .venv/bin/grpcurl -cacert {ca} {bearer} -H 'version: v2' -d '{question}' {edge} \\",
+        "    agentmesh.agent.v1.AgentService/CreateRun",
+        f"  .venv/bin/grpcurl -cacert {ca} {edge} list",
+        f"  curl --cacert {ca} -X POST https://{edge}/v1/runs -d '{question}'   # no token: HTTP 401",
         f"  curl -s http://{LOOPBACK}:{policy.local.instances['gateway-v1'].admin}/stats | grep agent_v",
         "",
         "Ctrl-C stops everything.",
@@ -143,6 +170,7 @@ async def main() -> int:
     if not (certs_dir / "ca.pem").exists():
         write_mesh_certs(certs_dir, mesh_identities(policy))
     WORK_DIR.mkdir(parents=True, exist_ok=True)
+    auth = dev_auth(policy)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,11 +188,11 @@ async def main() -> int:
                 sidecar = EnvoyProcess(REPO / "envoy" / f"{instance}.yaml", workdir=WORK_DIR, name=instance)
                 sidecars.append(sidecar)
                 await sidecar.start()
-                apps.append(await _start_app(policy, instance))
+                apps.append(await _start_app(policy, instance, auth))
         edge = EnvoyProcess(REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge")
         await edge.start()
-        changed = await _seed_knowledge(policy)
-        print(_banner(policy) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        changed = await _seed_knowledge(policy, auth)
+        print(_banner(policy, auth) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
         while not stop.is_set():
             for app in apps:
                 if app.process.returncode is not None:

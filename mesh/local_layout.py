@@ -61,6 +61,7 @@ def local_edge(
         upstreams=local_upstreams(policy, policy.edge.upstream),
         certs=cert_paths(certs_dir, "edge"),
         descriptor_set=descriptor_set,
+        jwks_file=Path(policy.local.jwks_file),
     )
 
 

@@ -22,7 +22,7 @@ _DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
-def _parse_duration(text: str) -> timedelta:
+def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration; write e.g. '250ms', '2s' or '1m'")
@@ -30,7 +30,7 @@ def _parse_duration(text: str) -> timedelta:
 
 
 def _check_duration(text: str) -> str:
-    _parse_duration(text)
+    parse_duration(text)
     return text
 
 
@@ -48,6 +48,9 @@ GRPC_CODE_NUMBERS: dict[str, int] = {
     "internal": 13,
     "unavailable": 14,
 }
+
+# Health is always open: probes and load balancers carry no token.
+HEALTH_METHODS = "/grpc.health.v1.Health/*"
 
 ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
 Version = Annotated[str, Field(pattern=r"^v[0-9]+$")]
@@ -72,7 +75,12 @@ class Edge(_Strict):
 class Jwt(_Strict):
     issuer: str
     jwks_uri: str
-    audiences: list[str]
+    # One audience: every service checks exactly this one (AuthSettings.audience).
+    audience: str
+    # Slack on exp/nbf, the same at the edge and in every service.
+    clock_skew: Duration
+    # Callable without a token; everything else the edge routes needs a valid one.
+    public_methods: list[MethodPattern]
 
 
 class Retries(_Strict):
@@ -130,6 +138,8 @@ class Resources(_Strict):
 class Service(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)]
     versions: list[Version] = Field(min_length=1)
+    # Pods per version on Kubernetes; every one serves any request (state is shared, see `state`).
+    replicas: Annotated[int, Field(ge=1)]
     canary: Canary | None = None
     # caller name -> method patterns it may call; a caller is a service name or "edge".
     callers: dict[str, list[MethodPattern]]
@@ -156,6 +166,27 @@ class Service(_Strict):
             if unknown:
                 raise ValueError(f"canary names versions {sorted(unknown)} not in versions {self.versions}")
         return self
+
+
+class Store(_Strict):
+    image: str
+    # The PersistentVolumeClaim's size ("10Gi").
+    storage: str
+    resources: Resources
+
+
+class SharedState(_Strict):
+    """What every replica of every service must agree on lives here, never in a pod."""
+
+    # The Secret holding each service's database URL (key: the service name) and the in-cluster
+    # PostgreSQL's password; created by the operator (istio/README.md), never rendered.
+    database_secret: str
+    postgres: Store
+    redis: Store
+    # Service -> its own database in the in-cluster PostgreSQL.
+    databases: dict[ServiceName, str]
+    # Services that use Redis (the agent's event bus and idempotency keys).
+    redis_users: list[ServiceName]
 
 
 class Fault(_Strict):
@@ -185,6 +216,8 @@ class LocalEdge(_Strict):
 
 class Local(_Strict):
     certs_dir: str
+    # The dev issuer's public keys (tools/dev_auth.py writes them); the edge reads this file.
+    jwks_file: str
     edge: LocalEdge
     # "<service>-<version>" -> ports
     instances: dict[str, LocalInstance]
@@ -196,6 +229,7 @@ class Policy(_Strict):
     edge: Edge
     jwt: Jwt
     services: dict[ServiceName, Service]
+    state: SharedState
     faults: list[Fault] = []
     fault_header: str
     local: Local
@@ -212,6 +246,14 @@ class Policy(_Strict):
         for fault in self.faults:
             if fault.service not in self.services:
                 raise ValueError(f"fault {fault.name!r} targets unknown service {fault.service!r}")
+        unknown_users = ({*self.state.databases, *self.state.redis_users}) - set(self.services)
+        if unknown_users:
+            raise ValueError(f"state names unknown services {sorted(unknown_users)}")
+        edge_may_call = self.services[self.edge.upstream].callers.get("edge", [])
+        unreachable = [m for m in self.jwt.public_methods if m not in edge_may_call and m != HEALTH_METHODS]
+        if unreachable:
+            # A public method the edge may not call is a contradiction, not a harmless extra.
+            raise ValueError(f"jwt.public_methods {unreachable} are not among the methods the edge may call")
         return self
 
     def identity(self, caller: str) -> Identity:
@@ -234,7 +276,7 @@ class Policy(_Strict):
 
 def proto_duration(duration: str) -> str:
     """A policy duration in the protobuf JSON form ("0.6s") that both Envoy and Istio read."""
-    return f"{_parse_duration(duration).total_seconds():g}s"
+    return f"{parse_duration(duration).total_seconds():g}s"
 
 
 def load_policy(path: Path = DEFAULT_POLICY_PATH) -> Policy:

@@ -1,6 +1,8 @@
 """A service's outgoing calls to its backends: caller forwarding, retries and a breaker per backend.
 
-The interceptors come out in the order they must run (outermost first): forward the
+The policies are plain objects (`Retrier`, `BreakerSet`): the gateway's proxy applies them inside
+its handler, with no client interceptor on its channels; the agent's channels wrap them in
+interceptors, which come out in the order they must run (outermost first): forward the
 verified caller's token, retry idempotent calls, then the circuit breaker, innermost so
 that every attempt counts toward the backend's state and no retry goes into an open
 circuit. ``AGENTMESH_<SERVICE>_UPSTREAM_RESILIENCE`` holds the policies as JSON.
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interceptors.auth_forwarding import forwarding_interceptors
 from interceptors.circuit_breaker import BreakerPolicy, BreakerSet, StateListener, circuit_breaker_interceptors
-from interceptors.retry import RetryPolicy, retry_interceptors
+from interceptors.retry import Retrier, RetryPolicy, retry_interceptors
 
 
 class UpstreamResilience(BaseModel):
@@ -30,12 +32,13 @@ class UpstreamResilience(BaseModel):
 
 @dataclass(frozen=True)
 class UpstreamGuards:
-    """The client interceptors for a service's upstream channels, grouped by chain slot."""
+    """The policies for a service's upstream calls, and their client interceptors grouped by chain slot."""
 
     forwarding: list[grpc.aio.ClientInterceptor]
     retry: list[grpc.aio.ClientInterceptor]
     circuit_breaker: list[grpc.aio.ClientInterceptor]
     breakers: BreakerSet
+    retrier: Retrier
 
     @property
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
@@ -57,9 +60,11 @@ def upstream_guards(
     ``service_token_file`` holds the service's own token for calls made on no caller's behalf.
     """
     breakers = BreakerSet(resilience.breaker, target_of=target_of, on_state_change=on_state_change)
+    retrier = Retrier(resilience.retry, breakers=breakers, pool=pool)
     return UpstreamGuards(
         forwarding=forwarding_interceptors(service_token_file=service_token_file),
-        retry=retry_interceptors(resilience.retry, breakers=breakers, pool=pool),
+        retry=retry_interceptors(retrier=retrier),
         circuit_breaker=circuit_breaker_interceptors(breakers),
         breakers=breakers,
+        retrier=retrier,
     )

@@ -10,6 +10,9 @@ import pytest
 
 from tests.system import System, running_system
 
+# PostgreSQL fixtures (postgres_cluster, postgres_url, own_postgres, database_url).
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture
 async def system(tmp_path: Path) -> AsyncIterator[System]:

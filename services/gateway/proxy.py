@@ -1,135 +1,269 @@
 """Forward calls to backends as raw bytes: no deserialization, all four streaming shapes.
 
 Per call the gateway does a route lookup, copies the caller's metadata (minus transport
-headers), passes on the caller's remaining deadline, and relays the backend's messages, status,
-details and trailers unchanged, so error details (AIP-193) and trailers such as
+headers), passes on the caller's remaining deadline, and relays the backend's messages, response
+headers, status, details and trailers unchanged, so error details (AIP-193) and trailers such as
 `idempotency-replayed` reach the client exactly as the backend sent them.
+
+The forwarded calls go through no grpc.aio client interceptor: with any interceptor on a channel
+grpc.aio runs every call through its interceptor machinery (one more task and several awaited
+layers per call). What the client chain would do instead runs here, in one place per call shape,
+from the same plain policy objects the agent's interceptors wrap:
+
+* trace context: the next hop's ``traceparent`` (and a CLIENT span when the call records), from
+  `interceptors.tracing.OutgoingTrace`;
+* deadline: the caller's remaining budget less the margin (`interceptors.deadline.DeadlineBudget`);
+* retries of methods the protos mark idempotent, or calls carrying an idempotency key, honouring
+  ``RetryInfo`` and stopping at an open breaker (`interceptors.retry.Retrier`); client-streaming
+  calls are never retried, server-streaming ones only when they failed before their headers;
+* the backend's circuit breaker (`interceptors.circuit_breaker.BreakerSet`), every attempt counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
+from interceptors.circuit_breaker import BreakerSet, CircuitBreaker, Permit
+from interceptors.deadline import DeadlineBudget
+from interceptors.retry import Retrier
+from interceptors.tracing import OutgoingTrace
 from runtime.upstreams import Upstreams
 from services.gateway.routing import Route
 
 log = structlog.get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[bytes, bytes]
-Metadata = tuple[tuple[str, str | bytes], ...]
+Metadata = list[tuple[str, str | bytes]]
 
 # Transport-level headers belong to each hop; grpc sets its own on the outgoing call.
 _HOP_HEADERS = frozenset({"content-type", "user-agent", "te", "host", "content-length", "accept-encoding"})
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
-def forwarded_metadata(context: Context) -> Metadata:
-    return tuple(
+def forwarded_metadata(context: Context, replaced: Iterable[tuple[str, str]] = ()) -> Metadata:
+    """The caller's metadata for the next hop, with ``replaced`` headers (trace context) put in."""
+    replaced = list(replaced)
+    skip = _HOP_HEADERS.union(key for key, _ in replaced) if replaced else _HOP_HEADERS
+    metadata: Metadata = [
         (key, value)
         for key, value in context.invocation_metadata() or ()
-        if key not in _HOP_HEADERS and not key.startswith((":", "grpc-"))
-    )
+        if key not in skip and not key.startswith((":", "grpc-"))
+    ]
+    metadata.extend(replaced)
+    return metadata
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """The policies every forwarded call runs under (built once by the gateway's `build`)."""
+
+    upstreams: Upstreams
+    breakers: BreakerSet
+    retrier: Retrier
+    trace: OutgoingTrace
+    budget: DeadlineBudget
 
 
 class _Relay:
-    """Callables for one route; the multicallable is rebuilt only when the channel changes."""
+    """One route: its breaker, whether it may be retried, and multicallables cached per channel."""
 
-    __slots__ = ("_callable", "_channel", "_upstreams", "route")
+    __slots__ = ("_callables", "_factory", "_forwarding", "breaker", "budget", "method", "retrier", "route", "safe")
 
-    def __init__(self, route: Route, upstreams: Upstreams) -> None:
+    def __init__(self, route: Route, forwarding: Forwarding) -> None:
         self.route = route
-        self._upstreams = upstreams
-        self._channel: grpc.aio.Channel | None = None
-        self._callable: Any = None
+        self.method = route.method
+        self._forwarding = forwarding
+        self.budget = forwarding.budget
+        self.retrier = forwarding.retrier
+        self.breaker: CircuitBreaker = forwarding.breakers.for_method(route.method)
+        self.safe = forwarding.retrier.method_is_safe(route.method)
+        self._factory: Callable[[grpc.aio.Channel], Any] = {
+            (False, False): lambda channel: channel.unary_unary,
+            (False, True): lambda channel: channel.unary_stream,
+            (True, False): lambda channel: channel.stream_unary,
+            (True, True): lambda channel: channel.stream_stream,
+        }[(route.client_streaming, route.server_streaming)]
+        # Keyed by channel: a version split picks one of several per call.
+        self._callables: dict[grpc.aio.Channel, Any] = {}
 
-    def multicallable(self) -> Any:
-        channel = self._upstreams.channel(self.route.backend)
-        if channel is not self._channel:
-            factory: Callable[..., Any] = {
-                (False, False): channel.unary_unary,
-                (False, True): channel.unary_stream,
-                (True, False): channel.stream_unary,
-                (True, True): channel.stream_stream,
-            }[(self.route.client_streaming, self.route.server_streaming)]
+    def start(self, request: Any, timeout: float | None, metadata: Metadata) -> Any:
+        channel = self._forwarding.upstreams.channel(self.route.backend)
+        multicallable = self._callables.get(channel)
+        if multicallable is None:
             # No serializers: requests and responses stay bytes end to end. Registered, as generated
             # stubs do, so grpc core resolves the method path once per channel rather than per call.
-            self._callable = factory(self.route.method, _registered_method=True)
-            self._channel = channel
-        return self._callable
+            multicallable = self._callables[channel] = self._factory(channel)(self.method, _registered_method=True)
+        return multicallable(request, timeout=timeout, metadata=metadata)
+
+    def may_retry(self, metadata: Metadata) -> bool:
+        return self.safe or self.retrier.call_is_safe(self.method, None, metadata)
+
+    def permit(self) -> Permit:
+        permit = self.breaker.acquire()
+        if permit is None:
+            raise self.breaker.open_error()
+        return permit
+
+    def settle(self, permit: Permit, code: grpc.StatusCode) -> None:
+        # A call cancelled (by us, for our caller) says nothing about the backend.
+        if code is _CANCELLED:
+            self.breaker.release(permit)
+        else:
+            self.breaker.record(permit, code)
+
+    def retry_delay(self, attempt: int, error: grpc.aio.AioRpcError, deadline: float | None) -> float | None:
+        return self.retrier.delay_before(self.method, attempt + 1, error.code(), error.trailing_metadata(), deadline)
+
+
+def _deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+async def _relay_headers(context: Context, headers: Any) -> None:
+    # Only when the backend sent any: an empty header block costs one more write per call.
+    if headers:
+        await context.send_initial_metadata(tuple(headers))
 
 
 async def _relay_error(context: Context, error: grpc.aio.AioRpcError) -> None:
+    await _relay_headers(context, error.initial_metadata())
     await context.abort(error.code(), error.details() or "", tuple(error.trailing_metadata()))  # type: ignore[arg-type]
 
 
-def make_handler(route: Route, upstreams: Upstreams) -> grpc.RpcMethodHandler[Any, Any]:
-    relay = _Relay(route, upstreams)
+async def _stream_error(call: Any) -> grpc.aio.AioRpcError:
+    """The failure of a finished streaming call, as the error its iteration would raise."""
+    return grpc.aio.AioRpcError(
+        await call.code(), await call.initial_metadata(), await call.trailing_metadata(), await call.details(), None
+    )
 
-    async def unary_unary(request: bytes, context: Context) -> bytes:
-        call = relay.multicallable()(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+
+def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[Any, Any]:
+    relay = _Relay(route, forwarding)
+    method = route.method
+    trace = forwarding.trace
+
+    async def unary_response(request: Any, context: Context, *, retry: bool) -> bytes:
+        """Unary and client-streaming calls: the response, headers and trailers relayed."""
+        span, trace_headers = trace.start(method)
+        code = _OK
         try:
-            response: bytes = await call
+            metadata = forwarded_metadata(context, trace_headers)
+            timeout = relay.budget.timeout(method, context.time_remaining())
+            retry = retry and relay.may_retry(metadata)
+            deadline = _deadline_of(timeout) if retry else None
+            attempt = 1
+            while True:
+                permit = relay.permit()
+                try:
+                    call = relay.start(request, timeout, metadata)
+                    response: bytes = await call
+                except grpc.aio.AioRpcError as error:
+                    relay.settle(permit, error.code())
+                    delay = relay.retry_delay(attempt, error, deadline) if retry else None
+                    if delay is None:
+                        raise
+                except asyncio.CancelledError:
+                    relay.breaker.release(permit)
+                    raise
+                else:
+                    relay.breaker.record(permit, _OK)
+                    await _relay_headers(context, await call.initial_metadata())
+                    context.set_trailing_metadata(await call.trailing_metadata())
+                    return response
+                await relay.retrier.sleep(delay)
+                attempt += 1
+                metadata = Retrier.attempt_metadata(metadata, attempt)
+                timeout = _left(deadline)
         except grpc.aio.AioRpcError as error:
+            code = error.code()
             await _relay_error(context, error)
+            raise  # abort raised already; keeps the type checker informed
+        except asyncio.CancelledError:
+            code = _CANCELLED
             raise
-        context.set_trailing_metadata(await call.trailing_metadata())
-        return response
+        finally:
+            trace.end(span, code)
 
-    async def unary_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
-        call = relay.multicallable()(request, timeout=context.time_remaining(), metadata=forwarded_metadata(context))
+    async def streaming_response(request: Any, context: Context, *, retry: bool) -> AsyncIterator[bytes]:
+        """Server- and bidi-streaming calls: headers at once, then every message as it comes."""
+        span, trace_headers = trace.start(method)
+        code = _OK
+        call: Any = None
+        permit: Permit | None = None
         try:
-            await context.send_initial_metadata(await call.initial_metadata())
+            metadata = forwarded_metadata(context, trace_headers)
+            timeout = relay.budget.timeout(method, context.time_remaining())
+            retry = retry and relay.may_retry(metadata)
+            deadline = _deadline_of(timeout) if retry else None
+            attempt = 1
+            while True:
+                permit = relay.permit()
+                call = relay.start(request, timeout, metadata)
+                headers = await call.initial_metadata()
+                if not retry or not call.done() or await call.code() is _OK:
+                    break
+                # Over before its headers: nothing reached our caller, so repeating it is safe.
+                error = await _stream_error(call)
+                relay.settle(permit, error.code())
+                permit = None
+                delay = relay.retry_delay(attempt, error, deadline)
+                if delay is None:
+                    raise error
+                await relay.retrier.sleep(delay)
+                attempt += 1
+                metadata = Retrier.attempt_metadata(metadata, attempt)
+                timeout = _left(deadline)
+            await context.send_initial_metadata(tuple(headers))
             async for message in call:
                 yield message
             context.set_trailing_metadata(await call.trailing_metadata())
+            relay.breaker.record(permit, _OK)
+            permit = None
         except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if permit is not None:
+                relay.settle(permit, code)
+                permit = None
             await _relay_error(context, error)
-        finally:
-            call.cancel()  # no-op once finished; stops the backend if our caller went away
-
-    async def stream_unary(request_iterator: AsyncIterator[bytes], context: Context) -> bytes:
-        call = relay.multicallable()(
-            request_iterator, timeout=context.time_remaining(), metadata=forwarded_metadata(context)
-        )
-        try:
-            response: bytes = await call
-        except grpc.aio.AioRpcError as error:
-            await _relay_error(context, error)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = _CANCELLED
             raise
-        context.set_trailing_metadata(await call.trailing_metadata())
-        return response
-
-    async def stream_stream(request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-        call = relay.multicallable()(
-            request_iterator, timeout=context.time_remaining(), metadata=forwarded_metadata(context)
-        )
-        try:
-            await context.send_initial_metadata(await call.initial_metadata())
-            async for message in call:
-                yield message
-            context.set_trailing_metadata(await call.trailing_metadata())
-        except grpc.aio.AioRpcError as error:
-            await _relay_error(context, error)
         finally:
-            call.cancel()
+            if permit is not None:
+                relay.breaker.release(permit)  # our caller went away mid-stream
+            if call is not None:
+                call.cancel()  # no-op once finished; stops the backend if our caller went away
+            trace.end(span, code)
 
+    # Partials rather than wrappers: one coroutine (or generator) per call, and grpc still sees a
+    # coroutine / async generator function. Client-streaming calls are never retried: the request
+    # stream is consumed as it is sent.
     if route.client_streaming and route.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(stream_stream)
+        return grpc.stream_stream_rpc_method_handler(functools.partial(streaming_response, retry=False))
     if route.client_streaming:
-        return grpc.stream_unary_rpc_method_handler(stream_unary)
+        return grpc.stream_unary_rpc_method_handler(functools.partial(unary_response, retry=False))
     if route.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(unary_stream)
-    return grpc.unary_unary_rpc_method_handler(unary_unary)
+        return grpc.unary_stream_rpc_method_handler(functools.partial(streaming_response, retry=True))
+    return grpc.unary_unary_rpc_method_handler(functools.partial(unary_response, retry=True))
 
 
 class RoutingHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
     """Finds the handler for a method path; None (UNIMPLEMENTED) for anything not routed."""
 
-    def __init__(self, routes: dict[str, Route], upstreams: Upstreams) -> None:
-        self._handlers = {path: make_handler(route, upstreams) for path, route in routes.items()}
+    def __init__(self, routes: dict[str, Route], forwarding: Forwarding) -> None:
+        self.handlers = {path: make_handler(route, forwarding) for path, route in routes.items()}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self._handlers.get(handler_call_details.method)
+        return self.handlers.get(handler_call_details.method)

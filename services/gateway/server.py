@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import SpanProcessor
 
+from interceptors.deadline import DeadlineBudget
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
+from interceptors.tracing import OutgoingTrace
 from runtime.bootstrap import ServerPlan
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
@@ -18,7 +20,7 @@ from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from services.gateway.config import GatewaySettings
-from services.gateway.proxy import RoutingHandler
+from services.gateway.proxy import Forwarding, RoutingHandler
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
@@ -53,20 +55,23 @@ async def build(
             pool=pool,
             on_state_change=middleware.metrics.breaker_state_changed,
         )
-        # Retries are the retry interceptor's alone (see services/agent/server.py). No token-forwarding
-        # interceptor: the proxy already passes the caller's metadata on, its `authorization` header
-        # included, and each client interceptor costs every forwarded call.
-        upstreams = await build_upstreams(
-            discovery,
-            static=settings.backends,
-            interceptors=middleware.client_interceptors(retry=guards.retry, circuit_breaker=guards.circuit_breaker),
-        )
+        # No client interceptor on the channels: trace context, deadline, retries and the breaker run
+        # inside the proxy's handler (proxy.py). Nor token forwarding: the proxy passes the caller's
+        # metadata on, its `authorization` header included.
+        upstreams = await build_upstreams(discovery, static=settings.backends)
         life.on_close(upstreams.close, name="upstreams")
         await follow_live_config(live_config, rate_limit=rate_limit, breakers=guards.breakers, upstreams=upstreams)
+        forwarding = Forwarding(
+            upstreams=upstreams,
+            breakers=guards.breakers,
+            retrier=guards.retrier,
+            trace=OutgoingTrace(middleware.tracing),
+            budget=DeadlineBudget(margin=settings.deadline_margin_s),
+        )
         plan = ServerPlan(
             settings=settings,
             bindings=[],
-            generic_handlers=[RoutingHandler(routes, upstreams)],
+            generic_handlers=[RoutingHandler(routes, forwarding)],
             reflection_names=sorted(settings.routes),
             reflection_pool=pool,
             interceptors=middleware.server_interceptors,

@@ -52,11 +52,15 @@ class Echo:
     mid_stream: asyncio.Event = field(default_factory=asyncio.Event)
     # Set to block calls until released (for hanging-backend tests).
     gate: asyncio.Event | None = None
+    # Response headers every call sends before anything else, when set.
+    headers: Sequence[tuple[str, str]] = ()
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
         self.seen_metadata.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
         self.seen_time_remaining.append(context.time_remaining())
+        if self.headers:
+            await context.send_initial_metadata(tuple(self.headers))
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with:

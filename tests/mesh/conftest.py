@@ -6,16 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from mesh.certs import CertPaths, DevCA, cert_paths, write_mesh_certs
 from mesh.envoy_config import Address, Config, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import mesh_identities
 from mesh.policy import Policy, load_policy
+from runtime.security import MESH_REQUIRED_SCOPES
 from tests.mesh.backend import Backend
+from tools.dev_tokens import mint, write_key_pair
 
 LOOPBACK = "127.0.0.1"
 
@@ -44,6 +48,34 @@ def mesh_certs(tmp_path_factory: pytest.TempPathFactory) -> MeshCerts:
     rogue_directory = tmp_path_factory.mktemp("rogue-certs")
     DevCA(name="some other CA").write_identity(rogue_directory, "gateway", policy.spiffe_id("gateway"))
     return MeshCerts(directory, rogue_directory)
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    """The dev issuer of the mesh's tokens: its public keys in ``jwks_file``, tokens on demand."""
+
+    private_key: Any
+    kid: str
+    jwks_file: Path
+
+    def token(self, *, audience: str | None = None, ttl_seconds: int = 3600, now: float | None = None) -> str:
+        """A token with every scope the mesh knows, for the policy's audience unless told otherwise."""
+        policy = load_policy()
+        scopes = sorted({scope for needed in MESH_REQUIRED_SCOPES.values() for scope in needed})
+        return mint(
+            key=self.private_key, algorithm="ES256", subject="mesh-test-user", scopes=scopes, kid=self.kid,
+            issuer=policy.jwt.issuer, audience=audience or policy.jwt.audience, ttl_seconds=ttl_seconds, now=now,
+        )  # fmt: skip
+
+    def bearer(self, token: str | None = None) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {token or self.token()}"),)
+
+
+@pytest.fixture(scope="session")
+def token_issuer(tmp_path_factory: pytest.TempPathFactory) -> TokenIssuer:
+    key_path, jwks_path, kid = write_key_pair(tmp_path_factory.mktemp("keys"), alg="ES256")
+    private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return TokenIssuer(private_key, kid, jwks_path)
 
 
 @pytest.fixture

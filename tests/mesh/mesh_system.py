@@ -1,7 +1,8 @@
 """The real agentmesh services, each behind its own sidecar, with the edge in front: all on loopback.
 
 Every hop is mTLS between Envoys; the apps speak plaintext only to their own sidecar, as in a
-pod. Ports are free ones: Envoys listen on port 0 (read back from their admin API) and each
+pod. The edge requires a token from ``issuer`` and every app verifies it again, as
+`make run MESH=envoy` runs them. Ports are free ones: Envoys listen on port 0 (read back from their admin API) and each
 app's port is reserved just before its sidecar is rendered, since the two must know each other.
 """
 
@@ -13,18 +14,20 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.app_auth import service_auth
 from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import Policy
 from runtime.bootstrap import ManagedServer
 from runtime.discovery.settings import DiscoverySettings
+from runtime.security import AuthSettings
 from services.agent.config import AgentSettings
 from services.agent.server import build as build_agent
 from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
-from tests.mesh.conftest import LOOPBACK, MeshCerts
+from tests.mesh.conftest import LOOPBACK, MeshCerts, TokenIssuer
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR_SET = REPO / "gen" / "agentmesh.pb"
@@ -45,7 +48,9 @@ def _reserve_port() -> int:
 
 
 @asynccontextmanager
-async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> AsyncIterator[MeshSystem]:
+async def running_mesh(
+    policy: Policy, certs: MeshCerts, issuer: TokenIssuer, work_dir: Path
+) -> AsyncIterator[MeshSystem]:
     envoys: dict[str, EnvoyProcess] = {}
     apps: dict[str, ManagedServer] = {}
     async with AsyncExitStack() as stack:
@@ -76,7 +81,8 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
         rag_inbound, rag_port = await sidecar("rag-v1", "rag", "v1", {})
         # As `make run MESH=envoy` runs them: the sidecar health-checks callees, not the app.
         BEHIND_SIDECAR = DiscoverySettings(client_health_checks=False)
-        quick = {"host": LOOPBACK, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0}
+        auth = AuthSettings.model_validate(service_auth(policy, str(issuer.jwks_file)))
+        quick = {"host": LOOPBACK, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0, "auth": auth}
         await app("rag-v1", ManagedServer(await build_rag(RagSettings.model_validate({"port": rag_port, **quick}))))
         rag = {"rag": {"v1": [rag_inbound]}}
 
@@ -98,7 +104,7 @@ async def running_mesh(policy: Policy, certs: MeshCerts, work_dir: Path) -> Asyn
         edge = EnvoyProcess(
             edge_bootstrap(
                 policy, listen=Address(LOOPBACK, 0), admin_port=0, upstreams={"v1": [gateway_inbound]},
-                certs=certs("edge"), descriptor_set=DESCRIPTOR_SET,
+                certs=certs("edge"), descriptor_set=DESCRIPTOR_SET, jwks_file=issuer.jwks_file,
             ),
             workdir=work_dir, name="edge",
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from cloudcoil.models.istio.networking.v1 import DestinationRule, Gateway, Virtu
 from cloudcoil.models.istio.security.v1 import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from pydantic import BaseModel
 
+from mesh.istio_manifests import DATA_DIR
 from mesh.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 ISTIO = REPO / "istio"
 KUBERNETES_VERSION = "1.33.0"
+STORES = ("postgres", "redis")
 
 ISTIO_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("networking.istio.io/v1", "Gateway"): Gateway,
@@ -100,10 +103,21 @@ def test_workloads_follow_the_platform_rules(policy: Policy) -> None:
     for obj in OBJECTS:
         by_kind.setdefault(obj["kind"], []).append(obj)
 
-    assert {a["metadata"]["name"] for a in by_kind["ServiceAccount"]} == set(policy.services)
+    assert {a["metadata"]["name"] for a in by_kind["ServiceAccount"]} == {*policy.services, *STORES}
     for service in by_kind["Service"]:
+        protocol = "tcp" if service["metadata"]["name"] in STORES else "grpc"
         for port in service["spec"]["ports"]:
-            assert port["name"].startswith("grpc-") and port["appProtocol"] == "grpc"
+            # Istio picks the protocol from the port's name and appProtocol.
+            assert port["name"].startswith(f"{protocol}-") and port["appProtocol"] == protocol
+    for workload in by_kind["Deployment"] + by_kind["StatefulSet"]:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        [container] = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert "readinessProbe" in container and "livenessProbe" in container
+        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
     assert set(deployments) == {f"{s}-{v}" for s, spec in policy.services.items() for v in spec.versions}
     for deployment in deployments.values():
@@ -123,3 +137,81 @@ def test_mesh_wide_mtls_is_strict_and_destinations_use_istio_mutual() -> None:
     assert peer["spec"]["mtls"]["mode"] == "STRICT"
     for rule in (o for o in OBJECTS if o["kind"] == "DestinationRule"):
         assert rule["spec"]["trafficPolicy"]["tls"]["mode"] == "ISTIO_MUTUAL"
+
+
+def test_every_workload_verifies_tokens_with_keys_from_a_mounted_config_map() -> None:
+    for deployment in (o for o in OBJECTS if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        [auth] = [json.loads(e["value"]) for e in container["env"] if e["name"].endswith("_AUTH")]
+        jwks_dir = str(Path(auth["jwks_file"]).parent)
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == jwks_dir]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+
+        assert mount["readOnly"] is True
+        assert volume["configMap"]["name"], deployment["metadata"]["name"]
+
+
+def _by_name(kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in OBJECTS if o["kind"] == kind}
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_every_version_runs_replicas_on_shared_state_with_none_in_its_pods(policy: Policy) -> None:
+    for name, deployment in _by_name("Deployment").items():
+        service = deployment["metadata"]["labels"]["app"]
+        assert deployment["spec"]["replicas"] == policy.services[service].replicas >= 2, name
+        # What sits on an emptyDir is a cache the pod rebuilds, never state (which is below).
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        [data_mount] = [m for m in container["volumeMounts"] if m["mountPath"] == DATA_DIR]
+        [data_volume] = [v for v in pod["volumes"] if v["name"] == data_mount["name"]]
+        assert data_volume["name"] == "cache", name
+
+    for name in ("agent-v1", "agent-v2", "rag-v1"):
+        env = _env(_by_name("Deployment")[name])
+        prefix = f"AGENTMESH_{name.split('-')[0].upper()}_"
+        # The URL (with its password) comes from a Secret, never from the manifest.
+        url = env[prefix + "DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert url == {"name": policy.state.database_secret, "key": name.split("-")[0]}
+    for name in ("agent-v1", "agent-v2"):
+        env = _env(_by_name("Deployment")[name])
+        assert env["AGENTMESH_AGENT_EVENT_BUS"]["value"] == "redis"
+        assert env["AGENTMESH_AGENT_IDEMPOTENCY_STORE"]["value"] == "redis"
+        redis = "redis://redis.default.svc.cluster.local:6379/0"
+        assert (
+            env["AGENTMESH_AGENT_REDIS_URL"]["value"] == env["AGENTMESH_AGENT_IDEMPOTENCY_REDIS_URL"]["value"] == redis
+        )
+
+
+def test_a_drain_takes_at_most_one_pod_of_each_service_at_a_time(policy: Policy) -> None:
+    budgets = _by_name("PodDisruptionBudget")
+    assert set(budgets) == set(policy.services)
+    for service, budget in budgets.items():
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app": service}}}
+
+
+def test_the_stores_keep_their_data_on_persistent_volumes(policy: Policy) -> None:
+    sets = _by_name("StatefulSet")
+    assert set(sets) == set(STORES)
+    for name, stateful_set in sets.items():
+        [claim] = stateful_set["spec"]["volumeClaimTemplates"]
+        [container] = stateful_set["spec"]["template"]["spec"]["containers"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert any(m["name"] == claim["metadata"]["name"] for m in container["volumeMounts"]), name
+    # One database per service that keeps state, created on the volume's first start.
+    init = _by_name("ConfigMap")["postgres-init"]["data"]["01-databases.sql"]
+    for database in policy.state.databases.values():
+        assert f'CREATE DATABASE "{database}";' in init
+
+
+def test_only_the_services_that_use_a_store_may_connect_to_it(policy: Policy) -> None:
+    policies = _by_name("AuthorizationPolicy")
+    for store, users in (("postgres", policy.state.databases), ("redis", policy.state.redis_users)):
+        [rule] = policies[store]["spec"]["rules"]
+        [source] = rule["from"]
+        assert source["source"]["principals"] == [f"agentmesh.local/ns/default/sa/{u}" for u in users]

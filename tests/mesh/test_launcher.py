@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from mesh.launcher import app_env
 from mesh.policy import Policy
+from runtime.security import AuthSettings
+from tools.dev_auth import DevAuth, ensure_dev_auth
 
 
-def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(policy: Policy) -> None:
-    env = app_env(policy, "gateway-v1")
+@pytest.fixture
+def auth(tmp_path: Path) -> DevAuth:
+    return ensure_dev_auth(tmp_path / "keys")
+
+
+def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(policy: Policy, auth: DevAuth) -> None:
+    env = app_env(policy, "gateway-v1", auth)
     ports = policy.local.instances["gateway-v1"]
 
     assert json.loads(env["AGENTMESH_GATEWAY_BACKENDS"]) == {
@@ -19,10 +29,10 @@ def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(p
     assert env["AGENTMESH_GATEWAY_HOST"] == "127.0.0.1"
 
 
-def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy) -> None:
+def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy, auth: DevAuth) -> None:
     for version in policy.services["agent"].versions:
         ports = policy.local.instances[f"agent-{version}"]
-        env = app_env(policy, f"agent-{version}")
+        env = app_env(policy, f"agent-{version}", auth)
         assert json.loads(env["AGENTMESH_AGENT_RAG_ENDPOINTS"]) == [f"127.0.0.1:{ports.outbound['rag']}"]
 
 
@@ -33,6 +43,24 @@ def test_no_app_listens_where_a_sidecar_or_another_app_does(policy: Policy) -> N
     assert len(ports) == len(set(ports))
 
 
-def test_apps_leave_health_checking_of_their_callees_to_the_sidecar(policy: Policy) -> None:
+def test_apps_leave_health_checking_of_their_callees_to_the_sidecar(policy: Policy, auth: DevAuth) -> None:
     for instance in policy.local.instances:
-        assert app_env(policy, instance)["AGENTMESH_CLIENT_HEALTH_CHECKS"] == "false"
+        assert app_env(policy, instance, auth)["AGENTMESH_CLIENT_HEALTH_CHECKS"] == "false"
+
+
+def test_behind_the_edge_every_app_verifies_tokens_as_the_edge_does(policy: Policy, auth: DevAuth) -> None:
+    for instance in policy.local.instances:
+        service = instance.rpartition("-")[0]
+        settings = AuthSettings.model_validate_json(
+            app_env(policy, instance, auth)[f"AGENTMESH_{service.upper()}_AUTH"]
+        )
+
+        assert settings.jwks_file == auth.jwks_file
+        assert (settings.issuer, settings.audience) == (policy.jwt.issuer, policy.jwt.audience)
+        assert settings.public_methods == policy.jwt.public_methods
+
+
+def test_the_agent_has_its_own_token_for_runs_it_resumes(policy: Policy, auth: DevAuth) -> None:
+    for version in policy.services["agent"].versions:
+        env = app_env(policy, f"agent-{version}", auth)
+        assert Path(env["AGENTMESH_AGENT_SERVICE_TOKEN_FILE"]).read_text().strip()

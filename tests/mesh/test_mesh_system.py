@@ -16,32 +16,43 @@ from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.agent.v1 import run_pb2
 from mesh.policy import Policy
 from tests.grpcurl import grpcurl
-from tests.mesh.conftest import MeshCerts
+from tests.mesh.conftest import MeshCerts, TokenIssuer
 from tests.mesh.mesh_system import MeshSystem, running_mesh
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 @pytest.fixture
-async def mesh(policy: Policy, mesh_certs: MeshCerts, tmp_path: Path) -> AsyncIterator[MeshSystem]:
-    async with running_mesh(policy, mesh_certs, tmp_path) as started:
+async def mesh(
+    policy: Policy, mesh_certs: MeshCerts, token_issuer: TokenIssuer, tmp_path: Path
+) -> AsyncIterator[MeshSystem]:
+    async with running_mesh(policy, mesh_certs, token_issuer, tmp_path) as started:
         yield started
 
 
 @pytest.fixture
-async def edge_channel(mesh: MeshSystem, mesh_certs: MeshCerts) -> AsyncIterator[grpc.aio.Channel]:
-    # An outside client: it trusts the edge's CA and presents no certificate.
-    credentials = grpc.ssl_channel_credentials(root_certificates=mesh_certs("edge").ca.read_bytes())
+async def edge_channel(
+    mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
+) -> AsyncIterator[grpc.aio.Channel]:
+    # An outside client: it trusts the edge's CA, presents no certificate, and sends its token.
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=mesh_certs("edge").ca.read_bytes()),
+        grpc.access_token_call_credentials(token_issuer.token()),
+    )
     target = f"localhost:{mesh.edge.port}"
     async with grpc.aio.secure_channel(target, credentials) as channel:
         yield channel
 
 
 @pytest.fixture
-async def http(mesh: MeshSystem, mesh_certs: MeshCerts) -> AsyncIterator[aiohttp.ClientSession]:
+async def http(
+    mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
+) -> AsyncIterator[aiohttp.ClientSession]:
     context = ssl.create_default_context(cafile=str(mesh_certs("edge").ca))
     async with aiohttp.ClientSession(
-        base_url=f"https://localhost:{mesh.edge.port}", connector=aiohttp.TCPConnector(ssl=context)
+        base_url=f"https://localhost:{mesh.edge.port}",
+        connector=aiohttp.TCPConnector(ssl=context),
+        headers={"authorization": f"Bearer {token_issuer.token()}"},
     ) as session:
         yield session
 

@@ -1,4 +1,4 @@
-"""Envoy and Istio, read back from the committed files, carry the same traffic policy.
+"""Envoy and Istio, read back from the committed files, carry the same traffic and auth policy.
 
 Both are rendered from mesh/policy.yaml; this test reads the *outputs* and reduces each to
 the same neutral form, so a renderer that drops or mistranslates a setting on one side fails.
@@ -6,6 +6,7 @@ the same neutral form, so a renderer that drops or mistranslates a setting on on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,25 @@ def _envoy_callers() -> Summary:
     return summary
 
 
+def _envoy_edge_auth() -> dict[str, Any]:
+    """What the edge demands of a caller: whose tokens, for which audience, where they are not needed."""
+    [edge] = _load(REPO / "envoy" / "edge.yaml")
+    [listener] = edge["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    [jwt] = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"]
+    [provider] = jwt["providers"].values()
+    *public, required = jwt["rules"]
+    # Everything not public needs the one provider.
+    assert required == {"match": {"prefix": "/"}, "requires": {"provider_name": next(iter(jwt["providers"]))}}
+    assert all("requires" not in rule for rule in public)
+    return {
+        "issuer": provider["issuer"],
+        "audiences": provider["audiences"],
+        "forwarded": provider["forward"],
+        "public": frozenset(m["match"].get("path") or m["match"]["prefix"] + "*" for m in public),
+    }
+
+
 # --------------------------------------------------------------------------- Istio side
 
 
@@ -173,8 +193,14 @@ def _istio_clusters() -> Summary:
 
 def _istio_callers() -> Summary:
     summary: Summary = {}
+    meshed = {config["node"]["cluster"] for config in _envoy_configs()}
     for policy in _istio("AuthorizationPolicy"):
+        if policy["spec"]["action"] == "DENY":
+            continue  # the token requirement (below), not a caller allow-list
         service = policy["spec"]["selector"]["matchLabels"]["app"]
+        if service not in meshed:
+            continue  # a store (PostgreSQL, Redis): Kubernetes only, nothing to compare with
+
         assert policy["spec"]["action"] == "ALLOW"
         for rule in policy["spec"]["rules"]:
             [source] = rule["from"]
@@ -182,6 +208,35 @@ def _istio_callers() -> Summary:
             paths: Any = "*" if "to" not in rule else frozenset(rule["to"][0]["operation"]["paths"])
             summary[(service, who)] = paths
     return summary
+
+
+def _istio_edge_auth() -> dict[str, Any]:
+    [rule] = _istio("RequestAuthentication")
+    [jwt] = rule["spec"]["jwtRules"]
+    [deny] = [p for p in _istio("AuthorizationPolicy") if p["spec"]["action"] == "DENY"]
+    # Both sit at the edge's upstream: the gateway.
+    assert rule["spec"]["selector"] == deny["spec"]["selector"] == {"matchLabels": {"app": "gateway"}}
+    [denied] = deny["spec"]["rules"]
+    [source] = denied["from"]
+    [operation] = denied["to"]
+    # Denied: no principal from this issuer, on any path but the public ones.
+    assert source["source"] == {"notRequestPrincipals": [f"{jwt['issuer']}/*"]}
+    return {
+        "issuer": jwt["issuer"],
+        "audiences": jwt["audiences"],
+        "forwarded": jwt["forwardOriginalToken"],
+        "public": frozenset(operation["operation"]["notPaths"]),
+    }
+
+
+def _deployment_auth() -> dict[str, dict[str, Any]]:
+    """Each Deployment's own token check (``AGENTMESH_<SERVICE>_AUTH``)."""
+    checks: dict[str, dict[str, Any]] = {}
+    for deployment in _istio("Deployment"):
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [auth] = [e["value"] for e in container["env"] if e["name"].endswith("_AUTH")]
+        checks[deployment["metadata"]["name"]] = json.loads(auth)
+    return checks
 
 
 # --------------------------------------------------------------------------- parity
@@ -204,3 +259,20 @@ def test_sidecars_and_authorization_policies_allow_the_same_callers_per_method()
     assert envoy == istio
     assert ("rag", "agentmesh.local/ns/default/sa/agent") in envoy
     assert all(paths == "*" or HEALTH in paths for paths in envoy.values())
+
+
+def test_the_edge_and_the_ingress_demand_the_same_tokens_and_leave_the_same_methods_public() -> None:
+    envoy, istio = _envoy_edge_auth(), _istio_edge_auth()
+    assert envoy == istio
+    assert "/grpc.health.v1.Health/*" in envoy["public"]
+    assert not any(m.startswith("/agentmesh.") for m in envoy["public"])
+
+
+def test_every_deployment_checks_the_forwarded_token_as_the_edge_does() -> None:
+    edge = _envoy_edge_auth()
+    checks = _deployment_auth()
+    assert set(checks) == {"gateway-v1", "agent-v1", "agent-v2", "rag-v1"}
+    for name, auth in checks.items():
+        assert auth["issuer"] == edge["issuer"], name
+        assert [auth["audience"]] == edge["audiences"], name
+        assert frozenset(auth["public_methods"]) == edge["public"], name

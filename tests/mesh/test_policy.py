@@ -47,6 +47,15 @@ def test_a_caller_must_be_a_known_service_or_the_edge() -> None:
         Policy.model_validate(raw)
 
 
+def test_a_public_method_must_be_one_the_edge_may_call() -> None:
+    raw = _raw()
+    # Reflection hidden from the edge, yet still listed as callable without a token: a contradiction.
+    callers = raw["services"]["gateway"]["callers"]  # type: ignore[index]
+    callers["edge"] = [p for p in callers["edge"] if "Reflection" not in p]
+    with pytest.raises(ValidationError, match="not among the methods the edge may call"):
+        Policy.model_validate(raw)
+
+
 def test_the_last_route_must_catch_every_method() -> None:
     raw = _raw()
     raw["services"]["rag"]["routes"].pop()  # type: ignore[index]

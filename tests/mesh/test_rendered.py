@@ -12,6 +12,7 @@ from mesh.envoy_process import validate_config
 from mesh.local_layout import mesh_identities
 from mesh.policy import Policy, load_policy
 from mesh.render import drift, rendered_files
+from tools.dev_tokens import write_key_pair
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_CONFIGS = sorted((REPO / "envoy").glob("*.yaml"))
@@ -32,6 +33,8 @@ def local_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("local-root")
     policy = load_policy()
     write_mesh_certs(root / policy.local.certs_dir, mesh_identities(policy))
+    # The edge reads the issuer's public keys at start.
+    write_key_pair((root / policy.local.jwks_file).parent, alg="ES256")
     descriptor_set = REPO / "gen" / "agentmesh.pb"
     if not descriptor_set.exists():
         pytest.fail("gen/agentmesh.pb is missing: run `make gen`")

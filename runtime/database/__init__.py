@@ -1,0 +1,27 @@
+"""The database the stores share: embedded SQLite by default, PostgreSQL when a URL setting names one.
+
+Stores are written once against ``Database``/``Transaction`` (``interface``), declare their
+schema as versioned ``Migration`` steps (``migrations``), and see connection failures as
+``DatabaseUnavailable`` whichever backend they run on.
+"""
+
+from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
+from runtime.database.factory import open_database, validate_url, wait_until_reachable
+from runtime.database.interface import Database, Dialect, Result, Row, Transaction, in_list
+from runtime.database.migrations import Migration, Schema
+
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "Dialect",
+    "Migration",
+    "Result",
+    "Row",
+    "Schema",
+    "SchemaMismatch",
+    "Transaction",
+    "in_list",
+    "open_database",
+    "validate_url",
+    "wait_until_reachable",
+]

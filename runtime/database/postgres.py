@@ -1,0 +1,306 @@
+"""PostgreSQL backend: SQLAlchemy 2 Core (async) over asyncpg, for replicas sharing one database.
+
+SQLAlchemy brings what a hand-written layer would get wrong: ``:name`` parameters compiled
+for asyncpg, a connection pool that pre-pings and replaces connections a restarted server
+dropped, and prepared-statement caching. Transactions run at READ COMMITTED; a store that
+must serialize with other replicas (the event log, a check-then-write) takes a transaction
+advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+from sqlalchemy import TextClause, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from runtime.backoff import Backoff
+from runtime.database.errors import DatabaseUnavailable
+from runtime.database.interface import Dialect, Params, Result
+from runtime.database.migrations import MIGRATIONS_TABLE, Schema
+
+log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
+
+# asyncpg errors meaning "the server is not there (now)", not "your statement is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    PoolTimeout,
+    DisconnectionError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,  # "connection is closed"
+    asyncpg.InvalidCatalogNameError,  # the database is not created yet (provisioned beside the service)
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) says the database could not be reached."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (InterfaceError, *_UNAVAILABLE)):
+            return True
+        wrapped = getattr(current, "orig", None)
+        current = wrapped if isinstance(wrapped, BaseException) else (current.__cause__ or current.__context__)
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _statement(sql: str) -> TextClause:
+    return text(sql)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name`` (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class PostgresTransaction:
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, db: PostgresDatabase, conn: AsyncConnection) -> None:
+        self._db = db
+        self.conn = conn
+        self._after_commit: list[Callable[[], None]] = []
+
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        with self._db.unavailable_as_typed():
+            result = await self.conn.execute(_statement(sql), dict(params or {}))
+            return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    async def lock(self, name: str) -> None:
+        await self.execute("SELECT pg_advisory_xact_lock(:key)", {"key": lock_key(name)})
+
+    async def notify(self, channel: str) -> None:
+        # Delivered by PostgreSQL at COMMIT to every listening connection (other replicas);
+        # this process is woken directly, without the round trip.
+        await self.execute("SELECT pg_notify(:channel, '')", {"channel": channel})
+        self.on_commit(lambda: self._db.wake(channel))
+
+    async def execute_script(self, script: str) -> None:
+        """Several statements (DDL), in this transaction, through asyncpg's simple query protocol."""
+        with self._db.unavailable_as_typed():
+            raw = await self.conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.execute(script)
+
+    def run_commit_callbacks(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+
+class PostgresDatabase:
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, *, setting: str = "", pool_size: int = 10, connect_timeout_s: float = 5.0) -> None:
+        parsed = make_url(url)
+        if parsed.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError(f"not a PostgreSQL URL: {parsed.drivername}://…")
+        self.setting = setting
+        self.description = parsed.render_as_string(hide_password=True)
+        self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connect_timeout_s = connect_timeout_s
+        self.engine: AsyncEngine = create_async_engine(
+            parsed.set(drivername="postgresql+asyncpg"),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            # A connection the server dropped (restart, failover) is noticed at checkout and replaced.
+            pool_pre_ping=True,
+            pool_timeout=connect_timeout_s,
+            connect_args={"timeout": connect_timeout_s},
+        )
+        # Reads need no transaction of their own: one statement sees one committed snapshot.
+        self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listener_wakeup = asyncio.Event()
+
+    @contextlib.contextmanager
+    def unavailable_as_typed(self) -> Any:
+        try:
+            yield
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            if is_unavailable(error):
+                raise DatabaseUnavailable(
+                    f"database {self.description} unavailable: {type(error).__name__}: {error}".strip(),
+                    setting=self.setting,
+                ) from error
+            raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        """A write transaction; BEGIN, COMMIT and ROLLBACK finish before a CancelledError goes through."""
+        conn = self.engine.connect()
+        try:
+            with self.unavailable_as_typed():
+                await _complete(conn.start())
+            # BEGIN goes out with the first statement (SQLAlchemy's autobegin).
+            tx = PostgresTransaction(self, conn)
+            try:
+                yield tx
+            except BaseException:
+                await self._rollback(conn)
+                raise
+            with self.unavailable_as_typed():
+                await _complete(conn.commit())
+        finally:
+            if conn.sync_connection is not None:
+                await _complete(conn.close())
+        tx.run_commit_callbacks()
+
+    async def _rollback(self, conn: AsyncConnection) -> None:
+        try:
+            await _complete(conn.rollback())
+        except Exception:
+            # A connection interrupted mid-statement may not roll back cleanly: never reuse it.
+            with contextlib.suppress(Exception):
+                await _complete(conn.invalidate())
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Any]:
+        with self.unavailable_as_typed():
+            async with self._reads.connect() as conn:
+                result = await conn.execute(_statement(sql), dict(params or {}))
+                return list(result.fetchall())
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Any:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self.fetch_all("SELECT 1")
+
+    async def migrate(self, schema: Schema) -> int:
+        async with self.transaction() as tx:
+            # Replicas starting together queue here; the first migrates, the others find it done.
+            await tx.lock(MIGRATIONS_TABLE)
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                " component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = (
+                await tx.execute(
+                    f"SELECT version FROM {MIGRATIONS_TABLE} WHERE component = :c", {"c": schema.component}
+                )
+            ).scalar()
+            current = int(current or 0)
+            schema.check(current, where=f"the database {self.description}")
+            for migration in schema.pending(current):
+                await tx.execute_script(migration.postgresql)
+            if current != schema.latest:
+                await tx.execute(
+                    f"INSERT INTO {MIGRATIONS_TABLE} (component, version, applied_at) VALUES (:c, :v, :t)"
+                    " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
+                    " applied_at = excluded.applied_at",
+                    {"c": schema.component, "v": schema.latest, "t": time.time()},
+                )
+                log.info("database migrated", component=schema.component, version=schema.latest, since=current)
+            return schema.latest
+
+    # -- LISTEN/NOTIFY ----------------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        self._listeners[channel].append(callback)
+        if self._listener_task is None:
+            self._listener_task = asyncio.create_task(self._listen_forever(), name="postgres-listener")
+        else:
+            self._listener_wakeup.set()  # re-subscribe with the new channel
+
+    def wake(self, channel: str) -> None:
+        for callback in self._listeners.get(channel, ()):
+            callback()
+
+    async def _listen_forever(self) -> None:
+        """One connection LISTENing on every channel; reconnected with backoff when it drops.
+
+        After each (re)connect every callback is called once: notifications sent while no
+        connection listened are lost, so listeners re-read what they follow.
+        """
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+                closed = asyncio.Event()
+                conn.add_termination_listener(functools.partial(_set_event, closed))
+                channels = list(self._listeners)
+                for channel in channels:
+                    await conn.add_listener(channel, self._on_notification)
+                backoff.reset()
+                for channel in channels:
+                    self.wake(channel)
+                self._listener_wakeup.clear()
+                while not closed.is_set() and not self._listener_wakeup.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        # The keep-alive query notices a silently dead connection.
+                        await asyncio.wait_for(closed.wait(), timeout=10.0)
+                    if not closed.is_set():
+                        await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = backoff.next_delay()
+                log.warning(
+                    "database listener lost; reconnecting",
+                    database=self.description,
+                    error=str(error),
+                    retry_in=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2.0))
+
+    def _on_notification(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
+        self.wake(channel)
+
+    async def close(self) -> None:
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener_task
+        await self.engine.dispose()
+
+
+def _set_event(event: asyncio.Event, _conn: object) -> None:
+    event.set()
+
+
+async def _complete(awaitable: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()
+        raise

@@ -1,0 +1,203 @@
+"""A throwaway local PostgreSQL cluster (Debian postgresql-15) for tests and `make run STORE=postgres`.
+
+`python -m tools.postgres_local start DIR` initialises DIR (once) and starts the server on a free
+loopback port, printing its URL; `stop DIR` stops it. The server runs as the Debian package's
+`postgres` user (PostgreSQL refuses root), so DIR and every directory above it must be
+traversable by that user; its socket lives in DIR, never in /var/run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN_DIR = Path(os.environ.get("AGENTMESH_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+SUPERUSER = "agentmesh"
+DEFAULT_DATABASE = "agentmesh"
+# Throwaway clusters trade durability for speed: a crash of the machine loses the data, a crash
+# of the server does not.
+_FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
+
+
+class PostgresNotInstalled(RuntimeError):
+    pass
+
+
+def installed() -> bool:
+    return (BIN_DIR / "initdb").exists() and (BIN_DIR / "pg_ctl").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalPostgres:
+    """One cluster in ``root`` (data, socket, log), listening on 127.0.0.1:``port``."""
+
+    root: Path
+    port: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    def url(self, database: str = DEFAULT_DATABASE) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _as_postgres(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = list(argv)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=check, capture_output=True, text=True, timeout=120)
+
+    def init(self) -> None:
+        """Create the cluster unless ``root`` already holds one."""
+        if not installed():
+            raise PostgresNotInstalled(f"PostgreSQL 15 is not installed ({BIN_DIR}/initdb missing): make debian-deps")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            _let_postgres_through(self.root)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        try:
+            self._as_postgres(
+                str(BIN_DIR / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            )
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"initdb failed in {self.root}: {error.stderr.strip()}") from error
+
+    def start(self) -> str:
+        """Start the server (initialising first if needed) and return the default database's URL."""
+        self.init()
+        if not self.port:
+            self.port = free_port()
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-k {self.root}",
+                *(f"-c {s}" for s in _FAST_SETTINGS),
+            ]
+        )
+        result = self._as_postgres(
+            str(BIN_DIR / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
+        if result.returncode != 0:
+            log_tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start in {self.root}: {result.stderr.strip()}\n{log_tail}")
+        self.create_database(DEFAULT_DATABASE, if_missing=True)
+        return self.url()
+
+    def stop(self, *, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, roll back; ``immediate``: as after a crash)."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+
+    def running(self) -> bool:
+        status = self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
+        return status.returncode == 0
+
+    def psql(self, sql: str, *, database: str = "postgres") -> str:
+        """Run ``sql`` as the superuser (psql is a client: it needs no user switch)."""
+        result = subprocess.run(
+            [
+                str(BIN_DIR / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    def create_database(self, name: str, *, if_missing: bool = False) -> str:
+        if if_missing and self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip():
+            return self.url(name)
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _let_postgres_through(root: Path) -> None:
+    """Give "others" search (x, not read) permission on the directories above ``root``.
+
+    Temporary directories are often 0700 root-owned; the postgres user must reach its data
+    directory through them.
+    """
+    for parent in root.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.postgres_local", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("root", type=Path, help="cluster directory (created on first start)")
+    parser.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")
+    args = parser.parse_args(argv)
+    cluster = LocalPostgres(args.root.resolve(), args.port)
+    try:
+        if args.command == "start":
+            print(cluster.start())
+        elif args.command == "stop":
+            cluster.stop()
+        else:
+            return 0 if cluster.running() else 3
+    except (PostgresNotInstalled, RuntimeError) as error:
+        print(f"postgres_local: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
