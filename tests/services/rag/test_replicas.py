@@ -28,11 +28,13 @@ from runtime.database import Database, open_database
 from runtime.database.sqlite import SQLiteDatabase
 from runtime.supervisor import SupervisedLoop
 from services.rag.chunking import ChunkingOptions
+from services.rag.config import RagSettings
 from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase, Mode
+from services.rag.server import build as build_rag
 from tests.services.rag.conftest import HashingEmbedder
-from tests.system import start_rag, wait_until
-from tools.postgres_local import LocalPostgres
+from tests.system import health_status, start_rag, wait_until
+from tools.postgres_local import LocalPostgres, free_port
 
 # The staleness target is 2 s; the tests allow more on a loaded CI machine, and the follower's
 # safety poll is set far above it, so meeting the deadline proves the notification path works.
@@ -272,3 +274,40 @@ async def test_processes_sharing_one_sqlite_file_follow_each_others_commits(tmp_
         await writer.close()
         for db in databases:
             await db.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_replica_started_before_its_database_waits_not_serving_then_serves(tmp_path: Path) -> None:
+    cluster = LocalPostgres(tmp_path / "late", port=free_port())
+    settings = RagSettings(
+        port=0, data_dir=tmp_path / "replica", database_url=cluster.url(), drain_delay_s=0, grace_period_s=1
+    )
+    server = ManagedServer(await build_rag(settings))
+    starting = asyncio.create_task(server.start())
+    try:
+
+        async def listening_not_serving() -> bool:
+            if not server.port:
+                return False
+            try:
+                return await health_status(address(server)) == "NOT_SERVING"
+            except grpc.aio.AioRpcError:
+                return False
+
+        await wait_until(listening_not_serving, timeout_s=10)
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await search_ids(address(server), "retry budget")
+        assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not starting.done()
+
+        await asyncio.to_thread(cluster.start)
+        await asyncio.wait_for(starting, 60)
+        assert await health_status(address(server)) == "SERVING"
+        await ingest(address(server), RETRIES)
+        assert await search_ids(address(server), "retry budget") == ["guide/retries"]
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await server.stop()
+        await asyncio.to_thread(cluster.stop, mode="immediate")
