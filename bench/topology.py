@@ -23,7 +23,7 @@ from bench.stacks import NEEDS_AUTH, NEEDS_REDIS
 from mesh.certs import cert_paths, write_mesh_certs
 from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.local_layout import LOOPBACK, mesh_identities
-from mesh.policy import Policy, load_policy
+from mesh.policy import Policy, Proxy, load_policy
 
 DESCRIPTOR_SET_PATH = REPO / "gen" / "agentmesh.pb"
 
@@ -216,7 +216,10 @@ def _mesh_sidecar(
         upstreams=upstreams,
         certs=cert_paths(certs_dir, service),
     )
-    return envoy.start(group, role, config, admin_port=admin, listen_port=inbound), inbound, outbound
+    child = envoy.start(
+        group, role, config, admin_port=admin, listen_port=inbound, concurrency=policy.proxy.worker_threads()
+    )
+    return child, inbound, outbound
 
 
 @dataclass(frozen=True)
@@ -226,9 +229,14 @@ class ViaMeshSidecars:
     standing in for the agent service and the client for the gateway."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
+    # False: the same configs with Envoy's defaults instead of the policy's `proxy` tuning (one
+    # worker, request ids, dynamic stats, x-envoy headers), i.e. the mesh before it was tuned.
+    tuned: bool = True
 
     def start(self, group: ProcessGroup) -> Endpoint:
         policy = load_policy()
+        if not self.tuned:
+            policy = policy.model_copy(update={"proxy": Proxy()})
         certs_dir = group.work_dir / "certs"
         write_mesh_certs(certs_dir, mesh_identities(policy))
         backend = start_backend(group, self.backend)
@@ -243,7 +251,8 @@ class ViaMeshSidecars:
         return Endpoint(f"{LOOPBACK}:{outbound['agent']}")
 
     def describe(self) -> str:
-        return f"client → caller's sidecar → mTLS → callee's sidecar → backend ({_describe_backend(self.backend)})"
+        path = f"client → caller's sidecar → mTLS → callee's sidecar → backend ({_describe_backend(self.backend)})"
+        return path if self.tuned else f"{path}, Envoy defaults"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,12 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "true"}},
+                "metadata": {
+                    "labels": {**labels, "sidecar.istio.io/inject": "true"},
+                    # The sidecar's worker threads, as the policy's `proxy` section sets them for Envoy
+                    # (0: from the pod's CPU limit).
+                    "annotations": {"proxy.istio.io/config": json.dumps({"concurrency": policy.proxy.concurrency})},
+                },
                 "spec": {
                     "serviceAccountName": service,
                     "automountServiceAccountToken": False,

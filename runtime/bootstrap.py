@@ -33,6 +33,7 @@ from interceptors.layer import ServerChain
 from runtime.config import ServiceSettings
 from runtime.lifespan import Lifespan
 from runtime.logging import configure_logging
+from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 
 log = structlog.get_logger(__name__)
@@ -83,7 +84,9 @@ class ManagedServer:
         opts = [
             ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
             ("grpc.max_send_message_length", plan.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # On only when several processes serve the port (runtime/processes.py): otherwise a
+            # second server started on the same port by mistake would silently share it.
+            ("grpc.so_reuseport", 1 if plan.settings.processes > 1 else 0),
         ]
         others = [i for i in plan.interceptors if not isinstance(i, ServerChain)]
         self.server = grpc.aio.server(interceptors=others or None, options=opts)
@@ -121,14 +124,19 @@ class ManagedServer:
                 require_client_auth=tls.client_ca_file is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
+        # NOT_SERVING until the start-up hooks are done (a database waited for, migrations,
+        # recovery): probes see the process alive but not ready, and no peer routes to it yet.
+        served = ["", *self.service_names, *plan.reflection_names]
+        for name in served:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        for name in ["", *self.service_names, *plan.reflection_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if plan.settings.port_file is not None:
             plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             plan.settings.port_file.write_text(str(self.port))
         try:
             await plan.lifespan.started(self.port)
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
@@ -161,13 +169,36 @@ class ManagedServer:
         await self.server.wait_for_termination()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    # A signal during build is kept (and then abandons the start, below), rather than killing
+    # a half-built process. Forked workers start with these signals blocked
+    # (runtime/processes.py), so none is lost before the handlers exist.
+    signalled = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     plan = await build()
     server = ManagedServer(plan)
-    await server.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # A signal during start-up (waiting for a database, say) abandons the start: start() then
+    # stops the half-started server and closes what was opened (aclose again covers a start
+    # cancelled before it began; it is idempotent).
+    starting = asyncio.ensure_future(server.start())
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, starting.cancel)
+    if signalled.is_set():
+        starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        await plan.lifespan.aclose()
+        log.info("stopped during start-up")
+        return 0
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
     await server.stop_begun.wait()
     await server.stop()
@@ -181,4 +212,10 @@ def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerP
     """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain."""
     settings = settings_type()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    def serve(settings: _S) -> int:
+        return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    if settings.processes > 1:
+        return run_processes(settings, serve)
+    return serve(settings)

@@ -32,6 +32,8 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    # Serve the port from this many processes (SO_REUSEPORT), one core each: runtime/processes.py.
+    processes: int = Field(default=1, ge=1, le=64)
     # After SIGTERM: health reports NOT_SERVING and new calls are refused for `drain_delay_s`
     # (so balancers and health checkers notice), then in-flight calls get `grace_period_s`.
     drain_delay_s: float = Field(default=0.5, ge=0)
