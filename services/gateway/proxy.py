@@ -138,8 +138,9 @@ async def _relay_headers(context: Context, headers: Any) -> None:
         await context.send_initial_metadata(tuple(headers))
 
 
-async def _relay_error(context: Context, error: grpc.aio.AioRpcError) -> None:
-    await _relay_headers(context, error.initial_metadata())
+async def _relay_error(context: Context, error: grpc.aio.AioRpcError, *, headers_sent: bool = False) -> None:
+    if not headers_sent:
+        await _relay_headers(context, error.initial_metadata())
     await context.abort(error.code(), error.details() or "", tuple(error.trailing_metadata()))  # type: ignore[arg-type]
 
 
@@ -203,6 +204,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         code = _OK
         call: Any = None
         permit: Permit | None = None
+        headers_sent = False
         try:
             metadata = forwarded_metadata(context, trace_headers)
             timeout = relay.budget.timeout(method, context.time_remaining())
@@ -227,6 +229,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                 metadata = Retrier.attempt_metadata(metadata, attempt)
                 timeout = _left(deadline)
             await context.send_initial_metadata(tuple(headers))
+            headers_sent = True
             async for message in call:
                 yield message
             context.set_trailing_metadata(await call.trailing_metadata())
@@ -237,7 +240,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
             if permit is not None:
                 relay.settle(permit, code)
                 permit = None
-            await _relay_error(context, error)
+            await _relay_error(context, error, headers_sent=headers_sent)
         except (asyncio.CancelledError, GeneratorExit):
             code = _CANCELLED
             raise
