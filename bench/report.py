@@ -79,8 +79,9 @@ def build(
                     cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
                 # What this scenario's layers add to the servers, per call, over the baseline's.
                 added = _servers_cpu(summary["cpu_s_per_1k"]) - _servers_cpu(base["cpu_s_per_1k"])
-                # Each process against the baseline's one server (the gateway process vs a bare server).
-                base_server = base["cpu_s_per_1k"].get("backend")
+                # Each process against a bare server's per call (the gateway process vs a bare server).
+                bare = summaries.get("bare", {}).get(client, base)
+                base_server = bare["cpu_s_per_1k"].get("backend")
                 if base_server:
                     process_ratio = {
                         role: seconds / base_server

@@ -101,6 +101,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("chain", "the full chain, as the services build it, through the shared bootstrap", Direct(CHAIN)),
     Scenario("gateway", "one gateway hop (the gateway with its own chain) → bare backend", ViaGateway(BARE)),
     Scenario(
+        "gateway-processes",
+        "one gateway hop served by two gateway processes (AGENTMESH_GATEWAY_PROCESSES=2) → bare backend",
+        ViaGateway(BARE, gateway_env=(("AGENTMESH_GATEWAY_PROCESSES", "2"),)),
+        baseline="gateway",
+    ),
+    Scenario(
         "gateway-chain",
         "client → gateway → backend, the full chain (auth included) on both",
         ViaGateway(CHAIN, gateway_auth=True),

@@ -1,8 +1,10 @@
 """The one way every agentmesh grpc.aio server starts, serves and stops.
 
 What each server gets, in one place: `grpc.health.v1` with a status per service, reflection
-(v1 and v1alpha), the interceptor chain, structured logs, and a graceful drain on
-SIGTERM/SIGINT:
+(v1 and v1alpha), the server chain compiled into every handler as it is registered
+(`interceptors.layer`: grpc.aio then runs no interceptor per call and finds generated
+services' methods in its registered-method table, without a generic-handler scan),
+structured logs, and a graceful drain on SIGTERM/SIGINT:
 
 1. health turns NOT_SERVING for every service and new calls get UNAVAILABLE (DRAINING);
    the lifespan's `on_drain` hooks run here (e.g. deregistering from discovery) so peers stop sending;
@@ -25,8 +27,9 @@ import structlog
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from interceptors.decode import DecodeInterceptor
-from interceptors.drain import DrainInterceptor
+from interceptors.chain import bootstrap_chain
+from interceptors.drain import DrainGate
+from interceptors.layer import ServerChain
 from runtime.config import ServiceSettings
 from runtime.lifespan import Lifespan
 from runtime.logging import configure_logging
@@ -52,6 +55,8 @@ class ServerPlan:
 
     settings: ServiceSettings
     bindings: Sequence[ServiceBinding]
+    # The service's `interceptors.chain.server_chain(...)` (compiled into the handlers), and any
+    # other grpc.aio interceptors, which run per call at lookup, in front of it.
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()
     generic_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = ()
     # Extra names for reflection, and the pool to describe them from (the gateway describes
@@ -67,7 +72,14 @@ class ManagedServer:
 
     def __init__(self, plan: ServerPlan) -> None:
         self.plan = plan
-        self._drain = DrainInterceptor()
+        chains = [i for i in plan.interceptors if isinstance(i, ServerChain)]
+        if len(chains) > 1:
+            raise ValueError("a server has one chain (interceptors.chain.server_chain); got several")
+        self.chain = chains[0] if chains else bootstrap_chain()
+        drain = self.chain.concern(DrainGate)
+        if drain is None:
+            raise ValueError("the server chain has no drain gate; build it with interceptors.chain.server_chain")
+        self._drain = drain
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         opts = [
             ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
@@ -76,9 +88,11 @@ class ManagedServer:
             # second server started on the same port by mistake would silently share it.
             ("grpc.so_reuseport", 1 if plan.settings.processes > 1 else 0),
         ]
-        # Drain gate outermost: a draining server refuses before any other work is done. Decoding
-        # next, so every interceptor of the chain sees requests that parsed.
-        self.server = grpc.aio.server(interceptors=[self._drain, DecodeInterceptor(), *plan.interceptors], options=opts)
+        others = [i for i in plan.interceptors if not isinstance(i, ServerChain)]
+        self.server = grpc.aio.server(interceptors=others or None, options=opts)
+        # What registers handlers (generated add_*_to_server, health, reflection) registers them
+        # here, compiled with the chain.
+        self._registrar = self.chain.registrar(self.server)
         self.port = 0
         self._stopping: asyncio.Task[None] | None = None
         self.stop_begun = asyncio.Event()  # a drain began: by a signal or by a failed supervised loop
@@ -91,13 +105,14 @@ class ManagedServer:
 
     async def start(self) -> int:
         plan = self.plan
+        registrar = self._registrar
         for binding in plan.bindings:
-            binding.add_to_server(self.server)
+            binding.add_to_server(registrar)
         if plan.generic_handlers:
-            self.server.add_generic_rpc_handlers(tuple(plan.generic_handlers))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            registrar.add_generic_rpc_handlers(tuple(plan.generic_handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [*self.service_names, *plan.reflection_names, health.SERVICE_NAME]
-        enable_reflection(self.server, names, pool=plan.reflection_pool)
+        enable_reflection(registrar, names, pool=plan.reflection_pool)
         address = f"{plan.settings.host}:{plan.settings.port}"
         tls = plan.settings.tls
         if tls is None:

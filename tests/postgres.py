@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.postgres_local import LocalPostgres, installed
+from tools.postgres_local import LocalPostgres, free_port, installed
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -26,15 +26,16 @@ def _require_postgres() -> None:
 
 
 @contextmanager
-def _cluster() -> Iterator[LocalPostgres]:
+def _throwaway_cluster(*, start: bool = True) -> Iterator[LocalPostgres]:
     _require_postgres()
-    # Not under pytest's basetemp: concurrent pytest sessions of the same user make
-    # /tmp/pytest-of-<user> private again (0700, which locks the postgres user out) and prune
-    # each other's older basetemps.
+    # Not under pytest's temp dirs: the postgres user needs search permission on every parent,
+    # and each pytest process that starts resets pytest-of-<user> to 0700 (and prunes old runs),
+    # which would lock a running cluster out of its own data directory.
     root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))
-    cluster = LocalPostgres(root / "cluster")
+    cluster = LocalPostgres(root / "cluster", port=free_port())
     try:
-        cluster.start()
+        if start:
+            cluster.start()
         yield cluster
     finally:
         cluster.stop(mode="immediate")
@@ -43,7 +44,7 @@ def _cluster() -> Iterator[LocalPostgres]:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[LocalPostgres]:
-    with _cluster() as cluster:
+    with _throwaway_cluster() as cluster:
         yield cluster
 
 
@@ -59,7 +60,14 @@ def postgres_url(postgres_cluster: LocalPostgres) -> Iterator[str]:
 @pytest.fixture
 def own_postgres() -> Iterator[LocalPostgres]:
     """A cluster only this test uses: it may stop and start it."""
-    with _cluster() as cluster:
+    with _throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def unstarted_postgres() -> Iterator[LocalPostgres]:
+    """A cluster of this test's own, not started yet (its port is chosen): the test starts it."""
+    with _throwaway_cluster(start=False) as cluster:
         yield cluster
 
 

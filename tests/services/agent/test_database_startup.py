@@ -4,25 +4,22 @@ and SERVING once the database answers (no crash loop, no restart)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.system import free_port, health_status, spawn, wait_until
-from tools.postgres_local import LocalPostgres, installed
+from tests.system import health_status, spawn, wait_until
+from tools.postgres_local import LocalPostgres
 from tools.serving import wait_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.mark.timeout(120)
-async def test_an_agent_waits_not_serving_for_its_database_and_serves_once_it_is_up(tmp_path: Path) -> None:
-    if not installed():
-        pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
-    root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))  # not under pytest's basetemp (tests/postgres.py)
-    cluster = LocalPostgres(root / "late", port=free_port())
+async def test_an_agent_waits_not_serving_for_its_database_and_serves_once_it_is_up(
+    tmp_path: Path, unstarted_postgres: LocalPostgres
+) -> None:
+    cluster = unstarted_postgres
     env = {
         "AGENTMESH_AGENT_PORT": "0",
         "AGENTMESH_AGENT_PORT_FILE": str(tmp_path / "agent.port"),
@@ -46,7 +43,5 @@ async def test_an_agent_waits_not_serving_for_its_database_and_serves_once_it_is
         lines = [line for line in agent.logs().splitlines() if "database unreachable" in line]
     finally:
         agent.kill()
-        await asyncio.to_thread(cluster.stop)
-        shutil.rmtree(root, ignore_errors=True)
     assert len(lines) == 1, lines
     assert "AGENTMESH_AGENT_DATABASE_URL" in lines[0]
