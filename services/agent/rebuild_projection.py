@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 from runtime.events.outbox import Outbox
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from runtime.sqlite import Database
 from services.agent.config import AgentSettings
 from services.agent.projections import RunProjection
@@ -33,4 +35,9 @@ async def rebuild(settings: AgentSettings) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(rebuild(AgentSettings())), indent=2))
+    try:
+        settings = load_settings(AgentSettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SETTING) from None
+    print(json.dumps(asyncio.run(rebuild(settings)), indent=2))
