@@ -48,12 +48,20 @@ class Child:
         return f"127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the process, all its threads, so far."""
+        """User + system CPU of the process and its live child processes (a service serving from
+        several, runtime/processes.py), all their threads, so far."""
         try:
-            times = self.process.cpu_times()
+            processes = [self.process, *self.process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0.0
-        return float(times.user + times.system)
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -24,22 +24,15 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from interceptors._typing import (
-    Context,
-    Handler,
-    Responses,
-    StreamBehavior,
-    UnaryBehavior,
-)
+from interceptors._typing import Context, Responses, StreamBehavior, UnaryBehavior
 from interceptors.call_details import details_interceptors
-from interceptors.outcome import WrappingInterceptor, wrap_handler
+from interceptors.layer import Concern, MethodInfo, Wrap
+from interceptors.selector import NOT_LONG_LIVED, Matcher
 
 # Absolute deadline of the call being served, on the time.monotonic() clock; None outside a call.
 call_deadline: ContextVar[float | None] = ContextVar("agentmesh_call_deadline", default=None)
 
 _EXPIRED = "deadline already passed before the server started the call"
-# Streams meant to stay open (health watches, reflection sessions) get no default deadline.
-LONG_LIVED = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
 
 
 def remaining_budget() -> float | None:
@@ -48,26 +41,24 @@ def remaining_budget() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-class DeadlineInterceptor(WrappingInterceptor):
+class DeadlineInterceptor(Concern):
     """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
 
-    Methods starting with a prefix in ``exempt`` are left alone.
+    Only the methods ``select`` matches: by default all but the streams meant to stay open
+    (health watches, reflection sessions), which get no default deadline.
     """
 
-    def __init__(self, *, default_timeout: float = 30.0, exempt: tuple[str, ...] = LONG_LIVED) -> None:
-        super().__init__()
+    def __init__(self, *, default_timeout: float = 30.0, select: Matcher = NOT_LONG_LIVED) -> None:
+        self.select = select
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
         self._default_timeout = default_timeout
-        self._exempt = exempt
         self._too_slow = (
             f"the call sent no deadline and outran the server default of {default_timeout:g}s; "
             "send a deadline (grpc-timeout) if it needs longer"
         )
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        if method.startswith(self._exempt):
-            return handler
+    def compile(self, info: MethodInfo) -> Wrap:
         default_timeout = self._default_timeout
         too_slow = self._too_slow
 
@@ -120,7 +111,7 @@ class DeadlineInterceptor(WrappingInterceptor):
 
             return bounded
 
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return Wrap(unary=unary, streaming=streaming)
 
 
 def _expired(method: str) -> grpc.aio.AioRpcError:

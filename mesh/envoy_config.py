@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interceptors.selector import path_match
 from mesh.certs import CertPaths
 from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Proxy, Route, Service, parse_duration, proto_duration
 
@@ -72,11 +73,7 @@ def _admin(port: int) -> Config:
 
 def _path_string_match(pattern: str) -> Config:
     """A method pattern as a StringMatcher on the gRPC path."""
-    if pattern == "*":
-        return {"prefix": "/"}
-    if pattern.endswith("/*"):
-        return {"prefix": pattern[:-1]}
-    return {"exact": pattern}
+    return dict(path_match(pattern))
 
 
 def _path_match(pattern: str) -> Config:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from interceptors.selector import MethodPattern
+
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
 _DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m)$")
@@ -53,7 +55,6 @@ HEALTH_METHODS = "/grpc.health.v1.Health/*"
 
 ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
 Version = Annotated[str, Field(pattern=r"^v[0-9]+$")]
-MethodPattern = Annotated[str, Field(pattern=r"^(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))$")]
 
 
 class _Strict(BaseModel):

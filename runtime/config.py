@@ -58,6 +58,8 @@ class ServiceSettings(BaseSettings):
     # this one; outgoing calls get the caller's remaining budget less the margin.
     default_deadline_s: float = Field(default=30.0, gt=0)
     deadline_margin_s: float = Field(default=0.05, ge=0)
+    # One access-log line in this many of successful calls, per method (failed calls: always).
+    access_log_ok_every: int = Field(default=1, ge=1)
     # Prometheus metrics on http://metrics_host:metrics_port/metrics; 0 turns the endpoint off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -133,28 +133,16 @@ class LocalPostgres:
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run ``sql`` as the superuser (psql is a client: it needs no user switch)."""
+        argv = [str(BIN_DIR / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database]
         result = subprocess.run(
-            [
-                str(BIN_DIR / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                database,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-c",
-                sql,
-            ],
-            check=True,
+            [*argv, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+            check=False,
             capture_output=True,
             text=True,
             timeout=60,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql {sql!r} on port {self.port} failed: {result.stderr.strip()}")
         return result.stdout
 
     def create_database(self, name: str, *, if_missing: bool = False) -> str:

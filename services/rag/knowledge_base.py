@@ -164,12 +164,13 @@ class KnowledgeBase:
         save_delay_s: float = 2.0,
         metrics: FollowerMetrics | None = None,
         owns_database: bool = False,
+        index_name: str = "index",
     ) -> KnowledgeBase:
-        """A knowledge base on ``database`` (indexes saved under ``data_dir``), not loaded yet:
-        it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
+        """A knowledge base on ``database`` (indexes saved in ``data_dir/index_name``), not loaded
+        yet: it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
         return cls(
             store=Store(database, model=embedder.model_name if embedder else None),
-            index_dir=data_dir / "index",
+            index_dir=data_dir / index_name,
             embedder=embedder,
             chunking=chunking or ChunkingOptions(),
             limits=limits or Limits(),
@@ -189,6 +190,7 @@ class KnowledgeBase:
         limits: Limits | None = None,
         save_delay_s: float = 2.0,
         metrics: FollowerMetrics | None = None,
+        index_name: str = "index",
     ) -> KnowledgeBase:
         """Create and start; without ``database``, on the embedded SQLite file ``data_dir/rag.sqlite3``
         (opened and closed with the knowledge base; a given database is the caller's to close)."""
@@ -202,6 +204,7 @@ class KnowledgeBase:
             save_delay_s=save_delay_s,
             metrics=metrics,
             owns_database=database is None,
+            index_name=index_name,
         )
         try:
             await kb.start()
@@ -298,6 +301,8 @@ class KnowledgeBase:
     async def catch_up(self) -> None:
         """Return once the live snapshot reflects everything committed when this was called."""
         await self._refresh(await self._store.generation(), following=True)
+        if self._metrics is not None:
+            self._metrics.caught_up()
 
     # --- writes ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from interceptors.deadline import (
     deadline_client_interceptors,
     remaining_budget,
 )
+from interceptors.selector import except_, methods
 from tests.interceptors.probe import Probe, ProbeClient, serve, sv
 
 
@@ -132,6 +133,6 @@ class _Stall(grpc.aio.ServerInterceptor):
 
 
 async def test_long_lived_methods_can_be_exempt_from_the_default(probe: Probe) -> None:
-    exempt = DeadlineInterceptor(default_timeout=0.1, exempt=("/agentmesh.test.Probe/Do",))
+    exempt = DeadlineInterceptor(default_timeout=0.1, select=except_(methods("/agentmesh.test.Probe/Do")))
     async with serve(probe, [exempt]) as client:
         assert (await client.do(sv("sleep:0.3"))).value == "slept"
