@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.security import AuthSettings
+from runtime.settings_errors import reject_empty_path
 
 
 class TlsSettings(BaseModel):
@@ -29,6 +30,9 @@ class ServiceSettings(BaseSettings):
     """What every grpc.aio server in agentmesh needs to start and to stop well."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # `AGENTMESH_RAG_DATA_DIR=` would otherwise mean the current directory, silently.
+    _no_empty_paths = field_validator("*", mode="before")(reject_empty_path)
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
