@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,10 +32,13 @@ from interceptors.chain import bootstrap_chain
 from interceptors.drain import DrainGate
 from interceptors.layer import ServerChain
 from runtime.config import ServiceSettings
+from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
+from runtime.live_config.settings import DynamicSettings
 from runtime.logging import configure_logging
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -113,39 +117,50 @@ class ManagedServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [*self.service_names, *plan.reflection_names, health.SERVICE_NAME]
         enable_reflection(registrar, names, pool=plan.reflection_pool)
-        address = f"{plan.settings.host}:{plan.settings.port}"
-        tls = plan.settings.tls
-        if tls is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
-                require_client_auth=tls.client_ca_file is not None,
-            )
-            self.port = self.server.add_secure_port(address, credentials)
         # NOT_SERVING until the start-up hooks are done (a database waited for, migrations,
         # recovery): probes see the process alive but not ready, and no peer routes to it yet.
         served = ["", *self.service_names, *plan.reflection_names]
-        for name in served:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        if plan.settings.port_file is not None:
-            plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
-            plan.settings.port_file.write_text(str(self.port))
         try:
+            self.port = self._listen()
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.start()
+            if plan.settings.port_file is not None:
+                plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
+                plan.settings.port_file.write_text(str(self.port))
             await plan.lifespan.started(self.port)
             for name in served:
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        except BaseException:
+        except BaseException as error:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
-            log.exception("start-up failed; stopping")
+            if isinstance(error, InvalidSetting | OSError):
+                # A setting's fault (a port in use, a missing key file): run_service says which, in one line.
+                log.error("start-up failed; stopping", error=str(error))
+            else:
+                log.exception("start-up failed; stopping")
             await self.server.stop(0)
             await plan.lifespan.aclose()
             raise
         log.info("server started", address=f"{plan.settings.host}:{self.port}", services=names)
         return self.port
+
+    def _listen(self) -> int:
+        settings = self.plan.settings
+        address = f"{settings.host}:{settings.port}"
+        tls = settings.tls
+        try:
+            if tls is None:
+                return self.server.add_insecure_port(address)
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+                require_client_auth=tls.client_ca_file is not None,
+            )
+            return self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # grpc's "Failed to bind to address"
+            host, port = env_name(type(settings), "host"), env_name(type(settings), "port")
+            raise InvalidSetting(f"{host}, {port}: cannot listen on {address} (in use or not local): {error}") from None
 
     def stop(self) -> asyncio.Task[None]:
         """Begin the drain (idempotent); await the returned task for it to finish."""
@@ -209,13 +224,35 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
 
 
 def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerPlan]]) -> int:
-    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain."""
-    settings = settings_type()
+    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain.
+
+    A setting that cannot be used ends the process with one line on stderr naming the variable
+    and what it accepts (exit 2), whether it is found here or while building the server.
+    """
+    try:
+        settings = load_settings(settings_type)
+        # Every service also reads these while building; a bad one fails here, before anything starts.
+        load_settings(DiscoverySettings)
+        load_settings(DynamicSettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     def serve(settings: _S) -> int:
         return asyncio.run(serve_until_signal(lambda: build(settings)))
 
-    if settings.processes > 1:
-        return run_processes(settings, serve)
-    return serve(settings)
+    try:
+        if settings.processes > 1:
+            return run_processes(settings, serve)
+        return serve(settings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
+    except OSError as error:
+        # A file a setting names (TLS keys, a JWKS, the descriptor set) that cannot be opened.
+        line = explain_os_error([settings, load_settings(DiscoverySettings)], error)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_INVALID_SETTING

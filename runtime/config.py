@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.security import AuthSettings
+from runtime.settings_errors import reject_empty_path
 
 
 class TlsSettings(BaseModel):
@@ -29,6 +30,9 @@ class ServiceSettings(BaseSettings):
     """What every grpc.aio server in agentmesh needs to start and to stop well."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # `AGENTMESH_RAG_DATA_DIR=` would otherwise mean the current directory, silently.
+    _no_empty_paths = field_validator("*", mode="before")(reject_empty_path)
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
@@ -65,6 +69,9 @@ class ServiceSettings(BaseSettings):
     # Idempotency keys: which methods take them (full method name -> request field that also
     # carries the key, "" for the `idempotency-key` header only) and where they are kept.
     idempotent_methods: dict[str, str] = Field(default_factory=dict)
-    idempotency_store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    # "postgres" shares the keys between replicas like "redis" (idempotency_database_url, or
+    # the service's own database_url when it has one).
+    idempotency_store: Literal["sqlite", "redis", "memory", "postgres"] = "sqlite"
+    idempotency_database_url: str = ""
     idempotency_redis_url: str = "redis://127.0.0.1:6379/0"
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)

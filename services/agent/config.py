@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,16 @@ class FallbackRuleSetting(BaseModel):
 
     pattern: str
     answer: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _a_regex(cls, pattern: str) -> str:
+        # Checked now: a bad pattern would otherwise surface only when a decision fails.
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {pattern!r} is not a regular expression: {error}") from None
+        return pattern
 
 
 class AgentSettings(ServiceSettings):

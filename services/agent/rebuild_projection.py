@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 from runtime.database import wait_until_reachable
 from runtime.events.outbox import Outbox
 from runtime.lifespan import Lifespan
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
@@ -36,4 +38,9 @@ async def rebuild(settings: AgentSettings) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(rebuild(AgentSettings())), indent=2))
+    try:
+        settings = load_settings(AgentSettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SETTING) from None
+    print(json.dumps(asyncio.run(rebuild(settings)), indent=2))

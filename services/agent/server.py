@@ -25,6 +25,7 @@ from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
+from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
 from services.agent.decision import load_decision_engine
@@ -95,6 +96,7 @@ async def _assemble(
         service="agent",
         auth=auth_interceptor(settings.auth, service="agent"),
         span_processors=span_processors,
+        database_url=settings.database_url,
     )
     life.on_close(middleware.close, name="middleware")
     db, read_db = await open_databases(life, settings)
@@ -140,7 +142,14 @@ async def _assemble(
     )
     life.on_close(upstreams.close, name="upstreams")
     await follow_live_config(live_config, breakers=guards.breakers, upstreams=upstreams)
-    engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    try:
+        engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        # An unknown engine, a factory that is not there, or options it does not take.
+        raise InvalidSetting(
+            f"AGENTMESH_AGENT_DECISION_ENGINE={settings.decision_engine} with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS:"
+            f" {error}"
+        ) from None
     life.on_close(engine.close, name="decision engine")
     workflow = RunWorkflow(
         store=store,

@@ -34,7 +34,7 @@ from services.rag.knowledge_base import DocumentInput, IngestOutcome, KnowledgeB
 from services.rag.server import build as build_rag
 from tests.services.rag.conftest import HashingEmbedder
 from tests.system import health_status, start_rag, wait_until
-from tools.postgres_local import LocalPostgres, free_port
+from tools.postgres_local import LocalPostgres
 
 # The staleness target is 2 s; the tests allow more on a loaded CI machine, and the follower's
 # safety poll is set far above it, so meeting the deadline proves the notification path works.
@@ -198,9 +198,9 @@ async def test_two_replicas_ingesting_the_same_documents_at_once_store_them_once
     replica_2 = await open_replica(shared_db, tmp_path / "two", CountingEmbedder())
     try:
         results = await asyncio.gather(replica_1.ingest(DOCUMENTS), replica_2.ingest(DOCUMENTS))
-        outcomes = sorted({r.outcome.value for r in result} for result in results)
+        outcomes = sorted(sorted({r.outcome.value for r in result}) for result in results)
         # Serialized by the store: one commit created them all, the other found them stored.
-        assert outcomes == [{"created"}, {"unchanged"}]
+        assert outcomes == [["created"], ["unchanged"]]
         row = await shared_db.fetch_one("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM rag_documents")
         assert row is not None and (row[0], row[1]) == (len(DOCUMENTS), len(DOCUMENTS))
         row = await shared_db.fetch_one("SELECT COUNT(*) FROM rag_chunks")
@@ -278,8 +278,10 @@ async def test_processes_sharing_one_sqlite_file_follow_each_others_commits(tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_a_replica_started_before_its_database_waits_not_serving_then_serves(tmp_path: Path) -> None:
-    cluster = LocalPostgres(tmp_path / "late", port=free_port())
+async def test_a_replica_started_before_its_database_waits_not_serving_then_serves(
+    unstarted_postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    cluster = unstarted_postgres
     settings = RagSettings(
         port=0, data_dir=tmp_path / "replica", database_url=cluster.url(), drain_delay_s=0, grace_period_s=1
     )
@@ -310,4 +312,3 @@ async def test_a_replica_started_before_its_database_waits_not_serving_then_serv
         if not starting.done():
             starting.cancel()
         await server.stop()
-        await asyncio.to_thread(cluster.stop, mode="immediate")
