@@ -693,10 +693,16 @@ class KnowledgeBase:
         # Loops rather than rebuilding once: commits that land during a rebuild are picked up by
         # the next round, and the task ends only when nothing committed is left unindexed.
         while True:
-            head = await self._store.generation()
-            if self._snapshot is not None and self._snapshot.generation >= head:
+            try:
+                head = await self._store.generation()
+                if self._snapshot is not None and self._snapshot.generation >= head:
+                    return
+                await self._refresh(head)
+            except DatabaseUnavailable:
+                # Nobody waits on this task: the follower indexes these commits once the
+                # database is back.
+                self._wake.set()
                 return
-            await self._refresh(head)
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():
