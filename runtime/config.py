@@ -69,6 +69,9 @@ class ServiceSettings(BaseSettings):
     # Idempotency keys: which methods take them (full method name -> request field that also
     # carries the key, "" for the `idempotency-key` header only) and where they are kept.
     idempotent_methods: dict[str, str] = Field(default_factory=dict)
-    idempotency_store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    # "postgres" shares the keys between replicas like "redis" (idempotency_database_url, or
+    # the service's own database_url when it has one).
+    idempotency_store: Literal["sqlite", "redis", "memory", "postgres"] = "sqlite"
+    idempotency_database_url: str = ""
     idempotency_redis_url: str = "redis://127.0.0.1:6379/0"
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)

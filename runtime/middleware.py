@@ -24,6 +24,7 @@ from interceptors.idempotency import (
     IdempotencyStore,
     IdempotentMethod,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     SQLiteStore,
 )
@@ -56,11 +57,14 @@ class Middleware:
         auth: Concern | None = None,
         rate_limit: Concern | None = None,
         span_processors: Sequence[SpanProcessor] = (),
+        database_url: str = "",
     ) -> Middleware:
         """The chain for ``service`` (e.g. "agent").
 
         ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the
-        configured span export (tests pass an in-memory exporter).
+        configured span export (tests pass an in-memory exporter); ``database_url`` is the
+        service's own database, where ``idempotency_store="postgres"`` keeps its keys unless
+        ``idempotency_database_url`` names another.
         """
         tracing = setup_tracing(
             service_name=f"agentmesh-{service}",
@@ -69,7 +73,7 @@ class Middleware:
             span_processors=span_processors,
         )
         metrics = Metrics(registry=CollectorRegistry())
-        store = _store(settings, service) if settings.idempotent_methods else None
+        store = _store(settings, service, database_url) if settings.idempotent_methods else None
         idempotency = (
             None
             if store is None
@@ -147,7 +151,16 @@ class Middleware:
         await asyncio.to_thread(self.tracing.provider.shutdown)
 
 
-def _store(settings: ServiceSettings, service: str) -> IdempotencyStore:
+def _store(settings: ServiceSettings, service: str, database_url: str) -> IdempotencyStore:
+    if settings.idempotency_store == "postgres":
+        url = settings.idempotency_database_url or database_url
+        if not url.startswith(("postgresql://", "postgres://")):
+            prefix = f"AGENTMESH_{service.upper()}_"
+            raise ValueError(
+                f"{prefix}IDEMPOTENCY_STORE=postgres needs a PostgreSQL URL: set {prefix}IDEMPOTENCY_DATABASE_URL"
+                f" (or {prefix}DATABASE_URL) to postgresql://user@host:port/dbname"
+            )
+        return PostgresStore(url=url, prefix=f"{service}:")
     if settings.idempotency_store == "redis":
         return RedisStore.from_url(settings.idempotency_redis_url, prefix=f"agentmesh:{service}:idempotency:")
     if settings.idempotency_store == "memory":

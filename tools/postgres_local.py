@@ -124,8 +124,15 @@ class LocalPostgres:
 
     def stop(self, *, mode: str = "fast") -> None:
         """Stop the server (``fast``: disconnect clients, roll back; ``immediate``: as after a crash)."""
-        if (self.data_dir / "postmaster.pid").exists():
-            self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        result = self._as_postgres(
+            str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop", check=False
+        )
+        if result.returncode != 0 and (self.data_dir / "postmaster.pid").exists():
+            raise RuntimeError(
+                f"PostgreSQL in {self.root} did not stop: {result.stdout.strip()} {result.stderr.strip()}"
+            )
 
     def running(self) -> bool:
         status = self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)

@@ -96,6 +96,7 @@ async def _assemble(
         service="agent",
         auth=auth_interceptor(settings.auth, service="agent"),
         span_processors=span_processors,
+        database_url=settings.database_url,
     )
     life.on_close(middleware.close, name="middleware")
     db, read_db = await open_databases(life, settings)
