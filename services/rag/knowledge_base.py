@@ -221,10 +221,6 @@ class KnowledgeBase:
         await self._load()
 
     @property
-    def ready(self) -> bool:
-        return self._snapshot is not None
-
-    @property
     def dense_enabled(self) -> bool:
         return self._embedder is not None
 
