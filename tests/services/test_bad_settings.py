@@ -42,6 +42,10 @@ async def start_and_refuse(service: str, setting: str, value: str, work_dir: Pat
     return stderr.splitlines()
 
 
+def _ids(cases: list[tuple[str, str, str, str]]) -> list[str]:
+    return [f"{service}-{setting}" for service, setting, *_ in cases]
+
+
 # (service, variable, value, what the line must say): refused while the settings are read.
 READ_TIME = [
     ("gateway", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
@@ -65,7 +69,7 @@ READ_TIME = [
 ]
 
 
-@pytest.mark.parametrize(("service", "setting", "value", "says"), READ_TIME, ids=[f"{c[0]}-{c[1]}" for c in READ_TIME])
+@pytest.mark.parametrize(("service", "setting", "value", "says"), READ_TIME, ids=_ids(READ_TIME))
 async def test_a_bad_setting_is_one_line_naming_it(
     tmp_path: Path, service: str, setting: str, value: str, says: str
 ) -> None:
@@ -96,7 +100,7 @@ BUILD_TIME = [
 ]
 
 
-@pytest.mark.parametrize(("service", "setting", "value", "says"), BUILD_TIME, ids=[f"{c[0]}-{c[1]}" for c in BUILD_TIME])
+@pytest.mark.parametrize(("service", "setting", "value", "says"), BUILD_TIME, ids=_ids(BUILD_TIME))
 async def test_a_setting_that_fails_the_build_is_one_line_naming_it(
     tmp_path: Path, service: str, setting: str, value: str, says: str
 ) -> None:
