@@ -176,32 +176,53 @@ class AccessLogInterceptor(Concern):
         writer = self._writer
         assert writer is not None
         head = f'{{"method": {encode_basestring(info.name)}, "code": "'
-        # Per code: the rest of the line after the variable fields, or None below the writer's level.
-        tails: dict[grpc.StatusCode, str | None] = {
-            code: None
+        # Per code (by identity: an Enum hashes in Python), the code's text and the rest of the
+        # line after the variable fields; None below the writer's level.
+        parts: dict[int, tuple[str, str] | None] = {
+            id(code): None
             if self._levels[code] < writer.level
-            else f'"event": "{EVENT}", "level": "{logging.getLevelName(self._levels[code]).lower()}", '
-            f'"logger": "{LOGGER_NAME}", "timestamp": "'
+            else (
+                f'{head}{code.name}", "duration_ms": ',
+                f'"event": "{EVENT}", "level": "{logging.getLevelName(self._levels[code]).lower()}", '
+                f'"logger": "{LOGGER_NAME}", "timestamp": "',
+            )
             for code in _S
         }
+        encoded = _Encoded()
         clock, wall = time.perf_counter, time.time
 
         def done(context: Context, outcome: Outcome, started: float) -> None:
-            code = outcome.code
-            tail = tails[code]
-            if tail is None:
+            line = parts[id(outcome.code)]
+            if line is None:
                 return
-            duration_ms = round((clock() - started) * 1000, 3)
-            peer = encode_basestring(_peer(context, outcome))
-            caller = encode_basestring(current_caller.get().subject)
+            start, tail = line
+            peer = encoded(_peer(context, outcome))
+            caller = encoded(current_caller.get().subject)
             ids = current_ids()
-            trace = "" if ids is None else f'"trace_id": "{ids[0]:032x}", "span_id": "{ids[1]:016x}", '
+            trace = "" if ids is None else f'"trace_id": "{ids[0]}", "span_id": "{ids[1]}", '
             writer.write(
-                f'{head}{code.name}", "duration_ms": {duration_ms}, "peer": {peer}, "caller": {caller}, '
+                f'{start}{(clock() - started) * 1000:.3f}, "peer": {peer}, "caller": {caller}, '
                 f'{trace}{tail}{writer.timestamp(wall())}"}}\n'
             )
 
         return done
+
+
+class _Encoded:
+    """JSON string literals of the few peers and callers a server sees, escaped once each."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        known = self._known.get(text)
+        if known is None:
+            if len(self._known) >= 4096:
+                self._known.clear()  # bounded: peers come and go with their connections
+            known = self._known[text] = encode_basestring(text)
+        return known
 
 
 def _peer(context: Context, outcome: Outcome) -> str:

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from interceptors._typing import Context
 from interceptors.identity import Caller, current_caller
-from interceptors.jwks import TokenRejected, TokenVerifier
+from interceptors.jwks import TokenRejected, TokenVerifier, VerifiedToken
 from interceptors.layer import Check, Concern, MethodInfo
 from interceptors.peer_identity import peer_identity
 from interceptors.selector import HEALTH, REFLECTION, Matcher, MethodRules, every_method, validate_pattern
@@ -118,6 +118,7 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 
 
 CheckFunction = Callable[[Context], grpc.Status | None]
+_MAX_CALLERS = 4096
 
 
 def _unauthenticated(reason: str, message: str) -> grpc.Status:
@@ -136,6 +137,9 @@ class AuthInterceptor(Concern):
         self._policy = policy
         self._mtls = mtls
         self.select = select
+        # The Caller of each verified token the verifier holds, built once: a client reuses its
+        # token for many calls, and the verifier answers those from its cache.
+        self._callers: dict[str, tuple[VerifiedToken, Caller]] = {}
 
     def compile(self, info: MethodInfo) -> list[Check]:
         method = info.name
@@ -189,12 +193,19 @@ class AuthInterceptor(Concern):
                 f"{method} needs scope(s) {listed!r}, which the token for {verified.subject!r} lacks",
                 error_info("SCOPE_MISSING", method=method, missing_scopes=listed),
             )
-        return Caller(
+        known = self._callers.get(token)
+        if known is not None and known[0] is verified:
+            return known[1]
+        caller = Caller(
             subject=verified.subject,
             scopes=verified.scopes,
             claims=dict(verified.claims),
             bearer_token=token,
         )
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()  # bounded like the verifier's cache; rebuilt on the next calls
+        self._callers[token] = (verified, caller)
+        return caller
 
     def _peer_check(self, method: str, allowed: tuple[str, ...] | None) -> CheckFunction:
         def check(context: Context) -> grpc.Status | None:

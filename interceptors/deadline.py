@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,6 +42,59 @@ def remaining_budget() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+class _Entry:
+    __slots__ = ("deadline", "done", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None, deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.done = False
+        self.expired = False
+
+
+class _DefaultDeadlines:
+    """The unary calls running on the default deadline, in the order they started; one timer.
+
+    Every such call ends ``timeout`` after it started, so they expire in start order: a queue
+    and one timer at its head replace the timer per call of ``asyncio.timeout`` (a heap push
+    and a cancelled handle each time, the dearest part of this concern per call).
+    """
+
+    __slots__ = ("_calls", "_timeout", "_timer")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._calls: deque[_Entry] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> _Entry:
+        loop = asyncio.get_running_loop()
+        entry = _Entry(asyncio.current_task(loop), loop.time() + self._timeout)
+        calls = self._calls
+        while calls and calls[0].done:
+            calls.popleft()
+        calls.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry.deadline, self._expire, loop)
+        return entry
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now, calls = loop.time(), self._calls
+        while calls:
+            head = calls[0]
+            if head.done:
+                calls.popleft()
+            elif head.deadline > now:
+                self._timer = loop.call_at(head.deadline, self._expire, loop)
+                return
+            else:
+                calls.popleft()
+                head.expired = True
+                if head.task is not None:
+                    head.task.cancel()
+
+
 class DeadlineInterceptor(Concern):
     """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
 
@@ -53,6 +107,7 @@ class DeadlineInterceptor(Concern):
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
         self._default_timeout = default_timeout
+        self._defaults = _DefaultDeadlines(default_timeout)
         self._too_slow = (
             f"the call sent no deadline and outran the server default of {default_timeout:g}s; "
             "send a deadline (grpc-timeout) if it needs longer"
@@ -61,6 +116,7 @@ class DeadlineInterceptor(Concern):
     def compile(self, info: MethodInfo) -> Wrap:
         default_timeout = self._default_timeout
         too_slow = self._too_slow
+        defaults = self._defaults
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def bounded(request: Any, context: Context) -> Any:
@@ -71,12 +127,18 @@ class DeadlineInterceptor(Concern):
                     # grpc itself cancels the handler when the caller's deadline passes.
                     call_deadline.set(time.monotonic() + remaining)
                     return await behavior(request, context)
-                call_deadline.set(time.monotonic() + default_timeout)
+                entry = defaults.start()
+                call_deadline.set(entry.deadline)  # the loop's clock is time.monotonic()
                 try:
-                    async with asyncio.timeout(default_timeout):
-                        return await behavior(request, context)
-                except TimeoutError:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    if not entry.expired:
+                        raise  # the client went away
+                    if entry.task is not None:
+                        entry.task.uncancel()  # this concern's own cancellation, now handled
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, too_slow)
+                finally:
+                    entry.done = True
 
             return bounded
 

@@ -100,7 +100,8 @@ class MetricsInterceptor(Concern):
         # dict lookup that the hot path need not repeat.
         service, name, kind = info.service, info.method, info.kind
         metrics = self._metrics
-        by_code = {code: metrics.handled.labels(kind, service, name, code.name) for code in grpc.StatusCode}
+        # Keyed by identity: an Enum hashes in Python, an id() lookup does not.
+        by_code = {id(code): metrics.handled.labels(kind, service, name, code.name) for code in grpc.StatusCode}
         latency = metrics.latency.labels(kind, service, name)
         in_flight = metrics.in_flight.labels(service, name)
 
@@ -108,7 +109,7 @@ class MetricsInterceptor(Concern):
 
         def done(context: Any, outcome: Outcome, started: float) -> None:
             in_flight.dec()
-            by_code[outcome.code].inc()
+            by_code[id(outcome.code)].inc()
             latency.observe(clock() - started)
 
         return Observe(done, start=in_flight.inc)

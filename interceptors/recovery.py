@@ -26,7 +26,7 @@ _CONTROL_FLOW = (grpc.aio.AbortError, GeneratorExit)
 def _message() -> str:
     trace_id = current_trace_id()
     if trace_id is not None:
-        return f"internal error (trace id {trace_id:032x})"
+        return f"internal error (trace id {trace_id})"
     return "internal error"
 
 

@@ -96,19 +96,31 @@ _GETTER = _MetadataGetter()
 
 
 class CallTrace:
-    """The trace context of the call being served when nothing records: ids only, no span."""
+    """The trace context of the call being served when nothing records: ids only, no span.
 
-    __slots__ = ("sampled", "span_id", "trace_id", "tracestate")
+    The ids are kept as the hex text logs and headers carry (a caller's trace id is taken
+    from its ``traceparent`` as is), so no line formats them again.
+    """
 
-    def __init__(self, trace_id: int, span_id: int, sampled: bool, tracestate: str | None) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
+    __slots__ = ("sampled", "span_hex", "trace_hex", "tracestate")
+
+    def __init__(self, trace_hex: str, span_hex: str, sampled: bool, tracestate: str | None) -> None:
+        self.trace_hex = trace_hex
+        self.span_hex = span_hex
         self.sampled = sampled
         self.tracestate = tracestate
 
+    @property
+    def trace_id(self) -> int:
+        return int(self.trace_hex, 16)
+
+    @property
+    def span_id(self) -> int:
+        return int(self.span_hex, 16)
+
     def headers(self) -> list[tuple[str, str]]:
         """W3C headers for an outgoing call: this call's span is the parent."""
-        parent = f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+        parent = f"00-{self.trace_hex}-{self.span_hex}-{'01' if self.sampled else '00'}"
         if self.tracestate:
             return [(TRACEPARENT, parent), (TRACESTATE, self.tracestate)]
         return [(TRACEPARENT, parent)]
@@ -118,19 +130,19 @@ _call_trace: ContextVar[CallTrace | None] = ContextVar("agentmesh_call_trace", d
 _TRACE_ID_MASK = (1 << 64) - 1
 
 
-def _parse_traceparent(value: str | bytes | None) -> tuple[int, bool] | None:
-    """(trace id, sampled) of a version-00 ``traceparent``; None when absent or malformed."""
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parse_traceparent(value: str | bytes | None) -> tuple[str, bool] | None:
+    """(trace id as lowercase hex, sampled) of a version-00 ``traceparent``; None when absent or malformed."""
     if not isinstance(value, str) or len(value) != 55 or not value.startswith("00-"):
         return None
-    try:
-        trace_id = int(value[3:35], 16)
-        span_id = int(value[36:52], 16)
-        flags = int(value[53:55], 16)
-    except ValueError:
+    if value[35] != "-" or value[52] != "-" or not _HEX.issuperset(value[3:35] + value[36:52] + value[53:55]):
         return None
-    if trace_id == 0 or span_id == 0 or value[35] != "-" or value[52] != "-":
+    trace_hex = value[3:35]
+    if trace_hex == "0" * 32 or value[36:52] == "0" * 16:
         return None
-    return trace_id, bool(flags & 1)
+    return trace_hex, bool(int(value[53:55], 16) & 1)
 
 
 def _not_sampled(traceparent: str | bytes | None) -> bool:
@@ -172,13 +184,14 @@ class TracingInterceptor(Concern):
         def enter(context: Context) -> None:
             metadata = context.invocation_metadata()
             parent = _parse_traceparent(metadata_value(metadata, TRACEPARENT)) if metadata else None
+            span_hex = f"{getrandbits(64) or 1:016x}"
             if parent is not None:
                 state = metadata_value(metadata, TRACESTATE)
                 tracestate = state if isinstance(state, str) else None
-                var.set(CallTrace(parent[0], getrandbits(64) or 1, parent[1], tracestate))
+                var.set(CallTrace(parent[0], span_hex, parent[1], tracestate))
                 return
             trace_id = getrandbits(128) or 1
-            var.set(CallTrace(trace_id, getrandbits(64) or 1, (trace_id & _TRACE_ID_MASK) < bound, None))
+            var.set(CallTrace(f"{trace_id:032x}", span_hex, (trace_id & _TRACE_ID_MASK) < bound, None))
 
         # Set without resetting: grpc.aio runs each call in its own task, whose context ends with it.
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
@@ -259,17 +272,19 @@ class TracingInterceptor(Concern):
         return Wrap(unary=unary, streaming=streaming)
 
 
-def current_ids() -> tuple[int, int] | None:
-    """(trace id, span id) of the call being served, or of the current span; None outside any."""
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the call being served, or of the current span; None outside any."""
     call = _call_trace.get()
     if call is not None:
-        return call.trace_id, call.span_id
+        return call.trace_hex, call.span_hex
     span_context = trace.get_current_span().get_span_context()
-    return (span_context.trace_id, span_context.span_id) if span_context.is_valid else None
+    if not span_context.is_valid:
+        return None
+    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
 
 
-def current_trace_id() -> int | None:
-    """The trace id of the call being served (or of the current span), if there is one."""
+def current_trace_id() -> str | None:
+    """The trace id (hex) of the call being served (or of the current span), if there is one."""
     ids = current_ids()
     return None if ids is None else ids[0]
 
@@ -293,8 +308,7 @@ def add_trace_context(_: object, __: str, event_dict: MutableMapping[str, Any]) 
     """structlog processor: the current trace and span ids on every log line written during a call."""
     ids = current_ids()
     if ids is not None:
-        event_dict["trace_id"] = format(ids[0], "032x")
-        event_dict["span_id"] = format(ids[1], "016x")
+        event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
 
 

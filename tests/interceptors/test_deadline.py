@@ -142,3 +142,15 @@ async def test_long_lived_methods_can_be_exempt_from_the_default(probe: Probe) -
     exempt = DeadlineInterceptor(default_timeout=0.1, select=except_(methods("/agentmesh.test.Probe/Do")))
     async with serve(probe, [exempt]) as client:
         assert (await client.do(sv("sleep:0.3"))).value == "slept"
+
+
+async def test_calls_on_the_default_deadline_expire_each_at_its_own_time(probe: Probe) -> None:
+    async with serve(probe, [DeadlineInterceptor(default_timeout=0.5)]) as client:
+        stuck = asyncio.ensure_future(client.do(sv("gate")))
+        await asyncio.wait_for(probe.started.wait(), 10)
+        # Calls that start and finish meanwhile leave the stuck one's deadline alone.
+        assert [(await client.do(sv(f"ok:{i}"))).value for i in range(3)] == ["0#1", "1#1", "2#1"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stuck
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (await client.do(sv("ok:after"))).value == "after#1"  # the next call gets a fresh deadline
