@@ -85,13 +85,18 @@ fmt: venv ## format and auto-fix the code
 
 # --- running ------------------------------------------------------------------------------
 
+# STORE=postgres keeps every service's state in one local PostgreSQL (var/postgres): the Debian
+# package is installed first when missing.
+RUN_DEPS := gen $(if $(filter postgres,$(STORE)),debian-deps)
+RUN_ENV := $(if $(STORE),AGENTMESH_LOCAL_STORE=$(STORE) )
+
 .PHONY: run
-run: gen ## run the whole system on loopback (Ctrl-C stops it); MESH=envoy puts it behind Envoy with mTLS
+run: $(RUN_DEPS) ## run the whole system on loopback (Ctrl-C stops it); MESH=envoy behind Envoy with mTLS, STORE=postgres on a local PostgreSQL
 ifeq ($(MESH),envoy)
 	$(PY) -m mesh certs --if-missing
-	$(PY) -m mesh.launcher
+	$(RUN_ENV)$(PY) -m mesh.launcher
 else
-	$(PY) -m tools.launcher
+	$(RUN_ENV)$(PY) -m tools.launcher
 endif
 
 # --- mesh ---------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ Auth is on, as in production: the launcher creates a dev signing key and JWKS in
 (once) and a 12-hour token with every scope in `var/keys/dev-token`, and every service verifies
 tokens against that JWKS. `AGENTMESH_DEV_AUTH=0` runs without auth.
 
+`make run STORE=postgres` keeps every service's state in one local PostgreSQL in `var/postgres`
+instead of the SQLite files (tools/local_store.py), started before the services, stopped after them.
+
 With `AGENTMESH_DISCOVERY=consul` the services register with the Consul agent at
 `CONSUL_HTTP_ADDR` (default 127.0.0.1:8500) and find each other through it; the launcher waits
 until each backend is passing in Consul before starting the next. `AGENTMESH_CONSUL_DOUBLE=1`
@@ -32,6 +35,7 @@ from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
+from tools.local_store import LocalStore, local_store
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +48,8 @@ PORTS = {
 }
 
 
-def _env(name: str, auth: DevAuth | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
+    env = {**os.environ, **store.env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
     env.setdefault("AGENTMESH_AGENT_RAG_ENDPOINTS", f'["{HOST}:{PORTS["rag"]}"]')
     env.setdefault(
         "AGENTMESH_GATEWAY_BACKENDS",
@@ -112,7 +116,7 @@ def _start_consul_double() -> subprocess.Popen[bytes]:
     )
 
 
-def _banner(auth: DevAuth | None) -> str:
+def _banner(auth: DevAuth | None, store: LocalStore) -> str:
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
@@ -123,6 +127,7 @@ def _banner(auth: DevAuth | None) -> str:
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
+            f"  {store.describe()}",
             "",
             "Try:",
             f"  .venv/bin/grpcurl -plaintext {gateway} list",
@@ -143,6 +148,16 @@ def _banner(auth: DevAuth | None) -> str:
 
 
 async def main() -> int:
+    try:
+        # Entered first and left last: the services start on it and drain before it stops.
+        async with local_store(REPO) as store:
+            return await _run(store)
+    except (RuntimeError, ValueError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
+
+
+async def _run(store: LocalStore) -> int:
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,13 +172,16 @@ async def main() -> int:
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
-                [sys.executable, "-m", f"services.{name}"], env=_env(name, auth), cwd=REPO, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"],
+                env=_env(name, auth, store),
+                cwd=REPO,
+                start_new_session=True,
             )
             await wait_serving(name, f"{HOST}:{PORTS[name]}", exit_code=processes[name].poll)
             if DISCOVERY.discovery == "consul":
                 await _wait_discovered(name)
         changed = await _seed_knowledge(auth)
-        print(_banner(auth) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        print(_banner(auth, store) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
         while not stop.is_set():
             for name, process in processes.items():
                 if process.poll() is not None:
