@@ -24,6 +24,8 @@ class SlowSettings(ServiceSettings):
 
 
 async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    # Headers first: a caller that has them knows the call is inside the handler (in flight).
+    await context.send_initial_metadata((("x-in-flight", "1"),))
     await asyncio.sleep(float(request.decode()))
     return b"done"
 

@@ -23,10 +23,12 @@ async def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path
     )
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
-            in_flight = asyncio.ensure_future(channel.unary_unary("/test.Slow/Wait")(b"2.5", timeout=15))
+            in_flight = channel.unary_unary("/test.Slow/Wait")(b"2.5", timeout=15)
             stream = channel.unary_stream("/test.Slow/Ticks")(b"12", timeout=15)
+            # Both calls are inside their handlers once their first bytes come back.
+            await in_flight.initial_metadata()
             first = await stream.read()
-            assert first == b"0"  # both calls are now in flight on the server
+            assert first == b"0"
 
             service.process.send_signal(15)
 
