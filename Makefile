@@ -38,11 +38,21 @@ $(BUF):
 	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
 	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
 
+.PHONY: run-deps
+run-deps: ## the Debian packages `make run` needs: prometheus for the console, postgresql-15 with STORE=postgres (installed only when missing)
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	$(if $(filter postgres,$(STORE)),[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15";) \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
+
 .PHONY: debian-deps
 debian-deps: ## Debian packages the tests use (installed only when missing)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
@@ -85,13 +95,12 @@ fmt: venv ## format and auto-fix the code
 
 # --- running ------------------------------------------------------------------------------
 
-# STORE=postgres keeps every service's state in one local PostgreSQL (var/postgres): the Debian
-# package is installed first when missing.
-RUN_DEPS := gen $(if $(filter postgres,$(STORE)),debian-deps)
+# STORE=postgres keeps every service's state in one local PostgreSQL in var/postgres
+# (tools/local_store.py); run-deps installs the Debian package first when missing.
 RUN_ENV := $(if $(STORE),AGENTMESH_LOCAL_STORE=$(STORE) )
 
 .PHONY: run
-run: $(RUN_DEPS) ## run the whole system on loopback (Ctrl-C stops it); MESH=envoy behind Envoy with mTLS, STORE=postgres on a local PostgreSQL
+run: gen run-deps ## run the whole system on loopback with the console on :8080 (Ctrl-C stops it); MESH=envoy: behind Envoy with mTLS; STORE=postgres: on a local PostgreSQL
 ifeq ($(MESH),envoy)
 	$(PY) -m mesh certs --if-missing
 	$(RUN_ENV)$(PY) -m mesh.launcher

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ class System:
 
 
 async def start_rag(data_dir: Path, **overrides: object) -> ManagedServer:
-    settings = RagSettings(port=0, data_dir=data_dir, drain_delay_s=0, grace_period_s=1, **overrides)  # type: ignore[arg-type]
+    settings = RagSettings(**{"port": 0, "data_dir": data_dir, "drain_delay_s": 0, "grace_period_s": 1, **overrides})  # type: ignore[arg-type]
     server = ManagedServer(await build_rag(settings))
     await server.start()
     return server
@@ -55,12 +56,14 @@ async def start_rag(data_dir: Path, **overrides: object) -> ManagedServer:
 
 async def start_agent(data_dir: Path, rag_address: str, **overrides: object) -> ManagedServer:
     settings = AgentSettings(
-        port=0,
-        data_dir=data_dir,
-        rag_endpoints=[rag_address],
-        drain_delay_s=0,
-        grace_period_s=1,
-        **overrides,  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            "port": 0,
+            "data_dir": data_dir,
+            "rag_endpoints": [rag_address],
+            "drain_delay_s": 0,
+            "grace_period_s": 1,
+            **overrides,
+        }
     )
     server = ManagedServer(await build_agent(settings))
     await server.start()
@@ -68,7 +71,9 @@ async def start_agent(data_dir: Path, rag_address: str, **overrides: object) -> 
 
 
 async def start_gateway(backends: Mapping[str, list[str]], **overrides: object) -> ManagedServer:
-    settings = GatewaySettings(port=0, backends=dict(backends), drain_delay_s=0, grace_period_s=1, **overrides)  # type: ignore[arg-type]
+    settings = GatewaySettings(
+        **{"port": 0, "backends": dict(backends), "drain_delay_s": 0, "grace_period_s": 1, **overrides}  # type: ignore[arg-type]
+    )
     server = ManagedServer(await build_gateway(settings))
     await server.start()
     return server
@@ -129,6 +134,13 @@ def spawn(module: str, env: Mapping[str, str], work_dir: Path, *, timeout_s: flo
         time.sleep(0.05)
     process.kill()
     raise TimeoutError(f"{module} did not start within {timeout_s}s:\n{log_path.read_text()}")
+
+
+def free_port() -> int:
+    """A loopback port free right now (for servers whose port must be known before they start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def health_status(address: str, service: str = "", timeout_s: float = 2) -> str:

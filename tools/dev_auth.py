@@ -25,6 +25,8 @@ class DevAuth:
     token_file: Path
     # The agent's own token (documents.read), for runs it resumes after a restart.
     agent_token_file: Path
+    # The console's (runs.read only): it lists and watches runs, and can change nothing.
+    console_token_file: Path
 
     def service_auth_json(self) -> str:
         """The value of `AGENTMESH_<SERVICE>_AUTH` for a service that verifies these tokens."""
@@ -55,6 +57,20 @@ def ensure_dev_auth(keys_dir: Path, *, ttl_seconds: int = 12 * 3600) -> DevAuth:
     )
     agent_token_file = keys_dir / "agent-token"
     agent_token_file.write_text(agent_token + "\n")
+    console_token = mint(
+        key=private_key,
+        algorithm="ES256",
+        subject="agentmesh-console",
+        scopes=["runs.read"],
+        kid=kid,
+        ttl_seconds=ttl_seconds,
+    )
+    console_token_file = keys_dir / "console-token"
+    console_token_file.write_text(console_token + "\n")
     return DevAuth(
-        jwks_file=jwks_path.resolve(), token=token, token_file=token_file, agent_token_file=agent_token_file.resolve()
+        jwks_file=jwks_path.resolve(),
+        token=token,
+        token_file=token_file,
+        agent_token_file=agent_token_file.resolve(),
+        console_token_file=console_token_file.resolve(),
     )

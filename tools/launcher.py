@@ -16,6 +16,9 @@ With `AGENTMESH_DISCOVERY=consul` the services register with the Consul agent at
 `CONSUL_HTTP_ADDR` (default 127.0.0.1:8500) and find each other through it; the launcher waits
 until each backend is passing in Consul before starting the next. `AGENTMESH_CONSUL_DOUBLE=1`
 also starts the in-repo Consul agent test double there, for machines without Consul.
+
+The mesh console (http://127.0.0.1:8080) and a Prometheus scraping every service start first
+(tools/console_stack.py); every service exports metrics and sends its spans to the console.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
+from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
 from tools.serving import wait_serving
@@ -65,7 +69,12 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
             env.setdefault(prefix + "SERVICE_TOKEN_FILE", str(auth.agent_token_file))
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
+    env.update(observed_env(_observed(name)))
     return env
+
+
+def _observed(name: str) -> Observed:
+    return Observed(name, DISCOVERY.service_version, PORTS[name])
 
 
 async def _seed_knowledge(auth: DevAuth | None) -> int:
@@ -116,7 +125,7 @@ def _start_consul_double() -> subprocess.Popen[bytes]:
     )
 
 
-def _banner(auth: DevAuth | None, store: LocalStore) -> str:
+def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> str:
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
@@ -128,6 +137,7 @@ def _banner(auth: DevAuth | None, store: LocalStore) -> str:
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             f"  {store.describe()}",
+            *console.banner_lines(),
             "",
             "Try:",
             f"  .venv/bin/grpcurl -plaintext {gateway} list",
@@ -166,9 +176,17 @@ async def _run(store: LocalStore) -> int:
     code = 0
     consul_double = None
     auth = None if os.environ.get("AGENTMESH_DEV_AUTH") == "0" else ensure_dev_auth(REPO / "var" / "keys")
+    console = ConsoleStack(
+        [_observed(name) for name in PORTS],
+        work_dir=REPO / "var" / "console",
+        gateway=f"{HOST}:{PORTS['gateway']}",
+        token_file=None if auth is None else auth.console_token_file,
+    )
     try:
         if DISCOVERY.discovery == "consul" and os.environ.get("AGENTMESH_CONSUL_DOUBLE") == "1":
             consul_double = _start_consul_double()
+        # First, so the services' first spans and the first scrapes find them.
+        await console.start()
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
@@ -181,13 +199,20 @@ async def _run(store: LocalStore) -> int:
             if DISCOVERY.discovery == "consul":
                 await _wait_discovered(name)
         changed = await _seed_knowledge(auth)
-        print(_banner(auth, store) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        seeded = f"(seeded {changed} example documents)\n" if changed else ""
+        print(_banner(auth, store, console) + seeded, flush=True)
         while not stop.is_set():
             for name, process in processes.items():
                 if process.poll() is not None:
                     print(f"{name} exited unexpectedly with code {process.returncode}", file=sys.stderr)
                     code = 1
                     stop.set()
+            if console.exited() is not None:
+                print(
+                    f"the console exited unexpectedly; see {REPO / 'var' / 'console' / 'console.log'}", file=sys.stderr
+                )
+                code = 1
+                stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
     except (RuntimeError, TimeoutError) as error:
@@ -202,6 +227,7 @@ async def _run(store: LocalStore) -> int:
                     await asyncio.to_thread(child.wait, 30)
                 except subprocess.TimeoutExpired:
                     child.kill()
+        await console.stop()
         if consul_double is not None:  # last: the services deregistered from it while draining
             consul_double.terminate()
             await asyncio.to_thread(consul_double.wait, 10)

@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.database import open_database, wait_until_reachable
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
@@ -18,6 +19,7 @@ from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
 from services.rag.embedding import Embedder, MiniLmEmbedder
+from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
 
@@ -46,8 +48,17 @@ async def build(
         if settings.dense_enabled:
             # Loading torch and the model takes seconds: off the event loop.
             embedder = await asyncio.to_thread(MiniLmEmbedder)
-        knowledge = await KnowledgeBase.open(
+        database = life.closing(
+            await open_database(
+                settings.database_url,
+                sqlite_path=settings.data_dir / "rag" / "rag.sqlite3",
+                setting="AGENTMESH_RAG_DATABASE_URL",
+            )
+        )
+        knowledge = KnowledgeBase.create(
             settings.data_dir / "rag",
+            database=database,
+            metrics=FollowerMetrics(middleware.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(
@@ -57,7 +68,17 @@ async def build(
             ),
             save_delay_s=settings.index_save_delay_s,
         )
-        life.on_close(knowledge.close, name="knowledge base")
+
+        async def load_knowledge(_port: int) -> None:
+            # Once listening, not in build(): a database that is not up yet is waited for (one
+            # log line naming the setting, then backoff) while health says NOT_SERVING.
+            await wait_until_reachable(database)
+            await knowledge.start()
+            life.on_close(knowledge.close, name="knowledge base")
+            # Commits of other replicas (and lost notifications) reach this replica's searches here.
+            life.supervise("store follower", lambda: knowledge.follow(poll_s=settings.follow_poll_s))
+
+        life.on_started(load_knowledge)
         servicer = RagServicer(knowledge, settings)
         plan = ServerPlan(
             settings=settings,

@@ -10,9 +10,10 @@ from google.protobuf import timestamp_pb2
 
 from agentmesh.common.v1 import citation_pb2
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
-from rpcstatus.errors import api_errors, failed_precondition, invalid_argument, not_found
+from rpcstatus.errors import api_errors, failed_precondition, invalid_argument, not_found, unavailable
+from runtime.database import DatabaseUnavailable
 from services.rag.config import RagSettings
-from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
 from services.rag.knowledge_base import (
     DocumentInput,
     Hit,
@@ -52,6 +53,16 @@ def _domain_errors() -> Iterator[None]:
         raise not_found("document", error.document_id) from error
     except DenseRetrievalDisabled as error:
         raise failed_precondition(str(error), reason="INVALID_STATE", feature="dense_retrieval") from error
+    except DatabaseUnavailable as error:
+        # Writes and document reads need the database; searches never do (the snapshot serves them).
+        raise unavailable(
+            "the knowledge base's database is unavailable; retry shortly",
+            reason="BACKEND_UNAVAILABLE",
+            retry_after_s=1.0,
+            backend="database",
+        ) from error
+    except NotReady as error:
+        raise unavailable(str(error), reason="BACKEND_UNAVAILABLE", retry_after_s=1.0, backend="database") from error
 
 
 def _document_input(document: document_pb2.Document) -> DocumentInput:

@@ -1,0 +1,94 @@
+"""One refresh loop for every open page: discovery, PromQL and the trace ring, every few seconds.
+
+However many browsers are open, Prometheus and discovery are asked once per refresh; pages
+read the latest snapshot. A failure of either source is part of the snapshot ("Prometheus is
+down: ..."), and the rest of it is still filled in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from console import topology
+from console.inventory import Inventory, InventoryUnavailable
+from console.prometheus import GoldenSignals, PrometheusUnavailable, Signals
+from console.trace_store import TraceStore
+
+log = structlog.get_logger(__name__)
+
+
+class LiveView:
+    def __init__(
+        self,
+        *,
+        inventory: Inventory,
+        signals: GoldenSignals,
+        traces: TraceStore,
+        refresh_s: float,
+        edge_window_s: float,
+    ) -> None:
+        self._inventory = inventory
+        self._signals = signals
+        self._traces = traces
+        self.refresh_s = refresh_s
+        self._edge_window_s = edge_window_s
+        self.snapshot: dict[str, Any] = {"version": 0, "ready": False}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> dict[str, Any]:
+        problems: dict[str, str] = {}
+        instances = []
+        try:
+            instances = await self._inventory.instances()
+        except InventoryUnavailable as error:
+            problems["discovery"] = str(error)
+        signals: Signals | None = None
+        try:
+            signals = await self._signals.read()
+        except PrometheusUnavailable as error:
+            problems["prometheus"] = str(error)
+        observed = topology.observe_calls(self._traces.spans(), window_s=self._edge_window_s)
+        snapshot = {
+            "version": int(self.snapshot["version"]) + 1,
+            "ready": True,
+            "at": time.time(),
+            "problems": problems,
+            "topology": topology.build(instances, signals, observed),
+            "signals": signals.to_json() if signals else None,
+            "prometheus_url": self._signals.promql.url,
+            "traces": {"stored": len(self._traces), "capacity": self._traces.max_traces},
+        }
+        self.snapshot = snapshot
+        async with self._changed:
+            self._changed.notify_all()
+        return snapshot
+
+    async def next_snapshot(self, seen: int, timeout_s: float) -> dict[str, Any]:
+        async with self._changed:
+            if int(self.snapshot["version"]) == seen:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout_s)
+        return self.snapshot
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # supervised: one bad refresh is logged, the next one runs
+                log.exception("console refresh failed")
+            await asyncio.sleep(self.refresh_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="console-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
