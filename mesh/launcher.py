@@ -203,11 +203,18 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
         for service in START_ORDER:
             for version in policy.services[service].versions:
                 instance = instance_name(service, version)
-                sidecar = EnvoyProcess(REPO / "envoy" / f"{instance}.yaml", workdir=WORK_DIR, name=instance)
+                sidecar = EnvoyProcess(
+                    REPO / "envoy" / f"{instance}.yaml",
+                    workdir=WORK_DIR,
+                    name=instance,
+                    concurrency=policy.proxy.worker_threads(),
+                )
                 sidecars.append(sidecar)
                 await sidecar.start()
                 apps.append(await _start_app(policy, instance, auth, store))
-        edge = EnvoyProcess(REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge")
+        edge = EnvoyProcess(
+            REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge", concurrency=policy.proxy.worker_threads()
+        )
         await edge.start()
         changed = await _seed_knowledge(policy, auth)
         print(_banner(policy, auth, store) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)

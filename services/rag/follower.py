@@ -27,6 +27,16 @@ class FollowerMetrics:
             "Store generation the live search snapshot reflects.",
             registry=registry,
         )
+        # While the database is unreachable nothing can be measured against it; this says how
+        # long ago the snapshot was last known to be current (alert on time() minus it).
+        self.confirmed = Gauge(
+            "agentmesh_rag_snapshot_confirmed_timestamp_seconds",
+            "When this replica last found its snapshot at the store's latest generation (Unix time).",
+            registry=registry,
+        )
+
+    def caught_up(self) -> None:
+        self.confirmed.set_to_current_time()
 
     def snapshot_live(self, generation: int, *, lag_s: float | None) -> None:
         self.generation.set(generation)

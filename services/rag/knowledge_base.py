@@ -164,12 +164,13 @@ class KnowledgeBase:
         save_delay_s: float = 2.0,
         metrics: FollowerMetrics | None = None,
         owns_database: bool = False,
+        index_name: str = "index",
     ) -> KnowledgeBase:
-        """A knowledge base on ``database`` (indexes saved under ``data_dir``), not loaded yet:
-        it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
+        """A knowledge base on ``database`` (indexes saved in ``data_dir/index_name``), not loaded
+        yet: it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
         return cls(
             store=Store(database, model=embedder.model_name if embedder else None),
-            index_dir=data_dir / "index",
+            index_dir=data_dir / index_name,
             embedder=embedder,
             chunking=chunking or ChunkingOptions(),
             limits=limits or Limits(),
@@ -189,6 +190,7 @@ class KnowledgeBase:
         limits: Limits | None = None,
         save_delay_s: float = 2.0,
         metrics: FollowerMetrics | None = None,
+        index_name: str = "index",
     ) -> KnowledgeBase:
         """Create and start; without ``database``, on the embedded SQLite file ``data_dir/rag.sqlite3``
         (opened and closed with the knowledge base; a given database is the caller's to close)."""
@@ -202,6 +204,7 @@ class KnowledgeBase:
             save_delay_s=save_delay_s,
             metrics=metrics,
             owns_database=database is None,
+            index_name=index_name,
         )
         try:
             await kb.start()
@@ -216,10 +219,6 @@ class KnowledgeBase:
         with the saved indexes when they are current."""
         await self._store.db.migrate(SCHEMA)
         await self._load()
-
-    @property
-    def ready(self) -> bool:
-        return self._snapshot is not None
 
     @property
     def dense_enabled(self) -> bool:
@@ -298,6 +297,8 @@ class KnowledgeBase:
     async def catch_up(self) -> None:
         """Return once the live snapshot reflects everything committed when this was called."""
         await self._refresh(await self._store.generation(), following=True)
+        if self._metrics is not None:
+            self._metrics.caught_up()
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -688,10 +689,16 @@ class KnowledgeBase:
         # Loops rather than rebuilding once: commits that land during a rebuild are picked up by
         # the next round, and the task ends only when nothing committed is left unindexed.
         while True:
-            head = await self._store.generation()
-            if self._snapshot is not None and self._snapshot.generation >= head:
+            try:
+                head = await self._store.generation()
+                if self._snapshot is not None and self._snapshot.generation >= head:
+                    return
+                await self._refresh(head)
+            except DatabaseUnavailable:
+                # Nobody waits on this task: the follower indexes these commits once the
+                # database is back.
+                self._wake.set()
                 return
-            await self._refresh(head)
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():

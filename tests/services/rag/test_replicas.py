@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from google.rpc import error_details_pb2
+from prometheus_client import CollectorRegistry
 
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
@@ -24,10 +25,15 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
 from runtime.database import Database, open_database
+from runtime.database.sqlite import SQLiteDatabase
+from runtime.supervisor import SupervisedLoop
 from services.rag.chunking import ChunkingOptions
+from services.rag.config import RagSettings
+from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase, Mode
+from services.rag.server import build as build_rag
 from tests.services.rag.conftest import HashingEmbedder
-from tests.system import start_rag, wait_until
+from tests.system import health_status, start_rag, wait_until
 from tools.postgres_local import LocalPostgres
 
 # The staleness target is 2 s; the tests allow more on a loaded CI machine, and the follower's
@@ -157,6 +163,34 @@ async def test_no_replica_embeds_what_another_already_embedded(shared_db: Databa
     await replica_2.close()
 
 
+async def test_a_follower_wakes_on_another_replicas_commit_and_reports_its_staleness(
+    postgres_url: str, shared_db: Database, tmp_path: Path
+) -> None:
+    writer = await open_replica(shared_db, tmp_path / "writer", CountingEmbedder())
+    # Its own connections, as another process would have: only the notification can wake it.
+    follower_db = await open_database(
+        postgres_url, sqlite_path=tmp_path / "unused", setting="AGENTMESH_RAG_DATABASE_URL"
+    )
+    registry = CollectorRegistry()
+    follower = await KnowledgeBase.open(tmp_path / "follower", database=follower_db, metrics=FollowerMetrics(registry))
+    loop = SupervisedLoop("store follower", lambda: follower.follow(poll_s=SLOW_POLL_S)).start()
+    try:
+        await writer.ingest(DOCUMENTS[:2])
+
+        async def caught_up() -> bool:
+            return follower.snapshot.generation == writer.snapshot.generation
+
+        await wait_until(caught_up, timeout_s=STALENESS_DEADLINE_S, interval_s=0.01)
+        assert [h.document.document_id for h in await follower.search("topic1", top_k=1)] == ["doc-1"]
+        assert (registry.get_sample_value("agentmesh_rag_snapshot_staleness_seconds_count") or 0) >= 1
+        assert registry.get_sample_value("agentmesh_rag_snapshot_generation") == writer.snapshot.generation
+    finally:
+        await loop.stop()
+        await follower.close()
+        await follower_db.close()
+        await writer.close()
+
+
 async def test_two_replicas_ingesting_the_same_documents_at_once_store_them_once(
     shared_db: Database, tmp_path: Path
 ) -> None:
@@ -164,9 +198,9 @@ async def test_two_replicas_ingesting_the_same_documents_at_once_store_them_once
     replica_2 = await open_replica(shared_db, tmp_path / "two", CountingEmbedder())
     try:
         results = await asyncio.gather(replica_1.ingest(DOCUMENTS), replica_2.ingest(DOCUMENTS))
-        outcomes = sorted({r.outcome.value for r in result} for result in results)
+        outcomes = sorted(sorted({r.outcome.value for r in result}) for result in results)
         # Serialized by the store: one commit created them all, the other found them stored.
-        assert outcomes == [{"created"}, {"unchanged"}]
+        assert outcomes == [["created"], ["unchanged"]]
         row = await shared_db.fetch_one("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM rag_documents")
         assert row is not None and (row[0], row[1]) == (len(DOCUMENTS), len(DOCUMENTS))
         row = await shared_db.fetch_one("SELECT COUNT(*) FROM rag_chunks")
@@ -218,3 +252,63 @@ async def test_with_the_database_down_searches_are_served_writes_are_unavailable
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_processes_sharing_one_sqlite_file_follow_each_others_commits(tmp_path: Path) -> None:
+    """AGENTMESH_RAG_PROCESSES=N without a database URL: N knowledge bases on one SQLite file."""
+    path = tmp_path / "rag" / "rag.sqlite3"
+    databases = [await SQLiteDatabase.open(path), await SQLiteDatabase.open(path)]
+    writer = await KnowledgeBase.open(tmp_path / "rag", database=databases[0])
+    reader = await KnowledgeBase.open(tmp_path / "rag", database=databases[1], index_name="index-worker-1")
+    loop = SupervisedLoop("store follower", lambda: reader.follow(poll_s=0.05)).start()
+    try:
+        await writer.ingest(DOCUMENTS[:1])
+
+        async def found() -> bool:
+            return [h.document.document_id for h in await reader.search("topic0", top_k=1)] == ["doc-0"]
+
+        await wait_until(found, timeout_s=STALENESS_DEADLINE_S)
+    finally:
+        await loop.stop()
+        await reader.close()
+        await writer.close()
+        for db in databases:
+            await db.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_replica_started_before_its_database_waits_not_serving_then_serves(
+    unstarted_postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    cluster = unstarted_postgres
+    settings = RagSettings(
+        port=0, data_dir=tmp_path / "replica", database_url=cluster.url(), drain_delay_s=0, grace_period_s=1
+    )
+    server = ManagedServer(await build_rag(settings))
+    starting = asyncio.create_task(server.start())
+    try:
+
+        async def listening_not_serving() -> bool:
+            if not server.port:
+                return False
+            try:
+                return await health_status(address(server)) == "NOT_SERVING"
+            except grpc.aio.AioRpcError:
+                return False
+
+        await wait_until(listening_not_serving, timeout_s=10)
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await search_ids(address(server), "retry budget")
+        assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not starting.done()
+
+        await asyncio.to_thread(cluster.start)
+        await asyncio.wait_for(starting, 60)
+        assert await health_status(address(server)) == "SERVING"
+        await ingest(address(server), RETRIES)
+        assert await search_ids(address(server), "retry budget") == ["guide/retries"]
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await server.stop()
