@@ -41,7 +41,6 @@ FAST_TAKEOVER = {
     "DECISION_TIMEOUT_S": "2.5",
     "RETRIEVAL_TIMEOUT_S": "1",
     "OUTBOX_POLL_S": "0.5",
-    "IDEMPOTENCY_STORE": "postgres",
 }
 SLOW_DECISIONS = {
     "DECISION_ENGINE": "tests.services.agent.engines:SlowEngine",
