@@ -49,7 +49,7 @@ class Target:
 
 BARE = BackendSpec()
 CHAIN = BackendSpec(bootstrap=True, interceptors=("chain",))
-STORES = ("memory", "sqlite", "redis")
+STORES = ("memory", "sqlite", "redis", "postgres")
 
 
 def alone(interceptor: str, summary: str) -> Scenario:

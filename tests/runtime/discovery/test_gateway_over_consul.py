@@ -54,12 +54,16 @@ async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str, version:
         "AGENTMESH_RAG_LOG_FORMAT": "console",
     }
     process = await spawn_serving("services.rag", env, tmp_path)
-    # Each instance holds one document named after it, so a search result says who served it.
-    async with grpc.aio.insecure_channel(process.address) as channel:
-        document = document_pb2.Document(document_id=name, text="Refunds are processed within five business days.")
-        await rag_grpc.RagServiceStub(channel).IngestDocuments(
-            rag_pb.IngestDocumentsRequest(documents=[document]), timeout=10
-        )
+    try:
+        # Each instance holds one document named after it, so a search result says who served it.
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            document = document_pb2.Document(document_id=name, text="Refunds are processed within five business days.")
+            await rag_grpc.RagServiceStub(channel).IngestDocuments(
+                rag_pb.IngestDocumentsRequest(documents=[document]), timeout=10
+            )
+    except BaseException:
+        await asyncio.to_thread(process.kill)  # not yet in the fixture's hands: it would outlive the test
+        raise
     return process
 
 
