@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,11 @@ class ProcessGroup:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self.children: list[Child] = []
+        # Servers that daemonize (PostgreSQL's pg_ctl) are stopped by a callback, after the children.
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
 
     def start(
         self,
@@ -123,6 +128,9 @@ class ProcessGroup:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        cleanups, self._cleanups = self._cleanups, []
+        for cleanup in reversed(cleanups):
+            cleanup()
 
 
 def _wait_for_port(child: Child, port_file: Path, timeout_s: float) -> int:

@@ -13,6 +13,8 @@ The workers behave as one instance:
   all of them did;
 * a worker that exits on its own (a crash) stops the others and the parent exits 1: a supervisor
   (systemd, Kubernetes) restarts the whole instance rather than it serving at partial capacity;
+  a parent that dies, even by SIGKILL, takes its workers with it (each drains on the SIGTERM the
+  kernel sends it, ``PR_SET_PDEATHSIG``);
 * registration with discovery happens once, from worker 0 (:func:`is_primary`); health answers
   the same from every worker;
 * worker ``i`` serves metrics on ``METRICS_PORT + i`` (each process has its own counters) and
@@ -25,9 +27,11 @@ multiplies whole servers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -49,6 +53,7 @@ class Worker:
 
 _current = Worker(0, 1)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def current_worker() -> Worker:
@@ -86,6 +91,7 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
     """
     global _current  # noqa: PLW0603  # set once per forked worker, before it serves
     count = settings.processes
+    parent = os.getpid()
     with reserved_port(settings.host, settings.port) as port:
         children: dict[int, int] = {}
         # Blocked while forking: a SIGTERM now waits until each process has its handlers (the
@@ -96,6 +102,7 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
             if pid == 0:  # the worker
                 code = 1
                 try:
+                    _exit_with(parent)
                     _current = Worker(index, count)
                     structlog.contextvars.bind_contextvars(worker=index)
                     code = serve(worker_settings(settings, _current, port))
@@ -106,6 +113,17 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
             children[pid] = index
         log.info("serving from processes", port=port, processes=count, pids=sorted(children))
         return _supervise(children)
+
+
+def _exit_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies, even by SIGKILL, so no worker
+    keeps serving the port on its own; it then drains like any stopped worker (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            log.warning("worker cannot follow its parent", errno=ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _supervise(children: dict[int, int]) -> int:

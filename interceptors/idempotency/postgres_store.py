@@ -1,10 +1,11 @@
 """Idempotency keys in PostgreSQL: shared by every replica, beside the service's own data.
 
-Each key is a row (fingerprint, owner, record, expires_at). The claim is one statement,
-``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``: of many concurrent claims exactly one
-inserts the row (or takes over an expired one), the others see the row that is there. Times
-come from the database's clock, so replicas with skewed clocks agree on expiry. Completion
-and release only match the claim's owner.
+Each key is a row (fingerprint, owner, record, expires_at). A claim is ``INSERT ... ON CONFLICT
+DO NOTHING``: of many concurrent claims of a new key exactly one inserts the row. The others
+read the row that is there (a replay or a call in progress: no lock is taken, so replays of
+one key do not queue behind each other); an expired row is taken over with a conditional
+UPDATE, which again only one claimant wins. Times come from the database's clock, so replicas
+with skewed clocks agree on expiry. Completion and release only match the claim's owner.
 
 asyncpg directly (not the services' database layer): this store sits below ``runtime/`` and
 speaks PostgreSQL only, so its statements need no dialect layer.
@@ -32,14 +33,17 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_
 # Serializes the CREATEs of replicas starting together (concurrent IF NOT EXISTS can collide).
 _SCHEMA_LOCK = 0x61676D5F6964656D  # "agm_idem"
 _CLAIM = f"""
-INSERT INTO idempotency_keys AS k (key, fingerprint, owner, record, expires_at)
+INSERT INTO idempotency_keys (key, fingerprint, owner, record, expires_at)
 VALUES ($1, $2, $3, NULL, {_NOW} + $4)
-ON CONFLICT (key) DO UPDATE
-   SET fingerprint = excluded.fingerprint, owner = excluded.owner, record = NULL, expires_at = excluded.expires_at
- WHERE k.expires_at <= {_NOW}
+ON CONFLICT (key) DO NOTHING
 RETURNING owner
 """
-_EXISTING = f"SELECT fingerprint, record FROM idempotency_keys WHERE key = $1 AND expires_at > {_NOW}"
+_EXISTING = f"SELECT fingerprint, record, expires_at > {_NOW} AS live FROM idempotency_keys WHERE key = $1"
+_TAKE_OVER = f"""
+UPDATE idempotency_keys SET fingerprint = $2, owner = $3, record = NULL, expires_at = {_NOW} + $4
+ WHERE key = $1 AND expires_at <= {_NOW}
+RETURNING owner
+"""
 _COMPLETE = f"""
 UPDATE idempotency_keys SET owner = NULL, record = $3, expires_at = {_NOW} + $4
  WHERE key = $1 AND owner = $2 AND expires_at > {_NOW}
@@ -83,9 +87,13 @@ class PostgresStore:
             if await pool.fetchval(_CLAIM, scoped, fingerprint, owner, lease) is not None:
                 return None
             row = await pool.fetchrow(_EXISTING, scoped)
-            if row is not None:
+            if row is None:
+                continue  # released between the two statements: claim again
+            if row["live"]:
                 return Entry(row["fingerprint"], row["record"])
-            # Released or expired between the two statements: claim again.
+            if await pool.fetchval(_TAKE_OVER, scoped, fingerprint, owner, lease) is not None:
+                return None
+            # Another claimant took the expired row first: read what it holds.
 
     async def complete(self, key: str, owner: str, record: bytes, *, ttl: float) -> None:
         await (await self._connections()).execute(_COMPLETE, self._prefix + key, owner, record, ttl)

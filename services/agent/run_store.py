@@ -142,6 +142,17 @@ class RunStore:
         """
         labels, retrieval_filter = dict(labels or {}), dict(retrieval_filter or {})
         fingerprint = _fingerprint(question, labels, retrieval_filter)
+        if request_id:
+            # A replay needs no write and no lock: answer it from the committed run. (A miss
+            # decides nothing: the conditional INSERT below does.)
+            found = await self.db.fetch_one(
+                "SELECT fingerprint, snapshot FROM runs WHERE creator = :creator AND request_id = :request_id",
+                {"creator": creator, "request_id": request_id},
+            )
+            if found is not None:
+                if found[0] != fingerprint:
+                    raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
+                return Run.from_dict(json.loads(found[1])), False
         async with self.db.transaction() as tx:
             await tx.lock(LOG_LOCK)
             now = time.time()

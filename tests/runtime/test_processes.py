@@ -70,6 +70,7 @@ def log_lines(process: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def worker_pids(process: ServiceProcess) -> list[int]:
+    """The workers' pids, which the parent logs right after forking, long before any serves."""
     [started] = [line for line in log_lines(process) if line["event"] == "serving from processes"]
     return list(started["pids"])
 
@@ -128,6 +129,31 @@ async def test_two_processes_share_the_port_and_a_sigterm_drains_both(
         echo.gate.set()
         for channel in channels:
             await channel.close()
+        await asyncio.to_thread(gateway.kill)
+
+
+async def test_workers_do_not_outlive_a_killed_parent(
+    tmp_path: Path,
+    backend: tuple[PeerEcho, int],
+    echo_descriptor_set: Path,  # noqa: F811
+) -> None:
+    _, port = backend
+    backends = json.dumps({"echo": [f"127.0.0.1:{port}"]})
+    gateway = await asyncio.to_thread(
+        spawn,
+        "services.gateway",
+        gateway_env(tmp_path, echo_descriptor_set, AGENTMESH_GATEWAY_BACKENDS=backends),
+        tmp_path,
+    )
+    try:
+        pids = worker_pids(gateway)
+        await asyncio.to_thread(gateway.kill)  # SIGKILL: the parent cannot forward anything
+
+        async def workers_gone() -> bool:
+            return not any(alive(pid) for pid in pids)
+
+        await wait_until(workers_gone, timeout_s=30)
+    finally:
         await asyncio.to_thread(gateway.kill)
 
 

@@ -1,7 +1,7 @@
 """A bad setting stops a service with one line naming the variable and what it accepts, never a traceback.
 
-Each case runs `python -m services.<name>` (or `python -m console`) as an operator would, in an
-empty directory (no `.env`).
+Each case runs `python -m services.<name>` (or the console, or `make run`'s launcher) as an operator
+would, in an empty directory (no `.env`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import pytest
 from runtime.settings_errors import EXIT_INVALID_SETTING
 from tests.system import REPO
 
+MODULES = {"console": "console", "launcher": "tools.launcher"}  # the rest are services.<name>
+
 
 async def start_and_refuse(service: str, setting: str, value: str, work_dir: Path) -> list[str]:
     """The stderr lines of ``service`` started with ``setting=value``, asserting it exits EXIT_INVALID_SETTING."""
@@ -30,7 +32,7 @@ async def start_and_refuse(service: str, setting: str, value: str, work_dir: Pat
         setting: value,
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "console" if service == "console" else f"services.{service}", cwd=work_dir, env=env,
+        sys.executable, "-m", MODULES.get(service, f"services.{service}"), cwd=work_dir, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
@@ -38,6 +40,10 @@ async def start_and_refuse(service: str, setting: str, value: str, work_dir: Pat
     assert process.returncode == EXIT_INVALID_SETTING, stderr
     assert "Traceback" not in stderr
     return stderr.splitlines()
+
+
+def _ids(cases: list[tuple[str, str, str, str]]) -> list[str]:
+    return [f"{service}-{setting}" for service, setting, *_ in cases]
 
 
 # (service, variable, value, what the line must say): refused while the settings are read.
@@ -57,10 +63,13 @@ READ_TIME = [
     ("rag", "AGENTMESH_DISCOVERY", "zookeeper", "AGENTMESH_DISCOVERY: Input should be 'static' or 'consul'"),
     ("rag", "AGENTMESH_CHECK_INTERVAL_SECONDS", "-1", "AGENTMESH_CHECK_INTERVAL_SECONDS: Input should be greater"),
     ("console", "AGENTMESH_CONSOLE_PORT", "x", "AGENTMESH_CONSOLE_PORT: Input should be a valid integer"),
+    # `make run` reads every service's settings before it starts any of them.
+    ("launcher", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
+    ("launcher", "AGENTMESH_RAG_PORT", "abc", "AGENTMESH_RAG_PORT: Input should be a valid integer"),
 ]
 
 
-@pytest.mark.parametrize(("service", "setting", "value", "says"), READ_TIME, ids=[c[1] for c in READ_TIME])
+@pytest.mark.parametrize(("service", "setting", "value", "says"), READ_TIME, ids=_ids(READ_TIME))
 async def test_a_bad_setting_is_one_line_naming_it(
     tmp_path: Path, service: str, setting: str, value: str, says: str
 ) -> None:
@@ -91,7 +100,7 @@ BUILD_TIME = [
 ]
 
 
-@pytest.mark.parametrize(("service", "setting", "value", "says"), BUILD_TIME, ids=[c[1] for c in BUILD_TIME])
+@pytest.mark.parametrize(("service", "setting", "value", "says"), BUILD_TIME, ids=_ids(BUILD_TIME))
 async def test_a_setting_that_fails_the_build_is_one_line_naming_it(
     tmp_path: Path, service: str, setting: str, value: str, says: str
 ) -> None:
