@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +48,20 @@ class Child:
         return f"127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the process, all its threads, so far."""
+        """User + system CPU of the process and its live child processes (a service serving from
+        several, runtime/processes.py), all their threads, so far."""
         try:
-            times = self.process.cpu_times()
+            processes = [self.process, *self.process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0.0
-        return float(times.user + times.system)
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -74,6 +82,11 @@ class ProcessGroup:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self.children: list[Child] = []
+        # Servers that daemonize (PostgreSQL's pg_ctl) are stopped by a callback, after the children.
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
 
     def start(
         self,
@@ -115,6 +128,9 @@ class ProcessGroup:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        cleanups, self._cleanups = self._cleanups, []
+        for cleanup in reversed(cleanups):
+            cleanup()
 
 
 def _wait_for_port(child: Child, port_file: Path, timeout_s: float) -> int:

@@ -66,7 +66,8 @@ def build(
             # Where the named baseline was not measured with this client, the bare one is.
             baseline = scenario.baseline if client in summaries.get(scenario.baseline, {}) else "bare"
             base = summaries.get(baseline, {}).get(client)
-            ratio = p99_ratio = cpu_ratio = None
+            ratio = p99_ratio = cpu_ratio = added = None
+            process_ratio: dict[str, float] = {}
             if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
                 ratio = summary["messages_per_s"] / base["messages_per_s"]
                 p99_ratio = summary["latency_ms"]["p99"] / base["latency_ms"]["p99"]
@@ -76,12 +77,28 @@ def build(
                 base_cpu = _servers_cpu(base["cpu_s_per_1k"]) * base_per_message
                 if base_cpu:
                     cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
+                # What this scenario's layers add to the servers, per call, over the baseline's.
+                added = _servers_cpu(summary["cpu_s_per_1k"]) - _servers_cpu(base["cpu_s_per_1k"])
+                # Each process against a bare server's per call (the gateway process vs a bare server).
+                bare = summaries.get("bare", {}).get(client, base)
+                base_server = bare["cpu_s_per_1k"].get("backend")
+                if base_server:
+                    process_ratio = {
+                        role: seconds / base_server
+                        for role, seconds in summary["cpu_s_per_1k"].items()
+                        if role != "client"
+                    }
             clients[client] = {
                 **summary,
                 "baseline": baseline,
                 "ratio": ratio,
                 "p99_ratio": p99_ratio,
                 "servers_cpu_ratio": cpu_ratio,
+                # CPU seconds per 1,000 calls is numerically vCPU per 1,000 calls/s (Istio's unit).
+                "vcpu_per_1k_rps": summary["cpu_s_per_1k"],
+                "cpu_us_per_call": {role: seconds * 1000 for role, seconds in summary["cpu_s_per_1k"].items()},
+                "added_vcpu_per_1k_rps": added,
+                "process_cpu_ratio": process_ratio,
                 "runs": results[scenario.name][client],
             }
         rows.append(
@@ -99,7 +116,11 @@ def build(
         if target.scenario not in by_name:
             continue
         entry = next(r for r in rows if r["name"] == target.scenario)["clients"].get(target.client, {})
-        value = entry.get(target.metric)
+        # "process_cpu_ratio.gateway": one process's figure from a per-process mapping.
+        field, _, role = target.metric.partition(".")
+        value = entry.get(field)
+        if role:
+            value = (value or {}).get(role)
         checked.append(
             {
                 "title": target.title,
@@ -138,8 +159,16 @@ def _servers_cpu(cpu: Mapping[str, float]) -> float:
     return sum(seconds for role, seconds in cpu.items() if role != "client")
 
 
-def _fmt_cpu(cpu: Mapping[str, float]) -> str:
-    return " · ".join(f"{role} {seconds:.2f}" for role, seconds in cpu.items())
+def _fmt_us(cpu_s_per_1k: Mapping[str, float]) -> str:
+    return " · ".join(f"{role} {seconds * 1000:.0f}" for role, seconds in cpu_s_per_1k.items())
+
+
+def _fmt_vcpu(cpu_s_per_1k: Mapping[str, float]) -> str:
+    return " · ".join(f"{role} {seconds:.2f}" for role, seconds in cpu_s_per_1k.items())
+
+
+# Istio's published figure for one sidecar (istio.io "Performance and Scalability", 1 KB payloads).
+ISTIO_SIDECAR_VCPU_PER_1K_RPS = 0.20
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -172,7 +201,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             + (" (C, cheap: shows the servers' ceiling)" if client == "h2load" else " (grpc.aio client)"),
             "",
             "| scenario | calls/s | msgs/s | x baseline | p50 ms | p90 ms | p99 ms | p99 x | errors "
-            "| servers CPU per msg x | CPU s per 1k calls |",
+            "| servers CPU per msg x | CPU µs per call (per process) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in rows:
@@ -182,12 +211,38 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {row['name']}{base} | {c['rps']:,.0f} | {c['messages_per_s']:,.0f} | {_fmt_ratio(c['ratio'])} "
                 f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {_fmt_ratio(c['p99_ratio'])} "
-                f"| {_fmt_errors(c['errors'])} | {_fmt_ratio(c['servers_cpu_ratio'])} | {_fmt_cpu(c['cpu_s_per_1k'])} |"
+                f"| {_fmt_errors(c['errors'])} | {_fmt_ratio(c['servers_cpu_ratio'])} | {_fmt_us(c['cpu_s_per_1k'])} |"
             )
         lines.append("")
+    lines += _layer_costs(report)
     lines += ["Scenarios:", ""]
     lines += [f"- `{r['name']}`: {r['summary']} ({r['topology']})" for r in report["scenarios"]]
     return "\n".join(lines) + "\n"
+
+
+def _layer_costs(report: Mapping[str, Any]) -> list[str]:
+    """Each scenario's processes in vCPU per 1,000 calls/s, the unit Istio publishes for its sidecar."""
+    rows = [r for r in report["scenarios"] if "h2load" in r["clients"] and r["call"] == "unary"]
+    if not rows:
+        return []
+    lines = [
+        "**Each layer in Istio's unit** (h2load; vCPU per 1,000 calls/s = CPU seconds per 1,000 calls; "
+        f"Istio publishes ≈{ISTIO_SIDECAR_VCPU_PER_1K_RPS:.2f} for one sidecar)",
+        "",
+        "| scenario | per process | servers' total | added over its baseline | each process x a bare server |",
+        "|---|---|---:|---:|---|",
+    ]
+    for row in rows:
+        c = row["clients"]["h2load"]
+        servers = {role: v for role, v in c["cpu_s_per_1k"].items() if role != "client"}
+        added = c.get("added_vcpu_per_1k_rps")
+        ratios = " · ".join(f"{role} {value:.2f}x" for role, value in (c.get("process_cpu_ratio") or {}).items())
+        lines.append(
+            f"| {row['name']} | {_fmt_vcpu(servers)} | {sum(servers.values()):.2f} "
+            f"| {'n/a' if added is None else f'{added:+.2f}'} | {ratios or 'n/a'} |"
+        )
+    lines.append("")
+    return lines
 
 
 def write(report: Mapping[str, Any], out_dir: Path, doc: Path | None) -> str:

@@ -27,6 +27,7 @@ from interceptors.idempotency import (
     IdempotencyStore,
     IdempotentMethod,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     SQLiteStore,
 )
@@ -47,6 +48,7 @@ class StackOptions:
     """What some interceptors need from the harness: where Redis is, where files may go."""
 
     redis_url: str | None = None
+    postgres_url: str | None = None
     data_dir: str = "var/bench"
     # The public keys tokens are checked against, for interceptors doing auth.
     jwks_file: str | None = None
@@ -131,6 +133,12 @@ def _redis_store(options: StackOptions) -> IdempotencyStore:
     return RedisStore.from_url(options.redis_url, prefix="agentmesh:bench:idempotency:")
 
 
+def _postgres_store(options: StackOptions) -> IdempotencyStore:
+    if options.postgres_url is None:
+        raise ValueError("idempotency-postgres needs a PostgreSQL URL (the harness starts a local cluster)")
+    return PostgresStore(url=options.postgres_url, prefix="bench:")
+
+
 def _auth_settings(options: StackOptions) -> AuthSettings:
     if options.jwks_file is None:
         raise ValueError("auth needs a JWKS file (the harness issues one)")
@@ -171,11 +179,14 @@ FACTORIES: dict[str, Factory] = {
         lambda options: SQLiteStore(path=Path(options.data_dir) / "idempotency.sqlite3")
     ),
     "idempotency-redis": _idempotency(_redis_store),
+    "idempotency-postgres": _idempotency(_postgres_store),
     "chain": _chain,
 }
 
 # Interceptors whose store is a Redis server; the harness starts one for them.
 NEEDS_REDIS: frozenset[str] = frozenset({"idempotency-redis"})
+# Interceptors whose store is a PostgreSQL database; the harness starts a local cluster for them.
+NEEDS_POSTGRES: frozenset[str] = frozenset({"idempotency-postgres"})
 # Interceptors that check bearer tokens; the harness issues keys and a token for them.
 NEEDS_AUTH: frozenset[str] = frozenset({"auth", "chain"})
 

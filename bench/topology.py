@@ -19,11 +19,12 @@ from bench.backend import BackendSpec
 from bench.credentials import Credentials
 from bench.payload import SERVICE
 from bench.processes import REPO, Child, ProcessGroup, python_argv, python_env
-from bench.stacks import NEEDS_AUTH, NEEDS_REDIS
+from bench.stacks import NEEDS_AUTH, NEEDS_POSTGRES, NEEDS_REDIS
 from mesh.certs import cert_paths, write_mesh_certs
 from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.local_layout import LOOPBACK, mesh_identities
-from mesh.policy import Policy, load_policy
+from mesh.policy import Policy, Proxy, load_policy
+from tools.postgres_local import LocalPostgres
 
 DESCRIPTOR_SET_PATH = REPO / "gen" / "agentmesh.pb"
 
@@ -85,6 +86,14 @@ def start_redis(group: ProcessGroup) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def start_postgres(group: ProcessGroup) -> str:
+    """A throwaway PostgreSQL cluster (tools/postgres_local.py, fsync off) in the work dir; returns its URL."""
+    cluster = LocalPostgres(group.work_dir / "postgres")
+    url = cluster.start()
+    group.on_stop(lambda: cluster.stop(mode="immediate"))
+    return url
+
+
 def needs_auth(spec: BackendSpec) -> bool:
     return bool(NEEDS_AUTH.intersection(spec.interceptors))
 
@@ -102,6 +111,8 @@ def start_backend(
         spec = replace(spec, options=replace(spec.options, jwks_file=str(creds.jwks_file)))
     if NEEDS_REDIS.intersection(spec.interceptors) and spec.options.redis_url is None:
         spec = replace(spec, options=replace(spec.options, redis_url=start_redis(group)))
+    if NEEDS_POSTGRES.intersection(spec.interceptors) and spec.options.postgres_url is None:
+        spec = replace(spec, options=replace(spec.options, postgres_url=start_postgres(group)))
     data_dir = group.work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     spec = replace(spec, options=replace(spec.options, data_dir=str(data_dir)))
@@ -216,7 +227,10 @@ def _mesh_sidecar(
         upstreams=upstreams,
         certs=cert_paths(certs_dir, service),
     )
-    return envoy.start(group, role, config, admin_port=admin, listen_port=inbound), inbound, outbound
+    child = envoy.start(
+        group, role, config, admin_port=admin, listen_port=inbound, concurrency=policy.proxy.worker_threads()
+    )
+    return child, inbound, outbound
 
 
 @dataclass(frozen=True)
@@ -226,9 +240,14 @@ class ViaMeshSidecars:
     standing in for the agent service and the client for the gateway."""
 
     backend: BackendSpec = field(default_factory=BackendSpec)
+    # False: the same configs with Envoy's defaults instead of the policy's `proxy` tuning (one
+    # worker, request ids, dynamic stats, x-envoy headers), i.e. the mesh before it was tuned.
+    tuned: bool = True
 
     def start(self, group: ProcessGroup) -> Endpoint:
         policy = load_policy()
+        if not self.tuned:
+            policy = policy.model_copy(update={"proxy": Proxy()})
         certs_dir = group.work_dir / "certs"
         write_mesh_certs(certs_dir, mesh_identities(policy))
         backend = start_backend(group, self.backend)
@@ -243,7 +262,8 @@ class ViaMeshSidecars:
         return Endpoint(f"{LOOPBACK}:{outbound['agent']}")
 
     def describe(self) -> str:
-        return f"client → caller's sidecar → mTLS → callee's sidecar → backend ({_describe_backend(self.backend)})"
+        path = f"client → caller's sidecar → mTLS → callee's sidecar → backend ({_describe_backend(self.backend)})"
+        return path if self.tuned else f"{path}, Envoy defaults"
 
 
 @dataclass(frozen=True)

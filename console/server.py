@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -135,18 +136,15 @@ async def serve(settings: ConsoleSettings) -> None:
 
 
 def main() -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
     from runtime.logging import configure_logging  # noqa: PLC0415
+    from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings  # noqa: PLC0415
 
     try:
-        settings = ConsoleSettings()
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(p) for p in problem["loc"]) or "settings"
-            name = f"AGENTMESH_CONSOLE_{where.upper()}" if problem["loc"] else "AGENTMESH_CONSOLE_*"
-            print(f"{name}: {problem['msg']}", flush=True)
-        return 2
+        settings = load_settings(ConsoleSettings)
+        load_settings(DiscoverySettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
     configure_logging(level="INFO", fmt="console")
     asyncio.run(serve(settings))
     return 0

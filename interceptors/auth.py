@@ -18,10 +18,11 @@ unknown key, wrong issuer or audience, expired -> UNAUTHENTICATED; valid token l
 scope, unlisted method, peer not allowed -> PERMISSION_DENIED. Every rejection carries a
 google.rpc ``ErrorInfo`` whose ``reason`` says which (``TOKEN_EXPIRED``, ``SCOPE_MISSING``...).
 
-The verified :class:`~interceptors.identity.Caller` is set in ``current_caller`` during
-``intercept_service``; grpc.aio runs interceptors and the handler in one
-``contextvars.Context`` per call, so inner interceptors' behaviours and the handler see
-it, and no other call can.
+Which of these checks a method gets is decided once, when the server layer compiles it: a
+public method gets no auth work at all (unless mTLS peers are checked), a method outside
+the policy a constant refusal. The verified :class:`~interceptors.identity.Caller` is set in
+``current_caller`` by the check, inside the call's task, so the inner steps and the handler
+see it, and no other call can.
 
 Identity across hops (gateway -> agent -> rag): the verified token is forwarded
 unchanged (``interceptors.auth_forwarding``) and every service runs this interceptor
@@ -40,28 +41,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import grpc.aio
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
-from interceptors.admission import GuardedHandlers
-from interceptors.handlers import rejecting_handler
+from interceptors._typing import Context
 from interceptors.identity import Caller, current_caller
-from interceptors.jwks import TokenRejected, TokenVerifier
-from interceptors.method_rules import MethodRules, validate_pattern
+from interceptors.jwks import TokenRejected, TokenVerifier, VerifiedToken
+from interceptors.layer import Check, Concern, MethodInfo
 from interceptors.peer_identity import peer_identity
+from interceptors.selector import HEALTH, REFLECTION, Matcher, MethodRules, every_method, validate_pattern
 from rpcstatus.details import error_status
 from rpcstatus.errors import error_info
 
 AUTHORIZATION_KEY = "authorization"
 
-DEFAULT_PUBLIC_METHODS: tuple[str, ...] = (
-    "/grpc.health.v1.Health/*",
-    "/grpc.reflection.v1.ServerReflection/*",
-    "/grpc.reflection.v1alpha.ServerReflection/*",
-)
+DEFAULT_PUBLIC_METHODS: tuple[str, ...] = (HEALTH, *REFLECTION)
 
 
 class AuthPolicy(BaseModel):
@@ -120,51 +117,59 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
+CheckFunction = Callable[[Context], grpc.Status | None]
+_MAX_CALLERS = 4096
+
+
 def _unauthenticated(reason: str, message: str) -> grpc.Status:
     return error_status(grpc.StatusCode.UNAUTHENTICATED, message, error_info(reason))
 
 
-class AuthInterceptor(ServerInterceptorBase):
+class AuthInterceptor(Concern):
     """Verifies the bearer token and per-method scopes (and mTLS peers), then sets ``current_caller``."""
 
-    def __init__(self, *, verifier: TokenVerifier, policy: AuthPolicy, mtls: bool = False) -> None:
+    def __init__(
+        self, *, verifier: TokenVerifier, policy: AuthPolicy, mtls: bool = False, select: Matcher = every_method
+    ) -> None:
         if policy.required_peers and not mtls:
             raise ValueError("required_peers needs mtls=True: without client certificates no peer can match")
         self._verifier = verifier
         self._policy = policy
         self._mtls = mtls
-        self._access: dict[str, MethodAccess] = {}
-        self._peer_guards = GuardedHandlers(self._peer_check)
+        self.select = select
+        # The Caller of each verified token the verifier holds, built once: a client reuses its
+        # token for many calls, and the verifier answers those from its cache.
+        self._callers: dict[str, tuple[VerifiedToken, Caller]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED
-        method: str = handler_call_details.method
-        access = self._access.get(method)
-        if access is None:
-            access = self._access[method] = resolve_access(self._policy, method)
+    def compile(self, info: MethodInfo) -> list[Check]:
+        method = info.name
+        access = resolve_access(self._policy, method)
         if access.denied:
-            return rejecting_handler(
-                handler,
-                error_status(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"{method} is not listed in the auth policy, so no caller may use it",
-                    error_info("METHOD_NOT_IN_POLICY", method=method),
-                ),
+            refusal = error_status(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method} is not listed in the auth policy, so no caller may use it",
+                error_info("METHOD_NOT_IN_POLICY", method=method),
             )
+            return [Check(lambda _context: refusal)]
+        checks: list[Check] = []
         if not access.public:
-            outcome = self._authenticate(method, access, handler_call_details.invocation_metadata)
-            if isinstance(outcome, grpc.Status):
-                return rejecting_handler(handler, outcome)
-            current_caller.set(outcome)
+            checks.append(Check(self._token_check(method, access)))
         if self._mtls:
-            return self._peer_guards.get(method, handler)
-        return handler
+            checks.append(Check(self._peer_check(method, access.peers)))
+        return checks
+
+    def _token_check(self, method: str, access: MethodAccess) -> CheckFunction:
+        authenticate = self._authenticate
+
+        def check(context: Context) -> grpc.Status | None:
+            metadata = cast(Sequence[tuple[str, str | bytes]] | None, context.invocation_metadata())
+            outcome = authenticate(method, access, metadata)
+            if isinstance(outcome, grpc.Status):
+                return outcome
+            current_caller.set(outcome)
+            return None
+
+        return check
 
     def _authenticate(
         self, method: str, access: MethodAccess, metadata: Sequence[tuple[str, str | bytes]] | None
@@ -188,16 +193,21 @@ class AuthInterceptor(ServerInterceptorBase):
                 f"{method} needs scope(s) {listed!r}, which the token for {verified.subject!r} lacks",
                 error_info("SCOPE_MISSING", method=method, missing_scopes=listed),
             )
-        return Caller(
+        known = self._callers.get(token)
+        if known is not None and known[0] is verified:
+            return known[1]
+        caller = Caller(
             subject=verified.subject,
             scopes=verified.scopes,
             claims=dict(verified.claims),
             bearer_token=token,
         )
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()  # bounded like the verifier's cache; rebuilt on the next calls
+        self._callers[token] = (verified, caller)
+        return caller
 
-    def _peer_check(self, method: str) -> Callable[[Context], grpc.Status | None]:
-        allowed = self._access[method].peers
-
+    def _peer_check(self, method: str, allowed: tuple[str, ...] | None) -> CheckFunction:
         def check(context: Context) -> grpc.Status | None:
             peer = peer_identity(context)
             if peer is None:

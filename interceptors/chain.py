@@ -1,22 +1,31 @@
 """The one place that orders the interceptor chain, server side and client side.
 
-Server chain, outermost first (grpc.aio runs the first interceptor outermost):
+Server chain: one layer (``interceptors.layer.ServerChain``), compiled once per method into
+one handler; each concern decides then whether it applies to the method (its matcher) and
+what it does for it. Outermost first:
 
 1. tracing      - the call's trace context, before anything can log or fail, so every
                   log line and error (auth refusals included) carries the trace id;
-2. metrics      - every call counted by its final code, rejections included;
-3. access log   - one line per call with the status the client really got;
-4. errors       - recovery: a crash anywhere inside (auth, a store, the handler) becomes
-                  INTERNAL, which the metrics and the log line above then see;
+2. metrics      - every call counted by its final code, refusals included;
+3. access log   - one line per call with the status the client really got (not probes);
+4. recovery     - a crash anywhere inside (auth, a store, the handler) becomes INTERNAL,
+                  which the metrics and the log line above then see;
 5. deadline     - refuse work that is already late and give deadline-less calls the
-                  default, before paying for auth or quota;
-6. auth         - SLOT (interceptors.auth.AuthInterceptor): establishes the caller;
-7. rate limit   - SLOT (interceptors.rate_limit.RateLimitInterceptor): quotas are per
+                  default (not to long-lived streams), before paying for anything below;
+6. drain        - while the server drains, new calls end UNAVAILABLE (DRAINING), counted
+                  and logged like every other refusal (not probes: checkers must see it);
+7. auth         - SLOT (interceptors.auth.AuthInterceptor): establishes the caller;
+                  a public method gets no auth work at all;
+8. rate limit   - SLOT (interceptors.rate_limit.RateLimitInterceptor): quotas are per
                   caller, so after auth;
-8. idempotency  - innermost: keys are scoped to the authenticated caller, a replay still
+9. decode       - the request parsed here, so a corrupt one is INVALID_ARGUMENT (and is
+                  not parsed at all for a caller auth or quota refused);
+10. idempotency - innermost: keys are scoped to the authenticated caller, a replay still
                   passes auth and quota, and what is recorded is the handler's own outcome.
 
-The bootstrap puts its drain gate and request decoding in front of this chain.
+Drain, auth and rate limit are checks: they share one wrapper frame; metrics and the access
+log share one outcome. The bootstrap compiles the chain into every handler as it registers
+it, so grpc.aio runs no interceptor per call (``runtime/bootstrap.py``).
 
 Client chain (a service's outgoing calls), outermost first: tracing (one client span
 around all attempts), deadline (the remaining budget, which bounds the retries too), then
@@ -31,10 +40,12 @@ from collections.abc import Sequence
 
 import grpc.aio
 
-from interceptors._typing import ServerInterceptorBase
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.deadline import DeadlineInterceptor, deadline_client_interceptors
+from interceptors.decode import DecodeRequests
+from interceptors.drain import DrainGate
 from interceptors.idempotency import IdempotencyInterceptor
+from interceptors.layer import Concern, ServerChain
 from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import Tracing, TracingInterceptor, tracing_client_interceptors
@@ -46,22 +57,34 @@ def server_chain(
     metrics: Metrics | None,
     access_log: AccessLogInterceptor | None,
     default_deadline_s: float,
-    auth: ServerInterceptorBase | None = None,
-    rate_limit: ServerInterceptorBase | None = None,
+    auth: Concern | None = None,
+    rate_limit: Concern | None = None,
     idempotency: IdempotencyInterceptor | None = None,
-) -> list[ServerInterceptorBase]:
-    """The server interceptors in the order explained above; a part given as None is left out."""
-    chain: list[ServerInterceptorBase | None] = [
+    drain: DrainGate | None = None,
+    decode: bool = True,
+) -> ServerChain:
+    """The server layer in the order explained above; a part given as None is left out.
+
+    ``drain`` is the gate the bootstrap closes when the server drains (a new one if None).
+    """
+    parts: list[Concern | None] = [
         None if tracing is None else TracingInterceptor(tracing=tracing),
         None if metrics is None else MetricsInterceptor(metrics=metrics),
         access_log,
         RecoveryInterceptor(),
         DeadlineInterceptor(default_timeout=default_deadline_s),
+        drain if drain is not None else DrainGate(),
         auth,  # SLOT: interceptors.auth.AuthInterceptor
         rate_limit,  # SLOT: interceptors.rate_limit.RateLimitInterceptor
+        DecodeRequests() if decode else None,
         idempotency,
     ]
-    return [interceptor for interceptor in chain if interceptor is not None]
+    return ServerChain([part for part in parts if part is not None])
+
+
+def bootstrap_chain() -> ServerChain:
+    """What every server gets even without a service chain: the drain gate and request decoding."""
+    return ServerChain([DrainGate(), DecodeRequests()])
 
 
 def client_chain(

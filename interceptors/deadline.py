@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from contextvars import ContextVar
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from interceptors._typing import (
-    Context,
-    Handler,
-    Responses,
-    StreamBehavior,
-    UnaryBehavior,
-)
+from interceptors._typing import Context, Responses, StreamBehavior, UnaryBehavior
 from interceptors.call_details import details_interceptors
-from interceptors.outcome import WrappingInterceptor, wrap_handler
+from interceptors.layer import Concern, MethodInfo, Wrap
+from interceptors.selector import NOT_LONG_LIVED, Matcher
 
 # Absolute deadline of the call being served, on the time.monotonic() clock; None outside a call.
 call_deadline: ContextVar[float | None] = ContextVar("agentmesh_call_deadline", default=None)
 
 _EXPIRED = "deadline already passed before the server started the call"
-# Streams meant to stay open (health watches, reflection sessions) get no default deadline.
-LONG_LIVED = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
 
 
 def remaining_budget() -> float | None:
@@ -48,28 +42,81 @@ def remaining_budget() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-class DeadlineInterceptor(WrappingInterceptor):
-    """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
+class _Entry:
+    __slots__ = ("deadline", "done", "expired", "task")
 
-    Methods starting with a prefix in ``exempt`` are left alone.
+    def __init__(self, task: asyncio.Task[Any] | None, deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.done = False
+        self.expired = False
+
+
+class _DefaultDeadlines:
+    """The unary calls running on the default deadline, in the order they started; one timer.
+
+    Every such call ends ``timeout`` after it started, so they expire in start order: a queue
+    and one timer at its head replace the timer per call of ``asyncio.timeout`` (a heap push
+    and a cancelled handle each time, the dearest part of this concern per call).
     """
 
-    def __init__(self, *, default_timeout: float = 30.0, exempt: tuple[str, ...] = LONG_LIVED) -> None:
-        super().__init__()
+    __slots__ = ("_calls", "_timeout", "_timer")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._calls: deque[_Entry] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> _Entry:
+        loop = asyncio.get_running_loop()
+        entry = _Entry(asyncio.current_task(loop), loop.time() + self._timeout)
+        calls = self._calls
+        while calls and calls[0].done:
+            calls.popleft()
+        calls.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry.deadline, self._expire, loop)
+        return entry
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now, calls = loop.time(), self._calls
+        while calls:
+            head = calls[0]
+            if head.done:
+                calls.popleft()
+            elif head.deadline > now:
+                self._timer = loop.call_at(head.deadline, self._expire, loop)
+                return
+            else:
+                calls.popleft()
+                head.expired = True
+                if head.task is not None:
+                    head.task.cancel()
+
+
+class DeadlineInterceptor(Concern):
+    """Give calls without a deadline ``default_timeout`` seconds; refuse already-expired calls.
+
+    Only the methods ``select`` matches: by default all but the streams meant to stay open
+    (health watches, reflection sessions), which get no default deadline.
+    """
+
+    def __init__(self, *, default_timeout: float = 30.0, select: Matcher = NOT_LONG_LIVED) -> None:
+        self.select = select
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
         self._default_timeout = default_timeout
-        self._exempt = exempt
+        self._defaults = _DefaultDeadlines(default_timeout)
         self._too_slow = (
             f"the call sent no deadline and outran the server default of {default_timeout:g}s; "
             "send a deadline (grpc-timeout) if it needs longer"
         )
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        if method.startswith(self._exempt):
-            return handler
+    def compile(self, info: MethodInfo) -> Wrap:
         default_timeout = self._default_timeout
         too_slow = self._too_slow
+        defaults = self._defaults
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def bounded(request: Any, context: Context) -> Any:
@@ -80,12 +127,18 @@ class DeadlineInterceptor(WrappingInterceptor):
                     # grpc itself cancels the handler when the caller's deadline passes.
                     call_deadline.set(time.monotonic() + remaining)
                     return await behavior(request, context)
-                call_deadline.set(time.monotonic() + default_timeout)
+                entry = defaults.start()
+                call_deadline.set(entry.deadline)  # the loop's clock is time.monotonic()
                 try:
-                    async with asyncio.timeout(default_timeout):
-                        return await behavior(request, context)
-                except TimeoutError:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    if not entry.expired:
+                        raise  # the client went away
+                    if entry.task is not None:
+                        entry.task.uncancel()  # this concern's own cancellation, now handled
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, too_slow)
+                finally:
+                    entry.done = True
 
             return bounded
 
@@ -120,7 +173,7 @@ class DeadlineInterceptor(WrappingInterceptor):
 
             return bounded
 
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return Wrap(unary=unary, streaming=streaming)
 
 
 def _expired(method: str) -> grpc.aio.AioRpcError:

@@ -1,95 +1,55 @@
 """Undecodable request bytes become INVALID_ARGUMENT, not grpc's default UNKNOWN with a stack-derived message.
 
 grpc deserializes before any handler code runs and reports a failure as UNKNOWN, which tells a
-client nothing useful. This interceptor takes decoding over for calls with a single request
-message: the handler is given raw bytes and parses them itself, so a corrupt payload gets an
-actionable status. Streaming requests keep grpc's own decoding.
+client nothing useful. This concern takes decoding over for calls with a single request
+message: the compiled handler is given raw bytes and this step parses them, so a corrupt
+payload gets an actionable status, refused inside the server layer where it is traced, counted
+and logged. Streaming requests keep grpc's own decoding.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 
+from interceptors._typing import Context, Responses, StreamBehavior, UnaryBehavior
+from interceptors.layer import Concern, MethodInfo, Wrap
+from interceptors.selector import Matcher, every_method
 from rpcstatus.errors import invalid_argument
 
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
 
+class DecodeRequests(Concern):
+    """Parse each single-message request here, refusing a corrupt one with INVALID_ARGUMENT."""
 
-def _decoding(
-    behavior: Callable[..., Any], deserialize: Callable[[bytes], Any], method: str, streaming: bool
-) -> Callable[..., Any]:
-    def refusal() -> Exception:
-        return invalid_argument([("(request)", f"is not a valid protobuf message for {method}")])
+    def __init__(self, *, select: Matcher = every_method) -> None:
+        self.select = select
 
-    if streaming and not inspect.isasyncgenfunction(behavior):
-        # A streaming handler may send with `await context.write(...)` instead of yielding
-        # (grpc.health.v1's Watch does): it must be awaited, not iterated.
-        async def writing_behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            try:
-                request = deserialize(raw)
-            except DecodeError:
-                await refusal().abort(context)  # type: ignore[attr-defined]
-            await behavior(request, context)
+    def compile(self, info: MethodInfo) -> Wrap | None:
+        deserialize = info.request_deserializer
+        if info.request_streaming or deserialize is None:
+            return None
+        refusal = invalid_argument([("(request)", f"is not a valid protobuf message for {info.name}")])
 
-        return writing_behavior
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def decoded(raw: bytes, context: Context) -> Any:
+                try:
+                    request = deserialize(raw)
+                except DecodeError:
+                    await refusal.abort(context)
+                return await behavior(request, context)
 
-    if streaming:
+            return decoded
 
-        async def stream_behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                request = deserialize(raw)
-            except DecodeError:
-                await refusal().abort(context)  # type: ignore[attr-defined]
-            async for item in behavior(request, context):
-                yield item
+        def streaming(behavior: StreamBehavior) -> StreamBehavior:
+            async def decoded(raw: bytes, context: Context) -> Responses:
+                try:
+                    request = deserialize(raw)
+                except DecodeError:
+                    await refusal.abort(context)
+                async for response in behavior(request, context):
+                    yield response
 
-        return stream_behavior
+            return decoded
 
-    async def unary_behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = deserialize(raw)
-        except DecodeError:
-            await refusal().abort(context)  # type: ignore[attr-defined]
-        return await behavior(request, context)
-
-    return unary_behavior
-
-
-class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
-    def __init__(self) -> None:
-        # Wrapped handlers are built once per inner handler, not per call; keyed by identity so
-        # an inner interceptor that builds handlers per call still gets its own every time.
-        self._cache: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        cached = self._cache.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        assert behavior is not None  # grpc sets the behaviour matching the handler's shape
-        if handler.response_streaming:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                _decoding(behavior, handler.request_deserializer, method, streaming=True),
-                response_serializer=handler.response_serializer,
-            )
-        else:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                _decoding(behavior, handler.request_deserializer, method, streaming=False),
-                response_serializer=handler.response_serializer,
-            )
-        self._cache[method] = (handler, wrapped)
-        return wrapped
+        return Wrap(unary=unary, streaming=streaming, raw_request=True)

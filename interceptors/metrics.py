@@ -16,8 +16,9 @@ import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
-from interceptors._typing import Handler
-from interceptors.outcome import Outcome, WrappingInterceptor, observe, rpc_kind
+from interceptors.layer import Concern, MethodInfo, Observe
+from interceptors.outcome import Outcome
+from interceptors.selector import Matcher, every_method
 
 # The circuit breaker's states, in the order dashboards show them.
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -41,11 +42,6 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
-
-
-def _split(method: str) -> tuple[str, str]:
-    service, _, name = method.lstrip("/").partition("/")
-    return service, name
 
 
 class Metrics:
@@ -89,29 +85,34 @@ class Metrics:
         self.set_breaker_state(target, str(new))
 
 
-class MetricsInterceptor(WrappingInterceptor):
-    """Count every call by its real final code, time it, and track calls in flight."""
+class MetricsInterceptor(Concern):
+    """Count every call by its real final code, time it, and track calls in flight.
 
-    def __init__(self, *, metrics: Metrics) -> None:
-        super().__init__()
+    Probes are counted too (unlike the access log): a dashboard shows how often checkers call.
+    """
+
+    def __init__(self, *, metrics: Metrics, select: Matcher = every_method) -> None:
         self._metrics = metrics
+        self.select = select
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
+    def compile(self, info: MethodInfo) -> Observe:
         # Resolve the labelled children once per method: labels() takes a lock and a
         # dict lookup that the hot path need not repeat.
-        service, name = _split(method)
-        kind = rpc_kind(handler)
+        service, name, kind = info.service, info.method, info.kind
         metrics = self._metrics
-        by_code = {code: metrics.handled.labels(kind, service, name, code.name) for code in grpc.StatusCode}
+        # Keyed by identity: an Enum hashes in Python, an id() lookup does not.
+        by_code = {id(code): metrics.handled.labels(kind, service, name, code.name) for code in grpc.StatusCode}
         latency = metrics.latency.labels(kind, service, name)
         in_flight = metrics.in_flight.labels(service, name)
 
+        clock = time.perf_counter
+
         def done(context: Any, outcome: Outcome, started: float) -> None:
             in_flight.dec()
-            by_code[outcome.code].inc()
-            latency.observe(time.perf_counter() - started)
+            by_code[id(outcome.code)].inc()
+            latency.observe(clock() - started)
 
-        return observe(handler, done, on_start=in_flight.inc)
+        return Observe(done, start=in_flight.inc)
 
 
 def serve_metrics(*, registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:

@@ -4,13 +4,14 @@ Each verified caller gets its own bucket for each limited method: ``rate_per_sec
 tokens refill continuously up to ``burst``, each call takes one. Limits come from a
 :class:`RateLimitPolicy` keyed by method pattern (``/pkg.Service/Method``,
 ``/pkg.Service/*``, ``*``), with optional per-subject overrides (a batch client gets more,
-a suspicious one less). Methods without a limit are not wrapped at all.
+a suspicious one less). Which methods are limited is looked up once per method and policy
+(a dict hit per call), so a live policy change (``replace_policy``) applies from the next call.
 
 Over the limit, the call ends with RESOURCE_EXHAUSTED carrying ``RetryInfo`` (when the
 next token arrives, which retrying clients honour), ``QuotaFailure`` (whose quota ran
 out) and ``ErrorInfo`` reason ``RATE_LIMITED``.
 
-The interceptor must run inside auth (after it in the chain): it reads the caller auth
+The concern must run inside auth (after it in the chain): it reads the caller auth
 verified, at call time. Unauthenticated calls to public methods share the ``anonymous``
 bucket; keep such methods unlimited here and shed abusive anonymous traffic at the edge.
 
@@ -33,10 +34,10 @@ import grpc.aio
 from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from interceptors._typing import Context, Continuation, Handler, ServerInterceptorBase
-from interceptors.admission import GuardedHandlers
+from interceptors._typing import Context
 from interceptors.identity import current_caller
-from interceptors.method_rules import MethodRules, validate_pattern
+from interceptors.layer import Check, Concern, MethodInfo
+from interceptors.selector import Matcher, MethodRules, every_method, validate_pattern
 from rpcstatus.details import error_status
 from rpcstatus.errors import error_info, retry_info
 
@@ -171,25 +172,21 @@ def rate_limited_status(subject: str, method: str, retry_after: float, limit: Li
     )
 
 
-class RateLimitInterceptor(ServerInterceptorBase):
-    """Rejects calls over the caller's per-method token bucket with RESOURCE_EXHAUSTED."""
+class RateLimitInterceptor(Concern):
+    """Rejects calls over the caller's per-method token bucket with RESOURCE_EXHAUSTED.
 
-    def __init__(self, *, limiter: RateLimiter) -> None:
+    Every method ``select`` matches (all by default) gets the check, because a live
+    policy may limit a method the configured one does not; a method no limit covers costs a
+    dict lookup per call.
+    """
+
+    def __init__(self, *, limiter: RateLimiter, select: Matcher = every_method) -> None:
         self._limiter = limiter
-        self._guards = GuardedHandlers(self._check_for)
         self._limited: dict[str, bool] = {}
+        self.select = select
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        limited = self._limited.get(method)
-        if limited is None:
-            limited = self._limited[method] = self._limiter.limits_method(method)
-        return self._guards.get(method, handler) if limited else handler
+    def compile(self, info: MethodInfo) -> Check:
+        return Check(self._check_for(info.name))
 
     @property
     def policy(self) -> RateLimitPolicy:
@@ -204,6 +201,11 @@ class RateLimitInterceptor(ServerInterceptorBase):
         limiter = self._limiter
 
         def check(_context: Context) -> grpc.Status | None:
+            limited = self._limited.get(method)
+            if limited is None:
+                limited = self._limited[method] = limiter.limits_method(method)
+            if not limited:
+                return None
             subject = current_caller.get().subject
             retry_after = limiter.acquire(subject, method)
             if retry_after == 0.0:

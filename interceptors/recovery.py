@@ -14,30 +14,32 @@ from typing import Any
 import grpc
 import grpc.aio
 import structlog
-from opentelemetry import trace
 
-from interceptors._typing import Context, Handler, Responses, StreamBehavior, UnaryBehavior
-from interceptors.outcome import WrappingInterceptor, wrap_handler
+from interceptors._typing import Context, Responses, StreamBehavior, UnaryBehavior
+from interceptors.layer import Concern, MethodInfo, Wrap
+from interceptors.selector import Matcher, every_method
+from interceptors.tracing import current_trace_id
 
 _CONTROL_FLOW = (grpc.aio.AbortError, GeneratorExit)
 
 
 def _message() -> str:
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid:
-        return f"internal error (trace id {span_context.trace_id:032x})"
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        return f"internal error (trace id {trace_id})"
     return "internal error"
 
 
-class RecoveryInterceptor(WrappingInterceptor):
+class RecoveryInterceptor(Concern):
     """Recovery: an exception that is not a gRPC status becomes INTERNAL, logged with its stack."""
 
-    def __init__(self, *, logger: Any | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, logger: Any | None = None, select: Matcher = every_method) -> None:
         self._log = logger if logger is not None else structlog.get_logger("agentmesh.errors")
+        self.select = select
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
+    def compile(self, info: MethodInfo) -> Wrap:
         log = self._log
+        method = info.name
 
         async def crashed(context: Context, error: Exception) -> None:
             log.error("unhandled exception", method=method, exc_info=error)
@@ -67,4 +69,4 @@ class RecoveryInterceptor(WrappingInterceptor):
 
             return recovered
 
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return Wrap(unary=unary, streaming=streaming)

@@ -2,23 +2,26 @@
 
 The instrumentation's aio server interceptor costs a small server about a third of its
 throughput, and still most of that when the span is sampled out: it extracts the context,
-parses the peer, builds attributes and proxies the servicer context on every call
-(measured by the tracing scenarios of ``make bench``: several times the server CPU of the fast path
-below). So :class:`TracingInterceptor` decides first whether the call can record anything:
+parses the peer, builds attributes and proxies the servicer context on every call. So the
+tracing concern decides, per method when the chain is compiled and then per call, whether
+the call can record anything:
 
-* nothing records (no span processor, e.g. no exporter configured), or the caller's
-  ``traceparent`` says "not sampled" (our samplers are parent-based): the fast path
-  only makes the trace context current (the caller's trace id, a fresh span id) so log
-  lines carry the trace id and outgoing calls propagate it;
+* nothing records in this process (no span processor, e.g. no exporter configured): no
+  OpenTelemetry object is made at all. The caller's ``traceparent`` (or a new trace id,
+  sampled as the sampler would say, so services that do record follow it) is kept in a
+  plain context variable (:class:`CallTrace`): log lines get its ids from
+  :func:`add_trace_context` and outgoing calls carry it on (:func:`trace_headers`);
+* spans record, but the caller's ``traceparent`` says "not sampled" (our samplers are
+  parent-based): only a non-recording span in the OpenTelemetry context, so the client
+  instrumentation's spans of outgoing calls stay unsampled children;
 * otherwise the call goes through the instrumentation's interceptor and records a span.
-
-Every log line written during a call gets ``trace_id``/``span_id`` from
-:func:`add_trace_context`, a structlog processor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+import random
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,25 +34,18 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
-from interceptors._typing import (
-    Context,
-    Continuation,
-    Handler,
-    Responses,
-    ServerInterceptorBase,
-    StreamBehavior,
-    UnaryBehavior,
-)
+from interceptors._typing import Context, Handler, Responses, StreamBehavior, UnaryBehavior
 from interceptors.call_details import details_interceptors
-from interceptors.outcome import metadata_value, wrap_handler
+from interceptors.layer import Concern, MethodInfo, Wrap, rebuild
+from interceptors.outcome import metadata_value
+from interceptors.selector import Matcher, every_method
 
 TRACEPARENT = "traceparent"
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+TRACESTATE = "tracestate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +54,8 @@ class Tracing:
 
     provider: TracerProvider
     records: bool
+    # The share of new traces sampled (what the root sampler of ``provider`` decides).
+    sample_ratio: float = 1.0
 
 
 def setup_tracing(
@@ -80,7 +78,7 @@ def setup_tracing(
         processors.append(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     for processor in processors:
         provider.add_span_processor(processor)
-    return Tracing(provider, records=bool(processors))
+    return Tracing(provider, records=bool(processors), sample_ratio=sample_ratio)
 
 
 class _MetadataGetter(Getter[Sequence[tuple[str, Any]]]):
@@ -97,92 +95,229 @@ class _MetadataGetter(Getter[Sequence[tuple[str, Any]]]):
 _GETTER = _MetadataGetter()
 
 
+class CallTrace:
+    """The trace context of the call being served when nothing records: ids only, no span.
+
+    The ids are kept as the hex text logs and headers carry (a caller's trace id is taken
+    from its ``traceparent`` as is), so no line formats them again.
+    """
+
+    __slots__ = ("sampled", "span_hex", "trace_hex", "tracestate")
+
+    def __init__(self, trace_hex: str, span_hex: str, sampled: bool, tracestate: str | None) -> None:
+        self.trace_hex = trace_hex
+        self.span_hex = span_hex
+        self.sampled = sampled
+        self.tracestate = tracestate
+
+    @property
+    def trace_id(self) -> int:
+        return int(self.trace_hex, 16)
+
+    @property
+    def span_id(self) -> int:
+        return int(self.span_hex, 16)
+
+    def headers(self) -> list[tuple[str, str]]:
+        """W3C headers for an outgoing call: this call's span is the parent."""
+        parent = f"00-{self.trace_hex}-{self.span_hex}-{'01' if self.sampled else '00'}"
+        if self.tracestate:
+            return [(TRACEPARENT, parent), (TRACESTATE, self.tracestate)]
+        return [(TRACEPARENT, parent)]
+
+
+_call_trace: ContextVar[CallTrace | None] = ContextVar("agentmesh_call_trace", default=None)
+_TRACE_ID_MASK = (1 << 64) - 1
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parse_traceparent(value: str | bytes | None) -> tuple[str, bool] | None:
+    """(trace id as lowercase hex, sampled) of a version-00 ``traceparent``; None when absent or malformed."""
+    if not isinstance(value, str) or len(value) != 55 or not value.startswith("00-"):
+        return None
+    if value[35] != "-" or value[52] != "-" or not _HEX.issuperset(value[3:35] + value[36:52] + value[53:55]):
+        return None
+    trace_hex = value[3:35]
+    if trace_hex == "0" * 32 or value[36:52] == "0" * 16:
+        return None
+    return trace_hex, bool(int(value[53:55], 16) & 1)
+
+
 def _not_sampled(traceparent: str | bytes | None) -> bool:
-    # version-traceid-spanid-flags; bit 0 of flags is "sampled".
-    return isinstance(traceparent, str) and len(traceparent) >= 55 and not int(traceparent[53:55], 16) & 1
+    parsed = _parse_traceparent(traceparent)
+    return parsed is not None and not parsed[1]
 
 
-class TracingInterceptor(ServerInterceptorBase):
+class _Details:
+    """The ``grpc.HandlerCallDetails`` the instrumentation's interceptor reads."""
+
+    __slots__ = ("invocation_metadata", "method")
+
+    def __init__(self, method: str, invocation_metadata: Any) -> None:
+        self.method = method
+        self.invocation_metadata = invocation_metadata
+
+
+class TracingInterceptor(Concern):
     """A server span per call when it can be recorded; otherwise only the trace context."""
 
-    def __init__(self, *, tracing: Tracing) -> None:
+    def __init__(self, *, tracing: Tracing, select: Matcher = every_method) -> None:
         self._provider = tracing.provider
         self._records = tracing.records
+        # TraceIdRatioBased's rule, applied to new trace ids without building a sampler result.
+        self._bound = TraceIdRatioBased.get_bound_for_rate(tracing.sample_ratio)
         self._recording = aio_server_interceptor(tracer_provider=tracing.provider)  # type: ignore[no-untyped-call]
-        self._fast: dict[str, tuple[Handler, Handler]] = {}
+        self.select = select
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        if self._records and not _not_sampled(metadata_value(handler_call_details.invocation_metadata, TRACEPARENT)):
-            return cast(Handler, await self._recording.intercept_service(continuation, handler_call_details))
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        entry = self._fast.get(method)
-        if entry is None or entry[0] is not handler:
-            entry = (handler, self._context_only(method, handler))
-            self._fast[method] = entry
-        return entry[1]
+    def compile(self, info: MethodInfo) -> Wrap:
+        if not self._records:
+            return self._ids_only()
+        return self._recorded(info)
 
-    def _context_only(self, method: str, handler: Handler) -> Handler:
-        provider = self._provider
+    def _ids_only(self) -> Wrap:
+        bound = self._bound
+        getrandbits = random.getrandbits
+        var = _call_trace
 
-        def enter(context: Context) -> object:
-            metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
-            ids = provider.id_generator
-            if metadata_value(metadata, TRACEPARENT) is not None:
-                parent = propagate.extract(metadata, getter=_GETTER)
-                remote = trace.get_current_span(parent).get_span_context()
-                if remote.is_valid:
-                    span = NonRecordingSpan(
-                        SpanContext(
-                            remote.trace_id, ids.generate_span_id(), False, remote.trace_flags, remote.trace_state
-                        )
-                    )
-                    return otel_context.attach(trace.set_span_in_context(span, parent))
-            # A new trace: sampled or not as the sampler says, so services that do record follow it.
-            trace_id = ids.generate_trace_id()
-            decision = provider.sampler.should_sample(None, trace_id, method, SpanKind.SERVER).decision
-            flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
-            span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False, flags))
-            return otel_context.attach(trace.set_span_in_context(span))
+        def enter(context: Context) -> None:
+            metadata = context.invocation_metadata()
+            parent = _parse_traceparent(metadata_value(metadata, TRACEPARENT)) if metadata else None
+            span_hex = f"{getrandbits(64) or 1:016x}"
+            if parent is not None:
+                state = metadata_value(metadata, TRACESTATE)
+                tracestate = state if isinstance(state, str) else None
+                var.set(CallTrace(parent[0], span_hex, parent[1], tracestate))
+                return
+            trace_id = getrandbits(128) or 1
+            var.set(CallTrace(f"{trace_id:032x}", span_hex, (trace_id & _TRACE_ID_MASK) < bound, None))
 
+        # Set without resetting: grpc.aio runs each call in its own task, whose context ends with it.
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def in_trace(request: Any, context: Context) -> Any:
-                token = enter(context)
-                try:
-                    return await behavior(request, context)
-                finally:
-                    otel_context.detach(token)  # type: ignore[arg-type]
+                enter(context)
+                return await behavior(request, context)
 
             return in_trace
 
         def streaming(behavior: StreamBehavior) -> StreamBehavior:
             async def in_trace(request: Any, context: Context) -> Responses:
-                # Attached without detaching: across yields the token may be reset from another
-                # context (generator finalization); the call's task context ends with the call.
                 enter(context)
                 async for response in behavior(request, context):
                     yield response
 
             return in_trace
 
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return Wrap(unary=unary, streaming=streaming)
+
+    def _recorded(self, info: MethodInfo) -> Wrap:
+        provider = self._provider
+        recording = self._recording
+        method = info.name
+
+        def unsampled_parent(context: Context) -> object | None:
+            """Attach a non-recording child of an unsampled remote parent; None to record instead."""
+            metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
+            if not _not_sampled(metadata_value(metadata, TRACEPARENT)):
+                return None
+            parent = propagate.extract(metadata, getter=_GETTER)
+            remote = trace.get_current_span(parent).get_span_context()
+            span_id = provider.id_generator.generate_span_id()
+            span = NonRecordingSpan(
+                SpanContext(remote.trace_id, span_id, False, remote.trace_flags, remote.trace_state)
+            )
+            return otel_context.attach(trace.set_span_in_context(span, parent))
+
+        async def recorded_handler(inner: Handler, context: Context) -> Handler:
+            async def continuation(_details: Any) -> Handler:
+                return inner
+
+            details = _Details(method, context.invocation_metadata())
+            return cast(Handler, await recording.intercept_service(continuation, details))
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            inner = rebuild(info, behavior)
+
+            async def in_trace(request: Any, context: Context) -> Any:
+                token = unsampled_parent(context)
+                if token is not None:
+                    try:
+                        return await behavior(request, context)
+                    finally:
+                        otel_context.detach(token)  # type: ignore[arg-type]
+                handler = await recorded_handler(inner, context)
+                run = handler.stream_unary if info.request_streaming else handler.unary_unary
+                return await cast(UnaryBehavior, run)(request, context)
+
+            return in_trace
+
+        def streaming(behavior: StreamBehavior) -> StreamBehavior:
+            inner = rebuild(info, behavior)
+
+            async def in_trace(request: Any, context: Context) -> Responses:
+                # Attached without detaching: across yields the token may be reset from another
+                # context (generator finalization); the call's task context ends with the call.
+                if unsampled_parent(context) is None:
+                    handler = await recorded_handler(inner, context)
+                    run = handler.stream_stream if info.request_streaming else handler.unary_stream
+                    responses = cast(StreamBehavior, run)(request, context)
+                else:
+                    responses = behavior(request, context)
+                async for response in responses:
+                    yield response
+
+            return in_trace
+
+        return Wrap(unary=unary, streaming=streaming)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the call being served, or of the current span; None outside any."""
+    call = _call_trace.get()
+    if call is not None:
+        return call.trace_hex, call.span_hex
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+
+
+def current_trace_id() -> str | None:
+    """The trace id (hex) of the call being served (or of the current span), if there is one."""
+    ids = current_ids()
+    return None if ids is None else ids[0]
+
+
+def capture_trace() -> Callable[[], None]:
+    """A function that makes the current trace context current again where it is run.
+
+    For work that outlives the call but belongs to its trace: run it in the fresh
+    ``contextvars.Context`` the work executes in (``context.run(capture_trace())``).
+    """
+    call, current = _call_trace.get(), otel_context.get_current()
+
+    def restore() -> None:
+        _call_trace.set(call)
+        otel_context.attach(current)
+
+    return restore
 
 
 def add_trace_context(_: object, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: the current trace and span ids on every log line written during a call."""
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid:
-        event_dict["trace_id"] = format(span_context.trace_id, "032x")
-        event_dict["span_id"] = format(span_context.span_id, "016x")
+    ids = current_ids()
+    if ids is not None:
+        event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
 
 
 def trace_headers(context: otel_context.Context | None = None) -> list[tuple[str, str]]:
     """The headers carrying ``context`` (default: the current one) to the next hop (W3C traceparent)."""
+    if context is None:
+        call = _call_trace.get()
+        if call is not None:
+            return call.headers()
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
     return list(carrier.items())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from interceptors.selector import matches
 from mesh.policy import Policy
 
 _SAFE_TO_RETRY = {
@@ -44,14 +45,6 @@ def load_methods(descriptor_set: Path) -> dict[str, descriptor_pb2.MethodDescrip
     return methods
 
 
-def _matches(pattern: str, path: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.endswith("/*"):
-        return path.startswith(pattern[:-1])
-    return path == pattern
-
-
 def contract_problems(policy: Policy, methods: dict[str, descriptor_pb2.MethodDescriptorProto]) -> list[str]:
     """Everything in ``policy`` the contracts contradict; empty when it is consistent."""
     problems: list[str] = []
@@ -70,7 +63,7 @@ def contract_problems(policy: Policy, methods: dict[str, descriptor_pb2.MethodDe
                 continue
             for pattern in route.methods:
                 for path, method in methods.items():
-                    if _matches(pattern, path) and method.options.idempotency_level not in _SAFE_TO_RETRY:
+                    if matches(pattern, path) and method.options.idempotency_level not in _SAFE_TO_RETRY:
                         problems.append(
                             f"{where} retries {path}, which the protos do not mark NO_SIDE_EFFECTS or IDEMPOTENT"
                         )
@@ -78,6 +71,6 @@ def contract_problems(policy: Policy, methods: dict[str, descriptor_pb2.MethodDe
         # grpc.* (health, reflection) are gRPC's own services, not in our contracts.
         if pattern == "*" or pattern.startswith("/grpc."):
             continue
-        if not any(_matches(pattern, path) for path in methods):
+        if not any(matches(pattern, path) for path in methods):
             problems.append(f"{where}: {pattern} matches no method in the contracts")
     return problems

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interceptors.selector import path_match
 from mesh.certs import CertPaths
-from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Route, Service, parse_duration, proto_duration
+from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Proxy, Route, Service, parse_duration, proto_duration
 
 Config = dict[str, Any]
 
@@ -72,11 +73,7 @@ def _admin(port: int) -> Config:
 
 def _path_string_match(pattern: str) -> Config:
     """A method pattern as a StringMatcher on the gRPC path."""
-    if pattern == "*":
-        return {"prefix": "/"}
-    if pattern.endswith("/*"):
-        return {"prefix": pattern[:-1]}
-    return {"exact": pattern}
+    return dict(path_match(pattern))
 
 
 def _path_match(pattern: str) -> Config:
@@ -287,15 +284,19 @@ def _local_app_cluster(app: Address) -> Config:
 # --------------------------------------------------------------------------- listeners
 
 
-def _router_filter() -> Config:
+def _router_filter(proxy: Proxy) -> Config:
     return {
         "name": "envoy.filters.http.router",
-        "typed_config": _any("envoy.extensions.filters.http.router.v3.Router"),
+        "typed_config": _any(
+            "envoy.extensions.filters.http.router.v3.Router",
+            dynamic_stats=proxy.dynamic_stats,
+            suppress_envoy_headers=proxy.suppress_envoy_headers,
+        ),
     }
 
 
 def _http_connection_manager(
-    *, stat_prefix: str, codec: str, routes: list[Config], http_filters: list[Config], **extra: Any
+    policy: Policy, *, stat_prefix: str, codec: str, routes: list[Config], http_filters: list[Config], **extra: Any
 ) -> Config:
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -308,7 +309,8 @@ def _http_connection_manager(
                 "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}],
                 **extra.pop("route_config_extra", {}),
             },
-            http_filters=[*http_filters, _router_filter()],
+            http_filters=[*http_filters, _router_filter(policy.proxy)],
+            generate_request_id=policy.proxy.generate_request_id,
             **extra,
         ),
     }
@@ -361,6 +363,7 @@ def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: 
                 },
                 "filters": [
                     _http_connection_manager(
+                        policy,
                         stat_prefix="inbound",
                         codec="HTTP2",
                         # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
@@ -392,6 +395,7 @@ def _outbound_listener(policy: Policy, callee: str, *, address: Address) -> Conf
             {
                 "filters": [
                     _http_connection_manager(
+                        policy,
                         stat_prefix=f"outbound_{callee}",
                         codec="HTTP2",
                         routes=outbound_routes(policy, callee),
@@ -641,6 +645,7 @@ def edge_bootstrap(
                 },
                 "filters": [
                     _http_connection_manager(
+                        policy,
                         stat_prefix="edge",
                         codec="AUTO",
                         routes=outbound_routes(policy, gateway),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from interceptors.selector import path_match
 from mesh.app_auth import service_auth
 from mesh.istio_state import postgres_objects, redis_objects, state_env
 from mesh.kube import CONTAINER_SECURITY, Manifest, host, meta, pod_security, principal, resources, service_account
@@ -119,7 +120,12 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "true"}},
+                "metadata": {
+                    "labels": {**labels, "sidecar.istio.io/inject": "true"},
+                    # The sidecar's worker threads, as the policy's `proxy` section sets them for Envoy
+                    # (0: from the pod's CPU limit).
+                    "annotations": {"proxy.istio.io/config": json.dumps({"concurrency": policy.proxy.concurrency})},
+                },
                 "spec": {
                     "serviceAccountName": service,
                     "automountServiceAccountToken": False,
@@ -161,11 +167,7 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
 
 
 def _uri_match(pattern: str) -> Manifest:
-    if pattern == "*":
-        return {"prefix": "/"}
-    if pattern.endswith("/*"):
-        return {"prefix": pattern[:-1]}
-    return {"exact": pattern}
+    return dict(path_match(pattern))
 
 
 def _destinations(policy: Policy, service: str) -> list[Manifest]:

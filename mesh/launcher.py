@@ -211,11 +211,18 @@ async def main() -> int:
         for service in START_ORDER:
             for version in policy.services[service].versions:
                 instance = instance_name(service, version)
-                sidecar = EnvoyProcess(REPO / "envoy" / f"{instance}.yaml", workdir=WORK_DIR, name=instance)
+                sidecar = EnvoyProcess(
+                    REPO / "envoy" / f"{instance}.yaml",
+                    workdir=WORK_DIR,
+                    name=instance,
+                    concurrency=policy.proxy.worker_threads(),
+                )
                 sidecars.append(sidecar)
                 await sidecar.start()
                 apps.append(await _start_app(policy, instance, auth))
-        edge = EnvoyProcess(REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge")
+        edge = EnvoyProcess(
+            REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge", concurrency=policy.proxy.worker_threads()
+        )
         await edge.start()
         changed = await _seed_knowledge(policy, auth)
         seeded = f"(seeded {changed} example documents)\n" if changed else ""

@@ -1,8 +1,10 @@
 """The one way every agentmesh grpc.aio server starts, serves and stops.
 
 What each server gets, in one place: `grpc.health.v1` with a status per service, reflection
-(v1 and v1alpha), the interceptor chain, structured logs, and a graceful drain on
-SIGTERM/SIGINT:
+(v1 and v1alpha), the server chain compiled into every handler as it is registered
+(`interceptors.layer`: grpc.aio then runs no interceptor per call and finds generated
+services' methods in its registered-method table, without a generic-handler scan),
+structured logs, and a graceful drain on SIGTERM/SIGINT:
 
 1. health turns NOT_SERVING for every service and new calls get UNAVAILABLE (DRAINING);
    the lifespan's `on_drain` hooks run here (e.g. deregistering from discovery) so peers stop sending;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,12 +28,17 @@ import structlog
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from interceptors.decode import DecodeInterceptor
-from interceptors.drain import DrainInterceptor
+from interceptors.chain import bootstrap_chain
+from interceptors.drain import DrainGate
+from interceptors.layer import ServerChain
 from runtime.config import ServiceSettings
+from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
+from runtime.live_config.settings import DynamicSettings
 from runtime.logging import configure_logging
+from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +59,8 @@ class ServerPlan:
 
     settings: ServiceSettings
     bindings: Sequence[ServiceBinding]
+    # The service's `interceptors.chain.server_chain(...)` (compiled into the handlers), and any
+    # other grpc.aio interceptors, which run per call at lookup, in front of it.
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()
     generic_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = ()
     # Extra names for reflection, and the pool to describe them from (the gateway describes
@@ -66,16 +76,27 @@ class ManagedServer:
 
     def __init__(self, plan: ServerPlan) -> None:
         self.plan = plan
-        self._drain = DrainInterceptor()
+        chains = [i for i in plan.interceptors if isinstance(i, ServerChain)]
+        if len(chains) > 1:
+            raise ValueError("a server has one chain (interceptors.chain.server_chain); got several")
+        self.chain = chains[0] if chains else bootstrap_chain()
+        drain = self.chain.concern(DrainGate)
+        if drain is None:
+            raise ValueError("the server chain has no drain gate; build it with interceptors.chain.server_chain")
+        self._drain = drain
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         opts = [
             ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
             ("grpc.max_send_message_length", plan.settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # On only when several processes serve the port (runtime/processes.py): otherwise a
+            # second server started on the same port by mistake would silently share it.
+            ("grpc.so_reuseport", 1 if plan.settings.processes > 1 else 0),
         ]
-        # Drain gate outermost: a draining server refuses before any other work is done. Decoding
-        # next, so every interceptor of the chain sees requests that parsed.
-        self.server = grpc.aio.server(interceptors=[self._drain, DecodeInterceptor(), *plan.interceptors], options=opts)
+        others = [i for i in plan.interceptors if not isinstance(i, ServerChain)]
+        self.server = grpc.aio.server(interceptors=others or None, options=opts)
+        # What registers handlers (generated add_*_to_server, health, reflection) registers them
+        # here, compiled with the chain.
+        self._registrar = self.chain.registrar(self.server)
         self.port = 0
         self._stopping: asyncio.Task[None] | None = None
         self.stop_begun = asyncio.Event()  # a drain began: by a signal or by a failed supervised loop
@@ -88,41 +109,58 @@ class ManagedServer:
 
     async def start(self) -> int:
         plan = self.plan
+        registrar = self._registrar
         for binding in plan.bindings:
-            binding.add_to_server(self.server)
+            binding.add_to_server(registrar)
         if plan.generic_handlers:
-            self.server.add_generic_rpc_handlers(tuple(plan.generic_handlers))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            registrar.add_generic_rpc_handlers(tuple(plan.generic_handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [*self.service_names, *plan.reflection_names, health.SERVICE_NAME]
-        enable_reflection(self.server, names, pool=plan.reflection_pool)
-        address = f"{plan.settings.host}:{plan.settings.port}"
-        tls = plan.settings.tls
-        if tls is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
-                require_client_auth=tls.client_ca_file is not None,
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        await self.server.start()
-        for name in ["", *self.service_names, *plan.reflection_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if plan.settings.port_file is not None:
-            plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
-            plan.settings.port_file.write_text(str(self.port))
+        enable_reflection(registrar, names, pool=plan.reflection_pool)
+        # NOT_SERVING until the start-up hooks are done (a database waited for, migrations,
+        # recovery): probes see the process alive but not ready, and no peer routes to it yet.
+        served = ["", *self.service_names, *plan.reflection_names]
         try:
+            self.port = self._listen()
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.start()
+            if plan.settings.port_file is not None:
+                plan.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
+                plan.settings.port_file.write_text(str(self.port))
             await plan.lifespan.started(self.port)
-        except BaseException:
+            for name in served:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException as error:
             # A half-started server must not linger (its grpc threads would keep the process
             # alive, answering health checks): stop it, release what was opened, re-raise.
-            log.exception("start-up failed; stopping")
+            if isinstance(error, InvalidSetting | OSError):
+                # A setting's fault (a port in use, a missing key file): run_service says which, in one line.
+                log.error("start-up failed; stopping", error=str(error))
+            else:
+                log.exception("start-up failed; stopping")
             await self.server.stop(0)
             await plan.lifespan.aclose()
             raise
         log.info("server started", address=f"{plan.settings.host}:{self.port}", services=names)
         return self.port
+
+    def _listen(self) -> int:
+        settings = self.plan.settings
+        address = f"{settings.host}:{settings.port}"
+        tls = settings.tls
+        try:
+            if tls is None:
+                return self.server.add_insecure_port(address)
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+                require_client_auth=tls.client_ca_file is not None,
+            )
+            return self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # grpc's "Failed to bind to address"
+            host, port = env_name(type(settings), "host"), env_name(type(settings), "port")
+            raise InvalidSetting(f"{host}, {port}: cannot listen on {address} (in use or not local): {error}") from None
 
     def stop(self) -> asyncio.Task[None]:
         """Begin the drain (idempotent); await the returned task for it to finish."""
@@ -146,13 +184,36 @@ class ManagedServer:
         await self.server.wait_for_termination()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     """Build the plan, serve, and drain on SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    # A signal during build is kept (and then abandons the start, below), rather than killing
+    # a half-built process. Forked workers start with these signals blocked
+    # (runtime/processes.py), so none is lost before the handlers exist.
+    signalled = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     plan = await build()
     server = ManagedServer(plan)
-    await server.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # A signal during start-up (waiting for a database, say) abandons the start: start() then
+    # stops the half-started server and closes what was opened (aclose again covers a start
+    # cancelled before it began; it is idempotent).
+    starting = asyncio.ensure_future(server.start())
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, starting.cancel)
+    if signalled.is_set():
+        starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        await plan.lifespan.aclose()
+        log.info("stopped during start-up")
+        return 0
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
     await server.stop_begun.wait()
     await server.stop()
@@ -163,7 +224,35 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
 
 
 def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerPlan]]) -> int:
-    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain."""
-    settings = settings_type()
+    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain.
+
+    A setting that cannot be used ends the process with one line on stderr naming the variable
+    and what it accepts (exit 2), whether it is found here or while building the server.
+    """
+    try:
+        settings = load_settings(settings_type)
+        # Every service also reads these while building; a bad one fails here, before anything starts.
+        load_settings(DiscoverySettings)
+        load_settings(DynamicSettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    def serve(settings: _S) -> int:
+        return asyncio.run(serve_until_signal(lambda: build(settings)))
+
+    try:
+        if settings.processes > 1:
+            return run_processes(settings, serve)
+        return serve(settings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
+    except OSError as error:
+        # A file a setting names (TLS keys, a JWKS, the descriptor set) that cannot be opened.
+        line = explain_os_error([settings, load_settings(DiscoverySettings)], error)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_INVALID_SETTING

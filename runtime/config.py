@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.security import AuthSettings
+from runtime.settings_errors import reject_empty_path
 
 
 class TlsSettings(BaseModel):
@@ -30,8 +31,13 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
+    # `AGENTMESH_RAG_DATA_DIR=` would otherwise mean the current directory, silently.
+    _no_empty_paths = field_validator("*", mode="before")(reject_empty_path)
+
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    # Serve the port from this many processes (SO_REUSEPORT), one core each: runtime/processes.py.
+    processes: int = Field(default=1, ge=1, le=64)
     # After SIGTERM: health reports NOT_SERVING and new calls are refused for `drain_delay_s`
     # (so balancers and health checkers notice), then in-flight calls get `grace_period_s`.
     drain_delay_s: float = Field(default=0.5, ge=0)
@@ -52,6 +58,8 @@ class ServiceSettings(BaseSettings):
     # this one; outgoing calls get the caller's remaining budget less the margin.
     default_deadline_s: float = Field(default=30.0, gt=0)
     deadline_margin_s: float = Field(default=0.05, ge=0)
+    # One access-log line in this many of successful calls, per method (failed calls: always).
+    access_log_ok_every: int = Field(default=1, ge=1)
     # Prometheus metrics on http://metrics_host:metrics_port/metrics; 0 turns the endpoint off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -61,6 +69,9 @@ class ServiceSettings(BaseSettings):
     # Idempotency keys: which methods take them (full method name -> request field that also
     # carries the key, "" for the `idempotency-key` header only) and where they are kept.
     idempotent_methods: dict[str, str] = Field(default_factory=dict)
-    idempotency_store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    # "postgres" shares the keys between replicas like "redis" (idempotency_database_url, or
+    # the service's own database_url when it has one).
+    idempotency_store: Literal["sqlite", "redis", "memory", "postgres"] = "sqlite"
+    idempotency_database_url: str = ""
     idempotency_redis_url: str = "redis://127.0.0.1:6379/0"
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)

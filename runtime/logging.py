@@ -18,7 +18,17 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from interceptors.access_log import AccessLogWriter
 from interceptors.tracing import add_trace_context
+
+# Set by configure_logging for JSON logs: the access log renders its lines itself and writes
+# them in batches (interceptors/access_log.py). None (console logs, tests): through structlog.
+_access_writer: AccessLogWriter | None = None
+
+
+def access_log_writer() -> AccessLogWriter | None:
+    """Where the access log writes when logging was configured for JSON lines; None: structlog."""
+    return _access_writer
 
 
 class _StderrLogger:
@@ -49,6 +59,10 @@ class _StderrLoggerFactory:
 
 
 def configure_logging(*, level: str = "INFO", fmt: Literal["json", "console"] = "json") -> None:
+    global _access_writer  # noqa: PLW0603 - logging is process-wide, like structlog.configure
+    if _access_writer is not None:
+        _access_writer.flush()
+    _access_writer = AccessLogWriter(sys.stderr, level=logging.getLevelNamesMapping()[level]) if fmt == "json" else None
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         add_trace_context,

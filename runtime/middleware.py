@@ -17,30 +17,34 @@ from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import CollectorRegistry
 
 from interceptors._typing import ServerInterceptorBase
-from interceptors.access_log import AccessLogInterceptor
+from interceptors.access_log import AccessLogInterceptor, AccessLogWriter
 from interceptors.chain import client_chain, server_chain
 from interceptors.idempotency import (
     IdempotencyInterceptor,
     IdempotencyStore,
     IdempotentMethod,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     SQLiteStore,
 )
+from interceptors.layer import Concern, ServerChain
 from interceptors.metrics import Metrics, MetricsServer, serve_metrics
 from interceptors.tracing import Tracing, setup_tracing
 from runtime.config import ServiceSettings
+from runtime.logging import access_log_writer
 
 
 @dataclass
 class Middleware:
     """The chain of one service: server and client interceptors plus the resources behind them."""
 
-    server_interceptors: list[ServerInterceptorBase]
+    server_chain: ServerChain
     metrics: Metrics
     tracing: Tracing
     deadline_margin_s: float
     _store: IdempotencyStore | None = None
+    _access_writer: AccessLogWriter | None = None
     _metrics_server: MetricsServer | None = None
     _closed: bool = field(default=False, repr=False)
 
@@ -50,14 +54,17 @@ class Middleware:
         settings: ServiceSettings,
         *,
         service: str,
-        auth: ServerInterceptorBase | None = None,
-        rate_limit: ServerInterceptorBase | None = None,
+        auth: Concern | None = None,
+        rate_limit: Concern | None = None,
         span_processors: Sequence[SpanProcessor] = (),
+        database_url: str = "",
     ) -> Middleware:
         """The chain for ``service`` (e.g. "agent").
 
         ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the
-        configured span export (tests pass an in-memory exporter).
+        configured span export (tests pass an in-memory exporter); ``database_url`` is the
+        service's own database, where ``idempotency_store="postgres"`` keeps its keys unless
+        ``idempotency_database_url`` names another.
         """
         tracing = setup_tracing(
             service_name=f"agentmesh-{service}",
@@ -66,7 +73,7 @@ class Middleware:
             span_processors=span_processors,
         )
         metrics = Metrics(registry=CollectorRegistry())
-        store = _store(settings, service) if settings.idempotent_methods else None
+        store = _store(settings, service, database_url) if settings.idempotent_methods else None
         idempotency = (
             None
             if store is None
@@ -84,11 +91,14 @@ class Middleware:
             if settings.metrics_port
             else None
         )
+        # JSON logs: access lines rendered and written in batches by their own writer (the
+        # same fields as a structlog line); otherwise through structlog.
+        writer = access_log_writer()
         return cls(
-            server_interceptors=server_chain(
+            server_chain=server_chain(
                 tracing=tracing,
                 metrics=metrics,
-                access_log=AccessLogInterceptor(),
+                access_log=AccessLogInterceptor(writer=writer, ok_every=settings.access_log_ok_every),
                 default_deadline_s=settings.default_deadline_s,
                 auth=auth,
                 rate_limit=rate_limit,
@@ -98,8 +108,14 @@ class Middleware:
             tracing=tracing,
             deadline_margin_s=settings.deadline_margin_s,
             _store=store,
+            _access_writer=writer,
             _metrics_server=metrics_server,
         )
+
+    @property
+    def server_interceptors(self) -> list[ServerInterceptorBase]:
+        """For ``ServerPlan.interceptors``: the chain, which the bootstrap compiles into the handlers."""
+        return [self.server_chain]
 
     def client_interceptors(
         self,
@@ -125,6 +141,8 @@ class Middleware:
         if self._closed:
             return
         self._closed = True
+        if self._access_writer is not None:
+            self._access_writer.flush()
         # Both block (the HTTP server's poll loop, a final span export): off the event loop.
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.close)
@@ -133,7 +151,16 @@ class Middleware:
         await asyncio.to_thread(self.tracing.provider.shutdown)
 
 
-def _store(settings: ServiceSettings, service: str) -> IdempotencyStore:
+def _store(settings: ServiceSettings, service: str, database_url: str) -> IdempotencyStore:
+    if settings.idempotency_store == "postgres":
+        url = settings.idempotency_database_url or database_url
+        if not url.startswith(("postgresql://", "postgres://")):
+            prefix = f"AGENTMESH_{service.upper()}_"
+            raise ValueError(
+                f"{prefix}IDEMPOTENCY_STORE=postgres needs a PostgreSQL URL: set {prefix}IDEMPOTENCY_DATABASE_URL"
+                f" (or {prefix}DATABASE_URL) to postgresql://user@host:port/dbname"
+            )
+        return PostgresStore(url=url, prefix=f"{service}:")
     if settings.idempotency_store == "redis":
         return RedisStore.from_url(settings.idempotency_redis_url, prefix=f"agentmesh:{service}:idempotency:")
     if settings.idempotency_store == "memory":

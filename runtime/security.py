@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from interceptors.auth import DEFAULT_PUBLIC_METHODS, AuthInterceptor, AuthPolicy
 from interceptors.jwks import JwksFile, KeySet, KeySource, TokenVerifier
-from interceptors.method_rules import validate_pattern
+from interceptors.selector import validate_pattern
 
 log = structlog.get_logger(__name__)
 

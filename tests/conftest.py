@@ -10,7 +10,7 @@ import pytest
 
 from tests.system import System, running_system
 
-# PostgreSQL fixtures (postgres_cluster, postgres_url, own_postgres, database_url).
+# PostgreSQL fixtures (postgres_cluster, postgres_url, own_postgres, unstarted_postgres, database_url).
 pytest_plugins = ["tests.postgres"]
 
 

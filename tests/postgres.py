@@ -6,13 +6,16 @@ nothing else loses its database.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tools.postgres_local import LocalPostgres, installed
+from tools.postgres_local import LocalPostgres, free_port, installed
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -22,13 +25,27 @@ def _require_postgres() -> None:
         pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+@contextmanager
+def _throwaway_cluster(*, start: bool = True) -> Iterator[LocalPostgres]:
     _require_postgres()
-    cluster = LocalPostgres(tmp_path_factory.mktemp("postgres") / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop(mode="immediate")
+    # Not under pytest's temp dirs: the postgres user needs search permission on every parent,
+    # and each pytest process that starts resets pytest-of-<user> to 0700 (and prunes old runs),
+    # which would lock a running cluster out of its own data directory.
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))
+    cluster = LocalPostgres(root / "cluster", port=free_port())
+    try:
+        if start:
+            cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    with _throwaway_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -41,13 +58,17 @@ def postgres_url(postgres_cluster: LocalPostgres) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+def own_postgres() -> Iterator[LocalPostgres]:
     """A cluster only this test uses: it may stop and start it."""
-    _require_postgres()
-    cluster = LocalPostgres(tmp_path / "postgres")
-    cluster.start()
-    yield cluster
-    cluster.stop(mode="immediate")
+    with _throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def unstarted_postgres() -> Iterator[LocalPostgres]:
+    """A cluster of this test's own, not started yet (its port is chosen): the test starts it."""
+    with _throwaway_cluster(start=False) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=BACKENDS)

@@ -34,18 +34,40 @@ from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config.settings import DynamicSettings
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
+from services.agent.config import AgentSettings
+from services.gateway.config import GatewaySettings
+from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
-DISCOVERY = DiscoverySettings()
 HOST = "127.0.0.1"
-PORTS = {
-    "rag": int(os.environ.get("AGENTMESH_RAG_PORT", "50053")),
-    "agent": int(os.environ.get("AGENTMESH_AGENT_PORT", "50052")),
-    "gateway": int(os.environ.get("AGENTMESH_GATEWAY_PORT", "50051")),
-}
+
+
+def _settings() -> tuple[DiscoverySettings, dict[str, int]]:
+    """Discovery and each service's port, read as the services read their settings.
+
+    Every service's settings are read here, before anything starts, so a bad one stops
+    `make run` at once with the services' own one-line message rather than a traceback.
+    """
+    try:
+        discovery = load_settings(DiscoverySettings)
+        load_settings(DynamicSettings)
+        ports = {
+            "rag": load_settings(RagSettings).port,
+            "agent": load_settings(AgentSettings).port,
+            "gateway": load_settings(GatewaySettings).port,
+        }
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SETTING) from None
+    return discovery, ports
+
+
+DISCOVERY, PORTS = _settings()
 
 
 def _env(name: str, auth: DevAuth | None) -> dict[str, str]:

@@ -124,8 +124,15 @@ class LocalPostgres:
 
     def stop(self, *, mode: str = "fast") -> None:
         """Stop the server (``fast``: disconnect clients, roll back; ``immediate``: as after a crash)."""
-        if (self.data_dir / "postmaster.pid").exists():
-            self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        result = self._as_postgres(
+            str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop", check=False
+        )
+        if result.returncode != 0 and (self.data_dir / "postmaster.pid").exists():
+            raise RuntimeError(
+                f"PostgreSQL in {self.root} did not stop: {result.stdout.strip()} {result.stderr.strip()}"
+            )
 
     def running(self) -> bool:
         status = self._as_postgres(str(BIN_DIR / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
@@ -133,28 +140,16 @@ class LocalPostgres:
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run ``sql`` as the superuser (psql is a client: it needs no user switch)."""
+        argv = [str(BIN_DIR / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database]
         result = subprocess.run(
-            [
-                str(BIN_DIR / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                database,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-c",
-                sql,
-            ],
-            check=True,
+            [*argv, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+            check=False,
             capture_output=True,
             text=True,
             timeout=60,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql {sql!r} on port {self.port} failed: {result.stderr.strip()}")
         return result.stdout
 
     def create_database(self, name: str, *, if_missing: bool = False) -> str:

@@ -1,10 +1,15 @@
-"""Measure retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid search.
+"""Measure retrieval and answer quality: recall@5 and MRR@10 for BM25, dense and hybrid search, and
+how often the extractive engine's answer is right.
 
     python -m eval.rag [--no-dense] [--output-dir eval/rag]
 
 Ingests ``corpus/*.md`` into a fresh knowledge base (a temporary directory, the service's
 default chunking), asks every question in ``questions.jsonl`` in each mode, and writes
-``results.json`` and ``results.md`` beside this file, and the table into docs/rag.md.
+``results.json`` and ``results.md`` beside this file, and the tables into docs/rag.md.
+
+An answer is right when it quotes one of the question's expected sentences (``answers``) and
+nothing from a document that is not relevant to it; the engine reads the first
+``retrieval_top_k`` passages, as the agent does.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.rag.metrics import document_ranking, recall_at, reciprocal_rank_at
+from eval.rag.metrics import answer_is_right, document_ranking, recall_at, reciprocal_rank_at
 from runtime.logging import configure_logging
+from services.agent.config import AgentSettings
+from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
 from services.rag.chunking import ChunkingOptions
 from services.rag.embedding import MiniLmEmbedder
-from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
+from services.rag.knowledge_base import DocumentInput, Hit, KnowledgeBase, Mode, chunk_id
 from tools.doc_block import replace_block
 
 HERE = Path(__file__).parent
@@ -30,6 +37,7 @@ DOC_BEGIN = "<!-- eval:begin (written by `make eval`) -->"
 DOC_END = "<!-- eval:end -->"
 RECALL_K = 5
 MRR_K = 10
+ANSWER_TOP_K = AgentSettings.model_fields["retrieval_top_k"].default
 
 
 def load_corpus(directory: Path) -> list[DocumentInput]:
@@ -43,7 +51,20 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
+def passages(hits: list[Hit]) -> tuple[Passage, ...]:
+    """Search hits as the agent's retrieval step hands them to the decision engine."""
+    return tuple(
+        Passage(h.chunk.document_id, chunk_id(h.chunk), h.chunk.start, h.chunk.end, h.chunk.text, h.score)
+        for h in hits[:ANSWER_TOP_K]
+    )
+
+
+def _share(flags: list[bool]) -> float:
+    return round(statistics.fmean(flags), 4)
+
+
+async def evaluate(*, dense: bool, chunking: ChunkingOptions, answers: bool = True) -> dict[str, Any]:
+    """Retrieval metrics per mode and, with ``answers``, the answer measure per mode and engine."""
     corpus = load_corpus(HERE / "corpus")
     questions = load_questions(HERE / "questions.jsonl")
     embedder = None
@@ -56,6 +77,9 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
                 " install them, or run with --no-dense for BM25 alone"
             ) from error
     modes = [Mode.BM25, Mode.DENSE, Mode.HYBRID] if dense else [Mode.BM25]
+    engines = {"lexical": ExtractiveDecisionEngine()} if answers else {}
+    if answers and embedder is not None:
+        engines["dense"] = ExtractiveDecisionEngine(embedder=embedder)
     with tempfile.TemporaryDirectory(prefix="agentmesh-eval-") as data_dir:
         kb = await KnowledgeBase.open(Path(data_dir), embedder=embedder, chunking=chunking)
         try:
@@ -64,12 +88,25 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
             chunk_count = len(kb.snapshot.chunks)
             metrics: dict[str, dict[str, dict[str, float]]] = {}
             per_question: dict[str, dict[str, int | None]] = {q["id"]: {} for q in questions}
+            answer_metrics: dict[str, dict[str, float]] = {}
+            wrong_answers: dict[str, list[str]] = {}
             for mode in modes:
                 scores: dict[str, list[tuple[float, float]]] = {"all": []}
+                # Per engine: (style, right, abstained, off-topic) of each question.
+                outcomes: dict[str, list[tuple[str, bool, bool, bool]]] = {name: [] for name in engines}
                 for question in questions:
                     hits = await kb.search(question["question"], top_k=kb.limits.max_top_k, mode=mode)
-                    ranking = document_ranking(hit.chunk.document_id for hit in hits)
+                    request = DecisionRequest(question["id"], question["question"], passages(hits))
                     relevant = set(question["relevant"])
+                    for name, engine in engines.items():
+                        decision = await engine.decide(request)
+                        quoted = [(c.document_id, c.quote) for c in decision.citations]
+                        right = answer_is_right(quoted, relevant, question["answers"])
+                        off_topic = any(document_id not in relevant for document_id, _ in quoted)
+                        outcomes[name].append((question["style"], right, not quoted, off_topic))
+                        if not right:
+                            wrong_answers.setdefault(f"{mode.value}/{name}", []).append(question["id"])
+                    ranking = document_ranking(hit.chunk.document_id for hit in hits)
                     pair = (
                         recall_at(RECALL_K, ranking, relevant),
                         reciprocal_rank_at(MRR_K, ranking, relevant),
@@ -85,6 +122,17 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
                     }
                     for subset, pairs in scores.items()
                 }
+                for name, seen in outcomes.items():
+                    styles = sorted({style for style, *_ in seen})
+                    answer_metrics[f"{mode.value}/{name}"] = {
+                        "answered": _share([right for _, right, _, _ in seen]),
+                        **{
+                            f"answered ({style})": _share([right for s, right, _, _ in seen if s == style])
+                            for style in styles
+                        },
+                        "off_topic": _share([off for *_, off in seen]),
+                        "abstained": _share([abstained for _, _, abstained, _ in seen]),
+                    }
         finally:
             await kb.close()
     return {
@@ -103,9 +151,13 @@ async def evaluate(*, dense: bool, chunking: ChunkingOptions) -> dict[str, Any]:
             "embedding_model": embedder.model_name if embedder else None,
             "fusion": "reciprocal rank, k=60",
             "relevance": "document level: a chunk counts for its document; a document counts once",
+            "answer": f"extractive engine over the first {ANSWER_TOP_K} passages; right = quotes an expected"
+            " sentence and nothing from a document not relevant to the question",
         },
         "metrics": metrics,
+        "answers": answer_metrics,
         "first_relevant_rank": per_question,
+        "wrong_answers": wrong_answers,
     }
 
 
@@ -127,7 +179,27 @@ def markdown_table(results: dict[str, Any]) -> str:
         f" overlap {config['chunk_overlap']},"
         f" embeddings: {config['embedding_model'] or 'off'}."
     )
+    lines += ["", *answer_table(results)]
     return "\n".join(lines) + "\n"
+
+
+def answer_table(results: dict[str, Any]) -> list[str]:
+    """Answer quality per retriever and engine ("lexical" word overlap, "dense" similarity)."""
+    styles = list(results["dataset"]["questions_by_style"])
+    header = " | ".join(f"answered ({s})" for s in styles)
+    lines = [
+        f"| retriever / engine | answered (all) | {header} | off-topic quoted | abstained |",
+        "| --- |" + " ---: |" * (len(styles) + 3),
+    ]
+    for name, row in results["answers"].items():
+        cells = " | ".join(f"{row[f'answered ({s})']:.3f}" for s in styles)
+        lines.append(f"| {name} | {row['answered']:.3f} | {cells} | {row['off_topic']:.3f} | {row['abstained']:.3f} |")
+    lines += [
+        "",
+        f"answered: the extractive engine, reading the first {ANSWER_TOP_K} passages, quotes an expected"
+        " sentence and nothing from a document not relevant to the question.",
+    ]
+    return lines
 
 
 def main() -> None:

@@ -23,3 +23,11 @@ def reciprocal_rank_at(k: int, ranking: Sequence[str], relevant: Collection[str]
         if document_id in relevant:
             return 1.0 / rank
     return 0.0
+
+
+def answer_is_right(quoted: Iterable[tuple[str, str]], relevant: Collection[str], expected: Iterable[str]) -> bool:
+    """An answer quoting ``(document_id, sentence)`` pairs is right when one sentence contains an
+    expected one and every sentence comes from a relevant document (nothing off-topic)."""
+    quoted = list(quoted)
+    on_topic = bool(quoted) and all(document_id in relevant for document_id, _ in quoted)
+    return on_topic and any(answer in sentence for _, sentence in quoted for answer in expected)

@@ -2,6 +2,7 @@
 
 from interceptors.idempotency.interceptor import HEADER, IdempotencyInterceptor, IdempotentMethod
 from interceptors.idempotency.memory_store import MemoryStore
+from interceptors.idempotency.postgres_store import PostgresStore
 from interceptors.idempotency.redis_store import RedisStore
 from interceptors.idempotency.sqlite_store import SQLiteStore
 from interceptors.idempotency.store import Entry, IdempotencyStore
@@ -13,6 +14,7 @@ __all__ = [
     "IdempotencyStore",
     "IdempotentMethod",
     "MemoryStore",
+    "PostgresStore",
     "RedisStore",
     "SQLiteStore",
 ]

@@ -13,9 +13,10 @@ have one, an AIP-155 ``request_id`` field). For each (caller, method, key):
 * keys are scoped to the authenticated caller (``interceptors.identity.current_caller``,
   so this runs inside auth), expire after ``ttl``, and are bounded in length and charset.
 
-Which methods take keys is configuration (``methods``); other methods pass through
-untouched, at no cost. Streaming methods are refused (at construction when their
-descriptor is imported, else when first called): there is no single response to replay.
+Which methods take keys is configuration (``methods``), decided when the server layer
+compiles each method; other methods get no idempotency step at all. Streaming methods are
+refused (at construction when their descriptor is imported, else when compiled): there is no
+single response to replay.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import structlog
 from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 
-from interceptors._typing import Context, Handler, UnaryBehavior
+from interceptors._typing import Context, UnaryBehavior
 from interceptors.idempotency import record
 from interceptors.idempotency.store import IdempotencyStore
 from interceptors.identity import current_caller
+from interceptors.layer import Concern, MethodInfo, Wrap
 from interceptors.outcome import (
     Metadata,
     Outcome,
-    WrappingInterceptor,
     metadata_value,
     outcome_of,
     outcome_of_error,
@@ -79,7 +80,7 @@ class IdempotentMethod:
     request_field: str | None = None
 
 
-class IdempotencyInterceptor(WrappingInterceptor):
+class IdempotencyInterceptor(Concern):
     """Run each keyed call at most once per (caller, method, key) and replay its outcome to retries.
 
     ``methods`` maps full method names (``/package.Service/Method``) to their options.
@@ -99,7 +100,6 @@ class IdempotencyInterceptor(WrappingInterceptor):
         transient: frozenset[grpc.StatusCode] = TRANSIENT,
         logger: Any | None = None,
     ) -> None:
-        super().__init__()
         if ttl <= 0 or lease <= 0 or retry_delay < 0 or max_key_length < 1:
             raise ValueError("ttl and lease must be positive, retry_delay not negative, max_key_length >= 1")
         for method, options in methods.items():
@@ -122,20 +122,17 @@ class IdempotencyInterceptor(WrappingInterceptor):
             [error_info("IDEMPOTENCY_IN_PROGRESS"), retry_info(retry_delay)],
         )
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
+    def compile(self, info: MethodInfo) -> Wrap | None:
+        method = info.name
         options = self._methods.get(method)
         if options is None:
-            return handler
-        if handler.request_streaming or handler.response_streaming:
+            return None
+        if info.request_streaming or info.response_streaming:
             raise TypeError(f"idempotency keys need a unary method; {method} streams")
-        serialize = handler.response_serializer
-        call = _KeyedCall(self, method, options.request_field, serialize)
-        # Replays return the stored response bytes, which the serializer passes through.
-        return grpc.unary_unary_rpc_method_handler(
-            call.wrap(cast(UnaryBehavior, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=_passthrough(serialize),
-        )
+        # Records are encoded with the method's own serializer; replays return the stored
+        # response bytes, which the serializer then passes through.
+        call = _KeyedCall(self, method, options.request_field, info.response_serializer)
+        return Wrap(unary=call.wrap, serializer=_passthrough)
 
     def _validate(self, field: str, key: str) -> ApiError | None:
         if not key:

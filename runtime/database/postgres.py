@@ -83,6 +83,7 @@ class PostgresTransaction:
         self._db = db
         self.conn = conn
         self._after_commit: list[Callable[[], None]] = []
+        self._notified: set[str] = set()
 
     async def execute(self, sql: str, params: Params | None = None) -> Result:
         with self._db.unavailable_as_typed():
@@ -97,7 +98,11 @@ class PostgresTransaction:
 
     async def notify(self, channel: str) -> None:
         # Delivered by PostgreSQL at COMMIT to every listening connection (other replicas);
-        # this process is woken directly, without the round trip.
+        # this process is woken directly, without the round trip. Once per transaction is
+        # enough (PostgreSQL folds repeats anyway).
+        if channel in self._notified:
+            return
+        self._notified.add(channel)
         await self.execute("SELECT pg_notify(:channel, '')", {"channel": channel})
         self.on_commit(lambda: self._db.wake(channel))
 

@@ -13,11 +13,16 @@ from runtime.bootstrap import ServerPlan
 from runtime.discovery.factory import build_registrar
 from runtime.discovery.registration import ConsulRegistrar
 from runtime.discovery.settings import DiscoverySettings
+from runtime.processes import is_primary
 
 
 def add_registration(plan: ServerPlan, settings: DiscoverySettings, *, service: str, tags: Sequence[str] = ()) -> None:
-    """Register ``service`` with Consul when discovery is Consul; nothing with static discovery."""
-    if settings.discovery != "consul":
+    """Register ``service`` with Consul when discovery is Consul; nothing with static discovery.
+
+    When several processes serve the port (runtime/processes.py) only the primary one registers:
+    they are one instance to Consul, whose gRPC health check reaches whichever process accepts it.
+    """
+    if settings.discovery != "consul" or not is_primary():
         return
     registrars: list[ConsulRegistrar] = []
 

@@ -12,18 +12,28 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from runtime.database import Database, Migration, Schema, Transaction
 from runtime.events.bus import Event, Handler
-from runtime.sqlite import Database, Transaction
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS processed_events (
     consumer    TEXT NOT NULL,
     event_id    TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
+    recorded_at {real} NOT NULL,
     PRIMARY KEY (consumer, event_id)
-) WITHOUT ROWID;
+){without_rowid};
 CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (consumer, recorded_at);
 """
+SCHEMA = Schema(
+    "events.processed",
+    (
+        Migration(
+            1,
+            sqlite=_V1.format(real="REAL", without_rowid=" WITHOUT ROWID"),
+            postgresql=_V1.format(real="DOUBLE PRECISION", without_rowid=""),
+        ),
+    ),
+)
 
 
 class ProcessedEvents:
@@ -34,15 +44,16 @@ class ProcessedEvents:
         self._consumer = consumer
 
     async def create_schema(self) -> None:
-        await self._db.executescript(_SCHEMA)
+        await self._db.migrate(SCHEMA)
 
     async def claim(self, tx: Transaction, event_id: str) -> bool:
         """Record ``event_id`` as applied; False if it already was (the caller then skips it)."""
-        cursor = await tx.execute(
-            "INSERT OR IGNORE INTO processed_events (consumer, event_id, recorded_at) VALUES (?, ?, ?)",
-            (self._consumer, event_id, time.time()),
+        claimed = await tx.execute(
+            "INSERT INTO processed_events (consumer, event_id, recorded_at) VALUES (:consumer, :event_id, :now)"
+            " ON CONFLICT DO NOTHING",
+            {"consumer": self._consumer, "event_id": event_id, "now": time.time()},
         )
-        return cursor.rowcount == 1
+        return claimed.rowcount == 1
 
     async def prune(self, *, older_than: float) -> int:
         """Forget ids recorded more than ``older_than`` seconds ago.
@@ -51,15 +62,15 @@ class ProcessedEvents:
         hours keeps every duplicate that can still arrive while bounding the ledger.
         """
         async with self._db.transaction() as tx:
-            cursor = await tx.execute(
-                "DELETE FROM processed_events WHERE consumer = ? AND recorded_at < ?",
-                (self._consumer, time.time() - older_than),
+            pruned = await tx.execute(
+                "DELETE FROM processed_events WHERE consumer = :consumer AND recorded_at < :before",
+                {"consumer": self._consumer, "before": time.time() - older_than},
             )
-            return cursor.rowcount
+            return pruned.rowcount
 
     async def forget_all(self, tx: Transaction) -> None:
         """Drop the ledger, for a consumer that rebuilds its state from scratch."""
-        await tx.execute("DELETE FROM processed_events WHERE consumer = ?", (self._consumer,))
+        await tx.execute("DELETE FROM processed_events WHERE consumer = :consumer", {"consumer": self._consumer})
 
 
 def deduplicate(handler: Handler, *, capacity: int = 100_000) -> Handler:

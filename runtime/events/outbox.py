@@ -1,10 +1,13 @@
-"""Transactional outbox: events are stored in the same SQLite transaction as the change they describe,
+"""Transactional outbox: events are stored in the same transaction as the change they describe,
 then relayed to the bus.
 
 So an event exists if and only if its change committed: a rolled-back transaction leaves no
 outbox row, and a committed one cannot lose its event, because the relay retries every row
 until the bus accepts it. A crash between "published" and "marked sent" republishes the
 event, which consumers absorb by deduplicating on the event id.
+
+Replicas sharing a PostgreSQL database all relay: each takes a batch with ``FOR UPDATE SKIP
+LOCKED``, so a row is published by one replica (and the others take the next rows meanwhile).
 """
 
 from __future__ import annotations
@@ -15,20 +18,31 @@ import time
 
 import structlog
 
+from runtime.database import Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event, EventBus
-from runtime.sqlite import Database, Transaction
 
 log = structlog.get_logger(__name__)
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS outbox (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          {serial},
     event_id     TEXT NOT NULL UNIQUE,
     event        TEXT NOT NULL,
-    published_at REAL
+    published_at {real}
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
 """
+SCHEMA = Schema(
+    "events.outbox",
+    (
+        Migration(
+            1,
+            sqlite=_V1.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
+            postgresql=_V1.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION"),
+        ),
+    ),
+)
+_UNSENT = "SELECT seq, event FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT :limit"
 
 
 class Outbox:
@@ -39,10 +53,13 @@ class Outbox:
         self._wakeup = asyncio.Event()
 
     async def create_schema(self) -> None:
-        await self._db.executescript(_SCHEMA)
+        await self._db.migrate(SCHEMA)
 
     async def append(self, tx: Transaction, event: Event) -> None:
-        await tx.execute("INSERT INTO outbox (event_id, event) VALUES (?, ?)", (event.id, event.to_json()))
+        await tx.execute(
+            "INSERT INTO outbox (event_id, event) VALUES (:event_id, :event)",
+            {"event_id": event.id, "event": event.to_json()},
+        )
         tx.on_commit(self._wakeup.set)
 
     async def pending_count(self) -> int:
@@ -51,32 +68,56 @@ class Outbox:
 
     async def relay_once(self, bus: EventBus, *, batch_size: int = 200) -> int:
         """Publish the oldest unsent events in order and mark them sent; returns how many."""
-        rows = await self._db.fetch_all(
-            "SELECT seq, event FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?", (batch_size,)
-        )
+        if self._db.dialect == "postgresql":
+            return await self._relay_locked(bus, batch_size)
+        # SQLite: this process is the file's only writer, hence its only relay; publishing
+        # outside the write transaction keeps the writer free meanwhile.
+        rows = await self._db.fetch_all(_UNSENT, {"limit": batch_size})
         sent: list[int] = []
         try:
-            for row in rows:
-                await bus.publish(Event.from_json(row["event"]))
-                sent.append(row["seq"])
+            for seq, event in rows:
+                await bus.publish(Event.from_json(event))
+                sent.append(seq)
         finally:
             # Marked even when a later publish failed, so those already out are not re-sent.
             if sent:
                 async with self._db.transaction() as tx:
-                    await tx.execute(
-                        f"UPDATE outbox SET published_at = ? WHERE seq IN ({','.join('?' * len(sent))})",
-                        (time.time(), *sent),
-                    )
+                    await self._mark_sent(tx, sent)
         return len(sent)
+
+    async def _relay_locked(self, bus: EventBus, batch_size: int) -> int:
+        # The rows stay locked until COMMIT, so no other replica publishes them meanwhile.
+        sent: list[int] = []
+        failure: Exception | None = None
+        async with self._db.transaction() as tx:
+            rows = (await tx.execute(_UNSENT + " FOR UPDATE SKIP LOCKED", {"limit": batch_size})).rows
+            for seq, event in rows:
+                try:
+                    await bus.publish(Event.from_json(event))
+                except Exception as error:
+                    failure = error
+                    break
+                sent.append(seq)
+            # Committed even when a later publish failed, so those already out are not re-sent.
+            if sent:
+                await self._mark_sent(tx, sent)
+        if failure is not None:
+            raise failure
+        return len(sent)
+
+    @staticmethod
+    async def _mark_sent(tx: Transaction, seqs: list[int]) -> None:
+        wanted, params = in_list("seq", seqs)
+        await tx.execute(f"UPDATE outbox SET published_at = :now WHERE seq IN {wanted}", {"now": time.time(), **params})
 
     async def prune(self, *, older_than: float) -> int:
         """Delete rows sent more than ``older_than`` seconds ago (the event log keeps history)."""
         async with self._db.transaction() as tx:
-            cursor = await tx.execute(
-                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?",
-                (time.time() - older_than,),
+            pruned = await tx.execute(
+                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < :before",
+                {"before": time.time() - older_than},
             )
-            return cursor.rowcount
+            return pruned.rowcount
 
     async def relay(
         self,

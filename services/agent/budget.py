@@ -2,25 +2,31 @@
 
 A run reserves its tool calls before using any (the first saga step) and releases them when
 it finishes or is compensated. Reservations are keyed by the saga step's idempotency key, so
-reserving or releasing twice (a retry, a resume after a crash) changes nothing.
+reserving or releasing twice (a retry, a resume after a crash) changes nothing. The check
+(sum held, then insert) runs under a per-caller lock, so replicas reserving for one caller at
+once cannot both pass it.
 """
 
 from __future__ import annotations
 
 import time
 
-from runtime.sqlite import Database
+from runtime.database import Database, Migration, Schema
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS tool_budget_reservations (
     reservation_id TEXT PRIMARY KEY,
     owner          TEXT NOT NULL,
     units          INTEGER NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('HELD', 'RELEASED', 'SETTLED')),
-    updated_at     REAL NOT NULL
+    updated_at     {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tool_budget_held ON tool_budget_reservations (owner) WHERE status = 'HELD';
 """
+SCHEMA = Schema(
+    "agent.tool_budget",
+    (Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),),
+)
 
 
 class BudgetExhausted(Exception):
@@ -33,21 +39,26 @@ class ToolBudget:
         self._limit = max_units_per_owner
 
     async def create_schema(self) -> None:
-        await self._db.executescript(_SCHEMA)
+        await self._db.migrate(SCHEMA)
 
     async def reserve(self, reservation_id: str, *, owner: str, units: int) -> None:
         async with self._db.transaction() as tx:
-            cursor = await tx.execute(
-                "SELECT 1 FROM tool_budget_reservations WHERE reservation_id = ?", (reservation_id,)
+            await tx.lock(f"agent.tool_budget:{owner}")
+            exists = await tx.execute(
+                "SELECT 1 FROM tool_budget_reservations WHERE reservation_id = :id", {"id": reservation_id}
             )
-            if await cursor.fetchone() is not None:
+            if exists.first() is not None:
                 return
-            cursor = await tx.execute(
-                "SELECT coalesce(sum(units), 0) FROM tool_budget_reservations WHERE owner = ? AND status = 'HELD'",
-                (owner,),
+            held = int(
+                (
+                    await tx.execute(
+                        "SELECT coalesce(sum(units), 0) FROM tool_budget_reservations"
+                        " WHERE owner = :owner AND status = 'HELD'",
+                        {"owner": owner},
+                    )
+                ).scalar()
+                or 0
             )
-            row = await cursor.fetchone()
-            held = int(row[0]) if row else 0
             if held + units > self._limit:
                 raise BudgetExhausted(
                     f"tool budget of {owner or 'anonymous'!r} exhausted: {held} of {self._limit} calls held"
@@ -55,8 +66,8 @@ class ToolBudget:
                 )
             await tx.execute(
                 "INSERT INTO tool_budget_reservations (reservation_id, owner, units, status, updated_at)"
-                " VALUES (?, ?, ?, 'HELD', ?)",
-                (reservation_id, owner, units, time.time()),
+                " VALUES (:id, :owner, :units, 'HELD', :now)",
+                {"id": reservation_id, "owner": owner, "units": units, "now": time.time()},
             )
 
     async def release(self, reservation_id: str) -> None:
@@ -70,13 +81,13 @@ class ToolBudget:
     async def _close(self, reservation_id: str, status: str) -> None:
         async with self._db.transaction() as tx:
             await tx.execute(
-                "UPDATE tool_budget_reservations SET status = ?, updated_at = ?"
-                " WHERE reservation_id = ? AND status = 'HELD'",
-                (status, time.time(), reservation_id),
+                "UPDATE tool_budget_reservations SET status = :status, updated_at = :now"
+                " WHERE reservation_id = :id AND status = 'HELD'",
+                {"status": status, "now": time.time(), "id": reservation_id},
             )
 
     async def statuses(self, owner: str) -> dict[str, str]:
         rows = await self._db.fetch_all(
-            "SELECT reservation_id, status FROM tool_budget_reservations WHERE owner = ?", (owner,)
+            "SELECT reservation_id, status FROM tool_budget_reservations WHERE owner = :owner", {"owner": owner}
         )
         return {row[0]: row[1] for row in rows}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+from runtime.database import validate_url
 from runtime.resilience import UpstreamResilience
 
 
@@ -17,6 +19,16 @@ class FallbackRuleSetting(BaseModel):
 
     pattern: str
     answer: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _a_regex(cls, pattern: str) -> str:
+        # Checked now: a bad pattern would otherwise surface only when a decision fails.
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {pattern!r} is not a regular expression: {error}") from None
+        return pattern
 
 
 class AgentSettings(ServiceSettings):
@@ -54,8 +66,9 @@ class AgentSettings(ServiceSettings):
     # Event bus: in-process (embedded default) or Redis Streams.
     event_bus: Literal["in_process", "redis"] = "in_process"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Consumer name in Redis consumer groups: stable across restarts, so a restarted instance
-    # takes back the events it had read but not acknowledged. Empty: the host name.
+    # This replica's name: saga lease owner and Redis consumer name. Empty: host name plus a
+    # random suffix, unique per process (events a dead consumer had read are claimed by the
+    # live ones after `claim_idle`, so a new name loses nothing).
     instance_id: str = ""
     outbox_poll_s: float = Field(default=1.0, gt=0)
     # A run's saga is leased to the instance executing it; each step renews the lease, so it must
@@ -63,6 +76,17 @@ class AgentSettings(ServiceSettings):
     saga_lease_s: float = Field(default=120.0, gt=0)
     # How long consumers remember applied event ids (redeliveries come within minutes).
     dedup_retention_s: float = Field(default=24 * 3600, gt=0)
+
+    # The shared database: postgresql://user@host:port/dbname. Empty: SQLite files in data_dir.
+    database_url: str = ""
+    # The read model's database; empty: the same as database_url (one database, one pool).
+    read_database_url: str = ""
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("database_url", "read_database_url")
+    @classmethod
+    def _database_url(cls, url: str, info: ValidationInfo) -> str:
+        return validate_url(url, setting=f"AGENTMESH_AGENT_{(info.field_name or '').upper()}")
 
     @model_validator(mode="after")
     def _lease_outlasts_a_step(self) -> AgentSettings:

@@ -5,6 +5,10 @@ cursor (``catch_up``), with the same idempotent ``apply``: each event id is appl
 ledger commits with the view), and a run's row only moves forward in ``version``, so
 redelivered or reordered events cannot roll it back or double-count it. ``rebuild`` drops the
 view and replays the whole log, which yields exactly the live view.
+
+Replicas sharing a database share one view: each applying transaction takes the projection's
+lock first, so two replicas catching up at once never interleave a read-then-write of a row
+or a count (the ledger then makes the second one skip what the first applied).
 """
 
 from __future__ import annotations
@@ -14,17 +18,17 @@ import binascii
 import json
 from dataclasses import dataclass
 
+from runtime.database import Database, Migration, Schema, Transaction
 from runtime.events.bus import Event
 from runtime.events.dedup import ProcessedEvents
-from runtime.sqlite import Database, Transaction
 from services.agent.model import Run, RunEvent
 from services.agent.run_store import RunStore, run_event_from_event
 from services.agent.state_machine import RunState
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS run_view (
     run_id      TEXT PRIMARY KEY,
-    create_time REAL NOT NULL,
+    create_time {real} NOT NULL,
     state       TEXT NOT NULL,
     version     INTEGER NOT NULL,
     snapshot    TEXT NOT NULL
@@ -37,9 +41,14 @@ CREATE TABLE IF NOT EXISTS run_state_counts (
 );
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name     TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL
+    sequence BIGINT NOT NULL
 );
 """
+SCHEMA = Schema(
+    "agent.run_view",
+    (Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),),
+)
+_LOCK = "agent.run_view"
 
 
 class InvalidPageToken(ValueError):
@@ -79,7 +88,7 @@ class RunProjection:
 
     async def create_schema(self) -> None:
         await self._processed.create_schema()
-        await self._db.executescript(_SCHEMA)
+        await self._db.migrate(SCHEMA)
 
     # -- building ----------------------------------------------------------------------
 
@@ -87,6 +96,7 @@ class RunProjection:
         """Bus handler: apply one run event, at most once."""
         run_event = run_event_from_event(event)
         async with self._db.transaction() as tx:
+            await tx.lock(_LOCK)
             checkpoint = await self._checkpoint(tx)
             await self._apply(tx, run_event)
             # In-order delivery (the usual case) keeps the catch-up cursor current, so a
@@ -103,6 +113,7 @@ class RunProjection:
             if not events:
                 return read
             async with self._db.transaction() as tx:
+                await tx.lock(_LOCK)
                 for run_event in events:
                     await self._apply(tx, run_event)
                 await self._set_checkpoint(tx, events[-1].sequence)
@@ -111,9 +122,10 @@ class RunProjection:
     async def rebuild(self, store: RunStore) -> int:
         """Forget everything and replay the whole event log."""
         async with self._db.transaction() as tx:
+            await tx.lock(_LOCK)
             for table in ("run_view", "run_state_counts"):
                 await tx.execute(f"DELETE FROM {table}")
-            await tx.execute("DELETE FROM projection_checkpoints WHERE name = ?", (self.NAME,))
+            await tx.execute("DELETE FROM projection_checkpoints WHERE name = :name", {"name": self.NAME})
             await self._processed.forget_all(tx)
         return await self.catch_up(store)
 
@@ -122,52 +134,63 @@ class RunProjection:
         return await self._processed.prune(older_than=older_than)
 
     async def checkpoint(self) -> int:
-        row = await self._db.fetch_one("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
+        row = await self._db.fetch_one(
+            "SELECT sequence FROM projection_checkpoints WHERE name = :name", {"name": self.NAME}
+        )
         return int(row[0]) if row else 0
 
     async def _checkpoint(self, tx: Transaction) -> int:
-        cursor = await tx.execute("SELECT sequence FROM projection_checkpoints WHERE name = ?", (self.NAME,))
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        found = await tx.execute("SELECT sequence FROM projection_checkpoints WHERE name = :name", {"name": self.NAME})
+        return int(found.scalar() or 0)
 
     async def _set_checkpoint(self, tx: Transaction, sequence: int) -> None:
         await tx.execute(
-            "INSERT INTO projection_checkpoints (name, sequence) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
-            (self.NAME, sequence),
+            "INSERT INTO projection_checkpoints (name, sequence) VALUES (:name, :sequence)"
+            " ON CONFLICT (name) DO UPDATE SET sequence = CASE"
+            " WHEN excluded.sequence > projection_checkpoints.sequence THEN excluded.sequence"
+            " ELSE projection_checkpoints.sequence END",
+            {"name": self.NAME, "sequence": sequence},
         )
 
     async def _apply(self, tx: Transaction, event: RunEvent) -> None:
         if not await self._processed.claim(tx, event.event_id):
             return
         run = event.run
-        cursor = await tx.execute("SELECT version, state FROM run_view WHERE run_id = ?", (run.run_id,))
-        current = await cursor.fetchone()
-        if current is not None and current["version"] >= run.version:
+        current = (
+            await tx.execute("SELECT version, state FROM run_view WHERE run_id = :run_id", {"run_id": run.run_id})
+        ).first()
+        if current is not None and current[0] >= run.version:
             return  # stale or same-version (step) event: the row already reflects it
         await tx.execute(
-            "INSERT INTO run_view (run_id, create_time, state, version, snapshot) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
+            " VALUES (:run_id, :create_time, :state, :version, :snapshot)"
             " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
             " snapshot = excluded.snapshot",
-            (run.run_id, run.create_time, run.state, run.version, json.dumps(run.to_dict())),
+            {
+                "run_id": run.run_id,
+                "create_time": run.create_time,
+                "state": str(run.state),
+                "version": run.version,
+                "snapshot": json.dumps(run.to_dict()),
+            },
         )
-        if current is None or current["state"] != run.state:
+        if current is None or current[1] != run.state:
             if current is not None:
-                await self._count(tx, current["state"], -1)
+                await self._count(tx, current[1], -1)
             await self._count(tx, run.state, +1)
 
     @staticmethod
     async def _count(tx: Transaction, state: str, delta: int) -> None:
         await tx.execute(
-            "INSERT INTO run_state_counts (state, count) VALUES (?, ?)"
-            " ON CONFLICT (state) DO UPDATE SET count = count + excluded.count",
-            (state, delta),
+            "INSERT INTO run_state_counts (state, count) VALUES (:state, :delta)"
+            " ON CONFLICT (state) DO UPDATE SET count = run_state_counts.count + excluded.count",
+            {"state": str(state), "delta": delta},
         )
 
     # -- queries -----------------------------------------------------------------------
 
     async def get(self, run_id: str) -> Run | None:
-        row = await self._db.fetch_one("SELECT snapshot FROM run_view WHERE run_id = ?", (run_id,))
+        row = await self._db.fetch_one("SELECT snapshot FROM run_view WHERE run_id = :run_id", {"run_id": run_id})
         return Run.from_dict(json.loads(row[0])) if row else None
 
     async def page(
@@ -176,19 +199,19 @@ class RunProjection:
         """One page of runs, newest first, and the token of the next page ("" on the last)."""
         state_key = str(state) if state else ""
         where: list[str] = []
-        params: list[object] = []
+        params: dict[str, object] = {"limit": page_size + 1}
         if state is not None:
-            where.append("state = ?")
-            params.append(str(state))
+            where.append("state = :state")
+            params["state"] = str(state)
         if page_token:
             after = PageToken.decode(page_token, state=state_key)
-            where.append("(create_time, run_id) < (?, ?)")
-            params.extend([after.create_time, after.run_id])
+            where.append("(create_time, run_id) < (:after_time, :after_id)")
+            params.update(after_time=after.create_time, after_id=after.run_id)
         sql = "SELECT snapshot FROM run_view"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY create_time DESC, run_id DESC LIMIT ?"
-        rows = await self._db.fetch_all(sql, [*params, page_size + 1])
+        sql += " ORDER BY create_time DESC, run_id DESC LIMIT :limit"
+        rows = await self._db.fetch_all(sql, params)
         runs = [Run.from_dict(json.loads(row[0])) for row in rows[:page_size]]
         has_more = len(rows) > page_size
         next_token = PageToken(runs[-1].create_time, runs[-1].run_id, state_key).encode() if has_more else ""

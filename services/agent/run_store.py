@@ -1,9 +1,14 @@
-"""The write side: runs, their event log and the outbox, changed together in one SQLite transaction.
+"""The write side: runs, their event log and the outbox, changed together in one transaction.
 
 A state change, the event that records it and the outbox row that publishes it commit or
-roll back as one, so the log, the bus and the run never disagree. The log's ``sequence`` is
-assigned under SQLite's single write lock, so sequences become visible in commit order and a
-reader that resumes "after N" can never skip an event that commits later with a smaller number.
+roll back as one, so the log, the bus and the run never disagree.
+
+The log's ``sequence`` must become visible in commit order, or a reader resuming "after N"
+could skip an event that commits later with a smaller number. A PostgreSQL sequence does not
+give that (numbers are handed out at INSERT, transactions commit in any order), so every
+transaction that appends takes the log's lock first (``Transaction.lock``: an advisory lock on
+PostgreSQL, SQLite's single writer already) and numbers ``max + 1`` under it. The same lock
+makes each command's read-then-write of a run atomic across replicas.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import Any
 
 import structlog
 
+from runtime.database import Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event
 from runtime.events.outbox import Outbox
-from runtime.sqlite import Database, Transaction
 from services.agent.model import Citation, EventType, Run, RunEvent
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState, check_transition
 
@@ -29,7 +34,8 @@ log = structlog.get_logger(__name__)
 
 RUN_EVENTS_STREAM = "agent.runs"
 
-_SCHEMA = """
+# One DDL for both backends: only portable types.
+_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id      TEXT PRIMARY KEY,
     creator     TEXT NOT NULL,
@@ -41,13 +47,19 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS run_events (
-    sequence INTEGER PRIMARY KEY,
+    sequence BIGINT PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     run_id   TEXT NOT NULL,
     event    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, sequence);
 """
+# Files written before versioned migrations kept this version in PRAGMA user_version.
+SCHEMA = Schema("agent.runs", (Migration(1, sqlite=_V1, postgresql=_V1),), legacy_table="runs")
+# Appending transactions serialize on it (see the module docstring).
+LOG_LOCK = "agent.run_events"
+# Committed appends notify it, so watchers on every replica wake (LISTEN/NOTIFY on PostgreSQL).
+LOG_CHANNEL = "agent_run_events"
 
 
 class RunNotFound(LookupError):
@@ -97,13 +109,6 @@ def _fingerprint(question: str, labels: Mapping[str, str], retrieval_filter: Map
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-SCHEMA_VERSION = 1
-
-
-class SchemaMismatchError(RuntimeError):
-    """The database was written by a different schema version."""
-
-
 class RunStore:
     def __init__(self, db: Database, outbox: Outbox) -> None:
         self.db = db
@@ -111,18 +116,11 @@ class RunStore:
         self._committed = asyncio.Event()
 
     async def create_schema(self) -> None:
-        # A data dir written by another schema would fail later on some query with "no such
-        # column"; refuse at start with what to do instead.
-        (version,) = await self.db.fetch_one("PRAGMA user_version") or (0,)
-        (tables,) = await self.db.fetch_one("SELECT count(*) FROM sqlite_master WHERE type = 'table'") or (0,)
-        if tables and version != SCHEMA_VERSION:
-            raise SchemaMismatchError(
-                f"the agent's database has schema version {version}, this build uses {SCHEMA_VERSION}: "
-                "it was written by another agentmesh version; move the data dir aside (or delete it) and restart"
-            )
+        """Migrate (a database of another schema version is refused with what to do) and follow commits."""
         await self._outbox.create_schema()
-        await self.db.executescript(_SCHEMA)
-        await self.db.executescript(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await self.db.migrate(SCHEMA)
+        # Appends committed by other replicas wake this one's watchers too.
+        await self.db.listen(LOG_CHANNEL, self._wake_watchers)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -138,18 +136,25 @@ class RunStore:
     ) -> tuple[Run, bool]:
         """Create a run (IDLE, then PROCESSING when ``start``); returns it and whether it is new.
 
-        The same ``request_id`` from the same creator returns the first run instead of a second.
+        The same ``request_id`` from the same creator returns the first run instead of a second,
+        whichever replica takes it: the insert is conditional on the (creator, request_id) unique
+        constraint, never a read followed by a write.
         """
         labels, retrieval_filter = dict(labels or {}), dict(retrieval_filter or {})
         fingerprint = _fingerprint(question, labels, retrieval_filter)
+        if request_id:
+            # A replay needs no write and no lock: answer it from the committed run. (A miss
+            # decides nothing: the conditional INSERT below does.)
+            found = await self.db.fetch_one(
+                "SELECT fingerprint, snapshot FROM runs WHERE creator = :creator AND request_id = :request_id",
+                {"creator": creator, "request_id": request_id},
+            )
+            if found is not None:
+                if found[0] != fingerprint:
+                    raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
+                return Run.from_dict(json.loads(found[1])), False
         async with self.db.transaction() as tx:
-            if request_id:
-                existing = await self._by_request_id(tx, creator, request_id)
-                if existing is not None:
-                    stored_fingerprint, run = existing
-                    if stored_fingerprint != fingerprint:
-                        raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
-                    return run, False
+            await tx.lock(LOG_LOCK)
             now = time.time()
             run = Run(
                 run_id=f"run_{uuid.uuid4().hex}",
@@ -163,11 +168,24 @@ class RunStore:
                 labels=labels,
                 retrieval_filter=retrieval_filter,
             )
-            await tx.execute(
+            inserted = await tx.execute(
                 "INSERT INTO runs (run_id, creator, request_id, fingerprint, state, snapshot)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run.run_id, creator, request_id or None, fingerprint, run.state, json.dumps(run.to_dict())),
+                " VALUES (:run_id, :creator, :request_id, :fingerprint, :state, :snapshot)"
+                " ON CONFLICT (creator, request_id) DO NOTHING RETURNING run_id",
+                {
+                    "run_id": run.run_id,
+                    "creator": creator,
+                    "request_id": request_id or None,
+                    "fingerprint": fingerprint,
+                    "state": str(run.state),
+                    "snapshot": json.dumps(run.to_dict()),
+                },
             )
+            if inserted.first() is None:
+                stored_fingerprint, existing = await self._by_request_id(tx, creator, request_id)
+                if stored_fingerprint != fingerprint:
+                    raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
+                return existing, False
             await self._append(tx, run, EventType.CREATED, "run created", to_state=run.state)
             if start:
                 run = await self._apply_transition(tx, run, RunState.PROCESSING, "admitted for execution", {})
@@ -191,6 +209,7 @@ class RunStore:
         for review, although the table also allows, say, PROCESSING → COMPLETED.
         """
         async with self.db.transaction() as tx:
+            await tx.lock(LOG_LOCK)
             run = await self._load(tx, run_id)
             if only_from is not None and run.state not in set(only_from):
                 raise IllegalTransition(run.state, to_state)
@@ -209,6 +228,7 @@ class RunStore:
 
     async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
         """Record a completed workflow step, inside the caller's (the saga log's) transaction."""
+        await tx.lock(LOG_LOCK)
         run = await self._load(tx, run_id)
         if run.state in TERMINAL:
             return  # a step that finished after the run was cancelled: its last event stays the terminal one
@@ -228,8 +248,8 @@ class RunStore:
             **({"status_reason": reason} | dict(changes)),
         )
         await tx.execute(
-            "UPDATE runs SET state = ?, snapshot = ? WHERE run_id = ?",
-            (updated.state, json.dumps(updated.to_dict()), updated.run_id),
+            "UPDATE runs SET state = :state, snapshot = :snapshot WHERE run_id = :run_id",
+            {"state": str(updated.state), "snapshot": json.dumps(updated.to_dict()), "run_id": updated.run_id},
         )
         await self._append(tx, updated, EventType.STATE_CHANGED, cause, from_state=run.state, to_state=to_state)
         return updated
@@ -244,12 +264,11 @@ class RunStore:
         from_state: RunState | None = None,
         to_state: RunState | None = None,
     ) -> None:
-        cursor = await tx.execute("SELECT coalesce(max(sequence), 0) + 1 FROM run_events")
-        row = await cursor.fetchone()
-        assert row is not None
+        # Under LOG_LOCK, taken by every appending transaction before it touched anything.
+        sequence = int((await tx.execute("SELECT coalesce(max(sequence), 0) + 1 FROM run_events")).scalar())
         event = event_from_run_event(
             RunEvent(
-                sequence=int(row[0]),
+                sequence=sequence,
                 event_id=uuid.uuid4().hex,
                 run_id=run.run_id,
                 type=event_type,
@@ -261,56 +280,57 @@ class RunStore:
             )
         )
         await tx.execute(
-            "INSERT INTO run_events (sequence, event_id, run_id, event) VALUES (?, ?, ?, ?)",
-            (int(row[0]), event.id, run.run_id, event.to_json()),
+            "INSERT INTO run_events (sequence, event_id, run_id, event) VALUES (:sequence, :event_id, :run_id, :event)",
+            {"sequence": sequence, "event_id": event.id, "run_id": run.run_id, "event": event.to_json()},
         )
         await self._outbox.append(tx, event)
-        tx.on_commit(self._wake_watchers)
+        await tx.notify(LOG_CHANNEL)
 
     def _wake_watchers(self) -> None:
         self._committed.set()
         self._committed = asyncio.Event()
 
     async def _load(self, tx: Transaction, run_id: str) -> Run:
-        cursor = await tx.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,))
-        row = await cursor.fetchone()
+        row = (await tx.execute("SELECT snapshot FROM runs WHERE run_id = :run_id", {"run_id": run_id})).first()
         if row is None:
             raise RunNotFound(run_id)
         return Run.from_dict(json.loads(row[0]))
 
-    async def _by_request_id(self, tx: Transaction, creator: str, request_id: str) -> tuple[str, Run] | None:
-        cursor = await tx.execute(
-            "SELECT fingerprint, snapshot FROM runs WHERE creator = ? AND request_id = ?",
-            (creator, request_id),
-        )
-        row = await cursor.fetchone()
-        return (row[0], Run.from_dict(json.loads(row[1]))) if row else None
+    async def _by_request_id(self, tx: Transaction, creator: str, request_id: str) -> tuple[str, Run]:
+        row = (
+            await tx.execute(
+                "SELECT fingerprint, snapshot FROM runs WHERE creator = :creator AND request_id = :request_id",
+                {"creator": creator, "request_id": request_id},
+            )
+        ).first()
+        assert row is not None, "ON CONFLICT said the row exists"
+        return row[0], Run.from_dict(json.loads(row[1]))
 
     # -- reads of the write model (commands, recovery, WatchRun) -------------------------
 
     async def get(self, run_id: str) -> Run:
-        row = await self.db.fetch_one("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,))
+        row = await self.db.fetch_one("SELECT snapshot FROM runs WHERE run_id = :run_id", {"run_id": run_id})
         if row is None:
             raise RunNotFound(run_id)
         return Run.from_dict(json.loads(row[0]))
 
     async def run_ids_in(self, states: Iterable[RunState]) -> list[str]:
-        wanted = [str(s) for s in states]
-        rows = await self.db.fetch_all(
-            f"SELECT run_id FROM runs WHERE state IN ({','.join('?' * len(wanted))})", wanted
-        )
+        wanted, params = in_list("state", [str(s) for s in states])
+        rows = await self.db.fetch_all(f"SELECT run_id FROM runs WHERE state IN {wanted}", params)
         return [row[0] for row in rows]
 
     async def events(self, *, after: int = 0, run_id: str | None = None, limit: int = 500) -> list[RunEvent]:
         """Events with ``sequence > after`` in order, for one run or for all."""
         if run_id is None:
             rows = await self.db.fetch_all(
-                "SELECT event FROM run_events WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, limit)
+                "SELECT event FROM run_events WHERE sequence > :after ORDER BY sequence LIMIT :limit",
+                {"after": after, "limit": limit},
             )
         else:
             rows = await self.db.fetch_all(
-                "SELECT event FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-                (run_id, after, limit),
+                "SELECT event FROM run_events WHERE run_id = :run_id AND sequence > :after ORDER BY sequence"
+                " LIMIT :limit",
+                {"run_id": run_id, "after": after, "limit": limit},
             )
         return [run_event_from_event(Event.from_json(row[0])) for row in rows]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.database import Database, open_database, wait_until_reachable
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
@@ -18,13 +18,14 @@ from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
+from runtime.instance import instance_id
 from runtime.lifespan import Lifespan
 from runtime.live_config.enforce import follow_live_config
 from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
-from runtime.sqlite import Database
+from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
 from services.agent.decision import load_decision_engine
@@ -39,6 +40,31 @@ from services.agent.workflow import RunWorkflow, WorkflowOptions
 
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 PROJECTION_GROUP = "agent.projection.runs"
+
+
+async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Database, Database]:
+    """The write database (runs, event log, outbox, saga log, tool budget: one transaction scope)
+    and the read model's: SQLite files in the data dir by default, else the configured URLs
+    (the read model in the same database unless it has its own)."""
+    db = life.closing(
+        await open_database(
+            settings.database_url,
+            sqlite_path=settings.write_db_path,
+            setting="AGENTMESH_AGENT_DATABASE_URL",
+            pool_size=settings.database_pool_size,
+        )
+    )
+    if settings.database_url and not settings.read_database_url:
+        return db, db
+    read_db = life.closing(
+        await open_database(
+            settings.read_database_url,
+            sqlite_path=settings.read_db_path,
+            setting="AGENTMESH_AGENT_READ_DATABASE_URL",
+            pool_size=settings.database_pool_size,
+        )
+    )
+    return db, read_db
 
 
 def event_bus(settings: AgentSettings) -> EventBus:
@@ -70,20 +96,26 @@ async def _assemble(
         service="agent",
         auth=auth_interceptor(settings.auth, service="agent"),
         span_processors=span_processors,
+        database_url=settings.database_url,
     )
     life.on_close(middleware.close, name="middleware")
-    # Write model, event log, outbox, saga log and tool budget share one file, hence one transaction;
-    # the read model lives in its own file, built only from events.
-    db = life.closing(await Database.open(settings.write_db_path))
-    read_db = life.closing(await Database.open(settings.read_db_path))
+    db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
-    instance = settings.instance_id or socket.gethostname()
+    instance = instance_id(settings.instance_id, data_dir=settings.data_dir)
     saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
     projection = RunProjection(read_db)
-    for component in (store, saga_log, budget, projection):
-        await component.create_schema()
+
+    async def prepare_databases(_port: int) -> None:
+        # Here rather than in build(): a database that is not up yet is waited for (logged once,
+        # backoff) while the server answers health checks NOT_SERVING, instead of a crash loop.
+        for database in {id(db): db, id(read_db): read_db}.values():
+            await wait_until_reachable(database)
+        for component in (store, saga_log, budget, projection):
+            await component.create_schema()
+
+    life.on_started(prepare_databases)
 
     bus = life.closing(event_bus(settings))
 
@@ -110,7 +142,14 @@ async def _assemble(
     )
     life.on_close(upstreams.close, name="upstreams")
     await follow_live_config(live_config, breakers=guards.breakers, upstreams=upstreams)
-    engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    try:
+        engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        # An unknown engine, a factory that is not there, or options it does not take.
+        raise InvalidSetting(
+            f"AGENTMESH_AGENT_DECISION_ENGINE={settings.decision_engine} with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS:"
+            f" {error}"
+        ) from None
     life.on_close(engine.close, name="decision engine")
     workflow = RunWorkflow(
         store=store,
@@ -136,7 +175,7 @@ async def _assemble(
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
         while True:
             await asyncio.sleep(settings.saga_lease_s)
-            for run_id in await workflow.recover(include_unstarted=False):
+            for run_id in await workflow.recover(include_unstarted=False, unstarted_after_s=settings.saga_lease_s):
                 executor.resume(run_id)
 
     async def prune_ledger_hourly() -> None:

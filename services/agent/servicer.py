@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import structlog
-from opentelemetry import context as otel_context
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
+from interceptors.tracing import capture_trace
 from rpcstatus.errors import (
     api_errors,
     api_errors_stream,
@@ -73,10 +73,10 @@ def _background_context() -> contextvars.Context:
     context (the run's calls join the CreateRun trace). Not carried over: the call's deadline
     and anything else scoped to the call, since the run continues after it returns.
     """
-    caller, trace_context = current_caller.get(), otel_context.get_current()
+    caller, restore_trace = current_caller.get(), capture_trace()
     context = contextvars.Context()
     context.run(current_caller.set, caller)
-    context.run(otel_context.attach, trace_context)
+    context.run(restore_trace)
     return context
 
 

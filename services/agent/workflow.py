@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from runtime.sqlite import Transaction
+from runtime.database import Transaction
 from services.agent.budget import ToolBudget
 from services.agent.decision import Decision, DecisionEngine, DecisionRequest, Passage
 from services.agent.model import Citation, Run
@@ -106,11 +107,15 @@ class RunWorkflow:
         """Compensate whatever the run's saga did (after a cancel, or a crash mid-compensation)."""
         await self._saga.compensate(run_id, reason=reason)
 
-    async def recover(self, *, include_unstarted: bool = True) -> list[str]:
+    async def recover(self, *, include_unstarted: bool = True, unstarted_after_s: float = 0.0) -> list[str]:
         """Finish interrupted compensations; return the runs whose execution must be resumed.
 
-        At start-up (``include_unstarted``) that includes admitted runs whose saga never began;
-        periodic sweeps only take sagas this instance owns or whose owner's lease expired.
+        That includes admitted runs whose saga never began: at start-up (``include_unstarted``)
+        all of them; in periodic sweeps those idle for ``unstarted_after_s`` (the replica that
+        accepted them died before a worker picked them up). Sagas are taken only if this
+        instance owns them or their owner's lease expired; ``Saga.run`` claims each one with a
+        conditional update, so of two replicas sweeping at once one resumes a run, the other
+        finds it leased.
         """
         resume: list[str] = []
         for run_id in await self._saga_log.unfinished():
@@ -119,9 +124,14 @@ class RunWorkflow:
                 resume.append(run_id)
             else:
                 await self._finish_saga(run)
-        if include_unstarted:
-            for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
-                if run_id not in resume:
+        for run_id in await self._store.run_ids_in([RunState.IDLE, RunState.PROCESSING]):
+            if run_id in resume:
+                continue
+            if include_unstarted:
+                resume.append(run_id)
+            elif unstarted_after_s and await self._saga_log.status(run_id) is None:
+                run = await self._store.get(run_id)
+                if time.time() - run.update_time > unstarted_after_s:
                     resume.append(run_id)
         return resume
 

@@ -34,6 +34,7 @@ from interceptors.circuit_breaker import BreakerSet, CircuitBreaker, Permit
 from interceptors.deadline import DeadlineBudget
 from interceptors.retry import Retrier
 from interceptors.tracing import OutgoingTrace
+from runtime.bootstrap import ServiceBinding
 from runtime.upstreams import Upstreams
 from services.gateway.routing import Route
 
@@ -137,8 +138,9 @@ async def _relay_headers(context: Context, headers: Any) -> None:
         await context.send_initial_metadata(tuple(headers))
 
 
-async def _relay_error(context: Context, error: grpc.aio.AioRpcError) -> None:
-    await _relay_headers(context, error.initial_metadata())
+async def _relay_error(context: Context, error: grpc.aio.AioRpcError, *, headers_sent: bool = False) -> None:
+    if not headers_sent:
+        await _relay_headers(context, error.initial_metadata())
     await context.abort(error.code(), error.details() or "", tuple(error.trailing_metadata()))  # type: ignore[arg-type]
 
 
@@ -202,6 +204,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         code = _OK
         call: Any = None
         permit: Permit | None = None
+        headers_sent = False
         try:
             metadata = forwarded_metadata(context, trace_headers)
             timeout = relay.budget.timeout(method, context.time_remaining())
@@ -226,6 +229,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                 metadata = Retrier.attempt_metadata(metadata, attempt)
                 timeout = _left(deadline)
             await context.send_initial_metadata(tuple(headers))
+            headers_sent = True
             async for message in call:
                 yield message
             context.set_trailing_metadata(await call.trailing_metadata())
@@ -236,7 +240,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
             if permit is not None:
                 relay.settle(permit, code)
                 permit = None
-            await _relay_error(context, error)
+            await _relay_error(context, error, headers_sent=headers_sent)
         except (asyncio.CancelledError, GeneratorExit):
             code = _CANCELLED
             raise
@@ -259,11 +263,20 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
     return grpc.unary_unary_rpc_method_handler(functools.partial(unary_response, retry=True))
 
 
-class RoutingHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
-    """Finds the handler for a method path; None (UNIMPLEMENTED) for anything not routed."""
+def route_bindings(routes: dict[str, Route], forwarding: Forwarding) -> list[ServiceBinding]:
+    """Every routed method as a registered method of its service: grpc finds the handler in its
+    registered-method table (no generic-handler scan per call), and the server chain is compiled
+    into each once, at start-up. Methods not routed stay UNIMPLEMENTED."""
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+    for path, route in routes.items():
+        service, _, name = path.lstrip("/").partition("/")
+        by_service.setdefault(service, {})[name] = make_handler(route, forwarding)
 
-    def __init__(self, routes: dict[str, Route], forwarding: Forwarding) -> None:
-        self.handlers = {path: make_handler(route, forwarding) for path, route in routes.items()}
+    def binding(service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> ServiceBinding:
+        def add_to_server(server: grpc.aio.Server) -> None:
+            # grpc-stubs lacks add_registered_method_handlers (grpcio 1.62+).
+            server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self.handlers.get(handler_call_details.method)
+        return ServiceBinding(service, add_to_server)
+
+    return [binding(service, handlers) for service, handlers in sorted(by_service.items())]

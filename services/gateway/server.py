@@ -20,7 +20,7 @@ from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from services.gateway.config import GatewaySettings
-from services.gateway.proxy import Forwarding, RoutingHandler
+from services.gateway.proxy import Forwarding, route_bindings
 from services.gateway.routing import build_routes, load_descriptor_pool
 
 
@@ -68,11 +68,13 @@ async def build(
             trace=OutgoingTrace(middleware.tracing),
             budget=DeadlineBudget(margin=settings.deadline_margin_s),
         )
+        bindings = route_bindings(routes, forwarding)
+        bound = {binding.name for binding in bindings}
         plan = ServerPlan(
             settings=settings,
-            bindings=[],
-            generic_handlers=[RoutingHandler(routes, forwarding)],
-            reflection_names=sorted(settings.routes),
+            bindings=bindings,
+            # Bound services get health and reflection as bindings; a routed service without methods too.
+            reflection_names=sorted(set(settings.routes) - bound),
             reflection_pool=pool,
             interceptors=middleware.server_interceptors,
             lifespan=life,

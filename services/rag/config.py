@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
+from runtime.database import validate_url
 
 
 class RagSettings(ServiceSettings):
@@ -23,6 +24,17 @@ class RagSettings(ServiceSettings):
     chunk_overlap: int = Field(default=120, ge=0, description="characters repeated between consecutive chunks")
     # Index snapshots are saved this long after the last change (a burst is saved once), and on stop.
     index_save_delay_s: float = Field(default=2.0, ge=0)
+    # Documents, chunks and embeddings in a database every replica shares
+    # (postgresql://user@host:port/db); unset: the embedded SQLite file in the data dir.
+    database_url: str = ""
+    # Replicas wake at once on each commit's notification; this poll is the safety net for a
+    # lost one (seconds).
+    follow_poll_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, url: str) -> str:
+        return validate_url(url, setting="AGENTMESH_RAG_DATABASE_URL")
 
     @model_validator(mode="after")
     def _overlap_below_half_the_size(self) -> RagSettings:

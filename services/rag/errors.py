@@ -37,3 +37,10 @@ class DenseRetrievalDisabled(KnowledgeBaseError):
             "dense retrieval is disabled on this server; use MODE_BM25,"
             " or enable it with AGENTMESH_RAG_DENSE_ENABLED=true"
         )
+
+
+class NotReady(KnowledgeBaseError):
+    """Called before the knowledge base has loaded the store (the database is awaited at start)."""
+
+    def __init__(self) -> None:
+        super().__init__("the knowledge base is still loading (waiting for its database); retry shortly")

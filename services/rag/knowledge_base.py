@@ -1,10 +1,12 @@
-"""The knowledge base: validated ingest, hybrid search, get and delete over a data directory.
+"""The knowledge base: validated ingest, hybrid search, get and delete, over the shared store.
 
-Writes go to SQLite (the source of truth) under one lock; after each commit a new index
-snapshot is built in a worker thread and swapped in, and the writer returns once its change
-is searchable. Searches run in worker threads on the snapshot current when they start, so
-they never wait for ingestion. Concurrent writers share rebuilds: whoever takes the rebuild
-lock indexes everything committed so far.
+Writes commit to the store (``store.py``: the source of truth, shared by every replica); after
+each commit the catalog catches up with the store (this replica's commit and any other's) and a
+new index snapshot is built in a worker thread and swapped in, and the writer returns once its
+change is searchable. Searches run in worker threads on the snapshot current when they start,
+so they never wait for ingestion or for the database. Concurrent writers share rebuilds:
+whoever takes the rebuild lock indexes everything committed so far. ``follow()`` does the same
+for commits of other replicas, woken by the store's notification or a slow poll.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -22,12 +24,31 @@ from typing import Any, TypeVar
 
 import structlog
 
+from runtime.backoff import Backoff
+from runtime.database import Database, DatabaseUnavailable
+from runtime.database.sqlite import SQLiteDatabase
 from services.rag.bm25_index import tokenize
 from services.rag.chunking import ChunkingOptions, ContentType, chunk_document
 from services.rag.embedding import Embedder
-from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
+from services.rag.follower import FollowerMetrics
 from services.rag.snapshot import DenseModel, Hit, IndexSnapshot, Mode, build_snapshot
-from services.rag.store import ChunkRecord, DocumentRecord, DocumentWrite, NewChunk, Store, Vector
+from services.rag.store import (
+    CHANGES_RETAINED,
+    GENERATION_CHANNEL,
+    SCHEMA,
+    Change,
+    ChunkRecord,
+    DocumentRecord,
+    DocumentState,
+    DocumentVersion,
+    DocumentWrite,
+    NewChunk,
+    NothingToWrite,
+    StaleVersion,
+    Store,
+    Vector,
+)
 
 __all__ = ["DocumentInput", "Hit", "IngestOutcome", "IngestResult", "KnowledgeBase", "Limits", "Mode"]
 
@@ -36,6 +57,7 @@ _T = TypeVar("_T")
 
 _DOCUMENT_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 _DOCUMENT_ID_RULE = "must be 1 to 128 characters of letters, digits and . _ : / -"
+_STALE_RETRIES = 5
 _CONTENT_TYPES = {"": ContentType.PLAIN_TEXT, **{t.value: t for t in ContentType}}
 
 
@@ -101,18 +123,21 @@ class KnowledgeBase:
         chunking: ChunkingOptions,
         limits: Limits,
         save_delay_s: float,
+        owns_database: bool = False,
+        metrics: FollowerMetrics | None = None,
     ) -> None:
         self._store = store
+        self._owns_database = owns_database
         self._index_dir = index_dir
         self._embedder = embedder
         self._dense_model = DenseModel(embedder.model_name, embedder.dimensions) if embedder is not None else None
         self._chunking = chunking
         self.limits = limits
         self._save_delay_s = save_delay_s
-        self._write_lock = asyncio.Lock()
+        self._metrics = metrics
         self._rebuild_lock = asyncio.Lock()
+        # The catalog: the committed state as of ``_generation``, which the next snapshot indexes.
         self._documents: dict[str, DocumentRecord] = {}
-        # Insertion order is key order: keys only grow, so this stays sorted.
         self._chunks: dict[int, ChunkRecord] = {}
         self._keys_by_document: dict[str, list[int]] = {}
         self._writes: set[asyncio.Task[Any]] = set()
@@ -122,33 +147,78 @@ class KnowledgeBase:
         self._save_task: asyncio.Task[None] | None = None
         self._saved_generation = -1
         self._save_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._listening = False
+        # Texts this process has embedded (never those whose vectors it found in the store).
+        self.embedded_chunks = 0
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: Path,
+        *,
+        database: Database,
+        embedder: Embedder | None = None,
+        chunking: ChunkingOptions | None = None,
+        limits: Limits | None = None,
+        save_delay_s: float = 2.0,
+        metrics: FollowerMetrics | None = None,
+        owns_database: bool = False,
+        index_name: str = "index",
+    ) -> KnowledgeBase:
+        """A knowledge base on ``database`` (indexes saved in ``data_dir/index_name``), not loaded
+        yet: it answers NotReady until ``start()`` has migrated the schema and loaded the store."""
+        return cls(
+            store=Store(database, model=embedder.model_name if embedder else None),
+            index_dir=data_dir / index_name,
+            embedder=embedder,
+            chunking=chunking or ChunkingOptions(),
+            limits=limits or Limits(),
+            save_delay_s=save_delay_s,
+            owns_database=owns_database,
+            metrics=metrics,
+        )
 
     @classmethod
     async def open(
         cls,
         data_dir: Path,
         *,
+        database: Database | None = None,
         embedder: Embedder | None = None,
         chunking: ChunkingOptions | None = None,
         limits: Limits | None = None,
         save_delay_s: float = 2.0,
+        metrics: FollowerMetrics | None = None,
+        index_name: str = "index",
     ) -> KnowledgeBase:
-        """Open the knowledge base in ``data_dir``, loading saved indexes when they are current."""
-        store = await Store.open(data_dir / "rag.sqlite3", model=embedder.model_name if embedder else None)
-        kb = cls(
-            store=store,
-            index_dir=data_dir / "index",
+        """Create and start; without ``database``, on the embedded SQLite file ``data_dir/rag.sqlite3``
+        (opened and closed with the knowledge base; a given database is the caller's to close)."""
+        db = database or await SQLiteDatabase.open(data_dir / "rag.sqlite3")
+        kb = cls.create(
+            data_dir,
+            database=db,
             embedder=embedder,
-            chunking=chunking or ChunkingOptions(),
-            limits=limits or Limits(),
+            chunking=chunking,
+            limits=limits,
             save_delay_s=save_delay_s,
+            metrics=metrics,
+            owns_database=database is None,
+            index_name=index_name,
         )
         try:
-            await kb._load()
+            await kb.start()
         except BaseException:
-            await store.close()
+            if database is None:
+                await db.close()
             raise
         return kb
+
+    async def start(self) -> None:
+        """Bring the schema to this build's version (once across replicas) and load the store,
+        with the saved indexes when they are current."""
+        await self._store.db.migrate(SCHEMA)
+        await self._load()
 
     @property
     def dense_enabled(self) -> bool:
@@ -156,6 +226,7 @@ class KnowledgeBase:
 
     @property
     def generation(self) -> int:
+        """The generation of the store the live snapshot (or the one being built) reflects."""
         return self._generation
 
     @property
@@ -171,7 +242,8 @@ class KnowledgeBase:
     @property
     def snapshot(self) -> IndexSnapshot:
         """The index snapshot searches currently use."""
-        assert self._snapshot is not None, "used before open() finished"
+        if self._snapshot is None:
+            raise NotReady()
         return self._snapshot
 
     async def close(self) -> None:
@@ -182,7 +254,51 @@ class KnowledgeBase:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._save_task
         await self._save_now()
-        await self._store.close()
+        if self._owns_database:
+            await self._store.db.close()
+
+    # --- following the shared store ----------------------------------------------------------
+
+    async def follow(self, *, poll_s: float, backoff: Backoff | None = None) -> None:
+        """Keep the snapshot in step with the store, for as long as it runs (a supervised loop).
+
+        Woken at once by each commit's notification (every replica's, on PostgreSQL), and every
+        ``poll_s`` regardless, in case a notification was lost. While the database is down the
+        snapshot stays as it is, searches keep being served from it, and this retries with backoff.
+        """
+        if not self._listening:
+            await self._store.db.listen(GENERATION_CHANNEL, self._wake.set)
+            self._listening = True
+        backoff = backoff or Backoff(initial=0.2, maximum=5.0)
+        unavailable = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
+            self._wake.clear()
+            try:
+                await self.catch_up()
+            except DatabaseUnavailable as error:
+                delay = backoff.next_delay()
+                (_log.debug if unavailable else _log.warning)(
+                    "rag.follower.database_unavailable",
+                    error=str(error),
+                    serving=f"searches from the snapshot at generation {self._generation}",
+                    retry_in=round(delay, 2),
+                )
+                unavailable = True
+                await asyncio.sleep(delay)
+                self._wake.set()
+                continue
+            if unavailable:
+                _log.info("rag.follower.database_back", generation=self._generation)
+            unavailable = False
+            backoff.reset()
+
+    async def catch_up(self) -> None:
+        """Return once the live snapshot reflects everything committed when this was called."""
+        await self._refresh(await self._store.generation(), following=True)
+        if self._metrics is not None:
+            self._metrics.caught_up()
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -219,21 +335,37 @@ class KnowledgeBase:
             seen.add(document.document_id)
         if violations:
             raise InvalidArgument(violations)
+        if self._snapshot is None:
+            raise NotReady()
 
-        # Re-ingesting what is already stored (a seed on every start, a retried batch) costs a
-        # hash per document: only new or changed documents are chunked and embedded.
-        changed = [d for d in documents if not self._is_stored(d)]
-        prepared = await asyncio.to_thread(self._prepare, changed)
-        vectors = await self._embed_missing(prepared)
-
-        # Shielded: a caller that is cancelled (deadline, client gone) stops waiting, but a
-        # commit under way still completes together with its catalog update and index rebuild,
-        # so the store, the catalog and the searchable snapshot never disagree.
-        return await asyncio.shield(self._track(self._commit_ingest(documents, prepared, vectors, wait_searchable)))
+        for _attempt in range(_STALE_RETRIES):
+            # Re-ingesting what is already stored (a seed on every start, a retried batch, the
+            # same document through another replica) costs a hash per document: only new or
+            # changed documents are chunked and embedded, and stored embeddings are reused.
+            stored = await self._store.versions(d.document_id for d in documents)
+            unchanged = {
+                d.document_id: found.version
+                for d in documents
+                if (found := stored.get(d.document_id)) is not None and found.version == _version(d)
+            }
+            changed = [d for d in documents if d.document_id not in unchanged]
+            prepared = await asyncio.to_thread(self._prepare, changed)
+            vectors = await self._embed_missing(prepared)
+            # Shielded: a caller that is cancelled (deadline, client gone) stops waiting, but a
+            # commit under way still completes together with its index rebuild.
+            try:
+                return await asyncio.shield(
+                    self._track(self._commit_ingest(documents, prepared, vectors, unchanged, wait_searchable))
+                )
+            except StaleVersion as stale:
+                _log.info("rag.ingest.changed_concurrently", documents=list(stale.document_ids), retrying=True)
+        raise StaleVersion([d.document_id for d in documents])
 
     async def delete(self, document_id: str) -> None:
         """Remove a document and its chunks; DocumentNotFound if there is none."""
         _check_document_id(document_id)
+        if self._snapshot is None:
+            raise NotReady()
         await asyncio.shield(self._track(self._commit_delete(document_id)))
 
     def _track(self, write: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -248,47 +380,35 @@ class KnowledgeBase:
         documents: Sequence[DocumentInput],
         prepared: Sequence[_Prepared],
         vectors: Mapping[str, Vector],
+        unchanged: Mapping[str, DocumentVersion],
         wait_searchable: bool,
     ) -> list[IngestResult]:
-        by_id = {item.document.document_id: item for item in prepared}
-        async with self._write_lock:
-            late = [d for d in documents if d.document_id not in by_id and not self._is_stored(d)]
-            if late:
-                # Changed by a concurrent write since ingest() looked: prepare these now.
-                extra = await asyncio.to_thread(self._prepare, late)
-                vectors = {**vectors, **await self._embed_missing(extra)}
-                by_id.update((item.document.document_id, item) for item in extra)
-            results: list[IngestResult] = []
-            writes: list[DocumentWrite] = []
-            for document in documents:
-                item = by_id.get(document.document_id)
-                existing = self._documents.get(document.document_id)
-                if item is None or (existing is not None and self._same_version(existing, item)):
-                    assert existing is not None
-                    results.append(IngestResult(existing.document_id, IngestOutcome.UNCHANGED, existing.chunk_count))
-                    continue
-                outcome = IngestOutcome.CREATED if existing is None else IngestOutcome.REPLACED
-                results.append(IngestResult(item.document.document_id, outcome, len(item.chunks)))
-                writes.append(
-                    DocumentWrite(
-                        document_id=item.document.document_id,
-                        content_type=item.content_type.value,
-                        metadata=dict(item.document.metadata),
-                        text=item.document.text,
-                        content_hash=item.content_hash,
-                        chunks=item.chunks,
-                        vectors={
-                            c.content_hash: vectors[c.content_hash] for c in item.chunks if c.content_hash in vectors
-                        },
-                    )
-                )
-            # With nothing to write, "searchable" still means: whatever the caller committed
-            # before (earlier batches of a stream) is indexed too.
-            generation = self._generation
-            if writes:
-                update_time = time.time()
-                generation, keys = await self._store.apply(writes, update_time=update_time)
-                self._apply_to_catalog(writes, keys, vectors, generation, update_time)
+        writes = [
+            DocumentWrite(
+                document_id=item.document.document_id,
+                content_type=item.content_type.value,
+                metadata=dict(item.document.metadata),
+                text=item.document.text,
+                content_hash=item.content_hash,
+                chunks=item.chunks,
+                vectors={c.content_hash: vectors[c.content_hash] for c in item.chunks if c.content_hash in vectors},
+            )
+            for item in prepared
+        ]
+        try:
+            committed = await self._store.apply(writes, unchanged=unchanged)
+        except NothingToWrite:
+            # "Searchable" still means: whatever the caller committed before (earlier batches of
+            # a stream) is indexed too.
+            generation = await self._store.generation()
+            stored = await self._store.versions(d.document_id for d in documents)
+            outcomes = {d: ("unchanged", found.chunk_count) for d, found in stored.items()}
+        else:
+            generation, outcomes = committed.generation, dict(committed.outcomes)
+        results = [
+            IngestResult(d.document_id, IngestOutcome(outcomes[d.document_id][0]), outcomes[d.document_id][1])
+            for d in documents
+        ]
         if wait_searchable:
             await self._refresh(generation)
         elif self._catch_up is None or self._catch_up.done():
@@ -296,20 +416,18 @@ class KnowledgeBase:
         return results
 
     async def _commit_delete(self, document_id: str) -> None:
-        async with self._write_lock:
-            if document_id not in self._documents:
-                raise DocumentNotFound(document_id)
-            generation, _ = await self._store.apply([], deletes=[document_id], update_time=time.time())
-            del self._documents[document_id]
-            for key in self._keys_by_document.pop(document_id, []):
-                del self._chunks[key]
-            self._generation = generation
-        await self._refresh(generation)
+        try:
+            committed = await self._store.apply([], deletes=[document_id])
+        except KeyError:
+            raise DocumentNotFound(document_id) from None
+        await self._refresh(committed.generation)
 
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, document_id: str) -> StoredDocument:
         _check_document_id(document_id)
+        if self._snapshot is None:
+            raise NotReady()
         found = await self._store.get_document(document_id)
         if found is None:
             raise DocumentNotFound(document_id)
@@ -337,7 +455,8 @@ class KnowledgeBase:
         if mode is not Mode.BM25 and self._embedder is None:
             raise DenseRetrievalDisabled()
         snapshot = self._snapshot
-        assert snapshot is not None, "search before open() finished"
+        if snapshot is None:
+            raise NotReady()
         embedder = self._embedder
         # Ask each retriever for more than top_k: fusion needs depth, and duplicates are collapsed.
         candidates = max(4 * top_k, 50)
@@ -427,77 +546,65 @@ class KnowledgeBase:
         return prepared
 
     async def _embed_missing(self, prepared: Sequence[_Prepared]) -> dict[str, Vector]:
-        """Vectors for every chunk hash in ``prepared``: stored ones reused, the rest embedded."""
+        """Vectors for every chunk hash in ``prepared``: stored ones (any replica's) reused, the rest embedded."""
         if self._embedder is None:
             return {}
         texts = {c.content_hash: t for p in prepared for c, t in zip(p.chunks, p.index_texts, strict=True)}
         vectors = await self._store.stored_vectors(texts)
         missing = [h for h in texts if h not in vectors]
         if missing:
-            embedded = await asyncio.to_thread(self._embedder.embed, [texts[h] for h in missing])
+            embedded = await asyncio.to_thread(self._embed, [texts[h] for h in missing])
             vectors.update(zip(missing, embedded, strict=True))
         return vectors
 
-    @staticmethod
-    def _same_version(existing: DocumentRecord, item: _Prepared) -> bool:
-        return (
-            existing.content_hash == item.content_hash
-            and existing.content_type == item.content_type.value
-            and dict(existing.metadata) == dict(item.document.metadata)
-        )
-
-    def _is_stored(self, document: DocumentInput) -> bool:
-        """True when exactly this version of the document is already stored."""
-        existing = self._documents.get(document.document_id)
-        return (
-            existing is not None
-            and existing.content_type == _CONTENT_TYPES[document.content_type].value
-            and dict(existing.metadata) == dict(document.metadata)
-            and existing.content_hash == _content_hash(document.text)
-        )
-
-    def _apply_to_catalog(
-        self,
-        writes: Sequence[DocumentWrite],
-        keys: Mapping[str, list[int]],
-        vectors: Mapping[str, Vector],
-        generation: int,
-        update_time: float,
-    ) -> None:
-        for write in writes:
-            for key in self._keys_by_document.pop(write.document_id, []):
+    def _apply_states(self, states: Iterable[DocumentState]) -> None:
+        """Bring the catalog's copy of each document to its committed state."""
+        for state in states:
+            for key in self._keys_by_document.pop(state.document_id, []):
                 del self._chunks[key]
-            self._keys_by_document[write.document_id] = list(keys[write.document_id])
-            self._documents[write.document_id] = DocumentRecord(
-                write.document_id,
-                write.content_type,
-                dict(write.metadata),
-                write.content_hash,
-                update_time,
-                len(write.chunks),
-            )
-            for key, chunk in zip(keys[write.document_id], write.chunks, strict=True):
-                self._chunks[key] = ChunkRecord(
-                    key=key,
-                    document_id=write.document_id,
-                    ordinal=chunk.ordinal,
-                    start=chunk.start,
-                    end=chunk.end,
-                    heading=chunk.heading,
-                    text=write.text[chunk.start : chunk.end],
-                    content_hash=chunk.content_hash,
-                    tokens=chunk.tokens,
-                    vector=vectors.get(chunk.content_hash),
-                )
-        self._generation = generation
+            self._documents.pop(state.document_id, None)
+            if state.record is None:
+                continue
+            self._documents[state.document_id] = state.record
+            self._keys_by_document[state.document_id] = [c.key for c in state.chunks]
+            for chunk in state.chunks:
+                self._chunks[chunk.key] = chunk
+
+    async def _sync_catalog(self) -> list[Change]:
+        """Apply what was committed since the catalog's generation; returns the changes applied."""
+        head = await self._store.generation()
+        if head <= self._generation:
+            return []
+        changes: list[Change] = []
+        if head - self._generation >= CHANGES_RETAINED // 2:
+            # Too far behind for the change log (or just started): reload everything.
+            loaded = await self._store.load_all()
+            self._documents = {d.document_id: d for d in loaded.documents}
+            self._chunks = {c.key: c for c in loaded.chunks}
+            self._keys_by_document = {}
+            for chunk in loaded.chunks:
+                self._keys_by_document.setdefault(chunk.document_id, []).append(chunk.key)
+            head = loaded.generation
+        else:
+            changes = await self._store.changes(after=self._generation, up_to=head)
+            states = await self._store.document_states({c.document_id for c in changes})
+            self._apply_states(states.values())
+            if any(self._chunks) and list(self._chunks) != sorted(self._chunks):
+                # A document read ahead of its generation can bring keys in out of order; the
+                # catalog stays in key order so saved snapshots match on the next start.
+                self._chunks = dict(sorted(self._chunks.items()))
+        self._generation = head
+        if self._embedder is not None:
+            await self._backfill_vectors()
+        return changes
 
     async def _load(self) -> None:
-        generation, documents, chunks = await self._store.load_all()
-        self._documents = {d.document_id: d for d in documents}
-        self._chunks = {c.key: c for c in chunks}
-        for chunk in chunks:
+        loaded = await self._store.load_all()
+        self._documents = {d.document_id: d for d in loaded.documents}
+        self._chunks = {c.key: c for c in loaded.chunks}
+        for chunk in loaded.chunks:
             self._keys_by_document.setdefault(chunk.document_id, []).append(chunk.key)
-        self._generation = generation
+        self._generation = loaded.generation
         if self._embedder is not None:
             await self._backfill_vectors()
         self._snapshot = await asyncio.to_thread(
@@ -510,6 +617,8 @@ class KnowledgeBase:
             saved=self._index_dir,
         )
         self._saved_generation = self._generation
+        if self._metrics is not None:
+            self._metrics.snapshot_live(self._generation, lag_s=None)
         _log.info(
             "rag.knowledge_base.loaded",
             documents=len(self._documents),
@@ -517,31 +626,42 @@ class KnowledgeBase:
             generation=self._generation,
             dense=self._dense_model is not None,
             indexes_restored=self._snapshot.restored,
+            embedded_at_start=self.embedded_chunks,
         )
 
     async def _backfill_vectors(self) -> None:
-        """Embed chunks ingested while dense retrieval was off (or under another model)."""
+        """Embed chunks no replica has embedded under this model (ingested with dense off, say)."""
         assert self._embedder is not None
         lacking = [c for c in self._chunks.values() if c.vector is None]
         if not lacking:
             return
-        _log.info("rag.knowledge_base.backfilling_embeddings", chunks=len(lacking))
         texts = {c.content_hash: f"{c.heading}\n{c.text}" if c.heading else c.text for c in lacking}
-        hashes = list(texts)
-        embedded = await asyncio.to_thread(self._embedder.embed, [texts[h] for h in hashes])
-        vectors = dict(zip(hashes, embedded, strict=True))
-        await self._store.put_vectors(vectors)
+        # Another replica may have embedded them since they were read.
+        vectors = await self._store.stored_vectors(texts)
+        missing = [h for h in texts if h not in vectors]
+        if missing:
+            _log.info("rag.knowledge_base.backfilling_embeddings", chunks=len(missing))
+            embedded = await asyncio.to_thread(self._embed, [texts[h] for h in missing])
+            fresh = dict(zip(missing, embedded, strict=True))
+            await self._store.put_vectors(fresh)
+            vectors.update(fresh)
         for chunk in lacking:
             self._chunks[chunk.key] = replace(chunk, vector=vectors[chunk.content_hash])
 
-    async def _refresh(self, generation: int) -> None:
+    def _embed(self, texts: Sequence[str]) -> Vector:
+        assert self._embedder is not None
+        self.embedded_chunks += len(texts)
+        return self._embedder.embed(texts)
+
+    async def _refresh(self, generation: int, *, following: bool = False) -> None:
         """Return once a snapshot at ``generation`` or later is live."""
         async with self._rebuild_lock:
             current = self._snapshot
             if current is not None and current.generation >= generation:
                 return
-            # Everything committed so far, not just this caller's change: concurrent and
-            # background writers waiting on the lock then find their change already indexed.
+            # Everything committed so far, not just this caller's change: concurrent writers
+            # waiting on the lock then find their change already indexed.
+            changes = await self._sync_catalog()
             target = self._generation
             self._snapshot = await asyncio.to_thread(
                 build_snapshot,
@@ -551,13 +671,34 @@ class KnowledgeBase:
                 previous=current,
                 dense_model=self._dense_model,
             )
+        # Staleness: how long the oldest change now searchable waited since its commit.
+        lag = time.time() - min(c.committed_at for c in changes) if changes else None
+        if self._metrics is not None:
+            self._metrics.snapshot_live(target, lag_s=lag)
+        # Swaps that bring in other replicas' commits are what an operator watches; a replica's
+        # own writes are in the access log already.
+        (_log.info if following and changes else _log.debug)(
+            "rag.snapshot.live",
+            generation=target,
+            changes=len(changes),
+            staleness_s=None if lag is None else round(lag, 4),
+        )
         self._schedule_save()
 
     async def _catch_up_with_commits(self) -> None:
         # Loops rather than rebuilding once: commits that land during a rebuild are picked up by
         # the next round, and the task ends only when nothing committed is left unindexed.
-        while self._snapshot is None or self._snapshot.generation < self._generation:
-            await self._refresh(self._generation)
+        while True:
+            try:
+                head = await self._store.generation()
+                if self._snapshot is not None and self._snapshot.generation >= head:
+                    return
+                await self._refresh(head)
+            except DatabaseUnavailable:
+                # Nobody waits on this task: the follower indexes these commits once the
+                # database is back.
+                self._wake.set()
+                return
 
     def _schedule_save(self) -> None:
         if self._save_task is None or self._save_task.done():
@@ -579,6 +720,12 @@ class KnowledgeBase:
                 return
             await asyncio.to_thread(snapshot.save, self._index_dir)
             self._saved_generation = snapshot.generation
+
+
+def _version(document: DocumentInput) -> DocumentVersion:
+    return DocumentVersion(
+        _content_hash(document.text), _CONTENT_TYPES[document.content_type].value, dict(document.metadata)
+    )
 
 
 def _content_hash(text: str) -> str:

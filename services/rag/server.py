@@ -9,17 +9,22 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.database import open_database, wait_until_reachable
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
 from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
+from runtime.processes import current_worker
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
 from services.rag.embedding import Embedder, MiniLmEmbedder
+from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
+
+_SQLITE_SIBLING_POLL_S = 0.25
 
 SERVICE_NAME = rag_service_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 
@@ -46,8 +51,25 @@ async def build(
         if settings.dense_enabled:
             # Loading torch and the model takes seconds: off the event loop.
             embedder = await asyncio.to_thread(MiniLmEmbedder)
-        knowledge = await KnowledgeBase.open(
+        database = life.closing(
+            await open_database(
+                settings.database_url,
+                sqlite_path=settings.data_dir / "rag" / "rag.sqlite3",
+                setting="AGENTMESH_RAG_DATABASE_URL",
+            )
+        )
+        worker = current_worker()
+        poll_s = settings.follow_poll_s
+        if not settings.database_url and worker.count > 1:
+            # SQLite wakes only the committing process: sibling workers' commits are found by
+            # polling (one single-row read), so poll often.
+            poll_s = min(poll_s, _SQLITE_SIBLING_POLL_S)
+        knowledge = KnowledgeBase.create(
             settings.data_dir / "rag",
+            database=database,
+            # Workers of one instance share its data dir: each saves its own indexes.
+            index_name="index" if worker.index == 0 else f"index-worker-{worker.index}",
+            metrics=FollowerMetrics(middleware.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(
@@ -57,7 +79,17 @@ async def build(
             ),
             save_delay_s=settings.index_save_delay_s,
         )
-        life.on_close(knowledge.close, name="knowledge base")
+
+        async def load_knowledge(_port: int) -> None:
+            # Once listening, not in build(): a database that is not up yet is waited for (one
+            # log line naming the setting, then backoff) while health says NOT_SERVING.
+            await wait_until_reachable(database)
+            await knowledge.start()
+            life.on_close(knowledge.close, name="knowledge base")
+            # Commits of other replicas (and lost notifications) reach this replica's searches here.
+            life.supervise("store follower", lambda: knowledge.follow(poll_s=poll_s))
+
+        life.on_started(load_knowledge)
         servicer = RagServicer(knowledge, settings)
         plan = ServerPlan(
             settings=settings,

@@ -10,9 +10,9 @@ from google.protobuf import timestamp_pb2
 
 from agentmesh.common.v1 import citation_pb2
 from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
-from rpcstatus.errors import api_errors, failed_precondition, invalid_argument, not_found
+from rpcstatus.errors import api_errors, failed_precondition, invalid_argument, not_found, unavailable
 from services.rag.config import RagSettings
-from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument
+from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
 from services.rag.knowledge_base import (
     DocumentInput,
     Hit,
@@ -43,7 +43,10 @@ _STREAM_BATCH_BYTES = 8 * 1024 * 1024
 
 @contextlib.contextmanager
 def _domain_errors() -> Iterator[None]:
-    """Translate knowledge-base errors into the API errors `api_errors` sends as the call's status."""
+    """Translate knowledge-base errors into the API errors `api_errors` sends as the call's status.
+
+    A database that is away raises `DatabaseUnavailable`, already an API error (UNAVAILABLE with
+    RetryInfo): writes and document reads need the database, searches never do."""
     try:
         yield
     except InvalidArgument as error:
@@ -52,6 +55,8 @@ def _domain_errors() -> Iterator[None]:
         raise not_found("document", error.document_id) from error
     except DenseRetrievalDisabled as error:
         raise failed_precondition(str(error), reason="INVALID_STATE", feature="dense_retrieval") from error
+    except NotReady as error:
+        raise unavailable(str(error), reason="BACKEND_UNAVAILABLE", retry_after_s=1.0, backend="database") from error
 
 
 def _document_input(document: document_pb2.Document) -> DocumentInput:

@@ -1,29 +1,41 @@
-"""Durable state of the knowledge base in SQLite: documents, their chunks, embeddings.
+"""Durable state of the knowledge base: documents, their chunks and embeddings, in the shared database.
 
-SQLite is the source of truth; the search indexes are derived from it and can always be
-rebuilt. Texts are stored once per content hash (two documents with identical text share
-one row) and embeddings once per chunk hash and model, so re-ingesting an edited document
-only embeds the chunks that changed. Every committed change bumps ``generation``, which
-tags index snapshots saved on disk.
+The database (embedded SQLite by default, PostgreSQL with ``AGENTMESH_RAG_DATABASE_URL``, both
+through ``runtime.database``) is the source of truth; every replica's search indexes are derived
+from it. Texts are stored once per content hash and embeddings once per chunk hash and model
+(primary keys, written with ``ON CONFLICT DO NOTHING``), so identical text ingested twice, by one
+replica or two at once, is one row, and a chunk embedded once is never embedded again by anyone.
+
+Every committed change bumps ``generation`` (row ``rag_meta.generation``) first thing in its
+transaction, which both orders commits (the row lock serializes writers across replicas, so
+generations commit in order) and records, per generation, which documents it touched
+(``rag_changes``). A replica that has applied generation ``g`` catches up by reading the changes
+after ``g`` and the current state of just those documents; one that fell behind the retained
+change log reloads everything. Commits notify channel ``rag_generation`` (LISTEN/NOTIFY on
+PostgreSQL), so followers wake at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-_SCHEMA = """
-PRAGMA journal_mode = WAL;
-PRAGMA foreign_keys = ON;
+from runtime.database import Database, Migration, Row, Schema, Transaction, in_list
+
+GENERATION_CHANNEL = "rag_generation"
+# Generations whose change rows are kept: a replica further behind reloads the whole store.
+CHANGES_RETAINED = 10_000
+
+# Version 1 on SQLite is exactly the schema of the files written before versioned migrations
+# (CREATE ... IF NOT EXISTS is a no-op on those), renamed into the ``rag_`` namespace the
+# shared PostgreSQL database needs, plus the change log followers read.
+_V1_SQLITE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents (content_hash TEXT PRIMARY KEY, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -54,10 +66,62 @@ CREATE TABLE IF NOT EXISTS embeddings (
   PRIMARY KEY (content_hash, model)
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+ALTER TABLE meta RENAME TO rag_meta;
+ALTER TABLE contents RENAME TO rag_contents;
+ALTER TABLE documents RENAME TO rag_documents;
+ALTER TABLE chunks RENAME TO rag_chunks;
+ALTER TABLE embeddings RENAME TO rag_embeddings;
+CREATE UNIQUE INDEX rag_chunks_by_ordinal ON rag_chunks(document_id, ordinal);
+CREATE TABLE rag_changes (
+  generation INTEGER NOT NULL,
+  document_id TEXT NOT NULL,
+  committed_at REAL NOT NULL,
+  PRIMARY KEY (generation, document_id)
+);
 """
 
+_V1_POSTGRESQL = """
+CREATE TABLE rag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO rag_meta (key, value) VALUES ('generation', '0');
+CREATE TABLE rag_contents (content_hash TEXT PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE rag_documents (
+  document_id TEXT PRIMARY KEY,
+  content_type TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  content_hash TEXT NOT NULL REFERENCES rag_contents(content_hash),
+  update_time DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE rag_chunks (
+  -- An identity is never reused, so a key can name a vector in every replica's dense index.
+  chunk_key BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  document_id TEXT NOT NULL REFERENCES rag_documents(document_id) ON DELETE CASCADE,
+  ordinal INTEGER NOT NULL,
+  start_offset INTEGER NOT NULL,
+  end_offset INTEGER NOT NULL,
+  heading TEXT NOT NULL,
+  content_hash TEXT NOT NULL,
+  tokens TEXT NOT NULL,
+  UNIQUE (document_id, ordinal)
+);
+CREATE INDEX rag_chunks_by_hash ON rag_chunks(content_hash);
+CREATE INDEX rag_documents_by_hash ON rag_documents(content_hash);
+CREATE TABLE rag_embeddings (
+  content_hash TEXT NOT NULL,
+  model TEXT NOT NULL,
+  vector BYTEA NOT NULL,
+  PRIMARY KEY (content_hash, model)
+);
+CREATE TABLE rag_changes (
+  generation BIGINT NOT NULL,
+  document_id TEXT NOT NULL,
+  committed_at DOUBLE PRECISION NOT NULL,
+  PRIMARY KEY (generation, document_id)
+);
+"""
+
+SCHEMA = Schema(component="rag", migrations=(Migration(1, sqlite=_V1_SQLITE, postgresql=_V1_POSTGRESQL),))
+
 Vector = npt.NDArray[np.float32]
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +131,21 @@ class DocumentRecord:
     metadata: Mapping[str, str]
     content_hash: str
     update_time: float
+    chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    """What decides whether an ingest changes a stored document."""
+
+    content_hash: str
+    content_type: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    version: DocumentVersion
     chunk_count: int
 
 
@@ -107,243 +186,395 @@ class DocumentWrite:
     # Embeddings by chunk content hash, for hashes the store may not have yet.
     vectors: Mapping[str, Vector]
 
+    @property
+    def version(self) -> DocumentVersion:
+        return DocumentVersion(self.content_hash, self.content_type, dict(self.metadata))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    generation: int
+    document_id: str
+    committed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentState:
+    """A document as committed, with its chunks (key order); ``record`` None once it is deleted."""
+
+    document_id: str
+    record: DocumentRecord | None
+    chunks: tuple[ChunkRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    generation: int
+    documents: list[DocumentRecord]
+    chunks: list[ChunkRecord]
+
+
+class StaleVersion(Exception):
+    """A document changed between the caller's read and its transaction; prepare it again."""
+
+    def __init__(self, document_ids: Sequence[str]) -> None:
+        super().__init__(f"changed concurrently: {', '.join(document_ids)}")
+        self.document_ids = tuple(document_ids)
+
+
+class NothingToWrite(Exception):
+    """Every document of the transaction already holds the version written: it was rolled back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    generation: int
+    # Per document written or found unchanged: "created", "replaced" or "unchanged", and its chunk count.
+    outcomes: Mapping[str, tuple[str, int]]
+
+
+_STATE_COLUMNS = """
+  d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time,
+  k.chunk_key, k.ordinal, k.start_offset, k.end_offset, k.heading, k.content_hash, k.tokens,
+  substr(c.text, k.start_offset + 1, k.end_offset - k.start_offset), e.vector
+"""
+_STATE_FROM = """
+FROM rag_documents d
+JOIN rag_contents c ON c.content_hash = d.content_hash
+LEFT JOIN rag_chunks k ON k.document_id = d.document_id
+LEFT JOIN rag_embeddings e ON e.content_hash = k.content_hash AND e.model = :model
+"""
+
 
 class Store:
-    """SQLite in WAL mode: one writer connection, one reader that only ever sees committed data.
+    """The knowledge base's tables on a ``runtime.database.Database`` (which owns the connections)."""
 
-    Each method runs as one call in a worker thread (sqlite3 blocks), so a whole transaction
-    is one hop off the event loop and always runs to its commit or rollback.
-    """
-
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, model: str | None) -> None:
-        self._writer = writer
-        self._reader = reader
+    def __init__(self, db: Database, *, model: str | None) -> None:
+        self.db = db
         self._model = model
-        # sqlite3 connections must not be used by two threads at once.
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, model: str | None) -> Store:
-        """Open (creating if needed) the database; ``model`` names the embeddings to read and write."""
+    async def open(cls, db: Database, *, model: str | None) -> Store:
+        """Migrate ``db`` to this build's schema (once, under the database's migration lock)."""
+        await db.migrate(SCHEMA)
+        return cls(db, model=model)
 
-        def connect() -> Store:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-            writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            writer.executescript(_SCHEMA)
-            reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            return cls(writer, reader, model)
+    # --- reads ----------------------------------------------------------------------------
 
-        return await asyncio.to_thread(connect)
+    async def generation(self) -> int:
+        """The last committed generation."""
+        row = await self.db.fetch_one("SELECT value FROM rag_meta WHERE key = 'generation'")
+        return 0 if row is None else int(row[0])
 
-    async def close(self) -> None:
-        def close() -> None:
-            with self._write_lock, self._read_lock:
-                self._reader.close()
-                self._writer.close()
+    async def load_all(self) -> Loaded:
+        """Every document and chunk, with vectors where stored, as of one commit (one statement)."""
+        head = await self.generation()
+        rows = await self.db.fetch_all(
+            "SELECT (SELECT value FROM rag_meta WHERE key = 'generation'), "
+            + _STATE_COLUMNS
+            + _STATE_FROM
+            + "ORDER BY k.chunk_key",
+            {"model": self._model or ""},
+        )
+        # With no rows the statement cannot say its generation: the one read before it is at
+        # most the state's own, so a follower never skips a change.
+        generation = int(rows[0][0]) if rows else head
+        states = _states(rows, offset=1)
+        documents = [s.record for s in states.values() if s.record is not None]
+        chunks = sorted((c for s in states.values() for c in s.chunks), key=lambda c: c.key)
+        return Loaded(generation, documents, chunks)
 
-        await asyncio.to_thread(close)
+    async def changes(self, *, after: int, up_to: int) -> list[Change]:
+        rows = await self.db.fetch_all(
+            "SELECT generation, document_id, committed_at FROM rag_changes"
+            " WHERE generation > :after AND generation <= :up_to ORDER BY generation",
+            {"after": after, "up_to": up_to},
+        )
+        return [Change(int(r[0]), str(r[1]), float(r[2])) for r in rows]
 
-    async def load_all(self) -> tuple[int, list[DocumentRecord], list[ChunkRecord]]:
-        """Every document and chunk (chunks in key order), with vectors where stored."""
-        return await asyncio.to_thread(self._read, self._load_all)
+    async def document_states(self, document_ids: Iterable[str]) -> dict[str, DocumentState]:
+        """The committed state of each document (``record`` None for one that no longer exists)."""
+        ids = sorted(set(document_ids))
+        found: dict[str, DocumentState] = {}
+        for batch in _batches(ids):
+            marks, params = in_list("d", batch)
+            rows = await self.db.fetch_all(
+                "SELECT " + _STATE_COLUMNS + _STATE_FROM + f"WHERE d.document_id IN {marks} ORDER BY k.chunk_key",
+                {"model": self._model or "", **params},
+            )
+            found.update(_states(rows))
+        for document_id in ids:
+            found.setdefault(document_id, DocumentState(document_id, None, ()))
+        return found
+
+    async def versions(self, document_ids: Iterable[str]) -> dict[str, StoredVersion]:
+        """The stored version (and chunk count) of each of these documents that exists."""
+        found: dict[str, StoredVersion] = {}
+        for batch in _batches(sorted(set(document_ids))):
+            marks, params = in_list("d", batch)
+            rows = await self.db.fetch_all(_VERSIONS + marks, params)
+            found.update((str(r[0]), _stored_version(r)) for r in rows)
+        return found
 
     async def get_document(self, document_id: str) -> tuple[DocumentRecord, str] | None:
         """A committed document and its text, read together (never half of a replace)."""
-
-        def query(db: sqlite3.Connection) -> tuple[DocumentRecord, str] | None:
-            row = db.execute(
-                """SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
-                          (SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.document_id)
-                   FROM documents d JOIN contents c USING (content_hash) WHERE d.document_id = ?""",
-                (document_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            return DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[6]), str(row[5])
-
-        return await asyncio.to_thread(self._read, query)
+        row = await self.db.fetch_one(
+            """SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
+                      (SELECT COUNT(*) FROM rag_chunks k WHERE k.document_id = d.document_id)
+               FROM rag_documents d JOIN rag_contents c ON c.content_hash = d.content_hash
+               WHERE d.document_id = :id""",
+            {"id": document_id},
+        )
+        if row is None:
+            return None
+        record = DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], float(row[4]), int(row[6]))
+        return record, str(row[5])
 
     async def stored_vectors(self, content_hashes: Iterable[str]) -> dict[str, Vector]:
         """Embeddings already stored for these chunk hashes (under this store's model)."""
-        model = self._model
-        if model is None:
+        if self._model is None:
             return {}
-        hashes = list(set(content_hashes))
+        found: dict[str, Vector] = {}
+        for batch in _batches(sorted(set(content_hashes))):
+            marks, params = in_list("h", batch)
+            rows = await self.db.fetch_all(
+                f"SELECT content_hash, vector FROM rag_embeddings WHERE model = :model AND content_hash IN {marks}",
+                {"model": self._model, **params},
+            )
+            found.update((str(h), _vector(v)) for h, v in rows)
+        return found
 
-        def query(db: sqlite3.Connection) -> dict[str, Vector]:
-            found: dict[str, Vector] = {}
-            for batch in _batches(hashes):
-                marks = ",".join("?" * len(batch))
-                rows = db.execute(
-                    f"SELECT content_hash, vector FROM embeddings WHERE model = ? AND content_hash IN ({marks})",
-                    (model, *batch),
-                )
-                found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
-            return found
-
-        return await asyncio.to_thread(self._read, query)
+    # --- writes ---------------------------------------------------------------------------
 
     async def put_vectors(self, vectors: Mapping[str, Vector]) -> None:
-        model = self._model
-        if model is None or not vectors:
+        if self._model is None or not vectors:
             return
-
-        def insert(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
-                [(h, model, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
-            )
-
-        await asyncio.to_thread(self._transaction, insert)
+        async with self.db.transaction() as tx:
+            await self._insert_vectors(tx, vectors)
 
     async def apply(
-        self, writes: Sequence[DocumentWrite], deletes: Sequence[str] = (), *, update_time: float
-    ) -> tuple[int, dict[str, list[int]]]:
-        """Commit writes and deletes in one transaction.
+        self,
+        writes: Sequence[DocumentWrite],
+        deletes: Sequence[str] = (),
+        *,
+        unchanged: Mapping[str, DocumentVersion] | None = None,
+    ) -> Committed:
+        """Commit writes and deletes in one transaction, as one new generation.
 
-        Returns the new generation and, per written document, the keys of its new chunks
-        in ordinal order.
+        A write whose document already holds exactly that version is skipped. ``unchanged``
+        names documents the caller did not prepare because it read them as stored in that
+        version: if one no longer is, StaleVersion is raised (nothing committed) so the caller
+        can prepare it. Raises NothingToWrite (nothing committed) when no document changes, and
+        KeyError naming a deleted document that does not exist.
         """
-        return await asyncio.to_thread(self._transaction, lambda db: self._apply(db, writes, deletes, update_time))
-
-    # --- in worker threads ------------------------------------------------------------------
-
-    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._read_lock:
-            return query(self._reader)
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._write_lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-    def _apply(
-        self, db: sqlite3.Connection, writes: Sequence[DocumentWrite], deletes: Sequence[str], update_time: float
-    ) -> tuple[int, dict[str, list[int]]]:
-        touched = [*deletes, *(write.document_id for write in writes)]
-        # Texts and embeddings that may lose their last reference here; checked again at the end.
-        old_texts: set[str] = set()
-        old_chunks: set[str] = set()
-        for batch in _batches(touched):
-            marks = ",".join("?" * len(batch))
-            old_texts.update(
-                h for (h,) in db.execute(f"SELECT content_hash FROM documents WHERE document_id IN ({marks})", batch)
-            )
-            old_chunks.update(
-                h for (h,) in db.execute(f"SELECT content_hash FROM chunks WHERE document_id IN ({marks})", batch)
-            )
-        db.executemany("DELETE FROM documents WHERE document_id = ?", [(d,) for d in deletes])
-        keys: dict[str, list[int]] = {}
-        for write in writes:
-            db.execute("DELETE FROM chunks WHERE document_id = ?", (write.document_id,))
-            db.execute(
-                "INSERT OR IGNORE INTO contents (content_hash, text) VALUES (?, ?)", (write.content_hash, write.text)
-            )
-            db.execute(
-                """INSERT INTO documents (document_id, content_type, metadata, content_hash, update_time)
-                   VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,
-                     metadata = excluded.metadata, content_hash = excluded.content_hash,
-                     update_time = excluded.update_time""",
+        unchanged = unchanged or {}
+        async with self.db.transaction() as tx:
+            # First: the generation row lock orders this commit after every earlier one (all
+            # replicas), so the reads below see everything committed before it.
+            generation = int(
                 (
-                    write.document_id,
-                    write.content_type,
-                    json.dumps(dict(write.metadata), sort_keys=True),
-                    write.content_hash,
-                    update_time,
-                ),
-            )
-            written: list[int] = []
-            for chunk in write.chunks:
-                cursor = db.execute(
-                    """INSERT INTO chunks
-                         (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    (
-                        write.document_id,
-                        chunk.ordinal,
-                        chunk.start,
-                        chunk.end,
-                        chunk.heading,
-                        chunk.content_hash,
-                        " ".join(chunk.tokens),
-                    ),
-                )
-                assert cursor.lastrowid is not None
-                written.append(cursor.lastrowid)
-            keys[write.document_id] = written
-            if self._model is not None and write.vectors:
-                db.executemany(
-                    "INSERT OR IGNORE INTO embeddings (content_hash, model, vector) VALUES (?, ?, ?)",
-                    [(h, self._model, np.asarray(v, dtype=np.float32).tobytes()) for h, v in write.vectors.items()],
-                )
-        db.executemany(
-            "DELETE FROM contents WHERE content_hash = ?"
-            " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.content_hash = contents.content_hash)",
-            [(h,) for h in old_texts],
-        )
-        db.executemany(
-            "DELETE FROM embeddings WHERE content_hash = ?"
-            " AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.content_hash = embeddings.content_hash)",
-            [(h,) for h in old_chunks],
-        )
-        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        (generation,) = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(generation), keys
-
-    def _load_all(self, db: sqlite3.Connection) -> tuple[int, list[DocumentRecord], list[ChunkRecord]]:
-        # One read transaction, so documents and chunks come from the same commit.
-        db.execute("BEGIN")
-        try:
-            (generation,) = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-            documents: list[DocumentRecord] = []
-            texts: dict[str, str] = {}
-            rows = db.execute(
-                """SELECT d.document_id, d.content_type, d.metadata, d.content_hash, d.update_time, c.text,
-                          (SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.document_id)
-                   FROM documents d JOIN contents c USING (content_hash)"""
-            )
-            for row in rows:
-                documents.append(DocumentRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[6]))
-                texts[row[0]] = row[5]
-            chunks: list[ChunkRecord] = []
-            rows = db.execute(
-                """SELECT k.chunk_key, k.document_id, k.ordinal, k.start_offset, k.end_offset, k.heading,
-                          k.content_hash, k.tokens, e.vector
-                   FROM chunks k LEFT JOIN embeddings e ON e.content_hash = k.content_hash AND e.model = ?
-                   ORDER BY k.chunk_key""",
-                (self._model or "",),
-            )
-            for row in rows:
-                chunks.append(
-                    ChunkRecord(
-                        key=row[0],
-                        document_id=row[1],
-                        ordinal=row[2],
-                        start=row[3],
-                        end=row[4],
-                        heading=row[5],
-                        text=texts[row[1]][row[3] : row[4]],
-                        content_hash=row[6],
-                        tokens=tuple(row[7].split()),
-                        vector=None if row[8] is None else np.frombuffer(row[8], dtype=np.float32),
+                    await tx.execute(
+                        "UPDATE rag_meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)"
+                        " WHERE key = 'generation' RETURNING value"
                     )
+                ).scalar()
+            )
+            touched = [*deletes, *(w.document_id for w in writes), *unchanged]
+            stored = await _versions_in(tx, touched)
+            stale = [d for d, v in unchanged.items() if d not in stored or stored[d].version != v]
+            if stale:
+                raise StaleVersion(stale)
+            missing = [d for d in deletes if d not in stored]
+            if missing:
+                raise KeyError(missing[0])
+            outcomes = {d: ("unchanged", stored[d].chunk_count) for d in unchanged}
+            for write in writes:
+                before = stored.get(write.document_id)
+                if before is not None and before.version == write.version:
+                    outcomes[write.document_id] = ("unchanged", before.chunk_count)
+                else:
+                    outcomes[write.document_id] = ("created" if before is None else "replaced", len(write.chunks))
+            changed = [*deletes, *(d for d, (outcome, _) in outcomes.items() if outcome != "unchanged")]
+            if not changed:
+                raise NothingToWrite()
+            old_texts = {stored[d].version.content_hash for d in changed if d in stored}
+            old_chunks = await _chunk_hashes(tx, changed)
+            if deletes:
+                marks, params = in_list("d", list(deletes))
+                await tx.execute(f"DELETE FROM rag_documents WHERE document_id IN {marks}", params)
+            now = time.time()
+            for write in writes:
+                if outcomes[write.document_id][0] != "unchanged":
+                    await self._write_document(tx, write, now)
+            await _collect_garbage(tx, old_texts, old_chunks)
+            for batch in _batches(changed, 100):
+                values = ", ".join(f"(:g, :d{i}, :t)" for i in range(len(batch)))
+                await tx.execute(
+                    f"INSERT INTO rag_changes (generation, document_id, committed_at) VALUES {values}",
+                    {"g": generation, "t": now, **{f"d{i}": d for i, d in enumerate(batch)}},
                 )
-        finally:
-            db.execute("COMMIT")
-        return int(generation), documents, chunks
+            await tx.execute(
+                "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
+            )
+            await tx.notify(GENERATION_CHANNEL)
+        return Committed(generation, outcomes)
+
+    async def _write_document(self, tx: Transaction, write: DocumentWrite, update_time: float) -> None:
+        await tx.execute(
+            "INSERT INTO rag_contents (content_hash, text) VALUES (:h, :text) ON CONFLICT (content_hash) DO NOTHING",
+            {"h": write.content_hash, "text": write.text},
+        )
+        await tx.execute(
+            """INSERT INTO rag_documents (document_id, content_type, metadata, content_hash, update_time)
+               VALUES (:id, :type, :metadata, :h, :t)
+               ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,
+                 metadata = excluded.metadata, content_hash = excluded.content_hash,
+                 update_time = excluded.update_time""",
+            {
+                "id": write.document_id,
+                "type": write.content_type,
+                "metadata": json.dumps(dict(write.metadata), sort_keys=True),
+                "h": write.content_hash,
+                "t": update_time,
+            },
+        )
+        await tx.execute("DELETE FROM rag_chunks WHERE document_id = :id", {"id": write.document_id})
+        for batch in _batches(list(write.chunks), 100):
+            rows: list[str] = []
+            params: dict[str, Any] = {"id": write.document_id}
+            for i, chunk in enumerate(batch):
+                rows.append(f"(:id, :o{i}, :s{i}, :e{i}, :hd{i}, :h{i}, :tk{i})")
+                params.update(
+                    {
+                        f"o{i}": chunk.ordinal,
+                        f"s{i}": chunk.start,
+                        f"e{i}": chunk.end,
+                        f"hd{i}": chunk.heading,
+                        f"h{i}": chunk.content_hash,
+                        f"tk{i}": " ".join(chunk.tokens),
+                    }
+                )
+            await tx.execute(
+                "INSERT INTO rag_chunks (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)"
+                f" VALUES {', '.join(rows)}",
+                params,
+            )
+        if write.vectors:
+            await self._insert_vectors(tx, write.vectors)
+
+    async def _insert_vectors(self, tx: Transaction, vectors: Mapping[str, Vector]) -> None:
+        if self._model is None:
+            return
+        for batch in _batches(sorted(vectors), 100):
+            values = ", ".join(f"(:h{i}, :model, :v{i})" for i in range(len(batch)))
+            params: dict[str, Any] = {"model": self._model}
+            for i, content_hash in enumerate(batch):
+                params[f"h{i}"] = content_hash
+                params[f"v{i}"] = np.asarray(vectors[content_hash], dtype=np.float32).tobytes()
+            await tx.execute(
+                f"INSERT INTO rag_embeddings (content_hash, model, vector) VALUES {values}"
+                " ON CONFLICT (content_hash, model) DO NOTHING",
+                params,
+            )
 
 
-def _batches(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
-    """Slices small enough for SQLite's limit on bound parameters."""
+_VERSIONS = """SELECT d.document_id, d.content_hash, d.content_type, d.metadata,
+  (SELECT COUNT(*) FROM rag_chunks k WHERE k.document_id = d.document_id)
+FROM rag_documents d WHERE d.document_id IN """
+
+
+def _stored_version(row: Row) -> StoredVersion:
+    return StoredVersion(DocumentVersion(str(row[1]), str(row[2]), json.loads(row[3])), int(row[4]))
+
+
+async def _versions_in(tx: Transaction, document_ids: Sequence[str]) -> dict[str, StoredVersion]:
+    found: dict[str, StoredVersion] = {}
+    for batch in _batches(sorted(set(document_ids))):
+        marks, params = in_list("d", batch)
+        result = await tx.execute(_VERSIONS + marks, params)
+        found.update((str(r[0]), _stored_version(r)) for r in result.rows)
+    return found
+
+
+async def _chunk_hashes(tx: Transaction, document_ids: Sequence[str]) -> set[str]:
+    hashes: set[str] = set()
+    for batch in _batches(sorted(set(document_ids))):
+        marks, params = in_list("d", batch)
+        result = await tx.execute(f"SELECT content_hash FROM rag_chunks WHERE document_id IN {marks}", params)
+        hashes.update(str(r[0]) for r in result.rows)
+    return hashes
+
+
+async def _collect_garbage(tx: Transaction, texts: set[str], chunk_hashes: set[str]) -> None:
+    """Drop texts and embeddings that lost their last reference in this transaction."""
+    for batch in _batches(sorted(texts)):
+        marks, params = in_list("h", batch)
+        await tx.execute(
+            f"DELETE FROM rag_contents WHERE content_hash IN {marks}"
+            " AND NOT EXISTS (SELECT 1 FROM rag_documents d WHERE d.content_hash = rag_contents.content_hash)",
+            params,
+        )
+    for batch in _batches(sorted(chunk_hashes)):
+        marks, params = in_list("h", batch)
+        await tx.execute(
+            f"DELETE FROM rag_embeddings WHERE content_hash IN {marks}"
+            " AND NOT EXISTS (SELECT 1 FROM rag_chunks k WHERE k.content_hash = rag_embeddings.content_hash)",
+            params,
+        )
+
+
+def _states(rows: Sequence[Row], *, offset: int = 0) -> dict[str, DocumentState]:
+    """Group state rows (``_STATE_COLUMNS`` from column ``offset`` on, chunks in key order) by document."""
+    records: dict[str, tuple[Any, ...]] = {}
+    chunks: dict[str, list[ChunkRecord]] = {}
+    for full in rows:
+        row = _Shifted(full, offset)
+        document_id = str(row[0])
+        records.setdefault(document_id, (row[1], row[2], row[3], row[4]))
+        bucket = chunks.setdefault(document_id, [])
+        if row[5] is None:
+            continue  # a document without chunks (LEFT JOIN)
+        bucket.append(
+            ChunkRecord(
+                key=int(row[5]),
+                document_id=document_id,
+                ordinal=int(row[6]),
+                start=int(row[7]),
+                end=int(row[8]),
+                heading=str(row[9]),
+                text=str(row[12]),
+                content_hash=str(row[10]),
+                tokens=tuple(str(row[11]).split()),
+                vector=None if row[13] is None else _vector(row[13]),
+            )
+        )
+    states: dict[str, DocumentState] = {}
+    for document_id, (content_type, metadata, content_hash, update_time) in records.items():
+        record = DocumentRecord(
+            document_id,
+            str(content_type),
+            json.loads(metadata),
+            str(content_hash),
+            float(update_time),
+            len(chunks[document_id]),
+        )
+        states[document_id] = DocumentState(document_id, record, tuple(chunks[document_id]))
+    return states
+
+
+class _Shifted:
+    def __init__(self, row: Row, offset: int) -> None:
+        self._row, self._offset = row, offset
+
+    def __getitem__(self, index: int) -> Any:
+        return self._row[index + self._offset]
+
+
+def _vector(blob: bytes | memoryview) -> Vector:
+    return np.frombuffer(bytes(blob), dtype=np.float32)
+
+
+def _batches(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """Slices small enough for the drivers' limits on bound parameters."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -13,33 +13,34 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from interceptors._typing import Context, Handler, Responses
+from interceptors._typing import Context
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.chain import server_chain
 from interceptors.deadline import DeadlineInterceptor
+from interceptors.decode import DecodeRequests
+from interceptors.drain import DrainGate
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
+from interceptors.layer import Check, Concern, MethodInfo, ServerChain
 from interceptors.metrics import Metrics, MetricsInterceptor
-from interceptors.outcome import WrappingInterceptor, wrap_handler
 from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, add_trace_context, setup_tracing
+from rpcstatus.details import error_status
 from tests.interceptors.probe import DO, Probe, eventually, serve, sv
 
 
-class Refuse(WrappingInterceptor):
+class Refuse(Concern):
     """Stands in for auth: refuses every call."""
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        async def unary(request: Any, context: Context) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no credentials")
+    def compile(self, info: MethodInfo) -> Check:
+        refusal = error_status(grpc.StatusCode.UNAUTHENTICATED, "no credentials")
 
-        async def streaming(request: Any, context: Context) -> Responses:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no credentials")
-            yield  # pragma: no cover
+        def refuse(context: Context) -> grpc.Status:
+            return refusal
 
-        return wrap_handler(handler, unary=lambda _: unary, streaming=lambda _: streaming)
+        return Check(refuse)
 
 
-def _chain(exporter: InMemorySpanExporter, registry: CollectorRegistry, **slots: Any) -> list[Any]:
+def _chain(exporter: InMemorySpanExporter, registry: CollectorRegistry, **slots: Any) -> ServerChain:
     return server_chain(
         tracing=setup_tracing(service_name="probe", span_processors=[SimpleSpanProcessor(exporter)]),
         metrics=Metrics(registry=registry),
@@ -61,20 +62,23 @@ def test_the_parts_come_in_the_documented_order() -> None:
     chain = _chain(
         InMemorySpanExporter(), CollectorRegistry(), auth=auth, rate_limit=rate_limit, idempotency=idempotency
     )
-    kinds = [type(part) for part in chain]
-    assert kinds[:5] == [
+    kinds = [type(part) for part in chain.concerns]
+    assert kinds[:6] == [
         TracingInterceptor,
         MetricsInterceptor,
         AccessLogInterceptor,
         RecoveryInterceptor,
         DeadlineInterceptor,
+        DrainGate,
     ]
-    assert chain[5:] == [auth, rate_limit, idempotency]
+    assert chain.concerns[6:8] == (auth, rate_limit)
+    assert type(chain.concerns[8]) is DecodeRequests
+    assert chain.concerns[9] is idempotency
 
 
 async def test_a_crash_is_traced_counted_and_logged_as_internal_with_the_trace_id(probe: Probe) -> None:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
-    async with serve(probe, _chain(exporter, registry)) as client:
+    async with serve(probe, [_chain(exporter, registry)]) as client:
         with capture_logs(processors=[add_trace_context]) as logs:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.do(sv("crash"))
@@ -92,7 +96,7 @@ async def test_a_crash_is_traced_counted_and_logged_as_internal_with_the_trace_i
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_a_refusal_inside_the_chain_is_traced_counted_and_logged(probe: Probe, streaming: bool) -> None:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
-    async with serve(probe, _chain(exporter, registry, auth=Refuse())) as client:
+    async with serve(probe, [_chain(exporter, registry, auth=Refuse())]) as client:
         with capture_logs(processors=[add_trace_context]) as logs:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 if streaming:
@@ -110,7 +114,7 @@ async def test_a_refusal_inside_the_chain_is_traced_counted_and_logged(probe: Pr
 
 async def test_streams_go_through_the_whole_chain(probe: Probe) -> None:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
-    async with serve(probe, _chain(exporter, registry)) as client:
+    async with serve(probe, [_chain(exporter, registry)]) as client:
         with capture_logs(processors=[add_trace_context]) as logs:
             assert [m.value async for m in client.stream(sv("3"))] == ["0", "1", "2"]
     [span] = exporter.get_finished_spans()

@@ -17,6 +17,7 @@ from interceptors.deadline import (
     deadline_client_interceptors,
     remaining_budget,
 )
+from interceptors.selector import except_, methods
 from tests.interceptors.probe import Probe, ProbeClient, serve, sv
 
 
@@ -54,11 +55,13 @@ async def test_the_handler_sees_the_effective_deadline(probe: Probe) -> None:
 
 
 async def test_work_whose_deadline_passed_before_it_started_is_refused(probe: Probe) -> None:
-    async with serve(probe, [_Stall(0.4), DeadlineInterceptor()]) as client:
+    stall = _Stall(0.4)
+    async with serve(probe, [stall, DeadlineInterceptor()]) as client:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.do(sv("ok:late"), timeout=0.2)
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        await asyncio.sleep(0.5)  # let the stalled server side finish
+        # The server side, stalled past the deadline, has gone through the chain by now.
+        await asyncio.wait_for(stall.passed.wait(), 10)
     assert probe.runs["ok:late"] == 0
 
 
@@ -114,6 +117,7 @@ class _Stall(grpc.aio.ServerInterceptor):
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
+        self.passed = asyncio.Event()  # a stalled call went on through the rest of the chain
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
@@ -122,7 +126,10 @@ class _Stall(grpc.aio.ServerInterceptor):
 
         async def stalled(request: Any, context: Any) -> Any:
             time.sleep(seconds)  # noqa: ASYNC251 - an overloaded loop, on purpose
-            return await inner(request, context)
+            try:
+                return await inner(request, context)
+            finally:
+                self.passed.set()
 
         return grpc.unary_unary_rpc_method_handler(
             stalled,
@@ -132,6 +139,18 @@ class _Stall(grpc.aio.ServerInterceptor):
 
 
 async def test_long_lived_methods_can_be_exempt_from_the_default(probe: Probe) -> None:
-    exempt = DeadlineInterceptor(default_timeout=0.1, exempt=("/agentmesh.test.Probe/Do",))
+    exempt = DeadlineInterceptor(default_timeout=0.1, select=except_(methods("/agentmesh.test.Probe/Do")))
     async with serve(probe, [exempt]) as client:
         assert (await client.do(sv("sleep:0.3"))).value == "slept"
+
+
+async def test_calls_on_the_default_deadline_expire_each_at_its_own_time(probe: Probe) -> None:
+    async with serve(probe, [DeadlineInterceptor(default_timeout=0.5)]) as client:
+        stuck = asyncio.ensure_future(client.do(sv("gate")))
+        await asyncio.wait_for(probe.started.wait(), 10)
+        # Calls that start and finish meanwhile leave the stuck one's deadline alone.
+        assert [(await client.do(sv(f"ok:{i}"))).value for i in range(3)] == ["0#1", "1#1", "2#1"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stuck
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (await client.do(sv("ok:after"))).value == "after#1"  # the next call gets a fresh deadline

@@ -1,4 +1,4 @@
-"""observe() reports the status the client really gets, for every call kind and every way a call ends."""
+"""An Observe step is told the status the client really gets, for every call kind and every way a call ends."""
 
 from __future__ import annotations
 
@@ -10,26 +10,26 @@ import grpc.aio
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
-from interceptors._typing import Context, Handler
-from interceptors.outcome import Outcome, WrappingInterceptor, observe
+from interceptors._typing import Context
+from interceptors.layer import Concern, MethodInfo, Observe
+from interceptors.outcome import Outcome
 from tests.interceptors.probe import Probe, serve, sv
 
 
-class Recorder(WrappingInterceptor):
+class Recorder(Concern):
     def __init__(self) -> None:
-        super().__init__()
         self.outcomes: list[Outcome] = []
         self.done = asyncio.Event()
         self.wrapped = 0
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
+    def compile(self, info: MethodInfo) -> Observe:
         self.wrapped += 1
 
         def done(context: Context, outcome: Outcome, started: float) -> None:
             self.outcomes.append(outcome)
             self.done.set()
 
-        return observe(handler, done)
+        return Observe(done)
 
     async def last(self) -> Outcome:
         await asyncio.wait_for(self.done.wait(), 10)

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc.aio
 import structlog
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -19,6 +20,7 @@ from interceptors.tracing import (
     TracingInterceptor,
     add_trace_context,
     setup_tracing,
+    trace_headers,
     tracing_client_interceptors,
 )
 from tests.interceptors.probe import Probe, ProbeClient, serve, sv
@@ -131,3 +133,33 @@ def test_spans_are_exported_over_otlp_only_when_an_endpoint_is_configured() -> N
         assert exporting.provider.resource.attributes["service.name"] == "loud"
     finally:
         exporting.provider.shutdown()
+
+
+async def test_when_nothing_records_no_span_object_is_made_yet_the_ids_flow_on() -> None:
+    probe = Probe()
+    seen: dict[str, Any] = {}
+
+    async def look(command: str, context: Any) -> None:
+        seen["span"] = trace.get_current_span()
+        seen["headers"] = trace_headers()
+
+    probe.hook = look
+    quiet = TracingInterceptor(tracing=setup_tracing(service_name="quiet"))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with serve(probe, [quiet]) as client:
+        await client.do(sv("ok:a"), metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+    assert seen["span"] is trace.INVALID_SPAN  # nothing in the OpenTelemetry context
+    [(key, value)] = seen["headers"]
+    version, sent_trace_id, parent_id, flags = value.split("-")
+    assert (key, version, sent_trace_id, flags) == ("traceparent", "00", trace_id, "01")
+    assert parent_id != "00f067aa0ba902b7"  # this call's own span id is the next hop's parent
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace() -> None:
+    probe = Probe()
+    quiet = TracingInterceptor(tracing=setup_tracing(service_name="quiet"))
+    async with serve(probe, [quiet, AccessLogInterceptor()]) as client:
+        with capture_logs(processors=[add_trace_context]) as logs:
+            await client.do(sv("ok:a"), metadata=(("traceparent", "00-zz-not-a-trace"),))
+    [access] = logs
+    assert len(access["trace_id"]) == 32 and access["trace_id"] != "0" * 32

@@ -48,10 +48,7 @@ async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
     expected_v2 = CALLS * canary.weights["v2"] / 100
     # Binomial spread at n=1000, p=0.1 is ~9.5 calls; 45 calls is ~4.7 standard deviations.
     assert abs(answered["agent-v2"] - expected_v2) <= 45, answered
-    assert (
-        await envoy.stat_reaching("cluster.agent_v2.upstream_rq_completed", answered["agent-v2"])
-        == answered["agent-v2"]
-    )
+    assert await envoy.stat_reaching("cluster.agent_v2.upstream_rq_total", answered["agent-v2"]) == answered["agent-v2"]
 
 
 async def test_the_version_header_pins_every_call_to_the_canary(

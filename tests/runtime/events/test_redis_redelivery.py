@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event
 from runtime.events.redis_streams import RedisStreamsEventBus
-from runtime.sqlite import Database
 from tests.runtime.events.ledger import Ledger
 from tests.system import wait_until
 

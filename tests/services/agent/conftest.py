@@ -1,4 +1,4 @@
-"""Agent domain fixtures: the real SQLite stores in a temporary directory, wired like the service."""
+"""Agent domain fixtures: the real stores, wired like the service, on SQLite files and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from runtime.database import Database, open_database, wait_until_reachable
 from runtime.events.outbox import Outbox
 from runtime.security import AuthSettings
-from runtime.sqlite import Database
 from services.agent.budget import ToolBudget
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
@@ -33,9 +33,14 @@ class Stores:
     projection: RunProjection
 
 
-async def open_stores(data_dir: Path, *, budget_limit: int = 100) -> Stores:
-    db = await Database.open(data_dir / "agent.sqlite3")
-    read_db = await Database.open(data_dir / "agent-read.sqlite3")
+async def open_stores(data_dir: Path, *, database_url: str = "", budget_limit: int = 100) -> Stores:
+    """The agent's stores: SQLite files in ``data_dir`` (write and read model), or one PostgreSQL database."""
+    db = await open_database(database_url, sqlite_path=data_dir / "agent.sqlite3", setting="DATABASE_URL")
+    if database_url:
+        read_db = db
+        await wait_until_reachable(db)
+    else:
+        read_db = await open_database("", sqlite_path=data_dir / "agent-read.sqlite3", setting="READ_DATABASE_URL")
     outbox = Outbox(db)
     stores = Stores(
         db=db,
@@ -51,12 +56,18 @@ async def open_stores(data_dir: Path, *, budget_limit: int = 100) -> Stores:
     return stores
 
 
+async def close_stores(stores: Stores) -> None:
+    if stores.read_db is not stores.db:
+        await stores.read_db.close()
+    await stores.db.close()
+
+
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = await open_stores(tmp_path)
+async def stores(tmp_path: Path, database_url: str) -> AsyncIterator[Stores]:
+    """Each test using it runs on both backends."""
+    opened = await open_stores(tmp_path, database_url=database_url)
     yield opened
-    await opened.read_db.close()
-    await opened.db.close()
+    await close_stores(opened)
 
 
 @pytest.fixture

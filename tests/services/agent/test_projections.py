@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event
 from runtime.events.in_process import InProcessEventBus
-from runtime.sqlite import Database
 from services.agent.config import AgentSettings
 from services.agent.projections import InvalidPageToken, RunProjection
 from services.agent.rebuild_projection import rebuild

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from runtime.database import SchemaMismatch
+from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
-from runtime.sqlite import Database
 from services.agent.model import EventType
-from services.agent.run_store import RequestIdReused, RunStore, SchemaMismatchError
+from services.agent.run_store import RequestIdReused, RunStore
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -105,7 +106,7 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
         old.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY, body BLOB)")
     db = await Database.open(path)
     try:
-        with pytest.raises(SchemaMismatchError, match="move the data dir aside"):
+        with pytest.raises(SchemaMismatch, match="move the data dir aside"):
             await RunStore(db, Outbox(db)).create_schema()
     finally:
         await db.close()

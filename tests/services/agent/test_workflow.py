@@ -165,9 +165,9 @@ async def test_a_crash_between_recording_the_answer_and_logging_it_finishes_forw
     # Put the log back to the instant after the COMPLETED transition committed and before the
     # saga marked "record" done and settled the budget, as a SIGKILL there would leave it.
     async with stores.db.transaction() as tx:
-        await tx.execute("UPDATE sagas SET status = 'RUNNING' WHERE saga_id = ?", (run.run_id,))
+        await tx.execute("UPDATE sagas SET status = 'RUNNING' WHERE saga_id = :id", {"id": run.run_id})
         await tx.execute(
-            "UPDATE saga_steps SET status = 'STARTED' WHERE saga_id = ? AND name = 'record'", (run.run_id,)
+            "UPDATE saga_steps SET status = 'STARTED' WHERE saga_id = :id AND name = 'record'", {"id": run.run_id}
         )
         await tx.execute("UPDATE tool_budget_reservations SET status = 'HELD' WHERE owner = 'alice'")
 

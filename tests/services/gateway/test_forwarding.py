@@ -232,6 +232,7 @@ async def test_a_server_stream_failing_before_its_first_response_is_retried(via_
 
 async def test_a_server_stream_that_already_sent_a_response_is_not_retried(via_gateway: Gateway) -> None:
     echo, client = await via_gateway()
+    echo.headers = HEADERS  # relayed once, before the first message; the failure does not resend them
     echo.fail_mid_stream = S.UNAVAILABLE
     received: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -283,3 +284,17 @@ async def test_the_backend_gets_the_callers_deadline_less_the_margin(
     [remaining] = echo.seen_time_remaining
     # 3 s less the 1.5 s margin; grpc rounds the timeout it sends up a little (HPACK-friendly values).
     assert remaining is not None and 0 < remaining <= 1.7
+
+
+async def test_a_bidi_stream_is_relayed_message_by_message_and_never_retried(via_gateway: Gateway) -> None:
+    echo, client = await via_gateway()
+    echo.headers = HEADERS
+    call = client.bidi(requests_of("a", "b", "c"), timeout=5)
+    assert HEADERS[0] in tuple(await call.initial_metadata())
+    assert [r.value.rsplit(":", 1)[1] async for r in call] == ["a", "b", "c"]
+    echo.fail_with = [S.UNAVAILABLE]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in client.bidi(requests_of("d"), timeout=5):
+            pass
+    assert caught.value.code() is S.UNAVAILABLE
+    assert echo.calls["Bidi"] == 2

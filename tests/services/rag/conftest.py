@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from runtime.database import open_database
 from services.rag.chunking import ChunkingOptions
 from services.rag.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import KnowledgeBase, Limits
@@ -25,13 +26,25 @@ def minilm() -> MiniLmEmbedder:
 
 
 @pytest.fixture
-async def kb(tmp_path: Path) -> AsyncIterator[KnowledgeBase]:
-    """A BM25-only knowledge base with small chunks and limits, so tests stay small."""
+async def kb(tmp_path: Path, database_url: str) -> AsyncIterator[KnowledgeBase]:
+    """A BM25-only knowledge base with small chunks and limits, so tests stay small; each test using
+    it runs on the embedded SQLite default and on PostgreSQL."""
+    database = (
+        await open_database(database_url, sqlite_path=tmp_path / "unused", setting="AGENTMESH_RAG_DATABASE_URL")
+        if database_url
+        else None
+    )
     base = await KnowledgeBase.open(
-        tmp_path / "kb", chunking=ChunkingOptions(size=200, overlap=40), limits=SMALL_LIMITS, save_delay_s=60
+        tmp_path / "kb",
+        database=database,
+        chunking=ChunkingOptions(size=200, overlap=40),
+        limits=SMALL_LIMITS,
+        save_delay_s=60,
     )
     yield base
     await base.close()
+    if database is not None:
+        await database.close()
 
 
 class HashingEmbedder:

@@ -1,14 +1,21 @@
+"""The RAG store, on the embedded SQLite default and on PostgreSQL (each test runs on both)."""
+
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.rag.store import DocumentWrite, NewChunk, Store
+from runtime.database import Database, open_database, wait_until_reachable
+from services.rag.store import GENERATION_CHANNEL, DocumentWrite, NewChunk, NothingToWrite, Store
+
+Opener = Callable[..., Awaitable[Store]]
 
 
 def write(document_id: str, text: str, *, model_vector: bool = True) -> DocumentWrite:
@@ -18,54 +25,152 @@ def write(document_id: str, text: str, *, model_vector: bool = True) -> Document
     return DocumentWrite(document_id, "text/plain", {}, text, digest, [chunk], vectors)
 
 
-def count(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as db:
-        (n,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-    return int(n)
+async def count(store: Store, table: str) -> int:
+    row = await store.db.fetch_one(f"SELECT COUNT(*) FROM rag_{table}")
+    assert row is not None
+    return int(row[0])
 
 
-async def test_identical_text_is_stored_once_and_kept_while_any_document_uses_it(tmp_path: Path) -> None:
+@pytest.fixture
+async def open_store(database_url: str, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores on one database: a new connection (pool) each time, as another replica would."""
+    opened: list[Database] = []
+
+    async def open_one(*, model: str | None = "m") -> Store:
+        db = await open_database(
+            database_url, sqlite_path=tmp_path / "rag.sqlite3", setting="AGENTMESH_RAG_DATABASE_URL"
+        )
+        opened.append(db)
+        await wait_until_reachable(db)
+        return await Store.open(db, model=model)
+
+    yield open_one
+    for db in opened:
+        await db.close()
+
+
+async def test_identical_text_is_stored_once_and_kept_while_any_document_uses_it(open_store: Opener) -> None:
+    store = await open_store()
+    await store.apply([write("a", "same text"), write("b", "same text")])
+    assert (await count(store, "contents"), await count(store, "embeddings"), await count(store, "chunks")) == (1, 1, 2)
+    await store.apply([], deletes=["a"])
+    assert (await count(store, "contents"), await count(store, "embeddings")) == (1, 1)
+    await store.apply([], deletes=["b"])
+    assert (await count(store, "contents"), await count(store, "embeddings"), await count(store, "chunks")) == (0, 0, 0)
+
+
+async def test_replacing_a_document_drops_its_old_text_and_embeddings(open_store: Opener) -> None:
+    store = await open_store()
+    first = await store.apply([write("a", "old text")])
+    second = await store.apply([write("a", "new text")])
+    assert (first.outcomes["a"][0], second.outcomes["a"][0]) == ("created", "replaced")
+    assert second.generation == first.generation + 1 == await store.generation()
+    assert (await count(store, "contents"), await count(store, "embeddings"), await count(store, "chunks")) == (1, 1, 1)
+    loaded = await store.load_all()
+    assert loaded.generation == second.generation
+    assert [d.content_hash for d in loaded.documents] == [hashlib.sha256(b"new text").hexdigest()]
+    assert [c.text for c in loaded.chunks] == ["new text"]
+    assert loaded.chunks[0].vector is not None
+    assert np.array_equal(loaded.chunks[0].vector, np.ones(4, dtype=np.float32))
+
+
+async def test_writing_a_stored_version_again_commits_nothing(open_store: Opener) -> None:
+    store = await open_store()
+    committed = await store.apply([write("a", "text")])
+    with pytest.raises(NothingToWrite):
+        await store.apply([write("a", "text")])
+    assert await store.generation() == committed.generation
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(open_store: Opener) -> None:
+    store = await open_store(model=None)
+    await store.apply([write("a", "kept")])
+    # Metadata that cannot be serialised fails the second write, after the first one ran.
+    broken = dataclasses.replace(write("b", "never stored"), metadata={"k": object()})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        await store.apply([write("c", "also not stored"), broken])
+    loaded = await store.load_all()
+    assert loaded.generation == 1
+    assert [d.document_id for d in loaded.documents] == ["a"]
+
+
+async def test_deleting_a_document_that_does_not_exist_commits_nothing(open_store: Opener) -> None:
+    store = await open_store()
+    with pytest.raises(KeyError):
+        await store.apply([], deletes=["ghost"])
+    assert await store.generation() == 0
+
+
+async def test_each_commit_is_one_generation_and_the_change_log_names_its_documents(open_store: Opener) -> None:
+    store = await open_store()
+    await store.apply([write("a", "one"), write("b", "two")])
+    await store.apply([], deletes=["a"])
+    changes = await store.changes(after=0, up_to=await store.generation())
+    assert [(c.generation, c.document_id) for c in changes] == [(1, "a"), (1, "b"), (2, "a")]
+    states = await store.document_states(["a", "b"])
+    assert states["a"].record is None and states["a"].chunks == ()
+    b = states["b"].record
+    assert b is not None and b.chunk_count == 1 and [c.text for c in states["b"].chunks] == ["two"]
+
+
+async def test_two_replicas_writing_the_same_document_at_once_make_one_document(open_store: Opener) -> None:
+    replica_1, replica_2 = await open_store(), await open_store()
+    same = [write(f"doc-{i}", f"the same text {i}") for i in range(5)]
+    results = await asyncio.gather(
+        *(r.apply(same) for r in (replica_1, replica_2) for _ in range(3)), return_exceptions=True
+    )
+    committed = [r for r in results if not isinstance(r, BaseException)]
+    assert all(isinstance(r, NothingToWrite) for r in results if isinstance(r, BaseException))
+    # Exactly one commit created them; every other one found them stored.
+    assert len(committed) == 1
+    assert {outcome for outcome, _ in committed[0].outcomes.values()} == {"created"}
+    assert (await count(replica_1, "documents"), await count(replica_1, "contents")) == (5, 5)
+    assert (await count(replica_1, "chunks"), await count(replica_1, "embeddings")) == (5, 5)
+
+
+async def test_a_listener_on_another_connection_is_woken_by_a_commit(open_store: Opener, database_url: str) -> None:
+    if not database_url:
+        pytest.skip("SQLite has one process per file: there is no other replica to notify")
+    writer, follower = await open_store(), await open_store()
+    woken = asyncio.Event()
+    await follower.db.listen(GENERATION_CHANNEL, woken.set)
+    # The listener calls back once when it has (re)connected; wait for that, then for the commit.
+    await asyncio.wait_for(woken.wait(), 10)
+    woken.clear()
+    await writer.apply([write("a", "wake up")])
+    await asyncio.wait_for(woken.wait(), 10)
+
+
+async def test_a_file_written_before_versioned_migrations_is_migrated_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "rag.sqlite3"
-    store = await Store.open(path, model="m")
+    legacy = sqlite3.connect(path)
+    legacy.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE contents (content_hash TEXT PRIMARY KEY, text TEXT NOT NULL);
+        CREATE TABLE documents (document_id TEXT PRIMARY KEY, content_type TEXT NOT NULL, metadata TEXT NOT NULL,
+          content_hash TEXT NOT NULL REFERENCES contents(content_hash), update_time REAL NOT NULL);
+        CREATE TABLE chunks (chunk_key INTEGER PRIMARY KEY AUTOINCREMENT,
+          document_id TEXT NOT NULL REFERENCES documents(document_id) ON DELETE CASCADE, ordinal INTEGER NOT NULL,
+          start_offset INTEGER NOT NULL, end_offset INTEGER NOT NULL, heading TEXT NOT NULL,
+          content_hash TEXT NOT NULL, tokens TEXT NOT NULL);
+        CREATE TABLE embeddings (content_hash TEXT NOT NULL, model TEXT NOT NULL, vector BLOB NOT NULL,
+          PRIMARY KEY (content_hash, model));
+        INSERT INTO meta VALUES ('generation', '7');
+        INSERT INTO contents VALUES ('h', 'an old document');
+        INSERT INTO documents VALUES ('old', 'text/plain', '{}', 'h', 1.0);
+        INSERT INTO chunks (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)
+          VALUES ('old', 0, 0, 15, '', 'c', 'old document');
+        """
+    )
+    legacy.close()
+    db = await open_database("", sqlite_path=path, setting="AGENTMESH_RAG_DATABASE_URL")
     try:
-        await store.apply([write("a", "same text"), write("b", "same text")], update_time=1.0)
-        assert (count(path, "contents"), count(path, "embeddings"), count(path, "chunks")) == (1, 1, 2)
-        await store.apply([], deletes=["a"], update_time=2.0)
-        assert (count(path, "contents"), count(path, "embeddings")) == (1, 1)
-        await store.apply([], deletes=["b"], update_time=3.0)
-        assert (count(path, "contents"), count(path, "embeddings"), count(path, "chunks")) == (0, 0, 0)
+        store = await Store.open(db, model=None)
+        loaded = await store.load_all()
+        assert loaded.generation == 7
+        assert [(c.document_id, c.text) for c in loaded.chunks] == [("old", "an old document")]
+        committed = await store.apply([write("new", "a new document")])
+        assert committed.generation == 8
     finally:
-        await store.close()
-
-
-async def test_replacing_a_document_drops_its_old_text_and_embeddings(tmp_path: Path) -> None:
-    path = tmp_path / "rag.sqlite3"
-    store = await Store.open(path, model="m")
-    try:
-        await store.apply([write("a", "old text")], update_time=1.0)
-        generation, keys = await store.apply([write("a", "new text")], update_time=2.0)
-        assert generation == 2
-        assert (count(path, "contents"), count(path, "embeddings"), count(path, "chunks")) == (1, 1, 1)
-        loaded_generation, documents, chunks = await store.load_all()
-        assert loaded_generation == 2
-        assert [d.content_hash for d in documents] == [hashlib.sha256(b"new text").hexdigest()]
-        assert [(c.key, c.text) for c in chunks] == [(keys["a"][0], "new text")]
-        assert chunks[0].vector is not None
-    finally:
-        await store.close()
-
-
-async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
-    path = tmp_path / "rag.sqlite3"
-    store = await Store.open(path, model=None)
-    try:
-        await store.apply([write("a", "kept")], update_time=1.0)
-        # Metadata that cannot be serialised fails the second write, after the first one ran.
-        broken = dataclasses.replace(write("b", "never stored"), metadata={"k": object()})  # type: ignore[dict-item]
-        with pytest.raises(TypeError):
-            await store.apply([write("c", "also not stored"), broken], update_time=2.0)
-        generation, documents, _ = await store.load_all()
-        assert generation == 1
-        assert [d.document_id for d in documents] == ["a"]
-    finally:
-        await store.close()
+        await db.close()

@@ -1,0 +1,156 @@
+"""One service on one port from N processes (``AGENTMESH_<SVC>_PROCESSES=N``), for more cores.
+
+A grpc.aio server runs Python on one core; past that, more processes are the way to more cores.
+As grpc's ``examples/python/multiprocessing`` does: the parent reserves the port with
+``SO_REUSEPORT``, forks the workers before any gRPC object exists (grpc's core state does not
+survive a fork), and each worker serves the same port with ``grpc.so_reuseport`` on, so the kernel
+spreads incoming connections across them.
+
+The workers behave as one instance:
+
+* the parent forwards SIGTERM/SIGINT to every worker, each drains as a single server does
+  (health NOT_SERVING, new calls refused, in-flight calls finished) and the parent exits 0 once
+  all of them did;
+* a worker that exits on its own (a crash) stops the others and the parent exits 1: a supervisor
+  (systemd, Kubernetes) restarts the whole instance rather than it serving at partial capacity;
+  a parent that dies, even by SIGKILL, takes its workers with it (each drains on the SIGTERM the
+  kernel sends it, ``PR_SET_PDEATHSIG``);
+* registration with discovery happens once, from worker 0 (:func:`is_primary`); health answers
+  the same from every worker;
+* worker ``i`` serves metrics on ``METRICS_PORT + i`` (each process has its own counters) and
+  logs with ``worker=i``.
+
+This is not the agent's ``WORKERS`` (run-execution slots inside one process): ``PROCESSES``
+multiplies whole servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from runtime.config import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+_S = TypeVar("_S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    index: int
+    count: int
+
+
+_current = Worker(0, 1)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def current_worker() -> Worker:
+    """This process's place among the service's processes (``Worker(0, 1)`` when it serves alone)."""
+    return _current
+
+
+def is_primary() -> bool:
+    """True in the one process that speaks for the instance (registration with discovery)."""
+    return _current.index == 0
+
+
+@contextlib.contextmanager
+def reserved_port(host: str, port: int) -> Iterator[int]:
+    """Bind (without listening) ``host:port`` with SO_REUSEPORT, so port 0 picks one port for all."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        yield int(sock.getsockname()[1])
+
+
+def worker_settings(settings: _S, worker: Worker, port: int) -> _S:
+    """The settings worker ``worker`` serves with: the shared port, its own metrics port."""
+    update: dict[str, object] = {"port": port}
+    if settings.metrics_port:
+        update["metrics_port"] = settings.metrics_port + worker.index
+    return settings.model_copy(update=update)
+
+
+def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
+    """Fork ``settings.processes`` workers each running ``serve(their settings)``; supervise them.
+
+    Must be called before any gRPC channel or server exists in this process. Returns the exit code.
+    """
+    global _current  # noqa: PLW0603  # set once per forked worker, before it serves
+    count = settings.processes
+    parent = os.getpid()
+    with reserved_port(settings.host, settings.port) as port:
+        children: dict[int, int] = {}
+        # Blocked while forking: a SIGTERM now waits until each process has its handlers (the
+        # workers' bootstrap and _supervise unblock them) instead of killing it half-started.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    _exit_with(parent)
+                    _current = Worker(index, count)
+                    structlog.contextvars.bind_contextvars(worker=index)
+                    code = serve(worker_settings(settings, _current, port))
+                except BaseException:
+                    log.exception("worker failed", worker=index)
+                finally:
+                    os._exit(code)
+            children[pid] = index
+        log.info("serving from processes", port=port, processes=count, pids=sorted(children))
+        return _supervise(children)
+
+
+def _exit_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies, even by SIGKILL, so no worker
+    keeps serving the port on its own; it then drains like any stopped worker (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            log.warning("worker cannot follow its parent", errno=ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervise(children: dict[int, int]) -> int:
+    stopping = False
+    failed = False
+
+    def stop_all(signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, stop_all)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    while children:
+        pid, status = os.wait()
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if not stopping:
+            log.error("worker exited on its own; stopping the others", worker=index, pid=pid, exit_code=code)
+            failed = True
+            stop_all()
+        elif code != 0:
+            log.error("worker did not drain cleanly", worker=index, pid=pid, exit_code=code)
+            failed = True
+    return 1 if failed else 0

@@ -1,0 +1,110 @@
+"""A bad setting stops a service with one line naming the variable and what it accepts, never a traceback.
+
+Each case runs `python -m services.<name>` (or the console, or `make run`'s launcher) as an operator
+would, in an empty directory (no `.env`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.settings_errors import EXIT_INVALID_SETTING
+from tests.system import REPO
+
+MODULES = {"console": "console", "launcher": "tools.launcher"}  # the rest are services.<name>
+
+
+async def start_and_refuse(service: str, setting: str, value: str, work_dir: Path) -> list[str]:
+    """The stderr lines of ``service`` started with ``setting=value``, asserting it exits EXIT_INVALID_SETTING."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "CONSUL_"))}
+    prefix = f"AGENTMESH_{service.upper()}_"
+    env = {
+        **inherited,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}",
+        f"{prefix}PORT": "0",
+        f"{prefix}DATA_DIR": str(work_dir / "data"),
+        setting: value,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", MODULES.get(service, f"services.{service}"), cwd=work_dir, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    stderr = err.decode()
+    assert process.returncode == EXIT_INVALID_SETTING, stderr
+    assert "Traceback" not in stderr
+    return stderr.splitlines()
+
+
+def _ids(cases: list[tuple[str, str, str, str]]) -> list[str]:
+    return [f"{service}-{setting}" for service, setting, *_ in cases]
+
+
+# (service, variable, value, what the line must say): refused while the settings are read.
+READ_TIME = [
+    ("gateway", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
+    ("gateway", "AGENTMESH_GATEWAY_PORT", "abc", "AGENTMESH_GATEWAY_PORT: Input should be a valid integer"),
+    ("gateway", "AGENTMESH_GATEWAY_ROUTES", "agent", "AGENTMESH_GATEWAY_ROUTES: not valid JSON"),
+    ("gateway", "AGENTMESH_GATEWAY_TLS", "{}", "AGENTMESH_GATEWAY_TLS: cert_file: Field required, key_file"),
+    ("gateway", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES", "x", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES: "),
+    ("agent", "AGENTMESH_AGENT_LOG_LEVEL", "LOUD", "expected one of DEBUG, INFO, WARNING, ERROR"),
+    ("agent", "AGENTMESH_AGENT_WORKERS", "0", "AGENTMESH_AGENT_WORKERS: Input should be greater than or equal to 1"),
+    ("agent", "AGENTMESH_AGENT_SAGA_LEASE_S", "1", "AgentSettings (AGENTMESH_AGENT_*): saga_lease_s (1.0) must exceed"),
+    ("agent", "AGENTMESH_AGENT_FALLBACK_RULES", '[{"pattern": "(", "answer": "x"}]', "is not a regular expression"),
+    ("rag", "AGENTMESH_RAG_DENSE_ENABLED", "maybe", "AGENTMESH_RAG_DENSE_ENABLED: Input should be a valid boolean"),
+    ("rag", "AGENTMESH_RAG_DATA_DIR", "", "AGENTMESH_RAG_DATA_DIR is empty; expected a path"),
+    ("rag", "AGENTMESH_RAG_METRICS_PORT", "99999", "expected an integer from 0 to 65535"),
+    ("rag", "AGENTMESH_DISCOVERY", "zookeeper", "AGENTMESH_DISCOVERY: Input should be 'static' or 'consul'"),
+    ("rag", "AGENTMESH_CHECK_INTERVAL_SECONDS", "-1", "AGENTMESH_CHECK_INTERVAL_SECONDS: Input should be greater"),
+    ("console", "AGENTMESH_CONSOLE_PORT", "x", "AGENTMESH_CONSOLE_PORT: Input should be a valid integer"),
+    # `make run` reads every service's settings before it starts any of them.
+    ("launcher", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
+    ("launcher", "AGENTMESH_RAG_PORT", "abc", "AGENTMESH_RAG_PORT: Input should be a valid integer"),
+]
+
+
+@pytest.mark.parametrize(("service", "setting", "value", "says"), READ_TIME, ids=_ids(READ_TIME))
+async def test_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, service: str, setting: str, value: str, says: str
+) -> None:
+    [line] = await start_and_refuse(service, setting, value, tmp_path)
+    assert says in line
+    assert "expected" in line or "must" in line or "not" in line
+
+
+def _not_a_log_line(line: str) -> bool:
+    try:
+        return not isinstance(json.loads(line), dict)
+    except ValueError:
+        return True
+
+
+# Refused while the server is built or starts (a file it must open, an engine it must load): the
+# structured log lines of the build come first, then the one line that names the setting.
+BUILD_TIME = [
+    ("agent", "AGENTMESH_AGENT_DECISION_ENGINE", "gpt", "AGENTMESH_AGENT_DECISION_ENGINE=gpt"),
+    ("agent", "AGENTMESH_AGENT_AUTH", '{"jwks_file": "/nonexistent/jwks.json"}', "AGENTMESH_AGENT_AUTH: /nonexistent"),
+    ("gateway", "AGENTMESH_GATEWAY_DESCRIPTOR_SET", "/nonexistent/set.pb", "AGENTMESH_GATEWAY_DESCRIPTOR_SET: /non"),
+    (
+        "gateway",
+        "AGENTMESH_GATEWAY_TLS",
+        '{"cert_file": "/no/c.pem", "key_file": "/no/k.pem"}',
+        "AGENTMESH_GATEWAY_TLS",
+    ),
+]
+
+
+@pytest.mark.parametrize(("service", "setting", "value", "says"), BUILD_TIME, ids=_ids(BUILD_TIME))
+async def test_a_setting_that_fails_the_build_is_one_line_naming_it(
+    tmp_path: Path, service: str, setting: str, value: str, says: str
+) -> None:
+    lines = await start_and_refuse(service, setting, value, tmp_path)
+    [line] = [line for line in lines if _not_a_log_line(line)]
+    assert line.startswith(says)
+    assert lines[-1] == line
