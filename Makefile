@@ -39,8 +39,11 @@ $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
 
 .PHONY: run-deps
-run-deps: ## the Debian package `make run` needs: prometheus, for the console (installed only when missing)
-	@command -v prometheus >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
+run-deps: ## the Debian packages `make run` needs: prometheus for the console, postgresql-15 with STORE=postgres (installed only when missing)
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	$(if $(filter postgres,$(STORE)),[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15";) \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 .PHONY: debian-deps
 debian-deps: ## Debian packages the tests use (installed only when missing)
@@ -96,13 +99,17 @@ fmt: venv ## format and auto-fix the code
 
 # --- running ------------------------------------------------------------------------------
 
+# STORE=postgres keeps every service's state in one local PostgreSQL in var/postgres
+# (tools/local_store.py); run-deps installs the Debian package first when missing.
+RUN_ENV := $(if $(STORE),AGENTMESH_LOCAL_STORE=$(STORE) )
+
 .PHONY: run
-run: gen run-deps ## run the whole system on loopback with the console on :8080 (Ctrl-C stops it); MESH=envoy: behind Envoy with mTLS
+run: gen run-deps ## run the whole system on loopback with the console on :8080 (Ctrl-C stops it); MESH=envoy: behind Envoy with mTLS; STORE=postgres: on a local PostgreSQL
 ifeq ($(MESH),envoy)
 	$(PY) -m mesh certs --if-missing
-	$(PY) -m mesh.launcher
+	$(RUN_ENV)$(PY) -m mesh.launcher
 else
-	$(PY) -m tools.launcher
+	$(RUN_ENV)$(PY) -m tools.launcher
 endif
 
 # --- mesh ---------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ and its v2 canary included) and each app as ``python -m services.<name>`` on a p
 loopback port that only its own sidecar talks to. Ports are the policy's ``local`` layout.
 Ctrl-C (or SIGTERM) stops the edge, then the apps front to back, then the sidecars.
 
+State: agent v1 and v2 share one database (the SQLite files in ``var/``, or with
+``STORE=postgres`` one local PostgreSQL, tools/local_store.py), each with its own instance id.
+
 Auth is on at both layers: the edge refuses calls without a valid token (the dev issuer's JWKS
 in ``var/keys``, from ``tools.dev_auth``), and every app verifies the forwarded token again
 against the same keys with the policy's issuer, audience and public methods.
@@ -34,6 +37,7 @@ from mesh.policy import Policy, load_policy
 from mesh.render import drift
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
+from tools.local_store import LocalStore, local_store
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,13 +71,14 @@ def dev_auth(policy: Policy) -> DevAuth:
     return auth
 
 
-def app_env(policy: Policy, instance: str, auth: DevAuth) -> dict[str, str]:
-    """The environment for one app: its own port, its callees at its sidecar's outbound ports, auth."""
+def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> dict[str, str]:
+    """The environment for one app: its own port, its callees at its sidecar's outbound ports, auth, state."""
     service, _ = split_instance(instance)
     ports = policy.local.instances[instance]
     prefix = f"AGENTMESH_{service.upper()}_"
     env = {
         **os.environ,
+        **store.env,
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "gen")]),
         prefix + "HOST": LOOPBACK,
         prefix + "PORT": str(ports.app),
@@ -90,6 +95,8 @@ def app_env(policy: Policy, instance: str, auth: DevAuth) -> dict[str, str]:
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
         env[prefix + "SERVICE_TOKEN_FILE"] = str(auth.agent_token_file)
+        # v1 and v2 share the run store: each must be told apart in leases and consumer groups.
+        env.setdefault(prefix + "INSTANCE_ID", instance)
     env.update(observed_env(_observed(policy, instance)))
     return env
 
@@ -111,13 +118,13 @@ def _console(policy: Policy, auth: DevAuth) -> ConsoleStack:
     )
 
 
-async def _start_app(policy: Policy, instance: str, auth: DevAuth) -> _App:
+async def _start_app(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> _App:
     service, _ = split_instance(instance)
     log = (WORK_DIR / f"{instance}.log").open("ab")
     with log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
-            cwd=REPO, env=app_env(policy, instance, auth), stdout=log, stderr=log, start_new_session=True,
+            cwd=REPO, env=app_env(policy, instance, auth, store), stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     app = _App(instance, process, policy.local.instances[instance].app)
     try:
@@ -146,7 +153,7 @@ async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
-def _banner(policy: Policy, auth: DevAuth, console: ConsoleStack) -> str:
+def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> str:
     edge = f"localhost:{policy.local.edge.port}"
     ca = f"{policy.local.certs_dir}/ca.pem"
     question = '{"question": "How long do refunds take?"}'
@@ -162,6 +169,7 @@ def _banner(policy: Policy, auth: DevAuth, console: ConsoleStack) -> str:
             for name, ports in policy.local.instances.items()
         ),
         f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
+        f"  {store.describe()}",
         "",
         *console.banner_lines(),
         "",
@@ -194,8 +202,18 @@ async def main() -> int:
     if not (certs_dir / "ca.pem").exists():
         write_mesh_certs(certs_dir, mesh_identities(policy))
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    auth = dev_auth(policy)
+    try:
+        auth = dev_auth(policy)
+        # Entered first and left last: the apps start on it and drain before it stops.
+        async with local_store(REPO) as store:
+            return await _run(policy, auth, store)
+    except (RuntimeError, ValueError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
 
+
+async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
+    """Sidecars and apps callees first, then the edge; on a signal, everything in reverse."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,14 +237,14 @@ async def main() -> int:
                 )
                 sidecars.append(sidecar)
                 await sidecar.start()
-                apps.append(await _start_app(policy, instance, auth))
+                apps.append(await _start_app(policy, instance, auth, store))
         edge = EnvoyProcess(
             REPO / "envoy" / "edge.yaml", workdir=WORK_DIR, name="edge", concurrency=policy.proxy.worker_threads()
         )
         await edge.start()
         changed = await _seed_knowledge(policy, auth)
         seeded = f"(seeded {changed} example documents)\n" if changed else ""
-        print(_banner(policy, auth, console) + seeded, flush=True)
+        print(_banner(policy, auth, store, console) + seeded, flush=True)
         while not stop.is_set():
             for app in apps:
                 if app.process.returncode is not None:

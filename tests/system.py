@@ -30,6 +30,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
+from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,24 @@ def spawn(module: str, env: Mapping[str, str], work_dir: Path, *, timeout_s: flo
         time.sleep(0.05)
     process.kill()
     raise TimeoutError(f"{module} did not start within {timeout_s}s:\n{log_path.read_text()}")
+
+
+async def spawn_serving(
+    module: str, env: Mapping[str, str], work_dir: Path, *, timeout_s: float = 30
+) -> ServiceProcess:
+    """`spawn`, then wait until the service reports SERVING.
+
+    The port file is written when the server listens, before its start-up hooks (a database
+    waited for, recovery) are done; until then its calls are UNAVAILABLE, so a test that calls
+    the service at once waits for this.
+    """
+    service = await asyncio.to_thread(spawn, module, env, work_dir, timeout_s=timeout_s)
+    try:
+        await wait_serving(module, service.address, exit_code=service.process.poll, within=timeout_s)
+    except BaseException:
+        service.kill()
+        raise
+    return service
 
 
 def free_ports(count: int) -> list[int]:

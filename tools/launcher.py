@@ -9,6 +9,9 @@ Auth is on, as in production: the launcher creates a dev signing key and JWKS in
 (once) and a 12-hour token with every scope in `var/keys/dev-token`, and every service verifies
 tokens against that JWKS. `AGENTMESH_DEV_AUTH=0` runs without auth.
 
+`make run STORE=postgres` keeps every service's state in one local PostgreSQL in `var/postgres`
+instead of the SQLite files (tools/local_store.py), started before the services, stopped after them.
+
 With `AGENTMESH_DISCOVERY=consul` the services register with the Consul agent at
 `CONSUL_HTTP_ADDR` (default 127.0.0.1:8500) and find each other through it; the launcher waits
 until each backend is passing in Consul before starting the next. `AGENTMESH_CONSUL_DOUBLE=1`
@@ -41,6 +44,7 @@ from services.gateway.config import GatewaySettings
 from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
+from tools.local_store import LocalStore, local_store
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +74,8 @@ def _settings() -> tuple[DiscoverySettings, dict[str, int]]:
 DISCOVERY, PORTS = _settings()
 
 
-def _env(name: str, auth: DevAuth | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
+    env = {**os.environ, **store.env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
     env.setdefault("AGENTMESH_AGENT_RAG_ENDPOINTS", f'["{HOST}:{PORTS["rag"]}"]')
     env.setdefault(
         "AGENTMESH_GATEWAY_BACKENDS",
@@ -143,7 +147,7 @@ def _start_consul_double() -> subprocess.Popen[bytes]:
     )
 
 
-def _banner(auth: DevAuth | None, console: ConsoleStack) -> str:
+def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> str:
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
@@ -154,6 +158,7 @@ def _banner(auth: DevAuth | None, console: ConsoleStack) -> str:
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
+            f"  {store.describe()}",
             *console.banner_lines(),
             "",
             "Try:",
@@ -175,6 +180,16 @@ def _banner(auth: DevAuth | None, console: ConsoleStack) -> str:
 
 
 async def main() -> int:
+    try:
+        # Entered first and left last: the services start on it and drain before it stops.
+        async with local_store(REPO) as store:
+            return await _run(store)
+    except (RuntimeError, ValueError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
+
+
+async def _run(store: LocalStore) -> int:
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,13 +212,17 @@ async def main() -> int:
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
-                [sys.executable, "-m", f"services.{name}"], env=_env(name, auth), cwd=REPO, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"],
+                env=_env(name, auth, store),
+                cwd=REPO,
+                start_new_session=True,
             )
             await wait_serving(name, f"{HOST}:{PORTS[name]}", exit_code=processes[name].poll)
             if DISCOVERY.discovery == "consul":
                 await _wait_discovered(name)
         changed = await _seed_knowledge(auth)
-        print(_banner(auth, console) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        seeded = f"(seeded {changed} example documents)\n" if changed else ""
+        print(_banner(auth, store, console) + seeded, flush=True)
         while not stop.is_set():
             for name, process in processes.items():
                 if process.poll() is not None:

@@ -2,14 +2,20 @@
 
 Every hop is mTLS between Envoys; the apps speak plaintext only to their own sidecar, as in a
 pod. The edge requires a token from ``issuer`` and every app verifies it again, as
-`make run MESH=envoy` runs them. Ports are free ones: Envoys listen on port 0 (read back from their admin API) and each
-app's port is reserved just before its sidecar is rendered, since the two must know each other.
+`make run MESH=envoy` runs them.
+
+Ports are free ones, and none is released before its owner binds it (another process could take
+it): each app binds port 0 first, so its sidecar is rendered with the port the app got; the ports
+the app calls its callees on are held for the mesh's lifetime by a bound, non-listening
+SO_REUSEPORT socket, which the sidecar's outbound listener joins (Envoy sets SO_REUSEPORT too;
+only listening sockets are given connections); every other Envoy port is 0, read back from the
+admin API.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,7 @@ from mesh.app_auth import service_auth
 from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import Policy
-from runtime.bootstrap import ManagedServer
+from runtime.bootstrap import ManagedServer, ServerPlan
 from runtime.discovery.settings import DiscoverySettings
 from runtime.security import AuthSettings
 from services.agent.config import AgentSettings
@@ -30,6 +36,8 @@ from services.rag.server import build as build_rag
 from tests.mesh.conftest import LOOPBACK, MeshCerts, TokenIssuer
 
 REPO = Path(__file__).resolve().parents[2]
+# Builds an app given where it reaches each callee (its sidecar's outbound listeners).
+Build = Callable[[dict[str, str]], Awaitable[ServerPlan]]
 DESCRIPTOR_SET = REPO / "gen" / "agentmesh.pb"
 
 
@@ -40,11 +48,14 @@ class MeshSystem:
     apps: dict[str, ManagedServer]
 
 
-def _reserve_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _held_port(stack: AsyncExitStack) -> int:
+    """A free loopback port, kept bound until ``stack`` closes so that nothing else takes it."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((LOOPBACK, 0))
+    stack.callback(holder.close)
+    port: int = holder.getsockname()[1]
+    return port
 
 
 @asynccontextmanager
@@ -55,51 +66,55 @@ async def running_mesh(
     apps: dict[str, ManagedServer] = {}
     async with AsyncExitStack() as stack:
 
-        async def sidecar(
-            instance: str, service: str, version: str, upstreams: dict[str, dict[str, list[Address]]]
-        ) -> tuple[Address, int]:
-            app_port = _reserve_port()
-            config = sidecar_bootstrap(
-                policy, service=service, version=version, app=Address(LOOPBACK, app_port),
-                inbound=Address(LOOPBACK, 0), admin_port=0,
-                outbound_ports={callee: 0 for callee in upstreams}, upstreams=upstreams, certs=certs(service),
-            )  # fmt: skip
-            envoy = EnvoyProcess(config, workdir=work_dir, name=f"{instance}-sidecar")
-            await stack.enter_async_context(envoy)
-            envoys[instance] = envoy
-            return await envoy.listener_address("inbound"), app_port
-
-        async def outbound(instance: str, callee: str) -> str:
-            address = await envoys[instance].listener_address(f"outbound_{callee}")
-            return f"{address.host}:{address.port}"
-
-        async def app(instance: str, server: ManagedServer) -> None:
-            await server.start()
-            apps[instance] = server
+        async def instance(
+            name: str, service: str, version: str, upstreams: dict[str, dict[str, list[Address]]], build: Build
+        ) -> Address:
+            """The app on a port of its own, then its sidecar in front of it; the sidecar's inbound address."""
+            outbound = {callee: _held_port(stack) for callee in upstreams}
+            server = ManagedServer(await build({c: f"{LOOPBACK}:{p}" for c, p in outbound.items()}))
+            app_port = await server.start()
+            try:
+                config = sidecar_bootstrap(
+                    policy, service=service, version=version, app=Address(LOOPBACK, app_port),
+                    inbound=Address(LOOPBACK, 0), admin_port=0,
+                    outbound_ports=outbound, upstreams=upstreams, certs=certs(service),
+                )  # fmt: skip
+                envoy = EnvoyProcess(config, workdir=work_dir, name=f"{name}-sidecar")
+                await stack.enter_async_context(envoy)
+            except BaseException:
+                await server.stop()
+                raise
+            # Registered after its sidecar, so the app stops first: the exit stack unwinds in reverse.
             stack.push_async_callback(server.stop)
+            envoys[name], apps[name] = envoy, server
+            return await envoy.listener_address("inbound")
 
-        rag_inbound, rag_port = await sidecar("rag-v1", "rag", "v1", {})
         # As `make run MESH=envoy` runs them: the sidecar health-checks callees, not the app.
         BEHIND_SIDECAR = DiscoverySettings(client_health_checks=False)
         auth = AuthSettings.model_validate(service_auth(policy, str(issuer.jwks_file)))
-        quick = {"host": LOOPBACK, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0, "auth": auth}
-        await app("rag-v1", ManagedServer(await build_rag(RagSettings.model_validate({"port": rag_port, **quick}))))
-        rag = {"rag": {"v1": [rag_inbound]}}
+        quick = {"host": LOOPBACK, "port": 0, "data_dir": work_dir, "drain_delay_s": 0.0, "grace_period_s": 1.0}
+        quick["auth"] = auth
 
-        agents: dict[str, list[Address]] = {}
-        for version in policy.services["agent"].versions:
-            instance = f"agent-{version}"
-            inbound, port = await sidecar(instance, "agent", version, rag)
-            agents[version] = [inbound]
+        async def rag_app(_: dict[str, str]) -> ServerPlan:
+            return await build_rag(RagSettings.model_validate(quick))
+
+        rag = {"rag": {"v1": [await instance("rag-v1", "rag", "v1", {}, rag_app)]}}
+
+        async def agent_app(outbound: dict[str, str]) -> ServerPlan:
             # Both versions share one run store, as one database would serve both in a cluster.
-            rag_endpoints = [await outbound(instance, "rag")]
-            settings = AgentSettings.model_validate({"port": port, "rag_endpoints": rag_endpoints, **quick})
-            await app(instance, ManagedServer(await build_agent(settings, BEHIND_SIDECAR)))
+            settings = AgentSettings.model_validate({"rag_endpoints": [outbound["rag"]], **quick})
+            return await build_agent(settings, BEHIND_SIDECAR)
 
-        gateway_inbound, gateway_port = await sidecar("gateway-v1", "gateway", "v1", {"agent": agents, **rag})
-        backends = {callee: [await outbound("gateway-v1", callee)] for callee in ("agent", "rag")}
-        gateway = GatewaySettings.model_validate({"port": gateway_port, "backends": backends, **quick})
-        await app("gateway-v1", ManagedServer(await build_gateway(gateway, BEHIND_SIDECAR)))
+        agents = {
+            version: [await instance(f"agent-{version}", "agent", version, rag, agent_app)]
+            for version in policy.services["agent"].versions
+        }
+
+        async def gateway_app(outbound: dict[str, str]) -> ServerPlan:
+            backends = {callee: [address] for callee, address in outbound.items()}
+            return await build_gateway(GatewaySettings.model_validate({"backends": backends, **quick}), BEHIND_SIDECAR)
+
+        gateway_inbound = await instance("gateway-v1", "gateway", "v1", {"agent": agents, **rag}, gateway_app)
 
         edge = EnvoyProcess(
             edge_bootstrap(
@@ -110,5 +125,4 @@ async def running_mesh(
         )  # fmt: skip
         await stack.enter_async_context(edge)
         envoys["edge"] = edge
-        # Apps stop before their sidecars: the exit stack unwinds in reverse.
         yield MeshSystem(edge=await edge.listener_address("edge"), envoys=envoys, apps=apps)

@@ -11,6 +11,9 @@ from mesh.launcher import app_env
 from mesh.policy import Policy
 from runtime.security import AuthSettings
 from tools.dev_auth import DevAuth, ensure_dev_auth
+from tools.local_store import LocalStore
+
+SQLITE = LocalStore("sqlite")
 
 
 @pytest.fixture
@@ -19,7 +22,7 @@ def auth(tmp_path: Path) -> DevAuth:
 
 
 def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(policy: Policy, auth: DevAuth) -> None:
-    env = app_env(policy, "gateway-v1", auth)
+    env = app_env(policy, "gateway-v1", auth, SQLITE)
     ports = policy.local.instances["gateway-v1"]
 
     assert json.loads(env["AGENTMESH_GATEWAY_BACKENDS"]) == {
@@ -32,7 +35,7 @@ def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(p
 def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy, auth: DevAuth) -> None:
     for version in policy.services["agent"].versions:
         ports = policy.local.instances[f"agent-{version}"]
-        env = app_env(policy, f"agent-{version}", auth)
+        env = app_env(policy, f"agent-{version}", auth, SQLITE)
         assert json.loads(env["AGENTMESH_AGENT_RAG_ENDPOINTS"]) == [f"127.0.0.1:{ports.outbound['rag']}"]
 
 
@@ -45,14 +48,14 @@ def test_no_app_listens_where_a_sidecar_or_another_app_does(policy: Policy) -> N
 
 def test_apps_leave_health_checking_of_their_callees_to_the_sidecar(policy: Policy, auth: DevAuth) -> None:
     for instance in policy.local.instances:
-        assert app_env(policy, instance, auth)["AGENTMESH_CLIENT_HEALTH_CHECKS"] == "false"
+        assert app_env(policy, instance, auth, SQLITE)["AGENTMESH_CLIENT_HEALTH_CHECKS"] == "false"
 
 
 def test_behind_the_edge_every_app_verifies_tokens_as_the_edge_does(policy: Policy, auth: DevAuth) -> None:
     for instance in policy.local.instances:
         service = instance.rpartition("-")[0]
         settings = AuthSettings.model_validate_json(
-            app_env(policy, instance, auth)[f"AGENTMESH_{service.upper()}_AUTH"]
+            app_env(policy, instance, auth, SQLITE)[f"AGENTMESH_{service.upper()}_AUTH"]
         )
 
         assert settings.jwks_file == auth.jwks_file
@@ -62,5 +65,27 @@ def test_behind_the_edge_every_app_verifies_tokens_as_the_edge_does(policy: Poli
 
 def test_the_agent_has_its_own_token_for_runs_it_resumes(policy: Policy, auth: DevAuth) -> None:
     for version in policy.services["agent"].versions:
-        env = app_env(policy, f"agent-{version}", auth)
+        env = app_env(policy, f"agent-{version}", auth, SQLITE)
         assert Path(env["AGENTMESH_AGENT_SERVICE_TOKEN_FILE"]).read_text().strip()
+
+
+def test_agent_v1_and_v2_share_one_database_and_are_told_apart_by_instance_id(
+    policy: Policy, auth: DevAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGENTMESH_AGENT_INSTANCE_ID", raising=False)
+    monkeypatch.delenv("AGENTMESH_AGENT_DATA_DIR", raising=False)
+    postgres = LocalStore(
+        "postgres",
+        {
+            "AGENTMESH_AGENT_DATABASE_URL": "postgresql://agentmesh@127.0.0.1:5999/agent",
+            "AGENTMESH_RAG_DATABASE_URL": "postgresql://agentmesh@127.0.0.1:5999/rag",
+        },
+    )
+    for store in (SQLITE, postgres):
+        agents = [app_env(policy, f"agent-{v}", auth, store) for v in policy.services["agent"].versions]
+
+        # One database: the same URL, or (SQLite) the same data dir, which neither overrides.
+        assert len({env.get("AGENTMESH_AGENT_DATABASE_URL") for env in agents}) == 1
+        assert all("AGENTMESH_AGENT_DATA_DIR" not in env for env in agents)
+        assert len({env["AGENTMESH_AGENT_INSTANCE_ID"] for env in agents}) == len(agents)
+    assert app_env(policy, "rag-v1", auth, postgres)["AGENTMESH_RAG_DATABASE_URL"].endswith("/rag")
