@@ -64,7 +64,7 @@ def measure_h2load(
         concurrency=settings.concurrency,
         warmup_s=settings.warmup_s,
         duration_s=settings.duration_s,
-        connections=settings.h2load_connections,
+        connections=scenario.h2load_connections or settings.h2load_connections,
         headers=(*scenario.headers, *endpoint.headers),
     )
     marks: dict[str, Any] = {}

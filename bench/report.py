@@ -80,8 +80,8 @@ def build(
                 # What this scenario's layers add to the servers, per call, over the baseline's.
                 added = _servers_cpu(summary["cpu_s_per_1k"]) - _servers_cpu(base["cpu_s_per_1k"])
                 # Each process against a bare server's per call (the gateway process vs a bare server).
-                bare = summaries.get("bare", {}).get(client, base)
-                base_server = bare["cpu_s_per_1k"].get("backend")
+                bare = summaries.get("bare", {}).get(client)
+                base_server = None if bare is None else bare["cpu_s_per_1k"].get("backend")
                 if base_server:
                     process_ratio = {
                         role: seconds / base_server

@@ -29,6 +29,9 @@ class Scenario:
     unique_header: str | None = None
     # The Python client guards its channel with a circuit breaker (a client interceptor).
     client_breaker: bool = False
+    # h2load connections, when not the harness's default (the kernel spreads connections, not
+    # calls, over processes sharing a port, so a scaling scenario needs several).
+    h2load_connections: int | None = None
     baseline: str = BASELINE
 
 
@@ -101,10 +104,19 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("chain", "the full chain, as the services build it, through the shared bootstrap", Direct(CHAIN)),
     Scenario("gateway", "one gateway hop (the gateway with its own chain) → bare backend", ViaGateway(BARE)),
     Scenario(
+        "gateway-8-connections",
+        "one gateway hop, callers on 8 connections (the baseline of gateway-processes)",
+        ViaGateway(BARE),
+        clients=("h2load",),
+        h2load_connections=8,
+    ),
+    Scenario(
         "gateway-processes",
-        "one gateway hop served by two gateway processes (AGENTMESH_GATEWAY_PROCESSES=2) → bare backend",
+        "the same with two gateway processes on the port (AGENTMESH_GATEWAY_PROCESSES=2): scaling on these cores",
         ViaGateway(BARE, gateway_env=(("AGENTMESH_GATEWAY_PROCESSES", "2"),)),
-        baseline="gateway",
+        clients=("h2load",),
+        h2load_connections=8,
+        baseline="gateway-8-connections",
     ),
     Scenario(
         "gateway-chain",
@@ -166,7 +178,11 @@ def by_name(names: list[str] | None) -> list[Scenario]:
         raise ValueError(f"unknown scenarios {unknown}; known: {sorted(known)}")
     wanted: list[str] = []
     for name in names:
-        for needed in (known[name].baseline, name):
+        # The baselines' own baselines too (gateway-processes → gateway-8-connections → bare).
+        chain = [name]
+        while known[chain[0]].baseline != chain[0] and known[chain[0]].baseline not in chain:
+            chain.insert(0, known[chain[0]].baseline)
+        for needed in chain:
             if needed not in wanted:
                 wanted.append(needed)
     return [known[n] for n in wanted]

@@ -8,6 +8,7 @@ process boundary (drain, restart, SIGKILL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
+from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,11 +138,38 @@ def spawn(module: str, env: Mapping[str, str], work_dir: Path, *, timeout_s: flo
     raise TimeoutError(f"{module} did not start within {timeout_s}s:\n{log_path.read_text()}")
 
 
+async def spawn_serving(
+    module: str, env: Mapping[str, str], work_dir: Path, *, timeout_s: float = 30
+) -> ServiceProcess:
+    """`spawn`, then wait until the service reports SERVING.
+
+    The port file is written when the server listens, before its start-up hooks (a database
+    waited for, recovery) are done; until then its calls are UNAVAILABLE, so a test that calls
+    the service at once waits for this.
+    """
+    service = await asyncio.to_thread(spawn, module, env, work_dir, timeout_s=timeout_s)
+    try:
+        await wait_serving(module, service.address, exit_code=service.process.poll, within=timeout_s)
+    except BaseException:
+        service.kill()
+        raise
+    return service
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (for servers whose port must be known before they start).
+
+    All probes stay open until every port is picked, so the kernel cannot hand one out twice.
+    """
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def free_port() -> int:
-    """A loopback port free right now (for servers whose port must be known before they start)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def health_status(address: str, service: str = "", timeout_s: float = 2) -> str:

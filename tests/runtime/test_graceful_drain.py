@@ -16,7 +16,9 @@ async def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path
         "tests.runtime.slow_service",
         {
             "AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"),
-            "AGENTMESH_SLOW_DRAIN_DELAY_S": "1.5",
+            # New calls are refused while the drain delay lasts; it must outlast the health polling
+            # and the fresh call below even on a busy machine.
+            "AGENTMESH_SLOW_DRAIN_DELAY_S": "4",
             "AGENTMESH_SLOW_GRACE_PERIOD_S": "10",
         },
         tmp_path,

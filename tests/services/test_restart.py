@@ -12,11 +12,11 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from tests.services.agent.runs import settled_run
-from tests.system import ServiceProcess, spawn
+from tests.system import ServiceProcess, spawn_serving
 
 
-def _rag(tmp_path: Path) -> ServiceProcess:
-    return spawn(
+async def _rag(tmp_path: Path) -> ServiceProcess:
+    return await spawn_serving(
         "services.rag",
         {
             "AGENTMESH_RAG_PORT": "0",
@@ -28,8 +28,8 @@ def _rag(tmp_path: Path) -> ServiceProcess:
     )
 
 
-def _agent(tmp_path: Path, rag_address: str) -> ServiceProcess:
-    return spawn(
+async def _agent(tmp_path: Path, rag_address: str) -> ServiceProcess:
+    return await spawn_serving(
         "services.agent",
         {
             "AGENTMESH_AGENT_PORT": "0",
@@ -43,8 +43,8 @@ def _agent(tmp_path: Path, rag_address: str) -> ServiceProcess:
 
 
 async def test_documents_and_runs_survive_a_restart(tmp_path: Path) -> None:
-    rag = _rag(tmp_path)
-    agent = _agent(tmp_path, rag.address)
+    rag = await _rag(tmp_path)
+    agent = await _agent(tmp_path, rag.address)
     try:
         async with grpc.aio.insecure_channel(rag.address) as channel:
             await rag_grpc.RagServiceStub(channel).IngestDocuments(
@@ -63,8 +63,8 @@ async def test_documents_and_runs_survive_a_restart(tmp_path: Path) -> None:
         assert agent.terminate() == 0
         assert rag.terminate() == 0
 
-        rag = _rag(tmp_path)
-        agent = _agent(tmp_path, rag.address)
+        rag = await _rag(tmp_path)
+        agent = await _agent(tmp_path, rag.address)
         async with grpc.aio.insecure_channel(rag.address) as channel:
             stub = rag_grpc.RagServiceStub(channel)
             document = (await stub.GetDocument(rag_pb.GetDocumentRequest(document_id="vacation"), timeout=5)).document

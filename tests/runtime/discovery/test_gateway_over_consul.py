@@ -27,8 +27,7 @@ from runtime.discovery.settings import DiscoverySettings
 from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
-from tests.system import ServiceProcess, spawn
-from tools.serving import wait_serving
+from tests.system import ServiceProcess, spawn_serving
 
 INSTANCES = ("rag-a", "rag-b")
 
@@ -49,13 +48,13 @@ async def spawn_rag(consul: ConsulUnderTest, tmp_path: Path, name: str, version:
         "AGENTMESH_RAG_PORT": "0",
         "AGENTMESH_RAG_PORT_FILE": str(tmp_path / f"{name}.port"),
         "AGENTMESH_RAG_DATA_DIR": str(tmp_path / name),
-        "AGENTMESH_RAG_DRAIN_DELAY_S": "1",
+        # Long enough that a SIGTERMed instance is surely still draining when the test sees it
+        # leave the catalog, on a busy machine too (teardown kills, so it costs no test time).
+        "AGENTMESH_RAG_DRAIN_DELAY_S": "3",
         "AGENTMESH_RAG_LOG_FORMAT": "console",
     }
-    process = await asyncio.to_thread(spawn, "services.rag", env, tmp_path)
+    process = await spawn_serving("services.rag", env, tmp_path)
     try:
-        # The port is written before start-up finishes (the knowledge base loads after): wait for SERVING.
-        await wait_serving(name, process.address, exit_code=process.process.poll)
         # Each instance holds one document named after it, so a search result says who served it.
         async with grpc.aio.insecure_channel(process.address) as channel:
             document = document_pb2.Document(document_id=name, text="Refunds are processed within five business days.")
@@ -170,7 +169,7 @@ async def test_a_sigtermed_instance_leaves_consul_before_it_drains_and_no_call_f
 
             leaving = rags["rag-a"]
             leaving.process.send_signal(signal.SIGTERM)
-            # Deregistered while still draining (drain_delay_s=1): gone from the catalog, not just critical.
+            # Deregistered while still draining (drain_delay_s=3): gone from the catalog, not just critical.
             entries = await health_until(client, "rag", lambda e: len(e) == 1)
             assert entries[0]["Service"]["Port"] == rags["rag-b"].port
             assert leaving.process.poll() is None, "deregistration comes before the drain, not after it"

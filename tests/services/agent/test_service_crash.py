@@ -14,22 +14,22 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from tests.services.agent.runs import settled_run, until_step
 from tests.services.agent.test_agent_service import KNOWLEDGE
-from tests.system import ServiceProcess, spawn
+from tests.system import ServiceProcess, spawn_serving
 
 pytestmark = pytest.mark.slow
 
 
-def _service(name: str, tmp_path: Path, **env: str) -> ServiceProcess:
+async def _service(name: str, tmp_path: Path, **env: str) -> ServiceProcess:
     prefix = f"AGENTMESH_{name.upper()}_"
     base = {"PORT": "0", "PORT_FILE": str(tmp_path / f"{name}.port"), "DATA_DIR": str(tmp_path / name)}
-    return spawn(f"services.{name}", {prefix + k: v for k, v in {**base, **env}.items()}, tmp_path)
+    return await spawn_serving(f"services.{name}", {prefix + k: v for k, v in {**base, **env}.items()}, tmp_path)
 
 
 async def test_a_run_interrupted_by_sigkill_is_resumed_by_the_restarted_service(tmp_path: Path) -> None:
-    rag = _service("rag", tmp_path)
+    rag = await _service("rag", tmp_path)
     rag_endpoint = f'["{rag.address}"]'
     slow = {"DECISION_ENGINE": "tests.services.agent.engines:SlowEngine", "DECISION_ENGINE_OPTIONS": '{"delay_s": 60}'}
-    agent = _service("agent", tmp_path, RAG_ENDPOINTS=rag_endpoint, **slow)
+    agent = await _service("agent", tmp_path, RAG_ENDPOINTS=rag_endpoint, **slow)
     try:
         async with grpc.aio.insecure_channel(rag.address) as channel:
             await rag_grpc.RagServiceStub(channel).IngestDocuments(
@@ -41,7 +41,7 @@ async def test_a_run_interrupted_by_sigkill_is_resumed_by_the_restarted_service(
             await until_step(stub, run.run_id, "retrieve")  # now deciding, for 60 s
         agent.kill()  # SIGKILL: no drain, no shutdown hooks
 
-        agent = _service("agent", tmp_path, RAG_ENDPOINTS=rag_endpoint)
+        agent = await _service("agent", tmp_path, RAG_ENDPOINTS=rag_endpoint)
         async with grpc.aio.insecure_channel(agent.address) as channel:
             stub = agent_grpc.AgentServiceStub(channel)
             finished = await settled_run(stub, run.run_id)
