@@ -70,7 +70,7 @@ class ServiceSettings(BaseSettings):
     # carries the key, "" for the `idempotency-key` header only) and where they are kept.
     idempotent_methods: dict[str, str] = Field(default_factory=dict)
     # "postgres" shares the keys between replicas like "redis" (idempotency_database_url, or
-    # the service's own database_url when it has one).
+    # the service's own database_url when it has one; a service with a database_url defaults to it).
     idempotency_store: Literal["sqlite", "redis", "memory", "postgres"] = "sqlite"
     idempotency_database_url: str = ""
     idempotency_redis_url: str = "redis://127.0.0.1:6379/0"

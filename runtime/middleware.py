@@ -33,6 +33,7 @@ from interceptors.metrics import Metrics, MetricsServer, serve_metrics
 from interceptors.tracing import Tracing, setup_tracing
 from runtime.config import ServiceSettings
 from runtime.logging import access_log_writer
+from runtime.settings_errors import InvalidSetting
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Middleware:
         ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the
         configured span export (tests pass an in-memory exporter); ``database_url`` is the
         service's own database, where ``idempotency_store="postgres"`` keeps its keys unless
-        ``idempotency_database_url`` names another.
+        ``idempotency_database_url`` names another (and the default store once it is set).
         """
         tracing = setup_tracing(
             service_name=f"agentmesh-{service}",
@@ -152,11 +153,16 @@ class Middleware:
 
 
 def _store(settings: ServiceSettings, service: str, database_url: str) -> IdempotencyStore:
-    if settings.idempotency_store == "postgres":
+    # A service on a shared database keeps its keys there too unless told otherwise: a replay
+    # must find the record on whichever replica takes the retry.
+    chosen = settings.idempotency_store
+    if database_url and "idempotency_store" not in settings.model_fields_set:
+        chosen = "postgres"
+    if chosen == "postgres":
         url = settings.idempotency_database_url or database_url
         if not url.startswith(("postgresql://", "postgres://")):
             prefix = f"AGENTMESH_{service.upper()}_"
-            raise ValueError(
+            raise InvalidSetting(
                 f"{prefix}IDEMPOTENCY_STORE=postgres needs a PostgreSQL URL: set {prefix}IDEMPOTENCY_DATABASE_URL"
                 f" (or {prefix}DATABASE_URL) to postgresql://user@host:port/dbname"
             )

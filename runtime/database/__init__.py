@@ -6,7 +6,7 @@ schema as versioned ``Migration`` steps (``migrations``), and see connection fai
 """
 
 from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
-from runtime.database.factory import open_database, validate_url, wait_until_reachable
+from runtime.database.factory import open_database, url_problem, validate_url, wait_until_reachable
 from runtime.database.interface import Database, Dialect, Result, Row, Transaction, in_list
 from runtime.database.migrations import Migration, Schema
 
@@ -22,6 +22,7 @@ __all__ = [
     "Transaction",
     "in_list",
     "open_database",
+    "url_problem",
     "validate_url",
     "wait_until_reachable",
 ]

@@ -18,13 +18,22 @@ log = structlog.get_logger(__name__)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://")
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a database URL setting (None: a backend accepts it)."""
+    if not url or url.startswith(POSTGRES_SCHEMES):
+        return None
+    scheme = url.split("://", 1)[0] if "://" in url else url[:20]
+    return (
+        f"{scheme!r} is not a database URL scheme: expected postgresql://user@host:port/dbname,"
+        " or leave it unset for the embedded SQLite file in the data dir"
+    )
+
+
 def validate_url(url: str, *, setting: str) -> str:
     """The URL if a backend accepts it; otherwise a ValueError naming ``setting`` and what it takes."""
-    if url and not url.startswith(POSTGRES_SCHEMES):
-        raise ValueError(
-            f"{setting}={url.rsplit('@', maxsplit=1)[-1]!r} is not a database URL: expected postgresql://user@host:port/dbname,"
-            " or leave it unset for the embedded SQLite file in the data dir"
-        )
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"{setting}: {problem}")
     return url
 
 

@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
-from runtime.database import validate_url
+from runtime.database import url_problem
 from runtime.resilience import UpstreamResilience
 
 
@@ -85,8 +85,12 @@ class AgentSettings(ServiceSettings):
 
     @field_validator("database_url", "read_database_url")
     @classmethod
-    def _database_url(cls, url: str, info: ValidationInfo) -> str:
-        return validate_url(url, setting=f"AGENTMESH_AGENT_{(info.field_name or '').upper()}")
+    def _database_url(cls, url: str) -> str:
+        # The settings error names the variable; the message says what it accepts.
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
     @model_validator(mode="after")
     def _lease_outlasts_a_step(self) -> AgentSettings:

@@ -56,6 +56,7 @@ READ_TIME = [
     ("agent", "AGENTMESH_AGENT_LOG_LEVEL", "LOUD", "expected one of DEBUG, INFO, WARNING, ERROR"),
     ("agent", "AGENTMESH_AGENT_WORKERS", "0", "AGENTMESH_AGENT_WORKERS: Input should be greater than or equal to 1"),
     ("agent", "AGENTMESH_AGENT_SAGA_LEASE_S", "1", "AgentSettings (AGENTMESH_AGENT_*): saga_lease_s (1.0) must exceed"),
+    ("agent", "AGENTMESH_AGENT_DATABASE_URL", "mysql://db/agent", "AGENTMESH_AGENT_DATABASE_URL: 'mysql' is not a"),
     ("agent", "AGENTMESH_AGENT_FALLBACK_RULES", '[{"pattern": "(", "answer": "x"}]', "is not a regular expression"),
     ("rag", "AGENTMESH_RAG_DENSE_ENABLED", "maybe", "AGENTMESH_RAG_DENSE_ENABLED: Input should be a valid boolean"),
     ("rag", "AGENTMESH_RAG_DATA_DIR", "", "AGENTMESH_RAG_DATA_DIR is empty; expected a path"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as redis
 from google.rpc import error_details_pb2
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
@@ -28,7 +29,7 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from tests.services.agent.runs import SETTLED, settled_run
 from tests.services.agent.test_agent_service import KNOWLEDGE
-from tests.system import ServiceProcess, spawn
+from tests.system import ServiceProcess, spawn, wait_until
 from tools.postgres_local import LocalPostgres
 from tools.serving import wait_serving
 
@@ -40,7 +41,6 @@ FAST_TAKEOVER = {
     "DECISION_TIMEOUT_S": "2.5",
     "RETRIEVAL_TIMEOUT_S": "1",
     "OUTBOX_POLL_S": "0.5",
-    "IDEMPOTENCY_STORE": "postgres",
 }
 SLOW_DECISIONS = {
     "DECISION_ENGINE": "tests.services.agent.engines:SlowEngine",
@@ -241,3 +241,31 @@ async def test_the_database_restarting_under_traffic_costs_retryable_errors_only
         assert any(isinstance(d, error_details_pb2.RetryInfo) for d in status_details(error)), error
     assert accepted[-1] and all(run.state in SETTLED for run in settled)
     assert len({run.run_id for run in settled}) == len(accepted)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+async def test_on_redis_streams_the_replicas_share_one_projection_group(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    bus = {"EVENT_BUS": "redis", "REDIS_URL": redis_url}
+    async with mesh(tmp_path, postgres_url, **bus) as system, stub(system.gateway.address) as gateway:
+        runs = [await _create(gateway, f"How long do refunds take? ({n})") for n in range(10)]
+        settled = [await settled_run(gateway, run.run_id, timeout_s=60) for run in runs]
+        client = redis.Redis.from_url(redis_url)
+        try:
+
+            async def all_acknowledged() -> bool:
+                groups = await client.xinfo_groups("agent.runs")
+                return len(groups) == 1 and groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+
+            await wait_until(all_acknowledged, timeout_s=30)
+            groups = await client.xinfo_groups("agent.runs")
+            consumers = await client.xinfo_consumers("agent.runs", groups[0]["name"])
+        finally:
+            await client.aclose()
+        stats = await gateway.GetRunStats(agent_pb.GetRunStatsRequest(), timeout=10)
+    assert all(run.state in SETTLED for run in settled)
+    assert groups[0]["name"].decode() == "agent.projection.runs"
+    assert len({c["name"] for c in consumers}) == 2  # one consumer per replica, distinct ids
+    assert sum(c.count for c in stats.counts) == 10

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.events.bus import Event, Handler, Subscription
 from services.agent.run_store import RequestIdReused
 from services.agent.saga import SagaLeased, SagaLog
 from services.agent.state_machine import RunState
@@ -102,3 +103,33 @@ async def test_a_rebuilt_projection_equals_the_live_one_on_the_shared_database(r
     assert sum(live[1].values()) == len(replicas)
     await replicas[1].projection.rebuild(replicas[1].runs)
     assert await replicas[2].projection.snapshot() == live
+
+
+class CountingBus:
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.sleep(0)  # let the other relays interleave
+        self.published.append(event.id)
+
+    async def subscribe(self, stream: str, *, group: str, consumer: str, handler: Handler) -> Subscription:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_replicas_relaying_at_once_publish_each_outbox_row_once(replicas: list[Stores]) -> None:
+    for n in range(30):
+        await replicas[n % len(replicas)].runs.create(question=f"q{n}?")
+    bus = CountingBus()
+
+    async def relay(stores: Stores) -> None:
+        while await stores.outbox.relay_once(bus, batch_size=7) > 0:
+            pass
+
+    await asyncio.gather(*(relay(stores) for stores in replicas))
+    assert len(bus.published) == 60  # CREATED and PROCESSING per run
+    assert len(set(bus.published)) == 60
+    assert await replicas[0].outbox.pending_count() == 0
