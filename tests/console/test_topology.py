@@ -108,3 +108,17 @@ async def test_an_instance_answering_not_serving_is_draining_and_one_not_answeri
         await server.stop(None)
     health_state, detail = await probe(f"127.0.0.1:{free_port()}", timeout_s=1)
     assert health_state == "critical" and "UNAVAILABLE" in detail
+
+
+def test_the_canary_split_is_each_version_s_share_of_a_service_s_calls() -> None:
+    signals = Signals(
+        methods=[],
+        instances={
+            ("agent", "v1", "127.0.0.1:50062"): (9.0, 0.0),
+            ("agent", "v2", "127.0.0.1:50072"): (1.0, 0.0),
+            ("rag", "v1", "127.0.0.1:50063"): (5.0, 0.0),  # one version: no split to show
+        },
+        breakers=[],
+        scrape_up={},
+    )
+    assert signals.canary_split() == {"agent": {"v1": pytest.approx(0.9), "v2": pytest.approx(0.1)}}
