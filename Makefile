@@ -84,6 +84,10 @@ lint: gen $(BUF) ## ruff, mypy --strict, buf lint, and the mesh configs against 
 	$(BUF) lint
 	$(PY) -m mesh check
 
+.PHONY: screenshots
+screenshots: gen debian-deps ## the README's console screenshots (docs/images/), from the browser tests over a running system
+	AGENTMESH_SCREENSHOTS_DIR=docs/images $(PY) -m pytest tests/console/test_browser.py -q
+
 .PHONY: test
 test: gen debian-deps lint ## lint, then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -35,6 +35,7 @@ from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, setup_tracing
 from runtime.config import ServiceSettings
+from runtime.logging import access_log_writer
 from runtime.middleware import Middleware
 from runtime.security import AuthSettings, auth_interceptor
 
@@ -104,8 +105,9 @@ async def _metrics(options: StackOptions, stack: Stack) -> None:
 
 
 async def _logs(options: StackOptions, stack: Stack) -> None:
-    # One JSON access line per call, to the backend's log file (the bench backend logs at INFO).
-    stack.interceptors.append(AccessLogInterceptor())
+    # One JSON access line per call, to the backend's log file (the bench backend logs at INFO),
+    # written as the services write it: by the JSON writer configure_logging set up.
+    stack.interceptors.append(AccessLogInterceptor(writer=access_log_writer()))
 
 
 async def _errors(options: StackOptions, stack: Stack) -> None:

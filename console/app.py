@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -139,8 +138,6 @@ def create_app(
                 yield {"event": "end", "data": "{}"}
             except grpc.aio.AioRpcError as error:
                 yield {"event": "failure", "data": json.dumps({"error": f"{error.code().name}: {error.details()}"})}
-            except asyncio.CancelledError:
-                raise
 
         return EventSourceResponse(events(), ping=15)
 

@@ -62,6 +62,7 @@ class LiveView:
             "topology": topology.build(instances, signals, observed),
             "signals": signals.to_json() if signals else None,
             "prometheus_url": self._signals.promql.url,
+            "rate_window": self._signals.window,
             "traces": {"stored": len(self._traces), "capacity": self._traces.max_traces},
         }
         self.snapshot = snapshot

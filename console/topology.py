@@ -18,7 +18,7 @@ from typing import Any
 
 from console.inventory import HEALTH_ORDER, Instance
 from console.prometheus import Signals
-from console.trace_store import STATUS_ERROR, Span
+from console.trace_store import Span
 
 CLIENT = "client"  # callers outside the mesh (no span of theirs reached the console)
 
@@ -59,7 +59,7 @@ def observe_calls(spans: Iterable[Span], *, window_s: float, now_ns: int | None 
             caller = service_of(parent.service)
         counts = by_method[(callee, method_of(span.name))][caller]
         counts[0] += 1
-        counts[1] += span.status_code == STATUS_ERROR
+        counts[1] += span.failed
     return EdgeObservations(by_method, window_s)
 
 
@@ -76,10 +76,13 @@ def build(instances: list[Instance], signals: Signals | None, observed: EdgeObse
                 continue  # a method called once long ago: no edge to draw, none to guess a caller for
             total = sum(c[0] for c in callers.values()) if callers else 0
             shares = {caller: c[0] / total for caller, c in callers.items()} if callers and total else {CLIENT: 1.0}
+            # Errors split by who got them in the spans (bad requests from one caller are not another's).
+            failed = sum(c[1] for c in callers.values()) if callers else 0
+            error_shares = {caller: c[1] / failed for caller, c in callers.items()} if callers and failed else shares
             for caller, share in shares.items():
                 edge = edges[(caller, callee)]
                 edge["rate"] += m.rate * share
-                edge["errors"] += sum(m.errors.values()) * share
+                edge["errors"] += sum(m.errors.values()) * error_shares.get(caller, 0.0)
     else:
         for (callee, _), callers in observed.by_method.items():
             for caller, (calls, errors) in callers.items():

@@ -39,6 +39,12 @@ class Span:
     def duration_ns(self) -> int:
         return max(0, self.end_ns - self.start_ns)
 
+    @property
+    def failed(self) -> bool:
+        """An error status, or a non-OK gRPC code (server spans of refused calls keep status UNSET)."""
+        code = self.attributes.get("rpc.grpc.status_code", 0)
+        return self.status_code == STATUS_ERROR or (isinstance(code, int) and code != 0)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "trace_id": self.trace_id,
@@ -50,7 +56,7 @@ class Span:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "duration_ms": self.duration_ns / 1e6,
-            "error": self.status_code == STATUS_ERROR,
+            "error": self.failed,
             "status_message": self.status_message,
             "attributes": dict(self.attributes),
         }
@@ -79,7 +85,7 @@ class Trace:
 
     @property
     def error(self) -> bool:
-        return any(s.status_code == STATUS_ERROR for s in self.spans)
+        return any(s.failed for s in self.spans)
 
     def summary(self) -> dict[str, Any]:
         root = self.root

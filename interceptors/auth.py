@@ -51,6 +51,7 @@ from interceptors._typing import Context
 from interceptors.identity import Caller, current_caller
 from interceptors.jwks import TokenRejected, TokenVerifier, VerifiedToken
 from interceptors.layer import Check, Concern, MethodInfo
+from interceptors.outcome import request_metadata
 from interceptors.peer_identity import peer_identity
 from interceptors.selector import HEALTH, REFLECTION, Matcher, MethodRules, every_method, validate_pattern
 from rpcstatus.details import error_status
@@ -162,7 +163,7 @@ class AuthInterceptor(Concern):
         authenticate = self._authenticate
 
         def check(context: Context) -> grpc.Status | None:
-            metadata = cast(Sequence[tuple[str, str | bytes]] | None, context.invocation_metadata())
+            metadata = cast(Sequence[tuple[str, str | bytes]] | None, request_metadata(context))
             outcome = authenticate(method, access, metadata)
             if isinstance(outcome, grpc.Status):
                 return outcome

@@ -287,6 +287,10 @@ class BreakerSet:
         breaker = self._by_target.get(target)
         if breaker is None:
             breaker = self._by_target[target] = CircuitBreaker(target, self._policy, **self._options)
+            listener = self._options["on_state_change"]
+            if listener is not None:
+                # Reported from the start, so a dashboard shows every breaker closed, not only tripped ones.
+                listener(target, breaker.state, breaker.state)
         return breaker
 
     def for_method(self, method: str) -> CircuitBreaker:

@@ -41,7 +41,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from interceptors._typing import Context, Handler, Responses, StreamBehavior, UnaryBehavior
 from interceptors.call_details import details_interceptors
 from interceptors.layer import Concern, MethodInfo, Wrap, rebuild
-from interceptors.outcome import metadata_value
+from interceptors.outcome import metadata_value, request_metadata
 from interceptors.selector import Matcher, every_method
 
 TRACEPARENT = "traceparent"
@@ -182,7 +182,7 @@ class TracingInterceptor(Concern):
         var = _call_trace
 
         def enter(context: Context) -> None:
-            metadata = context.invocation_metadata()
+            metadata = request_metadata(context)
             parent = _parse_traceparent(metadata_value(metadata, TRACEPARENT)) if metadata else None
             span_hex = f"{getrandbits(64) or 1:016x}"
             if parent is not None:
@@ -218,7 +218,7 @@ class TracingInterceptor(Concern):
 
         def unsampled_parent(context: Context) -> object | None:
             """Attach a non-recording child of an unsampled remote parent; None to record instead."""
-            metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
+            metadata = cast(Sequence[tuple[str, Any]], request_metadata(context) or ())
             if not _not_sampled(metadata_value(metadata, TRACEPARENT)):
                 return None
             parent = propagate.extract(metadata, getter=_GETTER)
@@ -233,7 +233,7 @@ class TracingInterceptor(Concern):
             async def continuation(_details: Any) -> Handler:
                 return inner
 
-            details = _Details(method, context.invocation_metadata())
+            details = _Details(method, request_metadata(context))
             return cast(Handler, await recording.intercept_service(continuation, details))
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:

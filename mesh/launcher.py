@@ -11,6 +11,9 @@ State: agent v1 and v2 share one database (the SQLite files in ``var/``, or with
 Auth is on at both layers: the edge refuses calls without a valid token (the dev issuer's JWKS
 in ``var/keys``, from ``tools.dev_auth``), and every app verifies the forwarded token again
 against the same keys with the policy's issuer, audience and public methods.
+
+The console (http://127.0.0.1:8080) and Prometheus start first (tools/console_stack.py): every
+app exports metrics and spans to them, and the console reads runs through the edge like any client.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
@@ -32,6 +36,7 @@ from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
 from tools.serving import wait_serving
@@ -91,9 +96,28 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
         env[prefix + "SERVICE_TOKEN_FILE"] = str(auth.agent_token_file)
-        # v1 and v2 share the run store: each must be told apart in leases and consumer groups.
-        env.setdefault(prefix + "INSTANCE_ID", instance)
+        # v1 and v2 share the run store: each is told apart in leases and consumer groups by a name
+        # that says which it is and, like the agent's own default, is new for every process.
+        env[prefix + "INSTANCE_ID"] = f"{instance}-{uuid.uuid4().hex[:6]}"
+    env.update(observed_env(_observed(policy, instance)))
     return env
+
+
+def _observed(policy: Policy, instance: str) -> Observed:
+    """What the console and Prometheus watch of one instance: its app's own port (not its sidecar's)."""
+    service, version = split_instance(instance)
+    return Observed(service, version, policy.local.instances[instance].app)
+
+
+def _console(policy: Policy, auth: DevAuth) -> ConsoleStack:
+    """The console reads runs the way any client does: through the edge, over TLS, with its read-only token."""
+    return ConsoleStack(
+        [_observed(policy, instance) for instance in policy.local.instances],
+        work_dir=WORK_DIR / "console",
+        gateway=f"localhost:{policy.local.edge.port}",
+        token_file=auth.console_token_file,
+        extra_env={"AGENTMESH_CONSOLE_GATEWAY_CA_FILE": str(cert_paths(REPO / policy.local.certs_dir, "edge").ca)},
+    )
 
 
 async def _start_app(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> _App:
@@ -131,7 +155,7 @@ async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
-def _banner(policy: Policy, auth: DevAuth, store: LocalStore) -> str:
+def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> str:
     edge = f"localhost:{policy.local.edge.port}"
     ca = f"{policy.local.certs_dir}/ca.pem"
     question = '{"question": "How long do refunds take?"}'
@@ -148,6 +172,8 @@ def _banner(policy: Policy, auth: DevAuth, store: LocalStore) -> str:
         ),
         f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
         f"  {store.describe()}",
+        "",
+        *console.banner_lines(),
         "",
         f"The edge refuses calls without a token from {policy.jwt.issuer}; {token} holds a 12-hour one",
         f"for {DEV_SUBJECT} with every scope (health and reflection need none).",
@@ -198,8 +224,10 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
     sidecars: list[EnvoyProcess] = []
     apps: list[_App] = []
     edge: EnvoyProcess | None = None
+    console = _console(policy, auth)
     code = 0
     try:
+        await console.start()  # first: the apps' first spans and the first scrapes find it
         for service in START_ORDER:
             for version in policy.services[service].versions:
                 instance = instance_name(service, version)
@@ -217,13 +245,18 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
         )
         await edge.start()
         changed = await _seed_knowledge(policy, auth)
-        print(_banner(policy, auth, store) + (f"(seeded {changed} example documents)\n" if changed else ""), flush=True)
+        seeded = f"(seeded {changed} example documents)\n" if changed else ""
+        print(_banner(policy, auth, store, console) + seeded, flush=True)
         while not stop.is_set():
             for app in apps:
                 if app.process.returncode is not None:
                     print(f"{app.instance} exited with code {app.process.returncode}", file=sys.stderr)
                     code = 1
                     stop.set()
+            if console.exited() is not None:
+                print(f"the console exited; see {WORK_DIR / 'console' / 'console.log'}", file=sys.stderr)
+                code = 1
+                stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
     except (RuntimeError, TimeoutError, grpc.aio.AioRpcError) as error:
@@ -236,6 +269,7 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
             await app.stop()
         for sidecar in reversed(sidecars):
             await sidecar.stop()
+        await console.stop()
     return code
 
 

@@ -51,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
-def _settings() -> tuple[DiscoverySettings, dict[str, int]]:
-    """Discovery and each service's port, read as the services read their settings.
+def _settings() -> tuple[DiscoverySettings, dict[str, int], bool]:
+    """Discovery, each service's port, and whether answers use dense similarity too.
 
     Every service's settings are read here, before anything starts, so a bad one stops
     `make run` at once with the services' own one-line message rather than a traceback.
@@ -60,18 +60,17 @@ def _settings() -> tuple[DiscoverySettings, dict[str, int]]:
     try:
         discovery = load_settings(DiscoverySettings)
         load_settings(DynamicSettings)
-        ports = {
-            "rag": load_settings(RagSettings).port,
-            "agent": load_settings(AgentSettings).port,
-            "gateway": load_settings(GatewaySettings).port,
-        }
+        rag, agent = load_settings(RagSettings), load_settings(AgentSettings)
+        ports = {"rag": rag.port, "agent": agent.port, "gateway": load_settings(GatewaySettings).port}
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTING) from None
-    return discovery, ports
+    # With dense retrieval on, the default extractive engine ranks sentences with the same model.
+    dense_answers = rag.dense_enabled and agent.decision_engine == "extractive" and not agent.decision_engine_options
+    return discovery, ports, dense_answers
 
 
-DISCOVERY, PORTS = _settings()
+DISCOVERY, PORTS, DENSE_ANSWERS = _settings()
 
 
 def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
@@ -89,6 +88,8 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
         env.setdefault(prefix + "AUTH", auth.service_auth_json())
         if name == "agent":
             env.setdefault(prefix + "SERVICE_TOKEN_FILE", str(auth.agent_token_file))
+    if name == "agent" and DENSE_ANSWERS:
+        env[prefix + "DECISION_ENGINE_OPTIONS"] = '{"dense": true}'
     env[prefix + "PORT"] = str(PORTS[name])
     env.setdefault(prefix + "LOG_FORMAT", "console")
     env.update(observed_env(_observed(name)))

@@ -123,7 +123,7 @@ function drawTopology(root) {
 
 function graphSvg(topo) {
   const nodes = topo.nodes;
-  const W = 1100, colW = 170, top = 40;
+  const W = 1100, colW = 196, top = 40;
   const gap = nodes.length > 1 ? (W - 40 - colW) / (nodes.length - 1) : 0;
   const layout = {};
   let maxH = 0;
@@ -202,10 +202,13 @@ function canaryPanel(canary) {
   if (!services.length) panel.append(el("p", { class: "muted" }, "One version per service right now (no canary running)."));
   for (const service of services) {
     const bar = el("div", { class: "split", "data-service": service });
+    const legend = el("div", { class: "legend" });
     Object.entries(canary[service]).forEach(([version, share], i) => {
-      bar.append(el("div", { style: `width:${Math.max(share * 100, 0)}%;background:${PALETTE[i % PALETTE.length]}` }, `${version} ${fmtPct(share)}`));
+      const color = PALETTE[i % PALETTE.length];
+      bar.append(el("div", { style: `width:${Math.max(share * 100, 0)}%;background:${color}`, title: `${version} ${fmtPct(share)}` }));
+      legend.append(el("span", { "data-version": version }, el("i", { style: `background:${color}` }), `${version} ${fmtPct(share)}`));
     });
-    panel.append(el("div", {}, el("strong", {}, service)), bar);
+    panel.append(el("div", {}, el("strong", {}, service)), bar, legend);
   }
   return panel;
 }
@@ -220,7 +223,7 @@ function breakerPanel(signals) {
 }
 
 function methodPanel(signals) {
-  const panel = el("div", { class: "panel", id: "methods" }, el("h2", {}, "Golden signals by service and method", el("small", {}, "rates over the last 30 s, from Prometheus")));
+  const panel = el("div", { class: "panel", id: "methods" }, el("h2", {}, "Golden signals by service and method", el("small", {}, `rates over the last ${latest.rate_window}, from Prometheus`)));
   if (!signals) return panel.append(el("p", { class: "muted" }, "Prometheus is unavailable: no rates, errors or latencies.")), panel;
   const rows = signals.methods.filter((m) => m.rate > 0 || m.p99_ms !== null);
   if (!rows.length) return panel.append(el("p", { class: "empty" }, "No calls in the last 30 seconds.")), panel;
@@ -403,7 +406,7 @@ async function renderRun(runId) {
     panel.replaceChildren(el("div", { class: "panel" }, el("h2", {}, "Run ", el("span", { class: "mono" }, runId)), el("p", {}, error.message)));
     return;
   }
-  const run = data.run;
+  let run = data.run;
   const passed = new Set(["IDLE"]);
   const taken = new Set();
   const events = [];
@@ -413,7 +416,7 @@ async function renderRun(runId) {
   const stepsList = el("ul", { class: "steps", id: "run-steps" });
   const eventList = el("ul", { id: "run-events" });
   const stateBadge = el("span", { class: `pill ${run.state}`, id: "run-state" }, run.state);
-  const streamState = el("span", { class: "muted", id: "run-stream" }, "connecting to WatchRun…");
+  const streamState = el("span", { class: "muted stream-state", id: "run-stream" }, "connecting to WatchRun…");
   const redraw = () => {
     statesBox.replaceChildren(stateMachineSvg(data.state_machine, passed, taken, current));
     stepsList.replaceChildren(...(steps.length ? steps.map((s) => el("li", { class: s.compensated ? "compensated" : "" }, el("strong", {}, s.name), " ", el("span", { class: "muted" }, s.summary)))
@@ -421,21 +424,25 @@ async function renderRun(runId) {
     stateBadge.className = `pill ${current}`;
     stateBadge.textContent = current;
   };
+  const details = el("div", { class: "kv", id: "run-details" });
+  const drawDetails = () => details.replaceChildren(
+    el("div", {}, "question"), el("div", {}, run.question),
+    el("div", {}, "answer"), el("div", {}, run.answer || "–"),
+    el("div", {}, "decided by"), el("div", {}, run.decided_by || "–"),
+    el("div", {}, "reason"), el("div", {}, run.status_reason || "–"),
+    el("div", {}, "creator"), el("div", {}, run.creator || "–"));
+  drawDetails();
   panel.replaceChildren(
     el("div", { class: "panel" },
       el("div", { class: "trace-head" }, el("h2", {}, "Run"), el("span", { class: "mono" }, run.run_id), stateBadge),
-      el("div", { class: "kv" },
-        el("div", {}, "question"), el("div", {}, run.question),
-        el("div", {}, "answer"), el("div", {}, run.answer || "–"),
-        el("div", {}, "decided by"), el("div", {}, run.decided_by || "–"),
-        el("div", {}, "reason"), el("div", {}, run.status_reason || "–"),
-        el("div", {}, "creator"), el("div", {}, run.creator || "–"))),
-    el("div", { class: "panel" }, el("h2", {}, "State machine", el("small", {}, "states this run passed, highlighted")), statesBox),
+      details),
     el("div", { class: "grid2" },
-      el("div", { class: "panel" }, el("h2", {}, "Events", el("small", {}, "live through WatchRun"), " ", streamState), eventList),
-      el("div", { class: "panel" }, el("h2", {}, "Saga steps", el("small", {}, "forward steps done; compensations when it failed")), stepsList)));
+      el("div", { class: "panel" }, el("h2", {}, "State machine", el("small", {}, "states this run passed, highlighted")), statesBox),
+      el("div", { class: "panel" }, el("h2", {}, "Saga steps", el("small", {}, "forward steps done; compensations when it failed")), stepsList)),
+    el("div", { class: "panel" }, el("h2", {}, "Events", el("small", {}, "live through WatchRun"), " ", streamState), eventList));
   redraw();
   if (pageSource) pageSource.close();
+  const openedAt = Date.now();  // events replayed on connect are history; later ones are news
   pageSource = new EventSource(`/api/runs/${encodeURIComponent(runId)}/events`);
   pageSource.addEventListener("open", () => (streamState.textContent = "watching"));
   pageSource.addEventListener("run-event", (message) => {
@@ -446,6 +453,8 @@ async function renderRun(runId) {
       passed.add(event.to_state);
       taken.add(event.from_state + ">" + event.to_state);
       current = event.to_state;
+      // A new state brings a new answer or reason: read the run again (through the gateway).
+      getJSON(`/api/runs/${encodeURIComponent(runId)}`).then((fresh) => { run = fresh.run; drawDetails(); }).catch(() => {});
     }
     if (event.type === "run.step_completed") {
       const [name, ...rest] = (event.cause || "").split(": ");
@@ -456,7 +465,7 @@ async function renderRun(runId) {
       // compensation, so the page says what it knows: the run stopped, and why.
       steps.push({ name: "compensation", summary: `run ${event.to_state}: ${event.cause || "no cause given"}`, compensated: true });
     }
-    const item = el("li", { class: "fresh", "data-sequence": event.sequence, "data-type": event.type },
+    const item = el("li", { class: Date.now() - openedAt > 1500 ? "fresh" : "", "data-sequence": event.sequence, "data-type": event.type },
       el("span", { class: "mono muted" }, `#${event.sequence} `),
       el("strong", {}, event.type), " ",
       event.to_state ? el("span", {}, `${event.from_state || "∅"} → ${event.to_state} `) : "",

@@ -47,6 +47,7 @@ from interceptors.outcome import (
     outcome_of,
     outcome_of_error,
     replay,
+    request_metadata,
 )
 from rpcstatus.errors import ApiError, error_info, invalid_argument, retry_info, unavailable
 
@@ -171,7 +172,7 @@ class _KeyedCall:
         )
 
     def _key(self, request: Any, context: Context) -> tuple[str | None, ApiError | None]:
-        header = metadata_value(context.invocation_metadata(), HEADER)
+        header = metadata_value(request_metadata(context), HEADER)
         if isinstance(header, bytes):
             header = header.decode("ascii", "replace")
         field_key: str | None = None

@@ -3,6 +3,7 @@ spans, a real Prometheus scraping them, and the console itself, all in temp dirs
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from console.config import ConsoleSettings
 from console.server import RunningConsole, running_console
 from runtime.bootstrap import ManagedServer
-from tests.system import free_port, start_agent, start_gateway, start_rag
+from tests.system import free_ports, start_agent, start_gateway, start_rag
 from tools.prometheus import PrometheusProcess, ScrapeTarget, binary
 
 SERVICES = ("rag", "agent", "gateway")
@@ -45,9 +46,10 @@ async def observed_system(
 ) -> AsyncIterator[ObservedSystem]:
     # Spans leave each service within a tenth of a second rather than the SDK's default five.
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-    grpc_ports = {name: free_port() for name in SERVICES}
-    metrics_ports = {name: free_port() for name in SERVICES}
-    prometheus_port = free_port()
+    ports = free_ports(2 * len(SERVICES) + 1)
+    grpc_ports = dict(zip(SERVICES, ports[0:3], strict=True))
+    metrics_ports = dict(zip(SERVICES, ports[3:6], strict=True))
+    prometheus_port = ports[6]
     settings = ConsoleSettings(
         _env_file=None,
         port=0,
@@ -97,7 +99,7 @@ async def observed_system(
 
 
 async def send_traffic(gateway: str, *, calls: int) -> list[str]:
-    """Seed two documents, then ``calls`` CreateRun and Search calls through the gateway; the run ids."""
+    """Seed three documents, then ``calls`` new runs and searches through the gateway; the run ids."""
     async with grpc.aio.insecure_channel(gateway) as channel:
         rag = rag_service_pb2_grpc.RagServiceStub(channel)
         agent = agent_service_pb2_grpc.AgentServiceStub(channel)
@@ -106,14 +108,17 @@ async def send_traffic(gateway: str, *, calls: int) -> list[str]:
                 documents=[
                     document_pb2.Document(document_id="refunds", text="Refunds take five business days."),
                     document_pb2.Document(document_id="shipping", text="Shipping takes two days in the EU."),
+                    document_pb2.Document(
+                        document_id="security", text="Passwords must be at least 12 characters long."
+                    ),
                 ]
             ),
             timeout=10,
         )
         run_ids = []
-        for i in range(calls):
+        for _ in range(calls):
             created = await agent.CreateRun(
-                agent_service_pb2.CreateRunRequest(question="How long do refunds take?", request_id=f"traffic-{i}"),
+                agent_service_pb2.CreateRunRequest(question="How long do refunds take?", request_id=uuid.uuid4().hex),
                 timeout=10,
             )
             run_ids.append(created.run.run_id)

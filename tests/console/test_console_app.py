@@ -20,7 +20,7 @@ from tests.system import free_port
 pytestmark = pytest.mark.slow
 
 
-async def wait_for(fetch: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool], *, within_s: float = 20) -> Any:
+async def wait_for(fetch: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool], *, within_s: float = 30) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     while True:

@@ -305,3 +305,13 @@ async def test_a_breaker_set_keeps_one_circuit_per_target_on_a_shared_intercepto
         assert (await client.other(StringValue(value="y"))).value == "anonymous|-:y"
     assert breakers.get("echo").state is BreakerState.OPEN
     assert breakers.get("other").state is BreakerState.CLOSED
+
+
+def test_a_breaker_set_reports_each_new_breaker_closed_so_dashboards_see_it_before_it_trips() -> None:
+    changes: list[Any] = []
+    breakers = BreakerSet(
+        POLICY, target_of=lambda method: "rag", on_state_change=lambda target, old, new: changes.append((target, new))
+    )
+    breakers.for_method("/agentmesh.rag.v1.RagService/Search")
+    breakers.for_method("/agentmesh.rag.v1.RagService/GetDocument")  # the same target: reported once
+    assert changes == [("rag", BreakerState.CLOSED)]

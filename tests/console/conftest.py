@@ -1,0 +1,3 @@
+from tests.doubles.consul_fixtures import consul
+
+__all__ = ["consul"]
