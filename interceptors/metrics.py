@@ -3,18 +3,28 @@
 Everything is registered on an explicit ``CollectorRegistry`` (never the process-global
 default), so two servers in one process, or two tests, never share counters. Metric
 and label names follow go-grpc-prometheus, so existing dashboards work unchanged.
+
+The server's call metrics are plain per-method counters that a collector turns into metric
+families when Prometheus scrapes: a call adds to a few list slots, where prometheus-client's
+labelled children take a lock and validate on each of the five updates a call makes. They are
+only ever written from the event loop's thread; a scrape (from the exposition thread) reads
+them as they are, so a sum may be read a call ahead of its count, which a rate() never notices.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 import grpc.aio
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Enum, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from interceptors.layer import Concern, MethodInfo, Observe
 from interceptors.outcome import Outcome
@@ -44,30 +54,75 @@ LATENCY_BUCKETS = (
 )
 
 
+_CODES = tuple(grpc.StatusCode)
+# Position of each code in a method's counts, by identity (an Enum hashes in Python).
+_CODE_INDEX = {id(code): index for index, code in enumerate(_CODES)}
+
+
+class MethodCalls:
+    """The call counts of one method: in flight, finished by code, latency buckets and sum."""
+
+    __slots__ = ("buckets", "handled", "in_flight", "kind", "method", "seconds", "service")
+
+    def __init__(self, kind: str, service: str, method: str, buckets: int) -> None:
+        self.kind, self.service, self.method = kind, service, method
+        self.in_flight = 0
+        self.handled = [0] * len(_CODES)
+        self.buckets = [0] * (buckets + 1)  # the last one is +Inf
+        self.seconds = 0.0
+
+
+class ServerCalls(Collector):
+    """The collector of every method's :class:`MethodCalls`, as go-grpc-prometheus names them."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self._methods: dict[tuple[str, str, str], MethodCalls] = {}
+
+    def method(self, kind: str, service: str, method: str) -> MethodCalls:
+        key = (kind, service, method)
+        calls = self._methods.get(key)
+        if calls is None:
+            calls = self._methods[key] = MethodCalls(kind, service, method, len(self.bounds))
+        return calls
+
+    def collect(self) -> Iterator[Any]:
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, by final status code.",
+            labels=("grpc_type", "grpc_service", "grpc_method", "grpc_code"),
+        )
+        latency = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Time from the handler starting to its final status, in seconds.",
+            labels=("grpc_type", "grpc_service", "grpc_method"),
+        )
+        in_flight = GaugeMetricFamily(
+            "grpc_server_in_flight", "RPCs being handled right now.", labels=("grpc_service", "grpc_method")
+        )
+        bounds = [*(repr(float(bound)) for bound in self.bounds), "+Inf"]
+        for calls in list(self._methods.values()):
+            labels = [calls.kind, calls.service, calls.method]
+            for code, count in zip(_CODES, list(calls.handled), strict=True):
+                handled.add_metric([*labels, code.name], count)
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, list(calls.buckets), strict=True):
+                total += count
+                cumulative.append((bound, float(total)))
+            latency.add_metric(labels, cumulative, calls.seconds)
+            in_flight.add_metric([calls.service, calls.method], calls.in_flight)
+        yield handled
+        yield latency
+        yield in_flight
+
+
 class Metrics:
     """The mesh's metrics on one registry; shared by the server interceptor and the client breaker."""
 
     def __init__(self, *, registry: CollectorRegistry, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.registry = registry
-        self.handled = Counter(
-            "grpc_server_handled_total",
-            "RPCs completed on the server, by final status code.",
-            ("grpc_type", "grpc_service", "grpc_method", "grpc_code"),
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "grpc_server_handling_seconds",
-            "Time from the handler starting to its final status, in seconds.",
-            ("grpc_type", "grpc_service", "grpc_method"),
-            buckets=buckets,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            "grpc_server_in_flight",
-            "RPCs being handled right now.",
-            ("grpc_service", "grpc_method"),
-            registry=registry,
-        )
+        self.calls = ServerCalls(buckets)
+        registry.register(self.calls)
         self.breaker = Enum(
             "agentmesh_circuit_breaker_state",
             "State of each client-side circuit breaker, by target.",
@@ -96,23 +151,22 @@ class MetricsInterceptor(Concern):
         self.select = select
 
     def compile(self, info: MethodInfo) -> Observe:
-        # Resolve the labelled children once per method: labels() takes a lock and a
-        # dict lookup that the hot path need not repeat.
-        service, name, kind = info.service, info.method, info.kind
-        metrics = self._metrics
-        # Keyed by identity: an Enum hashes in Python, an id() lookup does not.
-        by_code = {id(code): metrics.handled.labels(kind, service, name, code.name) for code in grpc.StatusCode}
-        latency = metrics.latency.labels(kind, service, name)
-        in_flight = metrics.in_flight.labels(service, name)
+        # The method's counts, found once: a call only adds to them.
+        calls = self._metrics.calls.method(info.kind, info.service, info.method)
+        handled, buckets, bounds = calls.handled, calls.buckets, self._metrics.calls.bounds
+        code_index, clock, bucket_of = _CODE_INDEX, time.perf_counter, bisect.bisect_left
 
-        clock = time.perf_counter
+        def start() -> None:
+            calls.in_flight += 1
 
         def done(context: Any, outcome: Outcome, started: float) -> None:
-            in_flight.dec()
-            by_code[id(outcome.code)].inc()
-            latency.observe(clock() - started)
+            seconds = clock() - started
+            calls.in_flight -= 1
+            handled[code_index[id(outcome.code)]] += 1
+            buckets[bucket_of(bounds, seconds)] += 1  # le is inclusive: the first bound >= seconds
+            calls.seconds += seconds
 
-        return Observe(done, start=in_flight.inc)
+        return Observe(done, start=start)
 
 
 def serve_metrics(*, registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import grpc
@@ -10,7 +11,9 @@ import grpc.aio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from interceptors.layer import MethodInfo, Observe
 from interceptors.metrics import Metrics, MetricsInterceptor, serve_metrics
+from interceptors.outcome import Outcome
 from tests.interceptors.probe import Probe, eventually, serve, sv
 
 PROBE = {"grpc_service": "agentmesh.test.Probe"}
@@ -92,3 +95,22 @@ def test_a_breaker_listener_records_the_new_state() -> None:
     metrics.breaker_state_changed("agent", "closed", "open")
     state = {"target": "agent", "agentmesh_circuit_breaker_state": "open"}
     assert metrics.registry.get_sample_value("agentmesh_circuit_breaker_state", state) == 1
+
+
+def test_latency_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() -> None:
+    registry = CollectorRegistry()
+    interceptor = MetricsInterceptor(metrics=Metrics(registry=registry))
+    step = interceptor.compile(MethodInfo("/pkg.S/M", "pkg.S", "M", False, False))
+    assert isinstance(step, Observe) and step.start is not None
+    for seconds in (0.0004, 0.03, 0.03, 100.0):
+        step.start()
+        step.done(None, Outcome(grpc.StatusCode.OK), time.perf_counter() - seconds)  # type: ignore[arg-type]
+    labels = {"grpc_type": "unary", "grpc_service": "pkg.S", "grpc_method": "M"}
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value("grpc_server_handling_seconds_bucket", {**labels, "le": le})
+
+    assert (bucket("0.0005"), bucket("0.025"), bucket("0.05"), bucket("60.0"), bucket("+Inf")) == (1, 1, 3, 3, 4)
+    assert registry.get_sample_value("grpc_server_handling_seconds_count", labels) == 4
+    assert (registry.get_sample_value("grpc_server_handling_seconds_sum", labels) or 0.0) >= 100.06
+    assert registry.get_sample_value("grpc_server_in_flight", {"grpc_service": "pkg.S", "grpc_method": "M"}) == 0
