@@ -92,3 +92,18 @@ def test_agent_v1_and_v2_share_one_database_and_are_told_apart_by_instance_id(
         assert len(set(ids)) == len(agents)
         assert [i.rsplit("-", 1)[0] for i in ids] == [f"agent-{v}" for v in policy.services["agent"].versions]
     assert app_env(policy, "rag-v1", auth, postgres)["AGENTMESH_RAG_DATABASE_URL"].endswith("/rag")
+
+
+def test_every_instance_exports_metrics_on_its_own_port_and_spans_to_the_console(
+    policy: Policy, auth: DevAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("GATEWAY", "AGENT", "RAG"):  # the defaults, whatever the caller's environment says
+        monkeypatch.delenv(f"AGENTMESH_{name}_METRICS_PORT", raising=False)
+        monkeypatch.delenv(f"AGENTMESH_{name}_OTLP_ENDPOINT", raising=False)
+    ports = set()
+    for instance in policy.local.instances:
+        service = instance.rpartition("-")[0].upper()
+        env = app_env(policy, instance, auth, SQLITE)
+        ports.add(env[f"AGENTMESH_{service}_METRICS_PORT"])
+        assert env[f"AGENTMESH_{service}_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
+    assert len(ports) == len(policy.local.instances)  # agent v1 and v2 side by side
