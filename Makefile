@@ -129,6 +129,8 @@ mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the poli
 .PHONY: bench
 bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~4 min): bench/results/latest.{json,md}, docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
+	# CreateRun's transaction on SQLite and PostgreSQL (docs/database.md): bench/results/run_store.json
+	$(PY) -m bench.run_store
 
 .PHONY: eval
 eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md}, docs/rag.md)

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
@@ -95,8 +96,9 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
         env[prefix + "SERVICE_TOKEN_FILE"] = str(auth.agent_token_file)
-        # v1 and v2 share the run store: each must be told apart in leases and consumer groups.
-        env.setdefault(prefix + "INSTANCE_ID", instance)
+        # v1 and v2 share the run store: each is told apart in leases and consumer groups by a name
+        # that says which it is and, like the agent's own default, is new for every process.
+        env[prefix + "INSTANCE_ID"] = f"{instance}-{uuid.uuid4().hex[:6]}"
     env.update(observed_env(_observed(policy, instance)))
     return env
 

@@ -232,11 +232,16 @@ class PostgresDatabase:
     # -- LISTEN/NOTIFY ----------------------------------------------------------------------
 
     async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        known = channel in self._listeners
         self._listeners[channel].append(callback)
         if self._listener_task is None:
             self._listener_task = asyncio.create_task(self._listen_forever(), name="postgres-listener")
+        elif known:
+            # The channel is listened to already (or will be on the next connect): only the
+            # new callback needs its "now listening" call.
+            callback()
         else:
-            self._listener_wakeup.set()  # re-subscribe with the new channel
+            self._listener_wakeup.set()  # subscribe the new channel
 
     def wake(self, channel: str) -> None:
         for callback in self._listeners.get(channel, ()):
@@ -245,29 +250,31 @@ class PostgresDatabase:
     async def _listen_forever(self) -> None:
         """One connection LISTENing on every channel; reconnected with backoff when it drops.
 
-        After each (re)connect every callback is called once: notifications sent while no
-        connection listened are lost, so listeners re-read what they follow.
+        Each callback is called once when its channel starts being listened to, on this
+        connection or after a reconnect: notifications sent while nobody listened are lost, so
+        listeners re-read what they follow. A channel added later is subscribed at once.
         """
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
-                closed = asyncio.Event()
-                conn.add_termination_listener(functools.partial(_set_event, closed))
-                channels = list(self._listeners)
-                for channel in channels:
-                    await conn.add_listener(channel, self._on_notification)
+                # A dropped connection and a new channel both wake the loop below.
+                conn.add_termination_listener(functools.partial(_set_event, self._listener_wakeup))
+                subscribed: set[str] = set()
                 backoff.reset()
-                for channel in channels:
-                    self.wake(channel)
-                self._listener_wakeup.clear()
-                while not closed.is_set() and not self._listener_wakeup.is_set():
-                    with contextlib.suppress(TimeoutError):
+                while not conn.is_closed():
+                    self._listener_wakeup.clear()
+                    for channel in [c for c in self._listeners if c not in subscribed]:
+                        await conn.add_listener(channel, self._on_notification)
+                        subscribed.add(channel)
+                        self.wake(channel)
+                    try:
+                        await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
+                    except TimeoutError:
                         # The keep-alive query notices a silently dead connection.
-                        await asyncio.wait_for(closed.wait(), timeout=10.0)
-                    if not closed.is_set():
                         await conn.execute("SELECT 1")
+                raise ConnectionError("listening connection closed")
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -261,3 +261,25 @@ async def test_a_run_page_shows_its_states_and_receives_a_live_event(
                 screenshot(browser, tmp_path, "run.png")
 
             await asyncio.to_thread(see_live_event)
+
+
+async def test_without_prometheus_the_page_says_so_and_still_draws_the_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: webdriver.Chrome
+) -> None:
+    async with observed_system(tmp_path, monkeypatch, with_prometheus=False) as system:
+        await send_traffic(system.gateway_address, calls=1)
+
+        def look() -> None:
+            browser.get(system.console.url + "/")
+            wait_js(
+                browser,
+                """const banner = document.getElementById("problems");
+                   return !banner.hidden && banner.textContent.includes("Prometheus is unavailable")
+                     && ["gateway", "agent", "rag"].every(
+                          (s) => document.querySelector(`#topology g.node[data-service="${s}"]`))
+                     && document.querySelector('#topology g.edge[data-source="agent"][data-target="rag"]');""",
+                "the Prometheus banner over a topology still drawn from discovery and traces",
+            )
+            assert "Prometheus is unavailable" in browser.find_element(By.ID, "methods").text
+
+        await asyncio.to_thread(look)

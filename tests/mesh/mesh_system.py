@@ -60,8 +60,16 @@ def _held_port(stack: AsyncExitStack) -> int:
 
 @asynccontextmanager
 async def running_mesh(
-    policy: Policy, certs: MeshCerts, issuer: TokenIssuer, work_dir: Path
+    policy: Policy,
+    certs: MeshCerts,
+    issuer: TokenIssuer,
+    work_dir: Path,
+    *,
+    database_urls: dict[str, str] | None = None,
 ) -> AsyncIterator[MeshSystem]:
+    """The mesh; ``database_urls`` (service -> URL) puts agent and rag on PostgreSQL instead of
+    SQLite files in ``work_dir`` (which both agent versions share either way)."""
+    urls = database_urls or {}
     envoys: dict[str, EnvoyProcess] = {}
     apps: dict[str, ManagedServer] = {}
     async with AsyncExitStack() as stack:
@@ -96,13 +104,15 @@ async def running_mesh(
         quick["auth"] = auth
 
         async def rag_app(_: dict[str, str]) -> ServerPlan:
-            return await build_rag(RagSettings.model_validate(quick))
+            return await build_rag(RagSettings.model_validate({**quick, "database_url": urls.get("rag", "")}))
 
         rag = {"rag": {"v1": [await instance("rag-v1", "rag", "v1", {}, rag_app)]}}
 
         async def agent_app(outbound: dict[str, str]) -> ServerPlan:
             # Both versions share one run store, as one database would serve both in a cluster.
-            settings = AgentSettings.model_validate({"rag_endpoints": [outbound["rag"]], **quick})
+            settings = AgentSettings.model_validate(
+                {"rag_endpoints": [outbound["rag"]], "database_url": urls.get("agent", ""), **quick}
+            )
             return await build_agent(settings, BEHIND_SIDECAR)
 
         agents = {

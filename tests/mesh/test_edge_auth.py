@@ -6,6 +6,9 @@ behind their sidecars, the edge in front, a dev issuer whose JWKS the edge and t
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
 import ssl
 import time
 import uuid
@@ -131,6 +134,22 @@ async def test_an_http_call_without_a_valid_token_is_401_with_a_json_status(
 
     assert body["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
     assert body["message"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command line client")
+async def test_curl_posting_over_http2_without_a_token_reads_the_401(mesh: MeshSystem, mesh_certs: MeshCerts) -> None:
+    # The edge answers once the body is in; a refusal mid-upload would end the HTTP/2 stream
+    # with RST_STREAM(NO_ERROR), which curl 7.x reports as "(92) Stream error" instead of the 401.
+    process = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--http2", "--cacert", str(mesh_certs("edge").ca), "--write-out", "\n%{http_code}",
+        "-X", "POST", f"https://localhost:{mesh.edge.port}/v1/runs", "-d", '{"question": "How long do refunds take?"}',
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    body, _, status = output.decode().rpartition("\n")
+
+    assert (process.returncode, status) == (0, "401"), output
+    assert json.loads(body)["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
 async def test_an_http_get_without_a_token_is_401_with_a_json_status_too(http: aiohttp.ClientSession) -> None:

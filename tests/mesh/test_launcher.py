@@ -72,7 +72,8 @@ def test_the_agent_has_its_own_token_for_runs_it_resumes(policy: Policy, auth: D
 def test_agent_v1_and_v2_share_one_database_and_are_told_apart_by_instance_id(
     policy: Policy, auth: DevAuth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("AGENTMESH_AGENT_INSTANCE_ID", raising=False)
+    # Even one id for everything in the environment must not make the two versions one instance.
+    monkeypatch.setenv("AGENTMESH_AGENT_INSTANCE_ID", "my-laptop")
     monkeypatch.delenv("AGENTMESH_AGENT_DATA_DIR", raising=False)
     postgres = LocalStore(
         "postgres",
@@ -87,5 +88,22 @@ def test_agent_v1_and_v2_share_one_database_and_are_told_apart_by_instance_id(
         # One database: the same URL, or (SQLite) the same data dir, which neither overrides.
         assert len({env.get("AGENTMESH_AGENT_DATABASE_URL") for env in agents}) == 1
         assert all("AGENTMESH_AGENT_DATA_DIR" not in env for env in agents)
-        assert len({env["AGENTMESH_AGENT_INSTANCE_ID"] for env in agents}) == len(agents)
+        ids = [env["AGENTMESH_AGENT_INSTANCE_ID"] for env in agents]
+        assert len(set(ids)) == len(agents)
+        assert [i.rsplit("-", 1)[0] for i in ids] == [f"agent-{v}" for v in policy.services["agent"].versions]
     assert app_env(policy, "rag-v1", auth, postgres)["AGENTMESH_RAG_DATABASE_URL"].endswith("/rag")
+
+
+def test_every_instance_exports_metrics_on_its_own_port_and_spans_to_the_console(
+    policy: Policy, auth: DevAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("GATEWAY", "AGENT", "RAG"):  # the defaults, whatever the caller's environment says
+        monkeypatch.delenv(f"AGENTMESH_{name}_METRICS_PORT", raising=False)
+        monkeypatch.delenv(f"AGENTMESH_{name}_OTLP_ENDPOINT", raising=False)
+    ports = set()
+    for instance in policy.local.instances:
+        service = instance.rpartition("-")[0].upper()
+        env = app_env(policy, instance, auth, SQLITE)
+        ports.add(env[f"AGENTMESH_{service}_METRICS_PORT"])
+        assert env[f"AGENTMESH_{service}_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
+    assert len(ports) == len(policy.local.instances)  # agent v1 and v2 side by side

@@ -35,7 +35,12 @@ async def start_and_refuse(service: str, setting: str, value: str, work_dir: Pat
         sys.executable, "-m", MODULES.get(service, f"services.{service}"), cwd=work_dir, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:  # it started instead of refusing: never leave it running
+            process.kill()
+            await process.wait()
     stderr = err.decode()
     assert process.returncode == EXIT_INVALID_SETTING, stderr
     assert "Traceback" not in stderr
@@ -67,6 +72,7 @@ READ_TIME = [
     # `make run` reads every service's settings before it starts any of them.
     ("launcher", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
     ("launcher", "AGENTMESH_RAG_PORT", "abc", "AGENTMESH_RAG_PORT: Input should be a valid integer"),
+    ("launcher", "AGENTMESH_CONSOLE_PORT", "abc", "AGENTMESH_CONSOLE_PORT: expected a port from 1 to 65535"),
 ]
 
 

@@ -14,7 +14,7 @@ from runtime.events.outbox import Outbox
 from services.agent.model import EventType
 from services.agent.run_store import RequestIdReused, RunStore
 from services.agent.state_machine import IllegalTransition, RunState
-from tests.services.agent.conftest import Stores
+from tests.services.agent.conftest import Stores, close_stores, open_stores
 
 
 class CollectingBus:
@@ -118,3 +118,23 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
         await store.create_schema()  # a restart on its own schema is fine
     finally:
         await fresh.close()
+
+
+async def test_a_data_dir_of_the_build_before_versioned_migrations_keeps_working(tmp_path: Path) -> None:
+    """What the previous build left: its tables (CREATE IF NOT EXISTS), PRAGMA user_version = 1, runs."""
+    first = await open_stores(tmp_path)
+    run, _ = await first.runs.create(question="from before the upgrade?", creator="alice", request_id="r-1")
+    await close_stores(first)
+    with sqlite3.connect(tmp_path / "agent.sqlite3") as old:
+        old.execute("DROP TABLE schema_migrations")  # the old build had none
+        assert old.execute("PRAGMA user_version").fetchone() == (1,)
+
+    upgraded = await open_stores(tmp_path)
+    try:
+        assert await upgraded.runs.get(run.run_id) == run
+        again, created = await upgraded.runs.create(
+            question="from before the upgrade?", creator="alice", request_id="r-1"
+        )
+        assert (again, created) == (run, False)
+    finally:
+        await close_stores(upgraded)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.events.bus import Event, Handler, Subscription
-from services.agent.run_store import RequestIdReused
+from services.agent.run_store import LOG_CHANNEL, RequestIdReused
 from services.agent.saga import SagaLeased, SagaLog
 from services.agent.state_machine import RunState
 from tests.services.agent.conftest import Stores, close_stores, open_stores
@@ -69,11 +69,11 @@ async def test_a_reader_resuming_after_n_never_skips_an_event_committed_later(re
 
 
 async def test_commits_on_one_replica_wake_watchers_on_another(replicas: list[Stores]) -> None:
-    watcher = replicas[1].runs
-    await asyncio.sleep(0)
-    woken = watcher.next_commit()
+    heard = asyncio.Queue[None]()
+    await replicas[1].db.listen(LOG_CHANNEL, lambda: heard.put_nowait(None))
+    await asyncio.wait_for(heard.get(), timeout=10)  # listening (called once on connect)
     await replicas[0].runs.create(question="anyone there?")
-    await asyncio.wait_for(woken.wait(), timeout=10)
+    await asyncio.wait_for(heard.get(), timeout=10)  # the NOTIFY of replica 0's commit
 
 
 async def test_of_replicas_claiming_an_expired_lease_at_once_exactly_one_takes_it(replicas: list[Stores]) -> None:
