@@ -67,8 +67,7 @@ class _DefaultDeadlines:
         self._calls: deque[_Entry] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> _Entry:
-        loop = asyncio.get_running_loop()
+    def start(self, loop: asyncio.AbstractEventLoop) -> _Entry:
         entry = _Entry(asyncio.current_task(loop), loop.time() + self._timeout)
         calls = self._calls
         while calls and calls[0].done:
@@ -117,6 +116,12 @@ class DeadlineInterceptor(Concern):
         default_timeout = self._default_timeout
         too_slow = self._too_slow
         defaults = self._defaults
+        # The serving loop, found once: compiling happens on it (at registration or at the first
+        # lookup), and on Python 3.11 get_running_loop() costs a getpid() system call per call.
+        try:
+            serving_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            serving_loop = None
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def bounded(request: Any, context: Context) -> Any:
@@ -127,7 +132,10 @@ class DeadlineInterceptor(Concern):
                     # grpc itself cancels the handler when the caller's deadline passes.
                     call_deadline.set(time.monotonic() + remaining)
                     return await behavior(request, context)
-                entry = defaults.start()
+                loop = serving_loop
+                if loop is None or not loop.is_running():  # compiled on another loop (tests)
+                    loop = asyncio.get_running_loop()
+                entry = defaults.start(loop)
                 call_deadline.set(entry.deadline)  # the loop's clock is time.monotonic()
                 try:
                     return await behavior(request, context)

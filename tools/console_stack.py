@@ -20,13 +20,25 @@ from pathlib import Path
 
 import aiohttp
 
+from runtime.settings_errors import EXIT_INVALID_SETTING
 from tools.prometheus import PrometheusProcess, ScrapeTarget, binary
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-CONSOLE_PORT = int(os.environ.get("AGENTMESH_CONSOLE_PORT", "8080"))
-OTLP_PORT = int(os.environ.get("AGENTMESH_CONSOLE_OTLP_PORT", "4317"))
-PROMETHEUS_PORT = int(os.environ.get("AGENTMESH_PROMETHEUS_PORT", "9090"))
+
+
+def _port(variable: str, default: int) -> int:
+    """A port from the environment; a bad one stops the launcher with one line, as bad settings do."""
+    raw = os.environ.get(variable, str(default)).strip()
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        print(f"{variable}: expected a port from 1 to 65535", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SETTING)
+    return int(raw)
+
+
+CONSOLE_PORT = _port("AGENTMESH_CONSOLE_PORT", 8080)
+OTLP_PORT = _port("AGENTMESH_CONSOLE_OTLP_PORT", 4317)
+PROMETHEUS_PORT = _port("AGENTMESH_PROMETHEUS_PORT", 9090)
 # Each instance's metrics endpoint sits at a fixed offset below its gRPC port (50051 -> 9451,
 # 50072 -> 9472): distinct for every instance of both layouts, and easy to find by hand.
 METRICS_PORT_OFFSET = 40600

@@ -72,6 +72,7 @@ READ_TIME = [
     # `make run` reads every service's settings before it starts any of them.
     ("launcher", "AGENTMESH_GATEWAY_AUTH", "", "AGENTMESH_GATEWAY_AUTH is empty; expected a JSON object with keys"),
     ("launcher", "AGENTMESH_RAG_PORT", "abc", "AGENTMESH_RAG_PORT: Input should be a valid integer"),
+    ("launcher", "AGENTMESH_CONSOLE_PORT", "abc", "AGENTMESH_CONSOLE_PORT: expected a port from 1 to 65535"),
 ]
 
 
