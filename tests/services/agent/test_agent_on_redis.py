@@ -24,13 +24,15 @@ async def test_run_events_flow_through_redis_streams_to_the_projection(tmp_path:
         run = await settled_run(agent, created.run_id)
         assert run.state == run_pb2.Run.STATE_COMPLETED
 
-        client = redis.Redis.from_url(redis_url)
         events = [r.event async for r in agent.WatchRun(agent_pb.WatchRunRequest(run_id=run.run_id))]
+        client = redis.Redis.from_url(redis_url)
+        seen: dict[str, object] = {}
 
         async def all_acknowledged() -> bool:
             length = await client.xlen(RUN_EVENTS_STREAM)
             groups = {g["name"].decode(): g for g in await client.xinfo_groups(RUN_EVENTS_STREAM)}
             group = groups.get(PROJECTION_GROUP)
+            seen.update(length=length, events=len(events), group=group)
             return (
                 length == len(events)
                 and group is not None
@@ -38,5 +40,9 @@ async def test_run_events_flow_through_redis_streams_to_the_projection(tmp_path:
                 and (group["last-delivered-id"] != b"0-0")
             )
 
-        await wait_until(all_acknowledged)
-        await client.aclose()
+        try:
+            await wait_until(all_acknowledged)
+        except TimeoutError:
+            raise AssertionError(f"not every event published once and acknowledged: {seen}") from None
+        finally:
+            await client.aclose()
