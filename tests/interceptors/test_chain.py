@@ -18,9 +18,12 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
@@ -49,6 +52,7 @@ class Traced:
     channel: grpc.aio.Channel
     exporter: InMemorySpanExporter
     metrics_ports: dict[str, int]
+    grpc_addresses: dict[str, str]
 
 
 @asynccontextmanager
@@ -79,7 +83,10 @@ async def traced_system(data_dir: Path) -> AsyncIterator[Traced]:
         async with grpc.aio.insecure_channel(
             f"127.0.0.1:{gateway.port}", interceptors=client_chain(tracing=client_tracing, deadline_margin_s=0)
         ) as channel:
-            yield Traced(channel, exporter, ports)
+            addresses = {
+                name: f"127.0.0.1:{s.port}" for name, s in (("gateway", gateway), ("agent", agent), ("rag", rag))
+            }
+            yield Traced(channel, exporter, ports, addresses)
     finally:
         for server in (gateway, agent, rag):
             await server.stop()
@@ -174,3 +181,47 @@ async def test_a_bad_idempotency_key_is_refused_through_the_gateway(tmp_path: Pa
             )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert problem in (caught.value.details() or "")
+
+
+def _served_methods(pool_names: list[str]) -> set[tuple[str, str]]:
+    pool = descriptor_pool.Default()
+    return {(name, m.name) for name in pool_names for m in pool.FindServiceByName(name).methods}
+
+
+async def _listed_services(channel: grpc.aio.Channel) -> list[str]:
+    """What the server says it serves, through its own reflection."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    async for response in call:
+        return [s.name for s in response.list_services_response.service]
+    raise AssertionError("reflection answered nothing")
+
+
+async def test_a_fresh_server_exposes_every_method_it_serves_at_zero_before_any_call(tmp_path: Path) -> None:
+    """Prometheus's rate() counts increases of a series it has seen: a method's series must exist
+    from start-up, or its first calls after a start never show in a rate."""
+    async with traced_system(tmp_path) as system:
+        scraped = {name: await asyncio.to_thread(_scrape, port) for name, port in system.metrics_ports.items()}
+        served = {}
+        for name, address in system.grpc_addresses.items():
+            async with grpc.aio.insecure_channel(address) as channel:
+                served[name] = _served_methods(await _listed_services(channel))
+    for name, text in scraped.items():
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        ok = {
+            (s.labels["grpc_service"], s.labels["grpc_method"]): s.value
+            for s in families["grpc_server_handled"].samples
+            if s.name == "grpc_server_handled_total" and s.labels["grpc_code"] == "OK"
+        }
+        timed = {
+            (s.labels["grpc_service"], s.labels["grpc_method"]): s.value
+            for s in families["grpc_server_handling_seconds"].samples
+            if s.name == "grpc_server_handling_seconds_count"
+        }
+        assert served[name] >= {
+            ("grpc.health.v1.Health", "Check"),
+            ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"),
+        }
+        for method in sorted(served[name]):
+            assert ok.get(method) == 0.0, f"{name}: no zero-valued OK series for {method} before its first call"
+            assert timed.get(method) == 0.0, f"{name}: no zero-valued latency histogram for {method}"
