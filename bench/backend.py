@@ -65,7 +65,8 @@ def add_bench_methods(server: grpc.aio.Server) -> None:
 @dataclass(frozen=True)
 class BackendSpec:
     """How the backend is served. `bootstrap` selects the project's shared bootstrap (health,
-    reflection, drain and decode interceptors) over a bare `grpc.aio.server()`."""
+    reflection, the drain gate and request decoding, compiled into the handlers) over a bare
+    `grpc.aio.server()`."""
 
     interceptors: tuple[str, ...] = ()
     bootstrap: bool = False

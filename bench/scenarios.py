@@ -63,7 +63,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("bare", "grpc.aio server, no interceptors (the baseline)", Direct(BARE)),
     Scenario(
         "bootstrap",
-        "the shared bootstrap: health, reflection, drain and decode interceptors",
+        "the shared bootstrap: health, reflection, the drain gate and request decoding compiled into the handlers",
         Direct(BackendSpec(bootstrap=True)),
     ),
     alone("auth", "auth: ES256 bearer token (verified once, then cached), the mesh's scope table"),
