@@ -52,6 +52,11 @@ class ConsoleSettings(BaseSettings):
     targets: dict[str, list[str]] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     services: list[str] = Field(default_factory=lambda: ["gateway", "agent", "rag"])
+    # Envoy sidecars whose admin /clusters says which instances they eject (name -> admin URL), and
+    # the address each sidecar dials for an instance -> that instance's gRPC address (as in `targets`).
+    # `make run MESH=envoy` sets both; empty, the console has no ejection source and says so.
+    envoy_admins: dict[str, str] = Field(default_factory=dict)
+    envoy_upstreams: dict[str, str] = Field(default_factory=dict)
     # How often the page's live view is refreshed (server-sent events).
     refresh_s: float = Field(default=2.0, gt=0, le=60)
     # Written with the bound ports once listening ({"http": ..., "otlp": ...}), for launchers and tests.

@@ -24,7 +24,8 @@ from runtime.discovery.endpoints import Endpoint
 from runtime.discovery.static import StaticResolver
 
 # What an instance looks like on the page, best first.
-HEALTH_ORDER = ("passing", "warning", "draining", "critical")
+# "ejected": discovery and its own health check may say fine, but a caller's Envoy keeps traffic off it.
+HEALTH_ORDER = ("passing", "warning", "ejected", "draining", "critical")
 
 
 @dataclass(frozen=True)

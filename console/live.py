@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from console import topology
+from console.envoy_hosts import Ejection, EnvoyHosts
 from console.inventory import Inventory, InventoryUnavailable
 from console.prometheus import GoldenSignals, PrometheusUnavailable, Signals
 from console.trace_store import TraceStore
@@ -27,12 +28,14 @@ class LiveView:
         self,
         *,
         inventory: Inventory,
+        envoy: EnvoyHosts,
         signals: GoldenSignals,
         traces: TraceStore,
         refresh_s: float,
         edge_window_s: float,
     ) -> None:
         self._inventory = inventory
+        self._envoy = envoy
         self._signals = signals
         self._traces = traces
         self.refresh_s = refresh_s
@@ -48,6 +51,11 @@ class LiveView:
             instances = await self._inventory.instances()
         except InventoryUnavailable as error:
             problems["discovery"] = str(error)
+        ejections: dict[str, list[Ejection]] | None = None
+        if self._envoy.configured:
+            ejections, unanswered = await self._envoy.read()
+            if unanswered:
+                problems["envoy"] = "; ".join(unanswered)
         signals: Signals | None = None
         try:
             signals = await self._signals.read()
@@ -59,7 +67,7 @@ class LiveView:
             "ready": True,
             "at": time.time(),
             "problems": problems,
-            "topology": topology.build(instances, signals, observed),
+            "topology": topology.build(instances, signals, observed, ejections),
             "signals": signals.to_json() if signals else None,
             "prometheus_url": self._signals.promql.url,
             "rate_window": self._signals.window,

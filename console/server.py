@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from console.app import create_app
 from console.config import ConsoleSettings
+from console.envoy_hosts import EnvoyHosts
 from console.inventory import ConsulInventory, Inventory, StaticInventory
 from console.live import LiveView
 from console.otlp_receiver import TraceReceiver
@@ -71,8 +72,11 @@ async def open_console(settings: ConsoleSettings, discovery: DiscoverySettings |
             server_name=settings.gateway_server_name,
         )
         stack.push_async_callback(runs.aclose)
+        envoy = EnvoyHosts(settings.envoy_admins, settings.envoy_upstreams)
+        stack.push_async_callback(envoy.aclose)
         live = LiveView(
             inventory=inventory,
+            envoy=envoy,
             signals=GoldenSignals(promql, window=settings.rate_window),
             traces=traces,
             refresh_s=settings.refresh_s,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from console.envoy_hosts import Ejection
 from console.inventory import HEALTH_ORDER, Instance
 from console.prometheus import Signals
 from console.trace_store import Span
@@ -63,8 +64,17 @@ def observe_calls(spans: Iterable[Span], *, window_s: float, now_ns: int | None 
     return EdgeObservations(by_method, window_s)
 
 
-def build(instances: list[Instance], signals: Signals | None, observed: EdgeObservations) -> dict[str, Any]:
-    """The graph the page draws: {nodes: [...], edges: [...]}."""
+def build(
+    instances: list[Instance],
+    signals: Signals | None,
+    observed: EdgeObservations,
+    ejections: Mapping[str, Sequence[Ejection]] | None = None,
+) -> dict[str, Any]:
+    """The graph the page draws: {nodes: [...], edges: [...]}.
+
+    ``ejections`` (instance address -> which sidecars keep traffic off it, and why) is None when
+    no Envoy is there to ask: ``ejection_source`` says so rather than every instance looking in.
+    """
     services: dict[str, list[Instance]] = defaultdict(list)
     for instance in instances:
         services[instance.service].append(instance)
@@ -105,8 +115,18 @@ def build(instances: list[Instance], signals: Signals | None, observed: EdgeObse
                 (v for (s, _, grpc), v in per_instance.items() if s == service and grpc == instance.address),
                 (0.0, 0.0),
             )
-            rows.append({**instance.to_json(), "rate": calls_s, "error_rate": errors_s / calls_s if calls_s else 0.0})
-        worst = max((i.health for i in members), key=HEALTH_ORDER.index, default="critical")
+            ejected = [e.to_json() for e in (ejections or {}).get(instance.address, ())]
+            health = _worse(instance.health, "ejected") if ejected else instance.health
+            rows.append(
+                {
+                    **instance.to_json(),
+                    "health": health,
+                    "ejected_by": ejected,
+                    "rate": calls_s,
+                    "error_rate": errors_s / calls_s if calls_s else 0.0,
+                }
+            )
+        worst = max((r["health"] for r in rows), key=HEALTH_ORDER.index, default="critical")
         nodes.append({"id": service, "kind": "service", "instances": rows, "health": worst})
     known = {n["id"] for n in nodes}
     for caller, callee in list(edges):
@@ -128,7 +148,12 @@ def build(instances: list[Instance], signals: Signals | None, observed: EdgeObse
         ],
         "canary": signals.canary_split() if signals else {},
         "source": "prometheus+traces" if signals is not None else "traces",
+        "ejection_source": "envoy" if ejections is not None else "",
     }
+
+
+def _worse(a: str, b: str) -> str:
+    return max(a, b, key=HEALTH_ORDER.index)
 
 
 def _order(name: str) -> tuple[int, str]:

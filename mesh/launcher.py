@@ -116,7 +116,20 @@ def _console(policy: Policy, auth: DevAuth) -> ConsoleStack:
         work_dir=WORK_DIR / "console",
         gateway=f"localhost:{policy.local.edge.port}",
         token_file=auth.console_token_file,
-        extra_env={"AGENTMESH_CONSOLE_GATEWAY_CA_FILE": str(cert_paths(REPO / policy.local.certs_dir, "edge").ca)},
+        extra_env={
+            "AGENTMESH_CONSOLE_GATEWAY_CA_FILE": str(cert_paths(REPO / policy.local.certs_dir, "edge").ca),
+            # Every Envoy's admin: which instances its outlier detection or health checks keep traffic off.
+            "AGENTMESH_CONSOLE_ENVOY_ADMINS": json.dumps(
+                {
+                    **{name: f"http://{LOOPBACK}:{ports.admin}" for name, ports in policy.local.instances.items()},
+                    "edge": f"http://{LOOPBACK}:{policy.local.edge.admin}",
+                }
+            ),
+            # Envoy dials an instance at its sidecar's inbound port; the console knows it by its app's port.
+            "AGENTMESH_CONSOLE_ENVOY_UPSTREAMS": json.dumps(
+                {f"{LOOPBACK}:{p.inbound}": _observed(policy, name).grpc for name, p in policy.local.instances.items()}
+            ),
+        },
     )
 
 

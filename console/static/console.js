@@ -113,9 +113,13 @@ function drawTopology(root) {
     el("div", { class: "legend" },
       el("span", {}, el("i", { style: "background:var(--ok)" }), "passing"),
       el("span", {}, el("i", { style: "background:var(--warn)" }), "warning"),
+      el("span", {}, el("i", { style: "background:var(--eject)" }), "ejected by a caller's Envoy"),
       el("span", {}, el("i", { style: "background:var(--drain)" }), "draining (NOT_SERVING)"),
       el("span", {}, el("i", { style: "background:var(--bad)" }), "critical / unreachable"),
-      el("span", {}, "edge label: calls/s · error rate; dashed red: circuit breaker open")));
+      el("span", {}, "edge label: calls/s · error rate; dashed red: circuit breaker open")),
+    el("p", { class: "muted", id: "ejection-source" }, topo.ejection_source === "envoy"
+      ? "Ejections: read from every sidecar's Envoy admin /clusters (outlier detection, active health checks)."
+      : "Ejections: no source — no Envoy sidecars here (make run MESH=envoy has them), so no instance is shown ejected."));
   const side = el("div", {}, canaryPanel(topo.canary || {}), breakerPanel(signals));
   const methods = methodPanel(signals);
   root.replaceChildren(el("div", { class: "grid2" }, graphPanel, side), methods);
@@ -183,7 +187,8 @@ function graphSvg(topo) {
       node.instances.forEach((inst, j) => {
         const iy = 52 + j * 36;
         const ig = svg("g", { class: `inst health-${inst.health}`, "data-instance": inst.address, "data-version": inst.version, transform: `translate(10,${iy})` });
-        ig.append(svg("title", {}, `${inst.instance_id}\n${inst.health}: ${inst.detail}`));
+        const ejectedBy = (inst.ejected_by || []).map((e) => `\nejected by ${e.reporter}'s Envoy (${e.cluster}): ${e.reason}`).join("");
+        ig.append(svg("title", {}, `${inst.instance_id}\n${inst.health}: ${inst.detail}${ejectedBy}`));
         ig.append(svg("rect", { width: box.w - 20, height: 30, rx: 6 }));
         ig.append(svg("circle", { class: inst.health, cx: 12, cy: 15, r: 5 }));
         ig.append(svg("text", { x: 24, y: 13, "font-weight": 600 }, `${inst.version} · ${inst.health}`));

@@ -52,6 +52,7 @@ async def test_without_prometheus_the_page_says_so_and_topology_traces_and_runs_
         assert "did not answer" in overview["problems"]["prometheus"]
         assert overview["signals"] is None
         assert overview["topology"]["source"] == "traces"
+        assert overview["topology"]["ejection_source"] == ""  # no Envoy here: nothing can be shown ejected
         nodes = {n["id"]: n for n in overview["topology"]["nodes"]}
         assert {"gateway", "agent", "rag"} <= set(nodes)
         assert all(nodes[name]["health"] == "passing" for name in ("gateway", "agent", "rag"))
