@@ -1,5 +1,5 @@
 """This process's instance id: unique among live replicas without any configuration, and the
-same again after a restart on the same data dir.
+same again after a restart on the same data dir (once the previous holder has closed its claim or died).
 
 Saga leases, Redis consumer names and logs need a name per process. The host name alone is
 not unique (two processes on one host, pods whose names repeat). So an id is the host name
@@ -16,30 +16,41 @@ import fcntl
 import os
 import secrets
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-# The slot files this process holds, by data dir: their locks live as long as the open file.
-_held: dict[Path, tuple[IO[str], str]] = {}
 _SLOTS = 64
+
+
+@dataclass
+class InstanceId:
+    """A claimed id; the slot file's lock is held until ``close`` (or the process ends)."""
+
+    name: str
+    _slot: IO[str] | None = field(default=None, repr=False)
+
+    async def close(self) -> None:
+        if self._slot is not None:
+            self._slot.close()
+            self._slot = None
 
 
 def _generated() -> str:
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
-def instance_id(configured: str = "", *, data_dir: Path | None = None) -> str:
+def claim_instance_id(configured: str = "", *, data_dir: Path | None = None) -> InstanceId:
+    """The configured id, else the first free slot's id in ``data_dir`` (written there on first use)."""
     if configured:
-        return configured
+        return InstanceId(configured)
     if data_dir is None:
-        return _generated()
-    data_dir = data_dir.resolve()
-    if data_dir in _held:
-        return _held[data_dir][1]
+        return InstanceId(_generated())
     data_dir.mkdir(parents=True, exist_ok=True)
     for slot in range(_SLOTS):
-        handle = open(data_dir / f"instance-{slot}.id", "a+")  # noqa: SIM115 - held open for the process lifetime
+        handle = open(data_dir / f"instance-{slot}.id", "a+")  # noqa: SIM115 - closed by InstanceId.close
         try:
+            # Per open file: a second claim in this process takes the next slot, as another process would.
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
@@ -51,6 +62,5 @@ def instance_id(configured: str = "", *, data_dir: Path | None = None) -> str:
             handle.write(name)
             handle.flush()
             os.fsync(handle.fileno())
-        _held[data_dir] = (handle, name)
-        return name
-    return _generated()  # more live processes on one data dir than slots: unique, not reused
+        return InstanceId(name, handle)
+    return InstanceId(_generated())  # more live processes on one data dir than slots: unique, not reused

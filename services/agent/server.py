@@ -18,7 +18,7 @@ from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
 from runtime.events.redis_streams import RedisStreamsEventBus
-from runtime.instance import instance_id
+from runtime.instance import claim_instance_id
 from runtime.lifespan import Lifespan
 from runtime.live_config.enforce import follow_live_config
 from runtime.live_config.kv import live_config_for
@@ -102,7 +102,7 @@ async def _assemble(
     db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
-    instance = instance_id(settings.instance_id, data_dir=settings.data_dir)
+    instance = life.closing(claim_instance_id(settings.instance_id, data_dir=settings.data_dir)).name
     saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
     projection = RunProjection(read_db)

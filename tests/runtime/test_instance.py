@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.instance import instance_id
+from runtime.instance import claim_instance_id
 from tests.system import REPO
 
 _PRINT_ID_AND_WAIT = (
-    "import sys; from pathlib import Path; from runtime.instance import instance_id;"
-    " print(instance_id(data_dir=Path(sys.argv[1])), flush=True); sys.stdin.read()"
+    "import sys; from pathlib import Path; from runtime.instance import claim_instance_id;"
+    " claimed = claim_instance_id(data_dir=Path(sys.argv[1])); print(claimed.name, flush=True); sys.stdin.read()"
 )
 
 
@@ -33,7 +33,18 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 def test_a_configured_id_wins() -> None:
-    assert instance_id("agent-v1-0") == "agent-v1-0"
+    assert claim_instance_id("agent-v1-0").name == "agent-v1-0"
+
+
+async def test_a_closed_claim_frees_its_slot_for_the_next_claim(tmp_path: Path) -> None:
+    first = claim_instance_id(data_dir=tmp_path)
+    second = claim_instance_id(data_dir=tmp_path)
+    assert first.name != second.name  # two live instances in one process are two instances
+    await first.close()
+    again = claim_instance_id(data_dir=tmp_path)
+    assert again.name == first.name
+    await second.close()
+    await again.close()
 
 
 def test_live_processes_on_one_data_dir_get_distinct_ids_and_a_restart_gets_its_id_back(tmp_path: Path) -> None:
