@@ -424,7 +424,8 @@ async function renderRun(runId) {
   const streamState = el("span", { class: "muted stream-state", id: "run-stream" }, "connecting to WatchRun…");
   const redraw = () => {
     statesBox.replaceChildren(stateMachineSvg(data.state_machine, passed, taken, current));
-    stepsList.replaceChildren(...(steps.length ? steps.map((s) => el("li", { class: s.compensated ? "compensated" : "" }, el("strong", {}, s.name), " ", el("span", { class: "muted" }, s.summary)))
+    stepsList.replaceChildren(...(steps.length ? steps.map((s) => el("li", { class: s.compensated ? "compensated" : s.stopped ? "stopped" : s.undone ? "undone" : "", "data-step": s.name },
+        el("strong", {}, s.name), " ", el("span", { class: "muted" }, s.summary + (s.undone ? " · later compensated" : ""))))
       : [el("p", { class: "muted" }, "No saga step finished yet.")]));
     stateBadge.className = `pill ${current}`;
     stateBadge.textContent = current;
@@ -443,7 +444,7 @@ async function renderRun(runId) {
       details),
     el("div", { class: "grid2" },
       el("div", { class: "panel" }, el("h2", {}, "State machine", el("small", {}, "states this run passed, highlighted")), statesBox),
-      el("div", { class: "panel" }, el("h2", {}, "Saga steps", el("small", {}, "forward steps done; compensations when it failed")), stepsList)),
+      el("div", { class: "panel" }, el("h2", {}, "Saga steps", el("small", {}, "forward steps done, then each compensation the saga ran")), stepsList)),
     el("div", { class: "panel" }, el("h2", {}, "Events", el("small", {}, "live through WatchRun"), " ", streamState), eventList));
   redraw();
   if (pageSource) pageSource.close();
@@ -465,10 +466,15 @@ async function renderRun(runId) {
       const [name, ...rest] = (event.cause || "").split(": ");
       steps.push({ name, summary: rest.join(": ") });
     }
+    if (event.type === "run.step_compensated") {
+      // One event per compensation the saga ran (newest step first), committed with the saga log.
+      const [name] = (event.cause || "").split(": ");
+      const step = steps.find((s) => s.name === name && !s.compensated);
+      if (step) step.undone = true;
+      steps.push({ name, summary: "compensated (undone)", compensated: true });
+    }
     if (event.to_state === "FAILED" || event.to_state === "CANCELLED") {
-      // The saga compensates its finished steps, newest first; the agent publishes no event per
-      // compensation, so the page says what it knows: the run stopped, and why.
-      steps.push({ name: "compensation", summary: `run ${event.to_state}: ${event.cause || "no cause given"}`, compensated: true });
+      steps.push({ name: `run ${event.to_state}`, summary: event.cause || "no cause given", stopped: true });
     }
     const item = el("li", { class: Date.now() - openedAt > 1500 ? "fresh" : "", "data-sequence": event.sequence, "data-type": event.type },
       el("span", { class: "mono muted" }, `#${event.sequence} `),

@@ -82,6 +82,7 @@ class EventType:
     CREATED = "run.created"
     STATE_CHANGED = "run.state_changed"
     STEP_COMPLETED = "run.step_completed"
+    STEP_COMPENSATED = "run.step_compensated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,6 +234,16 @@ class RunStore:
             return  # a step that finished after the run was cancelled: its last event stays the terminal one
         await self._append(tx, run, EventType.STEP_COMPLETED, f"{step}: {cause}")
 
+    async def append_compensation_event(self, tx: Transaction, run_id: str, *, step: str) -> None:
+        """Record a step's compensation, inside the saga log's transaction marking it compensated.
+
+        Recorded after a terminal state too: a cancelled run is compensated after it is CANCELLED,
+        and its page should still show what was undone.
+        """
+        await tx.lock(LOG_LOCK)
+        run = await self._load(tx, run_id)
+        await self._append(tx, run, EventType.STEP_COMPENSATED, f"{step}: compensated")
+
     async def _apply_transition(
         self, tx: Transaction, run: Run, to_state: RunState, cause: str, changes: Mapping[str, Any]
     ) -> Run:

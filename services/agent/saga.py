@@ -106,7 +106,7 @@ class SagaOutcome:
 
 class StepListener(Protocol):
     async def __call__(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
-        """Called inside the transaction that marks ``step`` done, so its writes commit with it."""
+        """Called inside the transaction that marks ``step`` done (or compensated), so its writes commit with it."""
 
 
 class SagaLeased(Exception):
@@ -290,7 +290,12 @@ class Saga:
     """One saga definition (an ordered list of steps) executed against a ``SagaLog``."""
 
     def __init__(
-        self, saga_log: SagaLog, steps: Sequence[SagaStep], *, on_step_done: StepListener | None = None
+        self,
+        saga_log: SagaLog,
+        steps: Sequence[SagaStep],
+        *,
+        on_step_done: StepListener | None = None,
+        on_step_compensated: StepListener | None = None,
     ) -> None:
         names = [step.name for step in steps]
         if len(set(names)) != len(names):
@@ -298,6 +303,9 @@ class Saga:
         self._log = saga_log
         self._steps = tuple(steps)
         self._on_step_done = on_step_done
+        # Told of each compensation that ran, in the transaction marking the step COMPENSATED: a
+        # compensation retried after a crash is marked (and told) once, when it finally completes.
+        self._on_step_compensated = on_step_compensated
 
     async def run(self, saga_id: str) -> SagaOutcome:
         """Run (or resume) the saga; on a step failure compensate and return a COMPENSATED outcome."""
@@ -347,7 +355,9 @@ class Saga:
                     # Left COMPENSATING: recovery retries the remaining compensations after restart.
                     log.error("saga compensation failed", saga_id=saga_id, step=step.name, exc_info=True)
                     raise SagaFailed(f"compensating {step.name} failed: {error}") from error
-            await self._log.mark_step(saga_id, step.name, StepStatus.COMPENSATED)
+            # Steps with nothing to undo are marked too, but there was no compensation to tell of.
+            listener = self._on_step_compensated if step.compensation is not None else None
+            await self._log.mark_step(saga_id, step.name, StepStatus.COMPENSATED, listener=listener)
         await self._log.set_status(saga_id, SagaStatus.COMPENSATED)
         outcome = await self._log.outcome(saga_id)
         return SagaOutcome(SagaStatus.COMPENSATED, results, error=outcome[1] if outcome else reason)

@@ -79,6 +79,7 @@ class RunWorkflow:
                 SagaStep("record", self._record),
             ],
             on_step_done=self._step_done,
+            on_step_compensated=self._step_compensated,
         )
 
     async def execute(self, run_id: str) -> Run:
@@ -228,6 +229,9 @@ class RunWorkflow:
     async def _step_done(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
         summary = result.get("summary", "done") if isinstance(result, dict) else "done"
         await self._store.append_step_event(tx, saga_id, step=step, cause=summary)
+
+    async def _step_compensated(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
+        await self._store.append_compensation_event(tx, saga_id, step=step)
 
 
 def _decision_to_dict(decision: Decision) -> dict[str, Any]:

@@ -283,3 +283,32 @@ async def test_without_prometheus_the_page_says_so_and_still_draws_the_mesh(
             assert "Prometheus is unavailable" in browser.find_element(By.ID, "methods").text
 
         await asyncio.to_thread(look)
+
+
+async def test_a_failed_run_s_page_shows_each_compensation_the_saga_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: webdriver.Chrome
+) -> None:
+    async with observed_system(tmp_path, monkeypatch) as system:  # with Prometheus: the picture has no banner
+        await send_traffic(system.gateway_address, calls=0)
+        await system.servers.pop("rag").stop()  # the budget is reserved, then retrieval fails
+        async with grpc.aio.insecure_channel(system.gateway_address) as channel:
+            created = await agent_service_pb2_grpc.AgentServiceStub(channel).CreateRun(
+                agent_service_pb2.CreateRunRequest(question="How long do refunds take?", request_id="fails"),
+                timeout=10,
+            )
+
+        def look() -> None:
+            browser.get(f"{system.console.url}/runs/{created.run.run_id}")
+            wait_js(
+                browser,
+                """return document.querySelector('#run-states g.state.passed.current[data-state="FAILED"]')
+                   && document.querySelector('#run-steps li.compensated[data-step="reserve_budget"]')
+                   && document.querySelector('#run-events li[data-type="run.step_compensated"]');""",
+                "the run FAILED with its reserved budget compensated",
+            )
+            steps = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#run-steps li")]
+            assert [s.split(" ")[0] for s in steps] == ["validate", "reserve_budget", "reserve_budget", "run"]
+            assert "later compensated" in steps[1] and "compensated (undone)" in steps[2]
+            screenshot(browser, tmp_path, "run-failed.png")
+
+        await asyncio.to_thread(look)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import grpc.aio
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from console.config import ConsoleSettings
 from console.server import running_console
 from tests.console.observed_system import observed_system, send_traffic
@@ -93,6 +97,44 @@ async def test_a_run_s_events_stream_from_watch_run_as_server_sent_events(
         assert events[0]["type"] == "run.created"
         assert [e["sequence"] for e in events] == sorted(e["sequence"] for e in events)
         assert any(e["type"] == "run.step_completed" and e["cause"].startswith("retrieve:") for e in events)
+
+
+async def _run_events(http: aiohttp.ClientSession, url: str, *, until: tuple[str, ...]) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(30), http.get(url) as response:
+        kind = ""
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind == "run-event":
+                events.append(json.loads(line.split(":", 1)[1]))
+                if events[-1]["to_state"] in until:
+                    break
+    return events
+
+
+async def test_a_run_whose_retrieval_fails_lists_the_compensation_of_its_reserved_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with observed_system(tmp_path, monkeypatch, with_prometheus=False) as system, aiohttp.ClientSession() as http:
+        await send_traffic(system.gateway_address, calls=0)  # the documents, while rag is still up
+        await system.servers.pop("rag").stop()  # validate and reserve_budget complete; retrieve fails
+        async with grpc.aio.insecure_channel(system.gateway_address) as channel:
+            created = await agent_service_pb2_grpc.AgentServiceStub(channel).CreateRun(
+                agent_service_pb2.CreateRunRequest(question="How long do refunds take?", request_id=uuid.uuid4().hex),
+                timeout=10,
+            )
+        url = f"{system.console.url}/api/runs/{created.run.run_id}/events"
+        events = await _run_events(http, url, until=("FAILED", "COMPLETED", "WAITING_FOR_REVIEW"))
+
+    assert events[-1]["to_state"] == "FAILED" and events[-1]["cause"].startswith("retrieve failed")
+    steps = [(e["type"], e["cause"].split(":")[0]) for e in events if e["type"] != "run.state_changed"]
+    assert steps[1:] == [
+        ("run.step_completed", "validate"),
+        ("run.step_completed", "reserve_budget"),
+        ("run.step_compensated", "reserve_budget"),
+    ]
 
 
 async def test_trace_ids_are_checked_and_an_unknown_one_is_not_found(

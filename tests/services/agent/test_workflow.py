@@ -123,6 +123,44 @@ async def test_a_failed_retrieval_releases_the_reserved_budget_and_fails_the_run
     assert await stores.sagas.status(run.run_id) is SagaStatus.COMPENSATED
 
 
+async def test_a_failed_step_publishes_one_compensation_event_per_undone_step_before_the_run_fails(
+    stores: Stores,
+) -> None:
+    retriever = StaticRetriever(error=RetrievalFailed("knowledge retrieval failed: UNAVAILABLE"))
+    run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
+    flow = workflow(stores, retriever=retriever)
+    await flow.execute(run.run_id)
+    # Compensating again (recovery after a crash, a repeated cancel) undoes nothing twice, and says nothing twice.
+    await flow.abort(run.run_id, reason="again")
+
+    events = [(e.type, e.cause, e.to_state) for e in await stores.runs.events(run_id=run.run_id)]
+    kinds = [(kind, cause.split(":")[0]) for kind, cause, _ in events if kind != EventType.STATE_CHANGED]
+    assert kinds == [
+        (EventType.CREATED, "run created"),
+        (EventType.STEP_COMPLETED, "validate"),
+        (EventType.STEP_COMPLETED, "reserve_budget"),
+        # validate had nothing to undo; retrieve failed, so it was never applied.
+        (EventType.STEP_COMPENSATED, "reserve_budget"),
+    ]
+    # The compensation is published before the failure, so a watcher ending at FAILED has seen it.
+    assert events[-1][2] is RunState.FAILED
+
+
+async def test_a_cancelled_run_publishes_its_compensations_after_the_cancel(stores: Stores) -> None:
+    run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
+    engine = BlockingEngine()
+    execution = asyncio.create_task(workflow(stores, engine=engine).execute(run.run_id))
+    await asyncio.wait_for(engine.entered.wait(), timeout=10)
+    await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="changed my mind")
+    execution.cancel()
+    await asyncio.gather(execution, return_exceptions=True)
+
+    events = await stores.runs.events(run_id=run.run_id)
+    compensated = [e.cause for e in events if e.type == EventType.STEP_COMPENSATED]
+    assert compensated == ["reserve_budget: compensated"]
+    assert events[-1].type == EventType.STEP_COMPENSATED and events[-1].run.state is RunState.CANCELLED
+
+
 async def test_an_exhausted_tool_budget_fails_the_run_with_the_reason(stores: Stores) -> None:
     stores.budget = ToolBudget(stores.db, max_units_per_owner=1)
     run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
