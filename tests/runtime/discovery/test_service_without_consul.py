@@ -8,7 +8,7 @@ from pathlib import Path
 from runtime.discovery.consul_client import ConsulAddress, open_consul
 from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
-from tests.system import health_status, spawn
+from tests.system import spawn_serving
 
 
 async def test_rag_serves_while_consul_is_down_and_registers_when_it_returns(
@@ -27,9 +27,9 @@ async def test_rag_serves_while_consul_is_down_and_registers_when_it_returns(
         "AGENTMESH_RAG_DRAIN_DELAY_S": "0",
         "AGENTMESH_RAG_LOG_FORMAT": "console",
     }
-    rag = await asyncio.to_thread(spawn, "services.rag", env, tmp_path)
+    # SERVING with no Consul at all (spawn_serving waits for it; the port file alone comes earlier).
+    rag = await spawn_serving("services.rag", env, tmp_path)
     try:
-        assert await health_status(rag.address) == "SERVING"  # up, with no Consul at all
         async with ConsulAgentDouble(port=port, min_check_interval=0.1) as revived:
             client = open_consul(ConsulAddress(revived.http_addr))
             try:
