@@ -39,6 +39,7 @@ from runtime.logging import configure_logging
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
+from runtime.upstreams import KEEPALIVE_TIME_MS
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,21 @@ class ServerPlan:
     lifespan: Lifespan = field(default_factory=Lifespan)
 
 
+def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    """grpc.aio server options from a service's settings."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # On only when several processes serve the port (runtime/processes.py): otherwise a
+        # second server started on the same port by mistake would silently share it.
+        ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),
+        # Our clients ping every KEEPALIVE_TIME_MS while a call is open, and a health Watch
+        # stays open with no data for minutes. gRPC servers count pings closer than 5 minutes
+        # without data as strikes and answer GOAWAY "too_many_pings", dropping the channel.
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ]
+
+
 class ManagedServer:
     """A started server. `stop()` performs the drain described in the module docstring."""
 
@@ -85,13 +101,7 @@ class ManagedServer:
             raise ValueError("the server chain has no drain gate; build it with interceptors.chain.server_chain")
         self._drain = drain
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        opts = [
-            ("grpc.max_receive_message_length", plan.settings.max_message_bytes),
-            ("grpc.max_send_message_length", plan.settings.max_message_bytes),
-            # On only when several processes serve the port (runtime/processes.py): otherwise a
-            # second server started on the same port by mistake would silently share it.
-            ("grpc.so_reuseport", 1 if plan.settings.processes > 1 else 0),
-        ]
+        opts = server_options(plan.settings)
         others = [i for i in plan.interceptors if not isinstance(i, ServerChain)]
         self.server = grpc.aio.server(interceptors=others or None, options=opts)
         # What registers handlers (generated add_*_to_server, health, reflection) registers them
@@ -203,8 +213,13 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     # stops the half-started server and closes what was opened (aclose again covers a start
     # cancelled before it began; it is idempotent).
     starting = asyncio.ensure_future(server.start())
+
+    def abandon_start() -> None:
+        signalled.set()
+        starting.cancel()
+
     for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, starting.cancel)
+        loop.add_signal_handler(sig, abandon_start)
     if signalled.is_set():
         starting.cancel()
     try:
@@ -215,6 +230,9 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
         return 0
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, server.stop)
+    if signalled.is_set():
+        # The signal came as the start was finishing, too late to cancel it: drain now.
+        server.stop()
     await server.stop_begun.wait()
     await server.stop()
     if plan.lifespan.failure is not None:

@@ -15,8 +15,9 @@ import grpc
 # for its transparent retries of calls that never left the client (always safe); retrying
 # calls that did is the retry interceptor's job (interceptors/retry.py), which can honour
 # RetryInfo and the circuit breaker, so no service-config retryPolicy is set by the services.
+KEEPALIVE_TIME_MS = 30_000
 CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),

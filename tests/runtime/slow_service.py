@@ -6,6 +6,8 @@ Used as a process by the drain tests: `python -m tests.runtime.slow_service`.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,8 @@ class SlowSettings(ServiceSettings):
 
     # Make a start-up hook fail once the server listens (as a store or registration might).
     fail_on_start: bool = False
+    # Send this process SIGTERM from its last start-up hook: the signal lands as the start finishes.
+    signal_on_start: bool = False
 
 
 async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -52,6 +56,12 @@ async def build(settings: SlowSettings) -> ServerPlan:
             raise RuntimeError("a start-up hook failed")
 
         plan.lifespan.on_started(fail)
+    if settings.signal_on_start:
+
+        async def stop_me(port: int) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        plan.lifespan.on_started(stop_me)
     return plan
 
 

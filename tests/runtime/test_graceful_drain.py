@@ -81,6 +81,22 @@ async def test_calls_still_running_after_the_grace_period_are_cancelled_and_the_
         service.kill()
 
 
+async def test_a_sigterm_that_lands_as_the_start_finishes_still_drains_the_server(tmp_path: Path) -> None:
+    # Too late to cancel the start, so it must begin the drain instead of being dropped (a forked
+    # worker signalled by its parent at that moment once served on for its whole grace period).
+    env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"), "AGENTMESH_SLOW_SIGNAL_ON_START": "1"}
+    try:
+        service = spawn("tests.runtime.slow_service", env, tmp_path)
+    except RuntimeError as exited_already:  # it may be gone before the launcher saw the port
+        assert "exited with 0" in str(exited_already)
+        return
+    try:
+        assert await asyncio.to_thread(service.process.wait, 20) == 0
+    finally:
+        service.kill()
+    assert "draining" in service.logs()
+
+
 async def test_a_failure_during_start_up_stops_the_server_and_the_process_exits_non_zero(tmp_path: Path) -> None:
     env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"), "AGENTMESH_SLOW_FAIL_ON_START": "1"}
     try:
