@@ -58,7 +58,8 @@ CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (run_id, sequence);
 SCHEMA = Schema("agent.runs", (Migration(1, sqlite=_V1, postgresql=_V1),), legacy_table="runs")
 # Appending transactions serialize on it (see the module docstring).
 LOG_LOCK = "agent.run_events"
-# Committed appends notify it, so watchers on every replica wake (LISTEN/NOTIFY on PostgreSQL).
+# Committed appends (and saga ends, see ``wake_watchers``) notify it, so watchers on every
+# replica wake (LISTEN/NOTIFY on PostgreSQL).
 LOG_CHANNEL = "agent_run_events"
 
 
@@ -294,6 +295,10 @@ class RunStore:
             {"sequence": sequence, "event_id": event.id, "run_id": run.run_id, "event": event.to_json()},
         )
         await self._outbox.append(tx, event)
+        await tx.notify(LOG_CHANNEL)
+
+    async def wake_watchers(self, tx: Transaction) -> None:
+        """Once ``tx`` commits, wake the watchers on every replica (a change they wait for, not an event)."""
         await tx.notify(LOG_CHANNEL)
 
     def _wake_watchers(self) -> None:

@@ -109,6 +109,14 @@ class StepListener(Protocol):
         """Called inside the transaction that marks ``step`` done (or compensated), so its writes commit with it."""
 
 
+class SettleListener(Protocol):
+    async def __call__(self, tx: Transaction, saga_id: str) -> None:
+        """Called inside the transaction that ends the saga (COMPLETED or COMPENSATED)."""
+
+
+SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
+
+
 class SagaLeased(Exception):
     """Another owner holds the saga's lease: it is executing it, or did until recently."""
 
@@ -204,6 +212,11 @@ class SagaLog:
         row = await self.db.fetch_one("SELECT status FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
         return SagaStatus(row[0]) if row else None
 
+    async def settled(self, saga_id: str) -> bool:
+        """True once nothing more will run for this saga: ended, or never begun."""
+        status = await self.status(saga_id)
+        return status is None or status in SETTLED
+
     async def outcome(self, saga_id: str) -> tuple[SagaStatus, str] | None:
         row = await self.db.fetch_one("SELECT status, error FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
         return (SagaStatus(row[0]), row[1]) if row else None
@@ -270,16 +283,20 @@ class SagaLog:
             if listener is not None:
                 await listener(tx, saga_id, name, result)
 
-    async def set_status(self, saga_id: str, status: SagaStatus, *, error: str = "") -> None:
+    async def set_status(
+        self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
+    ) -> None:
         async with self.db.transaction() as tx:
             await self._renew(tx, saga_id)
-            if status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
+            if status in SETTLED:
                 await tx.execute("UPDATE sagas SET lease_until = 0 WHERE saga_id = :saga_id", {"saga_id": saga_id})
             await tx.execute(
                 "UPDATE sagas SET status = :status, error = CASE WHEN :error = '' THEN error ELSE :error END,"
                 " updated_at = :now WHERE saga_id = :saga_id",
                 {"status": str(status), "error": error, "now": time.time(), "saga_id": saga_id},
             )
+            if status in SETTLED and on_settled is not None:
+                await on_settled(tx, saga_id)
 
 
 class SagaFailed(Exception):
@@ -296,6 +313,7 @@ class Saga:
         *,
         on_step_done: StepListener | None = None,
         on_step_compensated: StepListener | None = None,
+        on_settled: SettleListener | None = None,
     ) -> None:
         names = [step.name for step in steps]
         if len(set(names)) != len(names):
@@ -306,6 +324,8 @@ class Saga:
         # Told of each compensation that ran, in the transaction marking the step COMPENSATED: a
         # compensation retried after a crash is marked (and told) once, when it finally completes.
         self._on_step_compensated = on_step_compensated
+        # Told when the saga ends, in that transaction: from then on it writes nothing more.
+        self._on_settled = on_settled
 
     async def run(self, saga_id: str) -> SagaOutcome:
         """Run (or resume) the saga; on a step failure compensate and return a COMPENSATED outcome."""
@@ -333,7 +353,7 @@ class Saga:
                 return SagaOutcome(outcome.status, outcome.results, outcome.error, failed_step=step.name)
             await self._log.mark_step(saga_id, step.name, StepStatus.DONE, result=result, listener=self._on_step_done)
             results[step.name] = result
-        await self._log.set_status(saga_id, SagaStatus.COMPLETED)
+        await self._log.set_status(saga_id, SagaStatus.COMPLETED, on_settled=self._on_settled)
         return SagaOutcome(SagaStatus.COMPLETED, results)
 
     async def compensate(self, saga_id: str, *, reason: str) -> SagaOutcome:
@@ -358,7 +378,7 @@ class Saga:
             # Steps with nothing to undo are marked too, but there was no compensation to tell of.
             listener = self._on_step_compensated if step.compensation is not None else None
             await self._log.mark_step(saga_id, step.name, StepStatus.COMPENSATED, listener=listener)
-        await self._log.set_status(saga_id, SagaStatus.COMPENSATED)
+        await self._log.set_status(saga_id, SagaStatus.COMPENSATED, on_settled=self._on_settled)
         outcome = await self._log.outcome(saga_id)
         return SagaOutcome(SagaStatus.COMPENSATED, results, error=outcome[1] if outcome else reason)
 

@@ -169,7 +169,7 @@ async def _assemble(
     )
     executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
     life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
-    servicer = AgentServicer(store=store, projection=projection, executor=executor, settings=settings)
+    servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, executor=executor, settings=settings)
 
     async def resume_orphaned_runs() -> None:
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.

@@ -6,7 +6,9 @@
   one is FAILED_PRECONDITION naming both states.
 - GetRun, ListRuns and GetRunStats read the run projection. Before reading, the projection
   catches up with the event log if it is behind, so a caller reads its own writes.
-- WatchRun streams the run's event log after a cursor, then follows new commits live.
+- WatchRun streams the run's event log after a cursor, then follows new commits live. It ends
+  once the run is terminal and its saga has settled (a cancelled run is compensated after it
+  is CANCELLED, each compensation an event), so its last message is the run's last event.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ from services.agent.messages import (
 )
 from services.agent.projections import InvalidPageToken, RunProjection
 from services.agent.run_store import RequestIdReused, RunNotFound, RunStore
+from services.agent.saga import SagaLog
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
 Review = agent_service_pb2.SubmitReviewRequest
-# Safety net for WatchRun: commits wake watchers at once; this only bounds a missed wake-up.
+# Safety net for WatchRun: commits (appends, saga ends) wake watchers at once; this only bounds a missed wake-up.
 WATCH_POLL_S = 5.0
 
 
@@ -82,9 +85,16 @@ def _background_context() -> contextvars.Context:
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(
-        self, *, store: RunStore, projection: RunProjection, executor: RunExecutor, settings: AgentSettings
+        self,
+        *,
+        store: RunStore,
+        sagas: SagaLog,
+        projection: RunProjection,
+        executor: RunExecutor,
+        settings: AgentSettings,
     ) -> None:
         self._store = store
+        self._sagas = sagas
         self._projection = projection
         self._executor = executor
         self._settings = settings
@@ -207,7 +217,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         with _domain_errors():
             await self._store.get(request.run_id)
         cursor = request.after_sequence
-        terminal_seen = False
+        finished_seen = False
         while True:
             # Taken before reading, so a commit between the read and the wait still wakes us.
             next_commit = self._store.next_commit()
@@ -216,15 +226,24 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 yield agent_service_pb2.WatchRunResponse(event=event_to_proto(event))
                 cursor = event.sequence
             if events:
-                if events[-1].to_state in TERMINAL and events[-1].from_state is not None:
-                    return
                 continue
-            if terminal_seen:
+            if finished_seen:
                 return
-            if (await self._store.get(request.run_id)).state in TERMINAL:
-                # The terminal transition may have committed between the log read above and this
-                # state read: it commits with its event, so one more read of the log sends it.
-                terminal_seen = True
+            if await self._finished(request.run_id):
+                # Everything the run will log committed before this saw it finished (the terminal
+                # transition commits with its event, the last compensation before the saga
+                # settles), possibly after the log read above: one more read of the log sends it.
+                finished_seen = True
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(next_commit.wait(), WATCH_POLL_S)
+
+    async def _finished(self, run_id: str) -> bool:
+        """Terminal, and nothing more will be appended to its log: its saga (in the shared database) has settled.
+
+        A saga whose owner died stays unsettled until a survivor's recovery compensates it (after
+        the lease expires); until then the watch follows, bounded by the client's deadline.
+        """
+        if (await self._store.get(run_id)).state not in TERMINAL:
+            return False
+        return await self._sagas.settled(run_id)

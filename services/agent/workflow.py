@@ -80,6 +80,7 @@ class RunWorkflow:
             ],
             on_step_done=self._step_done,
             on_step_compensated=self._step_compensated,
+            on_settled=self._saga_settled,
         )
 
     async def execute(self, run_id: str) -> Run:
@@ -232,6 +233,10 @@ class RunWorkflow:
 
     async def _step_compensated(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
         await self._store.append_compensation_event(tx, saga_id, step=step)
+
+    async def _saga_settled(self, tx: Transaction, saga_id: str) -> None:
+        # Watchers of a finished run wait for this: nothing more is appended to its log after it.
+        await self._store.wake_watchers(tx)
 
 
 def _decision_to_dict(decision: Decision) -> dict[str, Any]:
