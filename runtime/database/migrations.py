@@ -13,10 +13,14 @@ knows).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from runtime.database.errors import SchemaMismatch
+
+if TYPE_CHECKING:
+    from runtime.database.interface import Transaction
 
 MIGRATIONS_TABLE = "schema_migrations"
 
@@ -59,3 +63,23 @@ class Schema:
                 f" up to {self.latest}: it was migrated by a newer agentmesh. Run that version (or newer),"
                 " or point the service at another database (or move the data dir aside)"
             )
+
+
+async def recorded_version(tx: Transaction, component: str, *, real_type: str) -> int | None:
+    """The version recorded for ``component`` (None: never migrated), creating the table if new."""
+    await tx.execute(
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+        f" component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at {real_type} NOT NULL)"
+    )
+    found = (
+        await tx.execute(f"SELECT version FROM {MIGRATIONS_TABLE} WHERE component = :c", {"c": component})
+    ).scalar()
+    return None if found is None else int(found)
+
+
+async def record_version(tx: Transaction, schema: Schema) -> None:
+    await tx.execute(
+        f"INSERT INTO {MIGRATIONS_TABLE} (component, version, applied_at) VALUES (:c, :v, :t)"
+        " ON CONFLICT (component) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+        {"c": schema.component, "v": schema.latest, "t": time.time()},
+    )

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Dialect, Params, Result
-from runtime.database.migrations import MIGRATIONS_TABLE, Schema
+from runtime.database.migrations import MIGRATIONS_TABLE, Schema, record_version, recorded_version
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -206,26 +205,12 @@ class PostgresDatabase:
         async with self.transaction() as tx:
             # Replicas starting together queue here; the first migrates, the others find it done.
             await tx.lock(MIGRATIONS_TABLE)
-            await tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
-                " component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            current = (
-                await tx.execute(
-                    f"SELECT version FROM {MIGRATIONS_TABLE} WHERE component = :c", {"c": schema.component}
-                )
-            ).scalar()
-            current = int(current or 0)
+            current = await recorded_version(tx, schema.component, real_type="DOUBLE PRECISION") or 0
             schema.check(current, where=f"the database {self.description}")
             for migration in schema.pending(current):
                 await tx.execute_script(migration.postgresql)
             if current != schema.latest:
-                await tx.execute(
-                    f"INSERT INTO {MIGRATIONS_TABLE} (component, version, applied_at) VALUES (:c, :v, :t)"
-                    " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
-                    " applied_at = excluded.applied_at",
-                    {"c": schema.component, "v": schema.latest, "t": time.time()},
-                )
+                await record_version(tx, schema)
                 log.info("database migrated", component=schema.component, version=schema.latest, since=current)
             return schema.latest
 

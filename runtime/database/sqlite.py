@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ import aiosqlite
 
 from runtime.database.errors import SchemaMismatch
 from runtime.database.interface import Dialect, Params, Result, Row
-from runtime.database.migrations import MIGRATIONS_TABLE, Schema
+from runtime.database.migrations import Schema, record_version, recorded_version
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -153,15 +152,7 @@ class SQLiteDatabase:
     async def migrate(self, schema: Schema) -> int:
         # BEGIN IMMEDIATE holds SQLite's file write lock: processes sharing the file migrate once.
         async with self.transaction() as tx:
-            await tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
-                " component TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at REAL NOT NULL)"
-            )
-            current = (
-                await tx.execute(
-                    f"SELECT version FROM {MIGRATIONS_TABLE} WHERE component = :c", {"c": schema.component}
-                )
-            ).scalar()
+            current = await recorded_version(tx, schema.component, real_type="REAL")
             if current is None:
                 current = await self._legacy_version(tx, schema)
             schema.check(current, where=f"the database {self.path}")
@@ -169,12 +160,7 @@ class SQLiteDatabase:
                 for statement in _statements(migration.sqlite):
                     await tx.execute(statement)
             if current != schema.latest:
-                await tx.execute(
-                    f"INSERT INTO {MIGRATIONS_TABLE} (component, version, applied_at) VALUES (:c, :v, :t)"
-                    " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
-                    " applied_at = excluded.applied_at",
-                    {"c": schema.component, "v": schema.latest, "t": time.time()},
-                )
+                await record_version(tx, schema)
             if schema.legacy_table:
                 # Older builds check user_version; keep it telling them the truth.
                 await tx.execute(f"PRAGMA user_version = {int(schema.latest)}")
