@@ -102,7 +102,7 @@ async def serve(spec: BackendSpec, port_file: Path) -> None:
             plan.lifespan.on_close(hook)
         managed = ManagedServer(plan)
         port = await managed.start()
-        _write_port(port_file, port)
+        write_port(port_file, port)
         await stop.wait()
         await managed.stop()
         return
@@ -115,14 +115,14 @@ async def serve(spec: BackendSpec, port_file: Path) -> None:
     await server.start()
     for name in ("", payload.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _write_port(port_file, port)
+    write_port(port_file, port)
     await stop.wait()
     await server.stop(1)
     for hook in stack.on_stopped:
         await hook()
 
 
-def _write_port(port_file: Path, port: int) -> None:
+def write_port(port_file: Path, port: int) -> None:
     # Written whole, then renamed, so a reader never sees a half-written number.
     partial = port_file.with_suffix(".partial")
     partial.write_text(str(port))

@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.backend import BackendSpec
-from bench.topology import Direct, Topology, ViaEnvoy, ViaGateway, ViaMeshEdge, ViaMeshInbound, ViaMeshSidecars
+from bench.topology import (
+    Direct,
+    Topology,
+    ViaEnvoy,
+    ViaFloorProxy,
+    ViaGateway,
+    ViaMeshEdge,
+    ViaMeshInbound,
+    ViaMeshSidecars,
+)
 
 CLIENTS = ("h2load", "pyclient")
 # The scenario every other one is compared with unless it names another baseline.
@@ -103,6 +112,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("chain", "the full chain, as the services build it, through the shared bootstrap", Direct(CHAIN)),
     Scenario("gateway", "one gateway hop (the gateway with its own chain) → bare backend", ViaGateway(BARE)),
+    Scenario(
+        "gateway-floor",
+        "the grpc.aio floor under a gateway hop: a forwarder with no chain and no policies → bare backend",
+        ViaFloorProxy(BARE),
+    ),
     Scenario(
         "gateway-8-connections",
         "one gateway hop, callers on 8 connections (the baseline of gateway-processes)",

@@ -176,6 +176,22 @@ class ViaGateway:
 
 
 @dataclass(frozen=True)
+class ViaFloorProxy:
+    """client → the least grpc.aio forwarder (`bench.floor_proxy`) → backend: the gateway's floor."""
+
+    backend: BackendSpec = field(default_factory=BackendSpec)
+
+    def start(self, group: ProcessGroup) -> Endpoint:
+        backend = start_backend(group, self.backend)
+        port_file = group.port_file("gateway")
+        argv = python_argv("bench.floor_proxy", "--upstream", backend.address, "--port-file", str(port_file))
+        return Endpoint(group.start("gateway", argv, env=python_env(), port_file=port_file).address)
+
+    def describe(self) -> str:
+        return f"client → grpc.aio forwarder (no chain, no policies) → backend ({_describe_backend(self.backend)})"
+
+
+@dataclass(frozen=True)
 class ViaEnvoy:
     """client → Envoy (`bench.envoy.plain_proxy`: plaintext, router only) → backend."""
 

@@ -62,3 +62,14 @@ def test_one_scenario_is_measured_by_both_clients_with_cpu_per_process(tmp_path:
         assert set(client["cpu_s_per_1k"]) == {"backend", "client"}
         assert client["ratio"] == pytest.approx(1.0)
         assert len(client["runs"]) == 1
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (Debian nghttp2-client) is not installed")
+def test_the_gateway_floor_forwards_every_call_and_is_accounted_as_the_gateway(tmp_path: Path) -> None:
+    report = _run_bench(tmp_path, "gateway-floor", "--clients", "h2load")
+
+    floor = next(s for s in report["scenarios"] if s["name"] == "gateway-floor")
+    measured = floor["clients"]["h2load"]
+    assert measured["calls"] > 0
+    assert measured["errors"] == {}
+    assert set(measured["cpu_s_per_1k"]) == {"gateway", "backend", "client"}
