@@ -29,7 +29,8 @@ class Settings:
     concurrency: int = 32
     warmup_s: float = 0.5
     duration_s: float = 1.5
-    passes: int = 2
+    # Three, so a median is a middle value and not the mean of two.
+    passes: int = 3
     h2load_connections: int = 2
     # Roles ("gateway", "backend", ...) to sample with py-spy in the first pass, and where to write.
     profile_roles: tuple[str, ...] = ()

@@ -59,47 +59,33 @@ def build(
     summaries = {
         name: {client: summarize_runs(runs) for client, runs in clients.items()} for name, clients in results.items()
     }
+    passes = int(settings.get("passes") or 1)
     rows: list[dict[str, Any]] = []
     for scenario in scenarios:
         clients: dict[str, Any] = {}
         for client, summary in summaries[scenario.name].items():
             # Where the named baseline was not measured with this client, the bare one is.
             baseline = scenario.baseline if client in summaries.get(scenario.baseline, {}) else "bare"
-            base = summaries.get(baseline, {}).get(client)
-            ratio = p99_ratio = cpu_ratio = added = None
-            process_ratio: dict[str, float] = {}
-            if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
-                ratio = summary["messages_per_s"] / base["messages_per_s"]
-                p99_ratio = summary["latency_ms"]["p99"] / base["latency_ms"]["p99"]
-                # CPU per message of all servers: steadier than throughput on a shared machine.
-                per_message = summary["rps"] / summary["messages_per_s"] if summary["messages_per_s"] else 1.0
-                base_per_message = base["rps"] / base["messages_per_s"] if base["messages_per_s"] else 1.0
-                base_cpu = _servers_cpu(base["cpu_s_per_1k"]) * base_per_message
-                if base_cpu:
-                    cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
-                # What this scenario's layers add to the servers, per call, over the baseline's.
-                added = _servers_cpu(summary["cpu_s_per_1k"]) - _servers_cpu(base["cpu_s_per_1k"])
-                # Each process against a bare server's per call (the gateway process vs a bare server).
-                bare = summaries.get("bare", {}).get(client)
-                base_server = None if bare is None else bare["cpu_s_per_1k"].get("backend")
-                if base_server:
-                    process_ratio = {
-                        role: seconds / base_server
-                        for role, seconds in summary["cpu_s_per_1k"].items()
-                        if role != "client"
-                    }
+            runs = results[scenario.name][client]
+            # Each pass's figures against the baselines of the same pass, then the median over the
+            # passes: a slow swing in the machine's speed between passes cancels out of each ratio.
+            per_pass = [
+                _ratios(
+                    summarize_runs([run]),
+                    _pass_summary(results.get(baseline, {}).get(client, ()), number, passes),
+                    _pass_summary(results.get("bare", {}).get(client, ()), number, passes),
+                )
+                for number, run in enumerate(runs)
+            ]
+            ratios = _median_ratios(per_pass)
             clients[client] = {
                 **summary,
                 "baseline": baseline,
-                "ratio": ratio,
-                "p99_ratio": p99_ratio,
-                "servers_cpu_ratio": cpu_ratio,
+                **ratios,
                 # CPU seconds per 1,000 calls is numerically vCPU per 1,000 calls/s (Istio's unit).
                 "vcpu_per_1k_rps": summary["cpu_s_per_1k"],
                 "cpu_us_per_call": {role: seconds * 1000 for role, seconds in summary["cpu_s_per_1k"].items()},
-                "added_vcpu_per_1k_rps": added,
-                "process_cpu_ratio": process_ratio,
-                "runs": results[scenario.name][client],
+                "runs": runs,
             }
         rows.append(
             {
@@ -121,6 +107,7 @@ def build(
         value = entry.get(field)
         if role:
             value = (value or {}).get(role)
+        spread = [v for v in (_pass_value(one, field, role) for one in entry.get("passes", ())) if v is not None]
         checked.append(
             {
                 "title": target.title,
@@ -130,6 +117,7 @@ def build(
                 "bound": target.bound,
                 "at_least": target.at_least,
                 "value": value,
+                "passes": spread,
                 "met": None if value is None else target.met(value),
             }
         )
@@ -145,6 +133,83 @@ def build(
         "scenarios": rows,
         "targets": checked,
     }
+
+
+def _pass_summary(runs: Sequence[Mapping[str, Any]], number: int, passes: int) -> dict[str, Any] | None:
+    """The baseline's figures in pass ``number``: the bare baseline runs at both ends of every pass
+    (two runs a pass), a named one once; None when that pass has none."""
+    if not runs:
+        return None
+    per_pass = max(1, len(runs) // passes) if len(runs) >= passes else 1
+    mine = list(runs[number * per_pass : (number + 1) * per_pass]) or list(runs)
+    return summarize_runs(mine)
+
+
+def _ratios(
+    summary: Mapping[str, Any], base: Mapping[str, Any] | None, bare: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A scenario's figures against its baseline (throughput, p99, servers' CPU per message, what
+    its layers add) and each of its processes against a bare server's CPU per call."""
+    ratio = p99_ratio = cpu_ratio = added = None
+    process_ratio: dict[str, float] = {}
+    if base and base["messages_per_s"] and base["latency_ms"]["p99"]:
+        ratio = summary["messages_per_s"] / base["messages_per_s"]
+        p99_ratio = summary["latency_ms"]["p99"] / base["latency_ms"]["p99"]
+        # CPU per message of all servers: steadier than throughput on a shared machine.
+        per_message = summary["rps"] / summary["messages_per_s"] if summary["messages_per_s"] else 1.0
+        base_per_message = base["rps"] / base["messages_per_s"] if base["messages_per_s"] else 1.0
+        base_cpu = _servers_cpu(base["cpu_s_per_1k"]) * base_per_message
+        if base_cpu:
+            cpu_ratio = _servers_cpu(summary["cpu_s_per_1k"]) * per_message / base_cpu
+        # What this scenario's layers add to the servers, per call, over the baseline's.
+        added = _servers_cpu(summary["cpu_s_per_1k"]) - _servers_cpu(base["cpu_s_per_1k"])
+        base_server = None if bare is None else bare["cpu_s_per_1k"].get("backend")
+        if base_server:
+            process_ratio = {
+                role: seconds / base_server for role, seconds in summary["cpu_s_per_1k"].items() if role != "client"
+            }
+    return {
+        "ratio": ratio,
+        "p99_ratio": p99_ratio,
+        "servers_cpu_ratio": cpu_ratio,
+        "added_vcpu_per_1k_rps": added,
+        "process_cpu_ratio": process_ratio,
+    }
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return _median(present) if present else None
+
+
+def _median_ratios(per_pass: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the passes, the passes themselves kept under ``passes``."""
+    roles = sorted({role for one in per_pass for role in one["process_cpu_ratio"]}, key=_role_order)
+    merged: dict[str, Any] = {
+        name: _median_or_none([one[name] for one in per_pass])
+        for name in ("ratio", "p99_ratio", "servers_cpu_ratio", "added_vcpu_per_1k_rps")
+    }
+    merged["process_cpu_ratio"] = {
+        role: value
+        for role in roles
+        if (value := _median_or_none([one["process_cpu_ratio"].get(role) for one in per_pass])) is not None
+    }
+    merged["passes"] = list(per_pass)
+    return merged
+
+
+def _pass_value(one: Mapping[str, Any], field: str, role: str) -> float | None:
+    value = one.get(field)
+    if role:
+        value = (value or {}).get(role)
+    return value if isinstance(value, (int, float)) else None
+
+
+def _fmt_spread(values: Sequence[float]) -> str:
+    """The range over the passes, when there were several."""
+    if len(values) < 2:
+        return ""
+    return f" ({min(values):.2f}-{max(values):.2f})"
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -182,7 +247,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         f"{settings['concurrency']} calls in flight, {settings['warmup_s']:g} s warm-up then "
         f"{settings['duration_s']:g} s measured per client, {settings['passes']} passes (alternating order, "
-        f"the bare baseline at both ends of each), medians shown; whole run {report['wall_s']:.0f} s. "
+        f"the bare baseline at both ends of each); rates and CPU are medians over the passes, each ratio the "
+        f"median of the passes' own ratios (a pass against the baseline measured in it), with the range over "
+        f"passes after each target; whole run {report['wall_s']:.0f} s. "
         f"Unary call {report['payload']['unary']}; streaming {report['payload']['stream']}.",
         "",
     ]
@@ -190,7 +257,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["| target | client | measured | |", "|---|---|---|---|"]
         for target in report["targets"]:
             verdict = {True: "met", False: "**missed**", None: "not measured"}[target["met"]]
-            lines.append(f"| {target['title']} | {target['client']} | {_fmt_ratio(target['value'])} | {verdict} |")
+            lines.append(
+                f"| {target['title']} | {target['client']} | {_fmt_ratio(target['value'])}"
+                f"{_fmt_spread(target.get('passes') or [])} | {verdict} |"
+            )
         lines.append("")
     for client in ("h2load", "pyclient"):
         rows = [r for r in report["scenarios"] if client in r["clients"]]
