@@ -69,13 +69,15 @@ def build(
             runs = results[scenario.name][client]
             # Each pass's figures against the baselines of the same pass, then the median over the
             # passes: a slow swing in the machine's speed between passes cancels out of each ratio.
+            # The baseline itself is every run of its pass against the same: 1.00x by definition.
+            own = baseline == scenario.name
             per_pass = [
                 _ratios(
-                    summarize_runs([run]),
+                    (_pass_summary(runs, number, passes) or summary) if own else summarize_runs([runs[number]]),
                     _pass_summary(results.get(baseline, {}).get(client, ()), number, passes),
                     _pass_summary(results.get("bare", {}).get(client, ()), number, passes),
                 )
-                for number, run in enumerate(runs)
+                for number in range(min(passes, len(runs)) if own else len(runs))
             ]
             ratios = _median_ratios(per_pass)
             clients[client] = {
