@@ -127,7 +127,7 @@ mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the poli
 	$(PY) -m mesh check
 
 .PHONY: bench
-bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~4 min): bench/results/latest.{json,md}, docs/benchmarks.md
+bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~9 min): bench/results/latest.{json,md}, docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 	# CreateRun's transaction on SQLite and PostgreSQL (docs/database.md): bench/results/run_store.json
 	$(PY) -m bench.run_store
