@@ -93,6 +93,27 @@ def _run(argv: list[str], timeout_s: float) -> dict[str, float]:
     return _parse(completed.stdout)
 
 
+def start_paced(options: H2loadOptions, body: Path, *, rate: int, seconds: float) -> subprocess.Popen[str]:
+    """h2load sending ``rate`` calls/s in all for about ``seconds`` (``--rps`` per connection), in the
+    background; a fixed number of requests, so none is cut off mid-response. `finish_paced` reads it."""
+    per_connection = max(1, round(rate / options.connections))
+    requests = max(1, round(per_connection * options.connections * seconds))
+    argv = _argv(options, body, limit=["--requests", str(requests), "--rps", str(per_connection)], log=None)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_paced(process: subprocess.Popen[str], timeout_s: float) -> dict[str, float]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"h2load exited with {process.returncode}:\n{stdout}\n{stderr}")
+    return _parse(stdout)
+
+
 def run(options: H2loadOptions, work_dir: Path, on_measuring: Callable[[], Any]) -> dict[str, Any]:
     """Warm up for `warmup_s`, then call `on_measuring` and make the measured run."""
     body = work_dir / "h2load-body.bin"
