@@ -140,14 +140,18 @@ class SQLiteDatabase:
         async with self._write_lock:
             await self._writer.executescript(script)
 
+    # Each read runs to its end in one call on the reader's thread. A cursor left open between
+    # calls keeps its statement active, and with it the connection's read snapshot: reads that
+    # overlap one another (concurrent calls share the reader) would then keep an old snapshot
+    # pinned, and a read made right after a commit could miss it (a run not found by the worker
+    # that CreateRun had just handed it to).
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        async with self._reader.execute(sql, dict(params or {})) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._reader.execute_fetchall(sql, dict(params or {})))
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
-        async with self._reader.execute(sql, dict(params or {})) as cursor:
-            row: Row | None = await cursor.fetchone()
-            return row
+        """The first row; callers ask for one row (a key, an aggregate), so all rows are few."""
+        rows = list(await self._reader.execute_fetchall(sql, dict(params or {})))
+        return rows[0] if rows else None
 
     async def migrate(self, schema: Schema) -> int:
         # BEGIN IMMEDIATE holds SQLite's file write lock: processes sharing the file migrate once.

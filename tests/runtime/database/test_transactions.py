@@ -145,3 +145,30 @@ async def test_listeners_are_woken_by_commits_that_notify_only(db: Database) -> 
         await tx.execute("INSERT INTO items VALUES ('n')")
         await tx.notify("items_changed")
     await asyncio.wait_for(woken.wait(), timeout=10)
+
+
+async def test_a_read_after_a_commit_sees_it_while_other_reads_are_in_flight(db: Database) -> None:
+    # The agent reads a run the moment CreateRun has committed it, while other calls read too.
+    async with db.transaction() as tx:
+        for number in range(50):
+            await tx.execute("INSERT INTO items (name) VALUES (:name)", {"name": f"seed-{number:02d}"})
+    reading = True
+
+    async def keep_reading() -> None:
+        while reading:
+            await db.fetch_all("SELECT name FROM items")
+            await db.fetch_one("SELECT name FROM items ORDER BY name")
+
+    readers = [asyncio.create_task(keep_reading()) for _ in range(8)]
+    try:
+        missed = []
+        for number in range(100):
+            name = f"new-{number:03d}"
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO items (name) VALUES (:name)", {"name": name})
+            if await db.fetch_one("SELECT name FROM items WHERE name = :name", {"name": name}) is None:
+                missed.append(name)
+        assert missed == []
+    finally:
+        reading = False
+        await asyncio.gather(*readers)
