@@ -87,10 +87,7 @@ def _parse(output: str) -> dict[str, float]:
 
 
 def _run(argv: list[str], timeout_s: float) -> dict[str, float]:
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"h2load exited with {completed.returncode}:\n{completed.stdout}\n{completed.stderr}")
-    return _parse(completed.stdout)
+    return finish_paced(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), timeout_s)
 
 
 def start_paced(options: H2loadOptions, body: Path, *, rate: int, seconds: float) -> subprocess.Popen[str]:

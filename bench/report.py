@@ -106,9 +106,7 @@ def build(
         entry = next(r for r in rows if r["name"] == target.scenario)["clients"].get(target.client, {})
         # "process_cpu_ratio.gateway": one process's figure from a per-process mapping.
         field, _, role = target.metric.partition(".")
-        value = entry.get(field)
-        if role:
-            value = (value or {}).get(role)
+        value = _pass_value(entry, field, role)
         spread = [v for v in (_pass_value(one, field, role) for one in entry.get("passes", ())) if v is not None]
         checked.append(
             {
