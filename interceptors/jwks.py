@@ -195,6 +195,14 @@ class TokenVerifier:
         self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "sub", "iss", "aud"], "verify_iat": True})
 
+    def still_valid(self, verified: VerifiedToken) -> bool:
+        """Whether a token this verifier accepted earlier is still good: not expired, key still trusted.
+
+        The check :meth:`verify` makes of a cached token, without the token's text: a caller that
+        keeps what ``verify`` returned per header asks only this on its next calls.
+        """
+        return verified.expires_at + self._leeway > self._clock() and self._keys.find(verified.kid) is verified.key
+
     def verify(self, token: str) -> VerifiedToken:
         """The verified token, or ``TokenRejected`` saying why not."""
         cached = self._cache.get(token)

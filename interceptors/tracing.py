@@ -20,6 +20,7 @@ the call can record anything:
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -127,22 +128,28 @@ class CallTrace:
 
 
 _call_trace: ContextVar[CallTrace | None] = ContextVar("agentmesh_call_trace", default=None)
-_TRACE_ID_MASK = (1 << 64) - 1
 
 
-_HEX = frozenset("0123456789abcdef")
+# A version-00 traceparent: lowercase hex fields of fixed width (W3C Trace Context, section 3.2).
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def _parse_traceparent(value: str | bytes | None) -> tuple[str, bool] | None:
     """(trace id as lowercase hex, sampled) of a version-00 ``traceparent``; None when absent or malformed."""
-    if not isinstance(value, str) or len(value) != 55 or not value.startswith("00-"):
+    if not isinstance(value, str):
         return None
-    if value[35] != "-" or value[52] != "-" or not _HEX.issuperset(value[3:35] + value[36:52] + value[53:55]):
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
         return None
-    trace_hex = value[3:35]
-    if trace_hex == "0" * 32 or value[36:52] == "0" * 16:
+    trace_hex, span_hex, flags = match.groups()
+    if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
         return None
-    return trace_hex, bool(int(value[53:55], 16) & 1)
+    return trace_hex, bool(int(flags, 16) & 1)
+
+
+def _span_hex(span_hex: str) -> str:
+    return "0" * 15 + "1" if span_hex == _ZERO_SPAN else span_hex
 
 
 def _not_sampled(traceparent: str | bytes | None) -> bool:
@@ -178,20 +185,25 @@ class TracingInterceptor(Concern):
 
     def _ids_only(self) -> Wrap:
         bound = self._bound
-        getrandbits = random.getrandbits
+        randbytes = random.randbytes
         var = _call_trace
 
         def enter(context: Context) -> None:
+            # One draw of random bytes, hex-encoded once: the cheapest way Python has to new ids.
             metadata = request_metadata(context)
             parent = _parse_traceparent(metadata_value(metadata, TRACEPARENT)) if metadata else None
-            span_hex = f"{getrandbits(64) or 1:016x}"
             if parent is not None:
                 state = metadata_value(metadata, TRACESTATE)
                 tracestate = state if isinstance(state, str) else None
-                var.set(CallTrace(parent[0], span_hex, parent[1], tracestate))
+                var.set(CallTrace(parent[0], _span_hex(randbytes(8).hex()), parent[1], tracestate))
                 return
-            trace_id = getrandbits(128) or 1
-            var.set(CallTrace(f"{trace_id:032x}", span_hex, (trace_id & _TRACE_ID_MASK) < bound, None))
+            raw = randbytes(24)
+            ids = raw.hex()
+            trace_hex, span_hex = ids[:32], ids[32:]
+            if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:  # all-zero ids are invalid (W3C)
+                trace_hex, span_hex = trace_hex.replace(_ZERO_TRACE, "0" * 31 + "1"), _span_hex(span_hex)
+            # TraceIdRatioBased samples on the trace id's low 64 bits.
+            var.set(CallTrace(trace_hex, span_hex, int.from_bytes(raw[8:16]) < bound, None))
 
         # Set without resetting: grpc.aio runs each call in its own task, whose context ends with it.
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:

@@ -32,6 +32,7 @@ import structlog
 
 from interceptors.circuit_breaker import BreakerSet, CircuitBreaker, Permit
 from interceptors.deadline import DeadlineBudget
+from interceptors.outcome import request_metadata
 from interceptors.retry import Retrier
 from interceptors.tracing import OutgoingTrace
 from runtime.bootstrap import ServiceBinding
@@ -55,7 +56,9 @@ def forwarded_metadata(context: Context, replaced: Iterable[tuple[str, str]] = (
     skip = _HOP_HEADERS.union(key for key, _ in replaced) if replaced else _HOP_HEADERS
     metadata: Metadata = [
         (key, value)
-        for key, value in context.invocation_metadata() or ()
+        # Read once per call and shared with the chain (tracing and auth read it first): each
+        # invocation_metadata() builds the tuple anew, about a fifth of the chain's own work.
+        for key, value in request_metadata(context) or ()
         if key not in skip and not key.startswith((":", "grpc-"))
     ]
     metadata.extend(replaced)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import time
@@ -346,3 +347,53 @@ def test_auth_work_is_decided_per_method_when_it_is_compiled(key_set: KeySet) ->
     refusal = denied.check(None)  # type: ignore[arg-type]  # the refusal reads nothing of the call
     assert refusal is not None and refusal.code is grpc.StatusCode.PERMISSION_DENIED
     assert isinstance(token, Check) and token is not denied
+
+
+class _Call:
+    """What a token check reads of a call: its metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+def test_a_header_accepted_before_is_checked_again_for_expiry_scopes_and_key_on_every_call(
+    tmp_path: Any, es256_key: SigningKey, rs256_key: SigningKey
+) -> None:
+    # Repeat calls with one header skip parsing and the verifier's cache, so this pins what they
+    # must still check: the clock, the method's scopes and whether the key is still trusted.
+    path = tmp_path / "jwks.json"
+
+    def publish(*keys: SigningKey, mtime_ns: int) -> None:
+        path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    publish(es256_key, rs256_key, mtime_ns=1_000_000_000)
+    wall, monotonic = [time.time()], [0.0]
+    keys = JwksFile(path, min_reload_interval_s=30, clock=lambda: monotonic[0])
+    auth = AuthInterceptor(
+        verifier=TokenVerifier(keys=keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=0, clock=lambda: wall[0]),
+        policy=POLICY,
+    )
+    [unary] = auth.compile(MethodInfo(f"/{SERVICE}/Unary", SERVICE, "Unary", False, False))
+    [bidi] = auth.compile(MethodInfo(f"/{SERVICE}/Bidi", SERVICE, "Bidi", True, True))
+
+    def refusal(check: Check, token: str) -> str | None:
+        # In a context of its own, as grpc.aio gives each call: a check sets current_caller.
+        status = contextvars.copy_context().run(check.check, _Call(bearer(token)))  # type: ignore[arg-type]
+        return None if status is None else status.details
+
+    short = es256_key.token(scopes=("echo.read",), ttl_seconds=30)
+    assert refusal(unary, short) is None
+    assert refusal(unary, short) is None  # the second call, from what the first verified
+    assert "echo.write" in str(refusal(bidi, short))  # accepted on Unary, still short of Bidi's scopes
+    wall[0] += 31
+    assert "expired" in str(refusal(unary, short))
+
+    rotated = es256_key.token(scopes=("echo.read",))
+    assert refusal(unary, rotated) is None
+    publish(rs256_key, mtime_ns=2_000_000_000)  # the issuer retires the key that signed it
+    monotonic[0] += 30
+    assert "not trusted" in str(refusal(unary, rotated))
