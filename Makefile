@@ -54,6 +54,7 @@ debian-deps: ## Debian packages the tests use (installed only when missing)
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 # --- code generation ----------------------------------------------------------------------
@@ -127,10 +128,12 @@ mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the poli
 	$(PY) -m mesh check
 
 .PHONY: bench
-bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~9 min): bench/results/latest.{json,md}, docs/benchmarks.md
+bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~11 min): bench/results/latest.{json,md}, docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 	# CreateRun's transaction on SQLite and PostgreSQL (docs/database.md): bench/results/run_store.json
 	$(PY) -m bench.run_store
+	# The chain's own work per call in instructions, by concern (callgrind; ~2 min): bench/results/instructions.json
+	$(PY) -m bench.instructions
 
 .PHONY: eval
 eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md}, docs/rag.md)
