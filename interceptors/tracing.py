@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 import grpc.aio
@@ -96,20 +96,18 @@ class _MetadataGetter(Getter[Sequence[tuple[str, Any]]]):
 _GETTER = _MetadataGetter()
 
 
-class CallTrace:
+class CallTrace(NamedTuple):
     """The trace context of the call being served when nothing records: ids only, no span.
 
     The ids are kept as the hex text logs and headers carry (a caller's trace id is taken
-    from its ``traceparent`` as is), so no line formats them again.
+    from its ``traceparent`` as is), so no line formats them again. A named tuple, made per
+    call with ``tuple.__new__`` (:func:`_call_trace_of`): no Python-level constructor runs.
     """
 
-    __slots__ = ("sampled", "span_hex", "trace_hex", "tracestate")
-
-    def __init__(self, trace_hex: str, span_hex: str, sampled: bool, tracestate: str | None) -> None:
-        self.trace_hex = trace_hex
-        self.span_hex = span_hex
-        self.sampled = sampled
-        self.tracestate = tracestate
+    trace_hex: str
+    span_hex: str
+    sampled: bool
+    tracestate: str | None
 
     @property
     def trace_id(self) -> int:
@@ -128,6 +126,7 @@ class CallTrace:
 
 
 _call_trace: ContextVar[CallTrace | None] = ContextVar("agentmesh_call_trace", default=None)
+_new_tuple = tuple.__new__
 
 
 # A version-00 traceparent: lowercase hex fields of fixed width (W3C Trace Context, section 3.2).
@@ -185,17 +184,21 @@ class TracingInterceptor(Concern):
 
     def _ids_only(self) -> Wrap:
         bound = self._bound
+        # With every trace sampled (the default ratio), no id needs its sampling bits read.
+        always = bound >= 1 << 64
         randbytes = random.randbytes
         var = _call_trace
 
         def enter(context: Context) -> None:
             # One draw of random bytes, hex-encoded once: the cheapest way Python has to new ids.
             metadata = request_metadata(context)
-            parent = _parse_traceparent(metadata_value(metadata, TRACEPARENT)) if metadata else None
+            traceparent = metadata_value(metadata, TRACEPARENT)
+            parent = None if traceparent is None else _parse_traceparent(traceparent)
             if parent is not None:
                 state = metadata_value(metadata, TRACESTATE)
                 tracestate = state if isinstance(state, str) else None
-                var.set(CallTrace(parent[0], _span_hex(randbytes(8).hex()), parent[1], tracestate))
+                span_hex = _span_hex(randbytes(8).hex())
+                var.set(_new_tuple(CallTrace, (parent[0], span_hex, parent[1], tracestate)))
                 return
             raw = randbytes(24)
             ids = raw.hex()
@@ -203,7 +206,8 @@ class TracingInterceptor(Concern):
             if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:  # all-zero ids are invalid (W3C)
                 trace_hex, span_hex = trace_hex.replace(_ZERO_TRACE, "0" * 31 + "1"), _span_hex(span_hex)
             # TraceIdRatioBased samples on the trace id's low 64 bits.
-            var.set(CallTrace(trace_hex, span_hex, int.from_bytes(raw[8:16]) < bound, None))
+            sampled = always or int.from_bytes(raw[8:16]) < bound
+            var.set(_new_tuple(CallTrace, (trace_hex, span_hex, sampled, None)))
 
         # Set without resetting: grpc.aio runs each call in its own task, whose context ends with it.
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import grpc
 import grpc.aio
@@ -91,6 +92,18 @@ async def test_the_json_writer_renders_the_same_fields_as_a_structlog_line(probe
     assert ok["timestamp"].endswith("Z") and len(ok["trace_id"]) == 32 and len(ok["span_id"]) == 16
     assert (failed["code"], failed["level"]) == ("NOT_FOUND", "info")
     assert failed["trace_id"] != ok["trace_id"]
+
+
+@pytest.mark.parametrize(
+    "now_ns",
+    [0, 1_764_574_872_000_000_000, 1_764_574_872_000_999_999, 1_764_574_872_123_456_789, 1_764_574_872_999_999_999],
+)
+def test_the_writers_timestamp_is_structlogs_iso_utc_stamp_to_the_microsecond(now_ns: int) -> None:
+    writer = AccessLogWriter(io.StringIO())
+    seconds, micros = divmod(now_ns // 1000, 1_000_000)
+    expected = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert writer.timestamp(now_ns) == expected
+    assert writer.timestamp(now_ns) == expected  # the cached second's text, the second time
 
 
 async def test_sampled_ok_lines_still_write_every_failure(probe: Probe) -> None:

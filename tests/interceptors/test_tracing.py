@@ -163,3 +163,25 @@ async def test_a_malformed_traceparent_starts_a_new_trace() -> None:
             await client.do(sv("ok:a"), metadata=(("traceparent", "00-zz-not-a-trace"),))
     [access] = logs
     assert len(access["trace_id"]) == 32 and access["trace_id"] != "0" * 32
+
+
+async def test_new_traces_are_sampled_at_the_configured_ratio_and_say_so_to_the_next_hop() -> None:
+    # Nothing records here, yet a service downstream that does record follows the flag sent on.
+    flags: dict[float, list[str]] = {}
+    for ratio in (0.0, 0.5, 1.0):
+        probe = Probe()
+        seen: list[str] = []
+
+        async def look(command: str, context: Any, seen: list[str] = seen) -> None:
+            [(_, traceparent)] = trace_headers()
+            seen.append(traceparent.rsplit("-", 1)[1])
+
+        probe.hook = look
+        quiet = TracingInterceptor(tracing=setup_tracing(service_name="quiet", sample_ratio=ratio))
+        async with serve(probe, [quiet]) as client:
+            for _ in range(200):
+                await client.do(sv("ok:a"))
+        flags[ratio] = seen
+    assert set(flags[0.0]) == {"00"} and set(flags[1.0]) == {"01"}
+    # 200 fair draws: fewer than 60 or more than 140 sampled is a one-in-ten-million event.
+    assert 60 <= flags[0.5].count("01") <= 140
