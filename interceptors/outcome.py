@@ -57,12 +57,19 @@ def _trailing(context: Context) -> Metadata:
     return tuple(metadata) if metadata else _NO_METADATA
 
 
+_OK = grpc.StatusCode.OK
+# Outcome's own constructor is a Python function; tuple.__new__ makes the same object in C.
+_new_tuple = tuple.__new__
+
+
 def outcome_of(context: Context, response: Any = None) -> Outcome:
     """The outcome of a handler that returned normally (it may still have set a code)."""
     code = context.code()
-    if code is None or code is grpc.StatusCode.OK:
-        return Outcome(grpc.StatusCode.OK, context.details() or "", _trailing(context), response)
-    return Outcome(code, context.details() or "", _trailing(context))
+    sent = context.trailing_metadata()
+    trailing = tuple(sent) if sent else _NO_METADATA
+    if code is None or code is _OK:
+        return _new_tuple(Outcome, (_OK, context.details() or "", trailing, response, None))
+    return _new_tuple(Outcome, (code, context.details() or "", trailing, None, None))
 
 
 def outcome_of_error(context: Context, error: BaseException) -> Outcome:

@@ -234,7 +234,7 @@ class TracingInterceptor(Concern):
 
         def unsampled_parent(context: Context) -> object | None:
             """Attach a non-recording child of an unsampled remote parent; None to record instead."""
-            metadata = cast(Sequence[tuple[str, Any]], request_metadata(context) or ())
+            metadata: Sequence[tuple[str, Any]] = request_metadata(context) or ()
             if not _not_sampled(metadata_value(metadata, TRACEPARENT)):
                 return None
             parent = propagate.extract(metadata, getter=_GETTER)

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import FULL, HANDLER_ALONE, measured_phases, own_work, per_call, variant_names
+from bench.instructions import FULL, HANDLER_ALONE, METADATA, measured_phases, own_work, per_call, variant_names
 from bench.processes import REPO, python_env
 
 
 def test_each_concerns_own_work_is_the_full_chain_less_the_chain_without_it() -> None:
     names = variant_names(["Tracing", "Auth"])
-    assert names == [HANDLER_ALONE, FULL, "without Tracing", "without Auth"]
+    assert names == [HANDLER_ALONE, METADATA, FULL, "without Tracing", "without Auth"]
 
-    costs = per_call([1_000, 11_000, 8_000, 9_000], names, calls=10)
+    costs = per_call([1_000, 3_000, 11_000, 8_000, 9_000], names, calls=10)
 
-    assert costs == {HANDLER_ALONE: 0, FULL: 1_000, "without Tracing": 700, "without Auth": 800}
+    assert costs == {HANDLER_ALONE: 0, METADATA: 200, FULL: 1_000, "without Tracing": 700, "without Auth": 800}
     assert own_work(costs) == {"Tracing": 300, "Auth": 200}
 
 
@@ -60,6 +60,7 @@ def test_the_chain_and_its_dearest_concerns_cost_instructions_of_their_own(tmp_p
     # Each concern costs something, and together they are most of the chain (the rest is shared).
     assert all(cost > 0 for cost in (own["AccessLogInterceptor"], own["AuthInterceptor"], own["TracingInterceptor"]))
     assert 0 < sum(own.values()) < result["per_call"][FULL]
+    assert 0 < result["per_call"][METADATA] < result["shared"]  # the metadata read is part of the shared work
     assert "full chain" in done.stdout
 
 
