@@ -24,7 +24,7 @@ A concern is a :class:`Concern`: ``compile(method)`` returns its steps for that 
 
 :class:`ServerChain` holds the ordered concerns and the one per-method cache. It serves in two
 ways: the bootstrap compiles every method while registering it (:meth:`ServerChain.registrar`),
-so grpc.aio runs no interceptor at all and looks registered methods up directly; or, for a
+so grpc.aio runs no interceptor at all and finds every method in one dict (:class:`MethodTable`); or, for a
 server built by hand (tests), it is one ordinary ``grpc.aio.ServerInterceptor``.
 """
 
@@ -48,7 +48,7 @@ from interceptors._typing import (
     StreamBehavior,
     UnaryBehavior,
 )
-from interceptors.outcome import Outcome, outcome_of, outcome_of_error
+from interceptors.outcome import Outcome, adopt_lookup_metadata, outcome_of, outcome_of_error
 from interceptors.selector import Matcher, every_method
 
 Serializer: TypeAlias = Callable[[Any], bytes] | None
@@ -394,24 +394,59 @@ class _CompiledGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # gen
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
+        adopt_lookup_metadata(handler_call_details.invocation_metadata)
         return self._chain.compile(handler_call_details.method, handler)
 
 
+class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
+    """Every method registered through the registrar, compiled at start-up, found by one dict lookup.
+
+    Not grpc's registered-method handlers: grpc.aio (1.85) keeps one pending request per
+    registered method and waits on all of them (``asyncio.wait``) for every call it accepts, so
+    each registered method costs every call; the gateway with 13 methods spent about 7% of its
+    instructions per call there (``docs/benchmarks.md``). This is one generic handler, asked
+    first, and one dict lookup. The lookup is handed the call's metadata, which grpc builds for
+    it anyway, and passes it on to the chain (``interceptors.outcome.request_metadata``).
+    """
+
+    __slots__ = ("handlers",)
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self.handlers.get(handler_call_details.method)
+        if handler is not None:
+            adopt_lookup_metadata(handler_call_details.invocation_metadata)
+        return handler
+
+
 class _Registrar:
-    __slots__ = ("_chain", "_server")
+    __slots__ = ("_chain", "_server", "_table")
 
     def __init__(self, server: grpc.aio.Server, chain: ServerChain) -> None:
         self._server = server
         self._chain = chain
+        self._table: MethodTable | None = None
+
+    def _methods(self) -> MethodTable:
+        if self._table is None:
+            # Registered before any other generic handler: grpc asks them in order.
+            self._table = MethodTable()
+            self._server.add_generic_rpc_handlers((self._table,))
+        return self._table
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+        self._methods()
         self._server.add_generic_rpc_handlers(tuple(_CompiledGeneric(h, self._chain) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
-        # Compiled now, at start-up: grpc looks registered methods up without any generic scan.
-        compiled = {name: self._chain.compile(f"/{service}/{name}", h) for name, h in handlers.items()}
-        # grpc-stubs lacks add_registered_method_handlers (grpcio 1.62+).
-        self._server.add_registered_method_handlers(service, compiled)  # type: ignore[attr-defined]
+        # Compiled now, at start-up, into the method table (generated add_*_to_server functions
+        # call this after add_generic_rpc_handlers; the table, asked first, answers).
+        table = self._methods().handlers
+        for name, handler in handlers.items():
+            path = f"/{service}/{name}"
+            table[path] = self._chain.compile(path, handler)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)

@@ -100,14 +100,24 @@ async def replay(context: Context, outcome: Outcome, extra_trailing: Metadata) -
 
 
 # The invocation metadata of the call being served: grpc.aio rebuilds the tuple on every
-# ``context.invocation_metadata()`` (about 2 µs), and tracing, auth and idempotency all read it.
-_request_metadata: ContextVar[tuple[Context, Any] | None] = ContextVar("agentmesh_request_metadata", default=None)
+# ``context.invocation_metadata()`` (about 12,000 instructions, ``bench.instructions``), and
+# tracing, auth and idempotency all read it. Keyed by the call's context, or by _LOOKUP when
+# the method lookup of this very call handed it over (grpc.aio looks the handler up and runs
+# it in the call's own task, so a value set during the lookup is this call's).
+_LOOKUP = object()
+_request_metadata: ContextVar[tuple[object, Any] | None] = ContextVar("agentmesh_request_metadata", default=None)
+
+
+def adopt_lookup_metadata(metadata: Any) -> None:
+    """Keep the metadata grpc built for this call's method lookup, so no concern builds it again."""
+    if metadata:
+        _request_metadata.set((_LOOKUP, metadata))
 
 
 def request_metadata(context: Context) -> Any:
     """``context.invocation_metadata()``, read once per call (grpc.aio runs each call in its own task)."""
     cached = _request_metadata.get()
-    if cached is not None and cached[0] is context:
+    if cached is not None and (cached[0] is context or cached[0] is _LOOKUP):
         return cached[1]
     metadata = context.invocation_metadata()
     _request_metadata.set((context, metadata))

@@ -4,6 +4,7 @@ counted and logged."""
 
 from __future__ import annotations
 
+from contextvars import copy_context
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from interceptors.drain import DrainGate
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
 from interceptors.layer import Check, Concern, MethodInfo, Observe, ServerChain, steps_for
 from interceptors.metrics import Metrics
-from interceptors.outcome import Outcome
+from interceptors.outcome import Outcome, request_metadata
 from interceptors.selector import LONG_LIVED, PROBES, except_, matches, methods, validate_pattern
 from interceptors.tracing import add_trace_context, setup_tracing
 from rpcstatus.details import find_detail
@@ -173,3 +174,72 @@ async def test_steps_of_a_chain_run_in_its_order(probe: Probe) -> None:
     async with serve(probe, [ServerChain([Named("outer"), Named("middle"), Named("inner")])]) as client:
         assert (await client.do(StringValue(value="ok:x"))).value == "x#1"
     assert order == ["outer", "middle", "inner"]
+
+
+class _RecordingServer:
+    """What the registrar passes on to grpc.aio: the generic handlers, and any registered methods."""
+
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.registered.append(service)
+
+
+class _Details:
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def test_registered_methods_become_one_compiled_table_that_grpc_asks_first() -> None:
+    # grpc.aio waits on one pending request per registered method for every call it accepts,
+    # so the registrar hands it none: every method sits in one dict, asked before any other.
+    server = _RecordingServer()
+    seen: list[str] = []
+
+    class Marks(Concern):
+        def compile(self, info: MethodInfo) -> Observe:
+            seen.append(info.name)
+            return Observe(lambda context, outcome, started: None)
+
+    registrar: Any = ServerChain([Marks()]).registrar(server)  # type: ignore[arg-type]
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    fallback = grpc.method_handlers_generic_handler("pkg.Other", {"Call": handler})
+    # As generated add_*_to_server code does: the generic handler, then the registered methods.
+    registrar.add_generic_rpc_handlers((fallback,))
+    registrar.add_registered_method_handlers("pkg.Service", {"Do": handler})
+
+    assert server.registered == []
+    table, compiled_fallback = server.generic
+    assert seen == ["/pkg.Service/Do"]  # compiled at registration, not at the first call
+    do = table.service(_Details("/pkg.Service/Do", ()))
+    assert do is not None and do is not handler and do.unary_unary is not handler.unary_unary
+    assert table.service(_Details("/pkg.Other/Call", ())) is None  # left to the handlers after it
+    assert compiled_fallback.service(_Details("/pkg.Other/Call", ())) is not None
+    assert seen == ["/pkg.Service/Do", "/pkg.Other/Call"]
+
+
+def test_the_metadata_grpc_built_for_the_lookup_is_what_the_chain_reads() -> None:
+    server = _RecordingServer()
+    registrar: Any = ServerChain([DrainGate()]).registrar(server)  # type: ignore[arg-type]
+    registrar.add_registered_method_handlers(
+        "pkg.Service", {"Do": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    [table] = server.generic
+    metadata = (("authorization", "Bearer x"),)
+
+    class NoMetadataRead:
+        def invocation_metadata(self) -> Any:
+            raise AssertionError("the metadata was built again")
+
+    def lookup_then_read() -> Any:
+        table.service(_Details("/pkg.Service/Do", metadata))
+        return request_metadata(NoMetadataRead())  # type: ignore[arg-type]
+
+    # grpc.aio looks a call's handler up and runs it in the call's own task (its own context).
+    assert copy_context().run(lookup_then_read) is metadata
