@@ -84,6 +84,7 @@ class BreakerPolicy(BaseModel):
 StateListener = Callable[[str, BreakerState, BreakerState], None]
 
 _WINDOW_BUCKETS = 10
+_OK = grpc.StatusCode.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,9 @@ class CircuitBreaker:
         # Bumped on every transition, so outcomes of calls admitted under an earlier
         # state cannot move the current one (a slow pre-open failure must not re-open).
         self._generation = 0
+        # Every call admitted while CLOSED gets the same permit (a frozen dataclass costs a
+        # Python-level constructor per call); a new generation makes a new one.
+        self._closed_permit = Permit(0, probe=False)
         self._opened_at = 0.0
         self._consecutive = 0
         self._probes_in_flight = 0
@@ -156,7 +160,7 @@ class CircuitBreaker:
         """A permit to call now, or None to fail fast."""
         state = self.state
         if state is BreakerState.CLOSED:
-            return Permit(self._generation, probe=False)
+            return self._closed_permit
         if state is BreakerState.HALF_OPEN and self._probes_in_flight < self._policy.half_open_probes:
             self._probes_in_flight += 1
             return Permit(self._generation, probe=True)
@@ -168,7 +172,8 @@ class CircuitBreaker:
             self._probes_in_flight -= 1
 
     def record(self, permit: Permit, code: grpc.StatusCode) -> None:
-        failed = code in self._failure_codes
+        # OK first: an Enum hashes in Python, and nearly every call is OK.
+        failed = code is not _OK and code in self._failure_codes
         if permit.generation != self._generation:
             return
         if permit.probe:
@@ -220,6 +225,7 @@ class CircuitBreaker:
         old = self._state
         self._state = new
         self._generation += 1
+        self._closed_permit = Permit(self._generation, probe=False)
         self._probes_in_flight = 0
         self._probe_successes = 0
         if new is BreakerState.CLOSED:
