@@ -216,6 +216,13 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _fmt_target_value(value: float | None, bound: float) -> str:
+    """A target's value, with a third decimal when two would print the bound itself (0.799: 0.80x)."""
+    if value is not None and round(value, 2) == round(bound, 2) and value != bound:
+        return f"{value:.3f}x"
+    return _fmt_ratio(value)
+
+
 def _fmt_errors(errors: Mapping[str, int]) -> str:
     return ", ".join(f"{code} {count}" for code, count in sorted(errors.items())) if errors else "0"
 
@@ -258,7 +265,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         for target in report["targets"]:
             verdict = {True: "met", False: "**missed**", None: "not measured"}[target["met"]]
             lines.append(
-                f"| {target['title']} | {target['client']} | {_fmt_ratio(target['value'])}"
+                f"| {target['title']} | {target['client']} | {_fmt_target_value(target['value'], target['bound'])}"
                 f"{_fmt_spread(target.get('passes') or [])} | {verdict} |"
             )
         lines.append("")

@@ -2,8 +2,8 @@
 
 What each server gets, in one place: `grpc.health.v1` with a status per service, reflection
 (v1 and v1alpha), the server chain compiled into every handler as it is registered
-(`interceptors.layer`: grpc.aio then runs no interceptor per call and finds generated
-services' methods in its registered-method table, without a generic-handler scan),
+(`interceptors.layer`: grpc.aio then runs no interceptor per call and finds every method in
+one compiled table, one dict lookup),
 structured logs, and a graceful drain on SIGTERM/SIGINT:
 
 1. health turns NOT_SERVING for every service and new calls get UNAVAILABLE (DRAINING);

@@ -85,7 +85,8 @@ def enable_reflection(
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     for service in (V1ALPHA_SERVICE, V1_SERVICE):
-        # Registered, not generic: the server chain compiles a registered method at start-up
-        # (interceptors/layer.py), so its metrics exist, at 0, before its first call; a generic
-        # handler's methods are only known once called. grpc-stubs lacks this method (grpcio 1.62+).
+        # Registered, not generic: the registrar compiles a registered method into its method
+        # table at start-up (interceptors/layer.py), so its metrics exist, at 0, before its first
+        # call; a generic handler's methods are only known once called. grpc-stubs lacks this
+        # method (grpcio 1.62+).
         server.add_registered_method_handlers(service, {"ServerReflectionInfo": method})  # type: ignore[attr-defined]

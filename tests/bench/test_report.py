@@ -107,3 +107,11 @@ def test_each_pass_is_compared_with_the_baseline_measured_in_the_same_pass() -> 
     assert target["passes"] == [pytest.approx(0.9), pytest.approx(0.5), pytest.approx(0.5)]
     assert target["met"] is False
     assert "| chain ≥ 0.55x | h2load | 0.50x (0.50-0.90) | **missed** |" in report.markdown(built)
+
+
+def test_a_target_value_just_short_of_its_bound_does_not_print_as_the_bound() -> None:
+    fmt = report._fmt_target_value
+    assert fmt(0.799, 0.8) == "0.799x"  # "0.80x missed" would read as a mistake
+    assert fmt(0.8, 0.8) == "0.80x"
+    assert fmt(0.62, 0.8) == "0.62x"
+    assert fmt(None, 0.8) == "n/a"
