@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.instructions import FULL, HANDLER_ALONE, METADATA, measured_phases, own_work, per_call, variant_names
-from bench.processes import REPO, python_env
+from tests.bench.modules import run_bench
 
 
 def test_each_concerns_own_work_is_the_full_chain_less_the_chain_without_it() -> None:
@@ -42,15 +40,7 @@ def test_a_phase_count_that_does_not_match_the_variants_is_an_error() -> None:
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind (Debian valgrind) is not installed")
 def test_the_chain_and_its_dearest_concerns_cost_instructions_of_their_own(tmp_path: Path) -> None:
     out = tmp_path / "instructions.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--calls", "200", "--warmup", "20", "--out", str(out)],
-        cwd=REPO,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
+    done = run_bench("bench.instructions", "--calls", "200", "--warmup", "20", "--out", str(out), timeout=540)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
@@ -65,14 +55,6 @@ def test_the_chain_and_its_dearest_concerns_cost_instructions_of_their_own(tmp_p
 
 
 def test_bad_arguments_get_one_line_naming_them() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--calls", "0"],
-        cwd=REPO,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bench("bench.instructions", "--calls", "0", timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "--calls must be positive and --warmup not negative"

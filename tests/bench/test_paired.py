@@ -5,26 +5,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench.processes import REPO, python_env
+from tests.bench.modules import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.paired", *args, "--work-dir", str(tmp_path / "work")],
-        cwd=REPO,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_bench("bench.paired", *args, "--work-dir", str(tmp_path / "work"), timeout=60)
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (Debian nghttp2-client) is not installed")

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.process_instructions import summary_of
-from bench.processes import REPO, python_env
+from tests.bench.modules import run_bench
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.process_instructions", *args],
-        cwd=REPO,
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_bench("bench.process_instructions", *args, timeout=timeout)
 
 
 def test_a_dumps_count_is_its_summary_line(tmp_path: Path) -> None:

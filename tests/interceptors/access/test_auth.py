@@ -300,14 +300,19 @@ def test_a_verified_token_is_served_from_the_cache(
     assert checker.verify(token) is first
 
 
+def _publish(path: Any, *keys: SigningKey, mtime_ns: int) -> None:
+    """The issuer's JWKS file with ``keys``, stamped ``mtime_ns`` (what a reload looks at)."""
+    path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
 def test_a_jwks_file_follows_key_rotation_without_a_restart(
     tmp_path: Any, es256_key: SigningKey, rs256_key: SigningKey
 ) -> None:
     path = tmp_path / "jwks.json"
 
     def publish(*keys: SigningKey, mtime_ns: int) -> None:
-        path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
-        os.utime(path, ns=(mtime_ns, mtime_ns))
+        _publish(path, *keys, mtime_ns=mtime_ns)
 
     now = [0.0]
     publish(es256_key, mtime_ns=1_000_000_000)
@@ -365,12 +370,7 @@ def test_a_header_accepted_before_is_checked_again_for_expiry_scopes_and_key_on_
     # Repeat calls with one header skip parsing and the verifier's cache, so this pins what they
     # must still check: the clock, the method's scopes and whether the key is still trusted.
     path = tmp_path / "jwks.json"
-
-    def publish(*keys: SigningKey, mtime_ns: int) -> None:
-        path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))
-        os.utime(path, ns=(mtime_ns, mtime_ns))
-
-    publish(es256_key, rs256_key, mtime_ns=1_000_000_000)
+    _publish(path, es256_key, rs256_key, mtime_ns=1_000_000_000)
     wall, monotonic = [time.time()], [0.0]
     keys = JwksFile(path, min_reload_interval_s=30, clock=lambda: monotonic[0])
     auth = AuthInterceptor(
@@ -394,6 +394,6 @@ def test_a_header_accepted_before_is_checked_again_for_expiry_scopes_and_key_on_
 
     rotated = es256_key.token(scopes=("echo.read",))
     assert refusal(unary, rotated) is None
-    publish(rs256_key, mtime_ns=2_000_000_000)  # the issuer retires the key that signed it
+    _publish(path, rs256_key, mtime_ns=2_000_000_000)  # the issuer retires the key that signed it
     monotonic[0] += 30
     assert "not trusted" in str(refusal(unary, rotated))
