@@ -111,6 +111,11 @@ def finish_paced(process: subprocess.Popen[str], timeout_s: float) -> dict[str, 
     return _parse(stdout)
 
 
+def fixed(options: H2loadOptions, body: Path, *, calls: int, timeout_s: float) -> dict[str, float]:
+    """Exactly ``calls`` calls, as fast as ``options`` allows (no warm-up, no request log)."""
+    return _run(_argv(options, body, limit=["--requests", str(calls)], log=None), timeout_s)
+
+
 def run(options: H2loadOptions, work_dir: Path, on_measuring: Callable[[], Any]) -> dict[str, Any]:
     """Warm up for `warmup_s`, then call `on_measuring` and make the measured run."""
     body = work_dir / "h2load-body.bin"

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.callgrind import summary_of
 from bench.processes import REPO, python_env
 
 HANDLER_ALONE = "handler alone"
@@ -67,14 +68,7 @@ def measured_phases(dump_files: Sequence[Path]) -> list[int]:
     def part(path: Path) -> int:
         return int(path.name.rsplit(".", 1)[1])
 
-    counts = []
-    for path in sorted(dump_files, key=part):
-        if part(path) % 2 == 0:
-            for line in path.read_text().splitlines():
-                if line.startswith("summary:"):
-                    counts.append(int(line.split()[1]))
-                    break
-    return counts
+    return [summary_of(path) for path in sorted(dump_files, key=part) if part(path) % 2 == 0]
 
 
 # --- the measured process (run under callgrind) -------------------------------------------

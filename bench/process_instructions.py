@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import h2load
+from bench.callgrind import summary_of
 from bench.payload import CALLS, grpc_frame_bytes
 from bench.processes import REPO, Child, ProcessGroup
 from bench.scenarios import by_name
@@ -35,7 +36,6 @@ from bench.scenarios import by_name
 RESULT = REPO / "bench" / "results" / "process_instructions.json"
 # (scenario, the process measured): the first is the baseline the others are divided by.
 DEFAULT = (("bare", "backend"), ("chain", "backend"), ("gateway", "gateway"), ("gateway-floor", "gateway"))
-_SUCCEEDED = re.compile(r"(\d+) succeeded")
 
 
 @dataclass(frozen=True)
@@ -59,46 +59,19 @@ class _UnderCallgrind(ProcessGroup):
         self.out = work_dir / "callgrind.out"
         self.measured: Child | None = None
 
-    def start(
-        self,
-        role: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        port_file: Path | None = None,
-        port: int = 0,
-        timeout_s: float = 30,
-    ) -> Child:
+    def start(self, role: str, argv: Sequence[str], **options: Any) -> Child:
         if role != self.role:
-            return super().start(role, argv, env=env, port_file=port_file, port=port, timeout_s=timeout_s)
+            return super().start(role, argv, **options)
         wrapped = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", *argv]
-        self.measured = super().start(role, wrapped, env=env, port_file=port_file, port=port, timeout_s=900)
+        self.measured = super().start(role, wrapped, **{**options, "timeout_s": 900})
         return self.measured
 
 
-def summary_of(dump: Path) -> int:
-    """The instruction count a callgrind dump file holds (its ``summary:`` line)."""
-    for line in dump.read_text().splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise ValueError(f"{dump} has no summary line")
-
-
-def _h2load(url: str, headers: Sequence[tuple[str, str]], body: Path, calls: int) -> int:
-    argv = ["h2load", "--clients", "1", "--max-concurrent-streams", "4", "--threads", "1", "-n", str(calls)]
-    for key, value in (("content-type", "application/grpc"), ("te", "trailers"), *headers):
-        argv += ["--header", f"{key}: {value}"]
-    done = subprocess.run(
-        [*argv, "--data", str(body), f"{url}{CALLS['unary'].method}"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    match = _SUCCEEDED.search(done.stdout)
-    if done.returncode != 0 or match is None:
-        raise RuntimeError(f"h2load failed:\n{done.stdout}\n{done.stderr}")
-    return int(match.group(1))
+def _calls(options: h2load.H2loadOptions, body: Path, calls: int) -> int:
+    done = h2load.fixed(options, body, calls=calls, timeout_s=1800)
+    if done["failed"]:
+        raise RuntimeError(f"{int(done['failed'])} of {calls} calls failed")
+    return int(done["succeeded"])
 
 
 def count(scenario_name: str, role: str, calls: int, work_dir: Path) -> Counted:
@@ -113,11 +86,19 @@ def count(scenario_name: str, role: str, calls: int, work_dir: Path) -> Counted:
             raise ValueError(f"{scenario_name} has no {role!r} process")
         body = work_dir / "body.bin"
         body.write_bytes(grpc_frame_bytes(CALLS["unary"].request))
-        headers = (*scenario.headers, *endpoint.headers)
-        _h2load(endpoint.url, headers, body, max(100, calls // 10))  # warm-up: caches, lazy set-up
+        options = h2load.H2loadOptions(
+            url=endpoint.url,
+            call=CALLS["unary"],
+            concurrency=4,
+            warmup_s=0,
+            duration_s=0,
+            connections=1,
+            headers=(*scenario.headers, *endpoint.headers),
+        )
+        _calls(options, body, max(100, calls // 10))  # warm-up: caches, lazy set-up
         pid = str(measured.popen.pid)
         subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True, timeout=120)
-        done = _h2load(endpoint.url, headers, body, calls)
+        done = _calls(options, body, calls)
         subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True, timeout=120)
         deadline = time.monotonic() + 60
         while not (dumps := sorted(work_dir.glob("callgrind.out.*"))) and time.monotonic() < deadline:

@@ -101,7 +101,7 @@ class CallTrace(NamedTuple):
 
     The ids are kept as the hex text logs and headers carry (a caller's trace id is taken
     from its ``traceparent`` as is), so no line formats them again. A named tuple, made per
-    call with ``tuple.__new__`` (:func:`_call_trace_of`): no Python-level constructor runs.
+    call with ``tuple.__new__``, so no Python-level constructor runs.
     """
 
     trace_hex: str
@@ -203,8 +203,9 @@ class TracingInterceptor(Concern):
             raw = randbytes(24)
             ids = raw.hex()
             trace_hex, span_hex = ids[:32], ids[32:]
-            if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:  # all-zero ids are invalid (W3C)
-                trace_hex, span_hex = trace_hex.replace(_ZERO_TRACE, "0" * 31 + "1"), _span_hex(span_hex)
+            if trace_hex == _ZERO_TRACE:  # all-zero ids are invalid (W3C); one in 2**128
+                trace_hex = "0" * 31 + "1"
+            span_hex = _span_hex(span_hex)
             # TraceIdRatioBased samples on the trace id's low 64 bits.
             sampled = always or int.from_bytes(raw[8:16]) < bound
             var.set(_new_tuple(CallTrace, (trace_hex, span_hex, sampled, None)))

@@ -50,20 +50,10 @@ _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-# The headers left out of a forwarded call, by the keys of the headers put in instead (one or
-# two sets in practice: traceparent, with or without tracestate).
-_SKIPPED: dict[tuple[str, ...], frozenset[str]] = {(): _HOP_HEADERS}
-
-
 def forwarded_metadata(context: Context, replaced: Iterable[tuple[str, str]] = ()) -> Metadata:
     """The caller's metadata for the next hop, with ``replaced`` headers (trace context) put in."""
     replaced = list(replaced)
-    keys = tuple([key for key, _ in replaced])
-    skip = _SKIPPED.get(keys)
-    if skip is None:
-        skip = _HOP_HEADERS.union(keys)
-        if len(_SKIPPED) < 64:  # bounded, though only the trace headers are ever put in
-            _SKIPPED[keys] = skip
+    skip = _HOP_HEADERS.union(key for key, _ in replaced) if replaced else _HOP_HEADERS
     metadata: Metadata = [
         (key, value)
         # Read once per call and shared with the chain (tracing and auth read it first): each
@@ -194,9 +184,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                     raise
                 else:
                     relay.breaker.record(permit, _OK)
-                    headers = await call.initial_metadata()
-                    if headers:  # an empty header block would cost one more write per call
-                        await context.send_initial_metadata(tuple(headers))
+                    await _relay_headers(context, await call.initial_metadata())
                     context.set_trailing_metadata(await call.trailing_metadata())
                     return response
                 await relay.retrier.sleep(delay)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.process_instructions import summary_of
+from bench.callgrind import summary_of
 from tests.bench.modules import run_bench
 
 
