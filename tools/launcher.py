@@ -105,7 +105,7 @@ def _observed(name: str) -> Observed:
     return Observed(name, DISCOVERY.service_version, PORTS[name])
 
 
-def _ports(console: ConsoleStack) -> list[tuple[int, str]]:
+def listening_ports(console: ConsoleStack) -> list[tuple[int, str]]:
     """Every port this run listens on, with the setting that moves it."""
     ports = console.ports()
     if _consul_double_wanted():
@@ -210,7 +210,7 @@ async def main() -> int:
         token_file=None if auth is None else auth.console_token_file,
     )
     try:
-        ensure_free(_ports(console))  # before anything starts: a taken port is one line, not a traceback
+        ensure_free(listening_ports(console))  # before anything starts: a taken port is one line, not a traceback
         # Entered first and left last: the services start on it and drain before it stops.
         async with local_store(REPO) as store:
             return await _run(store, auth, console)

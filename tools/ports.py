@@ -19,7 +19,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 # What a launcher runs with ``python -m``: a holder running one of them is ours.
-OUR_MODULES = ("services.", "console", "tools.consul_double", "tools.launcher", "mesh.launcher")
+OUR_MODULES = ("services.", "console", "tools.consul_double", "tools.launcher", "tools.mesh_launcher")
 
 
 class PortTaken(RuntimeError):

@@ -114,7 +114,7 @@ def _observed(policy: Policy, instance: str) -> Observed:
     return Observed(service, version, policy.local.instances[instance].app)
 
 
-def _ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, str]]:
+def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, str]]:
     """Every port this run listens on, with the setting that moves it (the policy's local layout)."""
     where = "in mesh/policy.yaml, then `make mesh-render`"
     ports = [
@@ -135,7 +135,7 @@ def _ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, str]]:
     return console.ports() + ports
 
 
-def _console(policy: Policy, auth: DevAuth) -> ConsoleStack:
+def console_stack(policy: Policy, auth: DevAuth) -> ConsoleStack:
     """The console reads runs the way any client does: through the edge, over TLS, with its read-only token."""
     return ConsoleStack(
         [_observed(policy, instance) for instance in policy.local.instances],
@@ -245,8 +245,8 @@ async def main() -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     try:
         auth = dev_auth(policy)
-        console = _console(policy, auth)
-        ensure_free(_ports(policy, console))  # before anything starts: a taken port is one line
+        console = console_stack(policy, auth)
+        ensure_free(listening_ports(policy, console))  # before anything starts: a taken port is one line
         # Entered first and left last: the apps start on it and drain before it stops.
         async with local_store(REPO) as store:
             return await _run(policy, auth, store, console)
