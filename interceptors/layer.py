@@ -403,10 +403,10 @@ class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic 
 
     Not grpc's registered-method handlers: grpc.aio (1.85) keeps one pending request per
     registered method and waits on all of them (``asyncio.wait``) for every call it accepts, so
-    each registered method costs every call; the gateway with 13 methods spent about 8% of its
-    instructions per call there (``docs/benchmarks.md``). This is one generic handler, asked
-    first, and one dict lookup. The lookup is handed the call's metadata, which grpc builds for
-    it anyway, and passes it on to the chain (``interceptors.outcome.request_metadata``).
+    each registered method costs every call (what that costs the gateway: ``docs/benchmarks.md``).
+    This is one generic handler, asked first, and one dict lookup. The lookup is handed the call's
+    metadata, which grpc builds for it anyway, and passes it on to the chain
+    (``interceptors.outcome.request_metadata``).
     """
 
     __slots__ = ("handlers",)

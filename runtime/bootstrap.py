@@ -191,9 +191,6 @@ class ManagedServer:
         await self.plan.lifespan.aclose()
         log.info("stopped")
 
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
-
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
