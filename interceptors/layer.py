@@ -131,7 +131,7 @@ class Concern(ServerInterceptorBase):
     Subclasses implement :meth:`compile`. ``select`` decides which methods the concern is asked
     about (every method unless a subclass or its caller narrows it). A concern can also serve on
     its own as a grpc.aio server interceptor (a one-concern :class:`ServerChain`), which is how
-    the tests of a single concern run it.
+    the tests of a single concern run it; hence every concern's name ends in ``Interceptor``.
     """
 
     select: Matcher = staticmethod(every_method)
