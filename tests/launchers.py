@@ -69,3 +69,20 @@ def clean_env() -> dict[str, str]:
     """The environment without agentmesh's or Consul's settings, and with the repository importable."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "CONSUL_"))}
     return {**inherited, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+
+
+@contextlib.contextmanager
+def holding(port: str, argv: list[str], env: Mapping[str, str]) -> Iterator[int]:
+    """``argv`` running, listening on ``port`` (it prints a line once it does); its pid."""
+    with subprocess.Popen(argv, env=dict(env), cwd=REPO, stdout=subprocess.PIPE) as holder:
+        try:
+            assert holder.stdout is not None
+            holder.stdout.readline()
+            yield holder.pid
+        finally:
+            holder.kill()
+
+
+def our_leftover(port: str) -> list[str]:
+    """The command of a process of ours that listens on ``port`` (the Consul double is the lightest)."""
+    return [sys.executable, "-m", "tools.consul_double", "--port", port]

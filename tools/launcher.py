@@ -41,6 +41,7 @@ from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
+from runtime.ports import ensure_free
 from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
@@ -49,7 +50,6 @@ from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
-from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,11 +39,11 @@ from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from runtime.ports import ensure_free
 from runtime.processes import tied_child
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
-from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from mesh.policy import Policy
+from runtime.ports import PortTaken, ensure_free
 from runtime.security import AuthSettings
 from tests.launchers import clean_env, kill_and_find_no_survivor, launcher, wait_up
 from tests.system import free_ports
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
 from tools.mesh_launcher import app_env, console_stack, listening_ports
-from tools.ports import PortTaken, ensure_free
 
 SQLITE = LocalStore("sqlite")
 

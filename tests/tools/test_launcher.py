@@ -6,15 +6,13 @@ temporary directory.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.launchers import clean_env, kill_and_find_no_survivor, launcher, wait_up
+from tests.launchers import clean_env, holding, kill_and_find_no_survivor, launcher, our_leftover, wait_up
 from tests.system import REPO, free_ports
 
 SERVICES = ("rag", "agent", "gateway")
@@ -55,18 +53,6 @@ def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
 
 
-@contextlib.contextmanager
-def holding(port: str, argv: list[str], env: dict[str, str]) -> Iterator[int]:
-    """``argv`` running, listening on ``port`` (it prints a line once it does); its pid."""
-    with subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE) as holder:
-        try:
-            assert holder.stdout is not None
-            holder.stdout.readline()
-            yield holder.pid
-        finally:
-            holder.kill()
-
-
 PORT_SETTINGS = [
     "AGENTMESH_CONSOLE_PORT",
     "AGENTMESH_CONSOLE_OTLP_PORT",
@@ -82,7 +68,7 @@ def test_a_port_taken_by_an_earlier_run_is_one_line_naming_it_its_setting_and_it
     env = launcher_env(tmp_path)
     port = env[setting]
     # A process of ours left over: the Consul double is the lightest thing the launcher runs.
-    with holding(port, [sys.executable, "-m", "tools.consul_double", "--port", port], env) as pid:
+    with holding(port, our_leftover(port), env) as pid:
         result = run_launcher(env)
 
     assert result.returncode == 1
