@@ -34,7 +34,7 @@ from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
 from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 

@@ -44,7 +44,7 @@ from services.agent.messages import (
 )
 from services.agent.projections import InvalidPageToken, RunProjection
 from services.agent.run_store import RequestIdReused, RunNotFound, RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.events.bus import Event, Handler, Subscription
 from services.agent.run_store import LOG_CHANNEL, RequestIdReused
-from services.agent.saga import SagaLeased, SagaLog
+from services.agent.saga_log import SagaLeased, SagaLog
 from services.agent.state_machine import RunState
 from tests.services.agent.conftest import Stores, close_stores, open_stores
 

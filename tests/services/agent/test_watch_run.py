@@ -26,7 +26,7 @@ from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.executor import RunExecutor
 from services.agent.model import EventType, Run, RunEvent
 from services.agent.run_store import RunStore
-from services.agent.saga import SETTLED, SagaLog, SagaStatus, SettleListener
+from services.agent.saga_log import SETTLED, SagaLog, SagaStatus, SettleListener
 from services.agent.servicer import AgentServicer
 from services.agent.state_machine import RunState
 from services.agent.workflow import RunWorkflow
