@@ -193,6 +193,8 @@ async def _assemble(
         )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        # Keeps the read model's cursor current and applies what the bus did not deliver.
+        life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.

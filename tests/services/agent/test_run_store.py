@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
 from services.agent.model import EventType
-from services.agent.run_store import RequestIdReused, RunStore
+from services.agent.run_store import RequestIdReused, RunStore, _event
 from services.agent.state_machine import IllegalTransition, RunState
-from tests.services.agent.conftest import Stores, close_stores, open_stores
+from tests.services.agent.conftest import Stores
 
 
 class CollectingBus:
@@ -59,7 +60,7 @@ async def test_an_illegal_transition_changes_nothing_and_emits_nothing(
 ) -> None:
     run, _ = await stores.runs.create(question="q?")
     finished = await stores.runs.transition(run.run_id, terminal, cause="finished")
-    events_before = await stores.runs.events()
+    events_before = await stores.runs.events(run.run_id)
     pending_before = await stores.outbox.pending_count()
 
     with pytest.raises(IllegalTransition) as raised:
@@ -67,7 +68,7 @@ async def test_an_illegal_transition_changes_nothing_and_emits_nothing(
 
     assert (raised.value.from_state, raised.value.to_state) == (terminal, target)
     assert await stores.runs.get(run.run_id) == finished
-    assert await stores.runs.events() == events_before
+    assert await stores.runs.events(run.run_id) == events_before
     assert await stores.outbox.pending_count() == pending_before
 
 
@@ -92,12 +93,30 @@ async def test_the_same_request_id_returns_the_first_run_and_a_different_request
         await stores.runs.create(question="another question?", creator="alice", request_id="r-1")
 
 
-async def test_sequences_are_strictly_increasing_across_runs(stores: Stores) -> None:
-    for i in range(5):
-        await stores.runs.create(question=f"q{i}?")
-    sequences = [e.sequence for e in await stores.runs.events()]
-    assert sequences == list(range(1, len(sequences) + 1))
-    assert await stores.runs.last_sequence() == sequences[-1]
+async def test_each_run_numbers_its_own_events_and_the_feed_holds_every_event_once(stores: Stores) -> None:
+    runs = [(await stores.runs.create(question=f"q{i}?"))[0] for i in range(5)]
+    await stores.runs.transition(runs[0].run_id, RunState.COMPLETED, cause="done")
+    for run in runs:
+        stream = await stores.runs.events(run.run_id)
+        assert [e.sequence for e in stream] == list(range(1, len(stream) + 1))
+        assert [e.run.version for e in stream] == [e.sequence for e in stream]
+        assert (await stores.runs.get(run.run_id)).version == len(stream)
+    feed = await stores.runs.feed()
+    assert [position for position, _ in feed] == sorted({position for position, _ in feed})
+    assert len(feed) == 2 * 5 + 1
+    # Resuming after any position gives exactly the rest.
+    assert await stores.runs.feed(after=feed[3][0]) == feed[4:]
+
+
+async def test_a_write_over_a_version_another_writer_moved_changes_nothing(stores: Stores) -> None:
+    run, _ = await stores.runs.create(question="q?")
+    stale = await stores.runs.get(run.run_id)
+    await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    moved = replace(stale, state=RunState.COMPLETED, version=stale.version + 1)
+    event = _event(moved, EventType.STATE_CHANGED, "answered", to_state=RunState.COMPLETED)
+    assert not await stores.runs._write(None, moved, [event])
+    assert (await stores.runs.get(run.run_id)).state is RunState.CANCELLED
+    assert [e.to_state for e in await stores.runs.events(run.run_id)][-1] is RunState.CANCELLED
 
 
 async def test_a_database_written_by_another_schema_is_refused_at_start_with_what_to_do(tmp_path: Path) -> None:
@@ -118,23 +137,3 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
         await store.create_schema()  # a restart on its own schema is fine
     finally:
         await fresh.close()
-
-
-async def test_a_data_dir_of_the_build_before_versioned_migrations_keeps_working(tmp_path: Path) -> None:
-    """What the previous build left: its tables (CREATE IF NOT EXISTS), PRAGMA user_version = 1, runs."""
-    first = await open_stores(tmp_path)
-    run, _ = await first.runs.create(question="from before the upgrade?", creator="alice", request_id="r-1")
-    await close_stores(first)
-    with sqlite3.connect(tmp_path / "agent.sqlite3") as old:
-        old.execute("DROP TABLE schema_migrations")  # the old build had none
-        assert old.execute("PRAGMA user_version").fetchone() == (1,)
-
-    upgraded = await open_stores(tmp_path)
-    try:
-        assert await upgraded.runs.get(run.run_id) == run
-        again, created = await upgraded.runs.create(
-            question="from before the upgrade?", creator="alice", request_id="r-1"
-        )
-        assert (again, created) == (run, False)
-    finally:
-        await close_stores(upgraded)

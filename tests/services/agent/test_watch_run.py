@@ -54,8 +54,8 @@ class CancelledBetweenTheReads(RunStore):
     armed = False
     _log_read_empty = False
 
-    async def events(self, *, after: int = 0, run_id: str | None = None, limit: int = 500) -> list[RunEvent]:
-        read = await super().events(after=after, run_id=run_id, limit=limit)
+    async def events(self, run_id: str, *, after: int = 0, limit: int = 500) -> list[RunEvent]:
+        read = await super().events(run_id, after=after, limit=limit)
         self._log_read_empty = not read
         return read
 
