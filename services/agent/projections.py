@@ -148,20 +148,45 @@ class RunProjection:
         return FeedPosition(int(row[0]), int(row[1])) if row else FeedPosition()
 
     async def _apply_batch(self, events: Sequence[RunEvent], *, position: FeedPosition | None = None) -> None:
+        """Apply ``events`` in one transaction: per run, only its newest unapplied version matters."""
         # The ones the ledger already holds (applied from the bus) cost nothing more.
         known = await self._applied([e.event_id for e in events])
         fresh = [e for e in events if e.event_id not in known]
         async with self._db.transaction() as tx:
-            for run_id in sorted({e.run_id for e in fresh}):
+            claimed = await self._processed.claim_all(tx, [e.event_id for e in fresh])
+            newest: dict[str, Run] = {}
+            for event in fresh:
+                held = newest.get(event.run_id)
+                if event.event_id in claimed and (held is None or event.run.version > held.version):
+                    newest[event.run_id] = event.run
+            # Locks in one order everywhere (claims, runs, then count rows): appliers wait, never deadlock.
+            for run_id in sorted(newest):
                 await tx.lock(f"agent.run_view:{run_id}")
             counts: Counter[str] = Counter()
-            for event in fresh:
-                await self._apply(tx, event, counts)
+            for run_id, current in (await self._current(tx, sorted(newest))).items():
+                run = newest[run_id]
+                if current is not None and current[0] >= run.version:
+                    continue  # stale or already-applied version: the row already reflects it
+                await self._upsert(tx, run)
+                if current is None or current[1] != run.state:
+                    if current is not None:
+                        counts[current[1]] -= 1
+                    counts[str(run.state)] += 1
             for state in sorted(counts):
                 if counts[state]:
                     await self._count(tx, state, counts[state])
             if position is not None:
                 await self._set_position(tx, position)
+
+    @staticmethod
+    async def _current(tx: Transaction, run_ids: list[str]) -> dict[str, tuple[int, str] | None]:
+        """Each run's (version, state) in the view, None for a run not in it yet."""
+        current: dict[str, tuple[int, str] | None] = dict.fromkeys(run_ids)
+        if run_ids:
+            wanted, params = in_list("r", run_ids)
+            found = await tx.execute(f"SELECT run_id, version, state FROM run_view WHERE run_id IN {wanted}", params)
+            current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
+        return current
 
     async def _applied(self, event_ids: list[str]) -> set[str]:
         if not event_ids:
@@ -181,15 +206,8 @@ class RunProjection:
             {"name": self.NAME, "xid": position.xid, "position": position.position},
         )
 
-    async def _apply(self, tx: Transaction, event: RunEvent, counts: Counter[str]) -> None:
-        if not await self._processed.claim(tx, event.event_id):
-            return
-        run = event.run
-        current = (
-            await tx.execute("SELECT version, state FROM run_view WHERE run_id = :run_id", {"run_id": run.run_id})
-        ).first()
-        if current is not None and current[0] >= run.version:
-            return  # stale or already-applied version: the row already reflects it
+    @staticmethod
+    async def _upsert(tx: Transaction, run: Run) -> None:
         await tx.execute(
             "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
             " VALUES (:run_id, :create_time, :state, :version, :snapshot)"
@@ -203,10 +221,6 @@ class RunProjection:
                 "snapshot": json.dumps(run.to_dict()),
             },
         )
-        if current is None or current[1] != run.state:
-            if current is not None:
-                counts[current[1]] -= 1
-            counts[str(run.state)] += 1
 
     @staticmethod
     async def _count(tx: Transaction, state: str, delta: int) -> None:
