@@ -5,15 +5,20 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
 
+from rpcstatus.errors import ApiError
 from runtime.database import SchemaMismatch
 from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
-from services.agent.model import EventType
-from services.agent.run_store import RequestIdReused, RunStore, _event
+from services.agent.model import EventType, Run
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunStore, _event
+from services.agent.servicer import _domain_errors
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -137,3 +142,27 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
         await store.create_schema()  # a restart on its own schema is fine
     finally:
         await fresh.close()
+
+
+class AlwaysOvertaken(RunStore):
+    """A run store whose every write over a version finds another writer got there first."""
+
+    async def _write(self, tx: Any, run: Run, events: Any, *, insert: Any = None) -> bool:
+        if insert is not None:
+            return await super()._write(tx, run, events, insert=insert)
+        return False
+
+
+async def test_a_command_that_keeps_losing_races_gives_up_with_a_retryable_error(stores: Stores) -> None:
+    store = AlwaysOvertaken(stores.db, stores.outbox)
+    run, _ = await store.create(question="q?")
+    with pytest.raises(ConcurrentUpdate):
+        await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    assert (await store.get(run.run_id)).state is RunState.PROCESSING
+
+    with pytest.raises(ApiError) as raised, _domain_errors():
+        await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    assert raised.value.code is grpc.StatusCode.ABORTED
+    assert "retry" in raised.value.message
+    [retry] = [d for d in raised.value.details if isinstance(d, error_details_pb2.RetryInfo)]
+    assert retry.retry_delay.ToMilliseconds() > 0
