@@ -32,7 +32,7 @@ from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
 from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 
@@ -187,6 +187,8 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        # Keeps the read model's cursor current and applies what the bus did not deliver.
+        life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.
