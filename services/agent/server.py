@@ -28,7 +28,7 @@ from runtime.security import auth_interceptor
 from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
-from services.agent.decision import load_decision_engine
+from services.agent.decision import WarmsUp, load_decision_engine
 from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
@@ -151,6 +151,9 @@ async def _assemble(
             f" {error}"
         ) from None
     life.on_close(engine.close, name="decision engine")
+    if isinstance(engine, WarmsUp):
+        # A model (seconds to load) is ready before the first run, not inside its decision timeout.
+        await engine.warm_up()
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,

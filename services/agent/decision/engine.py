@@ -67,3 +67,10 @@ class DecisionEngine(Protocol):
     async def decide(self, request: DecisionRequest) -> Decision: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """An engine with something slow to load (a model): the server awaits this before it serves."""
+
+    async def warm_up(self) -> None: ...

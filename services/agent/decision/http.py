@@ -21,7 +21,9 @@ class HttpDecisionEngine:
     ``{"answer", "citations": [passage indexes, 1-based], "confidence"}``.
     ``protocol="openai-chat"`` speaks the OpenAI-compatible ``/v1/chat/completions`` API
     (vLLM, llama.cpp server, Ollama, ...): passages are numbered in the prompt, the model is
-    asked to cite them as [n], and ``assumed_confidence`` is used as the confidence when it does.
+    asked to cite them as [n], and ``assumed_confidence`` is used as the confidence when it does; a
+    reply citing nothing is an abstention ("not found"). ``eval/rag`` runs the same evaluation
+    through this engine (``python -m eval.rag --engine http --engine-options '{"url": ...}'``).
     """
 
     name = "http"
@@ -62,6 +64,12 @@ class HttpDecisionEngine:
             indexes = [int(i) for i in _CITATION_MARK.findall(answer)]
             confidence = self._assumed_confidence if indexes else 0.0
         citations = _cite(request.passages, indexes)
+        if self._protocol == "openai-chat" and not citations:
+            # Asked to cite every claim and to say so without citing when the passages lack the
+            # answer: an uncited reply is the model saying the knowledge base does not cover it.
+            return Decision(
+                answer=answer, citations=(), confidence=1.0, decided_by=f"{self.name}:not-found", abstained=True
+            )
         return Decision(
             answer=answer,
             citations=citations,
