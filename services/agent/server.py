@@ -92,7 +92,7 @@ async def build(
 
 
 async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
-    life, middleware = service.life, service.middleware
+    life, chains = service.life, service.chains
     db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
@@ -122,7 +122,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     guards = upstream_guards(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
-        on_state_change=middleware.metrics.breaker_state_changed,
+        on_state_change=chains.metrics.breaker_state_changed,
         service_token_file=settings.service_token_file,
     )
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
@@ -130,7 +130,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     upstreams = await build_upstreams(
         service.discovery,
         static={"rag": settings.rag_endpoints},
-        interceptors=middleware.client_interceptors(
+        interceptors=chains.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
