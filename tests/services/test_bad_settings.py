@@ -57,6 +57,8 @@ READ_TIME = [
     ("gateway", "AGENTMESH_GATEWAY_PORT", "abc", "AGENTMESH_GATEWAY_PORT: Input should be a valid integer"),
     ("gateway", "AGENTMESH_GATEWAY_ROUTES", "agent", "AGENTMESH_GATEWAY_ROUTES: not valid JSON"),
     ("gateway", "AGENTMESH_GATEWAY_TLS", "{}", "AGENTMESH_GATEWAY_TLS: cert_file: Field required, key_file"),
+    ("gateway", "AGENTMESH_GATEWAY_HTTP_PORT", "99999", "expected an integer from 0 to 65535"),
+    ("gateway", "AGENTMESH_GATEWAY_MCP_TOOLS", "Search", "AGENTMESH_GATEWAY_MCP_TOOLS: not valid JSON"),
     ("gateway", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES", "x", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES: "),
     ("agent", "AGENTMESH_AGENT_LOG_LEVEL", "LOUD", "expected one of DEBUG, INFO, WARNING, ERROR"),
     ("agent", "AGENTMESH_AGENT_WORKERS", "0", "AGENTMESH_AGENT_WORKERS: Input should be greater than or equal to 1"),
