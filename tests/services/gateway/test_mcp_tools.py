@@ -241,3 +241,13 @@ async def test_no_valid_token_is_401_with_a_bearer_challenge(mcp_system: tuple[S
         response = await http.post(url, json=request, headers={"accept": "application/json, text/event-stream"})
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer ")
+
+
+async def test_a_plain_json_rpc_post_lists_the_tools(mcp_system: tuple[System, str], issuer: Issuer) -> None:
+    """What `make run`'s banner suggests with curl: one POST, no session, a JSON answer."""
+    _, url = mcp_system
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    async with _http(issuer.token("model", "documents.read")) as http:
+        response = await http.post(url, json=request, headers={"accept": "application/json, text/event-stream"})
+    assert response.status_code == 200, response.text
+    assert sorted(tool["name"] for tool in response.json()["result"]["tools"]) == sorted(EXAMPLES)
