@@ -41,6 +41,8 @@ from services.gateway.mcp_tools import GrpcTool, build_tools
 log = structlog.get_logger(__name__)
 
 MCP_PATH = "/mcp"
+# Where A2A clients look for an agent's card (A2A spec, Agent Discovery); served once mounted.
+AGENT_CARD_PATH = "/.well-known/agent-card.json"
 
 
 class JwtTokenVerifier:
