@@ -95,6 +95,7 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
         if ports.http is not None:  # MCP and the Agent Card, which the edge routes here via the sidecar
             env[prefix + "HTTP_PORT"] = str(ports.http)
+            env[prefix + "HTTP_PUBLIC_URL"] = f"https://localhost:{policy.local.edge.port}"
     if service == "agent":
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
@@ -174,7 +175,7 @@ async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
 def _http_entry_lines(policy: Policy) -> list[tuple[str, str]]:
     """The edge's HTTP routes to the gateway's HTTP side, labelled for the banner."""
     labels = {MCP_PATH: "MCP", AGENT_CARD_PATH: "Agent Card"}
-    return [(labels.get(route.path, "HTTP"), route.path) for route in policy.edge.http_routes]
+    return [(labels[route.path], route.path) for route in policy.edge.http_routes if route.path in labels]
 
 
 def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AnyHttpUrl, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from interceptors.rate_limit import RateLimitPolicy
@@ -36,6 +36,9 @@ class GatewaySettings(ServiceSettings):
 
     # The HTTP side (services/gateway/http_entry.py): MCP at http://host:http_port/mcp; 0 turns it off.
     http_port: int = Field(default=0, ge=0, le=65535)
+    # Where clients reach that side (behind an edge: the edge's https://host:port); it names the MCP
+    # resource in the OAuth protected resource metadata (RFC 9728). Empty: http://host:http_port.
+    http_public_url: AnyHttpUrl | None = None
     # The methods offered as MCP tools, generated from the descriptor set (unary, routed methods).
     mcp_tools: list[str] = Field(
         default_factory=lambda: [
@@ -69,4 +72,13 @@ class GatewaySettings(ServiceSettings):
             )
         if self.http_port and self.http_port == self.port:
             raise ValueError("http_port must differ from port")
+        if self.http_public_url is not None and self.http_public_url.path not in (None, "", "/"):
+            raise ValueError("http_public_url is scheme://host:port, without a path (the HTTP side serves /mcp there)")
         return self
+
+    @property
+    def http_origin(self) -> str:
+        """Where clients reach the HTTP side, without a trailing slash."""
+        if self.http_public_url is not None:
+            return str(self.http_public_url).rstrip("/")
+        return f"http://{self.host}:{self.http_port}"

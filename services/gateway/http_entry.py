@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import math
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,11 +25,14 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import BaseRoute, Route
 
+from interceptors.auth import resolve_access
 from interceptors.jwks import TokenRejected, TokenVerifier
 from runtime.lifespan import Lifespan
 from runtime.security import AuthSettings, token_verifier
@@ -75,15 +78,41 @@ def mcp_tools(settings: GatewaySettings, pool: descriptor_pool.DescriptorPool, r
         raise InvalidSetting(f"{env_name(type(settings), 'mcp_tools')}: {error}") from None
 
 
-def http_app(endpoint: McpEndpoint, *, auth: AuthSettings | None, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    mcp: object = endpoint.app
-    middleware: list[Middleware] = []
-    if auth is not None:
-        backend = BearerAuthBackend(JwtTokenVerifier(token_verifier(auth)))
-        middleware = [Middleware(AuthenticationMiddleware, backend=backend), Middleware(AuthContextMiddleware)]
-        # Any valid token opens the door; what it may call is the gRPC side's per-method scope check.
-        mcp = RequireAuthMiddleware(endpoint.app, required_scopes=[])
-    return Starlette(routes=[Route(MCP_PATH, mcp), *routes], middleware=middleware)  # type: ignore[arg-type]
+def http_app(
+    endpoint: McpEndpoint,
+    *,
+    auth: AuthSettings | None,
+    origin: str,
+    scopes: Sequence[str] = (),
+    routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The HTTP side's app: MCP at ``origin`` + /mcp, then ``routes`` (the Agent Card's, for one).
+
+    With auth on, the MCP authorization spec's parts: a token at the door (401 with a
+    ``WWW-Authenticate: Bearer`` challenge naming the resource metadata), and the OAuth protected
+    resource metadata (RFC 9728) naming the token issuer and the ``scopes`` the tools need.
+    """
+    if auth is None:
+        return Starlette(routes=[Route(MCP_PATH, endpoint.app), *routes])
+    resource = AnyHttpUrl(origin + MCP_PATH)
+    backend = BearerAuthBackend(JwtTokenVerifier(token_verifier(auth)))
+    # Any valid token opens the door; what it may call is the gRPC side's per-method scope check.
+    guarded = RequireAuthMiddleware(endpoint.app, [], resource_metadata_url=build_resource_metadata_url(resource))
+    metadata = create_protected_resource_routes(
+        resource, authorization_servers=[AnyHttpUrl(auth.issuer)], scopes_supported=sorted(scopes)
+    )
+    return Starlette(
+        routes=[Route(MCP_PATH, guarded), *metadata, *routes],
+        middleware=[Middleware(AuthenticationMiddleware, backend=backend), Middleware(AuthContextMiddleware)],
+    )
+
+
+def tool_scopes(auth: AuthSettings | None, tools: Mapping[str, GrpcTool]) -> list[str]:
+    """The scopes a token needs for every tool (the gRPC side's table, per tool method)."""
+    if auth is None:
+        return []
+    policy = auth.policy()
+    return sorted({scope for tool in tools.values() for scope in resolve_access(policy, tool.path).scopes})
 
 
 class _Uvicorn(uvicorn.Server):
@@ -111,8 +140,15 @@ def serve_http_entry(
         life.on_close(partial(channel.close, None), name="mcp loopback channel")
         endpoint = McpEndpoint(tools, gateway=channel, timeout_s=settings.default_deadline_s)
         sock = _listen(settings)
+        app = http_app(
+            endpoint,
+            auth=settings.auth,
+            origin=settings.http_origin,
+            scopes=tool_scopes(settings.auth, tools),
+            routes=routes,
+        )
         config = uvicorn.Config(
-            http_app(endpoint, auth=settings.auth, routes=routes),
+            app,
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -143,7 +179,10 @@ def serve_http_entry(
         life.on_drain(stop_taking_requests)
         life.on_close(stopped, name="http entry")
         log.info(
-            "HTTP entry serving", mcp=f"http://{settings.host}:{settings.http_port}{MCP_PATH}", tools=sorted(tools)
+            "HTTP entry serving",
+            address=f"{settings.host}:{settings.http_port}",
+            mcp=settings.http_origin + MCP_PATH,
+            tools=sorted(tools),
         )
 
     life.on_started(start)

@@ -242,3 +242,13 @@ async def test_mcp_without_a_token_is_401_with_a_bearer_challenge_at_the_edge(
         assert response.status == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
     assert await edge_proxy.stat("cluster.gateway_v1.upstream_rq_total") == forwarded_before
+
+
+async def test_the_mcp_resource_metadata_is_public_at_the_edge(http: aiohttp.ClientSession) -> None:
+    """Where an MCP client without a token learns whose token to bring (RFC 9728 well-known URI)."""
+    async with http.get("/.well-known/oauth-protected-resource/mcp") as response:
+        assert response.status == 200
+        metadata = await response.json()
+
+    assert metadata["resource"].endswith("/mcp")
+    assert [server.rstrip("/") for server in metadata["authorization_servers"]] == [load_policy().jwt.issuer]

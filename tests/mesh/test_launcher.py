@@ -32,6 +32,7 @@ def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(p
     assert env["AGENTMESH_GATEWAY_HOST"] == "127.0.0.1"
     # Its HTTP side (MCP, the Agent Card) where its sidecar sends the edge's http_routes.
     assert env["AGENTMESH_GATEWAY_HTTP_PORT"] == str(ports.http)
+    assert env["AGENTMESH_GATEWAY_HTTP_PUBLIC_URL"] == f"https://localhost:{policy.local.edge.port}"
 
 
 def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy, auth: DevAuth) -> None:

@@ -251,3 +251,20 @@ async def test_a_plain_json_rpc_post_lists_the_tools(mcp_system: tuple[System, s
         response = await http.post(url, json=request, headers={"accept": "application/json, text/event-stream"})
     assert response.status_code == 200, response.text
     assert sorted(tool["name"] for tool in response.json()["result"]["tools"]) == sorted(EXAMPLES)
+
+
+async def test_the_protected_resource_metadata_names_the_issuer_and_the_tools_scopes(
+    mcp_system: tuple[System, str], auth_settings: AuthSettings
+) -> None:
+    """MCP authorization: the 401's challenge points at RFC 9728 metadata, which says whose tokens to bring."""
+    _, url = mcp_system
+    async with _http(None) as http:
+        refused = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        challenge = refused.headers["www-authenticate"]
+        metadata_url = challenge.split('resource_metadata="')[1].split('"')[0]
+        metadata = (await http.get(metadata_url)).json()
+    assert metadata_url == url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+    assert metadata["resource"] == url
+    # (The SDK's model spells a bare-host URL with a trailing slash.)
+    assert [server.rstrip("/") for server in metadata["authorization_servers"]] == [auth_settings.issuer]
+    assert metadata["scopes_supported"] == ["documents.read", "runs.read", "runs.write"]
