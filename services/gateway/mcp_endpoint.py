@@ -41,6 +41,7 @@ from services.gateway.mcp_tools import GrpcTool, error_result, tool_error
 log = structlog.get_logger(__name__)
 
 SERVER_NAME = "agentmesh"
+TRACE_KEYS = ("traceparent", "tracestate")
 
 
 class McpEndpoint:
@@ -93,6 +94,12 @@ class McpEndpoint:
         authorization = None if http is None else http.headers.get("authorization")
         if authorization is not None:
             metadata.append(("authorization", authorization))
+        # The client's trace goes on through the mesh: W3C context from the request's _meta (where
+        # MCP carries it, SEP-414), else from its HTTP headers.
+        for key in TRACE_KEYS:
+            value = (ctx.meta or {}).get(key) or (None if http is None else http.headers.get(key))
+            if isinstance(value, str):
+                metadata.append((key, value))
         if tool.needs_key:
             key = _request_key(ctx.request_id, params.name, arguments)
             client_key = getattr(request, tool.key_field) if tool.key_field else ""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx2
@@ -23,12 +24,15 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
+from interceptors.rate_limit import Limit, RateLimitPolicy
 from runtime.security import AuthSettings
 from runtime.settings_errors import InvalidSetting
 from services.gateway.config import DEFAULT_DESCRIPTOR_SET, GatewaySettings
@@ -41,6 +45,7 @@ from tests.system import System, free_port, start_agent, start_gateway, start_ra
 DOCUMENT = document_pb2.Document(
     document_id="refund-policy", text="Refunds are processed within 5 business days.", metadata={"team": "billing"}
 )
+GET_DOCUMENT = "/agentmesh.rag.v1.RagService/GetDocument"
 EVERY_SCOPE = ("runs.read", "runs.write", "documents.read", "documents.write")
 # A valid request for each default tool, as a model would send it.
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -51,15 +56,26 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class McpSystem:
+    system: System
+    url: str
+    gateway_spans: InMemorySpanExporter
+
+
 @pytest.fixture
-async def mcp_system(tmp_path: Path, auth_settings: AuthSettings, issuer: Issuer) -> AsyncIterator[tuple[System, str]]:
+async def mcp_system(tmp_path: Path, auth_settings: AuthSettings, issuer: Issuer) -> AsyncIterator[McpSystem]:
     rag = await start_rag(tmp_path, auth=auth_settings)
     agent = await start_agent(tmp_path, f"127.0.0.1:{rag.port}", auth=auth_settings)
     http_port = free_port()
+    spans = InMemorySpanExporter()
     gateway = await start_gateway(
         {"agent": [f"127.0.0.1:{agent.port}"], "rag": [f"127.0.0.1:{rag.port}"]},
         auth=auth_settings,
         http_port=http_port,
+        # Only GetDocument is limited: a quota the tests of the other tools never meet.
+        rate_limits=RateLimitPolicy(limits={GET_DOCUMENT: Limit(rate_per_second=0.01, burst=2)}),
+        span_processors=[SimpleSpanProcessor(spans)],
     )
     system = System(rag=rag, agent=agent, gateway=gateway)
     try:
@@ -69,7 +85,7 @@ async def mcp_system(tmp_path: Path, auth_settings: AuthSettings, issuer: Issuer
                 metadata=issuer.bearer("librarian", "documents.write"),
                 timeout=5,
             )
-        yield system, f"http://127.0.0.1:{http_port}/mcp"
+        yield McpSystem(system, f"http://127.0.0.1:{http_port}/mcp", spans)
     finally:
         for server in (gateway, agent, rag):
             await server.stop()
@@ -96,11 +112,11 @@ def _text(result: types.CallToolResult) -> str:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_tools_list_is_the_policy_generated_from_the_protos(
-    mcp_system: tuple[System, str],
+    mcp_system: McpSystem,
     issuer: Issuer,
     mode: str,
 ) -> None:
-    _, url = mcp_system
+    url = mcp_system.url
     async with _client(url, issuer.token("model", *EVERY_SCOPE), mode=mode) as client:
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert sorted(listed) == sorted(EXAMPLES)
@@ -154,8 +170,8 @@ def test_a_bad_tool_policy_names_the_setting_and_the_method(method: str, says: s
     assert says in str(caught.value)
 
 
-async def test_search_through_mcp_returns_hits(mcp_system: tuple[System, str], issuer: Issuer) -> None:
-    _, url = mcp_system
+async def test_search_through_mcp_returns_hits(mcp_system: McpSystem, issuer: Issuer) -> None:
+    url = mcp_system.url
     async with _client(url, issuer.token("model", "documents.read")) as client:
         result = await client.call_tool("RagService_Search", {"query": "how long do refunds take", "top_k": 3})
     hits = _structured(result)["results"]
@@ -176,8 +192,8 @@ class _ResendingDispatcher(JSONRPCDispatcher):
         return await super().send_raw_request(method, params, opts, **kwargs)
 
 
-async def test_a_retried_create_run_runs_once(mcp_system: tuple[System, str], issuer: Issuer) -> None:
-    system, url = mcp_system
+async def test_a_retried_create_run_runs_once(mcp_system: McpSystem, issuer: Issuer) -> None:
+    system, url = mcp_system.system, mcp_system.url
     token = issuer.token("model", "runs.write", "runs.read", "documents.read")
     question = {"question": "How long do refunds take?"}
     async with _http(token) as http, streamable_http_client(url, http_client=http) as (read, write):
@@ -201,8 +217,8 @@ async def test_a_retried_create_run_runs_once(mcp_system: tuple[System, str], is
     assert "5 business days" in run.answer
 
 
-async def test_a_client_request_id_is_its_own_idempotency_key(mcp_system: tuple[System, str], issuer: Issuer) -> None:
-    _, url = mcp_system
+async def test_a_client_request_id_is_its_own_idempotency_key(mcp_system: McpSystem, issuer: Issuer) -> None:
+    url = mcp_system.url
     arguments = {"question": "How long do refunds take?", "request_id": "9b2d4c7e-client-chosen"}
     async with _client(url, issuer.token("model", "runs.write", "documents.read")) as client:
         first = _structured(await client.call_tool("AgentService_CreateRun", arguments))["run"]
@@ -211,8 +227,8 @@ async def test_a_client_request_id_is_its_own_idempotency_key(mcp_system: tuple[
     assert first["request_id"] == "9b2d4c7e-client-chosen"
 
 
-async def test_a_bad_argument_is_a_tool_error_naming_the_field(mcp_system: tuple[System, str], issuer: Issuer) -> None:
-    _, url = mcp_system
+async def test_a_bad_argument_is_a_tool_error_naming_the_field(mcp_system: McpSystem, issuer: Issuer) -> None:
+    url = mcp_system.url
     async with _client(url, issuer.token("model", "documents.read")) as client:
         # Refused by the schema before anything is sent.
         wrong_type = await client.call_tool("RagService_Search", {"query": "refunds", "top_k": "three"})
@@ -225,8 +241,39 @@ async def test_a_bad_argument_is_a_tool_error_naming_the_field(mcp_system: tuple
     assert "field top_k:" in _text(out_of_range)
 
 
-async def test_a_missing_scope_is_a_tool_error(mcp_system: tuple[System, str], issuer: Issuer) -> None:
-    _, url = mcp_system
+async def test_tool_calls_meet_the_gateways_rate_limits_per_caller(mcp_system: McpSystem, issuer: Issuer) -> None:
+    url = mcp_system.url
+    arguments = {"document_id": "refund-policy"}
+    async with _client(url, issuer.token("reader", "documents.read")) as client:
+        allowed = [await client.call_tool("RagService_GetDocument", arguments) for _ in range(2)]
+        limited = await client.call_tool("RagService_GetDocument", arguments)
+    async with _client(url, issuer.token("another-reader", "documents.read")) as client:
+        other_caller = await client.call_tool("RagService_GetDocument", arguments)
+    assert [_structured(result)["document"]["document_id"] for result in allowed] == ["refund-policy"] * 2
+    assert limited.is_error
+    assert _text(limited).startswith("RESOURCE_EXHAUSTED")
+    assert "retry after" in _text(limited)
+    assert not other_caller.is_error
+
+
+async def test_the_clients_trace_goes_on_through_the_gateway(mcp_system: McpSystem, issuer: Issuer) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    async with _client(mcp_system.url, issuer.token("model", "documents.read")) as client:
+        result = await client.call_tool(
+            "RagService_Search",
+            {"query": "refunds", "top_k": 1},
+            meta=cast(types.RequestParamsMeta, {"traceparent": traceparent}),
+        )
+    assert not result.is_error
+    traced = [s for s in mcp_system.gateway_spans.get_finished_spans() if s.name.endswith("RagService/Search")]
+    # The gateway's server span and its forwarded call's, both in the client's trace.
+    assert traced
+    assert {format(s.context.trace_id, "032x") for s in traced if s.context is not None} == {trace_id}
+
+
+async def test_a_missing_scope_is_a_tool_error(mcp_system: McpSystem, issuer: Issuer) -> None:
+    url = mcp_system.url
     async with _client(url, issuer.token("model", "runs.read")) as client:
         result = await client.call_tool("RagService_Search", {"query": "refunds", "top_k": 3})
     assert result.is_error
@@ -234,8 +281,8 @@ async def test_a_missing_scope_is_a_tool_error(mcp_system: tuple[System, str], i
 
 
 @pytest.mark.parametrize("token", [None, "not-a-jwt"])
-async def test_no_valid_token_is_401_with_a_bearer_challenge(mcp_system: tuple[System, str], token: str | None) -> None:
-    _, url = mcp_system
+async def test_no_valid_token_is_401_with_a_bearer_challenge(mcp_system: McpSystem, token: str | None) -> None:
+    url = mcp_system.url
     request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     async with _http(token) as http:
         response = await http.post(url, json=request, headers={"accept": "application/json, text/event-stream"})
@@ -243,9 +290,9 @@ async def test_no_valid_token_is_401_with_a_bearer_challenge(mcp_system: tuple[S
     assert response.headers["www-authenticate"].startswith("Bearer ")
 
 
-async def test_a_plain_json_rpc_post_lists_the_tools(mcp_system: tuple[System, str], issuer: Issuer) -> None:
+async def test_a_plain_json_rpc_post_lists_the_tools(mcp_system: McpSystem, issuer: Issuer) -> None:
     """What `make run`'s banner suggests with curl: one POST, no session, a JSON answer."""
-    _, url = mcp_system
+    url = mcp_system.url
     request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     async with _http(issuer.token("model", "documents.read")) as http:
         response = await http.post(url, json=request, headers={"accept": "application/json, text/event-stream"})
@@ -254,10 +301,10 @@ async def test_a_plain_json_rpc_post_lists_the_tools(mcp_system: tuple[System, s
 
 
 async def test_the_protected_resource_metadata_names_the_issuer_and_the_tools_scopes(
-    mcp_system: tuple[System, str], auth_settings: AuthSettings
+    mcp_system: McpSystem, auth_settings: AuthSettings
 ) -> None:
     """MCP authorization: the 401's challenge points at RFC 9728 metadata, which says whose tokens to bring."""
-    _, url = mcp_system
+    url = mcp_system.url
     async with _http(None) as http:
         refused = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         challenge = refused.headers["www-authenticate"]
