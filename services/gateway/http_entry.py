@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -134,6 +135,8 @@ def serve_http_entry(
     """Serve the HTTP side on ``settings.host:settings.http_port`` once the gRPC port listens."""
 
     async def start(grpc_port: int) -> None:
+        # The stateless transport logs every request's end at INFO; the gRPC access log has each call.
+        logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
         # The gateway's own port, whatever interface it listens on.
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
         channel = grpc.aio.insecure_channel(f"{host}:{grpc_port}")
