@@ -11,6 +11,8 @@ is opened, so closing needs no hand-written sequence to keep in step with the op
             return ServerPlan(settings=settings, bindings=[...], lifespan=life)
 
 If ``build()`` fails half-way, ``opening()`` closes exactly what was opened so far and re-raises.
+A service's ``build()`` gets its lifespan from ``runtime.assembly.assembling``, which opens the
+parts every service shares in it first.
 Once the plan is handed to the bootstrap, the server owns the lifespan: it runs the
 ``on_started`` hooks once it listens (they may open more, registering closes the same way),
 the ``on_drain`` hooks when a drain begins, and ``aclose()`` once the server has stopped.

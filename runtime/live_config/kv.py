@@ -242,13 +242,14 @@ class LiveConfig(Generic[SettingsT]):
                 log.exception("live_config.subscriber_failed", service=self._service, subscriber=repr(callback))
 
 
-def live_config_for(discovery: DiscoverySettings, *, service: str, data_dir: Path) -> LiveConfig[DynamicSettings]:
-    """``service``'s dynamic settings: env/.env, overridden from Consul KV when discovery is Consul.
+def live_config_for(
+    discovery: DiscoverySettings, dynamic: DynamicSettings, *, service: str, data_dir: Path
+) -> LiveConfig[DynamicSettings]:
+    """``service``'s dynamic settings: ``dynamic`` (env/.env, loaded once at start), overridden
+    from Consul KV when discovery is Consul.
 
     The last applied KV overrides are kept in ``data_dir`` so a restart while Consul is down
     comes back with them rather than with the env defaults.
     """
     consul = consul_address(discovery) if discovery.discovery == "consul" else None
-    return LiveConfig(
-        DynamicSettings(), service=service, consul=consul, cache_path=data_dir / f"{service}-live-config.json"
-    )
+    return LiveConfig(dynamic, service=service, consul=consul, cache_path=data_dir / f"{service}-live-config.json")
