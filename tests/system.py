@@ -15,14 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.sdk.trace import SpanProcessor
 
 from runtime.bootstrap import ManagedServer
 from services.agent.config import AgentSettings
@@ -73,13 +72,11 @@ async def start_agent(data_dir: Path, rag_address: str, **overrides: object) -> 
     return server
 
 
-async def start_gateway(
-    backends: Mapping[str, list[str]], *, span_processors: Sequence[SpanProcessor] = (), **overrides: object
-) -> ManagedServer:
+async def start_gateway(backends: Mapping[str, list[str]], **overrides: object) -> ManagedServer:
     settings = GatewaySettings(
         **{"port": 0, "backends": dict(backends), "drain_delay_s": 0, "grace_period_s": 1, **overrides}  # type: ignore[arg-type]
     )
-    server = ManagedServer(await build_gateway(settings, span_processors=span_processors))
+    server = ManagedServer(await build_gateway(settings))
     await server.start()
     return server
 

@@ -33,14 +33,16 @@ from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from interceptors.rate_limit import Limit, RateLimitPolicy
+from runtime.bootstrap import ManagedServer
 from runtime.security import AuthSettings
 from runtime.settings_errors import InvalidSetting
 from services.gateway.config import DEFAULT_DESCRIPTOR_SET, GatewaySettings
 from services.gateway.http_entry import mcp_tools
 from services.gateway.routing import build_routes, load_descriptor_pool
+from services.gateway.server import build as build_gateway
 from tests.services.agent.runs import settled_run
 from tests.services.security.conftest import Issuer
-from tests.system import System, free_port, start_agent, start_gateway, start_rag
+from tests.system import System, free_port, start_agent, start_rag
 
 DOCUMENT = document_pb2.Document(
     document_id="refund-policy", text="Refunds are processed within 5 business days.", metadata={"team": "billing"}
@@ -69,14 +71,18 @@ async def mcp_system(tmp_path: Path, auth_settings: AuthSettings, issuer: Issuer
     agent = await start_agent(tmp_path, f"127.0.0.1:{rag.port}", auth=auth_settings)
     http_port = free_port()
     spans = InMemorySpanExporter()
-    gateway = await start_gateway(
-        {"agent": [f"127.0.0.1:{agent.port}"], "rag": [f"127.0.0.1:{rag.port}"]},
+    settings = GatewaySettings(
+        port=0,
+        backends={"agent": [f"127.0.0.1:{agent.port}"], "rag": [f"127.0.0.1:{rag.port}"]},
+        drain_delay_s=0,
+        grace_period_s=1,
         auth=auth_settings,
         http_port=http_port,
         # Only GetDocument is limited: a quota the tests of the other tools never meet.
         rate_limits=RateLimitPolicy(limits={GET_DOCUMENT: Limit(rate_per_second=0.01, burst=2)}),
-        span_processors=[SimpleSpanProcessor(spans)],
     )
+    gateway = ManagedServer(await build_gateway(settings, span_processors=[SimpleSpanProcessor(spans)]))
+    await gateway.start()
     system = System(rag=rag, agent=agent, gateway=gateway)
     try:
         async with grpc.aio.insecure_channel(system.gateway_address) as channel:
