@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -117,3 +118,13 @@ async def test_a_setting_that_fails_the_build_is_one_line_naming_it(
     [line] = [line for line in lines if _not_a_log_line(line)]
     assert line.startswith(says)
     assert lines[-1] == line
+
+
+async def test_an_http_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        lines = await start_and_refuse("gateway", "AGENTMESH_GATEWAY_HTTP_PORT", port, tmp_path)
+    [line] = [line for line in lines if _not_a_log_line(line)]
+    assert line.startswith(f"AGENTMESH_GATEWAY_HOST, AGENTMESH_GATEWAY_HTTP_PORT: cannot listen on 127.0.0.1:{port}")
