@@ -3,7 +3,7 @@
 Its upstream side is exactly a sidecar's outbound listener to the gateway, built from the same
 pieces (``mesh.envoy_config``); what is the edge's own lives here: the token check and how a
 refusal is answered (401 / UNAUTHENTICATED in the caller's terms), reading an HTTP/JSON request
-whole before answering, and transcoding.
+whole before answering, transcoding, and the routes to the gateway's HTTP side.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from mesh.envoy_config import (
     outbound_routes,
     path_match_config,
     socket_address,
+    split_action,
     tls_certificates,
     typed,
 )
-from mesh.policy import Policy, parse_duration
+from mesh.policy import Policy, parse_duration, proto_duration
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 JWT_PROVIDER = "agentmesh"
@@ -38,6 +39,19 @@ UNAUTHENTICATED = 16  # the gRPC status code
 MAX_HTTP_REQUEST_BYTES = 4 * 1024 * 1024
 
 
+def edge_http_routes(policy: Policy) -> list[Config]:
+    """The edge's routes for the upstream's HTTP side: exact paths, ahead of the gRPC routes."""
+    target = split_action(policy, policy.edge.upstream)
+    return [
+        {
+            "name": f"http{route.path.replace('/', '-')}",
+            "match": {"path": route.path},
+            "route": {**target, "timeout": proto_duration(route.timeout)},
+        }
+        for route in policy.edge.http_routes
+    ]
+
+
 def _jwt_authn_filter(policy: Policy, jwks_file: Path) -> Config:
     """Every routed method needs a valid token from the policy's issuer, bar its public methods.
 
@@ -47,6 +61,7 @@ def _jwt_authn_filter(policy: Policy, jwks_file: Path) -> Config:
     every HTTP/JSON route needs a token.
     """
     public = [{"match": path_match_config(pattern)} for pattern in policy.jwt.public_methods]
+    public += [{"match": {"path": route.path}} for route in policy.edge.http_routes if route.public]
     return {
         "name": JWT_FILTER,
         "typed_config": typed(
@@ -232,7 +247,7 @@ def edge_bootstrap(
                         policy,
                         stat_prefix="edge",
                         codec="AUTO",
-                        routes=outbound_routes(policy, gateway),
+                        routes=[*edge_http_routes(policy), *outbound_routes(policy, gateway)],
                         http_filters=[*http_filters, fault_filter()],
                         use_remote_address=True,
                         local_reply_config=_jwt_local_replies(policy),

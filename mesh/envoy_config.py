@@ -30,6 +30,7 @@ Config = dict[str, Any]
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 TLS_SOCKET = "envoy.transport_sockets.tls"
+LOCAL_APP_HTTP = "local_app_http"
 _TYPE = "type.googleapis.com/"
 
 
@@ -77,7 +78,7 @@ def cluster_name(service: str, version: str) -> str:
     return f"{service}_{version}"
 
 
-def _split_action(policy: Policy, callee: str) -> Config:
+def split_action(policy: Policy, callee: str) -> Config:
     """Where a request for ``callee`` goes when no header pins a version."""
     service = policy.services[callee]
     if service.canary is None:
@@ -144,7 +145,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
                     "prefix": "/",
                     "headers": [{"name": policy.fault_header, "string_match": {"exact": fault.name}}],
                 },
-                "route": _route_action(_split_action(policy, callee), catch_all.model_copy(update={"retries": None})),
+                "route": _route_action(split_action(policy, callee), catch_all.model_copy(update={"retries": None})),
                 "typed_per_filter_config": {"envoy.filters.http.fault": _fault_config(fault)},
             }
         )
@@ -167,7 +168,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
                 {
                     "name": name,
                     "match": path_match_config(pattern),
-                    "route": _route_action(_split_action(policy, callee), route),
+                    "route": _route_action(split_action(policy, callee), route),
                 }
             )
     return routes
@@ -272,6 +273,16 @@ def _local_app_cluster(app: Address) -> Config:
     }
 
 
+def _local_app_http_cluster(app_http: Address) -> Config:
+    """The app's HTTP side (MCP, the Agent Card): HTTP/1.1, as uvicorn serves it."""
+    return {
+        "name": LOCAL_APP_HTTP,
+        "type": _discovery_type([app_http]),
+        "connect_timeout": "1s",
+        "load_assignment": _load_assignment(LOCAL_APP_HTTP, [app_http]),
+    }
+
+
 # --------------------------------------------------------------------------- listeners
 
 
@@ -315,6 +326,8 @@ def _rbac_filter(policy: Policy, service: str) -> Config:
             permissions: list[Config] = [{"any": True}]
         else:
             paths = [_path_string_match(p) for p in [*patterns, HEALTH_CHECK_PATH]]
+            if caller == "edge" and service == policy.edge.upstream:
+                paths += [{"exact": route.path} for route in policy.edge.http_routes]
             permissions = [{"url_path": {"path": m}} for m in paths]
         policies[caller] = {
             "permissions": [{"or_rules": {"rules": permissions}}],
@@ -328,8 +341,18 @@ def _rbac_filter(policy: Policy, service: str) -> Config:
     }
 
 
-def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: CertPaths) -> Config:
+def _inbound_listener(
+    policy: Policy, service: str, *, address: Address, certs: CertPaths, app_http: Address | None = None
+) -> Config:
     callers = list(policy.services[service].callers)
+    # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
+    routes: list[Config] = []
+    if app_http is not None:
+        routes += [
+            {"match": {"path": route.path}, "route": {"cluster": LOCAL_APP_HTTP, "timeout": "0s"}}
+            for route in policy.edge.http_routes
+        ]
+    routes.append({"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}})
     return {
         "name": "inbound",
         "address": socket_address(address),
@@ -357,8 +380,7 @@ def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: 
                         policy,
                         stat_prefix="inbound",
                         codec="HTTP2",
-                        # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
-                        routes=[{"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}],
+                        routes=routes,
                         http_filters=[_rbac_filter(policy, service)],
                         # Identity comes from the verified certificate, never from a header.
                         forward_client_cert_details="SANITIZE_SET",
@@ -412,18 +434,22 @@ def sidecar_bootstrap(
     outbound_ports: Mapping[str, int],
     upstreams: Mapping[str, Mapping[str, Sequence[Address]]],
     certs: CertPaths,
+    app_http: Address | None = None,
 ) -> Config:
     """The sidecar for one instance of ``service``.
 
     ``upstreams`` maps each callee to its versions' endpoints (their sidecars' inbound
-    addresses); ``outbound_ports`` says where the app reaches each callee on loopback.
+    addresses); ``outbound_ports`` says where the app reaches each callee on loopback;
+    ``app_http`` is the app's HTTP side, where the edge's ``http_routes`` go.
     """
     callees = policy.callees(service)
     missing = [c for c in callees if c not in outbound_ports or c not in upstreams]
     if missing:
         raise ValueError(f"{service} may call {missing} but no outbound port or upstream was given")
-    listeners = [_inbound_listener(policy, service, address=inbound, certs=certs)]
+    listeners = [_inbound_listener(policy, service, address=inbound, certs=certs, app_http=app_http)]
     clusters = [_local_app_cluster(app)]
+    if app_http is not None:
+        clusters.append(_local_app_http_cluster(app_http))
     for callee in callees:
         listeners.append(_outbound_listener(policy, callee, address=Address("127.0.0.1", outbound_ports[callee])))
         clusters += callee_clusters(policy, callee, upstreams[callee], certs)

@@ -46,6 +46,7 @@ from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.gateway.config import GatewaySettings
+from services.gateway.http_entry import MCP_PATH
 from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
@@ -56,8 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
-def _settings() -> tuple[DiscoverySettings, dict[str, int], bool]:
-    """Discovery, each service's port, and whether answers use dense similarity too.
+def _settings() -> tuple[DiscoverySettings, dict[str, int], int, bool]:
+    """Discovery, each service's port, the gateway's HTTP port, and whether answers use dense similarity too.
 
     Every service's settings are read here, before anything starts, so a bad one stops
     `make run` at once with the services' own one-line message rather than a traceback.
@@ -66,16 +67,19 @@ def _settings() -> tuple[DiscoverySettings, dict[str, int], bool]:
         discovery = load_settings(DiscoverySettings)
         load_settings(DynamicSettings)
         rag, agent = load_settings(RagSettings), load_settings(AgentSettings)
-        ports = {"rag": rag.port, "agent": agent.port, "gateway": load_settings(GatewaySettings).port}
+        gateway = load_settings(GatewaySettings)
+        ports = {"rag": rag.port, "agent": agent.port, "gateway": gateway.port}
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTING) from None
     # With dense retrieval on, the default extractive engine ranks sentences with the same model.
     dense_answers = rag.dense_enabled and agent.decision_engine == "extractive" and not agent.decision_engine_options
-    return discovery, ports, dense_answers
+    # The gateway's HTTP side (MCP, the Agent Card) is on in a local run: its own setting, else 8081.
+    return discovery, ports, gateway.http_port or DEFAULT_HTTP_PORT, dense_answers
 
 
-DISCOVERY, PORTS, DENSE_ANSWERS = _settings()
+DEFAULT_HTTP_PORT = 8081
+DISCOVERY, PORTS, GATEWAY_HTTP_PORT, DENSE_ANSWERS = _settings()
 
 
 def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
@@ -96,6 +100,8 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
     if name == "agent" and DENSE_ANSWERS:
         env[prefix + "DECISION_ENGINE_OPTIONS"] = '{"dense": true}'
     env[prefix + "PORT"] = str(PORTS[name])
+    if name == "gateway":
+        env[prefix + "HTTP_PORT"] = str(GATEWAY_HTTP_PORT)
     env.setdefault(prefix + "LOG_FORMAT", "console")
     env.update(observed_env(_observed(name)))
     return env
@@ -114,6 +120,7 @@ def listening_ports(console: ConsoleStack) -> list[tuple[int, str]]:
         prefix = f"AGENTMESH_{name.upper()}_"
         metrics_port = observed_env(_observed(name))[prefix + "METRICS_PORT"]
         ports += [(port, prefix + "PORT"), (int(metrics_port), prefix + "METRICS_PORT")]
+    ports.append((GATEWAY_HTTP_PORT, "AGENTMESH_GATEWAY_HTTP_PORT"))
     return ports
 
 
@@ -173,11 +180,14 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
+    mcp = f"http://{HOST}:{GATEWAY_HTTP_PORT}{MCP_PATH}"
+    tools_list = '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
     return "\n".join(
         [
             "",
             "agentmesh is up:",
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
+            f"  MCP      {mcp}  (Streamable HTTP, the same bearer token)",
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             f"  {store.describe()}",
@@ -189,6 +199,8 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
             "agentmesh.agent.v1.AgentService/CreateRun",
             f'  .venv/bin/grpcurl -plaintext {bearer}-d \'{{"run_id": "<run_id from above>"}}\' {gateway} '
             "agentmesh.agent.v1.AgentService/WatchRun",
+            f"  curl -s {bearer}-H 'content-type: application/json' -H 'accept: application/json, text/event-stream' "
+            f"-d '{tools_list}' {mcp}",
             *(
                 []
                 if auth is None

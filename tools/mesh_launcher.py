@@ -41,6 +41,7 @@ from mesh.policy import Policy, load_policy
 from mesh.render import drift
 from runtime.ports import ensure_free
 from runtime.processes import tied_child
+from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
@@ -97,6 +98,9 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
     via_sidecar = {callee: [f"{LOOPBACK}:{port}"] for callee, port in ports.outbound.items()}
     if service == "gateway":
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
+        if ports.http is not None:  # MCP and the Agent Card, which the edge routes here via the sidecar
+            env[prefix + "HTTP_PORT"] = str(ports.http)
+            env[prefix + "HTTP_PUBLIC_URL"] = f"https://localhost:{policy.local.edge.port}"
     if service == "agent":
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
@@ -129,6 +133,8 @@ def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, st
             (instance.admin, f"{key}.admin {where}"),
             *((port, f"{key}.outbound.{callee} {where}") for callee, port in instance.outbound.items()),
         ]
+        if instance.http is not None:
+            ports.append((instance.http, f"{key}.http {where}"))
         service, _ = split_instance(name)
         metrics = f"AGENTMESH_{service.upper()}_METRICS_PORT"
         ports.append((int(observed_env(_observed(policy, name))[metrics]), metrics))
@@ -194,6 +200,12 @@ async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
+def _http_entry_lines(policy: Policy) -> list[tuple[str, str]]:
+    """The edge's HTTP routes to the gateway's HTTP side, labelled for the banner."""
+    labels = {MCP_PATH: "MCP", AGENT_CARD_PATH: "Agent Card"}
+    return [(labels[route.path], route.path) for route in policy.edge.http_routes if route.path in labels]
+
+
 def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> str:
     edge = f"localhost:{policy.local.edge.port}"
     ca = f"{policy.local.certs_dir}/ca.pem"
@@ -211,6 +223,7 @@ def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleSt
         ),
         f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
         f"  {store.describe()}",
+        *(f"  {label:<13} https://{edge}{path}" for label, path in _http_entry_lines(policy)),
         "",
         *console.banner_lines(),
         "",
@@ -225,6 +238,8 @@ def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleSt
         "    agentmesh.agent.v1.AgentService/CreateRun",
         f"  .venv/bin/grpcurl -cacert {ca} {edge} list",
         f"  curl --cacert {ca} -X POST https://{edge}/v1/runs -d '{question}'   # no token: HTTP 401",
+        f"  curl --cacert {ca} {bearer} -H 'content-type: application/json' -H 'accept: application/json, "
+        f'text/event-stream\' -d \'{{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}\' https://{edge}{MCP_PATH}',
         f"  curl -s http://{LOOPBACK}:{policy.local.instances['gateway-v1'].admin}/stats | grep agent_v",
         "",
         "Ctrl-C stops everything.",

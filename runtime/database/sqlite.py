@@ -121,6 +121,10 @@ class SQLiteDatabase:
                 raise
         tx.run_commit_callbacks()
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
     async def _complete(self, sql: str) -> None:
         statement = asyncio.ensure_future(self._writer.execute(sql))
         try:

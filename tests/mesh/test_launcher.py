@@ -33,6 +33,9 @@ def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(p
     }
     assert env["AGENTMESH_GATEWAY_PORT"] == str(ports.app)
     assert env["AGENTMESH_GATEWAY_HOST"] == "127.0.0.1"
+    # Its HTTP side (MCP, the Agent Card) where its sidecar sends the edge's http_routes.
+    assert env["AGENTMESH_GATEWAY_HTTP_PORT"] == str(ports.http)
+    assert env["AGENTMESH_GATEWAY_HTTP_PUBLIC_URL"] == f"https://localhost:{policy.local.edge.port}"
 
 
 def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy, auth: DevAuth) -> None:
@@ -46,6 +49,7 @@ def test_no_app_listens_where_a_sidecar_or_another_app_does(policy: Policy) -> N
     ports = [policy.local.edge.port, policy.local.edge.admin]
     for instance in policy.local.instances.values():
         ports += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+        ports += [] if instance.http is None else [instance.http]
     assert len(ports) == len(set(ports))
 
 
@@ -119,6 +123,7 @@ def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_t
     layout = [policy.local.edge.port, policy.local.edge.admin]
     for instance in policy.local.instances.values():
         layout += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+        layout += [] if instance.http is None else [instance.http]
 
     assert set(layout) <= set(checked)
     assert all("mesh/policy.yaml" in checked[port] for port in layout)

@@ -20,13 +20,14 @@ SERVICES = ("rag", "agent", "gateway")
 
 def launcher_env(work_dir: Path) -> dict[str, str]:
     """Every port the launcher listens on, free; no auth (it would write keys into the repository)."""
-    ports = iter(free_ports(3 + 2 * len(SERVICES)))
+    ports = iter(free_ports(4 + 2 * len(SERVICES)))
     env = {
         **clean_env(),
         "AGENTMESH_DEV_AUTH": "0",
         "AGENTMESH_CONSOLE_PORT": str(next(ports)),
         "AGENTMESH_CONSOLE_OTLP_PORT": str(next(ports)),
         "AGENTMESH_PROMETHEUS_PORT": str(next(ports)),
+        "AGENTMESH_GATEWAY_HTTP_PORT": str(next(ports)),
     }
     for name in SERVICES:
         prefix = f"AGENTMESH_{name.upper()}_"
@@ -57,6 +58,7 @@ PORT_SETTINGS = [
     "AGENTMESH_CONSOLE_PORT",
     "AGENTMESH_CONSOLE_OTLP_PORT",
     "AGENTMESH_PROMETHEUS_PORT",
+    "AGENTMESH_GATEWAY_HTTP_PORT",
     *(f"AGENTMESH_{name.upper()}_{port}" for name in SERVICES for port in ("PORT", "METRICS_PORT")),
 ]
 
