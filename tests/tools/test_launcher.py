@@ -24,6 +24,8 @@ def launcher_env(work_dir: Path) -> dict[str, str]:
     env = {
         **clean_env(),
         "AGENTMESH_DEV_AUTH": "0",
+        # No embedding model to load in rag and the agent: what is tested is which processes run.
+        "AGENTMESH_RAG_DENSE_ENABLED": "false",
         "AGENTMESH_CONSOLE_PORT": str(next(ports)),
         "AGENTMESH_CONSOLE_OTLP_PORT": str(next(ports)),
         "AGENTMESH_PROMETHEUS_PORT": str(next(ports)),
