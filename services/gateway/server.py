@@ -41,7 +41,7 @@ async def build(
         span_processors=span_processors,
         rate_limit=rate_limit,
     ) as service:
-        middleware, life = service.middleware, service.life
+        chains, life = service.chains, service.life
         pool = load_descriptor_pool(settings.descriptor_set)
         routes = build_routes(settings.routes, pool)
         if settings.http_port:
@@ -52,7 +52,7 @@ async def build(
             settings.upstream_resilience,
             target_of=lambda method: routes[method].backend,
             pool=pool,
-            on_state_change=middleware.metrics.breaker_state_changed,
+            on_state_change=chains.metrics.breaker_state_changed,
         )
         # No client interceptor on the channels: trace context, deadline, retries and the breaker run
         # inside the proxy's handler (proxy.py). Nor token forwarding: the proxy passes the caller's
@@ -66,7 +66,7 @@ async def build(
             upstreams=upstreams,
             breakers=guards.breakers,
             retrier=guards.retrier,
-            trace=OutgoingTrace(middleware.tracing),
+            trace=OutgoingTrace(chains.tracing),
             budget=DeadlineBudget(margin=settings.deadline_margin_s),
         )
         bindings = route_bindings(routes, forwarding)

@@ -36,7 +36,7 @@ async def build(
     async with assembling(
         settings, service="rag", discovery=discovery, dynamic=dynamic, span_processors=span_processors
     ) as service:
-        middleware, life = service.middleware, service.life
+        chains, life = service.chains, service.life
         embedder: Embedder | None = None
         if settings.dense_enabled:
             # Loading torch and the model takes seconds: off the event loop.
@@ -59,7 +59,7 @@ async def build(
             database=database,
             # Workers of one instance share its data dir: each saves its own indexes.
             index_name="index" if worker.index == 0 else f"index-worker-{worker.index}",
-            metrics=FollowerMetrics(middleware.metrics.registry),
+            metrics=FollowerMetrics(chains.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(

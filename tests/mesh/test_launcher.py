@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.launcher import app_env
 from mesh.policy import Policy
 from runtime.security import AuthSettings
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
+from tools.mesh_launcher import app_env, console_stack, listening_ports
 
 SQLITE = LocalStore("sqlite")
 
@@ -111,3 +111,19 @@ def test_every_instance_exports_metrics_on_its_own_port_and_spans_to_the_console
         ports.add(env[f"AGENTMESH_{service}_METRICS_PORT"])
         assert env[f"AGENTMESH_{service}_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
     assert len(ports) == len(policy.local.instances)  # agent v1 and v2 side by side
+
+
+def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_the_policy_sets_it(
+    policy: Policy, auth: DevAuth
+) -> None:
+    checked = dict(listening_ports(policy, console_stack(policy, auth)))
+    layout = [policy.local.edge.port, policy.local.edge.admin]
+    for instance in policy.local.instances.values():
+        layout += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+
+    assert set(layout) <= set(checked)
+    assert all("mesh/policy.yaml" in checked[port] for port in layout)
+    assert (
+        checked[policy.local.instances["rag-v1"].app]
+        == "local.instances.rag-v1.app in mesh/policy.yaml, then `make mesh-render`"
+    )
