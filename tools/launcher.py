@@ -120,6 +120,7 @@ def listening_ports(console: ConsoleStack) -> list[tuple[int, str]]:
         prefix = f"AGENTMESH_{name.upper()}_"
         metrics_port = observed_env(_observed(name))[prefix + "METRICS_PORT"]
         ports += [(port, prefix + "PORT"), (int(metrics_port), prefix + "METRICS_PORT")]
+    ports.append((GATEWAY_HTTP_PORT, "AGENTMESH_GATEWAY_HTTP_PORT"))
     return ports
 
 

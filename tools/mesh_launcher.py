@@ -132,6 +132,7 @@ def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, st
             (instance.inbound, f"{key}.inbound {where}"),
             (instance.admin, f"{key}.admin {where}"),
             *((port, f"{key}.outbound.{callee} {where}") for callee, port in instance.outbound.items()),
+            *([] if instance.http is None else [(instance.http, f"{key}.http {where}")]),
         ]
         service, _ = split_instance(name)
         metrics = f"AGENTMESH_{service.upper()}_METRICS_PORT"
