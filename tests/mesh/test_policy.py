@@ -63,7 +63,7 @@ def test_edge_http_routes_need_the_upstreams_http_port() -> None:
         Policy.model_validate(raw)
     raw = _raw()
     del raw["services"]["gateway"]["http_port"]  # type: ignore[index]
-    with pytest.raises(ValidationError, match="need services.gateway.http_port"):
+    with pytest.raises(ValidationError, match=r"need services\.gateway\.http_port"):
         Policy.model_validate(raw)
 
 
