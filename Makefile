@@ -13,6 +13,9 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos/agentmesh -name '*.proto' | sort)
 # In the descriptor set too, so Envoy's transcoder can render AIP-193 error details as JSON.
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
+# Third-party contracts served by the mesh, each under its own include root so its file name is
+# upstream's (protos/third_party/*/README.md): in the descriptor set only, never generated as Python.
+A2A_PROTO := protos/third_party/a2a/a2a.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
 
@@ -59,7 +62,7 @@ debian-deps: ## Debian packages the tests use (installed only when missing)
 
 # --- code generation ----------------------------------------------------------------------
 
-gen/.stamp: $(PROTOS) $(VENV)/.installed
+gen/.stamp: $(PROTOS) $(A2A_PROTO) $(VENV)/.installed
 	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
@@ -67,8 +70,8 @@ gen/.stamp: $(PROTOS) $(VENV)/.installed
 	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen \
 	  $(PROTOS)
 	# One descriptor set for Envoy's transcoder, grpcurl and the gateway's reflection.
-	$(PY) -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
-	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(dir $(A2A_PROTO)) --include_imports --include_source_info \
+	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS) $(notdir $(A2A_PROTO))
 	find gen/agentmesh -type d -exec touch {}/__init__.py \;
 	touch gen/agentmesh/py.typed gen/.stamp
 

@@ -27,6 +27,7 @@ from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
+from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
 from services.agent.decision import load_decision_engine
 from services.agent.executor import RunExecutor
@@ -169,7 +170,8 @@ async def _assemble(
     )
     executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
     life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
-    servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, executor=executor, settings=settings)
+    commands = RunCommands(store=store, executor=executor, settings=settings)
+    servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, commands=commands)
 
     async def resume_orphaned_runs() -> None:
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
