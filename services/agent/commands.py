@@ -92,22 +92,29 @@ class RunCommands:
             raise unavailable("the agent is shutting down; retry on another instance", reason="DRAINING") from None
         return run
 
+    # cancel and review raise the domain's RunNotFound / IllegalTransition: each protocol names
+    # them its own way (AgentService with ``domain_errors``, A2A with its task errors).
+
     async def cancel(self, run_id: str, reason: str) -> Run:
-        with domain_errors():
-            run = await self._store.transition(run_id, RunState.CANCELLED, cause=reason or "cancelled by caller")
+        run = await self._store.transition(run_id, RunState.CANCELLED, cause=reason or "cancelled by caller")
         # Interrupts the workflow if it is executing; it then compensates what it had done.
         self._executor.cancel(run.run_id)
         return run
 
-    async def review(self, run_id: str, *, approve: bool, comment: str) -> Run:
-        """Approve (COMPLETED) or reject (FAILED) a run waiting for review; the caller's scope is checked by auth."""
-        verdict = "approved" if approve else "rejected"
-        subject = current_caller.get().subject
-        with domain_errors():
-            return await self._store.transition(
-                run_id,
-                RunState.COMPLETED if approve else RunState.FAILED,
-                cause=f"{verdict} by {subject}" + (f": {comment}" if comment else ""),
-                only_from=[RunState.WAITING_FOR_REVIEW],
-                status_reason=comment or f"{verdict} by reviewer",
-            )
+    async def review(self, run_id: str, *, approve: bool, comment: str, reference: str = "") -> Run:
+        """Approve (COMPLETED) or reject (FAILED) a run waiting for review; the caller's scope is checked by auth.
+
+        ``reference`` is recorded in the transition's cause (the event log), in the same transaction:
+        how a retried reply recognises that it was already applied.
+        """
+        return await self._store.transition(
+            run_id,
+            RunState.COMPLETED if approve else RunState.FAILED,
+            cause=review_cause(current_caller.get().subject, approve=approve, comment=comment) + reference,
+            only_from=[RunState.WAITING_FOR_REVIEW],
+            status_reason=comment or f"{'approved' if approve else 'rejected'} by reviewer",
+        )
+
+
+def review_cause(subject: str, *, approve: bool, comment: str) -> str:
+    return f"{'approved' if approve else 'rejected'} by {subject}" + (f": {comment}" if comment else "")

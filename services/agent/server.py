@@ -26,6 +26,7 @@ from runtime.middleware import Middleware
 from runtime.resilience import upstream_guards
 from runtime.security import auth_interceptor
 from runtime.settings_errors import InvalidSetting
+from services.agent.a2a_service import a2a_binding
 from services.agent.budget import ToolBudget
 from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
@@ -206,7 +207,8 @@ async def _assemble(
         bindings=[
             ServiceBinding(
                 SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
-            )
+            ),
+            a2a_binding(store=store, commands=commands, read_model=servicer.read_model, settings=settings),
         ],
         interceptors=middleware.server_interceptors,
         lifespan=life,

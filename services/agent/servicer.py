@@ -71,7 +71,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.CancelRunRequest, context: Context
     ) -> agent_service_pb2.CancelRunResponse:
         validate_run_id(request.run_id)
-        run = await self._commands.cancel(request.run_id, request.reason)
+        with domain_errors():
+            run = await self._commands.cancel(request.run_id, request.reason)
         return agent_service_pb2.CancelRunResponse(run=run_to_proto(run))
 
     @api_errors
@@ -80,14 +81,16 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> agent_service_pb2.SubmitReviewResponse:
         validate_review(request)
         # The auth interceptor has already required the reviewer scope (runs.review) for this method.
-        run = await self._commands.review(
-            request.run_id, approve=request.decision == Review.DECISION_APPROVE, comment=request.comment
-        )
+        with domain_errors():
+            run = await self._commands.review(
+                request.run_id, approve=request.decision == Review.DECISION_APPROVE, comment=request.comment
+            )
         return agent_service_pb2.SubmitReviewResponse(run=run_to_proto(run))
 
     # -- queries -------------------------------------------------------------------------
 
-    async def _read_model(self) -> RunProjection:
+    async def read_model(self) -> RunProjection:
+        """The projection, caught up with the event log if it is behind (a caller reads its own writes)."""
         if await self._projection.checkpoint() < await self._store.last_sequence():
             await self._projection.catch_up(self._store)
         return self._projection
@@ -97,7 +100,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.GetRunRequest, context: Context
     ) -> agent_service_pb2.GetRunResponse:
         validate_run_id(request.run_id)
-        run = await (await self._read_model()).get(request.run_id)
+        run = await (await self.read_model()).get(request.run_id)
         if run is None:
             raise not_found("run", request.run_id)
         return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
@@ -107,7 +110,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.ListRunsRequest, context: Context
     ) -> agent_service_pb2.ListRunsResponse:
         page_size = validate_list(request)
-        projection = await self._read_model()
+        projection = await self.read_model()
         try:
             runs, token = await projection.page(
                 state=state_from_proto(request.state), page_size=page_size, page_token=request.page_token
@@ -120,7 +123,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def GetRunStats(
         self, request: agent_service_pb2.GetRunStatsRequest, context: Context
     ) -> agent_service_pb2.GetRunStatsResponse:
-        counts = await (await self._read_model()).counts()
+        counts = await (await self.read_model()).counts()
         return agent_service_pb2.GetRunStatsResponse(
             counts=[
                 agent_service_pb2.GetRunStatsResponse.StateCount(state=state_to_proto(state), count=count)

@@ -28,6 +28,8 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: {
             "agentmesh.agent.v1.AgentService": "agent",
             "agentmesh.rag.v1.RagService": "rag",
+            # A2A (the vendored lf.a2a.v1 contract, in the descriptor set): the agent serves it.
+            "lf.a2a.v1.A2AService": "agent",
         }
     )
     backends: dict[str, list[str]] = Field(
