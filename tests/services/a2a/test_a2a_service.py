@@ -217,3 +217,27 @@ async def test_without_a_token_or_the_scope_every_method_is_refused_and_the_exte
         a2a_pb2.GetExtendedAgentCardRequest(), context=issuer.as_("rex", READ)
     )
     assert {s.id for s in extended.skills} == {"answer-questions", "review-answers"}
+
+
+@pytest.mark.postgres
+async def test_on_two_replicas_one_message_is_one_task_and_either_replica_streams_it(
+    postgres_url: str, start_system: StartSystem, issuer: Issuer
+) -> None:
+    # postgres_url first: the database outlives the servers using it.
+    system = await start_system(
+        replicas=2,
+        database_url=postgres_url,
+        decision_engine="tests.services.agent.engines:SlowEngine",
+        decision_engine_options={"delay_s": 0.5},
+    )
+    second = sdk_client(card_for(system.agent_address(1)), streaming=True)
+    asker = issuer.as_("alice", *ASKER)
+    request = returning_immediately(message("How long do refunds take?"))
+
+    created = await send(sdk_client(card_for(system.agent_address(0)), streaming=False), request, asker)
+    updates = [u async for u in second.subscribe(a2a_pb2.SubscribeToTaskRequest(id=created.id), context=asker)]
+    again = await send(sdk_client(card_for(system.agent_address(1)), streaming=False), request, asker)
+
+    assert updates[0].task.id == created.id
+    assert updates[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert again.id == created.id
