@@ -20,7 +20,6 @@ from a2a.server.request_handlers.request_handler import RequestHandler
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, VERSION_HEADER
 from a2a.utils.errors import (
-    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -30,9 +29,13 @@ from google.protobuf import empty_pb2
 
 from interceptors.auth import resolve_access
 from interceptors.identity import ANONYMOUS, current_caller
-from rpcstatus.errors import ApiError, api_errors, api_errors_stream, error_info, invalid_argument
+from rpcstatus.errors import ApiError, api_errors, api_errors_stream, error_info, invalid_argument, not_found
 from runtime.a2a_card import build_agent_card
 from runtime.bootstrap import ServiceBinding
+from runtime.events.bus import EventBus
+from runtime.lifespan import Lifespan
+from services.agent.a2a_push import PUSH_GROUP, PushConfigNotFound, PushNotifications
+from services.agent.a2a_push_policy import PushUrlRefused, check_push_url
 from services.agent.a2a_tasks import (
     CONTEXT_LABEL,
     RUN_STATE,
@@ -47,7 +50,7 @@ from services.agent.commands import RunCommands, review_cause
 from services.agent.config import AgentSettings
 from services.agent.model import Run, RunEvent
 from services.agent.projections import InvalidPageToken, RunProjection
-from services.agent.run_store import RunNotFound, RunStore
+from services.agent.run_store import RUN_EVENTS_STREAM, RunNotFound, RunStore
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import MAX_COMMENT_CHARS, MAX_LABEL_CHARS, MAX_QUESTION_CHARS, RUN_ID
 
@@ -121,7 +124,9 @@ class RunTaskHandler(RequestHandler):
         read_model: Callable[[], Awaitable[RunProjection]],
         agent_card: Callable[[], a2a_pb2.AgentCard],
         review_scopes: frozenset[str],
+        push: PushNotifications,
     ) -> None:
+        self._push = push
         self._store = store
         self._commands = commands
         self._read_model = read_model
@@ -157,10 +162,19 @@ class RunTaskHandler(RequestHandler):
             violations.append(("message.context_id", f"at most {MAX_LABEL_CHARS} characters"))
         if violations:
             raise invalid_argument(violations)
+        push = params.configuration.task_push_notification_config
         if params.configuration.HasField("task_push_notification_config"):
-            raise PushNotificationNotSupportedError("push notifications are not configured on this agent")
-        if message.task_id:
-            return await self._reply(message)
+            # Checked before anything is created: a refused URL creates no task.
+            with _push_url_errors("configuration.task_push_notification_config.url"):
+                await check_push_url(push.url, self._push.settings)
+        run = await self._reply(message) if message.task_id else await self._create(message)
+        if params.configuration.HasField("task_push_notification_config"):
+            push.task_id = run.run_id
+            with _push_url_errors("configuration.task_push_notification_config.url"):
+                await self._push.save(push, creator=current_caller.get().subject)
+        return run
+
+    async def _create(self, message: a2a_pb2.Message) -> Run:
         question = _text_of(message)
         if not question.strip():
             raise invalid_argument([("message.parts", "needs a text part with the question")])
@@ -329,27 +343,64 @@ class RunTaskHandler(RequestHandler):
     ) -> a2a_pb2.AgentCard:
         return self._agent_card()
 
-    # -- push notifications (not configured) ----------------------------------------------
+    # -- push notifications ---------------------------------------------------------------
 
     async def on_create_task_push_notification_config(
         self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError("push notifications are not configured on this agent")
+        _check_task_id(params.task_id, "task_id")
+        with _task_errors(params.task_id):
+            await self._store.get(params.task_id)
+        with _push_url_errors("url"):
+            return _redacted(await self._push.save(params, creator=current_caller.get().subject))
 
     async def on_get_task_push_notification_config(
         self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError("push notifications are not configured on this agent")
+        _check_task_id(params.task_id, "task_id")
+        try:
+            return _redacted(await self._push.get(params.task_id, params.id))
+        except PushConfigNotFound:
+            raise not_found("push notification config", params.id) from None
 
     async def on_list_task_push_notification_configs(
         self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
-        raise PushNotificationNotSupportedError("push notifications are not configured on this agent")
+        _check_task_id(params.task_id, "task_id")
+        if not 0 <= params.page_size <= MAX_LIST_PAGE_SIZE:
+            raise invalid_argument(
+                [("page_size", f"must be 0 (the default, {DEFAULT_LIST_PAGE_SIZE}) to {MAX_LIST_PAGE_SIZE}")]
+            )
+        configs, token = await self._push.page(
+            params.task_id, page_size=params.page_size or DEFAULT_LIST_PAGE_SIZE, after=params.page_token
+        )
+        return a2a_pb2.ListTaskPushNotificationConfigsResponse(
+            configs=[_redacted(c) for c in configs], next_page_token=token
+        )
 
     async def on_delete_task_push_notification_config(
         self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise PushNotificationNotSupportedError("push notifications are not configured on this agent")
+        _check_task_id(params.task_id, "task_id")
+        await self._push.delete(params.task_id, params.id)
+
+
+def _redacted(config: a2a_pb2.TaskPushNotificationConfig) -> a2a_pb2.TaskPushNotificationConfig:
+    """A config as read back: the credentials the agent sends are never returned."""
+    shown = a2a_pb2.TaskPushNotificationConfig()
+    shown.CopyFrom(config)
+    shown.authentication.ClearField("credentials")
+    if not config.HasField("authentication"):
+        shown.ClearField("authentication")
+    return shown
+
+
+@contextlib.contextmanager
+def _push_url_errors(field: str) -> Iterator[None]:
+    try:
+        yield
+    except PushUrlRefused as refused:
+        raise invalid_argument([(field, str(refused))]) from None
 
 
 def _grpc_context(context: ServerCallContext) -> grpc.aio.ServicerContext[Any, Any] | None:
@@ -440,23 +491,37 @@ class A2AServicer(GrpcHandler):
 
 
 def a2a_binding(
+    life: Lifespan,
     *,
     store: RunStore,
     commands: RunCommands,
     read_model: Callable[[], Awaitable[RunProjection]],
+    bus: EventBus,
+    instance: str,
     settings: AgentSettings,
 ) -> ServiceBinding:
-    """A2AService mounted beside AgentService, on the same stores and commands."""
+    """A2AService mounted beside AgentService, on the same stores and commands, with its push deliveries."""
     # A reply that approves or rejects needs what SubmitReview needs, as the auth policy says.
     review_scopes = (
         resolve_access(settings.auth.policy(), SUBMIT_REVIEW).scopes if settings.auth is not None else frozenset()
     )
+    push = PushNotifications(store.db, settings.a2a_push)
+
+    async def start_push(_port: int) -> None:
+        # After the databases are reachable (an earlier start hook); deliveries are the run events'
+        # consumers, fed by the transactional outbox like the projection.
+        await push.create_schema()
+        await bus.subscribe(RUN_EVENTS_STREAM, group=PUSH_GROUP, consumer=instance, handler=push.enqueue)
+        life.supervise("a2a push delivery", push.deliver)
+
+    life.on_started(start_push)
     handler = RunTaskHandler(
         store=store,
         commands=commands,
         read_model=read_model,
         agent_card=lambda: build_agent_card(settings.a2a, extended=True),
         review_scopes=review_scopes,
+        push=push,
     )
     servicer = A2AServicer(handler)
 

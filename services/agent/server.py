@@ -208,7 +208,15 @@ async def _assemble(
             ServiceBinding(
                 SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
             ),
-            a2a_binding(store=store, commands=commands, read_model=servicer.read_model, settings=settings),
+            a2a_binding(
+                life,
+                store=store,
+                commands=commands,
+                read_model=servicer.read_model,
+                bus=bus,
+                instance=instance,
+                settings=settings,
+            ),
         ],
         interceptors=middleware.server_interceptors,
         lifespan=life,
