@@ -65,7 +65,9 @@ async def test_each_update_reaches_the_receiver_once_with_its_auth_header_after_
     start_system: StartSystem, issuer: Issuer, receiver: Receiver
 ) -> None:
     system = await start_system(
-        a2a_push=PushSettings(allowed_networks=["127.0.0.0/8"], initial_backoff_s=0.05, max_backoff_s=0.2),
+        a2a_push=PushSettings.model_validate(
+            {"allowed_networks": ["127.0.0.0/8"], "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
+        ),
         decision_engine="tests.services.agent.engines:SlowEngine",
         decision_engine_options={"delay_s": 0.5},
     )
