@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from interceptors.rate_limit import RateLimitPolicy
+from runtime.a2a_card import AgentCardSettings
 from runtime.config import ServiceSettings
 from runtime.resilience import UpstreamResilience
 
@@ -39,6 +40,9 @@ class GatewaySettings(ServiceSettings):
     # Token buckets per (caller, method); empty means no limits. Example:
     # AGENTMESH_GATEWAY_RATE_LIMITS='{"limits": {"*": {"rate_per_second": 20, "burst": 40}}}'
     rate_limits: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
+    # The public A2A Agent Card (services/gateway/agent_card.py): grpc_url must be the address
+    # callers reach, this gateway or the mesh edge in front of it.
+    a2a: AgentCardSettings = Field(default_factory=AgentCardSettings)
     # Retries and a circuit breaker per backend on the gateway's outgoing calls.
     upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
 
