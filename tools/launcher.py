@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,9 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
     if DISCOVERY.discovery == "consul":
         env.setdefault("AGENTMESH_CHECK_INTERVAL_SECONDS", "1")  # snappier than the 5 s default, for a local run
     prefix = f"AGENTMESH_{name.upper()}_"
+    if name in ("gateway", "agent"):
+        # The Agent Cards (public and extended) name the gateway, the address callers reach.
+        env.setdefault(prefix + "A2A", json.dumps({"grpc_url": f"http://{HOST}:{PORTS['gateway']}"}))
     if auth is not None:
         env.setdefault(prefix + "AUTH", auth.service_auth_json())
         if name == "agent":
