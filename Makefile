@@ -41,6 +41,15 @@ $(BUF):
 	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
 	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
 
+# A Node gRPC client for the cross-language test (tests/services/a2a/node/), installed on first use.
+NODE_GRPC := .tools/node-grpc/node_modules/@grpc/grpc-js/package.json
+$(NODE_GRPC):
+	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
+	npm install --silent --no-audit --no-fund --prefix .tools/node-grpc @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+
+.PHONY: node-deps
+node-deps: $(NODE_GRPC) ## the Node gRPC packages the cross-language A2A test uses (installed only when missing)
+
 .PHONY: run-deps
 run-deps: ## the Debian packages `make run` needs: prometheus for the console, postgresql-15 with STORE=postgres (installed only when missing)
 	@missing=""; \
@@ -93,7 +102,7 @@ screenshots: gen debian-deps ## the README's console screenshots (docs/images/),
 	AGENTMESH_SCREENSHOTS_DIR=docs/images $(PY) -m pytest tests/console/test_browser.py -q
 
 .PHONY: test
-test: gen debian-deps lint ## lint, then the whole test suite
+test: gen debian-deps node-deps lint ## lint, then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: fmt
