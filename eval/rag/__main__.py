@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from eval.rag.metrics import answer_is_right, document_ranking, recall_at, reciprocal_rank_at
+from runtime.embedding import MiniLmEmbedder
 from runtime.logging import configure_logging
 from services.agent.config import AgentSettings
 from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
 from services.rag.chunking import ChunkingOptions
-from services.rag.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import DocumentInput, Hit, KnowledgeBase, Mode, chunk_id
 from tools.doc_block import replace_block
 

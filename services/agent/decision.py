@@ -22,7 +22,7 @@ import Stemmer  # type: ignore[import-not-found]
 from services.agent.model import Citation
 
 if TYPE_CHECKING:
-    from services.rag.embedding import Embedder
+    from runtime.embedding import Embedder
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ class ExtractiveDecisionEngine:
         self._min_similarity = min_similarity
         if embedder is None and dense:
             # The model the RAG service embeds chunks with; imported only when asked for (torch).
-            from services.rag.embedding import MiniLmEmbedder  # noqa: PLC0415
+            from runtime.embedding import MiniLmEmbedder  # noqa: PLC0415
 
             embedder = MiniLmEmbedder()
         self._embedder = embedder

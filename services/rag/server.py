@@ -12,6 +12,7 @@ from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import open_database, wait_until_reachable
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
+from runtime.embedding import Embedder, MiniLmEmbedder
 from runtime.lifespan import Lifespan
 from runtime.live_config.kv import live_config_for
 from runtime.middleware import Middleware
@@ -19,7 +20,6 @@ from runtime.processes import current_worker
 from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.embedding import Embedder, MiniLmEmbedder
 from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
