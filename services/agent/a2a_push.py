@@ -6,6 +6,8 @@
 - At least once: a row stays until a 2xx; a replica that dies after POSTing leaves its claim to
   expire (``claim_lease_s``) and another replica sends it again. Receivers deduplicate on the
   ``X-A2A-Notification-Id`` header (the row's key), as on a bus.
+- In order per destination: a task's updates reach a config's URL in log order; one being retried
+  holds back the ones after it.
 - One delivery per event across replicas: rows are keyed (update id, config id), so a redelivered
   bus event enqueues nothing new; a row is claimed by one replica at a time (``FOR UPDATE SKIP
   LOCKED`` on PostgreSQL, the single writer on SQLite).
@@ -61,16 +63,24 @@ CREATE TABLE IF NOT EXISTS a2a_push_deliveries (
 );
 CREATE INDEX IF NOT EXISTS a2a_push_due ON a2a_push_deliveries (next_attempt_at, sequence)
     WHERE delivered_at IS NULL AND abandoned_at IS NULL;
+CREATE INDEX IF NOT EXISTS a2a_push_queue ON a2a_push_deliveries (task_id, config_id, sequence, delivery_id)
+    WHERE delivered_at IS NULL AND abandoned_at IS NULL;
 """
 SCHEMA = Schema(
     "agent.a2a_push",
     (Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),),
 )
 PUSH_GROUP = "agent.a2a.push"
+# Due, and first in its destination's queue: a receiver gets a task's updates in log order, so an
+# update being retried holds back the ones after it (the answer arrives before COMPLETED).
 _DUE = (
-    "SELECT delivery_id, task_id, config_id, payload, attempts FROM a2a_push_deliveries"
-    " WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= :now"
-    " AND (claimed_until IS NULL OR claimed_until < :now) ORDER BY next_attempt_at, sequence LIMIT :limit"
+    "SELECT d.delivery_id, d.task_id, d.config_id, d.payload, d.attempts FROM a2a_push_deliveries d"
+    " WHERE d.delivered_at IS NULL AND d.abandoned_at IS NULL AND d.next_attempt_at <= :now"
+    " AND (d.claimed_until IS NULL OR d.claimed_until < :now)"
+    " AND NOT EXISTS (SELECT 1 FROM a2a_push_deliveries e WHERE e.task_id = d.task_id"
+    " AND e.config_id = d.config_id AND e.delivered_at IS NULL AND e.abandoned_at IS NULL"
+    " AND (e.sequence < d.sequence OR (e.sequence = d.sequence AND e.delivery_id < d.delivery_id)))"
+    " ORDER BY d.next_attempt_at, d.sequence LIMIT :limit"
 )
 
 

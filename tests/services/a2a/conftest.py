@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from tests.system import start_agent, start_gateway, start_rag
 from tools.dev_tokens import generate_private_key, mint, public_jwk
 
 KID = "a2a-test"
+STOP_TIMEOUT_S = 30
 READ, WRITE, REVIEW = "runs.read", "runs.write", "runs.review"
 
 
@@ -125,4 +128,10 @@ async def start_system(tmp_path: Path, auth: AuthSettings, issuer: Issuer) -> As
 
     yield start
     for server in reversed(started):
-        await server.stop()
+        try:
+            await asyncio.wait_for(server.stop(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            # A stop that hangs is a bug to see, not a test to time out: show what it waits on.
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=12, file=sys.stderr)
+            raise
