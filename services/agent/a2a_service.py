@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -46,11 +46,11 @@ from services.agent.a2a_tasks import (
     stream_events,
     task_of,
 )
-from services.agent.commands import RunCommands, review_cause
+from services.agent.commands import RunCommands, concurrent_update, review_cause
 from services.agent.config import AgentSettings
 from services.agent.model import Run, RunEvent
 from services.agent.projections import InvalidPageToken, RunProjection
-from services.agent.run_store import RUN_EVENTS_STREAM, RunNotFound, RunStore
+from services.agent.run_store import RUN_EVENTS_STREAM, ConcurrentUpdate, RunNotFound, RunStore
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import MAX_COMMENT_CHARS, MAX_LABEL_CHARS, MAX_QUESTION_CHARS, RUN_ID
 
@@ -73,6 +73,8 @@ def _task_errors(task_id: str) -> Iterator[None]:
         yield
     except RunNotFound:
         raise TaskNotFoundError(f"task {task_id!r} does not exist") from None
+    except ConcurrentUpdate as error:
+        raise concurrent_update(error) from None
 
 
 def _check_task_id(task_id: str, field: str = "id") -> None:
@@ -121,7 +123,7 @@ class RunTaskHandler(RequestHandler):
         *,
         store: RunStore,
         commands: RunCommands,
-        read_model: Callable[[], Awaitable[RunProjection]],
+        projection: RunProjection,
         agent_card: Callable[[], a2a_pb2.AgentCard],
         review_scopes: frozenset[str],
         push: PushNotifications,
@@ -129,7 +131,7 @@ class RunTaskHandler(RequestHandler):
         self._push = push
         self._store = store
         self._commands = commands
-        self._read_model = read_model
+        self._projection = projection
         self._agent_card = agent_card
         self._review_scopes = review_scopes
 
@@ -215,7 +217,7 @@ class RunTaskHandler(RequestHandler):
         # so a retried reply (on any replica) finds it there instead of being refused as too late.
         reference = f" [A2A message {message.message_id!r} of {caller.subject}]"
         if run.state is RunState.WAITING_FOR_REVIEW:
-            with contextlib.suppress(IllegalTransition):  # decided meanwhile: see below
+            with contextlib.suppress(IllegalTransition), _task_errors(run.run_id):  # decided meanwhile: see below
                 return await self._commands.review(run.run_id, approve=approve, comment=comment, reference=reference)
         applied = await self._decision_with(run.run_id, reference)
         if applied is None:
@@ -302,7 +304,7 @@ class RunTaskHandler(RequestHandler):
         if params.status and state is None:
             # A state no run is ever in (REJECTED, AUTH_REQUIRED): an empty, complete listing.
             return a2a_pb2.ListTasksResponse(page_size=page_size)
-        projection = await self._read_model()
+        projection = self._projection
         try:
             runs, token = await projection.page(state=state, page_size=page_size, page_token=params.page_token)
         except InvalidPageToken as error:
@@ -495,7 +497,7 @@ def a2a_binding(
     *,
     store: RunStore,
     commands: RunCommands,
-    read_model: Callable[[], Awaitable[RunProjection]],
+    projection: RunProjection,
     bus: EventBus,
     instance: str,
     settings: AgentSettings,
@@ -518,7 +520,7 @@ def a2a_binding(
     handler = RunTaskHandler(
         store=store,
         commands=commands,
-        read_model=read_model,
+        projection=projection,
         agent_card=lambda: build_agent_card(settings.a2a, extended=True),
         review_scopes=review_scopes,
         push=push,

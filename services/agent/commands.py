@@ -13,12 +13,20 @@ from collections.abc import Iterator, Mapping
 
 from interceptors.identity import current_caller
 from interceptors.tracing import capture_trace
-from rpcstatus.errors import failed_precondition, invalid_argument, not_found, resource_exhausted, unavailable
+from rpcstatus.errors import (
+    ApiError,
+    aborted,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    resource_exhausted,
+    unavailable,
+)
 from services.agent.config import AgentSettings
 from services.agent.executor import ExecutorClosed, ExecutorFull, RunExecutor
 from services.agent.messages import proto_state_name
 from services.agent.model import Run
-from services.agent.run_store import RequestIdReused, RunNotFound, RunStore
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore
 from services.agent.state_machine import IllegalTransition, RunState
 
 
@@ -34,6 +42,17 @@ def domain_errors() -> Iterator[None]:
         raise failed_precondition(
             f"the run is {src}; there is no transition {src} -> {dst}", from_state=src, to_state=dst
         ) from None
+    except ConcurrentUpdate as error:
+        raise concurrent_update(error) from None
+
+
+def concurrent_update(error: ConcurrentUpdate) -> ApiError:
+    """A command that kept losing races for one run: nothing was written, so a retry is safe."""
+    return aborted(
+        f"run {error.run_id!r} kept changing while this request was applied (nothing was changed); retry it",
+        retry_after_s=0.05,
+        reason="CONCURRENT_UPDATE",
+    )
 
 
 def _background_context() -> contextvars.Context:

@@ -4,9 +4,12 @@
   background worker. When workers and backlog are full it is RESOURCE_EXHAUSTED with RetryInfo.
 - CancelRun and SubmitReview are state transitions checked by the state machine; a refused
   one is FAILED_PRECONDITION naming both states.
-- GetRun, ListRuns and GetRunStats read the run projection. Before reading, the projection
-  catches up with the event log if it is behind, so a caller reads its own writes.
-- WatchRun streams the run's event log after a cursor, then follows new commits live. It ends
+- GetRun reads the run's own row (the write model), so a run is found at once on any replica
+  after CreateRun returned it. ListRuns and GetRunStats read the run projection as it is: they
+  never wait for it to catch up (it follows the log within moments).
+- A command that kept losing races for one run (another writer changed it each time) is ABORTED
+  with RetryInfo: nothing was written, retrying is safe.
+- WatchRun streams the run's own event stream after a version, then follows new commits live. It ends
   once the run is terminal and its saga has settled (a cancelled run is compensated after it
   is CANCELLED, each compensation an event), so its last message is the run's last event.
 """
@@ -21,12 +24,12 @@ import grpc
 import structlog
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
-from rpcstatus.errors import api_errors, api_errors_stream, invalid_argument, not_found
+from rpcstatus.errors import api_errors, api_errors_stream, invalid_argument
 from services.agent.commands import RunCommands, domain_errors
 from services.agent.messages import event_to_proto, run_to_proto, state_from_proto, state_to_proto
 from services.agent.projections import InvalidPageToken, RunProjection
 from services.agent.run_store import RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.state_machine import TERMINAL
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 
@@ -89,20 +92,13 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
 
     # -- queries -------------------------------------------------------------------------
 
-    async def read_model(self) -> RunProjection:
-        """The projection, caught up with the event log if it is behind (a caller reads its own writes)."""
-        if await self._projection.checkpoint() < await self._store.last_sequence():
-            await self._projection.catch_up(self._store)
-        return self._projection
-
     @api_errors
     async def GetRun(
         self, request: agent_service_pb2.GetRunRequest, context: Context
     ) -> agent_service_pb2.GetRunResponse:
         validate_run_id(request.run_id)
-        run = await (await self.read_model()).get(request.run_id)
-        if run is None:
-            raise not_found("run", request.run_id)
+        with domain_errors():
+            run = await self._store.get(request.run_id)
         return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
 
     @api_errors
@@ -110,9 +106,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.ListRunsRequest, context: Context
     ) -> agent_service_pb2.ListRunsResponse:
         page_size = validate_list(request)
-        projection = await self.read_model()
         try:
-            runs, token = await projection.page(
+            runs, token = await self._projection.page(
                 state=state_from_proto(request.state), page_size=page_size, page_token=request.page_token
             )
         except InvalidPageToken as error:
@@ -123,7 +118,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def GetRunStats(
         self, request: agent_service_pb2.GetRunStatsRequest, context: Context
     ) -> agent_service_pb2.GetRunStatsResponse:
-        counts = await (await self.read_model()).counts()
+        counts = await self._projection.counts()
         return agent_service_pb2.GetRunStatsResponse(
             counts=[
                 agent_service_pb2.GetRunStatsResponse.StateCount(state=state_to_proto(state), count=count)
@@ -145,7 +140,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         while True:
             # Taken before reading, so a commit between the read and the wait still wakes us.
             next_commit = self._store.next_commit()
-            events = await self._store.events(after=cursor, run_id=request.run_id)
+            events = await self._store.events(request.run_id, after=cursor)
             for event in events:
                 yield agent_service_pb2.WatchRunResponse(event=event_to_proto(event))
                 cursor = event.sequence
