@@ -97,12 +97,16 @@ StartSystem = Callable[..., Any]
 
 @pytest.fixture
 async def start_system(tmp_path: Path, auth: AuthSettings, issuer: Issuer) -> AsyncIterator[StartSystem]:
-    """``await start_system(replicas=1, **agent_settings)``: RAG with KNOWLEDGE, agents, a gateway, all with auth."""
+    """``await start_system(replicas=1, gateway={...}, **agent_settings)``: RAG with KNOWLEDGE, agents and a
+    gateway (with those settings), all with auth."""
     started: list[ManagedServer] = []
 
-    async def start(replicas: int = 1, **agent_settings: object) -> A2ASystem:
+    async def start(replicas: int = 1, gateway: dict[str, object] | None = None, **agent_settings: object) -> A2ASystem:
         rag = await start_rag(tmp_path / "rag", auth=auth)
         started.append(rag)
+        # Lexical answers (no model to load at every start) and no low-confidence parking: these
+        # tests are about the protocol; a sensitive term ("password") still parks a run for review.
+        agent_settings = {"decision_engine_options": {"semantic": False}, "review_min_confidence": 0.0} | agent_settings
         agents = []
         for index in range(replicas):
             agent = await start_agent(
@@ -114,17 +118,19 @@ async def start_system(tmp_path: Path, auth: AuthSettings, issuer: Issuer) -> As
             )
             started.append(agent)
             agents.append(agent)
-        gateway = await start_gateway(
-            {"agent": [f"127.0.0.1:{a.port}" for a in agents], "rag": [f"127.0.0.1:{rag.port}"]}, auth=auth
+        front = await start_gateway(
+            {"agent": [f"127.0.0.1:{a.port}" for a in agents], "rag": [f"127.0.0.1:{rag.port}"]},
+            auth=auth,
+            **(gateway or {}),
         )
-        started.append(gateway)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        started.append(front)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
             await rag_grpc.RagServiceStub(channel).IngestDocuments(
                 rag_pb.IngestDocumentsRequest(documents=KNOWLEDGE),
                 metadata=(("authorization", f"Bearer {issuer.token('loader', 'documents.write')}"),),
                 timeout=10,
             )
-        return A2ASystem(rag=rag, agents=agents, gateway=gateway)
+        return A2ASystem(rag=rag, agents=agents, gateway=front)
 
     yield start
     for server in reversed(started):

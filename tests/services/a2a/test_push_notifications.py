@@ -121,5 +121,7 @@ async def test_under_the_default_policy_loopback_private_and_link_local_push_url
     request.configuration.task_push_notification_config.CopyFrom(push_config(url))
     with pytest.raises(A2AClientError):
         await send(client, request, asker)
-    listed = await client.list_tasks(a2a_pb2.ListTasksRequest(), context=asker)
-    assert [t.id for t in listed.tasks] == [task.id], "a refused push config still created a task"
+    # Had the refused message made a task, its message id would now be taken (another text: refused).
+    request.message.parts[0].text = "Where is my parcel?"
+    request.configuration.ClearField("task_push_notification_config")
+    assert (await send(client, returning_immediately(request), asker)).id != task.id
