@@ -6,14 +6,16 @@ the agent's canary split (v1 and v2 share one run store, so either answers for a
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
-from a2a.client import A2AClientError, Client, ClientCallContext, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, A2AClientError, Client, ClientCallContext, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2
 from a2a.utils.constants import TransportProtocol
 
@@ -100,3 +102,12 @@ async def test_the_edge_refuses_a_message_without_a_token(mesh: MeshSystem, mesh
 
     cause = refused.value.__cause__
     assert isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_edge_serves_the_agent_card_without_a_token(mesh: MeshSystem, mesh_certs: MeshCerts) -> None:
+    # Discovery comes before a token: the edge routes the card to the gateway's HTTP side as a public path.
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(mesh_certs("edge").ca))) as http:
+        card = await A2ACardResolver(http, f"https://localhost:{mesh.edge.port}").get_agent_card()
+
+    assert card.supported_interfaces[0].protocol_binding == "GRPC"
+    assert "bearer" in card.security_schemes
