@@ -10,7 +10,7 @@ import pytest
 from mesh.policy import Policy
 from runtime.ports import PortTaken, ensure_free
 from runtime.security import AuthSettings
-from tests.launchers import clean_env, kill_and_find_no_survivor, launcher, wait_up
+from tests.launchers import NO_MODEL, clean_env, kill_and_find_no_survivor, launcher, wait_up
 from tests.system import free_ports
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
@@ -148,6 +148,7 @@ def test_the_mesh_launcher_killed_by_sigkill_leaves_no_envoy_app_or_console_behi
     console, otlp, prometheus = free_ports(3)
     env = {
         **clean_env(),
+        **NO_MODEL,
         "AGENTMESH_CONSOLE_PORT": str(console),
         "AGENTMESH_CONSOLE_OTLP_PORT": str(otlp),
         "AGENTMESH_PROMETHEUS_PORT": str(prometheus),

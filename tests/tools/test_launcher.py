@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launchers import clean_env, holding, kill_and_find_no_survivor, launcher, our_leftover, wait_up
+from tests.launchers import NO_MODEL, clean_env, holding, kill_and_find_no_survivor, launcher, our_leftover, wait_up
 from tests.system import REPO, free_ports
 
 SERVICES = ("rag", "agent", "gateway")
@@ -24,8 +24,7 @@ def launcher_env(work_dir: Path) -> dict[str, str]:
     env = {
         **clean_env(),
         "AGENTMESH_DEV_AUTH": "0",
-        # No embedding model to load in rag and the agent: what is tested is which processes run.
-        "AGENTMESH_RAG_DENSE_ENABLED": "false",
+        **NO_MODEL,
         "AGENTMESH_CONSOLE_PORT": str(next(ports)),
         "AGENTMESH_CONSOLE_OTLP_PORT": str(next(ports)),
         "AGENTMESH_PROMETHEUS_PORT": str(next(ports)),
