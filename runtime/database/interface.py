@@ -73,6 +73,10 @@ class Database(Protocol):
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        """One write statement, committed on its own: for a change that is atomic as one
+        statement (an upsert, a conditional update), without a transaction's extra round trips."""
+
     async def migrate(self, schema: Schema) -> int:
         """Bring ``schema`` to its latest version under a database-wide lock; returns the version."""
 

@@ -140,9 +140,14 @@ class PostgresDatabase:
             pool_pre_ping=True,
             pool_timeout=connect_timeout_s,
             connect_args={"timeout": connect_timeout_s},
+            # Autocommit between uses: the checkout ping is then one round trip (`;`), where a
+            # connection left in a transactional mode pings inside BEGIN ... ROLLBACK (three).
+            isolation_level="AUTOCOMMIT",
         )
         # Reads need no transaction of their own: one statement sees one committed snapshot.
-        self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reads = self.engine
+        # Write transactions switch to READ COMMITTED for their duration (asyncpg: no round trip).
+        self._writes = self.engine.execution_options(isolation_level="READ COMMITTED")
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
@@ -164,7 +169,7 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """A write transaction; BEGIN, COMMIT and ROLLBACK finish before a CancelledError goes through."""
-        conn = self.engine.connect()
+        conn = self._writes.connect()
         try:
             with self.unavailable_as_typed():
                 await _complete(conn.start())
@@ -199,6 +204,13 @@ class PostgresDatabase:
     async def fetch_one(self, sql: str, params: Params | None = None) -> Any:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        # On the autocommit connections: no BEGIN and COMMIT round trips around the one statement.
+        with self.unavailable_as_typed():
+            async with self._reads.connect() as conn:
+                result = await conn.execute(_statement(sql), dict(params or {}))
+                return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
 
     async def ping(self) -> None:
         await self.fetch_all("SELECT 1")

@@ -153,6 +153,10 @@ class SQLiteDatabase:
         rows = list(await self._reader.execute_fetchall(sql, dict(params or {})))
         return rows[0] if rows else None
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
     async def migrate(self, schema: Schema) -> int:
         # BEGIN IMMEDIATE holds SQLite's file write lock: processes sharing the file migrate once.
         async with self.transaction() as tx:

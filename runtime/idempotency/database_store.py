@@ -134,29 +134,25 @@ class DatabaseStore:
         db = await self._database()
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + _PURGE_EVERY_S
-            async with db.transaction() as tx:
-                await tx.execute(self._sql.purge)
+            await db.execute(self._sql.purge)
         params = {"key": self._prefix + key, "fingerprint": fingerprint, "owner": owner, "lease": lease}
         while True:
-            async with db.transaction() as tx:
-                if (await tx.execute(self._sql.claim, params)).first() is not None:
-                    return None
-                row = (await tx.execute(self._sql.live_entry, params)).first()
+            # Each statement is atomic on its own: no transaction (and no lock) around them, so
+            # replays of one key do not queue behind each other.
+            if (await db.execute(self._sql.claim, params)).first() is not None:
+                return None
+            row = await db.fetch_one(self._sql.live_entry, params)
             if row is not None:
                 return Entry(row[0], row[1])
-            # Released or expired between the two statements (PostgreSQL): claim again.
+            # Released or expired between the two statements: claim again.
 
     async def complete(self, key: str, owner: str, record: bytes, *, ttl: float) -> None:
         db = await self._database()
-        async with db.transaction() as tx:
-            await tx.execute(
-                self._sql.complete, {"key": self._prefix + key, "owner": owner, "record": record, "ttl": ttl}
-            )
+        await db.execute(self._sql.complete, {"key": self._prefix + key, "owner": owner, "record": record, "ttl": ttl})
 
     async def release(self, key: str, owner: str) -> None:
         db = await self._database()
-        async with db.transaction() as tx:
-            await tx.execute(self._sql.release, {"key": self._prefix + key, "owner": owner})
+        await db.execute(self._sql.release, {"key": self._prefix + key, "owner": owner})
 
     async def close(self) -> None:
         async with self._opening:
