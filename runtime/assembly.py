@@ -28,13 +28,13 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from interceptors.layer import Concern
 from runtime.bootstrap import ServerPlan, ServiceBinding
+from runtime.chains import ServiceChains
 from runtime.config import ServiceSettings
 from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
 from runtime.live_config.kv import LiveConfig, live_config_for
 from runtime.live_config.settings import DynamicSettings
-from runtime.middleware import Middleware
 from runtime.security import auth_interceptor
 
 
@@ -49,7 +49,7 @@ class Assembly:
     # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
     # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
     live_config: LiveConfig[DynamicSettings]
-    middleware: Middleware
+    chains: ServiceChains
 
     def plan(
         self,
@@ -68,7 +68,7 @@ class Assembly:
             bindings=bindings,
             reflection_names=reflection_names,
             reflection_pool=reflection_pool,
-            interceptors=self.middleware.server_interceptors,
+            interceptors=self.chains.server_interceptors,
             lifespan=self.life,
         )
         add_registration(plan, self.discovery, service=self.name)
@@ -92,13 +92,13 @@ async def assembling(
     ``discovery`` and ``dynamic`` are the settings ``run_service`` validated at start; None
     reads them from env/.env (a caller that did not load them, such as a test). ``rate_limit``
     fills the chain's slot; ``database_url`` is the service's own database, where a
-    PostgreSQL idempotency store keeps its keys by default (``runtime.middleware``).
+    PostgreSQL idempotency store keeps its keys by default (``runtime.chains``).
     """
     discovery = discovery if discovery is not None else DiscoverySettings()
     dynamic = dynamic if dynamic is not None else DynamicSettings()
     async with Lifespan.opening() as life:
         live_config = live_config_for(discovery, dynamic, service=service, data_dir=settings.data_dir)
-        middleware = Middleware.start(
+        chains = ServiceChains.start(
             settings,
             service=service,
             auth=auth_interceptor(settings.auth, service=service),
@@ -106,12 +106,12 @@ async def assembling(
             span_processors=span_processors,
             database_url=database_url,
         )
-        life.on_close(middleware.close, name="middleware")
+        life.on_close(chains.close, name="chains")
         yield Assembly(
             name=service,
             settings=settings,
             discovery=discovery,
             life=life,
             live_config=live_config,
-            middleware=middleware,
+            chains=chains,
         )

@@ -29,8 +29,9 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from interceptors.chain import bootstrap_chain
-from interceptors.drain import DrainGate
+from interceptors.drain import DrainInterceptor
 from interceptors.layer import ServerChain
+from runtime.channel_options import KEEPALIVE_TIME_MS
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
@@ -39,7 +40,6 @@ from runtime.logging import configure_logging
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
-from runtime.upstreams import KEEPALIVE_TIME_MS
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,7 @@ class ManagedServer:
         if len(chains) > 1:
             raise ValueError("a server has one chain (interceptors.chain.server_chain); got several")
         self.chain = chains[0] if chains else bootstrap_chain()
-        drain = self.chain.concern(DrainGate)
+        drain = self.chain.concern(DrainInterceptor)
         if drain is None:
             raise ValueError("the server chain has no drain gate; build it with interceptors.chain.server_chain")
         self._drain = drain
@@ -190,9 +190,6 @@ class ManagedServer:
         await self.server.stop(settings.grace_period_s)
         await self.plan.lifespan.aclose()
         log.info("stopped")
-
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from typing import Protocol, TypeVar
 
 import structlog
@@ -39,7 +39,6 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
-T = TypeVar("T")
 C = TypeVar("C", bound=Closable)
 Hook = Callable[[], Awaitable[None]]
 StartHook = Callable[[int], Awaitable[None]]
@@ -85,10 +84,6 @@ class Lifespan:
         """Register ``await resource.close()`` and hand the resource back, at the line that opened it."""
         self.on_close(resource.close, name=type(resource).__name__)
         return resource
-
-    async def enter(self, manager: AbstractAsyncContextManager[T]) -> T:
-        """Enter an async context manager; it exits at shutdown, in order with the closes."""
-        return await self._stack.enter_async_context(manager)
 
     # -- around serving ----------------------------------------------------------------------
 

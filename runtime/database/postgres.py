@@ -1,10 +1,11 @@
 """PostgreSQL backend: SQLAlchemy 2 Core (async) over asyncpg, for replicas sharing one database.
 
 SQLAlchemy brings what a hand-written layer would get wrong: ``:name`` parameters compiled
-for asyncpg, a connection pool that pre-pings and replaces connections a restarted server
-dropped, and prepared-statement caching. Transactions run at READ COMMITTED; a store that
-must serialize with other replicas (the event log, a check-then-write) takes a transaction
-advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK.
+for asyncpg, a connection pool that replaces connections a restarted server dropped (pinging
+one that sat idle before handing it out), and prepared-statement caching. Transactions run at
+READ COMMITTED; a store that must serialize with other replicas (a check-then-write) takes a
+transaction advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK; one statement
+alone (``execute``) runs in autocommit, with no BEGIN or COMMIT round trip.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -20,11 +22,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
@@ -136,18 +139,18 @@ class PostgresDatabase:
             parsed.set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
             max_overflow=pool_size,
-            # A connection the server dropped (restart, failover) is noticed at checkout and replaced.
-            pool_pre_ping=True,
+            # Pinged at checkout only after sitting idle (_ping_if_idle): SQLAlchemy's pre-ping costs
+            # three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than most statements.
+            pool_pre_ping=False,
             pool_timeout=connect_timeout_s,
             connect_args={"timeout": connect_timeout_s},
-            # Autocommit between uses: the checkout ping is then one round trip (`;`), where a
-            # connection left in a transactional mode pings inside BEGIN ... ROLLBACK (three).
-            isolation_level="AUTOCOMMIT",
         )
-        # Reads need no transaction of their own: one statement sees one committed snapshot.
-        self._reads = self.engine
-        # Write transactions switch to READ COMMITTED for their duration (asyncpg: no round trip).
-        self._writes = self.engine.execution_options(isolation_level="READ COMMITTED")
+        pool = self.engine.sync_engine.pool
+        for pool_event in ("connect", "checkin"):
+            event.listen(pool, pool_event, _note_use)
+        event.listen(pool, "checkout", _ping_if_idle)
+        # Reads, and writes of one statement, need no BEGIN/COMMIT: a statement alone is a transaction.
+        self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
@@ -169,7 +172,7 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """A write transaction; BEGIN, COMMIT and ROLLBACK finish before a CancelledError goes through."""
-        conn = self._writes.connect()
+        conn = self.engine.connect()
         try:
             with self.unavailable_as_typed():
                 await _complete(conn.start())
@@ -195,6 +198,12 @@ class PostgresDatabase:
             with contextlib.suppress(Exception):
                 await _complete(conn.invalidate())
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        with self.unavailable_as_typed():
+            async with self._reads.connect() as conn:
+                result = await conn.execute(_statement(sql), dict(params or {}))
+                return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
+
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Any]:
         with self.unavailable_as_typed():
             async with self._reads.connect() as conn:
@@ -204,13 +213,6 @@ class PostgresDatabase:
     async def fetch_one(self, sql: str, params: Params | None = None) -> Any:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
-
-    async def execute(self, sql: str, params: Params | None = None) -> Result:
-        # On the autocommit connections: no BEGIN and COMMIT round trips around the one statement.
-        with self.unavailable_as_typed():
-            async with self._reads.connect() as conn:
-                result = await conn.execute(_statement(sql), dict(params or {}))
-                return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
 
     async def ping(self) -> None:
         await self.fetch_all("SELECT 1")
@@ -294,8 +296,27 @@ class PostgresDatabase:
         await self.engine.dispose()
 
 
-def _set_event(event: asyncio.Event, _conn: object) -> None:
-    event.set()
+def _set_event(wakeup: asyncio.Event, _conn: object) -> None:
+    wakeup.set()
+
+
+# A connection used this recently is taken to be alive; one idle longer may have been dropped by a
+# server restart or failover, so it is pinged before use (and replaced if that fails).
+_IDLE_BEFORE_PING_S = 5.0
+
+
+def _note_use(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["last_used"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    if time.monotonic() - record.info.get("last_used", 0.0) < _IDLE_BEFORE_PING_S:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out (or opens) another.
+        raise DisconnectionError(f"idle connection dropped: {error}") from error
 
 
 async def _complete(awaitable: Coroutine[Any, Any, _T]) -> _T:

@@ -121,6 +121,10 @@ class SQLiteDatabase:
                 raise
         tx.run_commit_callbacks()
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
     async def _complete(self, sql: str) -> None:
         statement = asyncio.ensure_future(self._writer.execute(sql))
         try:
@@ -135,11 +139,6 @@ class SQLiteDatabase:
         if self._writer.in_transaction:
             await self._complete("ROLLBACK")
 
-    async def executescript(self, script: str) -> None:
-        """Run a script (DDL for tests and tools) outside any open transaction."""
-        async with self._write_lock:
-            await self._writer.executescript(script)
-
     # Each read runs to its end in one call on the reader's thread. A cursor left open between
     # calls keeps its statement active, and with it the connection's read snapshot: reads that
     # overlap one another (concurrent calls share the reader) would then keep an old snapshot
@@ -152,10 +151,6 @@ class SQLiteDatabase:
         """The first row; callers ask for one row (a key, an aggregate), so all rows are few."""
         rows = list(await self._reader.execute_fetchall(sql, dict(params or {})))
         return rows[0] if rows else None
-
-    async def execute(self, sql: str, params: Params | None = None) -> Result:
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
 
     async def migrate(self, schema: Schema) -> int:
         # BEGIN IMMEDIATE holds SQLite's file write lock: processes sharing the file migrate once.

@@ -26,13 +26,13 @@ from runtime.resilience import upstream_guards
 from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
-from services.agent.decision import load_decision_engine
+from services.agent.decision import WarmsUp, load_decision_engine
 from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
 from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 
@@ -92,7 +92,7 @@ async def build(
 
 
 async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
-    life, middleware = service.life, service.middleware
+    life, chains = service.life, service.chains
     db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
@@ -122,7 +122,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     guards = upstream_guards(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
-        on_state_change=middleware.metrics.breaker_state_changed,
+        on_state_change=chains.metrics.breaker_state_changed,
         service_token_file=settings.service_token_file,
     )
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
@@ -130,7 +130,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     upstreams = await build_upstreams(
         service.discovery,
         static={"rag": settings.rag_endpoints},
-        interceptors=middleware.client_interceptors(
+        interceptors=chains.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
@@ -145,6 +145,9 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
             f" {error}"
         ) from None
     life.on_close(engine.close, name="decision engine")
+    if isinstance(engine, WarmsUp):
+        # A model (seconds to load) is ready before the first run, not inside its decision timeout.
+        await engine.warm_up()
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,
@@ -187,6 +190,8 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        # Keeps the read model's cursor current and applies what the bus did not deliver.
+        life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.

@@ -17,6 +17,7 @@ from runtime.live_config.enforce import follow_live_config
 from runtime.live_config.settings import DynamicSettings
 from runtime.resilience import upstream_guards
 from services.gateway.config import GatewaySettings
+from services.gateway.http_entry import mcp_tools, serve_http_entry
 from services.gateway.proxy import Forwarding, route_bindings
 from services.gateway.routing import build_routes, load_descriptor_pool
 
@@ -40,14 +41,18 @@ async def build(
         span_processors=span_processors,
         rate_limit=rate_limit,
     ) as service:
-        middleware, life = service.middleware, service.life
+        chains, life = service.chains, service.life
         pool = load_descriptor_pool(settings.descriptor_set)
         routes = build_routes(settings.routes, pool)
+        if settings.http_port:
+            # MCP tools (and, once services/gateway/agent_card.py lands, the Agent Card routes via
+            # serve_http_entry's `routes`) on the HTTP side, calling this gateway's own gRPC port.
+            serve_http_entry(life, settings, mcp_tools(settings, pool, set(routes)))
         guards = upstream_guards(
             settings.upstream_resilience,
             target_of=lambda method: routes[method].backend,
             pool=pool,
-            on_state_change=middleware.metrics.breaker_state_changed,
+            on_state_change=chains.metrics.breaker_state_changed,
         )
         # No client interceptor on the channels: trace context, deadline, retries and the breaker run
         # inside the proxy's handler (proxy.py). Nor token forwarding: the proxy passes the caller's
@@ -61,7 +66,7 @@ async def build(
             upstreams=upstreams,
             breakers=guards.breakers,
             retrier=guards.retrier,
-            trace=OutgoingTrace(middleware.tracing),
+            trace=OutgoingTrace(chains.tracing),
             budget=DeadlineBudget(margin=settings.deadline_margin_s),
         )
         bindings = route_bindings(routes, forwarding)

@@ -12,11 +12,11 @@ from runtime.assembly import assembling
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import open_database, wait_until_reachable
 from runtime.discovery.settings import DiscoverySettings
+from runtime.embedding import Embedder, MiniLmEmbedder
 from runtime.live_config.settings import DynamicSettings
 from runtime.processes import current_worker
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.embedding import Embedder, MiniLmEmbedder
 from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
@@ -36,7 +36,7 @@ async def build(
     async with assembling(
         settings, service="rag", discovery=discovery, dynamic=dynamic, span_processors=span_processors
     ) as service:
-        middleware, life = service.middleware, service.life
+        chains, life = service.chains, service.life
         embedder: Embedder | None = None
         if settings.dense_enabled:
             # Loading torch and the model takes seconds: off the event loop.
@@ -59,7 +59,7 @@ async def build(
             database=database,
             # Workers of one instance share its data dir: each saves its own indexes.
             index_name="index" if worker.index == 0 else f"index-worker-{worker.index}",
-            metrics=FollowerMetrics(middleware.metrics.registry),
+            metrics=FollowerMetrics(chains.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(

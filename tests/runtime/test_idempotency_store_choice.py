@@ -12,8 +12,8 @@ from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from interceptors.idempotency import IdempotencyStore
 from runtime.bootstrap import ManagedServer
+from runtime.chains import _store
 from runtime.database import open_database
-from runtime.middleware import _store
 from runtime.settings_errors import InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.agent.server import build as build_agent
