@@ -133,7 +133,7 @@ async def test_commits_on_one_replica_wake_watchers_on_another(replicas: list[St
     await replicas[1].db.listen(LOG_CHANNEL, lambda: heard.put_nowait(None))
     await asyncio.wait_for(heard.get(), timeout=10)  # listening (called once on connect)
     await replicas[0].runs.create(question="anyone there?")
-    await asyncio.wait_for(heard.get(), timeout=10)  # the NOTIFY of replica 0's commit
+    await asyncio.wait_for(heard.get(), timeout=10)  # replica 0's announcement of its commit
 
 
 async def test_of_replicas_claiming_an_expired_lease_at_once_exactly_one_takes_it(replicas: list[Stores]) -> None:
