@@ -67,3 +67,19 @@ class MiniLmEmbedder:
                     )
                 )
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+_shared_lock = threading.Lock()
+_shared: MiniLmEmbedder | None = None
+
+
+def shared_minilm() -> MiniLmEmbedder:
+    """The process's one MiniLM embedder, built on first use (seconds: call it off the event loop).
+
+    Raises ImportError when torch or the model wheel is not installed (the ``dense`` extra).
+    """
+    global _shared  # noqa: PLW0603 - one model per process, however many users ask for it
+    with _shared_lock:
+        if _shared is None:
+            _shared = MiniLmEmbedder()
+        return _shared

@@ -33,6 +33,7 @@ from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Dialect, Params, Result
 from runtime.database.migrations import MIGRATIONS_TABLE, Schema, record_version, recorded_version
+from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -150,7 +151,7 @@ class PostgresDatabase:
         # Reads, and writes of one statement, need no BEGIN/COMMIT: a statement alone is a transaction.
         self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
-        self._listener_task: asyncio.Task[None] | None = None
+        self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
 
     @contextlib.contextmanager
@@ -233,8 +234,15 @@ class PostgresDatabase:
     async def listen(self, channel: str, callback: Callable[[], None]) -> None:
         known = channel in self._listeners
         self._listeners[channel].append(callback)
-        if self._listener_task is None:
-            self._listener_task = asyncio.create_task(self._listen_forever(), name="postgres-listener")
+        if self._listener is None:
+            self._listener = SupervisedLoop(
+                "postgres listener",
+                self._listen_on_one_connection,
+                backoff=Backoff(initial=0.2, maximum=5.0),
+                outage=Outage(
+                    (Exception,), "database listener lost; reconnecting", lambda _error: {"database": self.description}
+                ),
+            ).start()
         elif known:
             # The channel is listened to already (or will be on the next connect): only the
             # new callback needs its "now listening" call.
@@ -246,58 +254,44 @@ class PostgresDatabase:
         for callback in self._listeners.get(channel, ()):
             callback()
 
-    async def _listen_forever(self) -> None:
-        """One connection LISTENing on every channel; reconnected with backoff when it drops.
+    async def _listen_on_one_connection(self) -> None:
+        """One connection LISTENing on every channel until it drops (then the supervisor reconnects).
 
         Each callback is called once when its channel starts being listened to, on this
         connection or after a reconnect: notifications sent while nobody listened are lost, so
         listeners re-read what they follow. A channel added later is subscribed at once.
         """
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
-                # A dropped connection and a new channel both wake the loop below.
-                conn.add_termination_listener(functools.partial(_set_event, self._listener_wakeup))
-                subscribed: set[str] = set()
-                backoff.reset()
-                while not conn.is_closed():
-                    self._listener_wakeup.clear()
-                    for channel in [c for c in self._listeners if c not in subscribed]:
-                        await conn.add_listener(channel, self._on_notification)
-                        subscribed.add(channel)
-                        self.wake(channel)
-                    try:
-                        await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
-                    except TimeoutError:
-                        # The keep-alive query notices a silently dead connection.
-                        await conn.execute("SELECT 1")
-                raise ConnectionError("listening connection closed")
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                delay = backoff.next_delay()
-                log.warning(
-                    "database listener lost; reconnecting",
-                    database=self.description,
-                    error=str(error),
-                    retry_in=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=2.0))
+        assert self._listener is not None
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+            # A dropped connection and a new channel both wake the loop below.
+            conn.add_termination_listener(functools.partial(_set_event, self._listener_wakeup))
+            subscribed: set[str] = set()
+            self._listener.mark_healthy()
+            while not conn.is_closed():
+                self._listener_wakeup.clear()
+                for channel in [c for c in self._listeners if c not in subscribed]:
+                    await conn.add_listener(channel, self._on_notification)
+                    subscribed.add(channel)
+                    self.wake(channel)
+                try:
+                    await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
+                except TimeoutError:
+                    # The keep-alive query notices a silently dead connection.
+                    await conn.execute("SELECT 1")
+            raise ConnectionError("listening connection closed")
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.close(timeout=2.0))
 
     def _on_notification(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
         self.wake(channel)
 
     async def close(self) -> None:
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
+        if self._listener is not None:
+            await self._listener.stop()
         await self.engine.dispose()
 
 

@@ -139,11 +139,6 @@ class SQLiteDatabase:
         if self._writer.in_transaction:
             await self._complete("ROLLBACK")
 
-    async def executescript(self, script: str) -> None:
-        """Run a script (DDL for tests and tools) outside any open transaction."""
-        async with self._write_lock:
-            await self._writer.executescript(script)
-
     # Each read runs to its end in one call on the reader's thread. A cursor left open between
     # calls keeps its statement active, and with it the connection's read snapshot: reads that
     # overlap one another (concurrent calls share the reader) would then keep an old snapshot

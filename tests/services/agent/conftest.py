@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from runtime.database import Database, open_database, wait_until_reachable
+from runtime.embedding import shared_minilm
 from runtime.events.outbox import Outbox
 from runtime.security import AuthSettings
 from services.agent.budget import ToolBudget
@@ -69,6 +70,16 @@ async def close_stores(stores: Stores) -> None:
     if stores.read_db is not stores.db:
         await stores.read_db.close()
     await stores.db.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sentence_model() -> None:
+    """Load the default engine's model once per test process, as the agent server does before it serves.
+
+    Otherwise the first decision of a run would spend its decision timeout loading torch.
+    """
+    with contextlib.suppress(ImportError):  # without the dense extra the engine scores lexically
+        shared_minilm()
 
 
 @pytest.fixture
