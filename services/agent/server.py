@@ -193,6 +193,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        life.supervise("commit announcements", store.announce_commits)
         # Keeps the read model's cursor current and applies what the bus did not deliver.
         life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
