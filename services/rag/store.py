@@ -307,6 +307,14 @@ class Store:
             found.setdefault(document_id, DocumentState(document_id, None, ()))
         return found
 
+    async def document_ids(self, *, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` document IDs after ``after``, in order (for paging through the store)."""
+        rows = await self.db.fetch_all(
+            "SELECT document_id FROM rag_documents WHERE document_id > :after ORDER BY document_id LIMIT :limit",
+            {"after": after, "limit": limit},
+        )
+        return [str(r[0]) for r in rows]
+
     async def versions(self, document_ids: Iterable[str]) -> dict[str, StoredVersion]:
         """The stored version (and chunk count) of each of these documents that exists."""
         found: dict[str, StoredVersion] = {}
