@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 _LEXICAL = "lexical"
 _DENSE = "dense.usearch"
 # Bumped whenever the indexes' layout or the lexical schema changes: older ones are rebuilt.
-_FORMAT = 2
+_FORMAT = 3
 
 
 @dataclass(frozen=True, slots=True)
