@@ -87,7 +87,7 @@ class IndexSync:
             document_ids = sorted({c.document_id for c in changes})
             for page in _pages(document_ids):
                 states = await self._store.document_states(page)
-                await self._stage(page, list(states.values()))
+                await self._stage(page, list(states.values()), self.dense)
             await self._commit(head)
             self.indexed_per_catch_up.append(len(document_ids))
             return Applied(head, changes, len(document_ids))
@@ -97,16 +97,17 @@ class IndexSync:
         the next catch-up applies those changes again, which is harmless)."""
         started = time.perf_counter()
         await asyncio.to_thread(self.lexical.clear)
-        if self.dense is not None and self._dense_model is not None:
-            self.dense = DenseIndex.empty(self._dense_model.dimensions)
+        # Built aside and swapped in with the lexical commit: searches meanwhile see the old state.
+        dense = DenseIndex.empty(self._dense_model.dimensions) if self._dense_model is not None else None
         count, after = 0, ""
         while True:
             page = await self._store.document_ids(after=after, limit=_PAGE)
             if not page:
                 break
             states = await self._store.document_states(page)
-            await self._stage([], list(states.values()))
+            await self._stage([], list(states.values()), dense)
             count, after = count + len(page), page[-1]
+        self.dense = dense
         await self._commit(head)
         self.indexed_per_catch_up.append(count)
         _log.info(
@@ -118,10 +119,11 @@ class IndexSync:
         )
         return Applied(head, [], count, rebuilt=True)
 
-    async def _stage(self, replaced: Sequence[str], states: Sequence[DocumentState]) -> None:
-        """Stage the removal of ``replaced`` documents and the addition of ``states``' current chunks."""
+    async def _stage(self, replaced: Sequence[str], states: Sequence[DocumentState], dense: DenseIndex | None) -> None:
+        """Stage the removal of ``replaced`` documents and the addition of ``states``' current chunks
+        (the lexical index's until its commit; ``dense`` changes at once)."""
         states = await self._with_vectors(states)
-        lexical, dense = self.lexical, self.dense
+        lexical = self.lexical
 
         def stage() -> None:
             if dense is not None and replaced:
@@ -176,7 +178,7 @@ class IndexSync:
 
     async def _with_vectors(self, states: Sequence[DocumentState]) -> list[DocumentState]:
         """Embed chunks no replica has embedded under this model yet (ingested with dense off, say)."""
-        if self.dense is None or self._embed is None:
+        if self._dense_model is None or self._embed is None:
             return list(states)
         lacking = [c for s in states for c in s.chunks if c.vector is None]
         if not lacking:
