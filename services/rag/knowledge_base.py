@@ -25,9 +25,9 @@ import structlog
 from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable
 from runtime.database.sqlite import SQLiteDatabase
+from runtime.embedding import Embedder
 from services.rag import ingest as preparing
 from services.rag.chunking import ChunkingOptions
-from services.rag.embedding import Embedder
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
 from services.rag.following import FollowingMetrics, StoreFollower
 from services.rag.index_files import DenseModel, open_indexes
