@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +198,8 @@ class Searcher:
         self._searcher = searcher
         self._schema = schema
         self._average_length = average_length
+        # Where the chunks this searcher has scored are, so reading their hits needs no lookup.
+        self._addresses: dict[int, tantivy.DocAddress] = {}
 
     def filter_query(self, metadata_filter: Mapping[str, str]) -> tantivy.Query | None:
         """The query that keeps chunks whose document has every pair; InvalidArgument naming unknown keys."""
@@ -250,15 +251,22 @@ class Searcher:
             for token in set(tokens)
             if (df := self._count(self._term("terms", token)))
         }
-        keys = self._searcher.fast_field_values("key", [address for _, address in pool])
+        addresses = [address for _, address in pool]
+        keys = self._searcher.fast_field_values("key", addresses)
+        lengths = self._searcher.fast_field_values("length", addresses)
         ranked: list[tuple[int, float]] = []
-        for (_, address), key in zip(pool, keys, strict=True):
-            terms = str(self._searcher.doc(address).get_first("terms") or "").split()
-            counts = Counter(terms)
-            norm = _K1 * (1 - _B + _B * max(len(terms), 1) / self._average_length)
-            score = sum(idf.get(t, 0.0) * counts[t] / (counts[t] + norm) for t in tokens if counts[t])
+        for address, key, length in zip(addresses, keys, lengths, strict=True):
+            # Term frequencies counted in C (str.count) on the stored terms, two spaces between
+            # terms so that adjacent occurrences do not share one.
+            terms = " " + str(self._searcher.doc(address).get_first("terms") or "").replace(" ", "  ") + " "
+            norm = _K1 * (1 - _B + _B * max(_int(length), 1) / self._average_length)
+            score = 0.0
+            for token in tokens:
+                if (weight := idf.get(token)) and (tf := terms.count(f" {token} ")):
+                    score += weight * tf / (tf + norm)
             if score > 0:
                 ranked.append((_int(key), score))
+                self._addresses[_int(key)] = address
         # Best first; equal scores in key order (the order chunks were added in).
         ranked.sort(key=lambda pair: (-pair[1], pair[0]))
         return ranked[:k]
@@ -269,11 +277,12 @@ class Searcher:
 
     def read(self, keys: Sequence[int]) -> dict[int, IndexedChunk]:
         """The stored chunk (text, offsets, document) of each key still in the index."""
-        if not keys:
-            return {}
-        query = tantivy.Query.term_set_query(self._schema, "key", list(keys))
-        hits = self._searcher.search(query, limit=len(keys), count=False).hits
-        found = (_indexed(self._searcher.doc(address)) for _, address in hits)
+        addresses = [self._addresses[key] for key in keys if key in self._addresses]
+        unseen = [key for key in keys if key not in self._addresses]
+        if unseen:  # found by the dense index only
+            query = tantivy.Query.term_set_query(self._schema, "key", unseen)
+            addresses += [address for _, address in self._searcher.search(query, limit=len(unseen), count=False).hits]
+        found = (_indexed(self._searcher.doc(address)) for address in addresses)
         return {c.chunk.key: c for c in found}
 
     def _term(self, field: str, value: str) -> tantivy.Query:
