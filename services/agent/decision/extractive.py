@@ -101,11 +101,14 @@ class Weights:
     # reaches the agent's default review threshold (0.25), so it goes to the user unreviewed.
     abstain: float
     release: float
+    # Taken off per share of the question's topical words that no passage read contains: a question
+    # about "gzip" or "WebSockets" over passages that never say them is likely not covered.
+    missing: float = 0.0
 
 
 # Chosen on the tuning half of eval/rag (python -m eval.rag.tune); see docs/rag.md for the figures.
-SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.5, cue=0.1, rank=0.5, abstain=1.15, release=1.398)
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.5, abstain=0.95, release=1.177)
+SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.25, cue=0.1, rank=1.0, abstain=1.35, release=1.678, missing=0.6)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=1.0, abstain=1.2, release=1.51, missing=1.2)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
@@ -122,6 +125,7 @@ class Candidate:
     topical: bool  # holds a topical word of the question, not only shape words like "long"
     cue: float  # 1 when the question asks for a value and the sentence names one
     rank_score: float  # its passage's retrieval score over the best passage's
+    missing: float  # share of the question's topical words in none of the passages read
 
     def score(self, weights: Weights) -> float:
         return (
@@ -129,6 +133,7 @@ class Candidate:
             + weights.lexical * self.lexical
             + weights.cue * self.cue
             + weights.rank * self.rank_score
+            - weights.missing * self.missing
         )
 
 
@@ -204,6 +209,8 @@ class ExtractiveDecisionEngine:
         total = sum(weight(stem, forms) for stem, forms in question.items())
         wants_value = bool(_VALUE_QUESTION.search(request.question))
         top_score = max((p.score for p in request.passages), default=0.0)
+        read = set().union(*(self._terms(p.text).keys() for p in request.passages))
+        missing = len(strong - read) / len(strong) if strong else 0.0
         candidates: list[Candidate] = []
         seen: set[tuple[str, int]] = set()
         for rank, passage, start, sentence in _sentences(request.passages):
@@ -230,6 +237,7 @@ class ExtractiveDecisionEngine:
                     topical=bool(shared & strong),
                     cue=1.0 if wants_value and _VALUE.search(sentence) else 0.0,
                     rank_score=passage.score / top_score if top_score > 0 else 0.0,
+                    missing=missing,
                 )
             )
         if embedder is not None and candidates:
@@ -282,6 +290,7 @@ def _with_similarity(candidate: Candidate, similarity: float) -> Candidate:
         candidate.topical,
         candidate.cue,
         candidate.rank_score,
+        candidate.missing,
     )
 
 

@@ -64,8 +64,11 @@ async def test_a_question_of_weak_words_only_is_still_answered_from_them() -> No
 async def test_dotted_names_and_decimals_do_not_end_a_sentence() -> None:
     text = "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes. Probes call `Check`."
     passage = Passage("health", "health#0", 10, 10 + len(text), text, 1.0)
-    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Which health service?", (passage,)))
-    [citation] = decision.citations
+    candidates = await ExtractiveDecisionEngine(semantic=False).candidates(
+        DecisionRequest("run-1", "Which health service?", (passage,))
+    )
+    citation = candidates[0].citation
+    assert [c.citation.quote for c in candidates[1:]] == ["Probes call `Check`."]
     assert citation.quote == "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes."
     assert (citation.start_offset, citation.end_offset) == (10, 10 + len(citation.quote))
 
@@ -132,7 +135,7 @@ async def test_the_extractive_engine_abstains_when_nothing_matches() -> None:
 async def test_an_answer_scoring_between_the_thresholds_goes_to_review_and_above_them_is_released() -> None:
     engine = ExtractiveDecisionEngine(semantic=False)
     candidates = await engine.candidates(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
-    best = max(c.score(LEXICAL_WEIGHTS) for c in candidates)
+    best = max(c.score(Weights(0.0, 1.0, 0.0, 0.5, abstain=0.0, release=0.0)) for c in candidates)
     borderline = Weights(0.0, 1.0, 0.0, 0.5, abstain=best - 0.1, release=best + 0.1)
     assert 0 < engine.choose(candidates, borderline).confidence < ReviewPolicy().min_confidence
     confident = Weights(0.0, 1.0, 0.0, 0.5, abstain=best - 0.2, release=best - 0.1)
