@@ -19,7 +19,7 @@ from runtime.security import AuthSettings
 from services.agent.budget import ToolBudget
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from tests.runtime.events.redis_server import redis_server
 from tools.dev_tokens import generate_private_key, mint, public_jwk
 
