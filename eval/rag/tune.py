@@ -31,6 +31,7 @@ from services.rag.knowledge_base import KnowledgeBase, Mode
 
 
 async def tuning_candidates(engine: ExtractiveDecisionEngine) -> list[tuple[dict[str, Any], list[Candidate]]]:
+    await engine.warm_up()
     questions = [q for q in load_questions(HERE / "questions.jsonl") if q["split"] == "tuning"]
     corpus = load_corpus(HERE / "corpus")
     with tempfile.TemporaryDirectory(prefix="agentmesh-tune-") as data_dir:

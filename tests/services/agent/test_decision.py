@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
@@ -148,7 +149,9 @@ async def test_without_the_sentence_model_the_engine_still_answers_lexically(mon
         raise ImportError("No module named 'torch'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", missing)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
     engine = ExtractiveDecisionEngine()
+    await engine.warm_up()
     decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
     assert engine.weights == LEXICAL_WEIGHTS
     assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
@@ -219,3 +222,21 @@ async def test_the_http_engine_against_the_scripted_chat_double_cites_or_abstain
     assert (nothing.answer, nothing.citations, nothing.abstained) == (NOT_FOUND, (), True)
     assert nothing.decided_by == "http:not-found"
     assert double.requests[0]["model"] == "double"
+
+
+async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_of_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+
+    def slow_model() -> object:
+        release.wait(10)
+        raise ImportError("still loading, then missing")
+
+    monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", slow_model)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
+    engine = ExtractiveDecisionEngine()
+    decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
+    release.set()
+    assert engine.weights == LEXICAL_WEIGHTS
+    assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
