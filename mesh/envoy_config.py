@@ -299,7 +299,12 @@ def edge_http_routes(policy: Policy) -> list[Config]:
         {
             "name": f"http{route.path.replace('/', '-')}",
             "match": {"path": route.path},
-            "route": {**target, "timeout": proto_duration(route.timeout)},
+            # As the gRPC routes: the limit is the stream's duration, the router's own timeout off.
+            "route": {
+                **target,
+                "timeout": "0s",
+                "max_stream_duration": {"max_stream_duration": proto_duration(route.timeout)},
+            },
         }
         for route in policy.edge.http_routes
     ]
