@@ -8,11 +8,12 @@ every chunk that long each way (bench/delay_hop.py: a managed database a zone aw
 * **the floor**: a one-INSERT transaction (BEGIN, INSERT, COMMIT over asyncpg) on 32 connections
   through the same hop, for ``--floor-seconds``: what no write path through that hop can beat;
 * per agent count: that many ``python -m services.agent`` processes (default engine, default
-  settings) on a fresh database reached through the hop, behind one ``python -m services.gateway``,
-  as callers reach them. After a warm-up, ``--callers`` tasks send ``--runs`` CreateRuns through
-  the gateway (a caller told RESOURCE_EXHAUSTED retries the same request id after the hinted
-  delay, as a client should), while two pollers read every unsettled run with GetRun (10 s
-  deadline) until each is settled (completed, failed, cancelled or waiting for review).
+  settings, but a backlog with room for every run) on a fresh database reached through the hop,
+  behind one ``python -m services.gateway``, as callers reach them. After a warm-up,
+  ``--callers`` tasks send ``--runs`` CreateRuns through the gateway (a caller told
+  RESOURCE_EXHAUSTED retries the same request id after the hinted delay, as a client should),
+  while two pollers read every unsettled run with GetRun (10 s deadline) until each is settled
+  (completed, failed, cancelled or waiting for review).
 
 Reported per setting: CreateRun/s (the runs over the time until the last CreateRun answered) and
 its p50/p99, runs settled end to end per second (the runs over the time until the last was seen
@@ -47,13 +48,13 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from bench import machine
+from bench import bounds, machine
+from bench.bounds import Bound
 from bench.cli import OneLineParser, positive_int
-from bench.processes import REPO, ProcessGroup, python_argv, python_env
+from bench.processes import REPO, ProcessGroup, python_argv, python_env, start_service
 from bench.pyclient import percentile
 from tools.doc_block import replace_block
 from tools.postgres_local import SUPERUSER, LocalPostgres, installed
-from tools.serving import wait_serving
 
 BEGIN = "<!-- write-path:begin (written by `make bench`) -->"
 END = "<!-- write-path:end -->"
@@ -120,20 +121,6 @@ class Floor:
 
 
 # --- the processes ---------------------------------------------------------------------------
-
-
-def _service_env(prefix: str, name: str, work: Path, group: ProcessGroup, **settings: str) -> dict[str, str]:
-    values = {"PORT": "0", "PORT_FILE": str(group.port_file(name)), "DATA_DIR": str(work / name), **settings}
-    return python_env({f"AGENTMESH_{prefix}_{k}": v for k, v in values.items()})
-
-
-async def _start_service(group: ProcessGroup, module: str, prefix: str, name: str, work: Path, **settings: str) -> str:
-    env = _service_env(prefix, name, work, group, **settings)
-    child = await asyncio.to_thread(
-        group.start, name, python_argv(module), env=env, port_file=group.port_file(name), timeout_s=60
-    )
-    await wait_serving(name, child.address, exit_code=child.popen.poll, within=60)
-    return child.address
 
 
 def _hop_name(delay_ms: float) -> str:
@@ -315,8 +302,8 @@ async def _measure_agents(
     tag = f"{delay_ms:g}ms-{agents}"
     hop = _hop_name(delay_ms)
     # Started one after another: each migrates the schema under the database's lock anyway.
-    addresses = [
-        await _start_service(
+    agents_started = [
+        await start_service(
             group,
             "services.agent",
             "AGENT",
@@ -324,12 +311,16 @@ async def _measure_agents(
             work,
             DATABASE_URL=database_url,
             RAG_ENDPOINTS=json.dumps([rag]),
+            # Room for every run of the load: CreateRun/s measures the write path, not admission
+            # control (with the default 256, runs created faster than they settle are refused).
+            BACKLOG=str(max(256, runs)),
             DRAIN_DELAY_S="0",
             GRACE_PERIOD_S="1",
         )
         for n in range(agents)
     ]
-    gateway = await _start_service(
+    addresses = [child.address for child in agents_started]
+    gateway = await start_service(
         group,
         "services.gateway",
         "GATEWAY",
@@ -339,7 +330,7 @@ async def _measure_agents(
         DRAIN_DELAY_S="0",
         GRACE_PERIOD_S="1",
     )
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
         stub = agent_grpc.AgentServiceStub(channel)
         # Warm-up: connections opened, code paths run, on every agent.
         await _Load(stub, runs=4 * agents, callers=2 * agents, settle_within_s=60).run()
@@ -399,7 +390,7 @@ async def run(
     await asyncio.to_thread(cluster.start)
     try:
         async with _processes(work) as shared:
-            rag = await _start_service(shared, "services.rag", "RAG", "rag", work, DRAIN_DELAY_S="0")
+            rag = (await start_service(shared, "services.rag", "RAG", "rag", work, DRAIN_DELAY_S="0")).address
             await _ingest_knowledge(rag)
             for delay_ms in delays_ms:
                 hop_port = await _start_hop(shared, cluster.port, delay_ms)
@@ -440,20 +431,6 @@ async def run(
 # --- the report ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Target:
-    text: str
-    value: float | None
-    bound: float
-    at_least: bool
-
-    @property
-    def met(self) -> bool | None:
-        if self.value is None:
-            return None
-        return self.value >= self.bound if self.at_least else self.value <= self.bound
-
-
 def _find(results: dict[str, Any], delay_ms: float, agents: int) -> dict[str, Any] | None:
     return next((s for s in results["settings"] if s["delay_ms"] == delay_ms and s["agents"] == agents), None)
 
@@ -462,7 +439,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def targets(results: dict[str, Any]) -> list[Target]:
+def targets(results: dict[str, Any]) -> list[Bound]:
     """Issue #20's targets, taken within this run: the farthest delay against no delay, and so on."""
     delays = sorted({s["delay_ms"] for s in results["settings"]})
     far = delays[-1] if delays else 0.0
@@ -471,10 +448,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
     near = _find(results, 0.0, 1) if far > 0 else None
     floor = next((f for f in results["floors"] if f["delay_ms"] == far), None)
     at_far = [s for s in results["settings"] if s["delay_ms"] == far]
-    found: list[Target] = []
+    found: list[Bound] = []
     if one and near:
         found.append(
-            Target(
+            Bound(
                 f"CreateRun/s at {far:g} ms each way ≥ 0.7x no added delay (1 agent)",
                 _ratio(one["create_per_s"], near["create_per_s"]),
                 0.7,
@@ -483,7 +460,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         )
     if one and floor:
         found.append(
-            Target(
+            Bound(
                 f"CreateRun/s at {far:g} ms ≥ 0.25x the floor (one-INSERT transactions/s, same hop)",
                 _ratio(one["create_per_s"], floor["per_s"]),
                 0.25,
@@ -492,7 +469,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         )
     if one and two:
         found.append(
-            Target(
+            Bound(
                 f"2 agents ≥ 0.9x one, CreateRun/s at {far:g} ms",
                 _ratio(two["create_per_s"], one["create_per_s"]),
                 0.9,
@@ -501,13 +478,13 @@ def targets(results: dict[str, Any]) -> list[Target]:
         )
     for s in at_far:
         found.append(
-            Target(
+            Bound(
                 f"runs settled end to end at {far:g} ms, {s['agents']} agent(s), ≥ 42/s", s["settled_per_s"], 42, True
             )
         )
     if at_far:
         found.append(
-            Target(
+            Bound(
                 f"GetRun p99 during the load at {far:g} ms ≤ 50 ms (worst setting)",
                 max(s["get_p99_ms"] for s in at_far),
                 50,
@@ -515,7 +492,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
             )
         )
         found.append(
-            Target(
+            Bound(
                 f"GetRun DEADLINE_EXCEEDED at {far:g} ms = 0",
                 float(sum(s["deadline_exceeded"] for s in at_far)),
                 0,
@@ -566,14 +543,9 @@ def markdown(results: dict[str, Any]) -> str:
             for f in results["floors"]
         ),
         "",
-        "| target (ratios within this run) | measured | |",
-        "|---|---:|---|",
+        *bounds.table(targets(results)),
+        "",
     ]
-    for target in targets(results):
-        value = "n/a" if target.value is None else f"{target.value:g}"
-        verdict = {True: "met", False: "**missed**", None: "not measured"}[target.met]
-        lines.append(f"| {target.text} | {value} | {verdict} |")
-    lines.append("")
     return "\n".join(lines)
 
 
