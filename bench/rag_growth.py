@@ -27,13 +27,9 @@ bench/results/rag_growth.{json,md}, and the block in docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import itertools
-import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -45,12 +41,11 @@ import grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from bench import bounds, machine
-from bench.bounds import Bound
+from bench import outputs
 from bench.cli import OneLineParser, positive_int
+from bench.outputs import Bound
 from bench.processes import REPO, Child, ProcessGroup, start_service
 from bench.pyclient import percentile
-from tools.doc_block import replace_block
 from tools.postgres_local import LocalPostgres, installed
 
 BEGIN = "<!-- rag-growth:begin (written by `make bench`) -->"
@@ -337,7 +332,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---:|---:|---:|---:|---:|---:|---:|---|",
             *(_row(c) for c in results["checkpoints"]),
             "",
-            *bounds.table(targets(results), "target"),
+            *outputs.table(targets(results), "target"),
             "",
         ]
     )
@@ -377,31 +372,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget {args.budget}: expected seconds above 0")
     if not installed():
         parser.error("PostgreSQL 15 is not installed (make debian-deps installs postgresql-15)")
-    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    about = machine.describe()
-    work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-rag-growth-"))
-    began = time.monotonic()
-    try:
-        results = asyncio.run(
-            run(
-                sizes=sizes,
-                probes=args.probes,
-                searches=args.searches,
-                budget_s=args.budget,
-                work=work,
-                progress=lambda line: print(line, flush=True),
-            )
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results.update(started_at=started_at, machine=about, wall_s=round(time.monotonic() - began, 1))
-    text = markdown(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rag_growth.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "rag_growth.md").write_text(text)
-    if not args.no_doc:
-        replace_block(args.doc, BEGIN, END, text)
-    print(text)
+    results = outputs.measure(
+        "agentmesh-bench-rag-growth-",
+        lambda work: run(
+            sizes=sizes,
+            probes=args.probes,
+            searches=args.searches,
+            budget_s=args.budget,
+            work=work,
+            progress=lambda line: print(line, flush=True),
+        ),
+    )
+    doc = None if args.no_doc else args.doc
+    outputs.publish(results, markdown(results), name="rag_growth", out=args.out, doc=doc, block=(BEGIN, END))
     return 0
 
 

@@ -26,11 +26,8 @@ Results: bench/results/write_path.{json,md}, and the block in docs/benchmarks.md
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -49,12 +46,11 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from bench import bounds, machine
-from bench.bounds import Bound
+from bench import outputs
 from bench.cli import OneLineParser, positive_int
+from bench.outputs import Bound
 from bench.processes import REPO, ProcessGroup, python_argv, python_env, start_service
 from bench.pyclient import percentile
-from tools.doc_block import replace_block
 from tools.postgres_local import SUPERUSER, LocalPostgres, installed
 
 BEGIN = "<!-- write-path:begin (written by `make bench`) -->"
@@ -547,7 +543,7 @@ def markdown(results: dict[str, Any]) -> str:
             for f in results["floors"]
         ),
         "",
-        *bounds.table(targets(results)),
+        *outputs.table(targets(results)),
         "",
     ]
     return "\n".join(lines)
@@ -589,34 +585,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--floor-seconds and --settle-within must be above 0")
     if not installed():
         parser.error("PostgreSQL 15 is not installed (make debian-deps installs postgresql-15)")
-    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    about = machine.describe()
-    work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-write-path-"))
-    began = time.monotonic()
-    try:
-        results = asyncio.run(
-            run(
-                runs=args.runs,
-                callers=args.callers,
-                delays_ms=delays,
-                agent_counts=agents,
-                floor_seconds=args.floor_seconds,
-                floor_connections=args.floor_connections,
-                settle_within_s=args.settle_within,
-                work=work,
-                progress=lambda line: print(line, flush=True),
-            )
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results.update(started_at=started_at, machine=about, wall_s=round(time.monotonic() - began, 1))
-    text = markdown(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "write_path.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "write_path.md").write_text(text)
-    if not args.no_doc:
-        replace_block(args.doc, BEGIN, END, text)
-    print(text)
+    results = outputs.measure(
+        "agentmesh-bench-write-path-",
+        lambda work: run(
+            runs=args.runs,
+            callers=args.callers,
+            delays_ms=delays,
+            agent_counts=agents,
+            floor_seconds=args.floor_seconds,
+            floor_connections=args.floor_connections,
+            settle_within_s=args.settle_within,
+            work=work,
+            progress=lambda line: print(line, flush=True),
+        ),
+    )
+    doc = None if args.no_doc else args.doc
+    outputs.publish(results, markdown(results), name="write_path", out=args.out, doc=doc, block=(BEGIN, END))
     return 0
 
 
