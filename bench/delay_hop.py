@@ -2,9 +2,10 @@
 
 `python -m bench.delay_hop --target HOST:PORT --delay-ms D [--port P] [--port-file F]` listens on
 127.0.0.1 and forwards each connection to the target. Every chunk read from one side is written to
-the other ``D`` ms after it was read, in order. A chunk waits in a per-direction queue with its
-release time while the next ones are read, so the delay adds latency without cutting the stream's
-throughput (sleeping before each write would let a pipelined burst of N chunks take N x D).
+the other ``D`` ms after it was read, in order, and so are a half-close and a close. A chunk waits
+in a per-direction queue with its release time while the next ones are read, so the delay adds
+latency without cutting the stream's throughput (sleeping before each write would let a pipelined
+burst of N chunks take N x D).
 
 The bench (bench/write_path.py) runs it as a process of its own, so that its work is not queued
 behind the load generator's event loop, and puts it between the agents and PostgreSQL.
@@ -13,64 +14,110 @@ behind the load generator's event loop, and puts it between the agents and Postg
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Final
 
 from bench.cli import OneLineParser, non_negative_float
 
-_CHUNK = 64 * 1024
+# Markers in a direction's queue, after the data read before them.
+_EOF: Final = b""
+_CLOSED: Final = None
 
 
-async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-    """Copy ``reader`` to ``writer``, each chunk ``delay_s`` after it arrived; half-close at EOF."""
-    loop = asyncio.get_running_loop()
-    # (release time, chunk) in arrival order; an empty chunk is the end of the stream.
-    pending: deque[tuple[float, bytes]] = deque()
-    arrived = asyncio.Event()
+class _Side(asyncio.Protocol):
+    """One end of a relayed connection. What its socket receives goes to ``peer``'s socket
+    ``delay_s`` later, from a queue of (release time, chunk) drained by one ``call_at`` timer:
+    no task and no sleep per chunk, so the hop costs little CPU and keeps the stream's pace."""
 
-    async def release() -> None:
-        while True:
-            if not pending:
-                arrived.clear()
-                await arrived.wait()
-                continue
-            wait = pending[0][0] - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # Everything already due goes out in one write.
-            now = loop.time()
-            out: list[bytes] = []
-            ended = False
-            while pending and pending[0][0] <= now:
-                chunk = pending.popleft()[1]
-                if not chunk:
-                    ended = True
-                    break
+    def __init__(self, hop: DelayHop) -> None:
+        self.hop = hop
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.pending: deque[tuple[float, bytes | None]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.got_eof = False  # this socket will send nothing more
+        self.sent_eof = False  # nothing more will be written to this socket
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.hop.sides.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._enqueue(data)
+
+    def eof_received(self) -> bool:
+        self.got_eof = True
+        self._enqueue(_EOF)
+        self._close_if_done()
+        return True  # half-closed: the other direction may still be flowing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hop.sides.discard(self)
+        self._enqueue(_CLOSED)
+
+    # Flow control: when this socket cannot take more, stop reading what feeds it.
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
+            self.peer.transport.resume_reading()
+
+    # --- relaying ------------------------------------------------------------------------
+    def _enqueue(self, chunk: bytes | None) -> None:
+        self.pending.append((self.loop.time() + self.hop.delay_s, chunk))
+        if self.peer is not None and self.timer is None:
+            self._release()
+
+    def _release(self) -> None:
+        """Write every chunk now due to the peer; wake again when the next one is."""
+        self.timer = None
+        peer = self.peer
+        assert peer is not None and peer.transport is not None
+        now = self.loop.time()
+        out: list[bytes] = []
+        while self.pending and self.pending[0][0] <= now:
+            chunk = self.pending.popleft()[1]
+            if chunk:
                 out.append(chunk)
-            if out:
-                writer.write(b"".join(out))
-                await writer.drain()
-            if ended:
-                if writer.can_write_eof():
-                    writer.write_eof()
+                continue
+            if out and not peer.transport.is_closing():
+                peer.transport.write(b"".join(out))
+            out = []
+            if chunk is _CLOSED:
+                peer.transport.close()
+                self.pending.clear()
                 return
+            peer.sent_eof = True
+            if peer.transport.can_write_eof() and not peer.transport.is_closing():
+                peer.transport.write_eof()
+            peer._close_if_done()
+        if out and not peer.transport.is_closing():
+            peer.transport.write(b"".join(out))
+        if self.pending:
+            self.timer = self.loop.call_at(self.pending[0][0], self._release)
 
-    releaser = asyncio.create_task(release())
-    try:
-        while True:
-            chunk = await reader.read(_CHUNK)
-            pending.append((loop.time() + delay_s, chunk))
-            arrived.set()
-            if not chunk:
-                break
-        await releaser
-    finally:
-        releaser.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await releaser
+    def _close_if_done(self) -> None:
+        if self.got_eof and self.sent_eof and self.transport is not None:
+            self.transport.close()
+
+    def link(self, peer: _Side) -> None:
+        self.peer = peer
+        if self.pending and self.timer is None:
+            self.timer = self.loop.call_at(self.pending[0][0], self._release)
+
+    def abort(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class DelayHop:
@@ -81,21 +128,24 @@ class DelayHop:
         self.target_port = target_port
         self.delay_s = delay_s
         self.port = port
+        self.sides: set[_Side] = set()
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[object]] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accepted, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop listening and end every connection still open."""
+        """Stop listening and drop every connection still open."""
         if self._server is not None:
             self._server.close()
-        connections = list(self._connections)
-        for task in connections:
+        for task in list(self._connecting):
             task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
+        await asyncio.gather(*self._connecting, return_exceptions=True)
+        for side in list(self.sides):
+            side.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -106,30 +156,24 @@ class DelayHop:
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
 
-    async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    def _accepted(self) -> _Side:
+        client = _Side(self)
+        # The client's bytes wait in its queue until the target is connected.
+        task = asyncio.get_running_loop().create_task(self._connect(client))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return client
+
+    async def _connect(self, client: _Side) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            _, upstream = await loop.create_connection(lambda: _Side(self), self.target_host, self.target_port)
         except OSError:
-            client_writer.close()
+            if client.transport is not None:
+                client.transport.close()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            # Either side resetting ends both directions: the other side sees its connection close.
-            await asyncio.gather(
-                _relay(client_reader, upstream_writer, self.delay_s),
-                _relay(upstream_reader, client_writer, self.delay_s),
-            )
-        except (ConnectionError, OSError):
-            pass
-        except asyncio.CancelledError:
-            # stop() ends the connection; asyncio's stream server logs a handler that ends cancelled.
-            pass
-        finally:
-            self._connections.discard(task)
-            client_writer.close()
-            upstream_writer.close()
+        client.link(upstream)
+        upstream.link(client)
 
 
 def _target(text: str) -> tuple[str, int]:

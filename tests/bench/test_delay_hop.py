@@ -30,13 +30,24 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 @asynccontextmanager
 async def _hop(delay_s: float) -> AsyncIterator[DelayHop]:
-    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    """A hop in front of an echo server; on exit, every echo connection has ended too."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        await _echo(reader, writer)
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
     try:
         async with DelayHop("127.0.0.1", server.sockets[0].getsockname()[1], delay_s) as hop:
             yield hop
     finally:
         server.close()
         await server.wait_closed()
+        # The hop dropped its side of each: every handler sees it and ends.
+        await asyncio.wait_for(asyncio.gather(*handlers), timeout=30)
 
 
 async def test_bytes_come_back_whole_and_in_order_with_half_close_passed_through() -> None:
