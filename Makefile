@@ -81,10 +81,11 @@ gen: gen/.stamp ## generate Python code, type stubs and the descriptor set from 
 # --- checks -------------------------------------------------------------------------------
 
 .PHONY: lint
-lint: gen $(BUF) ## ruff, mypy --strict, buf lint, and the mesh configs against their policy
+lint: gen $(BUF) ## ruff, mypy --strict, the import layers (pyproject's [tool.importlinter]), buf lint, and the mesh configs against their policy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 	$(BUF) lint
 	$(PY) -m mesh check
 
@@ -111,7 +112,7 @@ RUN_ENV := $(if $(STORE),AGENTMESH_LOCAL_STORE=$(STORE) )
 run: gen run-deps ## run the whole system on loopback with the console on :8080 (Ctrl-C stops it); MESH=envoy: behind Envoy with mTLS; STORE=postgres: on a local PostgreSQL
 ifeq ($(MESH),envoy)
 	$(PY) -m mesh certs --if-missing
-	$(RUN_ENV)$(PY) -m mesh.launcher
+	$(RUN_ENV)$(PY) -m tools.mesh_launcher
 else
 	$(RUN_ENV)$(PY) -m tools.launcher
 endif

@@ -6,8 +6,8 @@ and on a throwaway local PostgreSQL cluster (tools/postgres_local.py, fsync off 
 clusters, so the figures are the software path, not the disk), then issues N `create` calls from C
 concurrent tasks twice:
 
-* first executions: a new request_id each (INSERT of the run, its CREATED and PROCESSING events
-  and their outbox rows, one transaction under the event log's lock);
+* first executions: a new request_id each (a look-up of the request id, then the INSERT of the
+  run, its CREATED and PROCESSING events and their outbox rows: on PostgreSQL one statement);
 * replays: the same request_ids again (the conflicting INSERT finds the run; nothing is written).
 
 It prints calls/s and p50/p99 latency per backend and writes bench/results/run_store.json. The

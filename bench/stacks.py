@@ -3,7 +3,7 @@
 Scenarios name interceptors (`"tracing"`, `"idempotency-sqlite"`, `"chain"`, ...); this module is
 the one place that knows how to construct each for a benchmark: the configuration a production
 server would use, with local stores. `"chain"` is the whole chain exactly as the services build it
-from their settings (`runtime.middleware.Middleware`).
+from their settings (`runtime.chains.ServiceChains`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from interceptors.idempotency import (
 from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, setup_tracing
+from runtime.chains import ServiceChains
 from runtime.config import ServiceSettings
 from runtime.logging import access_log_writer
-from runtime.middleware import Middleware
 from runtime.security import AuthSettings, auth_interceptor
 
 Hook = Callable[[], Awaitable[None]]
@@ -162,9 +162,9 @@ async def _chain(options: StackOptions, stack: Stack) -> None:
         idempotency_store="sqlite",
         auth=_auth_settings(options),
     )
-    middleware = Middleware.start(settings, service="bench", auth=auth_interceptor(settings.auth, service="bench"))
-    stack.interceptors.extend(middleware.server_interceptors)
-    stack.on_stopped.append(middleware.close)
+    chains = ServiceChains.start(settings, service="bench", auth=auth_interceptor(settings.auth, service="bench"))
+    stack.interceptors.extend(chains.server_interceptors)
+    stack.on_stopped.append(chains.close)
 
 
 FACTORIES: dict[str, Factory] = {

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +70,6 @@ def create_app(
     traces: TraceStore,
     runs: RunsClient,
     token: str | None = None,
-    on_startup: Callable[[], Awaitable[None]] | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
     async def page(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
@@ -144,16 +141,6 @@ def create_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        if on_startup is not None:
-            await on_startup()
-        try:
-            yield
-        finally:
-            if on_shutdown is not None:
-                await on_shutdown()
-
     routes = [
         Route("/", page),
         Route("/traces", page),
@@ -171,4 +158,5 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [] if token is None else [Middleware(TokenGate, token=token)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    # No lifespan: console/server.py opens and closes what the app uses, around the server.
+    return Starlette(routes=routes, middleware=middleware)

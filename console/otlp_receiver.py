@@ -125,5 +125,4 @@ class TraceReceiver(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generi
         if self._drop:
             spans = [s for s in spans if not s.name.startswith(self._drop)]
         self._store.add(spans)
-        await self._store.notify()
         return trace_service_pb2.ExportTraceServiceResponse().SerializeToString()

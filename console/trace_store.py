@@ -9,8 +9,6 @@ tracing backend (point the services' ``OTLP_ENDPOINT`` at Jaeger or Tempo instea
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -125,7 +123,7 @@ _GRPC_CODE_NAMES = {
 
 
 class TraceStore:
-    """The ring of recent traces; ``changed`` wakes the page's live list when spans arrive."""
+    """The ring of recent traces: a trace seen again moves to the newest end, the oldest fall off."""
 
     def __init__(self, *, max_traces: int, max_spans_per_trace: int) -> None:
         if max_traces < 1 or max_spans_per_trace < 1:
@@ -133,8 +131,6 @@ class TraceStore:
         self.max_traces = max_traces
         self.max_spans_per_trace = max_spans_per_trace
         self._traces: OrderedDict[str, Trace] = OrderedDict()
-        self._version = 0
-        self._changed = asyncio.Condition()
 
     def add(self, spans: list[Span]) -> None:
         """Store spans; a trace seen again moves to the newest end, the oldest traces fall off."""
@@ -150,23 +146,6 @@ class TraceStore:
                 trace.dropped_spans += 1
         while len(self._traces) > self.max_traces:
             self._traces.popitem(last=False)
-        self._version += 1
-
-    async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_changed(self, seen: int, timeout_s: float) -> int:
-        """Wait until spans arrived after version ``seen`` (or the timeout); return the version now."""
-        async with self._changed:
-            if self._version == seen:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout_s)
-        return self._version
-
-    @property
-    def version(self) -> int:
-        return self._version
 
     def __len__(self) -> int:
         return len(self._traces)

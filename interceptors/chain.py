@@ -42,8 +42,8 @@ import grpc.aio
 
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.deadline import DeadlineInterceptor, deadline_client_interceptors
-from interceptors.decode import DecodeRequests
-from interceptors.drain import DrainGate
+from interceptors.decode import DecodeInterceptor
+from interceptors.drain import DrainInterceptor
 from interceptors.idempotency import IdempotencyInterceptor
 from interceptors.layer import Concern, ServerChain
 from interceptors.metrics import Metrics, MetricsInterceptor
@@ -60,7 +60,7 @@ def server_chain(
     auth: Concern | None = None,
     rate_limit: Concern | None = None,
     idempotency: IdempotencyInterceptor | None = None,
-    drain: DrainGate | None = None,
+    drain: DrainInterceptor | None = None,
     decode: bool = True,
 ) -> ServerChain:
     """The server layer in the order explained above; a part given as None is left out.
@@ -73,10 +73,10 @@ def server_chain(
         access_log,
         RecoveryInterceptor(),
         DeadlineInterceptor(default_timeout=default_deadline_s),
-        drain if drain is not None else DrainGate(),
+        drain if drain is not None else DrainInterceptor(),
         auth,  # SLOT: interceptors.auth.AuthInterceptor
         rate_limit,  # SLOT: interceptors.rate_limit.RateLimitInterceptor
-        DecodeRequests() if decode else None,
+        DecodeInterceptor() if decode else None,
         idempotency,
     ]
     return ServerChain([part for part in parts if part is not None])
@@ -84,7 +84,7 @@ def server_chain(
 
 def bootstrap_chain() -> ServerChain:
     """What every server gets even without a service chain: the drain gate and request decoding."""
-    return ServerChain([DrainGate(), DecodeRequests()])
+    return ServerChain([DrainInterceptor(), DecodeInterceptor()])
 
 
 def client_chain(

@@ -153,9 +153,6 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self._policy.open_seconds - self._clock())
 
-    def is_failure(self, code: grpc.StatusCode) -> bool:
-        return code in self._failure_codes
-
     def acquire(self) -> Permit | None:
         """A permit to call now, or None to fail fast."""
         state = self.state

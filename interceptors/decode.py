@@ -19,7 +19,7 @@ from interceptors.selector import Matcher, every_method
 from rpcstatus.errors import invalid_argument
 
 
-class DecodeRequests(Concern):
+class DecodeInterceptor(Concern):
     """Parse each single-message request here, refusing a corrupt one with INVALID_ARGUMENT."""
 
     def __init__(self, *, select: Matcher = every_method) -> None:

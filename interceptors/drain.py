@@ -1,7 +1,7 @@
 """Refuse new calls while the server drains, so clients fail over instead of being cut off.
 
-A concern of the server layer (not an interceptor in front of it), so a refusal is traced,
-counted and logged like any other outcome. Health checks and reflection are not gated (the
+Compiled into the server layer with the other concerns (not run in front of it), so a refusal
+is traced, counted and logged like any other outcome. Health checks and reflection are not gated (the
 default matcher leaves them out), so checkers can see NOT_SERVING during the drain.
 """
 
@@ -15,7 +15,7 @@ from interceptors.selector import NOT_PROBES, Matcher
 from rpcstatus.errors import unavailable
 
 
-class DrainGate(Concern):
+class DrainInterceptor(Concern):
     """Set ``draining`` and every later call of a gated method ends UNAVAILABLE (reason DRAINING)."""
 
     def __init__(self, *, select: Matcher = NOT_PROBES) -> None:

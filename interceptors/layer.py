@@ -131,7 +131,7 @@ class Concern(ServerInterceptorBase):
     Subclasses implement :meth:`compile`. ``select`` decides which methods the concern is asked
     about (every method unless a subclass or its caller narrows it). A concern can also serve on
     its own as a grpc.aio server interceptor (a one-concern :class:`ServerChain`), which is how
-    the tests of a single concern run it.
+    the tests of a single concern run it; hence every concern's name ends in ``Interceptor``.
     """
 
     select: Matcher = staticmethod(every_method)
@@ -403,10 +403,10 @@ class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic 
 
     Not grpc's registered-method handlers: grpc.aio (1.85) keeps one pending request per
     registered method and waits on all of them (``asyncio.wait``) for every call it accepts, so
-    each registered method costs every call; the gateway with 13 methods spent about 8% of its
-    instructions per call there (``docs/benchmarks.md``). This is one generic handler, asked
-    first, and one dict lookup. The lookup is handed the call's metadata, which grpc builds for
-    it anyway, and passes it on to the chain (``interceptors.outcome.request_metadata``).
+    each registered method costs every call (what that costs the gateway: ``docs/benchmarks.md``).
+    This is one generic handler, asked first, and one dict lookup. The lookup is handed the call's
+    metadata, which grpc builds for it anyway, and passes it on to the chain
+    (``interceptors.outcome.request_metadata``).
     """
 
     __slots__ = ("handlers",)

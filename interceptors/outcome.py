@@ -100,8 +100,8 @@ async def replay(context: Context, outcome: Outcome, extra_trailing: Metadata) -
 
 
 # The invocation metadata of the call being served: grpc.aio rebuilds the tuple on every
-# ``context.invocation_metadata()`` (about 12,000 instructions, ``bench.instructions``), and
-# tracing, auth and idempotency all read it. Keyed by the call's context, or by _LOOKUP when
+# ``context.invocation_metadata()`` (its cost, measured by ``bench.instructions``, is in
+# docs/benchmarks.md), and tracing, auth and idempotency all read it. Keyed by the call's context, or by _LOOKUP when
 # the method lookup of this very call handed it over (grpc.aio looks the handler up and runs
 # it in the call's own task, so a value set during the lookup is this call's).
 _LOOKUP = object()

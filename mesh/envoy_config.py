@@ -39,6 +39,7 @@ UNAUTHENTICATED = 16  # the gRPC status code
 # not become one gRPC message anyway.
 MAX_HTTP_REQUEST_BYTES = 4 * 1024 * 1024
 _TLS_SOCKET = "envoy.transport_sockets.tls"
+LOCAL_APP_HTTP = "local_app_http"
 _TYPE = "type.googleapis.com/"
 
 
@@ -281,6 +282,29 @@ def _local_app_cluster(app: Address) -> Config:
     }
 
 
+def _local_app_http_cluster(app_http: Address) -> Config:
+    """The app's HTTP side (MCP, the Agent Card): HTTP/1.1, as uvicorn serves it."""
+    return {
+        "name": LOCAL_APP_HTTP,
+        "type": _discovery_type([app_http]),
+        "connect_timeout": "1s",
+        "load_assignment": _load_assignment(LOCAL_APP_HTTP, [app_http]),
+    }
+
+
+def edge_http_routes(policy: Policy) -> list[Config]:
+    """The edge's routes for the upstream's HTTP side: exact paths, ahead of the gRPC routes."""
+    target = _split_action(policy, policy.edge.upstream)
+    return [
+        {
+            "name": f"http{route.path.replace('/', '-')}",
+            "match": {"path": route.path},
+            "route": {**target, "timeout": proto_duration(route.timeout)},
+        }
+        for route in policy.edge.http_routes
+    ]
+
+
 # --------------------------------------------------------------------------- listeners
 
 
@@ -324,6 +348,8 @@ def _rbac_filter(policy: Policy, service: str) -> Config:
             permissions: list[Config] = [{"any": True}]
         else:
             paths = [_path_string_match(p) for p in [*patterns, HEALTH_CHECK_PATH]]
+            if caller == "edge" and service == policy.edge.upstream:
+                paths += [{"exact": route.path} for route in policy.edge.http_routes]
             permissions = [{"url_path": {"path": m}} for m in paths]
         policies[caller] = {
             "permissions": [{"or_rules": {"rules": permissions}}],
@@ -337,8 +363,18 @@ def _rbac_filter(policy: Policy, service: str) -> Config:
     }
 
 
-def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: CertPaths) -> Config:
+def _inbound_listener(
+    policy: Policy, service: str, *, address: Address, certs: CertPaths, app_http: Address | None = None
+) -> Config:
     callers = list(policy.services[service].callers)
+    # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
+    routes: list[Config] = []
+    if app_http is not None:
+        routes += [
+            {"match": {"path": route.path}, "route": {"cluster": LOCAL_APP_HTTP, "timeout": "0s"}}
+            for route in policy.edge.http_routes
+        ]
+    routes.append({"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}})
     return {
         "name": "inbound",
         "address": _socket_address(address),
@@ -366,8 +402,7 @@ def _inbound_listener(policy: Policy, service: str, *, address: Address, certs: 
                         policy,
                         stat_prefix="inbound",
                         codec="HTTP2",
-                        # The caller's sidecar owns timeouts; the inbound hop adds none of its own.
-                        routes=[{"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}],
+                        routes=routes,
                         http_filters=[_rbac_filter(policy, service)],
                         # Identity comes from the verified certificate, never from a header.
                         forward_client_cert_details="SANITIZE_SET",
@@ -421,18 +456,22 @@ def sidecar_bootstrap(
     outbound_ports: Mapping[str, int],
     upstreams: Mapping[str, Mapping[str, Sequence[Address]]],
     certs: CertPaths,
+    app_http: Address | None = None,
 ) -> Config:
     """The sidecar for one instance of ``service``.
 
     ``upstreams`` maps each callee to its versions' endpoints (their sidecars' inbound
-    addresses); ``outbound_ports`` says where the app reaches each callee on loopback.
+    addresses); ``outbound_ports`` says where the app reaches each callee on loopback;
+    ``app_http`` is the app's HTTP side, where the edge's ``http_routes`` go.
     """
     callees = policy.callees(service)
     missing = [c for c in callees if c not in outbound_ports or c not in upstreams]
     if missing:
         raise ValueError(f"{service} may call {missing} but no outbound port or upstream was given")
-    listeners = [_inbound_listener(policy, service, address=inbound, certs=certs)]
+    listeners = [_inbound_listener(policy, service, address=inbound, certs=certs, app_http=app_http)]
     clusters = [_local_app_cluster(app)]
+    if app_http is not None:
+        clusters.append(_local_app_http_cluster(app_http))
     for callee in callees:
         listeners.append(_outbound_listener(policy, callee, address=Address("127.0.0.1", outbound_ports[callee])))
         clusters += _callee_clusters(policy, callee, upstreams[callee], certs)
@@ -463,6 +502,7 @@ def _jwt_authn_filter(policy: Policy, jwks_file: Path) -> Config:
     every HTTP/JSON route needs a token.
     """
     public = [{"match": _path_match(pattern)} for pattern in policy.jwt.public_methods]
+    public += [{"match": {"path": route.path}} for route in policy.edge.http_routes if route.public]
     return {
         "name": JWT_FILTER,
         "typed_config": _any(
@@ -648,7 +688,7 @@ def edge_bootstrap(
                         policy,
                         stat_prefix="edge",
                         codec="AUTO",
-                        routes=outbound_routes(policy, gateway),
+                        routes=[*edge_http_routes(policy), *outbound_routes(policy, gateway)],
                         http_filters=[*http_filters, _fault_filter()],
                         use_remote_address=True,
                         local_reply_config=_jwt_local_replies(policy),

@@ -14,6 +14,7 @@ import aiohttp
 import yaml
 
 from mesh.envoy_config import Address, Config
+from runtime.processes import tied_child
 
 _POLL_INTERVAL = 0.05
 
@@ -81,8 +82,9 @@ class EnvoyProcess:
                 "--admin-address-path", str(self._admin_path),
                 "-l", self._log_level,
                 stdout=log, stderr=log,
-                # Its own session: Ctrl-C reaches the launcher, which stops Envoys last.
-                start_new_session=True,
+                # Its own session: Ctrl-C reaches the launcher, which stops Envoys last; it
+                # dies with the process that started it, however that one dies.
+                **tied_child(),
             )  # fmt: skip
         try:
             await self._wait_ready(ready_within)

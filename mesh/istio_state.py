@@ -26,12 +26,6 @@ def redis_url(policy: Policy) -> str:
     return f"redis://{host(policy, REDIS)}:{REDIS_PORT}/0"
 
 
-def database_url_example(policy: Policy, service: str) -> str:
-    """What the Secret holds for ``service`` with the in-cluster PostgreSQL (PASSWORD as set there)."""
-    database = policy.state.databases[service]
-    return f"postgresql://{POSTGRES_USER}:PASSWORD@{host(policy, POSTGRES)}:{POSTGRES_PORT}/{database}"
-
-
 def _headless_service(policy: Policy, name: str, port: int) -> Manifest:
     return {
         "apiVersion": "v1",

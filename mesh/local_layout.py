@@ -46,6 +46,7 @@ def local_sidecars(policy: Policy, *, certs_dir: Path | None = None) -> dict[str
             outbound_ports=ports.outbound,
             upstreams={callee: local_upstreams(policy, callee) for callee in policy.callees(service)},
             certs=cert_paths(certs_dir, service),
+            app_http=None if ports.http is None else Address(LOOPBACK, ports.http),
         )
     return configs
 

@@ -66,11 +66,21 @@ class Identity(_Strict):
     service_account: str
 
 
+class HttpRoute(_Strict):
+    """An HTTP path the edge sends to the upstream's HTTP side (services/gateway/http_entry.py)."""
+
+    path: Annotated[str, Field(pattern=r"^/[^*?#]*$")]  # exact
+    # Served without a token (discovery metadata such as the A2A Agent Card); others need one.
+    public: bool = False
+    timeout: Duration = "30s"
+
+
 class Edge(_Strict):
     identity: Identity
     hosts: list[str]
     upstream: ServiceName
     transcode: list[str]
+    http_routes: list[HttpRoute] = []
 
 
 class Jwt(_Strict):
@@ -205,6 +215,8 @@ class Fault(_Strict):
 
 class LocalInstance(_Strict):
     app: int
+    # The app's HTTP side (the edge upstream's, when the edge has http_routes).
+    http: int | None = None
     inbound: int
     admin: int
     outbound: dict[ServiceName, int]
@@ -271,6 +283,16 @@ class Policy(_Strict):
         unknown_users = ({*self.state.databases, *self.state.redis_users}) - set(self.services)
         if unknown_users:
             raise ValueError(f"state names unknown services {sorted(unknown_users)}")
+        if self.edge.http_routes:
+            lacking = [
+                name
+                for name, ports in self.local.instances.items()
+                if name.rpartition("-")[0] == self.edge.upstream and ports.http is None
+            ]
+            if lacking:
+                raise ValueError(
+                    f"edge.http_routes need an http port on every {self.edge.upstream} instance: {lacking}"
+                )
         edge_may_call = self.services[self.edge.upstream].callers.get("edge", [])
         unreachable = [m for m in self.jwt.public_methods if m not in edge_may_call and m != HEALTH_METHODS]
         if unreachable:

@@ -101,6 +101,11 @@ def failed_precondition(message: str, *, reason: str = "INVALID_STATE", **metada
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message, [error_info(reason, **metadata)])
 
 
+def aborted(message: str, *, reason: str, retry_after_s: float, **metadata: str) -> ApiError:
+    """A conflict with concurrent requests (AIP-193: ABORTED); the call may be retried as it was."""
+    return ApiError(grpc.StatusCode.ABORTED, message, [error_info(reason, **metadata), retry_info(retry_after_s)])
+
+
 def unavailable(message: str, *, reason: str, retry_after_s: float | None = None, **metadata: str) -> ApiError:
     details: list[Message] = [error_info(reason, **metadata)]
     if retry_after_s is not None:

@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -29,8 +29,9 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from interceptors.chain import bootstrap_chain
-from interceptors.drain import DrainGate
+from interceptors.drain import DrainInterceptor
 from interceptors.layer import ServerChain
+from runtime.channel_options import KEEPALIVE_TIME_MS
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
@@ -39,11 +40,11 @@ from runtime.logging import configure_logging
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
-from runtime.upstreams import KEEPALIVE_TIME_MS
 
 log = structlog.get_logger(__name__)
 
 _S = TypeVar("_S", bound=ServiceSettings)
+_S_contra = TypeVar("_S_contra", bound=ServiceSettings, contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class ManagedServer:
         if len(chains) > 1:
             raise ValueError("a server has one chain (interceptors.chain.server_chain); got several")
         self.chain = chains[0] if chains else bootstrap_chain()
-        drain = self.chain.concern(DrainGate)
+        drain = self.chain.concern(DrainInterceptor)
         if drain is None:
             raise ValueError("the server chain has no drain gate; build it with interceptors.chain.server_chain")
         self._drain = drain
@@ -190,9 +191,6 @@ class ManagedServer:
         await self.plan.lifespan.aclose()
         log.info("stopped")
 
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
-
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -241,24 +239,33 @@ async def serve_until_signal(build: Callable[[], Awaitable[ServerPlan]]) -> int:
     return 0
 
 
-def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerPlan]]) -> int:
+class ServiceBuild(Protocol[_S_contra]):
+    """A service's ``build()``: its settings and the platform's, each loaded once by ``run_service``."""
+
+    def __call__(
+        self, settings: _S_contra, discovery: DiscoverySettings, /, *, dynamic: DynamicSettings
+    ) -> Awaitable[ServerPlan]: ...
+
+
+def run_service(settings_type: type[_S], build: ServiceBuild[_S]) -> int:
     """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain.
 
-    A setting that cannot be used ends the process with one line on stderr naming the variable
-    and what it accepts (exit 2), whether it is found here or while building the server.
+    The service's settings, discovery's and the live ones' env/.env defaults are read here,
+    once, and handed to ``build``. A setting that cannot be used ends the process with one line
+    on stderr naming the variable and what it accepts (exit 2), whether it is found here or
+    while building the server.
     """
     try:
         settings = load_settings(settings_type)
-        # Every service also reads these while building; a bad one fails here, before anything starts.
-        load_settings(DiscoverySettings)
-        load_settings(DynamicSettings)
+        discovery = load_settings(DiscoverySettings)
+        dynamic = load_settings(DynamicSettings)
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID_SETTING
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     def serve(settings: _S) -> int:
-        return asyncio.run(serve_until_signal(lambda: build(settings)))
+        return asyncio.run(serve_until_signal(lambda: build(settings, discovery, dynamic=dynamic)))
 
     try:
         if settings.processes > 1:
@@ -269,7 +276,7 @@ def run_service(settings_type: type[_S], build: Callable[[_S], Awaitable[ServerP
         return EXIT_INVALID_SETTING
     except OSError as error:
         # A file a setting names (TLS keys, a JWKS, the descriptor set) that cannot be opened.
-        line = explain_os_error([settings, load_settings(DiscoverySettings)], error)
+        line = explain_os_error([settings, discovery], error)
         if line is None:
             raise
         print(line, file=sys.stderr)

@@ -11,6 +11,8 @@ is opened, so closing needs no hand-written sequence to keep in step with the op
             return ServerPlan(settings=settings, bindings=[...], lifespan=life)
 
 If ``build()`` fails half-way, ``opening()`` closes exactly what was opened so far and re-raises.
+A service's ``build()`` gets its lifespan from ``runtime.assembly.assembling``, which opens the
+parts every service shares in it first.
 Once the plan is handed to the bootstrap, the server owns the lifespan: it runs the
 ``on_started`` hooks once it listens (they may open more, registering closes the same way),
 the ``on_drain`` hooks when a drain begins, and ``aclose()`` once the server has stopped.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from typing import Protocol, TypeVar
 
 import structlog
@@ -37,7 +39,6 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
-T = TypeVar("T")
 C = TypeVar("C", bound=Closable)
 Hook = Callable[[], Awaitable[None]]
 StartHook = Callable[[int], Awaitable[None]]
@@ -83,10 +84,6 @@ class Lifespan:
         """Register ``await resource.close()`` and hand the resource back, at the line that opened it."""
         self.on_close(resource.close, name=type(resource).__name__)
         return resource
-
-    async def enter(self, manager: AbstractAsyncContextManager[T]) -> T:
-        """Enter an async context manager; it exits at shutdown, in order with the closes."""
-        return await self._stack.enter_async_context(manager)
 
     # -- around serving ----------------------------------------------------------------------
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import structlog
 
@@ -54,6 +55,8 @@ class Worker:
 _current = Worker(0, 1)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Resolved once here: a child between fork and exec must not dlopen (another thread may hold the lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def current_worker() -> Worker:
@@ -102,7 +105,7 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
             if pid == 0:  # the worker
                 code = 1
                 try:
-                    _exit_with(parent)
+                    _die_with(parent, signal.SIGTERM)
                     _current = Worker(index, count)
                     structlog.contextvars.bind_contextvars(worker=index)
                     code = serve(worker_settings(settings, _current, port))
@@ -115,15 +118,36 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
         return _supervise(children)
 
 
-def _exit_with(parent: int) -> None:
-    """Have the kernel send this worker SIGTERM when its parent dies, even by SIGKILL, so no worker
-    keeps serving the port on its own; it then drains like any stopped worker (Linux prctl)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-            log.warning("worker cannot follow its parent", errno=ctypes.get_errno())
+class TiedChild(TypedDict):
+    """:class:`subprocess.Popen` options (also ``asyncio.create_subprocess_exec``'s) from :func:`tied_child`."""
+
+    start_new_session: bool
+    preexec_fn: Callable[[], None]
+
+
+def tied_child(signum: int = signal.SIGTERM) -> TiedChild:
+    """Options for a long-lived child this process starts and must never leave behind.
+
+    The child gets its own session (a Ctrl-C at the terminal reaches this process only, which then
+    stops its children in order) and ``signum`` from the kernel when this process dies, however it
+    dies (SIGKILL, an OOM kill): ``PR_SET_PDEATHSIG``.
+
+    Linux sends the signal when the *thread* that forked dies: start children from the main
+    thread (an asyncio loop's thread is), never from ``asyncio.to_thread``. The setting survives
+    ``exec`` and ``Popen(user=...)`` (applied before ``preexec_fn``), not a fork of the child's
+    own: a program that daemonizes (``pg_ctl start``) must be run in the foreground instead.
+    """
+    # preexec_fn is unsafe with threads when it takes a lock another thread may hold; this one
+    # only calls prctl through a pointer resolved at import, and getppid/kill.
+    return {"start_new_session": True, "preexec_fn": functools.partial(_die_with, os.getpid(), signum)}
+
+
+def _die_with(parent: int, signum: int) -> None:
+    """Have the kernel send this process ``signum`` when ``parent`` dies (Linux prctl)."""
+    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signum) != 0:
+        log.warning("process cannot follow its parent", errno=ctypes.get_errno())
     if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
 
 def _supervise(children: dict[int, int]) -> int:

@@ -102,7 +102,11 @@ def auth_interceptor(settings: AuthSettings | None, *, service: str) -> AuthInte
         return None
     if settings.dev_hs256_secret is not None:
         log.warning("auth accepts HS256 dev tokens; never use the dev secret outside local runs", service=service)
-    verifier = TokenVerifier(
+    return AuthInterceptor(verifier=token_verifier(settings), policy=settings.policy(), mtls=settings.mtls)
+
+
+def token_verifier(settings: AuthSettings) -> TokenVerifier:
+    """What checks a bearer token under these settings (keys, issuer, audience, leeway)."""
+    return TokenVerifier(
         keys=settings.keys(), issuer=settings.issuer, audience=settings.audience, leeway_seconds=settings.leeway_s
     )
-    return AuthInterceptor(verifier=verifier, policy=settings.policy(), mtls=settings.mtls)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING
 from tools.prometheus import PrometheusProcess, ScrapeTarget, binary
 
@@ -92,6 +93,13 @@ class ConsoleStack:
         self.notes: list[str] = []
         self.url = f"http://{HOST}:{CONSOLE_PORT}"
 
+    def ports(self) -> list[tuple[int, str]]:
+        """The ports this stack listens on, each with the setting that moves it (for ``tools.ports``)."""
+        ports = [(CONSOLE_PORT, "AGENTMESH_CONSOLE_PORT"), (OTLP_PORT, "AGENTMESH_CONSOLE_OTLP_PORT")]
+        if binary() is not None:
+            ports.append((PROMETHEUS_PORT, "AGENTMESH_PROMETHEUS_PORT"))
+        return ports
+
     async def start(self) -> None:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         if binary() is None:
@@ -121,7 +129,12 @@ class ConsoleStack:
         log = (self._work_dir / "console.log").open("ab")
         with log:
             self._console = subprocess.Popen(  # noqa: ASYNC220  # a long-lived child, waited for below
-                [sys.executable, "-m", "console"], env=env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
+                [sys.executable, "-m", "console"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+                **tied_child(),
             )
         await self._wait_ready(port_file)
 

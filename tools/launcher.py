@@ -3,7 +3,10 @@
 Starts rag, agent and gateway as their own processes (exactly `python -m services.<name>`),
 waits until each reports SERVING, seeds the knowledge base from `examples/knowledge/` when it is
 empty, prints where everything is, and on Ctrl-C (or SIGTERM) drains the services front to
-back: gateway, then agent, then rag.
+back: gateway, then agent, then rag. Killed any other way (SIGKILL, an OOM kill, a closed
+terminal), it still leaves nothing behind: every process it starts gets SIGTERM from the kernel
+when the launcher dies (``runtime.processes.tied_child``). A port already taken stops it before
+anything starts, with one line naming the port, the setting that moves it and who holds it.
 
 Auth is on, as in production: the launcher creates a dev signing key and JWKS in `var/keys`
 (once) and a 12-hour token with every scope in `var/keys/dev-token`, and every service verifies
@@ -38,21 +41,24 @@ from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
+from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.gateway.config import GatewaySettings
+from services.gateway.http_entry import MCP_PATH
 from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
+from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
-def _settings() -> tuple[DiscoverySettings, dict[str, int], bool]:
-    """Discovery, each service's port, and whether answers use dense similarity too.
+def _settings() -> tuple[DiscoverySettings, dict[str, int], int, bool]:
+    """Discovery, each service's port, the gateway's HTTP port, and whether answers use dense similarity too.
 
     Every service's settings are read here, before anything starts, so a bad one stops
     `make run` at once with the services' own one-line message rather than a traceback.
@@ -61,16 +67,19 @@ def _settings() -> tuple[DiscoverySettings, dict[str, int], bool]:
         discovery = load_settings(DiscoverySettings)
         load_settings(DynamicSettings)
         rag, agent = load_settings(RagSettings), load_settings(AgentSettings)
-        ports = {"rag": rag.port, "agent": agent.port, "gateway": load_settings(GatewaySettings).port}
+        gateway = load_settings(GatewaySettings)
+        ports = {"rag": rag.port, "agent": agent.port, "gateway": gateway.port}
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTING) from None
     # With dense retrieval on, the default extractive engine ranks sentences with the same model.
     dense_answers = rag.dense_enabled and agent.decision_engine == "extractive" and not agent.decision_engine_options
-    return discovery, ports, dense_answers
+    # The gateway's HTTP side (MCP, the Agent Card) is on in a local run: its own setting, else 8081.
+    return discovery, ports, gateway.http_port or DEFAULT_HTTP_PORT, dense_answers
 
 
-DISCOVERY, PORTS, DENSE_ANSWERS = _settings()
+DEFAULT_HTTP_PORT = 8081
+DISCOVERY, PORTS, GATEWAY_HTTP_PORT, DENSE_ANSWERS = _settings()
 
 
 def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
@@ -91,6 +100,8 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
     if name == "agent" and DENSE_ANSWERS:
         env[prefix + "DECISION_ENGINE_OPTIONS"] = '{"dense": true}'
     env[prefix + "PORT"] = str(PORTS[name])
+    if name == "gateway":
+        env[prefix + "HTTP_PORT"] = str(GATEWAY_HTTP_PORT)
     env.setdefault(prefix + "LOG_FORMAT", "console")
     env.update(observed_env(_observed(name)))
     return env
@@ -98,6 +109,22 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
 
 def _observed(name: str) -> Observed:
     return Observed(name, DISCOVERY.service_version, PORTS[name])
+
+
+def listening_ports(console: ConsoleStack) -> list[tuple[int, str]]:
+    """Every port this run listens on, with the setting that moves it."""
+    ports = console.ports()
+    if _consul_double_wanted():
+        ports.append((consul_address(DISCOVERY).port, "CONSUL_HTTP_ADDR"))
+    for name, port in PORTS.items():
+        prefix = f"AGENTMESH_{name.upper()}_"
+        metrics_port = observed_env(_observed(name))[prefix + "METRICS_PORT"]
+        ports += [(port, prefix + "PORT"), (int(metrics_port), prefix + "METRICS_PORT")]
+    return ports
+
+
+def _consul_double_wanted() -> bool:
+    return DISCOVERY.discovery == "consul" and os.environ.get("AGENTMESH_CONSUL_DOUBLE") == "1"
 
 
 async def _seed_knowledge(auth: DevAuth | None) -> int:
@@ -141,10 +168,10 @@ async def _wait_discovered(name: str, timeout_s: float = 30) -> None:
 def _start_consul_double() -> subprocess.Popen[bytes]:
     port = consul_address(DISCOVERY).port
     return subprocess.Popen(  # started before any service, like an agent already running on the host
-        [sys.executable, "-m", "tests.doubles.consul_agent", "--port", str(port)],
+        [sys.executable, "-m", "tools.consul_double", "--port", str(port)],
         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
         cwd=REPO,
-        start_new_session=True,
+        **tied_child(),
     )
 
 
@@ -152,11 +179,14 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
     gateway = f"{HOST}:{PORTS['gateway']}"
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
+    mcp = f"http://{HOST}:{GATEWAY_HTTP_PORT}{MCP_PATH}"
+    tools_list = '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
     return "\n".join(
         [
             "",
             "agentmesh is up:",
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
+            f"  MCP      {mcp}  (Streamable HTTP, the same bearer token)",
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             f"  {store.describe()}",
@@ -168,6 +198,8 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
             "agentmesh.agent.v1.AgentService/CreateRun",
             f'  .venv/bin/grpcurl -plaintext {bearer}-d \'{{"run_id": "<run_id from above>"}}\' {gateway} '
             "agentmesh.agent.v1.AgentService/WatchRun",
+            f"  curl -s {bearer}-H 'content-type: application/json' -H 'accept: application/json, text/event-stream' "
+            f"-d '{tools_list}' {mcp}",
             *(
                 []
                 if auth is None
@@ -181,23 +213,6 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
 
 
 async def main() -> int:
-    try:
-        # Entered first and left last: the services start on it and drain before it stops.
-        async with local_store(REPO) as store:
-            return await _run(store)
-    except (RuntimeError, ValueError) as error:
-        print(f"start-up failed: {error}", file=sys.stderr)
-        return 1
-
-
-async def _run(store: LocalStore) -> int:
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    code = 0
-    consul_double = None
     auth = None if os.environ.get("AGENTMESH_DEV_AUTH") == "0" else ensure_dev_auth(REPO / "var" / "keys")
     console = ConsoleStack(
         [_observed(name) for name in PORTS],
@@ -206,7 +221,25 @@ async def _run(store: LocalStore) -> int:
         token_file=None if auth is None else auth.console_token_file,
     )
     try:
-        if DISCOVERY.discovery == "consul" and os.environ.get("AGENTMESH_CONSUL_DOUBLE") == "1":
+        ensure_free(listening_ports(console))  # before anything starts: a taken port is one line, not a traceback
+        # Entered first and left last: the services start on it and drain before it stops.
+        async with local_store(REPO) as store:
+            return await _run(store, auth, console)
+    except (RuntimeError, ValueError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
+
+
+async def _run(store: LocalStore, auth: DevAuth | None, console: ConsoleStack) -> int:
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    consul_double = None
+    try:
+        if _consul_double_wanted():
             consul_double = _start_consul_double()
         # First, so the services' first spans and the first scrapes find them.
         await console.start()
@@ -216,7 +249,7 @@ async def _run(store: LocalStore) -> int:
                 [sys.executable, "-m", f"services.{name}"],
                 env=_env(name, auth, store),
                 cwd=REPO,
-                start_new_session=True,
+                **tied_child(),  # even when the launcher is killed
             )
             await wait_serving(name, f"{HOST}:{PORTS[name]}", exit_code=processes[name].poll)
             if DISCOVERY.discovery == "consul":

@@ -55,9 +55,11 @@ async def local_store(repo: Path) -> AsyncIterator[LocalStore]:
         yield LocalStore(kind)
         return
     cluster = LocalPostgres(repo / "var" / "postgres")
-    # pg_ctl and psql are blocking subprocesses; nothing else runs yet, but keep the loop free.
-    await asyncio.to_thread(cluster.start)
+    # initdb and psql are blocking subprocesses; nothing else runs yet, but keep the loop free.
+    await asyncio.to_thread(cluster.init)
+    cluster.spawn()  # on the loop's own thread: the server dies with the launcher, however it dies
     try:
+        await asyncio.to_thread(cluster.wait_ready)
         urls = {
             f"AGENTMESH_{service.upper()}_DATABASE_URL": await asyncio.to_thread(
                 cluster.create_database, database, if_missing=True

@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from runtime.processes import tied_child
 
 BIN_DIR = Path(os.environ.get("AGENTMESH_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "agentmesh"
@@ -23,6 +28,8 @@ DEFAULT_DATABASE = "agentmesh"
 # Throwaway clusters trade durability for speed: a crash of the machine loses the data, a crash
 # of the server does not.
 _FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
+# pg_ctl's shutdown modes as the signals the postmaster takes for them.
+_SHUTDOWN_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
 
 class PostgresNotInstalled(RuntimeError):
@@ -45,6 +52,8 @@ class LocalPostgres:
 
     root: Path
     port: int = 0
+    # The server started by spawn(), when this process runs it in the foreground.
+    _server: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -90,18 +99,14 @@ class LocalPostgres:
             raise RuntimeError(f"initdb failed in {self.root}: {error.stderr.strip()}") from error
 
     def start(self) -> str:
-        """Start the server (initialising first if needed) and return the default database's URL."""
+        """Start the server (initialising first if needed) and return the default database's URL.
+
+        ``pg_ctl`` detaches the server: it outlives this process until :meth:`stop`. A launcher
+        whose server must die with it uses :meth:`spawn` instead.
+        """
         self.init()
         if not self.port:
             self.port = free_port()
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                "-c listen_addresses=127.0.0.1",
-                f"-k {self.root}",
-                *(f"-c {s}" for s in _FAST_SETTINGS),
-            ]
-        )
         result = self._as_postgres(
             str(BIN_DIR / "pg_ctl"),
             "-D",
@@ -109,7 +114,7 @@ class LocalPostgres:
             "-l",
             str(self.log_file),
             "-o",
-            options,
+            " ".join(self._server_options()),
             "-w",
             "-t",
             "60",
@@ -117,13 +122,69 @@ class LocalPostgres:
             check=False,
         )
         if result.returncode != 0:
-            log_tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
-            raise RuntimeError(f"PostgreSQL did not start in {self.root}: {result.stderr.strip()}\n{log_tail}")
+            raise RuntimeError(f"PostgreSQL did not start in {self.root}: {result.stderr.strip()}\n{self._log_tail()}")
         self.create_database(DEFAULT_DATABASE, if_missing=True)
         return self.url()
 
+    def spawn(self) -> None:
+        """Run the server in the foreground as this process's child, which dies with this process.
+
+        However the caller dies (SIGKILL included), the kernel sends the server SIGINT, a fast
+        shutdown: no server is left holding ``root`` for the next run. Call it from the main thread
+        (the signal follows the thread that forks), after :meth:`init`; then :meth:`wait_ready`.
+        """
+        if not self.port:
+            self.port = free_port()
+        as_postgres: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        with self.log_file.open("ab") as log:
+            self._server = subprocess.Popen(
+                [str(BIN_DIR / "postgres"), "-D", str(self.data_dir), *self._server_options()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                **tied_child(signal.SIGINT),  # SIGINT: a fast shutdown
+                **(as_postgres if os.geteuid() == 0 else {}),
+            )
+
+    def wait_ready(self, within_s: float = 60) -> str:
+        """Wait until the spawned server accepts connections; return the default database's URL."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self._server is not None and self._server.poll() is not None:
+                raise RuntimeError(
+                    f"PostgreSQL in {self.root} exited with {self._server.returncode}:\n{self._log_tail()}"
+                )
+            ready = subprocess.run(
+                [str(BIN_DIR / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "1"], check=False
+            )
+            if ready.returncode == 0:
+                self.create_database(DEFAULT_DATABASE, if_missing=True)
+                return self.url()
+            time.sleep(0.1)
+        raise RuntimeError(f"PostgreSQL in {self.root} did not accept connections within {within_s}s")
+
+    def _server_options(self) -> list[str]:
+        return [
+            *("-p", str(self.port)),
+            *("-c", "listen_addresses=127.0.0.1"),
+            *("-k", str(self.root)),
+            *(option for setting in _FAST_SETTINGS for option in ("-c", setting)),
+        ]
+
+    def _log_tail(self) -> str:
+        return self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+
     def stop(self, *, mode: str = "fast") -> None:
         """Stop the server (``fast``: disconnect clients, roll back; ``immediate``: as after a crash)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.send_signal(_SHUTDOWN_SIGNALS[mode])
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
+            return
         if not (self.data_dir / "postmaster.pid").exists():
             return
         result = self._as_postgres(

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
+from runtime.processes import tied_child
+
 JOB = "agentmesh"
 
 
@@ -81,7 +83,7 @@ class PrometheusProcess:
                 ],
                 stdout=log,
                 stderr=log,
-                start_new_session=True,
+                **tied_child(),
             )
         await self._wait_ready(within_s)
 

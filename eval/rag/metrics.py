@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 
 def document_ranking(document_ids: Iterable[str]) -> list[str]:
@@ -31,3 +32,18 @@ def answer_is_right(quoted: Iterable[tuple[str, str]], relevant: Collection[str]
     quoted = list(quoted)
     on_topic = bool(quoted) and all(document_id in relevant for document_id, _ in quoted)
     return on_topic and any(answer in sentence for _, sentence in quoted for answer in expected)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the decision engine did with one question."""
+
+    style: str
+    answerable: bool  # the corpus answers it
+    right: bool  # quoted an expected sentence and nothing off-topic
+    abstained: bool  # said the knowledge base does not cover it (no citations)
+    released: bool  # answered with enough confidence to reach the user without review
+
+    @property
+    def answered_but_wrong(self) -> bool:
+        return self.answerable and not self.abstained and not self.right

@@ -275,9 +275,6 @@ class _RecordOnAbort:
         await self._context.abort(code, details, trailing_metadata)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
-        await self.abort(status.code, status.details, status.trailing_metadata)
-
 
 def _passthrough(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     if serialize is None:

@@ -68,6 +68,12 @@ class Database(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A write transaction: committed if the block returns, rolled back if it raises."""
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        """One statement as a transaction of its own (on PostgreSQL autocommit: one round trip, no BEGIN/COMMIT)."""
+
+    def wake(self, channel: str) -> None:
+        """Call this process's ``listen(channel)`` callbacks now (after a commit that notified ``channel``)."""
+
     async def fetch_all(self, sql: str, params: Params | None = None) -> Sequence[Row]:
         """A read of the last committed state (never waits behind a writer)."""
 

@@ -1,10 +1,11 @@
 """PostgreSQL backend: SQLAlchemy 2 Core (async) over asyncpg, for replicas sharing one database.
 
 SQLAlchemy brings what a hand-written layer would get wrong: ``:name`` parameters compiled
-for asyncpg, a connection pool that pre-pings and replaces connections a restarted server
-dropped, and prepared-statement caching. Transactions run at READ COMMITTED; a store that
-must serialize with other replicas (the event log, a check-then-write) takes a transaction
-advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK.
+for asyncpg, a connection pool that replaces connections a restarted server dropped (pinging
+one that sat idle before handing it out), and prepared-statement caching. Transactions run at
+READ COMMITTED; a store that must serialize with other replicas (a check-then-write) takes a
+transaction advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK; one statement
+alone (``execute``) runs in autocommit, with no BEGIN or COMMIT round trip.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -20,16 +22,18 @@ from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from sqlalchemy import TextClause, text
+from sqlalchemy import TextClause, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Dialect, Params, Result
 from runtime.database.migrations import MIGRATIONS_TABLE, Schema, record_version, recorded_version
+from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -134,15 +138,20 @@ class PostgresDatabase:
             parsed.set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
             max_overflow=pool_size,
-            # A connection the server dropped (restart, failover) is noticed at checkout and replaced.
-            pool_pre_ping=True,
+            # Pinged at checkout only after sitting idle (_ping_if_idle): SQLAlchemy's pre-ping costs
+            # three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than most statements.
+            pool_pre_ping=False,
             pool_timeout=connect_timeout_s,
             connect_args={"timeout": connect_timeout_s},
         )
-        # Reads need no transaction of their own: one statement sees one committed snapshot.
+        pool = self.engine.sync_engine.pool
+        for pool_event in ("connect", "checkin"):
+            event.listen(pool, pool_event, _note_use)
+        event.listen(pool, "checkout", _ping_if_idle)
+        # Reads, and writes of one statement, need no BEGIN/COMMIT: a statement alone is a transaction.
         self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
-        self._listener_task: asyncio.Task[None] | None = None
+        self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
 
     @contextlib.contextmanager
@@ -188,6 +197,12 @@ class PostgresDatabase:
             with contextlib.suppress(Exception):
                 await _complete(conn.invalidate())
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        with self.unavailable_as_typed():
+            async with self._reads.connect() as conn:
+                result = await conn.execute(_statement(sql), dict(params or {}))
+                return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
+
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Any]:
         with self.unavailable_as_typed():
             async with self._reads.connect() as conn:
@@ -219,8 +234,15 @@ class PostgresDatabase:
     async def listen(self, channel: str, callback: Callable[[], None]) -> None:
         known = channel in self._listeners
         self._listeners[channel].append(callback)
-        if self._listener_task is None:
-            self._listener_task = asyncio.create_task(self._listen_forever(), name="postgres-listener")
+        if self._listener is None:
+            self._listener = SupervisedLoop(
+                "postgres listener",
+                self._listen_on_one_connection,
+                backoff=Backoff(initial=0.2, maximum=5.0),
+                outage=Outage(
+                    (Exception,), "database listener lost; reconnecting", lambda _error: {"database": self.description}
+                ),
+            ).start()
         elif known:
             # The channel is listened to already (or will be on the next connect): only the
             # new callback needs its "now listening" call.
@@ -232,63 +254,68 @@ class PostgresDatabase:
         for callback in self._listeners.get(channel, ()):
             callback()
 
-    async def _listen_forever(self) -> None:
-        """One connection LISTENing on every channel; reconnected with backoff when it drops.
+    async def _listen_on_one_connection(self) -> None:
+        """One connection LISTENing on every channel until it drops (then the supervisor reconnects).
 
         Each callback is called once when its channel starts being listened to, on this
         connection or after a reconnect: notifications sent while nobody listened are lost, so
         listeners re-read what they follow. A channel added later is subscribed at once.
         """
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
-                # A dropped connection and a new channel both wake the loop below.
-                conn.add_termination_listener(functools.partial(_set_event, self._listener_wakeup))
-                subscribed: set[str] = set()
-                backoff.reset()
-                while not conn.is_closed():
-                    self._listener_wakeup.clear()
-                    for channel in [c for c in self._listeners if c not in subscribed]:
-                        await conn.add_listener(channel, self._on_notification)
-                        subscribed.add(channel)
-                        self.wake(channel)
-                    try:
-                        await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
-                    except TimeoutError:
-                        # The keep-alive query notices a silently dead connection.
-                        await conn.execute("SELECT 1")
-                raise ConnectionError("listening connection closed")
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                delay = backoff.next_delay()
-                log.warning(
-                    "database listener lost; reconnecting",
-                    database=self.description,
-                    error=str(error),
-                    retry_in=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=2.0))
+        assert self._listener is not None
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+            # A dropped connection and a new channel both wake the loop below.
+            conn.add_termination_listener(functools.partial(_set_event, self._listener_wakeup))
+            subscribed: set[str] = set()
+            self._listener.mark_healthy()
+            while not conn.is_closed():
+                self._listener_wakeup.clear()
+                for channel in [c for c in self._listeners if c not in subscribed]:
+                    await conn.add_listener(channel, self._on_notification)
+                    subscribed.add(channel)
+                    self.wake(channel)
+                try:
+                    await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
+                except TimeoutError:
+                    # The keep-alive query notices a silently dead connection.
+                    await conn.execute("SELECT 1")
+            raise ConnectionError("listening connection closed")
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.close(timeout=2.0))
 
     def _on_notification(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
         self.wake(channel)
 
     async def close(self) -> None:
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
+        if self._listener is not None:
+            await self._listener.stop()
         await self.engine.dispose()
 
 
-def _set_event(event: asyncio.Event, _conn: object) -> None:
-    event.set()
+def _set_event(wakeup: asyncio.Event, _conn: object) -> None:
+    wakeup.set()
+
+
+# A connection used this recently is taken to be alive; one idle longer may have been dropped by a
+# server restart or failover, so it is pinged before use (and replaced if that fails).
+_IDLE_BEFORE_PING_S = 5.0
+
+
+def _note_use(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["last_used"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    if time.monotonic() - record.info.get("last_used", 0.0) < _IDLE_BEFORE_PING_S:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out (or opens) another.
+        raise DisconnectionError(f"idle connection dropped: {error}") from error
 
 
 async def _complete(awaitable: Coroutine[Any, Any, _T]) -> _T:

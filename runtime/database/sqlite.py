@@ -121,6 +121,10 @@ class SQLiteDatabase:
                 raise
         tx.run_commit_callbacks()
 
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
     async def _complete(self, sql: str) -> None:
         statement = asyncio.ensure_future(self._writer.execute(sql))
         try:
@@ -134,11 +138,6 @@ class SQLiteDatabase:
     async def _rollback(self) -> None:
         if self._writer.in_transaction:
             await self._complete("ROLLBACK")
-
-    async def executescript(self, script: str) -> None:
-        """Run a script (DDL for tests and tools) outside any open transaction."""
-        async with self._write_lock:
-            await self._writer.executescript(script)
 
     # Each read runs to its end in one call on the reader's thread. A cursor left open between
     # calls keeps its statement active, and with it the connection's read snapshot: reads that

@@ -26,8 +26,8 @@ from typing import Any
 import grpc
 import structlog
 
-from runtime.backoff import Backoff
 from runtime.discovery.endpoints import Endpoints, Resolver
+from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +158,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._endpoints: Endpoints = ()
         self._resolved = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._follower: asyncio.Task[None] | None = None
+        self._follower: SupervisedLoop | None = None
         self._retiring: dict[_Generation, asyncio.Task[None]] = {}
 
     @property
@@ -168,7 +168,12 @@ class BalancedChannel(grpc.aio.Channel):
     async def start(self, *, first_resolve_timeout: float = 5.0) -> None:
         """Follow discovery; waits (bounded) for the first answer so early calls have somewhere to go."""
         if self._follower is None:
-            self._follower = asyncio.create_task(self._follow(), name=f"discovery:{self.service}")
+            self._follower = SupervisedLoop(
+                f"discovery:{self.service}",
+                self._follow,
+                # A resolver bug or a bad static table must not silently freeze the endpoint set.
+                outage=Outage((Exception,), "discovery.watch_failed", self._watch_failed),
+            ).start()
         try:
             await asyncio.wait_for(self._resolved.wait(), first_resolve_timeout)
         except TimeoutError:
@@ -186,28 +191,19 @@ class BalancedChannel(grpc.aio.Channel):
             return self._endpoints
 
     async def _follow(self) -> None:
-        backoff = Backoff(initial=0.5, maximum=30.0)
-        while True:
-            watch = self._resolver.watch(self.service)
-            try:
-                async for endpoints in watch:
-                    backoff.reset()
-                    await self._swap(endpoints)
-                return  # the resolver was closed
-            except Exception as error:
-                # A resolver bug or a bad static table must not silently freeze the endpoint set.
-                delay = backoff.next_delay()
-                log.error(
-                    "discovery.watch_failed",
-                    service=self.service,
-                    error=str(error) or type(error).__name__,
-                    keeping=[e.target for e in self._endpoints],
-                    retry_in=round(delay, 2),
-                )
-                self._resolved.set()  # an error is an answer too: start() need not wait it out
-                await asyncio.sleep(delay)
-            finally:
-                await watch.aclose()  # type: ignore[attr-defined]
+        """One watch of the resolver; it returns when the resolver is closed (then the loop ends)."""
+        assert self._follower is not None
+        watch = self._resolver.watch(self.service)
+        try:
+            async for endpoints in watch:
+                self._follower.mark_healthy()
+                await self._swap(endpoints)
+        finally:
+            await watch.aclose()  # type: ignore[attr-defined]
+
+    def _watch_failed(self, _error: Exception) -> dict[str, Any]:
+        self._resolved.set()  # an error is an answer too: start() need not wait it out
+        return {"service": self.service, "keeping": [e.target for e in self._endpoints]}
 
     async def _swap(self, endpoints: Endpoints) -> None:
         old = self._current
@@ -278,9 +274,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     async def close(self, grace: float | None = None) -> None:
         if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+            await self._follower.stop()
             self._follower = None
         generations = [g for g in (self._current, *self._retiring) if g is not None]
         self._current = None

@@ -9,7 +9,6 @@ agent loses it (an agent restarted without state). ``deregister`` is called on s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,8 +20,15 @@ import structlog
 
 from runtime.backoff import Backoff
 from runtime.discovery.consul_client import CONSUL_ERRORS, ConsulAddress, open_consul
+from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
+
+
+def _outage_event(error: Exception) -> str:
+    # An answer with an error status is not an outage: say it was refused, and why.
+    refused = isinstance(error, consul.ConsulException)
+    return "consul.registration.refused" if refused else "consul.registration.unreachable"
 
 
 def _go_duration(seconds: float) -> str:
@@ -95,8 +101,9 @@ class ConsulRegistrar:
         self._resync_interval = resync_interval
         self._request_timeout = request_timeout
         self._backoff = backoff or Backoff(initial=0.5, maximum=30.0)
-        self._task: asyncio.Task[None] | None = None
+        self._loop: SupervisedLoop | None = None
         self._client: Any = None
+        self._ever_registered = False
         self.registered = asyncio.Event()
 
     @property
@@ -105,9 +112,14 @@ class ConsulRegistrar:
 
     def start(self) -> None:
         """Begin registering in the background; returns at once, Consul up or not."""
-        if self._task is None:
+        if self._loop is None:
             self._client = open_consul(self._address, request_timeout=self._request_timeout)
-            self._task = asyncio.create_task(self._keep_registered(), name="consul-registration")
+            self._loop = SupervisedLoop(
+                "consul registration",
+                self._keep_registered,
+                backoff=self._backoff,
+                outage=Outage(CONSUL_ERRORS, _outage_event, self._not_registered),
+            ).start()
 
     async def _register(self) -> None:
         reg = self._registration
@@ -125,48 +137,41 @@ class ConsulRegistrar:
         return await self._client.agent.service_definition(self._registration.service_id) is not None
 
     async def _keep_registered(self) -> None:
+        """Register, then check every ``resync_interval`` that the agent still has us (supervised)."""
+        assert self._loop is not None
         reg = self._registration
-        ever_registered = False
         while True:
-            try:
-                if not self.registered.is_set() or not await self._still_registered():
-                    await self._register()
-                    log.info(
-                        "consul.registration.registered" if not ever_registered else "consul.registration.restored",
-                        service=reg.name,
-                        service_id=reg.service_id,
-                        address=f"{reg.address}:{reg.port}",
-                        tags=reg.tag_list(),
-                        consul=str(self._address),
-                    )
-                    ever_registered = True
-                    self.registered.set()
-                    self._backoff.reset()
-                await asyncio.sleep(self._resync_interval)
-            except CONSUL_ERRORS as error:
-                self.registered.clear()
-                delay = self._backoff.next_delay()
-                # An answer with an error status is not an outage: say it was refused, and why.
-                refused = isinstance(error, consul.ConsulException)
-                (log.error if refused else log.warning)(
-                    "consul.registration.refused" if refused else "consul.registration.unreachable",
+            if not self.registered.is_set() or not await self._still_registered():
+                await self._register()
+                log.info(
+                    "consul.registration.restored" if self._ever_registered else "consul.registration.registered",
                     service=reg.name,
                     service_id=reg.service_id,
+                    address=f"{reg.address}:{reg.port}",
+                    tags=reg.tag_list(),
                     consul=str(self._address),
-                    error=str(error) or type(error).__name__,
-                    retry_in=round(delay, 2),
-                    serving="yes, without registration",
                 )
-                await asyncio.sleep(delay)
+                self._ever_registered = True
+                self.registered.set()
+                self._loop.mark_healthy()
+            await asyncio.sleep(self._resync_interval)
+
+    def _not_registered(self, error: Exception) -> dict[str, Any]:
+        self.registered.clear()
+        reg = self._registration
+        return {
+            "service": reg.name,
+            "service_id": reg.service_id,
+            "consul": str(self._address),
+            "serving": "yes, without registration",
+        }
 
     async def deregister(self) -> None:
         """Stop retrying and remove this instance from Consul (best effort, bounded by request_timeout)."""
-        if self._task is None:
+        if self._loop is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self._loop.stop()
+        self._loop = None
         reg = self._registration
         try:
             removed = await self._client.agent.service.deregister(reg.service_id)

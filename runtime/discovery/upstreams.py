@@ -1,7 +1,9 @@
-"""Upstreams found by discovery: one `BalancedChannel` per backend name, following a `Resolver`.
+"""Channels to named backends ("agent", "rag"), one long-lived grpc.aio channel per backend.
 
-Implements the `runtime.upstreams.Upstreams` protocol for the gateway and the agent, with static
-endpoints or Consul behind it (`runtime.discovery.factory.build_upstreams` picks the resolver).
+`Upstreams` is what the gateway and the agent call through; `DiscoveryUpstreams` implements it
+with one `BalancedChannel` per backend name following a `Resolver`: static endpoints from
+configuration (the embedded default) or Consul (`runtime.discovery.factory.build_upstreams`
+picks the resolver).
 """
 
 from __future__ import annotations
@@ -9,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import grpc
 
+from runtime.channel_options import CHANNEL_OPTIONS
 from runtime.discovery.balanced_channel import BalancedChannel
 from runtime.discovery.endpoints import Resolver
 from runtime.discovery.version_split import TaggedResolver, WeightedPick
-from runtime.upstreams import CHANNEL_OPTIONS, UnknownBackendError
+
+
+class Upstreams(Protocol):
+    def channel(self, backend: str) -> grpc.aio.Channel: ...
+
+    async def close(self) -> None: ...
+
+
+class UnknownBackendError(KeyError):
+    pass
 
 
 class DiscoveryUpstreams:

@@ -55,6 +55,23 @@ class ProcessedEvents:
         )
         return claimed.rowcount == 1
 
+    async def claim_all(self, tx: Transaction, event_ids: list[str]) -> set[str]:
+        """Record every id of ``event_ids`` as applied, in one statement; returns those that were not yet.
+
+        In sorted order, so two transactions claiming overlapping sets wait for each other
+        instead of deadlocking.
+        """
+        if not event_ids:
+            return set()
+        ordered = sorted(set(event_ids))
+        values = ", ".join(f"(:consumer, :e{n}, :now)" for n in range(len(ordered)))
+        claimed = await tx.execute(
+            f"INSERT INTO processed_events (consumer, event_id, recorded_at) VALUES {values}"
+            " ON CONFLICT DO NOTHING RETURNING event_id",
+            {"consumer": self._consumer, "now": time.time(), **{f"e{n}": e for n, e in enumerate(ordered)}},
+        )
+        return {row[0] for row in claimed.rows}
+
     async def prune(self, *, older_than: float) -> int:
         """Forget ids recorded more than ``older_than`` seconds ago.
 

@@ -62,6 +62,17 @@ class Outbox:
         )
         tx.on_commit(self._wakeup.set)
 
+    @staticmethod
+    def insert_select(select: str) -> str:
+        """The INSERT appending the rows of ``select`` (event id, event JSON), for a caller that
+        folds it into a statement of its own (a PostgreSQL data-modifying CTE); ``wake`` after it commits.
+        """
+        return f"INSERT INTO outbox (event_id, event) {select}"
+
+    def wake(self) -> None:
+        """Events were appended outside ``append`` and have committed: relay them now."""
+        self._wakeup.set()
+
     async def pending_count(self) -> int:
         row = await self._db.fetch_one("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         return int(row[0]) if row else 0

@@ -10,7 +10,6 @@ and logged and the last good settings stay. Deleting a key falls back to the env
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,6 +24,7 @@ from runtime.discovery.consul_client import CONSUL_ERRORS, ConsulAddress, open_c
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
+from runtime.supervisor import Outage, SupervisedLoop
 
 if TYPE_CHECKING:
     from runtime.bootstrap import ServerPlan
@@ -105,8 +105,10 @@ class LiveConfig(Generic[SettingsT]):
         self._cache_path = cache_path
         self._backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self._subscribers: list[Subscriber[SettingsT]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._watch: SupervisedLoop | None = None
         self._client: Any = None
+        self._index = 0  # Consul's index of the last answer: the next query blocks until it moves
+        self._unreachable = False
         self._last_overrides: dict[str, Any] | None = None
         self.synced = asyncio.Event()  # set once KV (or the cached copy) has been applied
 
@@ -129,52 +131,49 @@ class LiveConfig(Generic[SettingsT]):
 
     async def start(self) -> None:
         """Begin watching (no-op without Consul); returns at once, Consul up or not."""
-        if self._address is None or self._task is not None:
+        if self._address is None or self._watch is not None:
             return
         self._client = open_consul(self._address)
-        self._task = asyncio.create_task(self._watch(), name=f"live-config:{self._service}")
+        self._watch = SupervisedLoop(
+            f"live config {self._service}",
+            self._follow_kv,
+            backoff=self._backoff,
+            outage=Outage(CONSUL_ERRORS, "live_config.consul_unreachable", self._consul_unreachable),
+        ).start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
         if self._client is not None:
             await self._client.close()
             self._client = None
 
-    async def _watch(self) -> None:
-        index = 0
-        unreachable = False
+    async def _follow_kv(self) -> None:
+        """Blocking queries on the prefix, applying each change (supervised: restarted after an outage)."""
+        assert self._watch is not None
         while True:
-            try:
-                new_index, entries = await self._client.kv.get(
-                    self._prefix, recurse=True, index=index or None, wait=self._wait
-                )
-            except CONSUL_ERRORS as error:
-                delay = self._backoff.next_delay()
-                if not unreachable:
-                    await self._fall_back_to_cache()
-                log.warning(
-                    "live_config.consul_unreachable",
-                    service=self._service,
-                    consul=str(self._address),
-                    error=str(error) or type(error).__name__,
-                    using="last applied settings" if self._last_overrides is not None else "env/.env settings",
-                    retry_in=round(delay, 2),
-                )
-                unreachable = True
-                await asyncio.sleep(delay)
-                continue
-            self._backoff.reset()
-            unreachable = False
+            new_index, entries = await self._client.kv.get(
+                self._prefix, recurse=True, index=self._index or None, wait=self._wait
+            )
+            self._watch.mark_healthy()
+            self._unreachable = False
             new_index = int(new_index)
-            index = 0 if new_index < index else max(new_index, 1)
+            self._index = 0 if new_index < self._index else max(new_index, 1)
             overrides = overrides_from_kv(self._prefix, list(entries or ()))
             if overrides != self._last_overrides:
                 await self.apply(overrides, source="consul")
             self.synced.set()
+
+    async def _consul_unreachable(self, _error: Exception) -> dict[str, Any]:
+        if not self._unreachable:
+            await self._fall_back_to_cache()
+        self._unreachable = True
+        return {
+            "service": self._service,
+            "consul": str(self._address),
+            "using": "last applied settings" if self._last_overrides is not None else "env/.env settings",
+        }
 
     async def _fall_back_to_cache(self) -> None:
         if self._last_overrides is not None or self._cache_path is None or not self._cache_path.exists():
@@ -242,13 +241,14 @@ class LiveConfig(Generic[SettingsT]):
                 log.exception("live_config.subscriber_failed", service=self._service, subscriber=repr(callback))
 
 
-def live_config_for(discovery: DiscoverySettings, *, service: str, data_dir: Path) -> LiveConfig[DynamicSettings]:
-    """``service``'s dynamic settings: env/.env, overridden from Consul KV when discovery is Consul.
+def live_config_for(
+    discovery: DiscoverySettings, dynamic: DynamicSettings, *, service: str, data_dir: Path
+) -> LiveConfig[DynamicSettings]:
+    """``service``'s dynamic settings: ``dynamic`` (env/.env, loaded once at start), overridden
+    from Consul KV when discovery is Consul.
 
     The last applied KV overrides are kept in ``data_dir`` so a restart while Consul is down
     comes back with them rather than with the env defaults.
     """
     consul = consul_address(discovery) if discovery.discovery == "consul" else None
-    return LiveConfig(
-        DynamicSettings(), service=service, consul=consul, cache_path=data_dir / f"{service}-live-config.json"
-    )
+    return LiveConfig(dynamic, service=service, consul=consul, cache_path=data_dir / f"{service}-live-config.json")

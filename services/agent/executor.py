@@ -98,11 +98,6 @@ class RunExecutor:
         task.cancel()
         return True
 
-    async def wait_idle(self) -> None:
-        """Wait until every admitted run has finished executing."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
-
     async def shutdown(self, *, grace_s: float) -> None:
         """Refuse new runs, give running ones ``grace_s`` to finish, interrupt the rest.
 

@@ -1,29 +1,38 @@
 """The read side: a run view and per-state counts, built only from run events.
 
-Fed live from the event bus and, after a restart or on demand, from the event log by
-cursor (``catch_up``), with the same idempotent ``apply``: each event id is applied once (the
-ledger commits with the view), and a run's row only moves forward in ``version``, so
-redelivered or reordered events cannot roll it back or double-count it. ``rebuild`` drops the
-view and replays the whole log, which yields exactly the live view.
+Fed live from the event bus and, after a restart and then every few seconds, from the event
+log's global feed by cursor (``catch_up``), with the same idempotent apply: each event id is
+applied once (the ledger commits with the view), and a run's row only moves forward in
+``version``, so redelivered or reordered events cannot roll it back or double-count it.
+``rebuild`` drops the view and replays the whole log, which yields exactly the live view.
 
-Replicas sharing a database share one view: each applying transaction takes the projection's
-lock first, so two replicas catching up at once never interleave a read-then-write of a row
-or a count (the ledger then makes the second one skip what the first applied).
+Replicas sharing a database share one view without a lock shared by all runs: a transaction
+applying a run's event takes that run's lock (``agent.run_view:<run_id>``; runs in sorted order,
+then count rows in sorted order, so two appliers never deadlock), so two replicas never
+interleave a read-then-write of one row. Queries read the view as it is: they never wait for
+it to catch up (GetRun reads the run's own row in the write model instead).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runtime.database import Database, Migration, Schema, Transaction
+import structlog
+
+from runtime.database import Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event
 from runtime.events.dedup import ProcessedEvents
 from services.agent.model import Run, RunEvent
-from services.agent.run_store import RunStore, run_event_from_event
+from services.agent.run_store import FeedPosition, RunStore, run_event_from_event
 from services.agent.state_machine import RunState
+
+log = structlog.get_logger(__name__)
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS run_view (
@@ -44,11 +53,16 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     sequence BIGINT NOT NULL
 );
 """
+# Version 2: the feed's cursor is (xid, position); a version-1 checkpoint N is (0, N), since the
+# events logged before the migration carry xid 0 and their old sequence as position.
+_V2 = "ALTER TABLE projection_checkpoints ADD COLUMN xid BIGINT NOT NULL DEFAULT 0;"
 SCHEMA = Schema(
     "agent.run_view",
-    (Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),),
+    (
+        Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),
+        Migration(2, sqlite=_V2, postgresql=_V2),
+    ),
 )
-_LOCK = "agent.run_view"
 
 
 class InvalidPageToken(ValueError):
@@ -94,35 +108,28 @@ class RunProjection:
 
     async def apply(self, event: Event) -> None:
         """Bus handler: apply one run event, at most once."""
-        run_event = run_event_from_event(event)
-        async with self._db.transaction() as tx:
-            await tx.lock(_LOCK)
-            checkpoint = await self._checkpoint(tx)
-            await self._apply(tx, run_event)
-            # In-order delivery (the usual case) keeps the catch-up cursor current, so a
-            # restart replays only what the bus had not delivered.
-            if run_event.sequence == checkpoint + 1:
-                await self._set_checkpoint(tx, run_event.sequence)
+        await self._apply_batch([run_event_from_event(event)])
 
     async def catch_up(self, store: RunStore, *, batch_size: int = 500) -> int:
-        """Apply every logged event after the checkpoint; returns how many were read."""
+        """Apply every logged event after the cursor, one transaction per batch; returns how many were read."""
         read = 0
         while True:
-            checkpoint = await self.checkpoint()
-            events = await store.events(after=checkpoint, limit=batch_size)
-            if not events:
+            cursor = await self.position()
+            entries = await store.feed(after=cursor, limit=batch_size)
+            if not entries:
                 return read
-            async with self._db.transaction() as tx:
-                await tx.lock(_LOCK)
-                for run_event in events:
-                    await self._apply(tx, run_event)
-                await self._set_checkpoint(tx, events[-1].sequence)
-            read += len(events)
+            await self._apply_batch([event for _, event in entries], position=entries[-1][0])
+            read += len(entries)
+
+    async def follow(self, store: RunStore, *, interval_s: float) -> None:
+        """Catch up every ``interval_s`` (forever): what the bus delivered is skipped, what it lost is applied."""
+        while True:
+            await self.catch_up(store)
+            await asyncio.sleep(interval_s)
 
     async def rebuild(self, store: RunStore) -> int:
         """Forget everything and replay the whole event log."""
         async with self._db.transaction() as tx:
-            await tx.lock(_LOCK)
             for table in ("run_view", "run_state_counts"):
                 await tx.execute(f"DELETE FROM {table}")
             await tx.execute("DELETE FROM projection_checkpoints WHERE name = :name", {"name": self.NAME})
@@ -133,34 +140,74 @@ class RunProjection:
         """Bound the event-id ledger; older duplicates are still absorbed by the version check."""
         return await self._processed.prune(older_than=older_than)
 
-    async def checkpoint(self) -> int:
+    async def position(self) -> FeedPosition:
+        """The feed cursor: every event at or before it has been applied."""
         row = await self._db.fetch_one(
-            "SELECT sequence FROM projection_checkpoints WHERE name = :name", {"name": self.NAME}
+            "SELECT xid, sequence FROM projection_checkpoints WHERE name = :name", {"name": self.NAME}
         )
-        return int(row[0]) if row else 0
+        return FeedPosition(int(row[0]), int(row[1])) if row else FeedPosition()
 
-    async def _checkpoint(self, tx: Transaction) -> int:
-        found = await tx.execute("SELECT sequence FROM projection_checkpoints WHERE name = :name", {"name": self.NAME})
-        return int(found.scalar() or 0)
+    async def _apply_batch(self, events: Sequence[RunEvent], *, position: FeedPosition | None = None) -> None:
+        """Apply ``events`` in one transaction: per run, only its newest unapplied version matters."""
+        # The ones the ledger already holds (applied from the bus) cost nothing more.
+        known = await self._applied([e.event_id for e in events])
+        fresh = [e for e in events if e.event_id not in known]
+        async with self._db.transaction() as tx:
+            claimed = await self._processed.claim_all(tx, [e.event_id for e in fresh])
+            newest: dict[str, Run] = {}
+            for event in fresh:
+                held = newest.get(event.run_id)
+                if event.event_id in claimed and (held is None or event.run.version > held.version):
+                    newest[event.run_id] = event.run
+            # Locks in one order everywhere (claims, runs, then count rows): appliers wait, never deadlock.
+            for run_id in sorted(newest):
+                await tx.lock(f"agent.run_view:{run_id}")
+            counts: Counter[str] = Counter()
+            for run_id, current in (await self._current(tx, sorted(newest))).items():
+                run = newest[run_id]
+                if current is not None and current[0] >= run.version:
+                    continue  # stale or already-applied version: the row already reflects it
+                await self._upsert(tx, run)
+                if current is None or current[1] != run.state:
+                    if current is not None:
+                        counts[current[1]] -= 1
+                    counts[str(run.state)] += 1
+            for state in sorted(counts):
+                if counts[state]:
+                    await self._count(tx, state, counts[state])
+            if position is not None:
+                await self._set_position(tx, position)
 
-    async def _set_checkpoint(self, tx: Transaction, sequence: int) -> None:
+    @staticmethod
+    async def _current(tx: Transaction, run_ids: list[str]) -> dict[str, tuple[int, str] | None]:
+        """Each run's (version, state) in the view, None for a run not in it yet."""
+        current: dict[str, tuple[int, str] | None] = dict.fromkeys(run_ids)
+        if run_ids:
+            wanted, params = in_list("r", run_ids)
+            found = await tx.execute(f"SELECT run_id, version, state FROM run_view WHERE run_id IN {wanted}", params)
+            current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
+        return current
+
+    async def _applied(self, event_ids: list[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        wanted, params = in_list("e", event_ids)
+        rows = await self._db.fetch_all(
+            f"SELECT event_id FROM processed_events WHERE consumer = :consumer AND event_id IN {wanted}",
+            {"consumer": f"projection:{self.NAME}", **params},
+        )
+        return {row[0] for row in rows}
+
+    async def _set_position(self, tx: Transaction, position: FeedPosition) -> None:
         await tx.execute(
-            "INSERT INTO projection_checkpoints (name, sequence) VALUES (:name, :sequence)"
-            " ON CONFLICT (name) DO UPDATE SET sequence = CASE"
-            " WHEN excluded.sequence > projection_checkpoints.sequence THEN excluded.sequence"
-            " ELSE projection_checkpoints.sequence END",
-            {"name": self.NAME, "sequence": sequence},
+            "INSERT INTO projection_checkpoints (name, xid, sequence) VALUES (:name, :xid, :position)"
+            " ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, sequence = excluded.sequence"
+            " WHERE (excluded.xid, excluded.sequence) > (projection_checkpoints.xid, projection_checkpoints.sequence)",
+            {"name": self.NAME, "xid": position.xid, "position": position.position},
         )
 
-    async def _apply(self, tx: Transaction, event: RunEvent) -> None:
-        if not await self._processed.claim(tx, event.event_id):
-            return
-        run = event.run
-        current = (
-            await tx.execute("SELECT version, state FROM run_view WHERE run_id = :run_id", {"run_id": run.run_id})
-        ).first()
-        if current is not None and current[0] >= run.version:
-            return  # stale or same-version (step) event: the row already reflects it
+    @staticmethod
+    async def _upsert(tx: Transaction, run: Run) -> None:
         await tx.execute(
             "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
             " VALUES (:run_id, :create_time, :state, :version, :snapshot)"
@@ -174,10 +221,6 @@ class RunProjection:
                 "snapshot": json.dumps(run.to_dict()),
             },
         )
-        if current is None or current[1] != run.state:
-            if current is not None:
-                await self._count(tx, current[1], -1)
-            await self._count(tx, run.state, +1)
 
     @staticmethod
     async def _count(tx: Transaction, state: str, delta: int) -> None:

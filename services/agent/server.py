@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
+from runtime.assembly import Assembly, assembling
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import Database, open_database, wait_until_reachable
 from runtime.discovery.factory import build_upstreams
-from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
 from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
@@ -21,20 +21,18 @@ from runtime.events.redis_streams import RedisStreamsEventBus
 from runtime.instance import claim_instance_id
 from runtime.lifespan import Lifespan
 from runtime.live_config.enforce import follow_live_config
-from runtime.live_config.kv import live_config_for
-from runtime.middleware import Middleware
+from runtime.live_config.settings import DynamicSettings
 from runtime.resilience import upstream_guards
-from runtime.security import auth_interceptor
 from runtime.settings_errors import InvalidSetting
 from services.agent.budget import ToolBudget
 from services.agent.config import AgentSettings
-from services.agent.decision import load_decision_engine
+from services.agent.decision import WarmsUp, load_decision_engine
 from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
 from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 
@@ -77,28 +75,24 @@ async def build(
     settings: AgentSettings,
     discovery: DiscoverySettings | None = None,
     *,
+    dynamic: DynamicSettings | None = None,
     span_processors: Sequence[SpanProcessor] = (),
 ) -> ServerPlan:
-    # Everything opened below registers its close on `life`, where it is opened; a failure
-    # half-way closes what was opened (runtime/lifespan.py).
-    async with Lifespan.opening() as life:
-        return await _assemble(life, settings, discovery or DiscoverySettings(), span_processors)
-
-
-async def _assemble(
-    life: Lifespan, settings: AgentSettings, discovery: DiscoverySettings, span_processors: Sequence[SpanProcessor]
-) -> ServerPlan:
-    # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
-    # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
-    live_config = live_config_for(discovery, service="agent", data_dir=settings.data_dir)
-    middleware = Middleware.start(
+    # Everything opened below registers its close on the assembly's lifespan, where it is
+    # opened; a failure half-way closes what was opened (runtime/lifespan.py).
+    async with assembling(
         settings,
         service="agent",
-        auth=auth_interceptor(settings.auth, service="agent"),
+        discovery=discovery,
+        dynamic=dynamic,
         span_processors=span_processors,
         database_url=settings.database_url,
-    )
-    life.on_close(middleware.close, name="middleware")
+    ) as service:
+        return await _assemble(service, settings)
+
+
+async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
+    life, chains = service.life, service.chains
     db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
     store = RunStore(db, outbox)
@@ -128,20 +122,20 @@ async def _assemble(
     guards = upstream_guards(
         settings.upstream_resilience,
         target_of=lambda _method: "rag",
-        on_state_change=middleware.metrics.breaker_state_changed,
+        on_state_change=chains.metrics.breaker_state_changed,
         service_token_file=settings.service_token_file,
     )
     # Retries are the retry interceptor's alone (it honours RetryInfo, the deadline and the
     # breaker); the channels add no service-config retryPolicy on top.
     upstreams = await build_upstreams(
-        discovery,
+        service.discovery,
         static={"rag": settings.rag_endpoints},
-        interceptors=middleware.client_interceptors(
+        interceptors=chains.client_interceptors(
             forwarding=guards.forwarding, retry=guards.retry, circuit_breaker=guards.circuit_breaker
         ),
     )
     life.on_close(upstreams.close, name="upstreams")
-    await follow_live_config(live_config, breakers=guards.breakers, upstreams=upstreams)
+    await follow_live_config(service.live_config, breakers=guards.breakers, upstreams=upstreams)
     try:
         engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
     except (ValueError, TypeError, ImportError, AttributeError) as error:
@@ -151,6 +145,9 @@ async def _assemble(
             f" {error}"
         ) from None
     life.on_close(engine.close, name="decision engine")
+    if isinstance(engine, WarmsUp):
+        # A model (seconds to load) is ready before the first run, not inside its decision timeout.
+        await engine.warm_up()
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,
@@ -193,23 +190,15 @@ async def _assemble(
         )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+        # Keeps the read model's cursor current and applies what the bus did not deliver.
+        life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.
         for run_id in await workflow.recover():
             executor.resume(run_id)
 
-    plan = ServerPlan(
-        settings=settings,
-        bindings=[
-            ServiceBinding(
-                SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
-            )
-        ],
-        interceptors=middleware.server_interceptors,
-        lifespan=life,
-    )
     life.on_started(start_background)
-    add_registration(plan, discovery, service="agent")
-    live_config.attach(plan)
-    return plan
+    return service.plan(
+        [ServiceBinding(SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s))]
+    )

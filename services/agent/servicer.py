@@ -4,9 +4,12 @@
   background worker. When workers and backlog are full it is RESOURCE_EXHAUSTED with RetryInfo.
 - CancelRun and SubmitReview are state transitions checked by the state machine; a refused
   one is FAILED_PRECONDITION naming both states.
-- GetRun, ListRuns and GetRunStats read the run projection. Before reading, the projection
-  catches up with the event log if it is behind, so a caller reads its own writes.
-- WatchRun streams the run's event log after a cursor, then follows new commits live. It ends
+- GetRun reads the run's own row (the write model), so a run is found at once on any replica
+  after CreateRun returned it. ListRuns and GetRunStats read the run projection as it is: they
+  never wait for it to catch up (it follows the log within moments).
+- A command that kept losing races for one run (another writer changed it each time) is ABORTED
+  with RetryInfo: nothing was written, retrying is safe.
+- WatchRun streams the run's own event stream after a version, then follows new commits live. It ends
   once the run is terminal and its saga has settled (a cancelled run is compensated after it
   is CANCELLED, each compensation an event), so its last message is the run's last event.
 """
@@ -25,6 +28,7 @@ from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from interceptors.identity import current_caller
 from interceptors.tracing import capture_trace
 from rpcstatus.errors import (
+    aborted,
     api_errors,
     api_errors_stream,
     failed_precondition,
@@ -43,8 +47,8 @@ from services.agent.messages import (
     state_to_proto,
 )
 from services.agent.projections import InvalidPageToken, RunProjection
-from services.agent.run_store import RequestIdReused, RunNotFound, RunStore
-from services.agent.saga import SagaLog
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore
+from services.agent.saga_log import SagaLog
 from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 
@@ -66,6 +70,12 @@ def _domain_errors() -> Iterator[None]:
         src, dst = proto_state_name(error.from_state), proto_state_name(error.to_state)
         raise failed_precondition(
             f"the run is {src}; there is no transition {src} -> {dst}", from_state=src, to_state=dst
+        ) from None
+    except ConcurrentUpdate as error:
+        raise aborted(
+            f"run {error.run_id!r} kept changing while this request was applied (nothing was changed); retry it",
+            retry_after_s=0.05,
+            reason="CONCURRENT_UPDATE",
         ) from None
 
 
@@ -166,19 +176,13 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
 
     # -- queries -------------------------------------------------------------------------
 
-    async def _read_model(self) -> RunProjection:
-        if await self._projection.checkpoint() < await self._store.last_sequence():
-            await self._projection.catch_up(self._store)
-        return self._projection
-
     @api_errors
     async def GetRun(
         self, request: agent_service_pb2.GetRunRequest, context: Context
     ) -> agent_service_pb2.GetRunResponse:
         validate_run_id(request.run_id)
-        run = await (await self._read_model()).get(request.run_id)
-        if run is None:
-            raise not_found("run", request.run_id)
+        with _domain_errors():
+            run = await self._store.get(request.run_id)
         return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
 
     @api_errors
@@ -186,9 +190,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.ListRunsRequest, context: Context
     ) -> agent_service_pb2.ListRunsResponse:
         page_size = validate_list(request)
-        projection = await self._read_model()
         try:
-            runs, token = await projection.page(
+            runs, token = await self._projection.page(
                 state=state_from_proto(request.state), page_size=page_size, page_token=request.page_token
             )
         except InvalidPageToken as error:
@@ -199,7 +202,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def GetRunStats(
         self, request: agent_service_pb2.GetRunStatsRequest, context: Context
     ) -> agent_service_pb2.GetRunStatsResponse:
-        counts = await (await self._read_model()).counts()
+        counts = await self._projection.counts()
         return agent_service_pb2.GetRunStatsResponse(
             counts=[
                 agent_service_pb2.GetRunStatsResponse.StateCount(state=state_to_proto(state), count=count)
@@ -221,7 +224,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         while True:
             # Taken before reading, so a commit between the read and the wait still wakes us.
             next_commit = self._store.next_commit()
-            events = await self._store.events(after=cursor, run_id=request.run_id)
+            events = await self._store.events(request.run_id, after=cursor)
             for event in events:
                 yield agent_service_pb2.WatchRunResponse(event=event_to_proto(event))
                 cursor = event.sequence

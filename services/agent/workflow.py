@@ -24,7 +24,8 @@ from services.agent.decision import Decision, DecisionEngine, DecisionRequest, P
 from services.agent.model import Citation, Run
 from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
 from services.agent.run_store import RunStore
-from services.agent.saga import Saga, SagaLeased, SagaLog, SagaStatus, SagaStep, StepContext
+from services.agent.saga import Saga, SagaStep, StepContext
+from services.agent.saga_log import SagaLeased, SagaLog, SagaStatus
 from services.agent.state_machine import IllegalTransition, RunState
 
 log = structlog.get_logger(__name__)

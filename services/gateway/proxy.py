@@ -36,7 +36,7 @@ from interceptors.outcome import request_metadata
 from interceptors.retry import Retrier
 from interceptors.tracing import OutgoingTrace
 from runtime.bootstrap import ServiceBinding
-from runtime.upstreams import Upstreams
+from runtime.discovery.upstreams import Upstreams
 from services.gateway.routing import Route
 
 log = structlog.get_logger(__name__)

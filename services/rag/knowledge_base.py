@@ -27,9 +27,9 @@ import structlog
 from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable
 from runtime.database.sqlite import SQLiteDatabase
+from runtime.embedding import Embedder
 from services.rag.bm25_index import tokenize
 from services.rag.chunking import ChunkingOptions, ContentType, chunk_document
-from services.rag.embedding import Embedder
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
 from services.rag.follower import FollowerMetrics
 from services.rag.snapshot import DenseModel, Hit, IndexSnapshot, Mode, build_snapshot

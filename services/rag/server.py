@@ -8,18 +8,15 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import SpanProcessor
 
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
+from runtime.assembly import assembling
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import open_database, wait_until_reachable
-from runtime.discovery.server_hooks import add_registration
 from runtime.discovery.settings import DiscoverySettings
-from runtime.lifespan import Lifespan
-from runtime.live_config.kv import live_config_for
-from runtime.middleware import Middleware
+from runtime.embedding import Embedder, MiniLmEmbedder
+from runtime.live_config.settings import DynamicSettings
 from runtime.processes import current_worker
-from runtime.security import auth_interceptor
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.embedding import Embedder, MiniLmEmbedder
 from services.rag.follower import FollowerMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
@@ -33,20 +30,13 @@ async def build(
     settings: RagSettings,
     discovery: DiscoverySettings | None = None,
     *,
+    dynamic: DynamicSettings | None = None,
     span_processors: Sequence[SpanProcessor] = (),
 ) -> ServerPlan:
-    discovery = discovery or DiscoverySettings()
-    async with Lifespan.opening() as life:
-        # Dynamic settings (rate limits, breaker thresholds, route weights, flags); what enforces
-        # them subscribes here: `live_config.subscribe(on_change)`, `live_config.current`.
-        live_config = live_config_for(discovery, service="rag", data_dir=settings.data_dir)
-        middleware = Middleware.start(
-            settings,
-            service="rag",
-            auth=auth_interceptor(settings.auth, service="rag"),
-            span_processors=span_processors,
-        )
-        life.on_close(middleware.close, name="middleware")
+    async with assembling(
+        settings, service="rag", discovery=discovery, dynamic=dynamic, span_processors=span_processors
+    ) as service:
+        chains, life = service.chains, service.life
         embedder: Embedder | None = None
         if settings.dense_enabled:
             # Loading torch and the model takes seconds: off the event loop.
@@ -69,7 +59,7 @@ async def build(
             database=database,
             # Workers of one instance share its data dir: each saves its own indexes.
             index_name="index" if worker.index == 0 else f"index-worker-{worker.index}",
-            metrics=FollowerMetrics(middleware.metrics.registry),
+            metrics=FollowerMetrics(chains.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(
@@ -91,16 +81,6 @@ async def build(
 
         life.on_started(load_knowledge)
         servicer = RagServicer(knowledge, settings)
-        plan = ServerPlan(
-            settings=settings,
-            bindings=[
-                ServiceBinding(
-                    SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s)
-                )
-            ],
-            interceptors=middleware.server_interceptors,
-            lifespan=life,
+        return service.plan(
+            [ServiceBinding(SERVICE_NAME, lambda s: rag_service_pb2_grpc.add_RagServiceServicer_to_server(servicer, s))]
         )
-        add_registration(plan, discovery, service="rag")
-        live_config.attach(plan)
-        return plan

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from runtime.discovery.consul_client import ConsulAddress
-from tests.doubles.consul_agent import ConsulAgentDouble
+from tools.consul_double import ConsulAgentDouble
 
 REAL_AGENT_ENV = "CONSUL_HTTP_ADDR"
 

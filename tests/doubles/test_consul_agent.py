@@ -18,9 +18,9 @@ import pytest
 import trustme
 
 from runtime.discovery.consul_client import ConsulAddress, open_consul
-from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
+from tools.consul_double import ConsulAgentDouble
 
 WAIT = 20.0  # generous: checks run on their own schedule on a loaded machine
 
@@ -213,7 +213,7 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
 async def test_the_double_runs_as_a_standalone_process_for_make_run() -> None:
     port = await asyncio.to_thread(_free_port)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.doubles.consul_agent", "--port", str(port), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "tools.consul_double", "--port", str(port), stdout=asyncio.subprocess.PIPE
     )
     try:
         assert process.stdout is not None

@@ -17,8 +17,8 @@ from interceptors._typing import Context
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.chain import server_chain
 from interceptors.deadline import DeadlineInterceptor
-from interceptors.decode import DecodeRequests
-from interceptors.drain import DrainGate
+from interceptors.decode import DecodeInterceptor
+from interceptors.drain import DrainInterceptor
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
 from interceptors.layer import Check, Concern, MethodInfo, ServerChain
 from interceptors.metrics import Metrics, MetricsInterceptor
@@ -69,10 +69,10 @@ def test_the_parts_come_in_the_documented_order() -> None:
         AccessLogInterceptor,
         RecoveryInterceptor,
         DeadlineInterceptor,
-        DrainGate,
+        DrainInterceptor,
     ]
     assert chain.concerns[6:8] == (auth, rate_limit)
-    assert type(chain.concerns[8]) is DecodeRequests
+    assert type(chain.concerns[8]) is DecodeInterceptor
     assert chain.concerns[9] is idempotency
 
 

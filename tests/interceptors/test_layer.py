@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from interceptors._typing import Context
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.chain import server_chain
-from interceptors.drain import DrainGate
+from interceptors.drain import DrainInterceptor
 from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
 from interceptors.layer import Check, Concern, MethodInfo, Observe, ServerChain, steps_for
 from interceptors.metrics import Metrics
@@ -38,7 +38,7 @@ def _info(name: str, *, streaming: bool = False) -> MethodInfo:
     return MethodInfo(name, service, method, False, streaming)
 
 
-def _observed_chain(drain: DrainGate) -> tuple[ServerChain, InMemorySpanExporter, CollectorRegistry]:
+def _observed_chain(drain: DrainInterceptor) -> tuple[ServerChain, InMemorySpanExporter, CollectorRegistry]:
     exporter, registry = InMemorySpanExporter(), CollectorRegistry()
     chain = server_chain(
         tracing=setup_tracing(service_name="probe", span_processors=[SimpleSpanProcessor(exporter)]),
@@ -56,7 +56,7 @@ def _handled(registry: CollectorRegistry, code: str) -> float:
 
 
 async def test_a_drain_refusal_is_traced_counted_and_logged(probe: Probe) -> None:
-    drain = DrainGate()
+    drain = DrainInterceptor()
     chain, exporter, registry = _observed_chain(drain)
     async with serve(probe, [chain]) as client:
         drain.draining = True
@@ -75,7 +75,7 @@ async def test_a_drain_refusal_is_traced_counted_and_logged(probe: Probe) -> Non
 
 
 async def test_an_undecodable_request_is_refused_traced_counted_and_logged(probe: Probe) -> None:
-    chain, exporter, registry = _observed_chain(DrainGate())
+    chain, exporter, registry = _observed_chain(DrainInterceptor())
     async with serve(probe, [chain]) as client:
         raw = client.channel.unary_unary(DO)  # bytes in, bytes out: nothing encodes the request
         with capture_logs(processors=[add_trace_context]) as logs:
@@ -226,7 +226,7 @@ def test_registered_methods_become_one_compiled_table_that_grpc_asks_first() -> 
 
 def test_the_metadata_grpc_built_for_the_lookup_is_what_the_chain_reads() -> None:
     server = _RecordingServer()
-    registrar: Any = ServerChain([DrainGate()]).registrar(server)  # type: ignore[arg-type]
+    registrar: Any = ServerChain([DrainInterceptor()]).registrar(server)  # type: ignore[arg-type]
     registrar.add_registered_method_handlers(
         "pkg.Service", {"Do": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
     )

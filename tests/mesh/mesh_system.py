@@ -34,6 +34,7 @@ from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
 from tests.mesh.conftest import LOOPBACK, MeshCerts, TokenIssuer
+from tests.system import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Builds an app given where it reaches each callee (its sidecar's outbound listeners).
@@ -75,7 +76,13 @@ async def running_mesh(
     async with AsyncExitStack() as stack:
 
         async def instance(
-            name: str, service: str, version: str, upstreams: dict[str, dict[str, list[Address]]], build: Build
+            name: str,
+            service: str,
+            version: str,
+            upstreams: dict[str, dict[str, list[Address]]],
+            build: Build,
+            *,
+            app_http: Address | None = None,
         ) -> Address:
             """The app on a port of its own, then its sidecar in front of it; the sidecar's inbound address."""
             outbound = {callee: _held_port(stack) for callee in upstreams}
@@ -85,7 +92,7 @@ async def running_mesh(
                 config = sidecar_bootstrap(
                     policy, service=service, version=version, app=Address(LOOPBACK, app_port),
                     inbound=Address(LOOPBACK, 0), admin_port=0,
-                    outbound_ports=outbound, upstreams=upstreams, certs=certs(service),
+                    outbound_ports=outbound, upstreams=upstreams, certs=certs(service), app_http=app_http,
                 )  # fmt: skip
                 envoy = EnvoyProcess(config, workdir=work_dir, name=f"{name}-sidecar")
                 await stack.enter_async_context(envoy)
@@ -120,11 +127,17 @@ async def running_mesh(
             for version in policy.services["agent"].versions
         }
 
+        # The gateway's HTTP side (MCP, the Agent Card), where the edge's http_routes go.
+        gateway_http = Address(LOOPBACK, free_port())
+
         async def gateway_app(outbound: dict[str, str]) -> ServerPlan:
             backends = {callee: [address] for callee, address in outbound.items()}
-            return await build_gateway(GatewaySettings.model_validate({"backends": backends, **quick}), BEHIND_SIDECAR)
+            settings = {"backends": backends, "http_port": gateway_http.port, **quick}
+            return await build_gateway(GatewaySettings.model_validate(settings), BEHIND_SIDECAR)
 
-        gateway_inbound = await instance("gateway-v1", "gateway", "v1", {"agent": agents, **rag}, gateway_app)
+        gateway_inbound = await instance(
+            "gateway-v1", "gateway", "v1", {"agent": agents, **rag}, gateway_app, app_http=gateway_http
+        )
 
         edge = EnvoyProcess(
             edge_bootstrap(

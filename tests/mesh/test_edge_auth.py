@@ -16,9 +16,12 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import grpc
+import httpx2
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
@@ -208,3 +211,44 @@ async def test_behind_the_edge_the_gateway_still_refuses_a_call_without_a_token(
             await agent_grpc.AgentServiceStub(around_the_edge).CreateRun(_create(), timeout=10)
 
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_mcp_client_calls_a_tool_through_the_edge(
+    mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
+) -> None:
+    """The mcp SDK's own client, over HTTPS to the edge, which routes /mcp to the gateway's HTTP side."""
+    context = ssl.create_default_context(cafile=str(mesh_certs("edge").ca))
+    headers = {"authorization": f"Bearer {token_issuer.token()}"}
+    url = f"https://localhost:{mesh.edge.port}/mcp"
+    async with (
+        httpx2.AsyncClient(headers=headers, verify=context, timeout=20) as client,
+        Client(streamable_http_client(url, http_client=client)) as mcp,
+    ):
+        tools = {tool.name for tool in (await mcp.list_tools()).tools}
+        created = await mcp.call_tool("AgentService_CreateRun", {"question": "How long do refunds take?"})
+
+    assert "AgentService_CreateRun" in tools
+    assert not created.is_error, created.content
+    assert created.structured_content["run"]["creator"] == "mesh-test-user"
+
+
+async def test_mcp_without_a_token_is_401_with_a_bearer_challenge_at_the_edge(
+    mesh: MeshSystem, http: aiohttp.ClientSession
+) -> None:
+    edge_proxy = mesh.envoys["edge"]
+    forwarded_before = await edge_proxy.stat("cluster.gateway_v1.upstream_rq_total")
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    async with http.post("/mcp", json=request, headers={"accept": "application/json, text/event-stream"}) as response:
+        assert response.status == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert await edge_proxy.stat("cluster.gateway_v1.upstream_rq_total") == forwarded_before
+
+
+async def test_the_mcp_resource_metadata_is_public_at_the_edge(http: aiohttp.ClientSession) -> None:
+    """Where an MCP client without a token learns whose token to bring (RFC 9728 well-known URI)."""
+    async with http.get("/.well-known/oauth-protected-resource/mcp") as response:
+        assert response.status == 200
+        metadata = await response.json()
+
+    assert metadata["resource"].endswith("/mcp")
+    assert [server.rstrip("/") for server in metadata["authorization_servers"]] == [load_policy().jwt.issuer]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.launcher import app_env
 from mesh.policy import Policy
 from runtime.security import AuthSettings
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
+from tools.mesh_launcher import app_env, console_stack, listening_ports
 
 SQLITE = LocalStore("sqlite")
 
@@ -30,6 +30,9 @@ def test_the_gateway_reaches_agent_and_rag_through_its_sidecars_outbound_ports(p
     }
     assert env["AGENTMESH_GATEWAY_PORT"] == str(ports.app)
     assert env["AGENTMESH_GATEWAY_HOST"] == "127.0.0.1"
+    # Its HTTP side (MCP, the Agent Card) where its sidecar sends the edge's http_routes.
+    assert env["AGENTMESH_GATEWAY_HTTP_PORT"] == str(ports.http)
+    assert env["AGENTMESH_GATEWAY_HTTP_PUBLIC_URL"] == f"https://localhost:{policy.local.edge.port}"
 
 
 def test_each_agent_version_reaches_rag_through_its_own_sidecar(policy: Policy, auth: DevAuth) -> None:
@@ -43,6 +46,7 @@ def test_no_app_listens_where_a_sidecar_or_another_app_does(policy: Policy) -> N
     ports = [policy.local.edge.port, policy.local.edge.admin]
     for instance in policy.local.instances.values():
         ports += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+        ports += [] if instance.http is None else [instance.http]
     assert len(ports) == len(set(ports))
 
 
@@ -107,3 +111,19 @@ def test_every_instance_exports_metrics_on_its_own_port_and_spans_to_the_console
         ports.add(env[f"AGENTMESH_{service}_METRICS_PORT"])
         assert env[f"AGENTMESH_{service}_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
     assert len(ports) == len(policy.local.instances)  # agent v1 and v2 side by side
+
+
+def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_the_policy_sets_it(
+    policy: Policy, auth: DevAuth
+) -> None:
+    checked = dict(listening_ports(policy, console_stack(policy, auth)))
+    layout = [policy.local.edge.port, policy.local.edge.admin]
+    for instance in policy.local.instances.values():
+        layout += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+
+    assert set(layout) <= set(checked)
+    assert all("mesh/policy.yaml" in checked[port] for port in layout)
+    assert (
+        checked[policy.local.instances["rag-v1"].app]
+        == "local.instances.rag-v1.app in mesh/policy.yaml, then `make mesh-render`"
+    )

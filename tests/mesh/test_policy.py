@@ -56,6 +56,13 @@ def test_a_public_method_must_be_one_the_edge_may_call() -> None:
         Policy.model_validate(raw)
 
 
+def test_edge_http_routes_need_the_upstreams_http_port() -> None:
+    raw = _raw()
+    del raw["local"]["instances"]["gateway-v1"]["http"]  # type: ignore[index]
+    with pytest.raises(ValidationError, match="need an http port on every gateway instance"):
+        Policy.model_validate(raw)
+
+
 def test_the_last_route_must_catch_every_method() -> None:
     raw = _raw()
     raw["services"]["rag"]["routes"].pop()  # type: ignore[index]

@@ -16,6 +16,8 @@ from pydantic_settings import SettingsConfigDict
 
 from runtime.bootstrap import ServerPlan, run_service
 from runtime.config import ServiceSettings
+from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config.settings import DynamicSettings
 
 
 class SlowSettings(ServiceSettings):
@@ -41,7 +43,7 @@ async def ticks(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> 
         await asyncio.sleep(0.2)
 
 
-async def build(settings: SlowSettings) -> ServerPlan:
+async def build(settings: SlowSettings, discovery: DiscoverySettings, *, dynamic: DynamicSettings) -> ServerPlan:
     handler = grpc.method_handlers_generic_handler(
         "test.Slow",
         {

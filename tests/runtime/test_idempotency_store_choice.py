@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from interceptors.idempotency import PostgresStore, SQLiteStore
-from runtime.middleware import _store
+from runtime.chains import _store
 from runtime.settings_errors import InvalidSetting
 from services.agent.config import AgentSettings
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from runtime.bootstrap import server_options
+from runtime.channel_options import CHANNEL_OPTIONS
 from runtime.config import ServiceSettings
-from runtime.upstreams import CHANNEL_OPTIONS
 
 
 def test_servers_accept_the_keepalive_pings_our_channels_send() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ READ_TIME = [
     ("gateway", "AGENTMESH_GATEWAY_PORT", "abc", "AGENTMESH_GATEWAY_PORT: Input should be a valid integer"),
     ("gateway", "AGENTMESH_GATEWAY_ROUTES", "agent", "AGENTMESH_GATEWAY_ROUTES: not valid JSON"),
     ("gateway", "AGENTMESH_GATEWAY_TLS", "{}", "AGENTMESH_GATEWAY_TLS: cert_file: Field required, key_file"),
+    ("gateway", "AGENTMESH_GATEWAY_HTTP_PORT", "99999", "expected an integer from 0 to 65535"),
+    ("gateway", "AGENTMESH_GATEWAY_MCP_TOOLS", "Search", "AGENTMESH_GATEWAY_MCP_TOOLS: not valid JSON"),
     ("gateway", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES", "x", "AGENTMESH_BREAKER__CONSECUTIVE_FAILURES: "),
     ("agent", "AGENTMESH_AGENT_LOG_LEVEL", "LOUD", "expected one of DEBUG, INFO, WARNING, ERROR"),
     ("agent", "AGENTMESH_AGENT_WORKERS", "0", "AGENTMESH_AGENT_WORKERS: Input should be greater than or equal to 1"),
@@ -115,3 +118,13 @@ async def test_a_setting_that_fails_the_build_is_one_line_naming_it(
     [line] = [line for line in lines if _not_a_log_line(line)]
     assert line.startswith(says)
     assert lines[-1] == line
+
+
+async def test_an_http_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        lines = await start_and_refuse("gateway", "AGENTMESH_GATEWAY_HTTP_PORT", port, tmp_path)
+    [line] = [line for line in lines if _not_a_log_line(line)]
+    assert line.startswith(f"AGENTMESH_GATEWAY_HOST, AGENTMESH_GATEWAY_HTTP_PORT: cannot listen on 127.0.0.1:{port}")

@@ -13,7 +13,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from tests.services.agent.runs import settled_run
+from tests.services.agent.runs import listed_once, settled_run
 from tests.system import REPO
 
 KNOWLEDGE = [
@@ -95,6 +95,7 @@ async def test_list_runs_pages_newest_first_and_filters_by_state(gateway_channel
     created = [
         (await agent.CreateRun(agent_pb.CreateRunRequest(question=f"question {i}?"))).run.run_id for i in range(5)
     ]
+    await listed_once(agent, created)
     seen: list[str] = []
     token = ""
     pages = 0
@@ -110,7 +111,7 @@ async def test_list_runs_pages_newest_first_and_filters_by_state(gateway_channel
     assert pages == 3
     for run_id in created:
         await settled_run(agent, run_id)
-    completed = await agent.ListRuns(agent_pb.ListRunsRequest(state=run_pb2.Run.STATE_COMPLETED))
+    completed = await listed_once(agent, created, agent_pb.ListRunsRequest(state=run_pb2.Run.STATE_COMPLETED))
     assert len(completed.runs) == 5
     cancelled = await agent.ListRuns(agent_pb.ListRunsRequest(state=run_pb2.Run.STATE_CANCELLED))
     assert list(cancelled.runs) == []
@@ -122,7 +123,7 @@ async def test_create_run_with_the_same_request_id_returns_the_first_run(gateway
     first = (await agent.CreateRun(request)).run
     second = (await agent.CreateRun(request)).run
     assert first.run_id == second.run_id
-    listed = await agent.ListRuns(agent_pb.ListRunsRequest())
+    listed = await listed_once(agent, [first.run_id])
     assert [r.run_id for r in listed.runs] == [first.run_id]
 
 

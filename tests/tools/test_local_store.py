@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
+from tests.system import REPO
 from tools.local_store import STORE_SETTING, local_store, store_kind
 from tools.postgres_local import LocalPostgres, installed
 
@@ -52,4 +57,42 @@ async def test_postgres_runs_for_the_run_with_a_database_for_each_stateful_servi
         cluster.port = int(store.env["AGENTMESH_AGENT_DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])
         assert cluster.psql("SELECT current_database()", database="agent").strip() == "agent"
 
+    assert not cluster.running()
+
+
+HOLD_THE_STORE = """
+import asyncio, sys
+from pathlib import Path
+from tests.system import REPO
+from tools.local_store import local_store
+
+async def main() -> None:
+    async with local_store(Path(sys.argv[1])) as store:
+        print(store.env["AGENTMESH_AGENT_DATABASE_URL"], flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_server_stops_when_the_launcher_is_killed(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not installed():
+        pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+    monkeypatch.setenv(STORE_SETTING, "postgres")
+    monkeypatch.delenv("AGENTMESH_AGENT_DATABASE_URL", raising=False)
+    cluster = LocalPostgres(repo_dir / "var" / "postgres")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_STORE, str(repo_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    ) as launcher:
+        assert launcher.stdout is not None
+        assert launcher.stdout.readline().startswith("postgresql://")
+        assert cluster.running()
+        server = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+
+        launcher.kill()  # SIGKILL: the launcher stops nothing itself
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(server).wait(60)  # raises TimeoutExpired while the server lives on
     assert not cluster.running()

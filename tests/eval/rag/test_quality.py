@@ -9,16 +9,20 @@ from services.rag.chunking import ChunkingOptions
 
 
 async def test_bm25_keeps_its_recall_and_mrr_on_the_evaluation_set() -> None:
-    results = await evaluate(dense=False, chunking=ChunkingOptions())
-    bm25 = results["metrics"]["bm25"]["all"]
-    assert bm25["recall@5"] >= 0.93
-    assert bm25["mrr@10"] >= 0.88
+    results = await evaluate(dense=False, chunking=ChunkingOptions(), answers=False)
+    bm25 = results["metrics"]["bm25"]["held-out"]
+    assert bm25["recall@5"] >= 0.96
+    assert bm25["mrr@10"] >= 0.90
 
 
-async def test_the_extractive_engine_keeps_its_answer_quality_over_bm25() -> None:
-    answers = (await evaluate(dense=False, chunking=ChunkingOptions()))["answers"]["bm25/lexical"]
-    assert answers["answered"] >= 0.68
-    assert answers["off_topic"] <= 0.18
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_the_default_engine_keeps_its_held_out_answer_quality_over_bm25() -> None:
+    # Floors a little under the committed held-out figures; the settings were chosen on the tuning half.
+    held_out = (await evaluate(dense=False, chunking=ChunkingOptions()))["answers"]["bm25/extractive"]["held-out"]
+    assert held_out["right"] >= 0.60
+    assert held_out["answered_but_wrong"] <= 0.10
+    assert held_out["abstention_recall"] >= 0.75
 
 
 @pytest.mark.slow

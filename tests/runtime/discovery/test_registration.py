@@ -13,10 +13,10 @@ import pytest
 from runtime.backoff import Backoff
 from runtime.discovery.consul_client import ConsulAddress, open_consul
 from runtime.discovery.registration import ConsulRegistrar, ServiceRegistration
-from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
 from tests.runtime.log_events import log_events
+from tools.consul_double import ConsulAgentDouble
 
 FAST_CHECKS = {"check_interval": 0.2, "check_timeout": 1.0}
 

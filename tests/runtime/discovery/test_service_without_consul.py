@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 from runtime.discovery.consul_client import ConsulAddress, open_consul
-from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.system import spawn_serving
+from tools.consul_double import ConsulAgentDouble
 
 
 async def test_rag_serves_while_consul_is_down_and_registers_when_it_returns(

@@ -13,9 +13,9 @@ from runtime.backoff import Backoff
 from runtime.discovery.consul_client import ConsulAddress, open_consul
 from runtime.live_config.kv import LiveConfig, kv_prefix, overrides_from_kv
 from runtime.live_config.settings import DynamicSettings
-from tests.doubles.consul_agent import ConsulAgentDouble
 from tests.doubles.consul_fixtures import ConsulUnderTest
 from tests.runtime.log_events import log_events
+from tools.consul_double import ConsulAgentDouble
 
 Change = tuple[DynamicSettings, DynamicSettings]
 

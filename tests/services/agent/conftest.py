@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -12,12 +13,13 @@ import pytest
 from aiohttp import web
 
 from runtime.database import Database, open_database, wait_until_reachable
+from runtime.embedding import shared_minilm
 from runtime.events.outbox import Outbox
 from runtime.security import AuthSettings
 from services.agent.budget import ToolBudget
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
-from services.agent.saga import SagaLog
+from services.agent.saga_log import SagaLog
 from tests.runtime.events.redis_server import redis_server
 from tools.dev_tokens import generate_private_key, mint, public_jwk
 
@@ -60,6 +62,16 @@ async def close_stores(stores: Stores) -> None:
     if stores.read_db is not stores.db:
         await stores.read_db.close()
     await stores.db.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sentence_model() -> None:
+    """Load the default engine's model once per test process, as the agent server does before it serves.
+
+    Otherwise the first decision of a run would spend its decision timeout loading torch.
+    """
+    with contextlib.suppress(ImportError):  # without the dense extra the engine scores lexically
+        shared_minilm()
 
 
 @pytest.fixture

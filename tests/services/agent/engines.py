@@ -51,7 +51,7 @@ class SlowEngine:
 
     def __init__(self, *, delay_s: float = 30.0) -> None:
         self._delay_s = delay_s
-        self._inner = ExtractiveDecisionEngine()
+        self._inner = ExtractiveDecisionEngine(semantic=False)
 
     async def decide(self, request: DecisionRequest) -> Decision:
         await asyncio.sleep(self._delay_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.agent.v1 import run_pb2
@@ -34,3 +36,21 @@ async def until_step(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, step:
             stream.cancel()
             return
     raise AssertionError(f"the run ended before step {step}")
+
+
+async def listed_once(
+    agent: agent_grpc.AgentServiceAsyncStub, run_ids: list[str], request: agent_pb.ListRunsRequest | None = None
+) -> agent_pb.ListRunsResponse:
+    """The first ListRuns page that holds every run of ``run_ids``.
+
+    ListRuns reads the read model, which follows the log within moments rather than waiting
+    for it (GetRun finds a new run at once): a test waits for the runs it just created.
+    """
+    request = request or agent_pb.ListRunsRequest()
+    page = agent_pb.ListRunsResponse()
+    for _ in range(200):
+        page = await agent.ListRuns(request, timeout=5)
+        if set(run_ids) <= {r.run_id for r in page.runs}:
+            return page
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ListRuns did not list {run_ids} within 10 s: {[r.run_id for r in page.runs]}")

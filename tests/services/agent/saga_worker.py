@@ -52,7 +52,7 @@ class Engine:
         if self._hang:
             announce("HANGING in decide")
             await asyncio.Event().wait()
-        return await ExtractiveDecisionEngine().decide(request)
+        return await ExtractiveDecisionEngine(semantic=False).decide(request)
 
     async def close(self) -> None:
         return None

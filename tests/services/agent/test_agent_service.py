@@ -22,7 +22,7 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.security import AuthSettings
 from tests.services.agent.conftest import Bearer
-from tests.services.agent.runs import settled_run, until_step
+from tests.services.agent.runs import listed_once, settled_run, until_step
 from tests.system import start_agent, start_rag, wait_until
 
 Run = run_pb2.Run
@@ -69,8 +69,12 @@ async def test_create_run_returns_processing_at_once_and_the_workflow_finishes_i
         assert run.state == Run.STATE_COMPLETED
         assert run.answer == "Refunds are processed within 5 business days. [1]"
         assert run.citations[0].document_id == "refund-policy"
-        stats = await agent.GetRunStats(agent_pb.GetRunStatsRequest())
-        assert [(c.state, c.count) for c in stats.counts] == [(Run.STATE_COMPLETED, 1)]
+
+        async def counted() -> bool:
+            stats = await agent.GetRunStats(agent_pb.GetRunStatsRequest())
+            return [(c.state, c.count) for c in stats.counts] == [(Run.STATE_COMPLETED, 1)]
+
+        await wait_until(counted)  # the read model follows the log within moments
 
 
 async def test_a_full_agent_refuses_new_runs_with_resource_exhausted_and_a_retry_delay(tmp_path: Path) -> None:
@@ -86,7 +90,7 @@ async def test_a_full_agent_refuses_new_runs_with_resource_exhausted_and_a_retry
         assert retry.retry_delay.ToMilliseconds() == 1000
 
         # Nothing was lost: both accepted runs are still there, and cancelling one frees its slot.
-        listed = await agent.ListRuns(agent_pb.ListRunsRequest())
+        listed = await listed_once(agent, [running.run_id, queued.run_id])
         assert {r.run_id for r in listed.runs} == {running.run_id, queued.run_id}
         await agent.CancelRun(agent_pb.CancelRunRequest(run_id=queued.run_id))
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from services.agent.model import EventType
-from services.agent.saga import SagaStatus
+from services.agent.saga_log import SagaStatus
 from services.agent.state_machine import RunState
 from tests.services.agent.conftest import open_stores
 

@@ -27,7 +27,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
-from tests.services.agent.runs import SETTLED, settled_run
+from tests.services.agent.runs import SETTLED, listed_once, settled_run
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import ServiceProcess, spawn, wait_until
 from tools.postgres_local import LocalPostgres
@@ -120,6 +120,7 @@ async def test_any_replica_answers_for_every_run(tmp_path: Path, postgres_url: s
             for run in runs:
                 got = (await gateway.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=10)).run
                 found += got.run_id == run.run_id
+        await listed_once(gateway, [run.run_id for run in runs], agent_pb.ListRunsRequest(page_size=100))
         listed: list[str] = []
         token = ""
         while True:
@@ -155,7 +156,7 @@ async def test_forty_concurrent_creates_with_one_request_id_make_one_run(tmp_pat
         run_ids = await asyncio.gather(*(create_until_answered() for _ in range(40)))
         with pytest.raises(grpc.aio.AioRpcError) as reused:
             await _create(gateway, "A different question?", request_id)
-        listed = await gateway.ListRuns(agent_pb.ListRunsRequest(page_size=100), timeout=10)
+        listed = await listed_once(gateway, run_ids[:1], agent_pb.ListRunsRequest(page_size=100))
     assert len(set(run_ids)) == 1
     assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [r.run_id for r in listed.runs] == [run_ids[0]]

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
 
+from rpcstatus.errors import ApiError
 from runtime.database import SchemaMismatch
 from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
-from services.agent.model import EventType
-from services.agent.run_store import RequestIdReused, RunStore
+from services.agent.model import EventType, Run
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunStore, _event
+from services.agent.servicer import _domain_errors
 from services.agent.state_machine import IllegalTransition, RunState
-from tests.services.agent.conftest import Stores, close_stores, open_stores
+from tests.services.agent.conftest import Stores
 
 
 class CollectingBus:
@@ -59,7 +65,7 @@ async def test_an_illegal_transition_changes_nothing_and_emits_nothing(
 ) -> None:
     run, _ = await stores.runs.create(question="q?")
     finished = await stores.runs.transition(run.run_id, terminal, cause="finished")
-    events_before = await stores.runs.events()
+    events_before = await stores.runs.events(run.run_id)
     pending_before = await stores.outbox.pending_count()
 
     with pytest.raises(IllegalTransition) as raised:
@@ -67,7 +73,7 @@ async def test_an_illegal_transition_changes_nothing_and_emits_nothing(
 
     assert (raised.value.from_state, raised.value.to_state) == (terminal, target)
     assert await stores.runs.get(run.run_id) == finished
-    assert await stores.runs.events() == events_before
+    assert await stores.runs.events(run.run_id) == events_before
     assert await stores.outbox.pending_count() == pending_before
 
 
@@ -92,12 +98,30 @@ async def test_the_same_request_id_returns_the_first_run_and_a_different_request
         await stores.runs.create(question="another question?", creator="alice", request_id="r-1")
 
 
-async def test_sequences_are_strictly_increasing_across_runs(stores: Stores) -> None:
-    for i in range(5):
-        await stores.runs.create(question=f"q{i}?")
-    sequences = [e.sequence for e in await stores.runs.events()]
-    assert sequences == list(range(1, len(sequences) + 1))
-    assert await stores.runs.last_sequence() == sequences[-1]
+async def test_each_run_numbers_its_own_events_and_the_feed_holds_every_event_once(stores: Stores) -> None:
+    runs = [(await stores.runs.create(question=f"q{i}?"))[0] for i in range(5)]
+    await stores.runs.transition(runs[0].run_id, RunState.COMPLETED, cause="done")
+    for run in runs:
+        stream = await stores.runs.events(run.run_id)
+        assert [e.sequence for e in stream] == list(range(1, len(stream) + 1))
+        assert [e.run.version for e in stream] == [e.sequence for e in stream]
+        assert (await stores.runs.get(run.run_id)).version == len(stream)
+    feed = await stores.runs.feed()
+    assert [position for position, _ in feed] == sorted({position for position, _ in feed})
+    assert len(feed) == 2 * 5 + 1
+    # Resuming after any position gives exactly the rest.
+    assert await stores.runs.feed(after=feed[3][0]) == feed[4:]
+
+
+async def test_a_write_over_a_version_another_writer_moved_changes_nothing(stores: Stores) -> None:
+    run, _ = await stores.runs.create(question="q?")
+    stale = await stores.runs.get(run.run_id)
+    await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    moved = replace(stale, state=RunState.COMPLETED, version=stale.version + 1)
+    event = _event(moved, EventType.STATE_CHANGED, "answered", to_state=RunState.COMPLETED)
+    assert not await stores.runs._write(None, moved, [event])
+    assert (await stores.runs.get(run.run_id)).state is RunState.CANCELLED
+    assert [e.to_state for e in await stores.runs.events(run.run_id)][-1] is RunState.CANCELLED
 
 
 async def test_a_database_written_by_another_schema_is_refused_at_start_with_what_to_do(tmp_path: Path) -> None:
@@ -120,21 +144,25 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
         await fresh.close()
 
 
-async def test_a_data_dir_of_the_build_before_versioned_migrations_keeps_working(tmp_path: Path) -> None:
-    """What the previous build left: its tables (CREATE IF NOT EXISTS), PRAGMA user_version = 1, runs."""
-    first = await open_stores(tmp_path)
-    run, _ = await first.runs.create(question="from before the upgrade?", creator="alice", request_id="r-1")
-    await close_stores(first)
-    with sqlite3.connect(tmp_path / "agent.sqlite3") as old:
-        old.execute("DROP TABLE schema_migrations")  # the old build had none
-        assert old.execute("PRAGMA user_version").fetchone() == (1,)
+class AlwaysOvertaken(RunStore):
+    """A run store whose every write over a version finds another writer got there first."""
 
-    upgraded = await open_stores(tmp_path)
-    try:
-        assert await upgraded.runs.get(run.run_id) == run
-        again, created = await upgraded.runs.create(
-            question="from before the upgrade?", creator="alice", request_id="r-1"
-        )
-        assert (again, created) == (run, False)
-    finally:
-        await close_stores(upgraded)
+    async def _write(self, tx: Any, run: Run, events: Any, *, insert: Any = None) -> bool:
+        if insert is not None:
+            return await super()._write(tx, run, events, insert=insert)
+        return False
+
+
+async def test_a_command_that_keeps_losing_races_gives_up_with_a_retryable_error(stores: Stores) -> None:
+    store = AlwaysOvertaken(stores.db, stores.outbox)
+    run, _ = await store.create(question="q?")
+    with pytest.raises(ConcurrentUpdate):
+        await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    assert (await store.get(run.run_id)).state is RunState.PROCESSING
+
+    with pytest.raises(ApiError) as raised, _domain_errors():
+        await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
+    assert raised.value.code is grpc.StatusCode.ABORTED
+    assert "retry" in raised.value.message
+    [retry] = [d for d in raised.value.details if isinstance(d, error_details_pb2.RetryInfo)]
+    assert retry.retry_delay.ToMilliseconds() > 0

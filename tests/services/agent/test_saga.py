@@ -6,16 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.agent.saga import (
-    Saga,
-    SagaFailed,
-    SagaLeased,
-    SagaLog,
-    SagaStatus,
-    SagaStep,
-    StepContext,
-    StepStatus,
-)
+from services.agent.saga import Saga, SagaFailed, SagaStep, StepContext
+from services.agent.saga_log import SagaLeased, SagaLog, SagaStatus, StepStatus
 from tests.services.agent.conftest import Stores
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from runtime.events.bus import Event, Handler, Subscription
-from services.agent.run_store import LOG_CHANNEL, RequestIdReused
-from services.agent.saga import SagaLeased, SagaLog
-from services.agent.state_machine import RunState
+from services.agent.run_store import LOG_CHANNEL, FeedPosition, RequestIdReused
+from services.agent.saga_log import SagaLeased, SagaLog
+from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores, close_stores, open_stores
 
 pytestmark = pytest.mark.postgres
@@ -37,10 +37,35 @@ async def test_fifty_concurrent_creates_with_one_request_id_make_one_run(replica
     assert len(await replicas[2].runs.run_ids_in([RunState.PROCESSING])) == 1
 
 
-async def test_a_reader_resuming_after_n_never_skips_an_event_committed_later(replicas: list[Stores]) -> None:
-    """Sequences become visible in commit order: every read "after cursor" starts at cursor + 1."""
+async def test_the_feed_delivers_an_append_committed_late_once_and_in_commit_safe_order(
+    replicas: list[Stores],
+) -> None:
+    """A begins and appends first, B appends and commits, then A commits: both delivered, once each."""
+    a, _ = await replicas[0].runs.create(question="slow?")
+    b, _ = await replicas[1].runs.create(question="fast?")
+    cursor = (await replicas[2].runs.feed(limit=10_000))[-1][0]
+
+    async with replicas[0].db.transaction() as slow:
+        await replicas[0].runs.append_step_event(slow, a.run_id, step="validate", cause="appended first")
+        await replicas[1].runs.transition(b.run_id, RunState.COMPLETED, cause="committed first")
+        # B's event is committed, numbered after A's; A's is not committed yet. A reader
+        # resuming after B's position would never see A's: the feed holds B back instead.
+        assert await replicas[2].runs.feed(after=cursor) == []
+    delivered = await replicas[2].runs.feed(after=cursor)
+    assert [(e.run_id, e.cause) for _, e in delivered] == [
+        (a.run_id, "validate: appended first"),
+        (b.run_id, "committed first"),
+    ]
+    a_position, b_position = (position for position, _ in delivered)
+    assert a_position.position < b_position.position  # numbered in the order of the appends
+    assert await replicas[2].runs.feed(after=delivered[-1][0]) == []
+
+
+async def test_a_reader_following_the_feed_gets_every_event_once_while_replicas_write(
+    replicas: list[Stores],
+) -> None:
     writers_done = asyncio.Event()
-    seen: list[int] = []
+    seen: list[str] = []
 
     async def write(stores: Stores, n: int) -> None:
         for i in range(15):
@@ -48,15 +73,14 @@ async def test_a_reader_resuming_after_n_never_skips_an_event_committed_later(re
             await stores.runs.transition(run.run_id, RunState.COMPLETED, cause="done")
 
     async def tail() -> None:
-        cursor = 0
+        cursor = FeedPosition()
         while True:
             finished = writers_done.is_set()
-            events = await replicas[0].runs.events(after=cursor)
-            sequences = [e.sequence for e in events]
-            assert sequences == list(range(cursor + 1, cursor + 1 + len(sequences))), (cursor, sequences)
-            seen.extend(sequences)
-            if events:
-                cursor = sequences[-1]
+            entries = await replicas[0].runs.feed(after=cursor)
+            seen.extend(event.event_id for _, event in entries)
+            if entries:
+                assert [position for position, _ in entries] == sorted(position for position, _ in entries)
+                cursor = entries[-1][0]
             elif finished:
                 return
             await asyncio.sleep(0)
@@ -65,7 +89,43 @@ async def test_a_reader_resuming_after_n_never_skips_an_event_committed_later(re
     await asyncio.gather(*(write(stores, n) for n, stores in enumerate(replicas)))
     writers_done.set()
     await asyncio.wait_for(reader, timeout=30)
-    assert seen == list(range(1, 4 * 15 * 3 + 1))  # created, processing, completed per run
+    assert len(seen) == len(set(seen)) == 4 * 15 * 3  # created, processing, completed per run
+
+
+async def test_the_outbox_relays_a_row_committed_late_once(replicas: list[Stores]) -> None:
+    """The relay reads what is unsent, not "after a cursor": a late commit is relayed when it lands."""
+    a, _ = await replicas[0].runs.create(question="slow?")
+    b, _ = await replicas[1].runs.create(question="fast?")
+    bus = CountingBus()
+    while await replicas[2].outbox.relay_once(bus):
+        pass
+    async with replicas[0].db.transaction() as slow:
+        await replicas[0].runs.append_step_event(slow, a.run_id, step="validate", cause="appended first")
+        await replicas[1].runs.transition(b.run_id, RunState.COMPLETED, cause="committed first")
+        assert await replicas[2].outbox.relay_once(bus) == 1
+    assert await replicas[2].outbox.relay_once(bus) == 1
+    assert await replicas[2].outbox.relay_once(bus) == 0
+    assert len(bus.published) == len(set(bus.published)) == 6
+
+
+async def test_writers_racing_on_one_run_each_decide_on_the_state_the_winner_left(replicas: list[Stores]) -> None:
+    """Cancels and completions at once from every replica: one wins, the others see it and are refused."""
+    run, _ = await replicas[0].runs.create(question="who wins?")
+
+    async def move(stores: Stores, to_state: RunState) -> str:
+        try:
+            await stores.runs.transition(run.run_id, to_state, cause=f"to {to_state}")
+        except IllegalTransition:
+            return "refused"
+        return str(to_state)
+
+    outcomes = await asyncio.gather(
+        *(move(stores, RunState.CANCELLED if n % 2 else RunState.COMPLETED) for n, stores in enumerate(replicas * 3))
+    )
+    assert outcomes.count("refused") == len(outcomes) - 1
+    stream = await replicas[1].runs.events(run.run_id)
+    assert [e.sequence for e in stream] == [1, 2, 3]
+    assert str(stream[-1].to_state) == next(o for o in outcomes if o != "refused")
 
 
 async def test_commits_on_one_replica_wake_watchers_on_another(replicas: list[Stores]) -> None:

@@ -26,7 +26,7 @@ from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.executor import RunExecutor
 from services.agent.model import EventType, Run, RunEvent
 from services.agent.run_store import RunStore
-from services.agent.saga import SETTLED, SagaLog, SagaStatus, SettleListener
+from services.agent.saga_log import SETTLED, SagaLog, SagaStatus, SettleListener
 from services.agent.servicer import AgentServicer
 from services.agent.state_machine import RunState
 from services.agent.workflow import RunWorkflow
@@ -54,8 +54,8 @@ class CancelledBetweenTheReads(RunStore):
     armed = False
     _log_read_empty = False
 
-    async def events(self, *, after: int = 0, run_id: str | None = None, limit: int = 500) -> list[RunEvent]:
-        read = await super().events(after=after, run_id=run_id, limit=limit)
+    async def events(self, run_id: str, *, after: int = 0, limit: int = 500) -> list[RunEvent]:
+        read = await super().events(run_id, after=after, limit=limit)
         self._log_read_empty = not read
         return read
 

@@ -10,7 +10,7 @@ from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.model import EventType
 from services.agent.retrieval import RetrievalFailed
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
-from services.agent.saga import SagaStatus
+from services.agent.saga_log import SagaStatus
 from services.agent.state_machine import RunState
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 from tests.services.agent.conftest import Stores

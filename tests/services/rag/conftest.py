@@ -11,8 +11,8 @@ import numpy.typing as npt
 import pytest
 
 from runtime.database import open_database
+from runtime.embedding import MiniLmEmbedder
 from services.rag.chunking import ChunkingOptions
-from services.rag.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import KnowledgeBase, Limits
 
 SMALL_LIMITS = Limits(max_document_bytes=4096, max_batch_documents=10, max_top_k=20)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.rag.embedding import MiniLmEmbedder
+from runtime.embedding import MiniLmEmbedder
 from services.rag.knowledge_base import DocumentInput, KnowledgeBase, Mode
 
 pytestmark = pytest.mark.slow

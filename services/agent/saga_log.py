@@ -1,0 +1,259 @@
+"""The saga log: each saga's status, its steps as they start, complete and are compensated, and
+who executes it (a lease), persisted in the caller's database.
+
+``services.agent.saga`` runs sagas against it; this module only records. A process killed at
+any point leaves the log saying exactly which steps completed, which were in flight, and who
+held the saga, so another process (or the same one restarted) can resume or compensate it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from typing import Any, Protocol
+
+import structlog
+
+from runtime.database import Database, DatabaseUnavailable, Migration, Schema, Transaction
+
+log = structlog.get_logger(__name__)
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS sagas (
+    saga_id     TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    error       TEXT NOT NULL DEFAULT '',
+    updated_at  {real} NOT NULL,
+    -- Lease: who executes the saga, until when. Another owner may take it over only after expiry.
+    owner       TEXT NOT NULL DEFAULT '',
+    lease_until {real} NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sagas_unfinished ON sagas (status) WHERE status IN ('RUNNING', 'COMPENSATING');
+CREATE TABLE IF NOT EXISTS saga_steps (
+    saga_id    TEXT NOT NULL REFERENCES sagas (saga_id),
+    position   INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    result     TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated_at {real} NOT NULL,
+    PRIMARY KEY (saga_id, name)
+);
+"""
+SCHEMA = Schema(
+    "agent.sagas",
+    (Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),),
+)
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+
+
+class StepStatus(StrEnum):
+    STARTED = "STARTED"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    COMPENSATED = "COMPENSATED"
+
+
+class StepListener(Protocol):
+    async def __call__(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
+        """Called inside the transaction that marks ``step`` done (or compensated), so its writes commit with it."""
+
+
+class SettleListener(Protocol):
+    async def __call__(self, tx: Transaction, saga_id: str) -> None:
+        """Called inside the transaction that ends the saga (COMPLETED or COMPENSATED)."""
+
+
+SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
+
+
+class SagaLeased(Exception):
+    """Another owner holds the saga's lease: it is executing it, or did until recently."""
+
+    def __init__(self, saga_id: str, owner: str) -> None:
+        self.owner = owner
+        super().__init__(f"saga {saga_id} is leased by {owner!r}")
+
+
+class SagaLog:
+    """The persisted saga state, in the caller's database.
+
+    Executing a saga takes a lease in ``owner``'s name, renewed by every step write and, while
+    a step runs, every third of the lease (``keep_leased``). Replicas sharing the database
+    therefore never execute one saga at once: taking the lease is one conditional UPDATE (only
+    if free, expired or already ours), so of two replicas claiming an orphan exactly one wins.
+    A process restarted under the same owner name takes its sagas back at once, while another
+    owner waits for the lease (``lease_s``, longer than any single step) to expire.
+    """
+
+    def __init__(self, db: Database, *, owner: str = "", lease_s: float = 120.0) -> None:
+        self.db = db
+        self.owner = owner
+        self._lease_s = lease_s
+
+    async def create_schema(self) -> None:
+        await self.db.migrate(SCHEMA)
+
+    async def begin(self, saga_id: str) -> SagaStatus:
+        """Create the saga if new and take its lease; raises ``SagaLeased`` if another owner holds it."""
+        now = time.time()
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO sagas (saga_id, status, updated_at) VALUES (:saga_id, :status, :now)"
+                " ON CONFLICT (saga_id) DO NOTHING",
+                {"saga_id": saga_id, "status": str(SagaStatus.RUNNING), "now": now},
+            )
+            # One conditional UPDATE: PostgreSQL re-checks the condition on the row it locked, so
+            # of several replicas taking an expired lease at once exactly one gets it.
+            taken = await tx.execute(
+                "UPDATE sagas SET owner = :owner, lease_until = :until"
+                " WHERE saga_id = :saga_id AND status IN ('RUNNING', 'COMPENSATING')"
+                " AND (owner = :owner OR lease_until <= :now) RETURNING status",
+                {"owner": self.owner, "until": now + self._lease_s, "saga_id": saga_id, "now": now},
+            )
+            row = taken.first()
+            if row is not None:
+                return SagaStatus(row[0])
+            row = (
+                await tx.execute("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+            ).first()
+            assert row is not None
+            status = SagaStatus(row[0])
+            if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+                raise SagaLeased(saga_id, row[1])
+            return status
+
+    async def _renew(self, tx: Transaction, saga_id: str) -> None:
+        renewed = await tx.execute(
+            "UPDATE sagas SET lease_until = :until WHERE saga_id = :saga_id AND owner = :owner",
+            {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner},
+        )
+        if renewed.rowcount != 1:
+            # Our lease expired and another owner took the saga over: it continues, we stop.
+            owner = (
+                await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+            ).scalar()
+            raise SagaLeased(saga_id, owner or "")
+
+    @contextlib.asynccontextmanager
+    async def keep_leased(self, saga_id: str) -> AsyncIterator[None]:
+        """Renew the lease every third of it while the block runs (a step slower than usual)."""
+
+        async def renew_forever() -> None:
+            while True:
+                await asyncio.sleep(self._lease_s / 3)
+                try:
+                    async with self.db.transaction() as tx:
+                        await self._renew(tx, saga_id)
+                except DatabaseUnavailable:
+                    log.warning("saga lease renewal failed; retrying", saga_id=saga_id)
+                except SagaLeased:
+                    return  # the step's own write will find out and stop
+
+        renewal = asyncio.create_task(renew_forever(), name=f"lease {saga_id}")
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    async def status(self, saga_id: str) -> SagaStatus | None:
+        row = await self.db.fetch_one("SELECT status FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+        return SagaStatus(row[0]) if row else None
+
+    async def settled(self, saga_id: str) -> bool:
+        """True once nothing more will run for this saga: ended, or never begun."""
+        status = await self.status(saga_id)
+        return status is None or status in SETTLED
+
+    async def outcome(self, saga_id: str) -> tuple[SagaStatus, str] | None:
+        row = await self.db.fetch_one("SELECT status, error FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+        return (SagaStatus(row[0]), row[1]) if row else None
+
+    async def steps(self, saga_id: str) -> dict[str, tuple[StepStatus, Any, int]]:
+        """Step name -> (status, result, attempts)."""
+        rows = await self.db.fetch_all(
+            "SELECT name, status, result, attempts FROM saga_steps WHERE saga_id = :saga_id ORDER BY position",
+            {"saga_id": saga_id},
+        )
+        return {
+            name: (StepStatus(status), json.loads(result) if result is not None else None, attempts)
+            for name, status, result, attempts in rows
+        }
+
+    async def unfinished(self) -> list[str]:
+        """Sagas to resume: this owner's, and those whose owner let the lease expire."""
+        rows = await self.db.fetch_all(
+            "SELECT saga_id FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING')"
+            " AND (owner = :owner OR lease_until < :now) ORDER BY updated_at",
+            {"owner": self.owner, "now": time.time()},
+        )
+        return [row[0] for row in rows]
+
+    async def mark_started(self, saga_id: str, position: int, name: str) -> None:
+        async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
+            await tx.execute(
+                "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
+                " VALUES (:saga_id, :position, :name, :status, 1, :now)"
+                " ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
+                " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at",
+                {
+                    "saga_id": saga_id,
+                    "position": position,
+                    "name": name,
+                    "status": str(StepStatus.STARTED),
+                    "now": time.time(),
+                },
+            )
+
+    async def mark_step(
+        self,
+        saga_id: str,
+        name: str,
+        status: StepStatus,
+        *,
+        result: Any = None,
+        listener: StepListener | None = None,
+    ) -> None:
+        async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
+            await tx.execute(
+                "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
+                " WHERE saga_id = :saga_id AND name = :name",
+                {
+                    "status": str(status),
+                    "result": None if result is None else json.dumps(result),
+                    "now": time.time(),
+                    "saga_id": saga_id,
+                    "name": name,
+                },
+            )
+            if listener is not None:
+                await listener(tx, saga_id, name, result)
+
+    async def set_status(
+        self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
+    ) -> None:
+        async with self.db.transaction() as tx:
+            await self._renew(tx, saga_id)
+            if status in SETTLED:
+                await tx.execute("UPDATE sagas SET lease_until = 0 WHERE saga_id = :saga_id", {"saga_id": saga_id})
+            await tx.execute(
+                "UPDATE sagas SET status = :status, error = CASE WHEN :error = '' THEN error ELSE :error END,"
+                " updated_at = :now WHERE saga_id = :saga_id",
+                {"status": str(status), "error": error, "now": time.time(), "saga_id": saga_id},
+            )
+            if status in SETTLED and on_settled is not None:
+                await on_settled(tx, saga_id)

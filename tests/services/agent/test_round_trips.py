@@ -1,0 +1,84 @@
+"""What a command costs in round trips to PostgreSQL, counted on the wire (BEGIN, COMMIT, pings included).
+
+A database a zone away adds about a millisecond each way to every round trip, so the write path
+is designed in round trips: a first CreateRun is a look-up of its request id and one statement
+(the run, its events, their outbox rows and the NOTIFY), a replay the look-up alone, a state
+change a read and one statement. Connection set-up and the first PREPARE of each statement on a
+connection are paid once per pooled connection, so each command runs once before it is counted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from runtime.database import open_database
+from runtime.events.outbox import Outbox
+from services.agent.run_store import RunStore
+from services.agent.state_machine import RunState
+from tests.services.agent.conftest import close_stores, open_stores
+from tests.services.agent.round_trips import RoundTripCounter
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_create_replay_and_transition_round_trips(tmp_path: Path, postgres_url: str) -> None:
+    schema_owner = await open_stores(tmp_path, database_url=postgres_url)
+    url = make_url(postgres_url)
+    counter = RoundTripCounter(url.host or "127.0.0.1", url.port or 5432)
+    async with counter.running():
+        proxied = url.set(host="127.0.0.1", port=counter.port).render_as_string(hide_password=False)
+        db = await open_database(proxied, sqlite_path=tmp_path / "unused", setting="DATABASE_URL")
+        store = RunStore(db, Outbox(db))
+
+        async def cost(command: Callable[[], Awaitable[Any]]) -> int:
+            await command()  # warm: the connection is open and the statements are prepared
+            before = counter.round_trips
+            await command()
+            return counter.round_trips - before
+
+        async def first_create() -> None:
+            await store.create(question="q?", creator="alice", request_id=uuid.uuid4().hex)
+
+        async def replay() -> None:
+            await store.create(question="q?", creator="alice", request_id="replayed")
+
+        async def anonymous_create() -> None:
+            await store.create(question="q?", creator="alice")
+
+        async def transition() -> None:
+            run, _ = await schema_owner.runs.create(question="q?")
+            before = counter.round_trips
+            await store.transition(run.run_id, RunState.COMPLETED, cause="answered", answer="yes")
+            costs.append(counter.round_trips - before)
+
+        async def get() -> None:
+            await store.get(run_id)
+
+        try:
+            costs: list[int] = []
+            figures = {
+                "first CreateRun": await cost(first_create),
+                "replayed CreateRun": await cost(replay),
+                "CreateRun without request id": await cost(anonymous_create),
+            }
+            await cost(transition)
+            figures["transition"] = costs[-1]
+            run_id = (await schema_owner.runs.create(question="q?"))[0].run_id
+            figures["GetRun's read"] = await cost(get)
+        finally:
+            await db.close()
+    await close_stores(schema_owner)
+    print(figures)
+    assert figures == {
+        "first CreateRun": 2,
+        "replayed CreateRun": 1,
+        "CreateRun without request id": 1,
+        "transition": 2,
+        "GetRun's read": 1,
+    }
