@@ -46,7 +46,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
-from bench import outputs
+from bench import outputs, profile
 from bench.cli import OneLineParser, positive_int
 from bench.outputs import Bound
 from bench.processes import REPO, ProcessGroup, python_argv, python_env, start_service
@@ -63,6 +63,8 @@ CREATE_RUN_TIMEOUT_S = 30.0
 POLLERS = 2
 # Each poller pauses this long between GetRuns, so reading does not crowd out the writes it watches.
 POLL_PAUSE_S = 0.02
+# With --profile: how long py-spy samples the first agent from the start of the load.
+PROFILE_SECONDS = 20
 
 KNOWLEDGE = [
     document_pb2.Document(
@@ -297,6 +299,7 @@ async def _measure_agents(
     runs: int,
     callers: int,
     settle_within_s: float,
+    profile_dir: Path | None = None,
 ) -> Setting:
     setting = Setting(delay_ms=delay_ms, agents=agents, load_average=[round(x, 2) for x in os.getloadavg()], runs=runs)
     tag = f"{delay_ms:g}ms-{agents}"
@@ -335,9 +338,16 @@ async def _measure_agents(
         # Warm-up: connections opened, code paths run, on every agent.
         await _Load(stub, runs=4 * agents, callers=2 * agents, settle_within_s=60).run()
         cpu_before = {**shared.cpu(), **group.cpu()}
+        sampler = None
+        if profile_dir is not None:
+            # The first agent, for the first seconds of the load (py-spy records for a set time).
+            raw = work / f"profile-{tag}.raw"
+            sampler = profile.start(agents_started[0].popen.pid, PROFILE_SECONDS, raw)
         load = _Load(stub, runs=runs, callers=callers, settle_within_s=settle_within_s)
         began = await load.run()
         cpu_after = {**shared.cpu(), **group.cpu()}
+        if sampler is not None and profile_dir is not None:
+            await asyncio.to_thread(profile.finish, sampler, raw, profile_dir / f"write_path-{tag}-agent.txt")
     created = len(load.create_latencies)
     creates = sorted(load.create_latencies)
     gets = sorted(load.get_latencies)
@@ -382,6 +392,7 @@ async def run(
     floor_connections: int,
     settle_within_s: float,
     work: Path,
+    profile_dir: Path | None = None,
     progress: Any = print,
 ) -> dict[str, Any]:
     settings: list[Setting] = []
@@ -413,6 +424,7 @@ async def run(
                             runs=runs,
                             callers=callers,
                             settle_within_s=settle_within_s,
+                            profile_dir=profile_dir,
                         )
                     settings.append(setting)
                     progress(_row(setting))
@@ -570,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle-within", type=float, default=240.0, help="seconds a setting may take to settle (default 240)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"py-spy the first agent for {PROFILE_SECONDS} s of each load: OUT/profiles/write_path-*-agent.txt",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="leave the docs page alone")
@@ -585,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--floor-seconds and --settle-within must be above 0")
     if not installed():
         parser.error("PostgreSQL 15 is not installed (make debian-deps installs postgresql-15)")
+    if args.profile and not profile.available():
+        parser.error("--profile needs py-spy: pip install py-spy")
+    if args.profile:
+        (args.out / "profiles").mkdir(parents=True, exist_ok=True)
     results = outputs.measure(
         "agentmesh-bench-write-path-",
         lambda work: run(
@@ -596,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             floor_connections=args.floor_connections,
             settle_within_s=args.settle_within,
             work=work,
+            profile_dir=args.out / "profiles" if args.profile else None,
             progress=lambda line: print(line, flush=True),
         ),
     )
