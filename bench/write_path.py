@@ -299,6 +299,7 @@ async def _measure_agents(
     runs: int,
     callers: int,
     settle_within_s: float,
+    agent_settings: dict[str, str],
     profile_dir: Path | None = None,
 ) -> Setting:
     setting = Setting(delay_ms=delay_ms, agents=agents, load_average=[round(x, 2) for x in os.getloadavg()], runs=runs)
@@ -317,6 +318,7 @@ async def _measure_agents(
             # Room for every run of the load: CreateRun/s measures the write path, not admission
             # control (with the default 256, runs created faster than they settle are refused).
             BACKLOG=str(max(256, runs)),
+            **agent_settings,
             DRAIN_DELAY_S="0",
             GRACE_PERIOD_S="1",
         )
@@ -392,6 +394,7 @@ async def run(
     floor_connections: int,
     settle_within_s: float,
     work: Path,
+    agent_settings: dict[str, str] | None = None,
     profile_dir: Path | None = None,
     progress: Any = print,
 ) -> dict[str, Any]:
@@ -424,6 +427,7 @@ async def run(
                             runs=runs,
                             callers=callers,
                             settle_within_s=settle_within_s,
+                            agent_settings=agent_settings or {},
                             profile_dir=profile_dir,
                         )
                     settings.append(setting)
@@ -435,6 +439,7 @@ async def run(
         "callers": callers,
         "floor_connections": floor_connections,
         "floor_seconds": floor_seconds,
+        "agent_settings": agent_settings or {},
         "settings": [asdict(s) for s in settings],
         "floors": [asdict(f) for f in floors],
     }
@@ -529,6 +534,13 @@ def _cpu(cpu_s: dict[str, float]) -> str:
     return " · ".join(f"{role} {seconds:g}" for role, seconds in sorted(cpu_s.items()))
 
 
+def _agents(results: dict[str, Any]) -> str:
+    changed = results.get("agent_settings") or {}
+    if not changed:
+        return "agents with the default engine and settings"
+    return "agents with " + ", ".join(f"`AGENTMESH_AGENT_{k}={v}`" for k, v in sorted(changed.items()))
+
+
 def markdown(results: dict[str, Any]) -> str:
     about = results["machine"]
     lines = [
@@ -537,7 +549,7 @@ def markdown(results: dict[str, Any]) -> str:
         f" Load average at start {', '.join(f'{x:g}' for x in about['load_average_at_start'])}"
         f" (the machine is shared; each setting's own is in its row). Whole run {results['wall_s']:.0f} s.",
         "",
-        f"{results['runs']} CreateRuns from {results['callers']} callers through one gateway, default engine;"
+        f"{results['runs']} CreateRuns from {results['callers']} callers through one gateway, {_agents(results)};"
         f" GetRun by {POLLERS} pollers on every unsettled run (deadline {GET_RUN_TIMEOUT_S:g} s);"
         " settled = completed, failed, cancelled or waiting for review. The floor: BEGIN, one INSERT, COMMIT"
         f" (asyncpg) on {results['floor_connections']} connections for {results['floor_seconds']:g} s.",
@@ -583,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
         "--settle-within", type=float, default=240.0, help="seconds a setting may take to settle (default 240)"
     )
     parser.add_argument(
+        "--agent-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an AGENTMESH_AGENT_NAME for every agent, e.g. 'DECISION_ENGINE_OPTIONS={\"semantic\": false}'",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help=f"py-spy the first agent for {PROFILE_SECONDS} s of each load: OUT/profiles/write_path-*-agent.txt",
@@ -602,6 +621,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--floor-seconds and --settle-within must be above 0")
     if not installed():
         parser.error("PostgreSQL 15 is not installed (make debian-deps installs postgresql-15)")
+    agent_settings: dict[str, str] = {}
+    for setting in args.agent_setting:
+        name, equals, value = setting.partition("=")
+        if not equals or not name or not name.replace("_", "").isalnum():
+            parser.error(f"--agent-setting {setting!r}: expected NAME=VALUE, e.g. WORKERS=16")
+        agent_settings[name.upper()] = value
     if args.profile and not profile.available():
         parser.error("--profile needs py-spy: pip install py-spy")
     if args.profile:
@@ -617,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             floor_connections=args.floor_connections,
             settle_within_s=args.settle_within,
             work=work,
+            agent_settings=agent_settings,
             profile_dir=args.out / "profiles" if args.profile else None,
             progress=lambda line: print(line, flush=True),
         ),

@@ -46,6 +46,7 @@ def test_a_tiny_run_measures_every_setting_and_the_floor(tmp_path: Path) -> None
         (("--agents", "0"), "--agents '0': every count must be at least 1"),
         (("--runs", "0"), "--runs: 0 is not a whole number of at least 1"),
         (("--no-such-flag",), "unrecognized arguments: --no-such-flag"),
+        (("--agent-setting", "WORKERS"), "--agent-setting 'WORKERS': expected NAME=VALUE"),
     ],
 )
 def test_a_bad_argument_is_refused_in_one_line(args: tuple[str, ...], message: str) -> None:
