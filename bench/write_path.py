@@ -6,7 +6,8 @@ have passages to answer from) and, per added delay, a TCP hop in front of Postgr
 every chunk that long each way (bench/delay_hop.py: a managed database a zone away). Per delay:
 
 * **the floor**: a one-INSERT transaction (BEGIN, INSERT, COMMIT over asyncpg) on 32 connections
-  through the same hop, for ``--floor-seconds``: what no write path through that hop can beat;
+  through the same hop, for ``--floor-seconds``, before and after that delay's agent settings, the
+  better of the two kept: what no write path through that hop can beat;
 * per agent count: that many ``python -m services.agent`` processes (default engine, default
   settings, but a backlog with room for every run) on a fresh database reached through the hop,
   behind one ``python -m services.gateway``, as callers reach them. After a warm-up,
@@ -117,6 +118,8 @@ class Floor:
     transactions: int
     per_s: float
     p50_ms: float
+    # Every measurement of it in the run (before and after the agents' settings); the others are the best.
+    passes: list[float] = field(default_factory=list)
 
 
 # --- the processes ---------------------------------------------------------------------------
@@ -410,8 +413,11 @@ async def run(
                 hop_port = await _start_hop(shared, cluster.port, delay_ms)
                 floor_db = f"floor_{len(floors)}"
                 await asyncio.to_thread(cluster.create_database, floor_db)
-                floors.append(await _floor(_via(hop_port, floor_db), delay_ms, floor_seconds, floor_connections))
-                progress(f"floor, {delay_ms:g} ms each way: {floors[-1].per_s:,.0f} transactions/s")
+                floor_url = _via(hop_port, floor_db)
+                # Measured before and after the agents, the best kept: a few seconds of a CPU-bound
+                # loop move with whatever else the shared machine runs, and a floor is the best case.
+                measured = [await _floor(floor_url, delay_ms, floor_seconds, floor_connections)]
+                progress(f"floor, {delay_ms:g} ms each way: {measured[-1].per_s:,.0f} transactions/s")
                 for agents in agent_counts:
                     name = f"runs_{len(settings)}"
                     await asyncio.to_thread(cluster.create_database, name)
@@ -432,6 +438,11 @@ async def run(
                         )
                     settings.append(setting)
                     progress(_row(setting))
+                measured.append(await _floor(floor_url, delay_ms, floor_seconds, floor_connections))
+                progress(f"floor again, {delay_ms:g} ms each way: {measured[-1].per_s:,.0f} transactions/s")
+                best = max(measured, key=lambda f: f.per_s)
+                best.passes = [f.per_s for f in measured]
+                floors.append(best)
     finally:
         await asyncio.to_thread(cluster.stop, mode="immediate")
     return {
@@ -552,17 +563,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['runs']} CreateRuns from {results['callers']} callers through one gateway, {_agents(results)};"
         f" GetRun by {POLLERS} pollers on every unsettled run (deadline {GET_RUN_TIMEOUT_S:g} s);"
         " settled = completed, failed, cancelled or waiting for review. The floor: BEGIN, one INSERT, COMMIT"
-        f" (asyncpg) on {results['floor_connections']} connections for {results['floor_seconds']:g} s.",
+        f" (asyncpg) on {results['floor_connections']} connections for {results['floor_seconds']:g} s, before and"
+        " after each delay's agents; the better counts.",
         "",
         "| delay each way | agents | CreateRun/s | p50 ms | p99 ms | settled/s (runs) | GetRun p50 ms | GetRun p99 ms"
         " | DEADLINE_EXCEEDED | other errors | busy retries | CPU s (per process kind) | load average |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
         *(_row(s) for s in results["settings"]),
         "",
-        "| delay each way | floor: one-INSERT transactions/s | p50 ms | load average |",
+        "| delay each way | floor: one-INSERT transactions/s, best (before / after the agents) | p50 ms"
+        " | load average |",
         "|---:|---:|---:|---|",
         *(
-            f"| {f['delay_ms']:g} ms | {f['per_s']:,.0f} | {f['p50_ms']:g} |"
+            f"| {f['delay_ms']:g} ms | {f['per_s']:,.0f} ({' / '.join(f'{x:,.0f}' for x in f['passes'])}) |"
+            f" {f['p50_ms']:g} |"
             f" {', '.join(f'{x:g}' for x in f['load_average'])} |"
             for f in results["floors"]
         ),
