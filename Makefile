@@ -13,6 +13,9 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos/agentmesh -name '*.proto' | sort)
 # In the descriptor set too, so Envoy's transcoder can render AIP-193 error details as JSON.
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
+# Third-party contracts served by the mesh, each under its own include root so its file name is
+# upstream's (protos/third_party/*/README.md): in the descriptor set only, never generated as Python.
+A2A_PROTO := protos/third_party/a2a/a2a.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
 # The corpus sizes `make bench` grows the RAG replicas through (the last is the largest; the issue's
@@ -41,6 +44,15 @@ $(BUF):
 	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
 	npm install --silent --no-audit --no-fund --prefix .tools/buf @bufbuild/buf@$(BUF_VERSION)
 
+# A Node gRPC client for the cross-language test (tests/services/a2a/node/), installed on first use.
+NODE_GRPC := .tools/node-grpc/node_modules/@grpc/grpc-js/package.json
+$(NODE_GRPC):
+	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
+	npm install --silent --no-audit --no-fund --prefix .tools/node-grpc @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1
+
+.PHONY: node-deps
+node-deps: $(NODE_GRPC) ## the Node gRPC packages the cross-language A2A test uses (installed only when missing)
+
 .PHONY: run-deps
 run-deps: ## the Debian packages `make run` needs: prometheus for the console, postgresql-15 with STORE=postgres (installed only when missing)
 	@missing=""; \
@@ -62,7 +74,7 @@ debian-deps: ## Debian packages the tests use (installed only when missing)
 
 # --- code generation ----------------------------------------------------------------------
 
-gen/.stamp: $(PROTOS) $(VENV)/.installed
+gen/.stamp: $(PROTOS) $(A2A_PROTO) $(VENV)/.installed
 	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
@@ -70,8 +82,8 @@ gen/.stamp: $(PROTOS) $(VENV)/.installed
 	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen \
 	  $(PROTOS)
 	# One descriptor set for Envoy's transcoder, grpcurl and the gateway's reflection.
-	$(PY) -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
-	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(dir $(A2A_PROTO)) --include_imports --include_source_info \
+	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS) $(notdir $(A2A_PROTO))
 	find gen/agentmesh -type d -exec touch {}/__init__.py \;
 	touch gen/agentmesh/py.typed gen/.stamp
 
@@ -94,7 +106,7 @@ screenshots: gen debian-deps ## the README's console screenshots (docs/images/),
 	AGENTMESH_SCREENSHOTS_DIR=docs/images $(PY) -m pytest tests/console/test_browser.py -q
 
 .PHONY: test
-test: gen debian-deps lint ## lint, then the whole test suite
+test: gen debian-deps node-deps lint ## lint, then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: fmt

@@ -7,7 +7,7 @@ status, with the details in the standard `grpc-status-details-bin` trailer (grpc
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -154,7 +154,7 @@ _Ctx = TypeVar("_Ctx", bound=grpc.aio.ServicerContext[Any, Any])
 
 def api_errors(
     method: Callable[[_Self, _Req, _Ctx], Awaitable[_Resp]],
-) -> Callable[[_Self, _Req, _Ctx], Awaitable[_Resp]]:
+) -> Callable[[_Self, _Req, _Ctx], Coroutine[Any, Any, _Resp]]:
     """Decorate a unary servicer method so a raised ApiError becomes the call's status."""
 
     @functools.wraps(method)

@@ -19,8 +19,13 @@ class Backoff:
         self._attempt = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self._maximum, self._initial * self._multiplier**self._attempt)
+        delay = self.delay(self._attempt)
         self._attempt += 1
+        return delay
+
+    def delay(self, attempt: int) -> float:
+        """The delay after failed attempt number ``attempt`` (0-based), for callers that persist the count."""
+        ceiling = min(self._maximum, self._initial * self._multiplier ** min(attempt, 64))
         return random.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:

@@ -25,6 +25,7 @@ DEFAULT_AUDIENCE = "agentmesh"
 
 _AGENT = "/agentmesh.agent.v1.AgentService"
 _RAG = "/agentmesh.rag.v1.RagService"
+_A2A = "/lf.a2a.v1.A2AService"
 
 # The one table of who may call what. The agent searches RAG with the caller's own
 # token, so creating a run that uses the knowledge base needs documents.read as well.
@@ -36,6 +37,19 @@ MESH_REQUIRED_SCOPES: dict[str, list[str]] = {
     f"{_AGENT}/ListRuns": ["runs.read"],
     f"{_AGENT}/WatchRun": ["runs.read"],
     f"{_AGENT}/GetRunStats": ["runs.read"],
+    # A2A tasks are runs: the same scopes as the AgentService methods doing the same thing (a
+    # reply approving or rejecting a task also needs runs.review, checked by the agent).
+    f"{_A2A}/SendMessage": ["runs.write"],
+    f"{_A2A}/SendStreamingMessage": ["runs.write"],
+    f"{_A2A}/CancelTask": ["runs.write"],
+    f"{_A2A}/GetTask": ["runs.read"],
+    f"{_A2A}/ListTasks": ["runs.read"],
+    f"{_A2A}/SubscribeToTask": ["runs.read"],
+    f"{_A2A}/CreateTaskPushNotificationConfig": ["runs.write"],
+    f"{_A2A}/DeleteTaskPushNotificationConfig": ["runs.write"],
+    f"{_A2A}/GetTaskPushNotificationConfig": ["runs.read"],
+    f"{_A2A}/ListTaskPushNotificationConfigs": ["runs.read"],
+    f"{_A2A}/GetExtendedAgentCard": ["runs.read"],
     f"{_RAG}/IngestDocuments": ["documents.write"],
     f"{_RAG}/StreamIngestDocuments": ["documents.write"],
     f"{_RAG}/DeleteDocument": ["documents.write"],

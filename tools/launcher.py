@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -45,7 +46,7 @@ from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.gateway.config import GatewaySettings
-from services.gateway.http_entry import MCP_PATH
+from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
@@ -93,6 +94,9 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
     if DISCOVERY.discovery == "consul":
         env.setdefault("AGENTMESH_CHECK_INTERVAL_SECONDS", "1")  # snappier than the 5 s default, for a local run
     prefix = f"AGENTMESH_{name.upper()}_"
+    if name in ("gateway", "agent"):
+        # The Agent Cards (public and extended) name the gateway, the address callers reach.
+        env.setdefault(prefix + "A2A", json.dumps({"grpc_url": f"http://{HOST}:{PORTS['gateway']}"}))
     if auth is not None:
         env.setdefault(prefix + "AUTH", auth.service_auth_json())
         if name == "agent":
@@ -180,6 +184,7 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
     question = '{"question": "How long do refunds take?", "request_id": "try-1"}'
     bearer = "" if auth is None else f'-H "authorization: Bearer $(cat {auth.token_file})" '
     mcp = f"http://{HOST}:{GATEWAY_HTTP_PORT}{MCP_PATH}"
+    card = f"http://{HOST}:{GATEWAY_HTTP_PORT}{AGENT_CARD_PATH}"
     tools_list = '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
     return "\n".join(
         [
@@ -187,6 +192,7 @@ def _banner(auth: DevAuth | None, store: LocalStore, console: ConsoleStack) -> s
             "agentmesh is up:",
             *(f"  {name:<8} {HOST}:{port}" for name, port in PORTS.items()),
             f"  MCP      {mcp}  (Streamable HTTP, the same bearer token)",
+            f"  A2A      {card}  (Agent Card; lf.a2a.v1.A2AService on {gateway})",
             f"  discovery: {DISCOVERY.discovery}"
             + (f" (Consul agent at {DISCOVERY.consul_http_addr})" if DISCOVERY.discovery == "consul" else ""),
             f"  {store.describe()}",

@@ -96,6 +96,9 @@ def app_env(policy: Policy, instance: str, auth: DevAuth, store: LocalStore) -> 
     # health-checks the callee's instances, so the app does not health-check its sidecar.
     env["AGENTMESH_CLIENT_HEALTH_CHECKS"] = "false"
     via_sidecar = {callee: [f"{LOOPBACK}:{port}"] for callee, port in ports.outbound.items()}
+    if service in ("gateway", "agent"):
+        # The Agent Cards (public and extended) name the edge: the one address outside callers reach.
+        env.setdefault(prefix + "A2A", json.dumps({"grpc_url": f"https://localhost:{policy.local.edge.port}"}))
     if service == "gateway":
         env[prefix + "BACKENDS"] = json.dumps(via_sidecar)
         if ports.http is not None:  # MCP and the Agent Card, which the edge routes here via the sidecar

@@ -9,9 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from runtime.a2a_card import AgentCardSettings
 from runtime.config import ServiceSettings
 from runtime.database import url_problem
 from runtime.resilience import UpstreamResilience
+from services.agent.a2a_push_policy import PushSettings
 
 
 class FallbackRuleSetting(BaseModel):
@@ -118,8 +120,13 @@ class AgentSettings(ServiceSettings):
             "/agentmesh.agent.v1.AgentService/CreateRun": "request_id",
             "/agentmesh.agent.v1.AgentService/CancelRun": "",
             "/agentmesh.agent.v1.AgentService/SubmitReview": "",
+            "/lf.a2a.v1.A2AService/CancelTask": "",
         }
     )
+    # The A2A Agent Card (GetExtendedAgentCard; the public card is the gateway's, same settings).
+    a2a: AgentCardSettings = Field(default_factory=AgentCardSettings)
+    # Where A2A push notifications may go, and how their deliveries are retried.
+    a2a_push: PushSettings = Field(default_factory=PushSettings)
     # Retries and a circuit breaker on the calls to RAG.
     upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
     # The agent's own bearer token (a file, re-read when replaced), used for calls to RAG made on

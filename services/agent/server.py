@@ -24,7 +24,9 @@ from runtime.live_config.enforce import follow_live_config
 from runtime.live_config.settings import DynamicSettings
 from runtime.resilience import upstream_guards
 from runtime.settings_errors import InvalidSetting
+from services.agent.a2a_service import a2a_binding
 from services.agent.budget import ToolBudget
+from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
 from services.agent.decision import WarmsUp, load_decision_engine
 from services.agent.executor import RunExecutor
@@ -166,7 +168,8 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     )
     executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
     life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
-    servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, executor=executor, settings=settings)
+    commands = RunCommands(store=store, executor=executor, settings=settings)
+    servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, commands=commands)
 
     async def resume_orphaned_runs() -> None:
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
@@ -200,5 +203,18 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
 
     life.on_started(start_background)
     return service.plan(
-        [ServiceBinding(SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s))]
+        [
+            ServiceBinding(
+                SERVICE_NAME, lambda s: agent_service_pb2_grpc.add_AgentServiceServicer_to_server(servicer, s)
+            ),
+            a2a_binding(
+                life,
+                store=store,
+                commands=commands,
+                projection=projection,
+                bus=bus,
+                instance=instance,
+                settings=settings,
+            ),
+        ]
     )

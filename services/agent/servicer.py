@@ -18,38 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
-from interceptors.identity import current_caller
-from interceptors.tracing import capture_trace
-from rpcstatus.errors import (
-    aborted,
-    api_errors,
-    api_errors_stream,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-    resource_exhausted,
-    unavailable,
-)
-from services.agent.config import AgentSettings
-from services.agent.executor import ExecutorClosed, ExecutorFull, RunExecutor
-from services.agent.messages import (
-    event_to_proto,
-    proto_state_name,
-    run_to_proto,
-    state_from_proto,
-    state_to_proto,
-)
+from rpcstatus.errors import api_errors, api_errors_stream, invalid_argument
+from services.agent.commands import RunCommands, domain_errors
+from services.agent.messages import event_to_proto, run_to_proto, state_from_proto, state_to_proto
 from services.agent.projections import InvalidPageToken, RunProjection
-from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore
+from services.agent.run_store import RunStore
 from services.agent.saga_log import SagaLog
-from services.agent.state_machine import TERMINAL, IllegalTransition, RunState
+from services.agent.state_machine import TERMINAL
 from services.agent.validation import validate_create, validate_list, validate_review, validate_run_id
 
 log = structlog.get_logger(__name__)
@@ -59,40 +40,6 @@ Review = agent_service_pb2.SubmitReviewRequest
 WATCH_POLL_S = 5.0
 
 
-@contextlib.contextmanager
-def _domain_errors() -> Iterator[None]:
-    """Domain refusals as AIP-193 errors."""
-    try:
-        yield
-    except RunNotFound as error:
-        raise not_found("run", error.run_id) from None
-    except IllegalTransition as error:
-        src, dst = proto_state_name(error.from_state), proto_state_name(error.to_state)
-        raise failed_precondition(
-            f"the run is {src}; there is no transition {src} -> {dst}", from_state=src, to_state=dst
-        ) from None
-    except ConcurrentUpdate as error:
-        raise aborted(
-            f"run {error.run_id!r} kept changing while this request was applied (nothing was changed); retry it",
-            retry_after_s=0.05,
-            reason="CONCURRENT_UPDATE",
-        ) from None
-
-
-def _background_context() -> contextvars.Context:
-    """The context a run executes in: it acts for its creator, but outlives the CreateRun call.
-
-    Carried over: the caller identity (RAG calls forward the creator's token) and the trace
-    context (the run's calls join the CreateRun trace). Not carried over: the call's deadline
-    and anything else scoped to the call, since the run continues after it returns.
-    """
-    caller, restore_trace = current_caller.get(), capture_trace()
-    context = contextvars.Context()
-    context.run(current_caller.set, caller)
-    context.run(restore_trace)
-    return context
-
-
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
@@ -100,14 +47,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         store: RunStore,
         sagas: SagaLog,
         projection: RunProjection,
-        executor: RunExecutor,
-        settings: AgentSettings,
+        commands: RunCommands,
     ) -> None:
         self._store = store
         self._sagas = sagas
         self._projection = projection
-        self._executor = executor
-        self._settings = settings
+        self._commands = commands
 
     # -- commands ------------------------------------------------------------------------
 
@@ -116,30 +61,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.CreateRunRequest, context: Context
     ) -> agent_service_pb2.CreateRunResponse:
         validate_create(request)
-        try:
-            with self._executor.admit() as admission:
-                try:
-                    run, created = await self._store.create(
-                        question=request.question,
-                        creator=current_caller.get().subject,
-                        request_id=request.request_id,
-                        labels=request.labels,
-                        retrieval_filter=request.retrieval_filter,
-                    )
-                except RequestIdReused:
-                    raise invalid_argument(
-                        [("request_id", "was already used for a different request; use a new request_id")]
-                    ) from None
-                if created:
-                    self._executor.submit(admission, run.run_id, context=_background_context())
-        except ExecutorFull as full:
-            raise resource_exhausted(
-                f"the agent is at capacity ({full.capacity} runs running or queued); retry later",
-                retry_after_s=self._settings.busy_retry_after_s,
-                limit="agent_run_slots",
-            ) from None
-        except ExecutorClosed:
-            raise unavailable("the agent is shutting down; retry on another instance", reason="DRAINING") from None
+        run = await self._commands.create(
+            question=request.question,
+            request_id=request.request_id,
+            labels=request.labels,
+            retrieval_filter=request.retrieval_filter,
+        )
         return agent_service_pb2.CreateRunResponse(run=run_to_proto(run))
 
     @api_errors
@@ -147,12 +74,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.CancelRunRequest, context: Context
     ) -> agent_service_pb2.CancelRunResponse:
         validate_run_id(request.run_id)
-        with _domain_errors():
-            run = await self._store.transition(
-                request.run_id, RunState.CANCELLED, cause=request.reason or "cancelled by caller"
-            )
-        # Interrupts the workflow if it is executing; it then compensates what it had done.
-        self._executor.cancel(run.run_id)
+        with domain_errors():
+            run = await self._commands.cancel(request.run_id, request.reason)
         return agent_service_pb2.CancelRunResponse(run=run_to_proto(run))
 
     @api_errors
@@ -161,16 +84,9 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> agent_service_pb2.SubmitReviewResponse:
         validate_review(request)
         # The auth interceptor has already required the reviewer scope (runs.review) for this method.
-        caller = current_caller.get()
-        approve = request.decision == Review.DECISION_APPROVE
-        verdict = "approved" if approve else "rejected"
-        with _domain_errors():
-            run = await self._store.transition(
-                request.run_id,
-                RunState.COMPLETED if approve else RunState.FAILED,
-                cause=f"{verdict} by {caller.subject}" + (f": {request.comment}" if request.comment else ""),
-                only_from=[RunState.WAITING_FOR_REVIEW],
-                status_reason=request.comment or f"{verdict} by reviewer",
+        with domain_errors():
+            run = await self._commands.review(
+                request.run_id, approve=request.decision == Review.DECISION_APPROVE, comment=request.comment
             )
         return agent_service_pb2.SubmitReviewResponse(run=run_to_proto(run))
 
@@ -181,7 +97,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: agent_service_pb2.GetRunRequest, context: Context
     ) -> agent_service_pb2.GetRunResponse:
         validate_run_id(request.run_id)
-        with _domain_errors():
+        with domain_errors():
             run = await self._store.get(request.run_id)
         return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
 
@@ -217,7 +133,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         validate_run_id(request.run_id)
         if request.after_sequence < 0:
             raise invalid_argument([("after_sequence", "must not be negative")])
-        with _domain_errors():
+        with domain_errors():
             await self._store.get(request.run_id)
         cursor = request.after_sequence
         finished_seen = False

@@ -13,6 +13,7 @@ from pydantic import AnyHttpUrl, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from interceptors.rate_limit import RateLimitPolicy
+from runtime.a2a_card import AgentCardSettings
 from runtime.config import ServiceSettings
 from runtime.resilience import UpstreamResilience
 
@@ -28,6 +29,8 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: {
             "agentmesh.agent.v1.AgentService": "agent",
             "agentmesh.rag.v1.RagService": "rag",
+            # A2A (the vendored lf.a2a.v1 contract, in the descriptor set): the agent serves it.
+            "lf.a2a.v1.A2AService": "agent",
         }
     )
     backends: dict[str, list[str]] = Field(
@@ -52,6 +55,9 @@ class GatewaySettings(ServiceSettings):
     # Token buckets per (caller, method); empty means no limits. Example:
     # AGENTMESH_GATEWAY_RATE_LIMITS='{"limits": {"*": {"rate_per_second": 20, "burst": 40}}}'
     rate_limits: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
+    # The public A2A Agent Card (services/gateway/agent_card.py): grpc_url must be the address
+    # callers reach, this gateway or the mesh edge in front of it.
+    a2a: AgentCardSettings = Field(default_factory=AgentCardSettings)
     # Retries and a circuit breaker per backend on the gateway's outgoing calls.
     upstream_resilience: UpstreamResilience = Field(default_factory=UpstreamResilience)
 

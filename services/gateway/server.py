@@ -16,6 +16,7 @@ from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.enforce import follow_live_config
 from runtime.live_config.settings import DynamicSettings
 from runtime.resilience import upstream_guards
+from services.gateway.agent_card import agent_card_routes
 from services.gateway.config import GatewaySettings
 from services.gateway.http_entry import mcp_tools, serve_http_entry
 from services.gateway.proxy import Forwarding, route_bindings
@@ -45,9 +46,10 @@ async def build(
         pool = load_descriptor_pool(settings.descriptor_set)
         routes = build_routes(settings.routes, pool)
         if settings.http_port:
-            # MCP tools (and, once services/gateway/agent_card.py lands, the Agent Card routes via
-            # serve_http_entry's `routes`) on the HTTP side, calling this gateway's own gRPC port.
-            serve_http_entry(life, settings, mcp_tools(settings, pool, set(routes)))
+            # MCP tools, calling this gateway's own gRPC port, and the public A2A Agent Card.
+            serve_http_entry(
+                life, settings, mcp_tools(settings, pool, set(routes)), routes=agent_card_routes(settings.a2a)
+            )
         guards = upstream_guards(
             settings.upstream_resilience,
             target_of=lambda method: routes[method].backend,

@@ -17,8 +17,8 @@ from tests.system import System
 async def test_list_and_describe_every_server(system: System, server: str) -> None:
     listed = (await grpcurl(system.address(server), "list")).split()
     expected = {
-        "gateway": {"agentmesh.agent.v1.AgentService", "agentmesh.rag.v1.RagService"},
-        "agent": {"agentmesh.agent.v1.AgentService"},
+        "gateway": {"agentmesh.agent.v1.AgentService", "agentmesh.rag.v1.RagService", "lf.a2a.v1.A2AService"},
+        "agent": {"agentmesh.agent.v1.AgentService", "lf.a2a.v1.A2AService"},
         "rag": {"agentmesh.rag.v1.RagService"},
     }[server]
     assert expected | {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= set(listed)
@@ -30,8 +30,16 @@ async def test_list_and_describe_every_server(system: System, server: str) -> No
 
 
 METHODS = {
-    "gateway": ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.rag.v1.RagService.Search"],
-    "agent": ["agentmesh.agent.v1.AgentService.CreateRun", "agentmesh.agent.v1.AgentService.WatchRun"],
+    "gateway": [
+        "agentmesh.agent.v1.AgentService.CreateRun",
+        "agentmesh.rag.v1.RagService.Search",
+        "lf.a2a.v1.A2AService.SendMessage",
+    ],
+    "agent": [
+        "agentmesh.agent.v1.AgentService.CreateRun",
+        "agentmesh.agent.v1.AgentService.WatchRun",
+        "lf.a2a.v1.A2AService.SubscribeToTask",
+    ],
     "rag": ["agentmesh.rag.v1.RagService.Search", "agentmesh.rag.v1.RagService.StreamIngestDocuments"],
 }
 
@@ -88,6 +96,21 @@ async def test_create_run_with_json_through_the_gateway(system: System) -> None:
     assert run["runId"].startswith("run_")
     # CreateRun answers at once; the workflow goes on in the background.
     assert run["state"] == "STATE_PROCESSING"
+
+
+async def test_an_a2a_message_with_json_through_the_gateway_and_its_task_read_back(system: System) -> None:
+    # The README's "From other agents" example: A2A over gRPC needs nothing but the contract.
+    message = {"messageId": "grpcurl-a2a-1", "role": "ROLE_USER", "parts": [{"text": "How long do refunds take?"}]}
+    out = await grpcurl(
+        "-d", json.dumps({"message": message, "configuration": {"returnImmediately": True}}),
+        system.gateway_address, "lf.a2a.v1.A2AService/SendMessage",
+    )  # fmt: skip
+    task = json.loads(out)["task"]
+    assert task["id"].startswith("run_") and task["status"]["state"] in ("TASK_STATE_SUBMITTED", "TASK_STATE_WORKING")
+    fetched = await grpcurl(
+        "-d", json.dumps({"id": task["id"]}), system.gateway_address, "lf.a2a.v1.A2AService/GetTask"
+    )
+    assert json.loads(fetched)["contextId"] == task["contextId"]
 
 
 @pytest.mark.parametrize("server", ["gateway", "agent", "rag"])

@@ -21,6 +21,7 @@ from agentmesh.agent.v1 import run_pb2
 from runtime.database import Database
 from services.agent import servicer as servicer_module
 from services.agent.budget import ToolBudget
+from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
 from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.executor import RunExecutor
@@ -80,8 +81,7 @@ async def test_a_watch_sends_the_terminal_event_committed_between_its_log_read_a
         store=store,
         sagas=stores.sagas,
         projection=stores.projection,
-        executor=RunExecutor(_idle, workers=1, backlog=0),
-        settings=AgentSettings(),
+        commands=RunCommands(store=store, executor=RunExecutor(_idle, workers=1, backlog=0), settings=AgentSettings()),
     )
     context: Any = mock.Mock(spec=grpc.aio.ServicerContext)
 
@@ -142,8 +142,9 @@ def _watch(stores: Stores, sagas: SagaLog, run_id: str) -> Stream:
         store=stores.runs,
         sagas=sagas,
         projection=stores.projection,
-        executor=RunExecutor(_idle, workers=1, backlog=0),
-        settings=AgentSettings(),
+        commands=RunCommands(
+            store=stores.runs, executor=RunExecutor(_idle, workers=1, backlog=0), settings=AgentSettings()
+        ),
     )
     context: Any = mock.Mock(spec=grpc.aio.ServicerContext)
     return servicer.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), context)
