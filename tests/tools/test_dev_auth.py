@@ -21,4 +21,11 @@ def test_the_console_token_carries_only_the_read_scope_for_runs(tmp_path: Path) 
         "/agentmesh.agent.v1.AgentService/ListRuns",
         "/agentmesh.agent.v1.AgentService/WatchRun",
         "/agentmesh.agent.v1.AgentService/GetRunStats",
+        # The same runs read through A2A: tasks are runs, and reading them needs the same scope.
+        "/lf.a2a.v1.A2AService/GetTask",
+        "/lf.a2a.v1.A2AService/ListTasks",
+        "/lf.a2a.v1.A2AService/SubscribeToTask",
+        "/lf.a2a.v1.A2AService/GetTaskPushNotificationConfig",
+        "/lf.a2a.v1.A2AService/ListTaskPushNotificationConfigs",
+        "/lf.a2a.v1.A2AService/GetExtendedAgentCard",
     }
