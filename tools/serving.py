@@ -11,9 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 async def wait_serving(
-    name: str, address: str, *, exit_code: Callable[[], int | None], within: float = 30.0, poll_s: float = 0.1
+    name: str, address: str, *, exit_code: Callable[[], int | None], within: float = 90.0, poll_s: float = 0.1
 ) -> None:
-    """Poll ``grpc.health.v1`` at ``address`` until SERVING; fail fast if the process has exited."""
+    """Poll ``grpc.health.v1`` at ``address`` until SERVING; fail fast if the process has exited.
+
+    The wait is long because a first start on a busy two-core machine loads models and seeds
+    the knowledge base; a process that dies is still reported at once.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     async with grpc.aio.insecure_channel(address) as channel:
