@@ -9,10 +9,17 @@ again (``ConcurrentUpdate`` once that keeps failing, a retryable error). Nothing
 runs: two runs never wait for each other, whichever replica writes them.
 
 **Round trips.** On PostgreSQL a change is one statement (data-modifying CTEs: the run row, its
-events, their outbox rows and the ``pg_notify`` that wakes other replicas' watchers) run as its
-own transaction: a CreateRun is that statement (after a look-up of its request id, which answers
-a replay on its own), a transition a read and that statement. SQLite has no data-modifying CTEs,
-and no network either: there the same writes are separate statements in one local transaction.
+events and their outbox rows) run as its own transaction: a CreateRun is that statement (after a
+look-up of its request id, which answers a replay on its own), a transition a read and that
+statement. SQLite has no data-modifying CTEs, and no network either: there the same writes are
+separate statements in one local transaction.
+
+**Waking watchers.** A commit wakes this process's watchers at once. Other replicas' hear of it
+by ``NOTIFY``, but not from the writing transaction: a transaction that notifies holds a
+cluster-wide lock from its NOTIFY until after its commit (PostgreSQL serializes notifying commits
+so notifications queue in commit order), which would make every change in every run wait for
+each other's commit. ``announce_commits`` instead sends one NOTIFY, in a statement of its own,
+for all the commits this replica made since its last one.
 
 **The global feed.** Consumers of "every event, in order" (the projection) follow ``feed``. A
 PostgreSQL identity column hands out numbers at INSERT, and transactions commit in any order, so a
@@ -114,8 +121,8 @@ SCHEMA = Schema(
     ),
     legacy_table="runs",
 )
-# Committed appends (and saga ends, see ``wake_watchers``) notify it, so watchers on every
-# replica wake (LISTEN/NOTIFY on PostgreSQL).
+# Commits that append (and saga ends, see ``wake_watchers``) are announced on it, so watchers on
+# every replica wake (LISTEN/NOTIFY on PostgreSQL, see ``announce_commits``).
 LOG_CHANNEL = "agent_run_events"
 # A writer that lost this many races in a row for one run gives up with ConcurrentUpdate.
 _ATTEMPTS = 8
@@ -240,6 +247,8 @@ class RunStore:
         self.db = db
         self._outbox = outbox
         self._committed = asyncio.Event()
+        # Set by a commit made here and not yet announced to the other replicas.
+        self._unannounced = asyncio.Event()
         self._statements: dict[tuple[str, int], str] = {}
 
     async def create_schema(self) -> None:
@@ -406,17 +415,14 @@ class RunStore:
             sql = self._statement("insert" if insert is not None else "update", len(events))
             for n, event in enumerate(events):
                 params |= {f"v{n}": event.data["sequence"], f"id{n}": event.id, f"e{n}": event.to_json()}
-            params["channel"] = LOG_CHANNEL
             if tx is None:
                 written = (await self.db.execute(sql, params)).first() is not None
                 if written:
-                    self.db.wake(LOG_CHANNEL)
-                    self._outbox.wake()
+                    self._committed_here()
                 return written
             if (await tx.execute(sql, params)).first() is None:
                 return False
-            tx.on_commit(lambda: self.db.wake(LOG_CHANNEL))
-            tx.on_commit(self._outbox.wake)
+            tx.on_commit(self._committed_here)
             return True
         if tx is None:
             async with self.db.transaction() as own:
@@ -435,7 +441,7 @@ class RunStore:
                 {"run_id": event.key, "version": event.data["sequence"], "id": event.id, "event": event.to_json()},
             )
             await self._outbox.append(tx, event)
-        await tx.notify(LOG_CHANNEL)
+        tx.on_commit(self._committed_here)
         return True
 
     def _statement(self, kind: str, events: int) -> str:
@@ -452,7 +458,7 @@ class RunStore:
                 " SELECT w.run_id, n.version, n.event_id, n.event FROM written w, new_events n ORDER BY n.version),"
                 " published AS ("
                 + self._outbox.insert_select("SELECT n.event_id, n.event FROM written, new_events n ORDER BY n.version")
-                + ") SELECT pg_notify(:channel, '') FROM written"
+                + ") SELECT run_id FROM written"
             )
         return self._statements[key]
 
@@ -469,7 +475,26 @@ class RunStore:
 
     async def wake_watchers(self, tx: Transaction) -> None:
         """Once ``tx`` commits, wake the watchers on every replica (a change they wait for, not an event)."""
-        await tx.notify(LOG_CHANNEL)
+        tx.on_commit(self._committed_here)
+
+    def _committed_here(self) -> None:
+        self._outbox.wake()
+        self.db.wake(LOG_CHANNEL)  # this process's watchers, at once
+        self._unannounced.set()
+
+    async def announce_commits(self) -> None:
+        """Forever: tell the other replicas' watchers of this replica's commits, one NOTIFY for all
+        those made since the last one (a background loop; on SQLite one process owns the file)."""
+        if self.db.dialect != "postgresql":
+            return
+        while True:
+            await self._unannounced.wait()
+            self._unannounced.clear()
+            try:
+                await self.db.execute("SELECT pg_notify(:channel, '')", {"channel": LOG_CHANNEL})
+            except BaseException:
+                self._unannounced.set()  # still owed, after the restart
+                raise
 
     def _wake_watchers(self) -> None:
         self._committed.set()

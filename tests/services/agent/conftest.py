@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,6 +34,8 @@ class Stores:
     sagas: SagaLog
     budget: ToolBudget
     projection: RunProjection
+    # Tells other replicas' watchers of this one's commits, as the service's supervised loop does.
+    announcing: asyncio.Task[None] | None = None
 
 
 async def open_stores(data_dir: Path, *, database_url: str = "", budget_limit: int = 100) -> Stores:
@@ -55,10 +58,15 @@ async def open_stores(data_dir: Path, *, database_url: str = "", budget_limit: i
     )
     for component in (stores.runs, stores.sagas, stores.budget, stores.projection):
         await component.create_schema()
+    stores.announcing = asyncio.create_task(stores.runs.announce_commits())
     return stores
 
 
 async def close_stores(stores: Stores) -> None:
+    if stores.announcing is not None:
+        stores.announcing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stores.announcing
     if stores.read_db is not stores.db:
         await stores.read_db.close()
     await stores.db.close()

@@ -16,9 +16,9 @@ from runtime.database import SchemaMismatch
 from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
+from services.agent.commands import domain_errors
 from services.agent.model import EventType, Run
 from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunStore, _event
-from services.agent.servicer import _domain_errors
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -160,7 +160,7 @@ async def test_a_command_that_keeps_losing_races_gives_up_with_a_retryable_error
         await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
     assert (await store.get(run.run_id)).state is RunState.PROCESSING
 
-    with pytest.raises(ApiError) as raised, _domain_errors():
+    with pytest.raises(ApiError) as raised, domain_errors():
         await store.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
     assert raised.value.code is grpc.StatusCode.ABORTED
     assert "retry" in raised.value.message

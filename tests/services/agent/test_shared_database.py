@@ -133,7 +133,7 @@ async def test_commits_on_one_replica_wake_watchers_on_another(replicas: list[St
     await replicas[1].db.listen(LOG_CHANNEL, lambda: heard.put_nowait(None))
     await asyncio.wait_for(heard.get(), timeout=10)  # listening (called once on connect)
     await replicas[0].runs.create(question="anyone there?")
-    await asyncio.wait_for(heard.get(), timeout=10)  # the NOTIFY of replica 0's commit
+    await asyncio.wait_for(heard.get(), timeout=10)  # replica 0's announcement of its commit
 
 
 async def test_of_replicas_claiming_an_expired_lease_at_once_exactly_one_takes_it(replicas: list[Stores]) -> None:
@@ -193,3 +193,18 @@ async def test_replicas_relaying_at_once_publish_each_outbox_row_once(replicas: 
     assert len(bus.published) == 60  # CREATED and PROCESSING per run
     assert len(set(bus.published)) == 60
     assert await replicas[0].outbox.pending_count() == 0
+
+
+async def test_reads_answer_at_once_while_a_change_to_the_run_is_uncommitted(replicas: list[Stores]) -> None:
+    """GetRun reads the run's last committed row and the lists read the view: neither waits for a writer."""
+    run, _ = await replicas[0].runs.create(question="busy?")
+    await replicas[0].projection.catch_up(replicas[0].runs)
+    async with replicas[0].db.transaction() as writing:
+        await replicas[0].runs.append_step_event(writing, run.run_id, step="validate", cause="holding the row")
+        seen = await asyncio.wait_for(replicas[1].runs.get(run.run_id), timeout=5)
+        listed, _ = await asyncio.wait_for(replicas[1].projection.page(), timeout=5)
+        counts = await asyncio.wait_for(replicas[1].projection.counts(), timeout=5)
+    assert seen == run
+    assert [r.run_id for r in listed] == [run.run_id]
+    assert counts == {RunState.PROCESSING: 1}
+    assert (await replicas[1].runs.get(run.run_id)).version == run.version + 1
