@@ -18,6 +18,9 @@ RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.pro
 A2A_PROTO := protos/third_party/a2a/a2a.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
+# The corpus sizes `make bench` grows the RAG replicas through (the last is the largest; the issue's
+# 100,000 takes minutes once a change costs what it should, hours where it does not).
+RAG_GROWTH_SIZES ?= 1000,10000
 
 .PHONY: help
 help: ## list the targets
@@ -141,12 +144,16 @@ mesh-check: gen ## fail if envoy/ or istio/ drifted from the policy, or the poli
 	$(PY) -m mesh check
 
 .PHONY: bench
-bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback, ~11 min): bench/results/latest.{json,md}, docs/benchmarks.md
+bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio load on loopback), the agent's write path and RAG growth (~25 min): bench/results/, docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 	# CreateRun's transaction on SQLite and PostgreSQL (docs/database.md): bench/results/run_store.json
 	$(PY) -m bench.run_store
 	# The chain's own work per call in instructions, by concern (callgrind; ~2 min): bench/results/instructions.json
 	$(PY) -m bench.instructions
+	# The agent's write path with PostgreSQL a hop away, 0 and 1 ms, 1 and 2 agents (~6 min): bench/results/write_path.{json,md}
+	$(PY) -m bench.write_path
+	# RAG as the corpus grows, two replicas (RAG_GROWTH_SIZES): bench/results/rag_growth.{json,md}
+	$(PY) -m bench.rag_growth --sizes $(RAG_GROWTH_SIZES)
 
 .PHONY: eval
 eval: gen ## retrieval quality: recall@5 and MRR@10 for BM25, dense and hybrid (eval/rag/results.{json,md}, docs/rag.md)

@@ -7,6 +7,7 @@ only say who got more of the cores.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,3 +152,18 @@ def _wait_for_port(child: Child, port_file: Path, timeout_s: float) -> int:
 
 def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {role: after[role] - before.get(role, 0.0) for role in after}
+
+
+async def start_service(group: ProcessGroup, module: str, prefix: str, name: str, work: Path, **settings: str) -> Child:
+    """Start ``python -m module`` (a service of this repo) as ``name`` and wait until it is SERVING.
+
+    ``settings`` are its ``AGENTMESH_<prefix>_*`` variables; port 0 with a port file, and a data dir
+    of its own under ``work`` unless given.
+    """
+    values = {"PORT": "0", "PORT_FILE": str(group.port_file(name)), "DATA_DIR": str(work / name), **settings}
+    env = python_env({f"AGENTMESH_{prefix}_{k}": v for k, v in values.items()})
+    child = await asyncio.to_thread(
+        group.start, name, python_argv(module), env=env, port_file=group.port_file(name), timeout_s=60
+    )
+    await wait_serving(name, child.address, exit_code=child.popen.poll, within=600)
+    return child

@@ -22,20 +22,13 @@ from prometheus_client import CollectorRegistry
 from bench.payload import UNARY_METHOD
 from interceptors.access_log import AccessLogInterceptor
 from interceptors.deadline import DeadlineInterceptor
-from interceptors.idempotency import (
-    IdempotencyInterceptor,
-    IdempotencyStore,
-    IdempotentMethod,
-    MemoryStore,
-    PostgresStore,
-    RedisStore,
-    SQLiteStore,
-)
+from interceptors.idempotency import IdempotencyInterceptor, IdempotencyStore, IdempotentMethod, MemoryStore
 from interceptors.metrics import Metrics, MetricsInterceptor
 from interceptors.recovery import RecoveryInterceptor
 from interceptors.tracing import TracingInterceptor, setup_tracing
 from runtime.chains import ServiceChains
 from runtime.config import ServiceSettings
+from runtime.idempotency import DatabaseStore, RedisStore
 from runtime.logging import access_log_writer
 from runtime.security import AuthSettings, auth_interceptor
 
@@ -138,7 +131,9 @@ def _redis_store(options: StackOptions) -> IdempotencyStore:
 def _postgres_store(options: StackOptions) -> IdempotencyStore:
     if options.postgres_url is None:
         raise ValueError("idempotency-postgres needs a PostgreSQL URL (the harness starts a local cluster)")
-    return PostgresStore(url=options.postgres_url, prefix="bench:")
+    return DatabaseStore.at(
+        options.postgres_url, sqlite_path=Path("unused"), setting="AGENTMESH_BENCH_POSTGRES_URL", prefix="bench:"
+    )
 
 
 def _auth_settings(options: StackOptions) -> AuthSettings:
@@ -178,7 +173,9 @@ FACTORIES: dict[str, Factory] = {
     "deadline": _deadline,
     "idempotency-memory": _idempotency(lambda options: MemoryStore()),
     "idempotency-sqlite": _idempotency(
-        lambda options: SQLiteStore(path=Path(options.data_dir) / "idempotency.sqlite3")
+        lambda options: DatabaseStore.at(
+            "", sqlite_path=Path(options.data_dir) / "idempotency.sqlite3", setting="AGENTMESH_BENCH_DATA_DIR"
+        )
     ),
     "idempotency-redis": _idempotency(_redis_store),
     "idempotency-postgres": _idempotency(_postgres_store),

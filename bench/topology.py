@@ -21,7 +21,8 @@ from bench.payload import SERVICE
 from bench.processes import REPO, Child, ProcessGroup, python_argv, python_env
 from bench.stacks import NEEDS_AUTH, NEEDS_POSTGRES, NEEDS_REDIS
 from mesh.certs import cert_paths, write_mesh_certs
-from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
+from mesh.edge_config import edge_bootstrap
+from mesh.envoy_config import Address, sidecar_bootstrap
 from mesh.local_layout import LOOPBACK, mesh_identities
 from mesh.policy import Policy, Proxy, load_policy
 from tools.postgres_local import LocalPostgres

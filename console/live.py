@@ -96,11 +96,11 @@ class LiveView:
 
     def start(self) -> None:
         # A refresh that fails (a bug: the sources' outages are part of the snapshot) is logged
-        # and the next one runs about a period later, backing off while it keeps failing.
+        # and the next one runs within a period, as after a good one: pages keep being refreshed.
         self._loop = SupervisedLoop(
             "console refresh",
             self._refresh_every_period,
-            backoff=Backoff(initial=self.refresh_s, maximum=max(self.refresh_s, 30.0)),
+            backoff=Backoff(initial=self.refresh_s, maximum=self.refresh_s),
         ).start()
 
     async def stop(self) -> None:

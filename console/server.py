@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import socket
 import sys
@@ -30,6 +31,8 @@ from console.runs import RunsClient
 from console.trace_store import TraceStore
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
+from runtime.ports import PortTaken, port_holder, taken_message
+from runtime.settings_errors import env_name
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +59,12 @@ async def open_console(settings: ConsoleSettings, discovery: DiscoverySettings |
         traces = TraceStore(max_traces=settings.trace_ring_size, max_spans_per_trace=settings.max_spans_per_trace)
         receiver = grpc.aio.server()
         receiver.add_generic_rpc_handlers((TraceReceiver(traces, drop_span_prefixes=settings.drop_span_prefixes),))
-        otlp_port = receiver.add_insecure_port(f"{settings.otlp_host}:{settings.otlp_port}")
+        try:
+            otlp_port = receiver.add_insecure_port(f"{settings.otlp_host}:{settings.otlp_port}")
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            otlp_port = 0
+        if otlp_port == 0 and settings.otlp_port and port_holder(settings.otlp_port) is not None:
+            raise PortTaken(taken_message(settings.otlp_port, env_name(ConsoleSettings, "otlp_port")))
         if otlp_port == 0:
             raise RuntimeError(f"the OTLP receiver could not listen on {settings.otlp_host}:{settings.otlp_port}")
         await receiver.start()
@@ -93,7 +101,13 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortTaken(taken_message(port, env_name(ConsoleSettings, "port"))) from None
+        raise
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -150,5 +164,9 @@ def main() -> int:
         print(error, file=sys.stderr)
         return EXIT_INVALID_SETTING
     configure_logging(level="INFO", fmt="console")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except PortTaken as taken:
+        print(taken, file=sys.stderr)
+        return 1
     return 0

@@ -1,6 +1,6 @@
 """Envoy bootstrap configs (v3 API, static resources) rendered from the traffic policy.
 
-Two shapes, both built from the same pieces:
+Two shapes, both built from the same pieces (the edge's own parts are in ``mesh.edge_config``):
 
 * a **sidecar** per service instance: an mTLS inbound listener that admits only the callers
   the policy names (by SPIFFE SAN, then per gRPC method with RBAC) in front of the plaintext
@@ -20,25 +20,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from interceptors.selector import path_match
 from mesh.certs import CertPaths
-from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Proxy, Route, Service, parse_duration, proto_duration
+from mesh.policy import GRPC_CODE_NUMBERS, Fault, Policy, Proxy, Route, Service, proto_duration
 
 Config = dict[str, Any]
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
-JWT_FILTER = "envoy.filters.http.jwt_authn"
-JWT_PROVIDER = "agentmesh"
-# Where jwt_authn records why it refused a token (read by the edge's local-reply mapper).
-JWT_FAILURE_KEY = "jwt_failure"
-UNAUTHENTICATED = 16  # the gRPC status code
-# The services' own message limit (ServiceSettings.max_message_bytes): a bigger JSON body could
-# not become one gRPC message anyway.
-MAX_HTTP_REQUEST_BYTES = 4 * 1024 * 1024
-_TLS_SOCKET = "envoy.transport_sockets.tls"
+TLS_SOCKET = "envoy.transport_sockets.tls"
 LOCAL_APP_HTTP = "local_app_http"
 _TYPE = "type.googleapis.com/"
 
@@ -49,15 +40,15 @@ class Address:
     port: int
 
 
-def _socket_address(address: Address) -> Config:
+def socket_address(address: Address) -> Config:
     return {"socket_address": {"address": address.host, "port_value": address.port}}
 
 
-def _any(type_name: str, **fields: Any) -> Config:
+def typed(type_name: str, **fields: Any) -> Config:
     return {"@type": _TYPE + type_name, **fields}
 
 
-def _tls_certificates(certs: CertPaths) -> list[Config]:
+def tls_certificates(certs: CertPaths) -> list[Config]:
     return [{"certificate_chain": {"filename": str(certs.cert)}, "private_key": {"filename": str(certs.key)}}]
 
 
@@ -65,8 +56,8 @@ def _san_matchers(spiffe_ids: Sequence[str]) -> list[Config]:
     return [{"san_type": "URI", "matcher": {"exact": spiffe_id}} for spiffe_id in spiffe_ids]
 
 
-def _admin(port: int) -> Config:
-    return {"address": _socket_address(Address("127.0.0.1", port))}
+def admin_config(port: int) -> Config:
+    return {"address": socket_address(Address("127.0.0.1", port))}
 
 
 # --------------------------------------------------------------------------- routes
@@ -77,7 +68,7 @@ def _path_string_match(pattern: str) -> Config:
     return dict(path_match(pattern))
 
 
-def _path_match(pattern: str) -> Config:
+def path_match_config(pattern: str) -> Config:
     """A method pattern as a RouteMatch path specifier."""
     matcher = _path_string_match(pattern)
     return {"path": matcher["exact"]} if "exact" in matcher else matcher
@@ -87,7 +78,7 @@ def cluster_name(service: str, version: str) -> str:
     return f"{service}_{version}"
 
 
-def _split_action(policy: Policy, callee: str) -> Config:
+def split_action(policy: Policy, callee: str) -> Config:
     """Where a request for ``callee`` goes when no header pins a version."""
     service = policy.services[callee]
     if service.canary is None:
@@ -123,7 +114,7 @@ def _route_action(target: Config, route: Route) -> Config:
             "retry_host_predicate": [
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": _any("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"),
+                    "typed_config": typed("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"),
                 }
             ],
             "host_selection_retry_max_attempts": 3,
@@ -133,7 +124,7 @@ def _route_action(target: Config, route: Route) -> Config:
 
 def _fault_config(fault: Fault) -> Config:
     hundred_percent = {"numerator": 100, "denominator": "HUNDRED"}
-    config = _any("envoy.extensions.filters.http.fault.v3.HTTPFault")
+    config = typed("envoy.extensions.filters.http.fault.v3.HTTPFault")
     if fault.delay is not None:
         config["delay"] = {"fixed_delay": proto_duration(fault.delay), "percentage": hundred_percent}
     if fault.abort is not None:
@@ -154,7 +145,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
                     "prefix": "/",
                     "headers": [{"name": policy.fault_header, "string_match": {"exact": fault.name}}],
                 },
-                "route": _route_action(_split_action(policy, callee), catch_all.model_copy(update={"retries": None})),
+                "route": _route_action(split_action(policy, callee), catch_all.model_copy(update={"retries": None})),
                 "typed_per_filter_config": {"envoy.filters.http.fault": _fault_config(fault)},
             }
         )
@@ -167,7 +158,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
                     {
                         "name": f"{name}-pinned-{canary.version}",
                         "match": {
-                            **_path_match(pattern),
+                            **path_match_config(pattern),
                             "headers": [{"name": canary.header, "string_match": {"exact": canary.value}}],
                         },
                         "route": _route_action({"cluster": cluster_name(callee, canary.version)}, route),
@@ -176,8 +167,8 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
             routes.append(
                 {
                     "name": name,
-                    "match": _path_match(pattern),
-                    "route": _route_action(_split_action(policy, callee), route),
+                    "match": path_match_config(pattern),
+                    "route": _route_action(split_action(policy, callee), route),
                 }
             )
     return routes
@@ -188,7 +179,7 @@ def outbound_routes(policy: Policy, callee: str) -> list[Config]:
 
 def _http2_options() -> Config:
     return {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             explicit_http_config={"http2_protocol_options": {}},
         )
@@ -207,7 +198,7 @@ def _discovery_type(endpoints: Sequence[Address]) -> str:
 def _load_assignment(name: str, endpoints: Sequence[Address]) -> Config:
     return {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(e)}} for e in endpoints]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(e)}} for e in endpoints]}],
     }
 
 
@@ -226,11 +217,11 @@ def upstream_cluster(
         "typed_extension_protocol_options": _http2_options(),
         "load_assignment": _load_assignment(name, endpoints),
         "transport_socket": {
-            "name": _TLS_SOCKET,
-            "typed_config": _any(
+            "name": TLS_SOCKET,
+            "typed_config": typed(
                 "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 common_tls_context={
-                    "tls_certificates": _tls_certificates(client_certs),
+                    "tls_certificates": tls_certificates(client_certs),
                     "validation_context": {
                         "trusted_ca": {"filename": str(client_certs.ca)},
                         # The callee must prove it is the service we meant to reach.
@@ -292,26 +283,13 @@ def _local_app_http_cluster(app_http: Address) -> Config:
     }
 
 
-def edge_http_routes(policy: Policy) -> list[Config]:
-    """The edge's routes for the upstream's HTTP side: exact paths, ahead of the gRPC routes."""
-    target = _split_action(policy, policy.edge.upstream)
-    return [
-        {
-            "name": f"http{route.path.replace('/', '-')}",
-            "match": {"path": route.path},
-            "route": {**target, "timeout": proto_duration(route.timeout)},
-        }
-        for route in policy.edge.http_routes
-    ]
-
-
 # --------------------------------------------------------------------------- listeners
 
 
 def _router_filter(proxy: Proxy) -> Config:
     return {
         "name": "envoy.filters.http.router",
-        "typed_config": _any(
+        "typed_config": typed(
             "envoy.extensions.filters.http.router.v3.Router",
             dynamic_stats=proxy.dynamic_stats,
             suppress_envoy_headers=proxy.suppress_envoy_headers,
@@ -319,12 +297,12 @@ def _router_filter(proxy: Proxy) -> Config:
     }
 
 
-def _http_connection_manager(
+def http_connection_manager(
     policy: Policy, *, stat_prefix: str, codec: str, routes: list[Config], http_filters: list[Config], **extra: Any
 ) -> Config:
     return {
         "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": _any(
+        "typed_config": typed(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             stat_prefix=stat_prefix,
             codec_type=codec,
@@ -357,7 +335,7 @@ def _rbac_filter(policy: Policy, service: str) -> Config:
         }
     return {
         "name": "envoy.filters.http.rbac",
-        "typed_config": _any(
+        "typed_config": typed(
             "envoy.extensions.filters.http.rbac.v3.RBAC", rules={"action": "ALLOW", "policies": policies}
         ),
     }
@@ -377,16 +355,16 @@ def _inbound_listener(
     routes.append({"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}})
     return {
         "name": "inbound",
-        "address": _socket_address(address),
+        "address": socket_address(address),
         "filter_chains": [
             {
                 "transport_socket": {
-                    "name": _TLS_SOCKET,
-                    "typed_config": _any(
+                    "name": TLS_SOCKET,
+                    "typed_config": typed(
                         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
                         require_client_certificate=True,
                         common_tls_context={
-                            "tls_certificates": _tls_certificates(certs),
+                            "tls_certificates": tls_certificates(certs),
                             "validation_context": {
                                 "trusted_ca": {"filename": str(certs.ca)},
                                 # Unknown identities are refused during the handshake;
@@ -398,7 +376,7 @@ def _inbound_listener(
                     ),
                 },
                 "filters": [
-                    _http_connection_manager(
+                    http_connection_manager(
                         policy,
                         stat_prefix="inbound",
                         codec="HTTP2",
@@ -414,27 +392,27 @@ def _inbound_listener(
     }
 
 
-def _fault_filter() -> Config:
+def fault_filter() -> Config:
     # Configured per route (see outbound_routes); inert on routes without a fault.
     return {
         "name": "envoy.filters.http.fault",
-        "typed_config": _any("envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        "typed_config": typed("envoy.extensions.filters.http.fault.v3.HTTPFault"),
     }
 
 
 def _outbound_listener(policy: Policy, callee: str, *, address: Address) -> Config:
     return {
         "name": f"outbound_{callee}",
-        "address": _socket_address(address),
+        "address": socket_address(address),
         "filter_chains": [
             {
                 "filters": [
-                    _http_connection_manager(
+                    http_connection_manager(
                         policy,
                         stat_prefix=f"outbound_{callee}",
                         codec="HTTP2",
                         routes=outbound_routes(policy, callee),
-                        http_filters=[_fault_filter()],
+                        http_filters=[fault_filter()],
                     )
                 ]
             }
@@ -474,15 +452,15 @@ def sidecar_bootstrap(
         clusters.append(_local_app_http_cluster(app_http))
     for callee in callees:
         listeners.append(_outbound_listener(policy, callee, address=Address("127.0.0.1", outbound_ports[callee])))
-        clusters += _callee_clusters(policy, callee, upstreams[callee], certs)
+        clusters += callee_clusters(policy, callee, upstreams[callee], certs)
     return {
         "node": {"id": f"{service}-{version}", "cluster": service},
-        "admin": _admin(admin_port),
+        "admin": admin_config(admin_port),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 
-def _callee_clusters(
+def callee_clusters(
     policy: Policy, callee: str, versions: Mapping[str, Sequence[Address]], certs: CertPaths
 ) -> list[Config]:
     wanted = policy.services[callee].versions
@@ -491,221 +469,3 @@ def _callee_clusters(
     return [
         upstream_cluster(policy, callee=callee, version=v, endpoints=versions[v], client_certs=certs) for v in wanted
     ]
-
-
-def _jwt_authn_filter(policy: Policy, jwks_file: Path) -> Config:
-    """Every routed method needs a valid token from the policy's issuer, bar its public methods.
-
-    It runs before the transcoder: a call without a valid token is refused before anything is
-    transcoded, and the local-reply mappers still see the caller's own content type (HTTP/JSON or
-    gRPC) to answer in its terms. Public methods are gRPC paths; no HTTP route maps onto them, so
-    every HTTP/JSON route needs a token.
-    """
-    public = [{"match": _path_match(pattern)} for pattern in policy.jwt.public_methods]
-    public += [{"match": {"path": route.path}} for route in policy.edge.http_routes if route.public]
-    return {
-        "name": JWT_FILTER,
-        "typed_config": _any(
-            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            providers={
-                JWT_PROVIDER: {
-                    "issuer": policy.jwt.issuer,
-                    "audiences": [policy.jwt.audience],
-                    # Read at start: a rotated key set needs an edge restart (or the remote_jwks of
-                    # a real issuer, which Istio's RequestAuthentication uses).
-                    "local_jwks": {"filename": str(jwks_file)},
-                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-                    # The services verify the same token again (defence in depth): keep it.
-                    "forward": True,
-                    "require_expiration": True,
-                    "clock_skew_seconds": int(parse_duration(policy.jwt.clock_skew).total_seconds()),
-                    "failed_status_in_metadata": JWT_FAILURE_KEY,
-                }
-            },
-            # First match wins: the public methods, then everything else.
-            rules=[*public, {"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}}],
-        ),
-    }
-
-
-def _whole_http_request() -> Config:
-    """HTTP/JSON requests are read to their end before the token check answers.
-
-    Otherwise a refusal goes out while the client is still sending its body, and Envoy ends the
-    HTTP/2 stream with RST_STREAM(NO_ERROR), which some clients (curl 7.x) report as a framing
-    error instead of the 401. gRPC calls skip this: they may stream, and gRPC clients read an
-    early status fine. The transcoder buffers a unary JSON body anyway.
-    """
-    return {
-        "name": "http-request-buffer",
-        "typed_config": _any(
-            "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
-            extension_config={
-                "name": "envoy.filters.http.buffer",
-                "typed_config": _any(
-                    "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=MAX_HTTP_REQUEST_BYTES
-                ),
-            },
-            xds_matcher={
-                "matcher_list": {
-                    "matchers": [
-                        {
-                            "predicate": {
-                                "single_predicate": {
-                                    "input": {
-                                        "name": "content-type",
-                                        "typed_config": _any(
-                                            "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
-                                            header_name="content-type",
-                                        ),
-                                    },
-                                    "value_match": {"prefix": "application/grpc"},
-                                }
-                            },
-                            "on_match": {
-                                "action": {
-                                    "name": "skip",
-                                    "typed_config": _any(
-                                        "envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
-                                    ),
-                                }
-                            },
-                        }
-                    ]
-                }
-            },
-        ),
-    }
-
-
-def _jwt_local_replies(policy: Policy) -> Config:
-    """How the edge answers a refused token: 401, i.e. UNAUTHENTICATED, for every reason.
-
-    jwt_authn answers a token for another audience with 403; to a caller that is a bad token like
-    any other (RFC 6750 ``invalid_token``), and the services answer it UNAUTHENTICATED too.
-    HTTP/JSON callers get the body the transcoder gives every other error (a google.rpc.Status
-    as JSON); gRPC callers get the status and Envoy's reason as grpc-message.
-    """
-    refused_token = {
-        "metadata_filter": {
-            "matcher": {"filter": JWT_FILTER, "path": [{"key": JWT_FAILURE_KEY}], "value": {"present_match": True}},
-            "match_if_key_not_found": False,
-        }
-    }
-    grpc_caller = {
-        "header_filter": {
-            "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}},
-        }
-    }
-    http_caller = {
-        "header_filter": {
-            "header": {
-                "name": "content-type",
-                "string_match": {"prefix": "application/grpc"},
-                "invert_match": True,
-                # A GET carries no content type: it is an HTTP caller too.
-                "treat_missing_header_as_empty": True,
-            },
-        }
-    }
-    # Envoy's reason ("Jwt is expired"), then what to do about it.
-    message = (
-        f"%LOCAL_REPLY_BODY%: send 'authorization: Bearer <token>' with a token from {policy.jwt.issuer}"
-        f" for audience {policy.jwt.audience}"
-    )
-    return {
-        "mappers": [
-            {
-                "filter": {"and_filter": {"filters": [refused_token, http_caller]}},
-                "status_code": 401,
-                "body_format_override": {
-                    "json_format": {"code": UNAUTHENTICATED, "message": message},
-                    "content_type": "application/json",
-                },
-            },
-            {
-                "filter": {"and_filter": {"filters": [refused_token, grpc_caller]}},
-                "status_code": 401,
-                "body_format_override": {"text_format_source": {"inline_string": message}},
-            },
-        ]
-    }
-
-
-def edge_bootstrap(
-    policy: Policy,
-    *,
-    listen: Address,
-    admin_port: int,
-    upstreams: Mapping[str, Sequence[Address]],
-    certs: CertPaths,
-    descriptor_set: Path | None,
-    jwks_file: Path,
-) -> Config:
-    """The edge proxy: TLS for outside clients, gRPC-JSON transcoding, JWT checks, then the gateway over mTLS.
-
-    ``upstreams`` maps the gateway's versions to its sidecars' inbound addresses.
-    ``descriptor_set`` is the ``protoc --include_imports`` output; without it, gRPC only.
-    ``jwks_file`` holds the issuer's public keys.
-    """
-    gateway = policy.edge.upstream
-    http_filters: list[Config] = [_whole_http_request(), _jwt_authn_filter(policy, jwks_file)]
-    if descriptor_set is not None:
-        http_filters.append(
-            {
-                "name": "envoy.filters.http.grpc_json_transcoder",
-                "typed_config": _any(
-                    "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                    proto_descriptor=str(descriptor_set),
-                    services=list(policy.edge.transcode),
-                    print_options={
-                        "always_print_primitive_fields": True,
-                        "preserve_proto_field_names": False,
-                    },
-                    # gRPC errors become the mapped HTTP status with a google.rpc.Status JSON body.
-                    convert_grpc_status=True,
-                    request_validation_options={"reject_unknown_method": False},
-                ),
-            }
-        )
-    listener = {
-        "name": "edge",
-        "address": _socket_address(listen),
-        "filter_chains": [
-            {
-                "transport_socket": {
-                    "name": _TLS_SOCKET,
-                    "typed_config": _any(
-                        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                        common_tls_context={
-                            "tls_certificates": _tls_certificates(certs),
-                            "alpn_protocols": ["h2", "http/1.1"],
-                        },
-                    ),
-                },
-                "filters": [
-                    _http_connection_manager(
-                        policy,
-                        stat_prefix="edge",
-                        codec="AUTO",
-                        routes=[*edge_http_routes(policy), *outbound_routes(policy, gateway)],
-                        http_filters=[*http_filters, _fault_filter()],
-                        use_remote_address=True,
-                        local_reply_config=_jwt_local_replies(policy),
-                        # Outsiders may not trigger faults or spoof a client certificate.
-                        route_config_extra={
-                            "request_headers_to_remove": [policy.fault_header, "x-forwarded-client-cert"]
-                        },
-                    )
-                ],
-            }
-        ],
-    }
-    return {
-        "node": {"id": "edge", "cluster": "edge"},
-        "admin": _admin(admin_port),
-        "static_resources": {
-            "listeners": [listener],
-            "clusters": _callee_clusters(policy, gateway, upstreams, certs),
-        },
-    }

@@ -18,6 +18,7 @@ from mesh.policy import Policy, Route, Service, proto_duration
 
 IMAGE = "agentmesh"
 CONTAINER_PORT_NAME = "grpc-api"
+HTTP_PORT_NAME = "http-api"
 EDGE_GATEWAY = "agentmesh-edge"
 EDGE_TLS_SECRET = "agentmesh-edge-tls"
 DATA_DIR = "/var/lib/agentmesh"
@@ -50,7 +51,20 @@ def kubernetes_service(policy: Policy, service: str) -> Manifest:
                     "targetPort": CONTAINER_PORT_NAME,
                     "protocol": "TCP",
                     "appProtocol": "grpc",
-                }
+                },
+                *(
+                    []
+                    if spec.http_port is None
+                    else [
+                        {
+                            "name": HTTP_PORT_NAME,
+                            "port": spec.http_port,
+                            "targetPort": HTTP_PORT_NAME,
+                            "protocol": "TCP",
+                            "appProtocol": "http",
+                        }
+                    ]
+                ),
             ],
         },
     }
@@ -73,6 +87,11 @@ def _service_env(policy: Policy, service: str) -> list[Manifest]:
     }
     if service == "gateway":
         env.append({"name": prefix + "BACKENDS", "value": json.dumps(endpoints, separators=(",", ":"))})
+    http_port = policy.services[service].http_port
+    if http_port is not None:
+        # MCP and the Agent Card. Where clients reach them (the ingress's host) is the operator's to
+        # say in AGENTMESH_GATEWAY_HTTP_PUBLIC_URL (istio/README.md).
+        env.append({"name": prefix + "HTTP_PORT", "value": str(http_port)})
     if service == "agent":
         env.append({"name": prefix + "RAG_ENDPOINTS", "value": _json(endpoints["rag"])})
         env.append({"name": prefix + "SERVICE_TOKEN_FILE", "value": f"{AGENT_TOKEN_DIR}/token"})
@@ -146,7 +165,14 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
                             "name": service,
                             "image": f"{IMAGE}:latest",
                             "args": [f"services.{service}"],
-                            "ports": [{"name": CONTAINER_PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
+                            "ports": [
+                                {"name": CONTAINER_PORT_NAME, "containerPort": spec.port, "protocol": "TCP"},
+                                *(
+                                    []
+                                    if spec.http_port is None
+                                    else [{"name": HTTP_PORT_NAME, "containerPort": spec.http_port, "protocol": "TCP"}]
+                                ),
+                            ],
                             "env": _service_env(policy, service),
                             "readinessProbe": {**probe, "initialDelaySeconds": 2},
                             "livenessProbe": {**probe, "initialDelaySeconds": 10},
@@ -170,9 +196,9 @@ def _uri_match(pattern: str) -> Manifest:
     return dict(path_match(pattern))
 
 
-def _destinations(policy: Policy, service: str) -> list[Manifest]:
+def _destinations(policy: Policy, service: str, *, port_number: int | None = None) -> list[Manifest]:
     spec = policy.services[service]
-    port = {"number": spec.port}
+    port = {"number": port_number or spec.port}
     if spec.canary is None:
         return [{"destination": {"host": host(policy, service), "subset": spec.versions[0], "port": port}}]
     return [
@@ -268,6 +294,22 @@ def edge_gateway(policy: Policy) -> Manifest:
     }
 
 
+def edge_http_routes(policy: Policy) -> list[Manifest]:
+    """The edge's routes for the upstream's HTTP side (MCP, the Agent Card): exact paths, first."""
+    upstream = policy.edge.upstream
+    destinations = _destinations(policy, upstream, port_number=policy.services[upstream].http_port)
+    return [
+        {
+            "name": f"http{route.path.replace('/', '-')}",
+            "match": [{"uri": {"exact": route.path}}],
+            "route": destinations,
+            "timeout": proto_duration(route.timeout),
+            "retries": {"attempts": 0},  # Istio retries twice by default; a tool call is not replayed
+        }
+        for route in policy.edge.http_routes
+    ]
+
+
 def edge_virtual_service(policy: Policy) -> Manifest:
     upstream = policy.edge.upstream
     return {
@@ -279,7 +321,7 @@ def edge_virtual_service(policy: Policy) -> Manifest:
             "gateways": [EDGE_GATEWAY],
             "http": [
                 {**route, "headers": {"request": {"remove": [policy.fault_header]}}}
-                for route in http_routes(policy, upstream)
+                for route in [*edge_http_routes(policy), *http_routes(policy, upstream)]
             ],
         },
     }
@@ -344,7 +386,10 @@ def authorization_policy(policy: Policy, service: str) -> Manifest:
         rule: Manifest = {"from": [{"source": {"principals": [principal(policy, caller)]}}]}
         if "*" not in patterns:
             # Istio paths take a trailing "*" as a prefix match, like the policy's patterns.
-            rule["to"] = [{"operation": {"paths": [*patterns, _HEALTH_CHECK_PATH]}}]
+            paths = [*patterns, _HEALTH_CHECK_PATH]
+            if caller == "edge" and service == policy.edge.upstream:
+                paths += [route.path for route in policy.edge.http_routes]
+            rule["to"] = [{"operation": {"paths": paths}}]
         rules.append(rule)
     return {
         "apiVersion": "security.istio.io/v1",
@@ -371,11 +416,15 @@ def require_jwt(policy: Policy) -> Manifest:
             "rules": [
                 {
                     "from": [{"source": {"notRequestPrincipals": [f"{policy.jwt.issuer}/*"]}}],
-                    "to": [{"operation": {"notPaths": list(policy.jwt.public_methods)}}],
+                    "to": [{"operation": {"notPaths": [*policy.jwt.public_methods, *_public_http_paths(policy)]}}],
                 }
             ],
         },
     }
+
+
+def _public_http_paths(policy: Policy) -> list[str]:
+    return [route.path for route in policy.edge.http_routes if route.public]
 
 
 def request_authentication(policy: Policy) -> Manifest:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mesh.certs import cert_paths
-from mesh.envoy_config import Address, Config, edge_bootstrap, sidecar_bootstrap
+from mesh.edge_config import edge_bootstrap
+from mesh.envoy_config import Address, Config, sidecar_bootstrap
 from mesh.policy import Policy
 
 LOOPBACK = "127.0.0.1"

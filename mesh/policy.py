@@ -148,6 +148,8 @@ class Resources(_Strict):
 
 class Service(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)]
+    # The app's HTTP side in its pod (the edge upstream's, where edge.http_routes go on Kubernetes).
+    http_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     versions: list[Version] = Field(min_length=1)
     # Pods per version on Kubernetes; every one serves any request (state is shared, see `state`).
     replicas: Annotated[int, Field(ge=1)]
@@ -283,6 +285,8 @@ class Policy(_Strict):
         unknown_users = ({*self.state.databases, *self.state.redis_users}) - set(self.services)
         if unknown_users:
             raise ValueError(f"state names unknown services {sorted(unknown_users)}")
+        if self.edge.http_routes and self.services[self.edge.upstream].http_port is None:
+            raise ValueError(f"edge.http_routes need services.{self.edge.upstream}.http_port")
         if self.edge.http_routes:
             lacking = [
                 name

@@ -37,6 +37,7 @@ from runtime.discovery.settings import DiscoverySettings
 from runtime.lifespan import Lifespan
 from runtime.live_config.settings import DynamicSettings
 from runtime.logging import configure_logging
+from runtime.ports import port_holder, taken_message
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
@@ -171,6 +172,8 @@ class ManagedServer:
             return self.server.add_secure_port(address, credentials)
         except RuntimeError as error:  # grpc's "Failed to bind to address"
             host, port = env_name(type(settings), "host"), env_name(type(settings), "port")
+            if settings.port and port_holder(settings.port) is not None:
+                raise InvalidSetting(taken_message(settings.port, port)) from None
             raise InvalidSetting(f"{host}, {port}: cannot listen on {address} (in use or not local): {error}") from None
 
     def stop(self) -> asyncio.Task[None]:

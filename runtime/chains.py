@@ -19,19 +19,13 @@ from prometheus_client import CollectorRegistry
 from interceptors._typing import ServerInterceptorBase
 from interceptors.access_log import AccessLogInterceptor, AccessLogWriter
 from interceptors.chain import client_chain, server_chain
-from interceptors.idempotency import (
-    IdempotencyInterceptor,
-    IdempotencyStore,
-    IdempotentMethod,
-    MemoryStore,
-    PostgresStore,
-    RedisStore,
-    SQLiteStore,
-)
+from interceptors.idempotency import IdempotencyInterceptor, IdempotencyStore, IdempotentMethod, MemoryStore
 from interceptors.layer import Concern, ServerChain
 from interceptors.metrics import Metrics, MetricsServer, serve_metrics
 from interceptors.tracing import Tracing, setup_tracing
 from runtime.config import ServiceSettings
+from runtime.database.urls import EXAMPLE_URL
+from runtime.idempotency import DatabaseStore, RedisStore
 from runtime.logging import access_log_writer
 from runtime.settings_errors import InvalidSetting
 
@@ -161,17 +155,22 @@ def _store(settings: ServiceSettings, service: str, database_url: str) -> Idempo
     chosen = settings.idempotency_store
     if database_url and "idempotency_store" not in settings.model_fields_set:
         chosen = "postgres"
-    if chosen == "postgres":
-        url = settings.idempotency_database_url or database_url
-        if not url.startswith(("postgresql://", "postgres://")):
-            prefix = f"AGENTMESH_{service.upper()}_"
+    prefix = f"AGENTMESH_{service.upper()}_"
+    if chosen in ("postgres", "sqlite"):
+        # Both URL settings are validated with the service's settings (runtime.database.urls).
+        url = (settings.idempotency_database_url or database_url) if chosen == "postgres" else ""
+        if chosen == "postgres" and not url:
             raise InvalidSetting(
                 f"{prefix}IDEMPOTENCY_STORE=postgres needs a PostgreSQL URL: set {prefix}IDEMPOTENCY_DATABASE_URL"
-                f" (or {prefix}DATABASE_URL) to postgresql://user@host:port/dbname"
+                f" (or {prefix}DATABASE_URL) to {EXAMPLE_URL}"
             )
-        return PostgresStore(url=url, prefix=f"{service}:")
-    if settings.idempotency_store == "redis":
+        return DatabaseStore.at(
+            url,
+            sqlite_path=settings.data_dir / f"{service}-idempotency.sqlite3",
+            setting=f"{prefix}IDEMPOTENCY_DATABASE_URL",
+            # Services sharing one PostgreSQL database share the table; a SQLite file is the service's own.
+            prefix=f"{service}:" if url else "",
+        )
+    if chosen == "redis":
         return RedisStore.from_url(settings.idempotency_redis_url, prefix=f"agentmesh:{service}:idempotency:")
-    if settings.idempotency_store == "memory":
-        return MemoryStore()
-    return SQLiteStore(path=settings.data_dir / f"{service}-idempotency.sqlite3")
+    return MemoryStore()

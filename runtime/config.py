@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.database.urls import database_url_field
 from runtime.security import AuthSettings
 from runtime.settings_errors import reject_empty_path
 
@@ -33,6 +34,7 @@ class ServiceSettings(BaseSettings):
 
     # `AGENTMESH_RAG_DATA_DIR=` would otherwise mean the current directory, silently.
     _no_empty_paths = field_validator("*", mode="before")(reject_empty_path)
+    _database_urls = field_validator("idempotency_database_url")(database_url_field)
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")

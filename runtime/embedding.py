@@ -83,3 +83,9 @@ def shared_minilm() -> MiniLmEmbedder:
         if _shared is None:
             _shared = MiniLmEmbedder()
         return _shared
+
+
+def loaded_minilm() -> MiniLmEmbedder | None:
+    """The process's MiniLM embedder if something already built it, else None (never loads)."""
+    with _shared_lock:
+        return _shared

@@ -42,6 +42,7 @@ from runtime.discovery.consul import ConsulResolver
 from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
+from runtime.ports import ensure_free
 from runtime.processes import tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
@@ -51,15 +52,14 @@ from services.rag.config import RagSettings
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
-from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
-def _settings() -> tuple[DiscoverySettings, dict[str, int], int, bool]:
-    """Discovery, each service's port, the gateway's HTTP port, and whether answers use dense similarity too.
+def _settings() -> tuple[DiscoverySettings, dict[str, int], int]:
+    """Discovery, each service's port and the gateway's HTTP port.
 
     Every service's settings are read here, before anything starts, so a bad one stops
     `make run` at once with the services' own one-line message rather than a traceback.
@@ -73,14 +73,12 @@ def _settings() -> tuple[DiscoverySettings, dict[str, int], int, bool]:
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTING) from None
-    # With dense retrieval on, the default extractive engine ranks sentences with the same model.
-    dense_answers = rag.dense_enabled and agent.decision_engine == "extractive" and not agent.decision_engine_options
     # The gateway's HTTP side (MCP, the Agent Card) is on in a local run: its own setting, else 8081.
-    return discovery, ports, gateway.http_port or DEFAULT_HTTP_PORT, dense_answers
+    return discovery, ports, gateway.http_port or DEFAULT_HTTP_PORT
 
 
 DEFAULT_HTTP_PORT = 8081
-DISCOVERY, PORTS, GATEWAY_HTTP_PORT, DENSE_ANSWERS = _settings()
+DISCOVERY, PORTS, GATEWAY_HTTP_PORT = _settings()
 
 
 def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
@@ -101,8 +99,6 @@ def _env(name: str, auth: DevAuth | None, store: LocalStore) -> dict[str, str]:
         env.setdefault(prefix + "AUTH", auth.service_auth_json())
         if name == "agent":
             env.setdefault(prefix + "SERVICE_TOKEN_FILE", str(auth.agent_token_file))
-    if name == "agent" and DENSE_ANSWERS:
-        env[prefix + "DECISION_ENGINE_OPTIONS"] = '{"dense": true}'
     env[prefix + "PORT"] = str(PORTS[name])
     if name == "gateway":
         env[prefix + "HTTP_PORT"] = str(GATEWAY_HTTP_PORT)
@@ -124,6 +120,7 @@ def listening_ports(console: ConsoleStack) -> list[tuple[int, str]]:
         prefix = f"AGENTMESH_{name.upper()}_"
         metrics_port = observed_env(_observed(name))[prefix + "METRICS_PORT"]
         ports += [(port, prefix + "PORT"), (int(metrics_port), prefix + "METRICS_PORT")]
+    ports.append((GATEWAY_HTTP_PORT, "AGENTMESH_GATEWAY_HTTP_PORT"))
     return ports
 
 

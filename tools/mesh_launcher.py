@@ -39,12 +39,12 @@ from mesh.envoy_process import EnvoyProcess
 from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_instance
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
+from runtime.ports import ensure_free
 from runtime.processes import tied_child
 from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore, local_store
-from tools.ports import ensure_free
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,10 @@ def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, st
             (instance.inbound, f"{key}.inbound {where}"),
             (instance.admin, f"{key}.admin {where}"),
             *((port, f"{key}.outbound.{callee} {where}") for callee, port in instance.outbound.items()),
+            *([] if instance.http is None else [(instance.http, f"{key}.http {where}")]),
         ]
+        if instance.http is not None:
+            ports.append((instance.http, f"{key}.http {where}"))
         service, _ = split_instance(name)
         metrics = f"AGENTMESH_{service.upper()}_METRICS_PORT"
         ports.append((int(observed_env(_observed(policy, name))[metrics]), metrics))

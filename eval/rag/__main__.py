@@ -29,7 +29,13 @@ from eval.rag.metrics import Outcome, answer_is_right, document_ranking, recall_
 from runtime.embedding import MiniLmEmbedder
 from runtime.logging import configure_logging
 from services.agent.config import AgentSettings
-from services.agent.decision import DecisionEngine, DecisionRequest, Passage, load_decision_engine
+from services.agent.decision import (
+    DecisionEngine,
+    DecisionRequest,
+    ExtractiveDecisionEngine,
+    Passage,
+    load_decision_engine,
+)
 from services.agent.rules import ReviewPolicy
 from services.rag.chunking import ChunkingOptions
 from services.rag.knowledge_base import DocumentInput, Hit, KnowledgeBase, Mode, chunk_id
@@ -132,6 +138,9 @@ async def evaluate(
         engines = {}
     elif engines is None:
         engines = {"extractive": load_decision_engine("extractive")}
+    for engine in engines.values():
+        if isinstance(engine, ExtractiveDecisionEngine):
+            await engine.warm_up()  # every question scored with the model, none while it loads
     with tempfile.TemporaryDirectory(prefix="agentmesh-eval-") as data_dir:
         kb = await KnowledgeBase.open(Path(data_dir), embedder=embedder, chunking=chunking)
         try:

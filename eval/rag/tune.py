@@ -31,6 +31,7 @@ from services.rag.knowledge_base import KnowledgeBase, Mode
 
 
 async def tuning_candidates(engine: ExtractiveDecisionEngine) -> list[tuple[dict[str, Any], list[Candidate]]]:
+    await engine.warm_up()
     questions = [q for q in load_questions(HERE / "questions.jsonl") if q["split"] == "tuning"]
     corpus = load_corpus(HERE / "corpus")
     with tempfile.TemporaryDirectory(prefix="agentmesh-tune-") as data_dir:
@@ -84,14 +85,15 @@ def main() -> None:
     data = asyncio.run(tuning_candidates(engine))
     grid_similarity = [0.0] if args.lexical else [1.0]
     results = []
-    for similarity, lexical, cue, rank, abstain in itertools.product(
+    for similarity, lexical, cue, rank, missing, abstain in itertools.product(
         grid_similarity,
-        [0.0, 0.25, 0.5, 0.75, 1.0] if not args.lexical else [1.0],
-        [0.0, 0.05, 0.1, 0.2],
-        [0.0, 0.1, 0.2, 0.3, 0.5],
-        [x / 100 for x in range(20, 121, 5)],
+        [0.25, 0.5, 0.75] if not args.lexical else [1.0],
+        [0.0, 0.1],
+        [0.3, 0.5, 0.7, 1.0],
+        [0.0, 0.3, 0.6, 0.9, 1.2],
+        [x / 100 for x in range(40, 161, 5)],
     ):
-        base = Weights(similarity, lexical, cue, rank, abstain, release=abstain)
+        base = Weights(similarity, lexical, cue, rank, abstain, release=abstain, missing=missing)
         # The release threshold: just above the best score any unanswerable tuning question reaches.
         top_unanswerable = max(
             (
@@ -102,7 +104,7 @@ def main() -> None:
             default=0.0,
         )
         release = max(abstain + 0.01, round(top_unanswerable + 0.01, 3))
-        weights = Weights(similarity, lexical, cue, rank, abstain, release)
+        weights = Weights(similarity, lexical, cue, rank, abstain, release, missing)
         value, figures = objective(engine, data, weights)
         results.append((value, weights, figures))
     # The rule, fixed before looking at held-out: the most right answers among the settings with at most

@@ -1,10 +1,11 @@
-"""Idempotency keys: the interceptor and the stores it can keep keys in."""
+"""Idempotency keys: the interceptor, the store interface it keeps keys behind, and an in-memory store.
+
+Stores on a real backend (SQLite, PostgreSQL, Redis) are the runtime's (``runtime.idempotency``),
+as go-grpc-middleware leaves storage to the caller.
+"""
 
 from interceptors.idempotency.interceptor import HEADER, IdempotencyInterceptor, IdempotentMethod
 from interceptors.idempotency.memory_store import MemoryStore
-from interceptors.idempotency.postgres_store import PostgresStore
-from interceptors.idempotency.redis_store import RedisStore
-from interceptors.idempotency.sqlite_store import SQLiteStore
 from interceptors.idempotency.store import Entry, IdempotencyStore
 
 __all__ = [
@@ -14,7 +15,4 @@ __all__ = [
     "IdempotencyStore",
     "IdempotentMethod",
     "MemoryStore",
-    "PostgresStore",
-    "RedisStore",
-    "SQLiteStore",
 ]

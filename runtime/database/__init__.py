@@ -6,9 +6,10 @@ schema as versioned ``Migration`` steps (``migrations``), and see connection fai
 """
 
 from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
-from runtime.database.factory import open_database, url_problem, validate_url, wait_until_reachable
+from runtime.database.factory import open_database, wait_until_reachable
 from runtime.database.interface import Database, Dialect, Result, Row, Transaction, in_list
 from runtime.database.migrations import Migration, Schema
+from runtime.database.urls import database_url_field, url_problem, validate_url
 
 __all__ = [
     "Database",
@@ -20,6 +21,7 @@ __all__ = [
     "Schema",
     "SchemaMismatch",
     "Transaction",
+    "database_url_field",
     "in_list",
     "open_database",
     "url_problem",

@@ -12,29 +12,9 @@ from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Database
 from runtime.database.postgres import PostgresDatabase
 from runtime.database.sqlite import SQLiteDatabase
+from runtime.database.urls import validate_url
 
 log = structlog.get_logger(__name__)
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://")
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with ``url`` as a database URL setting (None: a backend accepts it)."""
-    if not url or url.startswith(POSTGRES_SCHEMES):
-        return None
-    scheme = url.split("://", 1)[0] if "://" in url else url[:20]
-    return (
-        f"{scheme!r} is not a database URL scheme: expected postgresql://user@host:port/dbname,"
-        " or leave it unset for the embedded SQLite file in the data dir"
-    )
-
-
-def validate_url(url: str, *, setting: str) -> str:
-    """The URL if a backend accepts it; otherwise a ValueError naming ``setting`` and what it takes."""
-    problem = url_problem(url)
-    if problem is not None:
-        raise ValueError(f"{setting}: {problem}")
-    return url
 
 
 async def open_database(url: str, *, sqlite_path: Path, setting: str, pool_size: int = 10) -> Database:

@@ -33,6 +33,7 @@ from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Dialect, Params, Result
 from runtime.database.migrations import MIGRATIONS_TABLE, Schema, record_version, recorded_version
+from runtime.database.urls import POSTGRES_DRIVERS
 from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
@@ -128,7 +129,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str, *, setting: str = "", pool_size: int = 10, connect_timeout_s: float = 5.0) -> None:
         parsed = make_url(url)
-        if parsed.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        if parsed.drivername not in POSTGRES_DRIVERS:
             raise ValueError(f"not a PostgreSQL URL: {parsed.drivername}://…")
         self.setting = setting
         self.description = parsed.render_as_string(hide_password=True)

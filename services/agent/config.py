@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from runtime.a2a_card import AgentCardSettings
 from runtime.config import ServiceSettings
-from runtime.database import url_problem
+from runtime.database import database_url_field
 from runtime.resilience import UpstreamResilience
 from services.agent.a2a_push_policy import PushSettings
 
@@ -84,15 +84,7 @@ class AgentSettings(ServiceSettings):
     # The read model's database; empty: the same as database_url (one database, one pool).
     read_database_url: str = ""
     database_pool_size: int = Field(default=10, ge=1, le=200)
-
-    @field_validator("database_url", "read_database_url")
-    @classmethod
-    def _database_url(cls, url: str) -> str:
-        # The settings error names the variable; the message says what it accepts.
-        problem = url_problem(url)
-        if problem is not None:
-            raise ValueError(problem)
-        return url
+    _service_database_urls = field_validator("database_url", "read_database_url")(database_url_field)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_step(self) -> AgentSettings:

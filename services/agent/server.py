@@ -28,7 +28,7 @@ from services.agent.a2a_service import a2a_binding
 from services.agent.budget import ToolBudget
 from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
-from services.agent.decision import WarmsUp, load_decision_engine
+from services.agent.decision import Preloads, load_decision_engine
 from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
@@ -147,9 +147,10 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
             f" {error}"
         ) from None
     life.on_close(engine.close, name="decision engine")
-    if isinstance(engine, WarmsUp):
-        # A model (seconds to load) is ready before the first run, not inside its decision timeout.
-        await engine.warm_up()
+    if isinstance(engine, Preloads):
+        # A model takes seconds to load: it loads while the agent already serves (the extractive engine
+        # scores lexically until it is there), so start-up and health do not wait for torch.
+        engine.preload()
     workflow = RunWorkflow(
         store=store,
         saga_log=saga_log,

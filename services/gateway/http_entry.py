@@ -139,7 +139,11 @@ def serve_http_entry(
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
         # The gateway's own port, whatever interface it listens on.
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
-        channel = grpc.aio.insecure_channel(f"{host}:{grpc_port}")
+        limits = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        channel = grpc.aio.insecure_channel(f"{host}:{grpc_port}", options=limits)
         life.on_close(partial(channel.close, None), name="mcp loopback channel")
         endpoint = McpEndpoint(tools, gateway=channel, timeout_s=settings.default_deadline_s)
         sock = _listen(settings)

@@ -28,7 +28,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import mcp_types as types
-import structlog
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
@@ -37,8 +36,6 @@ from starlette.requests import Request
 
 from interceptors.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.gateway.mcp_tools import GrpcTool, error_result, tool_error
-
-log = structlog.get_logger(__name__)
 
 SERVER_NAME = "agentmesh"
 TRACE_KEYS = ("traceparent", "tracestate")
@@ -100,12 +97,10 @@ class McpEndpoint:
             value = (ctx.meta or {}).get(key) or (None if http is None else http.headers.get(key))
             if isinstance(value, str):
                 metadata.append((key, value))
-        if tool.needs_key:
+        # A client's own AIP-155 key stands alone (the backend then names that field in its errors).
+        if tool.needs_key and not (tool.key_field and getattr(request, tool.key_field)):
             key = _request_key(ctx.request_id, params.name, arguments)
-            client_key = getattr(request, tool.key_field) if tool.key_field else ""
-            if client_key:
-                key = client_key  # the client's own AIP-155 key wins over one derived for it
-            elif tool.key_field:
+            if tool.key_field:
                 setattr(request, tool.key_field, key)
             metadata.append((IDEMPOTENCY_HEADER, key))
         try:

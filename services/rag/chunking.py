@@ -41,6 +41,11 @@ class Chunk:
     heading: str
 
 
+def index_text(heading: str, text: str) -> str:
+    """What the indexes see of a chunk: its heading path gives it context ("Retries" under "Envoy > Routes")."""
+    return f"{heading}\n{text}" if heading else text
+
+
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.config import ServiceSettings
-from runtime.database import validate_url
+from runtime.database import database_url_field
 
 
 class RagSettings(ServiceSettings):
@@ -30,11 +30,7 @@ class RagSettings(ServiceSettings):
     # Replicas wake at once on each commit's notification; this poll is the safety net for a
     # lost one (seconds).
     follow_poll_s: float = Field(default=5.0, gt=0)
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, url: str) -> str:
-        return validate_url(url, setting="AGENTMESH_RAG_DATABASE_URL")
+    _service_database_urls = field_validator("database_url")(database_url_field)
 
     @model_validator(mode="after")
     def _overlap_below_half_the_size(self) -> RagSettings:

@@ -1,9 +1,9 @@
 """Dense retrieval: an HNSW vector index (usearch) keyed by chunk key, cosine similarity.
 
-Instances are never mutated once published: ``updated`` copies the graph, applies the
-changes to the copy and returns it, so searches on the old instance run undisturbed.
-Calls into one usearch index are serialised: its per-thread search contexts are shared by
-concurrent callers (unum-cloud/USearch#441), and a search takes well under a millisecond.
+The graph is changed in place, key by key (``apply``), so a change costs HNSW insertions for its
+own chunks only, never a copy of the corpus's graph. Calls into one usearch index are
+serialised: its per-thread search contexts are shared by concurrent callers
+(unum-cloud/USearch#441), and a search takes well under a millisecond.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ _EXACT_FILTER_LIMIT = 4096
 class DenseIndex:
     def __init__(self, index: Index) -> None:
         self._index = index
+        self.dimensions = int(index.ndim)
         self._lock = threading.Lock()
 
     @classmethod
@@ -36,15 +37,13 @@ class DenseIndex:
         with self._lock:
             return len(self._index)
 
-    def updated(self, *, remove: Keys, add_keys: Keys, add_vectors: Vectors) -> DenseIndex:
-        """A new index with ``remove`` gone and ``add_keys`` added; this one is unchanged."""
+    def apply(self, *, remove: Keys, add_keys: Keys, add_vectors: Vectors) -> None:
+        """Remove the vectors of ``remove`` (keys not present are ignored) and add ``add_keys``."""
         with self._lock:
-            index = self._index.copy()
-        if remove.size:
-            index.remove(remove)
-        if add_keys.size:
-            index.add(add_keys, add_vectors)
-        return DenseIndex(index)
+            if remove.size:
+                self._index.remove(remove)
+            if add_keys.size:
+                self._index.add(add_keys, add_vectors)
 
     def search(self, query: Vectors, k: int, allowed: Keys | None = None) -> list[tuple[int, float]]:
         """Up to ``k`` (key, cosine similarity) pairs, best first, only keys in ``allowed`` if given."""

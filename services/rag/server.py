@@ -17,7 +17,7 @@ from runtime.live_config.settings import DynamicSettings
 from runtime.processes import current_worker
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.follower import FollowerMetrics
+from services.rag.following import FollowingMetrics
 from services.rag.knowledge_base import KnowledgeBase, Limits
 from services.rag.servicer import RagServicer
 
@@ -59,7 +59,7 @@ async def build(
             database=database,
             # Workers of one instance share its data dir: each saves its own indexes.
             index_name="index" if worker.index == 0 else f"index-worker-{worker.index}",
-            metrics=FollowerMetrics(chains.metrics.registry),
+            metrics=FollowingMetrics(chains.metrics.registry),
             embedder=embedder,
             chunking=ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap),
             limits=Limits(

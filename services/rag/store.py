@@ -307,6 +307,14 @@ class Store:
             found.setdefault(document_id, DocumentState(document_id, None, ()))
         return found
 
+    async def document_ids(self, *, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` document IDs after ``after``, in order (for paging through the store)."""
+        rows = await self.db.fetch_all(
+            "SELECT document_id FROM rag_documents WHERE document_id > :after ORDER BY document_id LIMIT :limit",
+            {"after": after, "limit": limit},
+        )
+        return [str(r[0]) for r in rows]
+
     async def versions(self, document_ids: Iterable[str]) -> dict[str, StoredVersion]:
         """The stored version (and chunk count) of each of these documents that exists."""
         found: dict[str, StoredVersion] = {}
@@ -403,9 +411,7 @@ class Store:
                 marks, params = in_list("d", list(deletes))
                 await tx.execute(f"DELETE FROM rag_documents WHERE document_id IN {marks}", params)
             now = time.time()
-            for write in writes:
-                if outcomes[write.document_id][0] != "unchanged":
-                    await self._write_document(tx, write, now)
+            await self._write_documents(tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now)
             await _collect_garbage(tx, old_texts, old_chunks)
             for batch in _batches(changed, 100):
                 values = ", ".join(f"(:g, :d{i}, :t)" for i in range(len(batch)))
@@ -419,33 +425,53 @@ class Store:
             await tx.notify(GENERATION_CHANNEL)
         return Committed(generation, outcomes)
 
-    async def _write_document(self, tx: Transaction, write: DocumentWrite, update_time: float) -> None:
-        await tx.execute(
-            "INSERT INTO rag_contents (content_hash, text) VALUES (:h, :text) ON CONFLICT (content_hash) DO NOTHING",
-            {"h": write.content_hash, "text": write.text},
-        )
-        await tx.execute(
-            """INSERT INTO rag_documents (document_id, content_type, metadata, content_hash, update_time)
-               VALUES (:id, :type, :metadata, :h, :t)
-               ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,
-                 metadata = excluded.metadata, content_hash = excluded.content_hash,
-                 update_time = excluded.update_time""",
-            {
-                "id": write.document_id,
-                "type": write.content_type,
-                "metadata": json.dumps(dict(write.metadata), sort_keys=True),
-                "h": write.content_hash,
-                "t": update_time,
-            },
-        )
-        await tx.execute("DELETE FROM rag_chunks WHERE document_id = :id", {"id": write.document_id})
-        for batch in _batches(list(write.chunks), 100):
-            rows: list[str] = []
-            params: dict[str, Any] = {"id": write.document_id}
-            for i, chunk in enumerate(batch):
-                rows.append(f"(:id, :o{i}, :s{i}, :e{i}, :hd{i}, :h{i}, :tk{i})")
+    async def _write_documents(self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float) -> None:
+        """Write documents with their texts, chunks and vectors: a few multi-row statements per batch,
+        never a round trip per document or chunk (a batch of 100 stays a handful of statements)."""
+        if not writes:
+            return
+        texts = {w.content_hash: w.text for w in writes}
+        for batch in _batches(sorted(texts), 100):
+            values = ", ".join(f"(:h{i}, :t{i})" for i in range(len(batch)))
+            params: dict[str, Any] = {}
+            for i, content_hash in enumerate(batch):
+                params.update({f"h{i}": content_hash, f"t{i}": texts[content_hash]})
+            await tx.execute(
+                f"INSERT INTO rag_contents (content_hash, text) VALUES {values} ON CONFLICT (content_hash) DO NOTHING",
+                params,
+            )
+        for batch in _batches(list(writes), 100):
+            values = ", ".join(f"(:id{i}, :type{i}, :m{i}, :h{i}, :t)" for i in range(len(batch)))
+            params = {"t": update_time}
+            for i, write in enumerate(batch):
                 params.update(
                     {
+                        f"id{i}": write.document_id,
+                        f"type{i}": write.content_type,
+                        f"m{i}": json.dumps(dict(write.metadata), sort_keys=True),
+                        f"h{i}": write.content_hash,
+                    }
+                )
+            await tx.execute(
+                "INSERT INTO rag_documents (document_id, content_type, metadata, content_hash, update_time)"
+                f" VALUES {values}"
+                " ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,"
+                " metadata = excluded.metadata, content_hash = excluded.content_hash,"
+                " update_time = excluded.update_time",
+                params,
+            )
+        for batch in _batches([w.document_id for w in writes]):
+            marks, params = in_list("d", batch)
+            await tx.execute(f"DELETE FROM rag_chunks WHERE document_id IN {marks}", params)
+        chunks = [(w.document_id, chunk) for w in writes for chunk in w.chunks]
+        for batch in _batches(chunks, 100):
+            rows: list[str] = []
+            params = {}
+            for i, (document_id, chunk) in enumerate(batch):
+                rows.append(f"(:id{i}, :o{i}, :s{i}, :e{i}, :hd{i}, :h{i}, :tk{i})")
+                params.update(
+                    {
+                        f"id{i}": document_id,
                         f"o{i}": chunk.ordinal,
                         f"s{i}": chunk.start,
                         f"e{i}": chunk.end,
@@ -459,8 +485,9 @@ class Store:
                 f" VALUES {', '.join(rows)}",
                 params,
             )
-        if write.vectors:
-            await self._insert_vectors(tx, write.vectors)
+        vectors = {h: v for w in writes for h, v in w.vectors.items()}
+        if vectors:
+            await self._insert_vectors(tx, vectors)
 
     async def _insert_vectors(self, tx: Transaction, vectors: Mapping[str, Vector]) -> None:
         if self._model is None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.app_auth import service_auth
-from mesh.envoy_config import Address, edge_bootstrap, sidecar_bootstrap
+from mesh.edge_config import edge_bootstrap
+from mesh.envoy_config import Address, sidecar_bootstrap
 from mesh.envoy_process import EnvoyProcess
 from mesh.policy import Policy
 from runtime.bootstrap import ManagedServer, ServerPlan

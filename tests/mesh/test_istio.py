@@ -105,10 +105,10 @@ def test_workloads_follow_the_platform_rules(policy: Policy) -> None:
 
     assert {a["metadata"]["name"] for a in by_kind["ServiceAccount"]} == {*policy.services, *STORES}
     for service in by_kind["Service"]:
-        protocol = "tcp" if service["metadata"]["name"] in STORES else "grpc"
+        protocols = {"tcp"} if service["metadata"]["name"] in STORES else {"grpc", "http"}
         for port in service["spec"]["ports"]:
             # Istio picks the protocol from the port's name and appProtocol.
-            assert port["name"].startswith(f"{protocol}-") and port["appProtocol"] == protocol
+            assert port["appProtocol"] in protocols and port["name"].startswith(f"{port['appProtocol']}-")
     for workload in by_kind["Deployment"] + by_kind["StatefulSet"]:
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from mesh.policy import Policy
+from runtime.ports import PortTaken, ensure_free
 from runtime.security import AuthSettings
+from tests.launchers import clean_env, kill_and_find_no_survivor, launcher, wait_up
+from tests.system import free_ports
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
 from tools.mesh_launcher import app_env, console_stack, listening_ports
@@ -120,6 +123,7 @@ def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_t
     layout = [policy.local.edge.port, policy.local.edge.admin]
     for instance in policy.local.instances.values():
         layout += [instance.app, instance.inbound, instance.admin, *instance.outbound.values()]
+        layout += [] if instance.http is None else [instance.http]
 
     assert set(layout) <= set(checked)
     assert all("mesh/policy.yaml" in checked[port] for port in layout)
@@ -127,3 +131,32 @@ def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_t
         checked[policy.local.instances["rag-v1"].app]
         == "local.instances.rag-v1.app in mesh/policy.yaml, then `make mesh-render`"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.envoy
+@pytest.mark.timeout(300)
+def test_the_mesh_launcher_killed_by_sigkill_leaves_no_envoy_app_or_console_behind(
+    policy: Policy, auth: DevAuth, tmp_path: Path
+) -> None:
+    # The layout's ports are fixed (mesh/policy.yaml): a `make run MESH=envoy` up on this machine holds them.
+    stack = console_stack(policy, auth)
+    try:
+        ensure_free(port for port in listening_ports(policy, stack) if port not in stack.ports())
+    except PortTaken as taken:
+        pytest.skip(str(taken))
+    console, otlp, prometheus = free_ports(3)
+    env = {
+        **clean_env(),
+        "AGENTMESH_CONSOLE_PORT": str(console),
+        "AGENTMESH_CONSOLE_OTLP_PORT": str(otlp),
+        "AGENTMESH_PROMETHEUS_PORT": str(prometheus),
+        **{f"AGENTMESH_{name}_DATA_DIR": str(tmp_path / name) for name in ("GATEWAY", "AGENT", "RAG")},
+    }
+    with launcher("tools.mesh_launcher", env, tmp_path) as (process, output):
+        wait_up(process, output, within_s=240)
+
+        commands = kill_and_find_no_survivor(process)
+
+    assert sum("envoy" in command.split(" ", 1)[0] for command in commands) == len(policy.local.instances) + 1
+    assert sum("-m services." in command for command in commands) == len(policy.local.instances)

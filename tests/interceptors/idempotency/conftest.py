@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from interceptors.idempotency import IdempotencyStore, MemoryStore, PostgresStore, RedisStore, SQLiteStore
+from interceptors.idempotency import IdempotencyStore, MemoryStore
+from runtime.idempotency import DatabaseStore, RedisStore
+
+
+def sqlite_store(path: Path) -> DatabaseStore:
+    return DatabaseStore.at("", sqlite_path=path, setting="AGENTMESH_TEST_IDEMPOTENCY_DATABASE_URL")
+
+
+def postgres_store(url: str) -> DatabaseStore:
+    return DatabaseStore.at(
+        url, sqlite_path=Path("unused"), setting="AGENTMESH_TEST_IDEMPOTENCY_DATABASE_URL", prefix="test:"
+    )
 
 
 def _free_port() -> int:
@@ -63,9 +74,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "memory":
         made = MemoryStore()
     elif request.param == "sqlite":
-        made = SQLiteStore(path=tmp_path / "keys.sqlite3")
+        made = sqlite_store(tmp_path / "keys.sqlite3")
     elif request.param == "postgres":
-        made = PostgresStore(url=request.getfixturevalue("postgres_url"), prefix="test:")
+        made = postgres_store(request.getfixturevalue("postgres_url"))
     else:
         made = RedisStore.from_url(request.getfixturevalue("redis_url"))
     try:
@@ -81,9 +92,9 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[]
         shared = MemoryStore()
         return lambda: shared
     if request.param == "sqlite":
-        return lambda: SQLiteStore(path=tmp_path / "keys.sqlite3")
+        return lambda: sqlite_store(tmp_path / "keys.sqlite3")
     if request.param == "postgres":
         database = request.getfixturevalue("postgres_url")
-        return lambda: PostgresStore(url=database, prefix="test:")
+        return lambda: postgres_store(database)
     url = request.getfixturevalue("redis_url")
     return lambda: RedisStore.from_url(url)

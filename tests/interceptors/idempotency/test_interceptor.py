@@ -11,7 +11,8 @@ import pytest
 from google.rpc import error_details_pb2
 from structlog.testing import capture_logs
 
-from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore, RedisStore
+from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, MemoryStore
+from runtime.idempotency import RedisStore
 from tests.interceptors.idempotency.helpers import CallerFromHeader, detail, keyed
 from tests.interceptors.probe import DO, STREAM, Probe, serve, sv
 

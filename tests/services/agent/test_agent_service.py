@@ -108,7 +108,7 @@ async def test_a_full_agent_refuses_new_runs_with_resource_exhausted_and_a_retry
 async def test_a_parked_run_is_completed_by_approval_and_failed_by_rejection(tmp_path: Path) -> None:
     async with agent_service(tmp_path) as agent:
         approved = await settled_run(agent, (await _create(agent, "How often do passwords rotate?")).run_id)
-        rejected = await settled_run(agent, (await _create(agent, "Which vault keeps passwords?")).run_id)
+        rejected = await settled_run(agent, (await _create(agent, "How long until passwords rotate?")).run_id)
         for run in (approved, rejected):
             assert run.state == Run.STATE_WAITING_FOR_REVIEW
             assert run.status_reason == "mentions a sensitive topic (password)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
@@ -64,8 +65,11 @@ async def test_a_question_of_weak_words_only_is_still_answered_from_them() -> No
 async def test_dotted_names_and_decimals_do_not_end_a_sentence() -> None:
     text = "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes. Probes call `Check`."
     passage = Passage("health", "health#0", 10, 10 + len(text), text, 1.0)
-    decision = await ExtractiveDecisionEngine().decide(DecisionRequest("run-1", "Which health service?", (passage,)))
-    [citation] = decision.citations
+    candidates = await ExtractiveDecisionEngine(semantic=False).candidates(
+        DecisionRequest("run-1", "Which health service?", (passage,))
+    )
+    citation = candidates[0].citation
+    assert [c.citation.quote for c in candidates[1:]] == ["Probes call `Check`."]
     assert citation.quote == "Health is `grpc.health.v1.Health`, checked every 0.5 s by probes."
     assert (citation.start_offset, citation.end_offset) == (10, 10 + len(citation.quote))
 
@@ -132,7 +136,7 @@ async def test_the_extractive_engine_abstains_when_nothing_matches() -> None:
 async def test_an_answer_scoring_between_the_thresholds_goes_to_review_and_above_them_is_released() -> None:
     engine = ExtractiveDecisionEngine(semantic=False)
     candidates = await engine.candidates(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
-    best = max(c.score(LEXICAL_WEIGHTS) for c in candidates)
+    best = max(c.score(Weights(0.0, 1.0, 0.0, 0.5, abstain=0.0, release=0.0)) for c in candidates)
     borderline = Weights(0.0, 1.0, 0.0, 0.5, abstain=best - 0.1, release=best + 0.1)
     assert 0 < engine.choose(candidates, borderline).confidence < ReviewPolicy().min_confidence
     confident = Weights(0.0, 1.0, 0.0, 0.5, abstain=best - 0.2, release=best - 0.1)
@@ -145,7 +149,9 @@ async def test_without_the_sentence_model_the_engine_still_answers_lexically(mon
         raise ImportError("No module named 'torch'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", missing)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
     engine = ExtractiveDecisionEngine()
+    await engine.warm_up()
     decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
     assert engine.weights == LEXICAL_WEIGHTS
     assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
@@ -216,3 +222,21 @@ async def test_the_http_engine_against_the_scripted_chat_double_cites_or_abstain
     assert (nothing.answer, nothing.citations, nothing.abstained) == (NOT_FOUND, (), True)
     assert nothing.decided_by == "http:not-found"
     assert double.requests[0]["model"] == "double"
+
+
+async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_of_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+
+    def slow_model() -> object:
+        release.wait(10)
+        raise ImportError("still loading, then missing")
+
+    monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", slow_model)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
+    engine = ExtractiveDecisionEngine()
+    decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
+    release.set()
+    assert engine.weights == LEXICAL_WEIGHTS
+    assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]

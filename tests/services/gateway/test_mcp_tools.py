@@ -159,6 +159,18 @@ def test_every_tool_schema_is_generated_from_its_request_message() -> None:
         assert set(tool.tool.input_schema["properties"]) == {f.name for f in request.field}
 
 
+def test_the_tools_are_what_the_policy_names() -> None:
+    methods = ["/agentmesh.agent.v1.AgentService/ListRuns", "/agentmesh.rag.v1.RagService/DeleteDocument"]
+    settings = GatewaySettings(port=1, http_port=2, mcp_tools=methods)
+    pool = load_descriptor_pool(settings.descriptor_set)
+    tools = mcp_tools(settings, pool, set(build_routes(settings.routes, pool)))
+    assert sorted(tools) == ["AgentService_ListRuns", "RagService_DeleteDocument"]
+    delete = tools["RagService_DeleteDocument"].tool.annotations
+    # IDEMPOTENT: safe to repeat, yet not read-only; so no idempotency key of its own either.
+    assert delete is not None and (delete.read_only_hint, delete.idempotent_hint) == (False, True)
+    assert not tools["RagService_DeleteDocument"].needs_key
+
+
 @pytest.mark.parametrize(
     ("method", "says"),
     [

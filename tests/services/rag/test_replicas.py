@@ -29,7 +29,7 @@ from runtime.database.sqlite import SQLiteDatabase
 from runtime.supervisor import SupervisedLoop
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
-from services.rag.follower import FollowerMetrics
+from services.rag.following import FollowingMetrics
 from services.rag.knowledge_base import DocumentInput, IngestOutcome, KnowledgeBase, Mode
 from services.rag.server import build as build_rag
 from tests.services.rag.conftest import HashingEmbedder
@@ -172,7 +172,7 @@ async def test_a_follower_wakes_on_another_replicas_commit_and_reports_its_stale
         postgres_url, sqlite_path=tmp_path / "unused", setting="AGENTMESH_RAG_DATABASE_URL"
     )
     registry = CollectorRegistry()
-    follower = await KnowledgeBase.open(tmp_path / "follower", database=follower_db, metrics=FollowerMetrics(registry))
+    follower = await KnowledgeBase.open(tmp_path / "follower", database=follower_db, metrics=FollowingMetrics(registry))
     loop = SupervisedLoop("store follower", lambda: follower.follow(poll_s=SLOW_POLL_S)).start()
     try:
         await writer.ingest(DOCUMENTS[:2])

@@ -1,9 +1,9 @@
-"""Before a launcher starts anything: every port it will listen on is free, or one line says which is not.
+"""A port already taken, said in one line: the port, the setting that moves it, who holds it.
 
-A port left taken (most often by a process of an earlier run that outlived its launcher) would
-otherwise surface as a traceback in a log file, or, for a gRPC server (``SO_REUSEPORT`` on by
-default), as two servers silently sharing the port. The line names the port, the setting that
-moves it, and the process holding it, saying so when that process is one of agentmesh's own.
+The launchers check every port before they start anything (:func:`ensure_free`); a service or
+the console that cannot listen says the same (:func:`taken_message`). A port left taken is most
+often held by a process of an earlier run that outlived its launcher: the line says so when the
+holder is one of agentmesh's own, rather than a traceback in a log file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the repository the launchers run from
 # What a launcher runs with ``python -m``: a holder running one of them is ours.
 OUR_MODULES = ("services.", "console", "tools.consul_double", "tools.launcher", "tools.mesh_launcher")
 
@@ -49,7 +49,7 @@ def _taken(host: str, port: int) -> bool:
 
 def taken_message(port: int, setting: str) -> str:
     message = f"port {port} is already taken ({setting} moves it)"
-    holder = _holder(port)
+    holder = port_holder(port)
     if holder is None:
         return message
     with contextlib.suppress(psutil.Error):
@@ -63,7 +63,7 @@ def taken_message(port: int, setting: str) -> str:
     return message
 
 
-def _holder(port: int) -> psutil.Process | None:
+def port_holder(port: int) -> psutil.Process | None:
     """The process listening on ``port``, when this user may see it."""
     with contextlib.suppress(psutil.Error):
         for connection in psutil.net_connections(kind="tcp"):

@@ -1,0 +1,57 @@
+"""`python -m bench.write_path` runs real agents on PostgreSQL behind the hop and prints its table
+(a tiny load; speed is never checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.bench.modules import run_bench
+from tools.postgres_local import installed
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not installed(), reason="PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+def test_a_tiny_run_measures_every_setting_and_the_floor(tmp_path: Path) -> None:
+    done = run_bench(
+        "bench.write_path",
+        *("--runs", "6", "--callers", "3", "--delays-ms", "0,1", "--agents", "1"),
+        *("--floor-seconds", "0.3", "--settle-within", "90", "--out", str(tmp_path), "--no-doc"),
+        timeout=170,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| delay each way | agents | CreateRun/s |" in done.stdout
+    assert "CreateRun/s at 1 ms each way ≥ 0.7x no added delay (1 agent)" in done.stdout
+    results = json.loads((tmp_path / "write_path.json").read_text())
+    assert [(s["delay_ms"], s["agents"]) for s in results["settings"]] == [(0.0, 1), (1.0, 1)]
+    for setting in results["settings"]:
+        assert setting["created"] == 6
+        assert setting["settled"] == 6
+        assert setting["errors"] == {}
+        assert setting["create_per_s"] > 0
+    assert [f["delay_ms"] for f in results["floors"]] == [0.0, 1.0]
+    assert all(f["transactions"] > 0 for f in results["floors"])
+    assert (tmp_path / "write_path.md").read_text().startswith("Measured ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--delays-ms", "one"), "--delays-ms 'one': expected comma-separated numbers"),
+        (("--agents", "0"), "--agents '0': every count must be at least 1"),
+        (("--runs", "0"), "--runs: 0 is not a whole number of at least 1"),
+        (("--no-such-flag",), "unrecognized arguments: --no-such-flag"),
+        (("--agent-setting", "WORKERS"), "--agent-setting 'WORKERS': expected NAME=VALUE"),
+    ],
+)
+def test_a_bad_argument_is_refused_in_one_line(args: tuple[str, ...], message: str) -> None:
+    done = run_bench("bench.write_path", *args, timeout=30)
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert message in done.stderr
