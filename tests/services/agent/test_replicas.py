@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -256,17 +257,24 @@ async def test_on_redis_streams_the_replicas_share_one_projection_group(
         client = redis.Redis.from_url(redis_url)
         try:
 
-            async def all_acknowledged() -> bool:
+            async def projection_group() -> dict[str, Any] | None:
+                # The stream has other groups too (A2A push deliveries): the projection's is one of them.
                 groups = await client.xinfo_groups("agent.runs")
-                return len(groups) == 1 and groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+                return next((g for g in groups if g["name"].decode() == "agent.projection.runs"), None)
+
+            async def all_acknowledged() -> bool:
+                group = await projection_group()
+                return group is not None and group["pending"] == 0 and group["lag"] == 0
 
             await wait_until(all_acknowledged, timeout_s=30)
-            groups = await client.xinfo_groups("agent.runs")
-            consumers = await client.xinfo_consumers("agent.runs", groups[0]["name"])
+            consumers = await client.xinfo_consumers("agent.runs", "agent.projection.runs")
         finally:
             await client.aclose()
-        stats = await gateway.GetRunStats(agent_pb.GetRunStatsRequest(), timeout=10)
+
+        async def all_counted() -> bool:
+            stats = await gateway.GetRunStats(agent_pb.GetRunStatsRequest(), timeout=10)
+            return sum(c.count for c in stats.counts) == 10
+
+        await wait_until(all_counted)
     assert all(run.state in SETTLED for run in settled)
-    assert groups[0]["name"].decode() == "agent.projection.runs"
     assert len({c["name"] for c in consumers}) == 2  # one consumer per replica, distinct ids
-    assert sum(c.count for c in stats.counts) == 10
