@@ -267,7 +267,7 @@ async def run(
 
 
 def targets(results: dict[str, Any]) -> list[Bound]:
-    """Issue #20's targets at the largest size this run reached (the issue sets them at 100,000)."""
+    """The RAG targets at the largest size this run reached (they are set at 100,000 documents)."""
     checkpoints = results["checkpoints"]
     if not checkpoints:
         return []

@@ -468,7 +468,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(results: dict[str, Any]) -> list[Bound]:
-    """Issue #20's targets, taken within this run: the farthest delay against no delay, and so on."""
+    """The write path's targets, taken within this run: the farthest delay against no delay, and so on."""
     delays = sorted({s["delay_ms"] for s in results["settings"]})
     far = delays[-1] if delays else 0.0
     one = _find(results, far, 1)
