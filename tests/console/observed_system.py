@@ -40,6 +40,12 @@ class ObservedSystem:
         return f"127.0.0.1:{self.servers['gateway'].port}"
 
 
+# grpc shares subchannels across a process's channels: one left in connection backoff by an earlier
+# test whose server on this (reused) port had stopped would fail these calls at once with that
+# test's "Connection refused". Each channel here connects on its own.
+FRESH_CONNECTIONS = (("grpc.use_local_subchannel_pool", 1),)
+
+
 @asynccontextmanager
 async def observed_system(
     work_dir: Path, monkeypatch: pytest.MonkeyPatch, *, with_prometheus: bool = True
@@ -100,7 +106,7 @@ async def observed_system(
 
 async def send_traffic(gateway: str, *, calls: int) -> list[str]:
     """Seed three documents, then ``calls`` new runs and searches through the gateway; the run ids."""
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    async with grpc.aio.insecure_channel(gateway, options=FRESH_CONNECTIONS) as channel:
         rag = rag_service_pb2_grpc.RagServiceStub(channel)
         agent = agent_service_pb2_grpc.AgentServiceStub(channel)
         await rag.IngestDocuments(

@@ -32,7 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc, run_pb2
 from agentmesh.rag.v1 import rag_service_pb2, rag_service_pb2_grpc
-from tests.console.observed_system import ObservedSystem, observed_system, send_traffic
+from tests.console.observed_system import FRESH_CONNECTIONS, ObservedSystem, observed_system, send_traffic
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -76,7 +76,7 @@ async def traffic(system: ObservedSystem) -> AsyncIterator[None]:
     """Calls keep flowing while the browser looks (rates are over the last seconds)."""
 
     async def loop() -> None:
-        async with grpc.aio.insecure_channel(system.gateway_address) as channel:
+        async with grpc.aio.insecure_channel(system.gateway_address, options=FRESH_CONNECTIONS) as channel:
             rag = rag_service_pb2_grpc.RagServiceStub(channel)
             while True:
                 await send_traffic(system.gateway_address, calls=1)
@@ -212,7 +212,7 @@ async def test_a_run_page_shows_its_states_and_receives_a_live_event(
 ) -> None:
     async with observed_system(tmp_path, monkeypatch) as system:
         await send_traffic(system.gateway_address, calls=1)  # seeds the knowledge base
-        async with grpc.aio.insecure_channel(system.gateway_address) as channel:
+        async with grpc.aio.insecure_channel(system.gateway_address, options=FRESH_CONNECTIONS) as channel:
             agent = agent_service_pb2_grpc.AgentServiceStub(channel)
             created = await agent.CreateRun(
                 agent_service_pb2.CreateRunRequest(question="How long must passwords be?", request_id="review-me"),
@@ -294,7 +294,7 @@ async def test_a_failed_run_s_page_shows_each_compensation_the_saga_ran(
     async with observed_system(tmp_path, monkeypatch) as system:  # with Prometheus: the picture has no banner
         await send_traffic(system.gateway_address, calls=0)
         await system.servers.pop("rag").stop()  # the budget is reserved, then retrieval fails
-        async with grpc.aio.insecure_channel(system.gateway_address) as channel:
+        async with grpc.aio.insecure_channel(system.gateway_address, options=FRESH_CONNECTIONS) as channel:
             created = await agent_service_pb2_grpc.AgentServiceStub(channel).CreateRun(
                 agent_service_pb2.CreateRunRequest(question="How long do refunds take?", request_id="fails"),
                 timeout=10,
