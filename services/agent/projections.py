@@ -1,10 +1,14 @@
 """The read side: a run view and per-state counts, built only from run events.
 
-Fed live from the event bus and, after a restart and then every few seconds, from the event
-log's global feed by cursor (``catch_up``), with the same idempotent apply: each event id is
-applied once (the ledger commits with the view), and a run's row only moves forward in
-``version``, so redelivered or reordered events cannot roll it back or double-count it.
-``rebuild`` drops the view and replays the whole log, which yields exactly the live view.
+Fed one way: from the event log's global feed by cursor (``catch_up``), woken by each commit
+(this replica's at once, other replicas' by their NOTIFY) and polling as a safety net
+(``follow``). Commits arriving together are applied as one batch, in one transaction, so the
+read side costs a few statements per batch rather than a transaction per event. The apply is
+idempotent: each event id is applied once (the ledger commits with the view), and a run's row
+only moves forward in ``version``, so an event read twice (two replicas following one feed)
+cannot roll it back or double-count it. ``rebuild`` drops the view and replays the whole log,
+which yields exactly the live view. (The event bus still carries the events to their other
+consumers; feeding the view from it as well applied every event twice.)
 
 Replicas sharing a database share one view without a lock shared by all runs: a transaction
 applying a run's event takes that run's lock (``agent.run_view:<run_id>``; runs in sorted order,
@@ -107,7 +111,7 @@ class RunProjection:
     # -- building ----------------------------------------------------------------------
 
     async def apply(self, event: Event) -> None:
-        """Bus handler: apply one run event, at most once."""
+        """Apply one run event, at most once (in any order, any number of times: the view converges)."""
         await self._apply_batch([run_event_from_event(event)])
 
     async def catch_up(self, store: RunStore, *, batch_size: int = 500) -> int:
@@ -121,11 +125,21 @@ class RunProjection:
             await self._apply_batch([event for _, event in entries], position=entries[-1][0])
             read += len(entries)
 
-    async def follow(self, store: RunStore, *, interval_s: float) -> None:
-        """Catch up every ``interval_s`` (forever): what the bus delivered is skipped, what it lost is applied."""
+    async def follow(self, store: RunStore, *, interval_s: float, gather_s: float = 0.02) -> None:
+        """Forever: catch up after each commit (waiting ``gather_s`` for the commits arriving with it,
+        applied in the same batch), and at least every ``interval_s``.
+
+        The poll also picks up what a wake could not see yet: on PostgreSQL the feed holds back an
+        event until every transaction older than its own has ended.
+        """
         while True:
+            committed = store.next_commit()  # taken before reading, so no commit slips between
             await self.catch_up(store)
-            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.wait_for(committed.wait(), timeout=interval_s)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(gather_s)
 
     async def rebuild(self, store: RunStore) -> int:
         """Forget everything and replay the whole event log."""

@@ -241,6 +241,26 @@ _UPDATE_RUN = (
     " WHERE run_id = :run_id AND version = :expected RETURNING run_id"
 )
 
+# PostgreSQL: a record-only event (a step's), appended without reading the run first.
+_APPEND_IN_PLACE = (
+    "WITH moved AS (UPDATE runs SET version = version + 1 WHERE run_id = :run_id{unless}"
+    " RETURNING run_id, version, snapshot),"
+    " new_event AS (SELECT m.run_id, m.version, CAST(jsonb_set(jsonb_set(CAST(:event AS jsonb),"
+    " '{{data,sequence}}', to_jsonb(m.version)), '{{data,run}}',"
+    " jsonb_set(CAST(m.snapshot AS jsonb), '{{version}}', to_jsonb(m.version))) AS TEXT) AS event FROM moved m),"
+    " logged AS (INSERT INTO run_events (run_id, version, event_id, event)"
+    " SELECT run_id, version, :event_id, event FROM new_event),"
+    " published AS ({publish})"
+    " SELECT count(*) FROM moved"
+)
+_APPEND_IN_PLACE_UNLESS_TERMINAL = _APPEND_IN_PLACE.format(
+    unless=" AND state NOT IN (" + ", ".join(f"'{state}'" for state in sorted(TERMINAL)) + ")",
+    publish=Outbox.insert_select("SELECT :event_id, event FROM new_event"),
+)
+_APPEND_IN_PLACE = _APPEND_IN_PLACE.format(
+    unless="", publish=Outbox.insert_select("SELECT :event_id, event FROM new_event")
+)
+
 
 class RunStore:
     def __init__(self, db: Database, outbox: Outbox) -> None:
@@ -353,15 +373,11 @@ class RunStore:
         raise ConcurrentUpdate(run_id)
 
     async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
-        """Record a completed workflow step, inside the caller's (the saga log's) transaction."""
-        for _ in range(_ATTEMPTS):
-            run = await self._load(tx, run_id)
-            if run.state in TERMINAL:
-                return  # a step that finished after the run was cancelled: its last event stays the terminal one
-            logged = replace(run, version=run.version + 1)
-            if await self._write(tx, logged, [_event(logged, EventType.STEP_COMPLETED, f"{step}: {cause}")]):
-                return
-        raise ConcurrentUpdate(run_id)
+        """Record a completed workflow step, inside the caller's (the saga log's) transaction.
+
+        A step that finished after the run was cancelled records nothing: its last event stays the terminal one.
+        """
+        await self._append(tx, run_id, EventType.STEP_COMPLETED, f"{step}: {cause}", after_terminal=False)
 
     async def append_compensation_event(self, tx: Transaction, run_id: str, *, step: str) -> None:
         """Record a step's compensation, inside the saga log's transaction marking it compensated.
@@ -369,10 +385,37 @@ class RunStore:
         Recorded after a terminal state too: a cancelled run is compensated after it is CANCELLED,
         and its page should still show what was undone.
         """
+        await self._append(tx, run_id, EventType.STEP_COMPENSATED, f"{step}: compensated", after_terminal=True)
+
+    async def _append(self, tx: Transaction, run_id: str, event_type: str, cause: str, *, after_terminal: bool) -> None:
+        """Append an event that changes nothing but the run's version (a step's record) in ``tx``."""
+        if tx.dialect == "postgresql":
+            # Nothing to decide from the run, so no read: one statement bumps the version under
+            # the row's lock (a concurrent writer's change is kept, ours goes on top of it) and
+            # writes the event, the run as it now is embedded, with its outbox row.
+            event = Event(
+                id=uuid.uuid4().hex,
+                stream=RUN_EVENTS_STREAM,
+                type=event_type,
+                key=run_id,
+                occurred_at=time.time(),
+                data={"sequence": 0, "cause": cause, "from_state": None, "to_state": None, "run": None},
+            )
+            appended = await tx.execute(
+                _APPEND_IN_PLACE if after_terminal else _APPEND_IN_PLACE_UNLESS_TERMINAL,
+                {"run_id": run_id, "event_id": event.id, "event": event.to_json()},
+            )
+            if appended.scalar():
+                tx.on_commit(self._committed_here)
+            elif not await self.db.fetch_one("SELECT 1 FROM runs WHERE run_id = :run_id", {"run_id": run_id}):
+                raise RunNotFound(run_id)
+            return
         for _ in range(_ATTEMPTS):
             run = await self._load(tx, run_id)
+            if run.state in TERMINAL and not after_terminal:
+                return
             logged = replace(run, version=run.version + 1)
-            if await self._write(tx, logged, [_event(logged, EventType.STEP_COMPENSATED, f"{step}: compensated")]):
+            if await self._write(tx, logged, [_event(logged, event_type, cause)]):
                 return
         raise ConcurrentUpdate(run_id)
 

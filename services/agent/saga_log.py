@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
 
-from runtime.database import Database, DatabaseUnavailable, Migration, Schema, Transaction
+from runtime.database import Database, DatabaseUnavailable, Dialect, Migration, Params, Result, Schema, Transaction
 
 log = structlog.get_logger(__name__)
 
@@ -107,31 +107,31 @@ class SagaLog:
     async def begin(self, saga_id: str) -> SagaStatus:
         """Create the saga if new and take its lease; raises ``SagaLeased`` if another owner holds it."""
         now = time.time()
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO sagas (saga_id, status, updated_at) VALUES (:saga_id, :status, :now)"
-                " ON CONFLICT (saga_id) DO NOTHING",
-                {"saga_id": saga_id, "status": str(SagaStatus.RUNNING), "now": now},
-            )
-            # One conditional UPDATE: PostgreSQL re-checks the condition on the row it locked, so
-            # of several replicas taking an expired lease at once exactly one gets it.
-            taken = await tx.execute(
-                "UPDATE sagas SET owner = :owner, lease_until = :until"
-                " WHERE saga_id = :saga_id AND status IN ('RUNNING', 'COMPENSATING')"
-                " AND (owner = :owner OR lease_until <= :now) RETURNING status",
-                {"owner": self.owner, "until": now + self._lease_s, "saga_id": saga_id, "now": now},
-            )
-            row = taken.first()
-            if row is not None:
-                return SagaStatus(row[0])
-            row = (
-                await tx.execute("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            ).first()
-            assert row is not None
-            status = SagaStatus(row[0])
-            if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-                raise SagaLeased(saga_id, row[1])
-            return status
+        # One upsert, its own transaction: PostgreSQL re-checks the condition on the row it
+        # locked, so of several replicas taking an expired lease at once exactly one gets it.
+        taken = await self.db.execute(
+            "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
+            " VALUES (:saga_id, :status, :now, :owner, :until)"
+            " ON CONFLICT (saga_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
+            " WHERE sagas.status IN ('RUNNING', 'COMPENSATING')"
+            " AND (sagas.owner = excluded.owner OR sagas.lease_until <= excluded.updated_at) RETURNING status",
+            {
+                "saga_id": saga_id,
+                "status": str(SagaStatus.RUNNING),
+                "now": now,
+                "owner": self.owner,
+                "until": now + self._lease_s,
+            },
+        )
+        row = taken.first()
+        if row is not None:
+            return SagaStatus(row[0])
+        row = await self.db.fetch_one("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+        assert row is not None
+        status = SagaStatus(row[0])
+        if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            raise SagaLeased(saga_id, row[1])
+        return status
 
     async def _renew(self, tx: Transaction, saga_id: str) -> None:
         renewed = await tx.execute(
@@ -139,11 +139,33 @@ class SagaLog:
             {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner},
         )
         if renewed.rowcount != 1:
-            # Our lease expired and another owner took the saga over: it continues, we stop.
-            owner = (
-                await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            ).scalar()
-            raise SagaLeased(saga_id, owner or "")
+            await self._lost(tx, saga_id)
+
+    async def _lost(self, tx: Transaction, saga_id: str) -> None:
+        """Our lease expired and another owner took the saga over: it continues, we stop."""
+        owner = (await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})).scalar()
+        raise SagaLeased(saga_id, owner or "")
+
+    async def _renewed_with(self, tx: Transaction, saga_id: str, write: str, params: Mapping[str, Any]) -> None:
+        """Renew the lease and, only if that held, run ``write`` (a change of saga_steps whose
+        ``{leased}`` condition says "the renewal held").
+
+        On PostgreSQL one statement (the renewal a data-modifying CTE the write is conditioned
+        on); on SQLite, with no such CTEs and no network, the renewal and then the write.
+        """
+        values = {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner, **params}
+        if tx.dialect != "postgresql":
+            await self._renew(tx, saga_id)
+            await tx.execute(write.format(leased="1 = 1"), values)
+            return
+        renewed = await tx.execute(
+            "WITH renewed AS (UPDATE sagas SET lease_until = :until WHERE saga_id = :saga_id AND owner = :owner"
+            f" RETURNING saga_id), written AS ({write.format(leased='EXISTS (SELECT 1 FROM renewed)')})"
+            " SELECT count(*) FROM renewed",
+            values,
+        )
+        if renewed.scalar() != 1:
+            await self._lost(tx, saga_id)
 
     @contextlib.asynccontextmanager
     async def keep_leased(self, saga_id: str) -> AsyncIterator[None]:
@@ -202,20 +224,15 @@ class SagaLog:
         return [row[0] for row in rows]
 
     async def mark_started(self, saga_id: str, position: int, name: str) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            await tx.execute(
+        async with self._writing() as tx:
+            await self._renewed_with(
+                tx,
+                saga_id,
                 "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
-                " VALUES (:saga_id, :position, :name, :status, 1, :now)"
-                " ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
+                " SELECT :saga_id, CAST(:position AS INTEGER), :name, :status, 1, CAST(:now AS DOUBLE PRECISION)"
+                " WHERE {leased} ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
                 " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at",
-                {
-                    "saga_id": saga_id,
-                    "position": position,
-                    "name": name,
-                    "status": str(StepStatus.STARTED),
-                    "now": time.time(),
-                },
+                {"position": position, "name": name, "status": str(StepStatus.STARTED), "now": time.time()},
             )
 
     async def mark_step(
@@ -227,16 +244,16 @@ class SagaLog:
         result: Any = None,
         listener: StepListener | None = None,
     ) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            await tx.execute(
+        async with self._writing(alone=listener is None) as tx:
+            await self._renewed_with(
+                tx,
+                saga_id,
                 "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
-                " WHERE saga_id = :saga_id AND name = :name",
+                " WHERE saga_id = :saga_id AND name = :name AND {leased}",
                 {
                     "status": str(status),
                     "result": None if result is None else json.dumps(result),
                     "now": time.time(),
-                    "saga_id": saga_id,
                     "name": name,
                 },
             )
@@ -246,14 +263,54 @@ class SagaLog:
     async def set_status(
         self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
     ) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            if status in SETTLED:
-                await tx.execute("UPDATE sagas SET lease_until = 0 WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            await tx.execute(
+        settles = status in SETTLED
+        async with self._writing(alone=not (settles and on_settled is not None)) as tx:
+            # The renewal and the change in one UPDATE: only the lease holder changes the status,
+            # and a settled saga's lease is let go (nothing more runs for it).
+            changed = await tx.execute(
                 "UPDATE sagas SET status = :status, error = CASE WHEN :error = '' THEN error ELSE :error END,"
-                " updated_at = :now WHERE saga_id = :saga_id",
-                {"status": str(status), "error": error, "now": time.time(), "saga_id": saga_id},
+                " updated_at = :now, lease_until = :until WHERE saga_id = :saga_id AND owner = :owner",
+                {
+                    "status": str(status),
+                    "error": error,
+                    "now": time.time(),
+                    "until": 0 if settles else time.time() + self._lease_s,
+                    "saga_id": saga_id,
+                    "owner": self.owner,
+                },
             )
-            if status in SETTLED and on_settled is not None:
+            if changed.rowcount != 1:
+                await self._lost(tx, saga_id)
+            if settles and on_settled is not None:
                 await on_settled(tx, saga_id)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, *, alone: bool = True) -> AsyncIterator[Transaction]:
+        """Where a saga write runs: one statement ``alone`` on PostgreSQL needs no BEGIN and COMMIT
+        (a statement is a transaction of its own there); otherwise a transaction."""
+        if alone and self.db.dialect == "postgresql":
+            yield _Autocommit(self.db)
+            return
+        async with self.db.transaction() as tx:
+            yield tx
+
+
+class _Autocommit:
+    """The ``Transaction`` face of single statements on PostgreSQL, each committed on its own."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        return await self._db.execute(sql, params)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        raise TypeError("a single autocommitted statement has no commit to wait for")
+
+    async def lock(self, name: str) -> None:
+        raise TypeError("a lock outside a transaction would be released at once")
+
+    async def notify(self, channel: str) -> None:
+        raise TypeError("notify within a transaction")
