@@ -200,6 +200,19 @@ def _stored_run(snapshot: str, version: int) -> Run:
     return replace(Run.from_dict(json.loads(snapshot)), version=int(version))
 
 
+def _record_only_event(run_id: str, event_type: str, cause: str) -> dict[str, Any]:
+    """Parameters of ``_APPEND_CTES``: the event, its sequence and run filled in by the statement."""
+    event = Event(
+        id=uuid.uuid4().hex,
+        stream=RUN_EVENTS_STREAM,
+        type=event_type,
+        key=run_id,
+        occurred_at=time.time(),
+        data={"sequence": 0, "cause": cause, "from_state": None, "to_state": None, "run": None},
+    )
+    return {"run_id": run_id, "event_id": event.id, "event": event.to_json()}
+
+
 def _fingerprint(question: str, labels: Mapping[str, str], retrieval_filter: Mapping[str, str]) -> str:
     canonical = json.dumps([question, dict(labels), dict(retrieval_filter)], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -241,25 +254,22 @@ _UPDATE_RUN = (
     " WHERE run_id = :run_id AND version = :expected RETURNING run_id"
 )
 
-# PostgreSQL: a record-only event (a step's), appended without reading the run first.
-_APPEND_IN_PLACE = (
-    "WITH moved AS (UPDATE runs SET version = version + 1 WHERE run_id = :run_id{unless}"
+# PostgreSQL: a record-only event (a step's) appended without reading the run first, as CTEs of a
+# statement (``{where}``: more conditions on the run's row): the run's version bumped under its row
+# lock, the event with the run as it now is embedded, and its outbox row.
+_APPEND_CTES = (
+    "moved AS (UPDATE runs SET version = version + 1 WHERE run_id = :run_id{where}"
     " RETURNING run_id, version, snapshot),"
     " new_event AS (SELECT m.run_id, m.version, CAST(jsonb_set(jsonb_set(CAST(:event AS jsonb),"
     " '{{data,sequence}}', to_jsonb(m.version)), '{{data,run}}',"
     " jsonb_set(CAST(m.snapshot AS jsonb), '{{version}}', to_jsonb(m.version))) AS TEXT) AS event FROM moved m),"
     " logged AS (INSERT INTO run_events (run_id, version, event_id, event)"
     " SELECT run_id, version, :event_id, event FROM new_event),"
-    " published AS ({publish})"
-    " SELECT count(*) FROM moved"
+    " published AS (" + Outbox.insert_select("SELECT :event_id, event FROM new_event") + ")"
 )
-_APPEND_IN_PLACE_UNLESS_TERMINAL = _APPEND_IN_PLACE.format(
-    unless=" AND state NOT IN (" + ", ".join(f"'{state}'" for state in sorted(TERMINAL)) + ")",
-    publish=Outbox.insert_select("SELECT :event_id, event FROM new_event"),
-)
-_APPEND_IN_PLACE = _APPEND_IN_PLACE.format(
-    unless="", publish=Outbox.insert_select("SELECT :event_id, event FROM new_event")
-)
+_NOT_TERMINAL = " AND state NOT IN (" + ", ".join(f"'{state}'" for state in sorted(TERMINAL)) + ")"
+_APPEND_IN_PLACE = "WITH " + _APPEND_CTES.format(where="") + " SELECT count(*) FROM moved"
+_APPEND_IN_PLACE_UNLESS_TERMINAL = "WITH " + _APPEND_CTES.format(where=_NOT_TERMINAL) + " SELECT count(*) FROM moved"
 
 
 class RunStore:
@@ -393,17 +403,9 @@ class RunStore:
             # Nothing to decide from the run, so no read: one statement bumps the version under
             # the row's lock (a concurrent writer's change is kept, ours goes on top of it) and
             # writes the event, the run as it now is embedded, with its outbox row.
-            event = Event(
-                id=uuid.uuid4().hex,
-                stream=RUN_EVENTS_STREAM,
-                type=event_type,
-                key=run_id,
-                occurred_at=time.time(),
-                data={"sequence": 0, "cause": cause, "from_state": None, "to_state": None, "run": None},
-            )
             appended = await tx.execute(
                 _APPEND_IN_PLACE if after_terminal else _APPEND_IN_PLACE_UNLESS_TERMINAL,
-                {"run_id": run_id, "event_id": event.id, "event": event.to_json()},
+                _record_only_event(run_id, event_type, cause),
             )
             if appended.scalar():
                 tx.on_commit(self._committed_here)
@@ -418,6 +420,17 @@ class RunStore:
             if await self._write(tx, logged, [_event(logged, event_type, cause)]):
                 return
         raise ConcurrentUpdate(run_id)
+
+    def step_event_ctes(self, run_id: str, *, step: str, cause: str, when: str) -> tuple[str, dict[str, Any]]:
+        """PostgreSQL: ``append_step_event`` as data-modifying CTEs for a caller's statement (the
+        saga log's mark of the step), appending only where the SQL condition ``when`` holds; call
+        ``committed`` once that statement has committed."""
+        ctes = _APPEND_CTES.format(where=f"{_NOT_TERMINAL} AND {when}")
+        return ctes, _record_only_event(run_id, EventType.STEP_COMPLETED, f"{step}: {cause}")
+
+    def committed(self) -> None:
+        """A statement of the caller's that appended (``step_event_ctes``) has committed."""
+        self._committed_here()
 
     @staticmethod
     def _moved(run: Run, to_state: RunState, changes: Mapping[str, Any], *, cause: str = "") -> Run:

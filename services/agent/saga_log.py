@@ -13,8 +13,9 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -72,6 +73,39 @@ class StepListener(Protocol):
 class SettleListener(Protocol):
     async def __call__(self, tx: Transaction, saga_id: str) -> None:
         """Called inside the transaction that ends the saga (COMPLETED or COMPENSATED)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """A listener's writes folded into the saga log's one PostgreSQL statement.
+
+    ``ctes(leased)`` gives them as data-modifying CTEs (``name AS (…)``, comma-separated) that
+    write only where the SQL condition ``leased`` holds (the lease was renewed, so the saga's own
+    write happened), with their parameters, named apart from the saga log's; ``on_commit`` runs
+    once the statement has committed.
+    """
+
+    ctes: Callable[[str], tuple[str, Mapping[str, Any]]] | None = None
+    on_commit: Callable[[], None] | None = None
+
+
+@runtime_checkable
+class FoldingStepListener(Protocol):
+    """A ``StepListener`` that can also give its writes as a ``Fold``: on PostgreSQL the step's mark
+    and those writes are then one statement (one round trip, no BEGIN and COMMIT)."""
+
+    async def __call__(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None: ...
+
+    def fold(self, saga_id: str, step: str, result: Any) -> Fold: ...
+
+
+@runtime_checkable
+class FoldingSettleListener(Protocol):
+    """A ``SettleListener`` that can also give its writes as a ``Fold`` (see ``FoldingStepListener``)."""
+
+    async def __call__(self, tx: Transaction, saga_id: str) -> None: ...
+
+    def fold(self, saga_id: str) -> Fold: ...
 
 
 SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
@@ -146,26 +180,37 @@ class SagaLog:
         owner = (await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})).scalar()
         raise SagaLeased(saga_id, owner or "")
 
-    async def _renewed_with(self, tx: Transaction, saga_id: str, write: str, params: Mapping[str, Any]) -> None:
-        """Renew the lease and, only if that held, run ``write`` (a change of saga_steps whose
-        ``{leased}`` condition says "the renewal held").
+    async def _renewed_with(
+        self, tx: Transaction, saga_id: str, writes: list[str], params: Mapping[str, Any], fold: Fold | None = None
+    ) -> None:
+        """Renew the lease and, only if that held, run ``writes`` (changes of saga_steps whose
+        ``{leased}`` condition says "the renewal held"), and ``fold``'s.
 
-        On PostgreSQL one statement (the renewal a data-modifying CTE the write is conditioned
-        on); on SQLite, with no such CTEs and no network, the renewal and then the write.
+        On PostgreSQL one statement (the renewal a data-modifying CTE the writes are conditioned
+        on); on SQLite, with no such CTEs and no network, the renewal and then each write.
         """
         values = {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner, **params}
         if tx.dialect != "postgresql":
+            assert fold is None, "folds are PostgreSQL statements"
             await self._renew(tx, saga_id)
-            await tx.execute(write.format(leased="1 = 1"), values)
+            for write in writes:
+                await tx.execute(write.format(leased="1 = 1"), values)
             return
+        leased = "EXISTS (SELECT 1 FROM renewed)"
+        ctes = [f"write{n} AS ({write.format(leased=leased)})" for n, write in enumerate(writes)]
+        if fold is not None and fold.ctes is not None:
+            folded, folded_params = fold.ctes(leased)
+            ctes.append(folded)
+            values |= folded_params
         renewed = await tx.execute(
             "WITH renewed AS (UPDATE sagas SET lease_until = :until WHERE saga_id = :saga_id AND owner = :owner"
-            f" RETURNING saga_id), written AS ({write.format(leased='EXISTS (SELECT 1 FROM renewed)')})"
-            " SELECT count(*) FROM renewed",
+            f" RETURNING saga_id), {', '.join(ctes)} SELECT count(*) FROM renewed",
             values,
         )
         if renewed.scalar() != 1:
             await self._lost(tx, saga_id)
+        if fold is not None and fold.on_commit is not None:
+            fold.on_commit()  # the statement was its own transaction: committed
 
     @contextlib.asynccontextmanager
     async def keep_leased(self, saga_id: str) -> AsyncIterator[None]:
@@ -225,15 +270,7 @@ class SagaLog:
 
     async def mark_started(self, saga_id: str, position: int, name: str) -> None:
         async with self._writing() as tx:
-            await self._renewed_with(
-                tx,
-                saga_id,
-                "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
-                " SELECT :saga_id, CAST(:position AS INTEGER), :name, :status, 1, CAST(:now AS DOUBLE PRECISION)"
-                " WHERE {leased} ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
-                " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at",
-                {"position": position, "name": name, "status": str(StepStatus.STARTED), "now": time.time()},
-            )
+            await self._renewed_with(tx, saga_id, [_STARTED], _started(position, name))
 
     async def mark_step(
         self,
@@ -243,20 +280,29 @@ class SagaLog:
         *,
         result: Any = None,
         listener: StepListener | None = None,
+        start: tuple[int, str] | None = None,
     ) -> None:
+        """Mark step ``name`` ``status`` (telling ``listener`` in the same transaction) and, with
+        ``start``, the step at that (position, name) as started: the next one, in the same write."""
+        writes = [
+            "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
+            " WHERE saga_id = :saga_id AND name = :name AND {leased}"
+        ]
+        params: dict[str, Any] = {
+            "status": str(status),
+            "result": None if result is None else json.dumps(result),
+            "now": time.time(),
+            "name": name,
+        }
+        if start is not None:
+            writes.append(_STARTED)
+            params |= _started(*start)
+        if isinstance(listener, FoldingStepListener) and self.db.dialect == "postgresql":
+            fold = listener.fold(saga_id, name, result)
+            await self._renewed_with(_Autocommit(self.db), saga_id, writes, params, fold)
+            return
         async with self._writing(alone=listener is None) as tx:
-            await self._renewed_with(
-                tx,
-                saga_id,
-                "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
-                " WHERE saga_id = :saga_id AND name = :name AND {leased}",
-                {
-                    "status": str(status),
-                    "result": None if result is None else json.dumps(result),
-                    "now": time.time(),
-                    "name": name,
-                },
-            )
+            await self._renewed_with(tx, saga_id, writes, params)
             if listener is not None:
                 await listener(tx, saga_id, name, result)
 
@@ -264,7 +310,9 @@ class SagaLog:
         self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
     ) -> None:
         settles = status in SETTLED
-        async with self._writing(alone=not (settles and on_settled is not None)) as tx:
+        listener = on_settled if settles else None
+        folded = isinstance(listener, FoldingSettleListener) and self.db.dialect == "postgresql"
+        async with self._writing(alone=listener is None or folded) as tx:
             # The renewal and the change in one UPDATE: only the lease holder changes the status,
             # and a settled saga's lease is let go (nothing more runs for it).
             changed = await tx.execute(
@@ -281,8 +329,13 @@ class SagaLog:
             )
             if changed.rowcount != 1:
                 await self._lost(tx, saga_id)
-            if settles and on_settled is not None:
-                await on_settled(tx, saga_id)
+            if isinstance(listener, FoldingSettleListener) and folded:
+                fold = listener.fold(saga_id)
+                assert fold.ctes is None, "a settle listener's fold carries no writes (the status UPDATE has no CTEs)"
+                if fold.on_commit is not None:
+                    fold.on_commit()  # the UPDATE was its own transaction: committed
+            elif listener is not None:
+                await listener(tx, saga_id)
 
     @contextlib.asynccontextmanager
     async def _writing(self, *, alone: bool = True) -> AsyncIterator[Transaction]:
@@ -293,6 +346,25 @@ class SagaLog:
             return
         async with self.db.transaction() as tx:
             yield tx
+
+
+# A step marked started (renewing the lease), on its own or folded into the previous step's mark.
+_STARTED = (
+    "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
+    " SELECT :saga_id, CAST(:started_position AS INTEGER), :started_name, :started_status, 1,"
+    " CAST(:started_now AS DOUBLE PRECISION)"
+    " WHERE {leased} ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
+    " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at"
+)
+
+
+def _started(position: int, name: str) -> dict[str, Any]:
+    return {
+        "started_position": position,
+        "started_name": name,
+        "started_status": str(StepStatus.STARTED),
+        "started_now": time.time(),
+    }
 
 
 class _Autocommit:
