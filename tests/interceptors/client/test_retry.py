@@ -84,10 +84,10 @@ def retry_info(seconds: float) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(status.trailing_metadata)
 
 
-async def failed_unary(channel: grpc.aio.Channel, *, timeout: float | None = None) -> grpc.aio.AioRpcError:
+async def failed_unary(channel: grpc.aio.Channel, *, call_timeout: float | None = None) -> grpc.aio.AioRpcError:
     """The error that ends a unary Echo call on ``channel`` (the test fails if it succeeds)."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await EchoClient(channel).unary(StringValue(value="x"), timeout=timeout)
+        await EchoClient(channel).unary(StringValue(value="x"), timeout=call_timeout)
     return caught.value
 
 
@@ -113,13 +113,23 @@ async def test_attempts_are_capped_and_the_last_failure_is_returned(serve: Serve
     assert echo.calls["Unary"] == 4
 
 
-async def test_methods_not_marked_idempotent_are_not_retried(serve: Serve) -> None:
+@pytest.mark.parametrize(
+    ("send", "handler"),
+    [
+        (lambda client: client.other(StringValue(value="x")), "Unary"),  # Other/Call shares the unary handler
+        (lambda client: client.client_stream(requests_of("a"), metadata=(("idempotency-key", "k"),)), "ClientStream"),
+    ],
+    ids=["a method not marked idempotent", "client streaming, even with an idempotency key"],
+)
+async def test_calls_that_may_not_be_repeated_are_not_retried(
+    serve: Serve, send: Callable[[EchoClient], Awaitable[object]], handler: str
+) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE]
     async with retry_channel(port, Sleeps()) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
-            await EchoClient(channel).other(StringValue(value="x"))
-    assert echo.calls["Unary"] == 1  # Other/Call shares the unary handler
+            await send(EchoClient(channel))
+    assert echo.calls[handler] == 1
 
 
 async def test_an_idempotency_key_makes_any_method_retryable(serve: Serve) -> None:
@@ -165,7 +175,7 @@ async def test_no_retry_whose_wait_would_pass_the_deadline(serve: Serve) -> None
     echo.trailing_on_failure = retry_info(2)
     sleeps = Sleeps()
     async with retry_channel(port, sleeps) as channel:
-        error = await failed_unary(channel, timeout=1)
+        error = await failed_unary(channel, call_timeout=1)
     assert error.code() is S.RESOURCE_EXHAUSTED
     assert sleeps.delays == []
 
@@ -235,15 +245,6 @@ async def test_a_server_stream_that_already_sent_a_response_is_not_retried(serve
     assert caught.value.code() is S.UNAVAILABLE
     assert received == ["anonymous|-:s:0"]
     assert echo.calls["ServerStream"] == 1
-
-
-async def test_client_streaming_calls_are_never_retried(serve: Serve) -> None:
-    echo, port = await serve()
-    echo.fail_with = [S.UNAVAILABLE]
-    async with retry_channel(port, Sleeps()) as channel:
-        with pytest.raises(grpc.aio.AioRpcError):
-            await EchoClient(channel).client_stream(requests_of("a"), metadata=(("idempotency-key", "k"),))
-    assert echo.calls["ClientStream"] == 1
 
 
 def test_a_non_empty_request_id_makes_a_call_safe_to_repeat() -> None:
