@@ -183,18 +183,24 @@ def assert_circuit_open(error: grpc.aio.AioRpcError) -> None:
     assert find_detail(error, error_details_pb2.RetryInfo) is not None
 
 
+async def unary_after_failures(client: EchoClient, failures: int) -> grpc.aio.AioRpcError:
+    """``failures`` unary calls that fail, then the error of one more (which must fail too)."""
+    for _ in range(failures):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.unary(StringValue(value="x"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.unary(StringValue(value="x"))
+    return caught.value
+
+
 async def test_unary_calls_fail_fast_once_the_backend_keeps_failing(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE] * 3
     cb, _, _ = breaker()
     async with open_channel(port, *circuit_breaker_interceptors(cb)) as channel:
         client = EchoClient(channel)
-        for _ in range(3):
-            with pytest.raises(grpc.aio.AioRpcError):
-                await client.unary(StringValue(value="x"))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.unary(StringValue(value="x"))
-    assert_circuit_open(caught.value)
+        error = await unary_after_failures(client, 3)
+    assert_circuit_open(error)
     assert echo.calls["Unary"] == 3  # the fast failure never reached the server
 
 
@@ -295,12 +301,8 @@ async def test_a_breaker_set_keeps_one_circuit_per_target_on_a_shared_intercepto
     breakers = BreakerSet(POLICY, target_of=lambda method: "echo" if method.startswith("/test.v1.Echo/") else "other")
     async with open_channel(port, *circuit_breaker_interceptors(breakers)) as channel:
         client = EchoClient(channel)
-        for _ in range(3):
-            with pytest.raises(grpc.aio.AioRpcError):
-                await client.unary(StringValue(value="x"))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.unary(StringValue(value="x"))
-        assert_circuit_open(caught.value)
+        error = await unary_after_failures(client, 3)
+        assert_circuit_open(error)
         # Another target behind the same interceptors is unaffected.
         assert (await client.other(StringValue(value="y"))).value == "anonymous|-:y"
     assert breakers.get("echo").state is BreakerState.OPEN
