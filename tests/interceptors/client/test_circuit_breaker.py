@@ -18,6 +18,7 @@ from interceptors.circuit_breaker import (
     BreakerSet,
     BreakerState,
     CircuitBreaker,
+    Permit,
     circuit_breaker_interceptors,
 )
 from rpcstatus.details import find_detail
@@ -62,6 +63,16 @@ def call(cb: CircuitBreaker, code: grpc.StatusCode) -> bool:
         return False
     cb.record(permit, code)
     return True
+
+
+def first_probe(cb: CircuitBreaker, clock: FakeClock) -> Permit:
+    """Open the circuit (3 failures), let its open period pass: the permit of the first probe."""
+    for _ in range(3):
+        call(cb, S.UNAVAILABLE)
+    clock.now += 5
+    probe = cb.acquire()
+    assert probe is not None
+    return probe
 
 
 def test_opens_after_consecutive_failures_and_then_fails_fast() -> None:
@@ -125,11 +136,7 @@ def test_half_open_after_the_open_period_lets_limited_probes_through() -> None:
 
 def test_a_failed_probe_reopens_the_circuit() -> None:
     cb, clock, changes = breaker()
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.record(probe, S.DEADLINE_EXCEEDED)
     assert state(cb) is BreakerState.OPEN
     assert cb.retry_after() == pytest.approx(5)
@@ -142,11 +149,7 @@ def test_a_failed_probe_reopens_the_circuit() -> None:
 
 def test_a_cancelled_probe_frees_its_slot_without_deciding_anything() -> None:
     cb, clock, _ = breaker()
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.release(probe)
     assert state(cb) is BreakerState.HALF_OPEN
     assert cb.acquire() is not None
@@ -156,11 +159,7 @@ def test_late_outcomes_of_calls_admitted_before_a_transition_are_ignored() -> No
     cb, clock, _ = breaker()
     slow = cb.acquire()
     assert slow is not None
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.record(slow, S.UNAVAILABLE)  # from before the breaker opened
     assert state(cb) is BreakerState.HALF_OPEN
     cb.record(probe, S.OK)
