@@ -107,8 +107,15 @@ class _Relay:
             multicallable = self._callables[channel] = self._factory(channel)(self.method, _registered_method=True)
         return multicallable(request, timeout=timeout, metadata=metadata)
 
-    def may_retry(self, metadata: Metadata) -> bool:
-        return self.safe or self.retrier.call_is_safe(self.method, None, metadata)
+    def first_attempt(
+        self, context: Context, trace_headers: Iterable[tuple[str, str]], *, retry: bool
+    ) -> tuple[Metadata, float | None, bool, float | None]:
+        """The first attempt's metadata and timeout, whether the call may be retried (the route
+        allows it and the call is safe to repeat), and the deadline all attempts share."""
+        metadata = forwarded_metadata(context, trace_headers)
+        timeout = self.budget.timeout(self.method, context.time_remaining())
+        retry = retry and (self.safe or self.retrier.call_is_safe(self.method, None, metadata))
+        return metadata, timeout, retry, _deadline_of(timeout) if retry else None
 
     def permit(self) -> Permit:
         permit = self.breaker.acquire()
@@ -164,10 +171,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         span, trace_headers = trace.start(method)
         code = _OK
         try:
-            metadata = forwarded_metadata(context, trace_headers)
-            timeout = relay.budget.timeout(method, context.time_remaining())
-            retry = retry and relay.may_retry(metadata)
-            deadline = _deadline_of(timeout) if retry else None
+            metadata, timeout, retry, deadline = relay.first_attempt(context, trace_headers, retry=retry)
             attempt = 1
             while True:
                 permit = relay.permit()
@@ -209,10 +213,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         permit: Permit | None = None
         headers_sent = False
         try:
-            metadata = forwarded_metadata(context, trace_headers)
-            timeout = relay.budget.timeout(method, context.time_remaining())
-            retry = retry and relay.may_retry(metadata)
-            deadline = _deadline_of(timeout) if retry else None
+            metadata, timeout, retry, deadline = relay.first_attempt(context, trace_headers, retry=retry)
             attempt = 1
             while True:
                 permit = relay.permit()
