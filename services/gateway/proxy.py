@@ -117,6 +117,13 @@ class _Relay:
         retry = retry and (self.safe or self.retrier.call_is_safe(self.method, None, metadata))
         return metadata, timeout, retry, _deadline_of(timeout) if retry else None
 
+    async def next_attempt(
+        self, attempt: int, metadata: Metadata, delay: float, deadline: float | None
+    ) -> tuple[Metadata, float | None]:
+        """After waiting ``delay``: attempt number ``attempt``'s metadata (its attempt header) and timeout."""
+        await self.retrier.sleep(delay)
+        return Retrier.attempt_metadata(metadata, attempt), _left(deadline)
+
     def permit(self) -> Permit:
         permit = self.breaker.acquire()
         if permit is None:
@@ -191,10 +198,8 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                     await _relay_headers(context, await call.initial_metadata())
                     context.set_trailing_metadata(await call.trailing_metadata())
                     return response
-                await relay.retrier.sleep(delay)
                 attempt += 1
-                metadata = Retrier.attempt_metadata(metadata, attempt)
-                timeout = _left(deadline)
+                metadata, timeout = await relay.next_attempt(attempt, metadata, delay, deadline)
         except grpc.aio.AioRpcError as error:
             code = error.code()
             await _relay_error(context, error)
@@ -228,10 +233,8 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                 delay = relay.retry_delay(attempt, error, deadline)
                 if delay is None:
                     raise error
-                await relay.retrier.sleep(delay)
                 attempt += 1
-                metadata = Retrier.attempt_metadata(metadata, attempt)
-                timeout = _left(deadline)
+                metadata, timeout = await relay.next_attempt(attempt, metadata, delay, deadline)
             await context.send_initial_metadata(tuple(headers))
             headers_sent = True
             async for message in call:
