@@ -23,9 +23,14 @@ from tools.postgres_local import LocalPostgres, free_port, installed
 BACKENDS = ("sqlite", "postgresql")
 
 
+_NOT_INSTALLED = "PostgreSQL 15 not installed (make debian-deps installs postgresql-15)"
+# For a test that runs PostgreSQL itself (a launcher, a bench run) rather than through the fixtures below.
+requires_postgres = pytest.mark.skipif(not installed(), reason=_NOT_INSTALLED)
+
+
 def _require_postgres() -> None:
     if not installed():
-        pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+        pytest.skip(_NOT_INSTALLED)
 
 
 @contextmanager

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.postgres import requires_postgres
 from tests.system import REPO, wait_until
-from tools.postgres_local import installed
 
 # A test session in miniature: a throwaway cluster held until the process is killed.
 SESSION = """
@@ -23,7 +23,7 @@ with _throwaway_cluster() as cluster:
 """
 
 
-@pytest.mark.skipif(not installed(), reason="PostgreSQL 15 not installed (make debian-deps)")
+@requires_postgres
 @pytest.mark.timeout(120)
 async def test_a_session_killed_by_sigkill_leaves_no_server_and_no_directory() -> None:
     session = await asyncio.create_subprocess_exec(
