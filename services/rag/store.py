@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -231,6 +231,11 @@ class Committed:
     generation: int
     # Per document written or found unchanged: "created", "replaced" or "unchanged", and its chunk count.
     outcomes: Mapping[str, tuple[str, int]]
+    committed_at: float = 0.0
+    # The committed state of every document this generation changed (``record`` None when
+    # deleted), exactly as reading it back would find it: the committing replica indexes its own
+    # generation from these without a round trip.
+    states: Mapping[str, DocumentState] = field(default_factory=dict)
 
 
 _STATE_COLUMNS = """
@@ -411,7 +416,10 @@ class Store:
                 marks, params = in_list("d", list(deletes))
                 await tx.execute(f"DELETE FROM rag_documents WHERE document_id IN {marks}", params)
             now = time.time()
-            await self._write_documents(tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now)
+            states = {d: DocumentState(d, None, ()) for d in deletes}
+            states.update(
+                await self._write_documents(tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now)
+            )
             await _collect_garbage(tx, old_texts, old_chunks)
             for batch in _batches(changed, 100):
                 values = ", ".join(f"(:g, :d{i}, :t)" for i in range(len(batch)))
@@ -423,13 +431,17 @@ class Store:
                 "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
             )
             await tx.notify(GENERATION_CHANNEL)
-        return Committed(generation, outcomes)
+        return Committed(generation, outcomes, now, states)
 
-    async def _write_documents(self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float) -> None:
+    async def _write_documents(
+        self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float
+    ) -> dict[str, DocumentState]:
         """Write documents with their texts, chunks and vectors: a few multi-row statements per batch,
-        never a round trip per document or chunk (a batch of 100 stays a handful of statements)."""
+        never a round trip per document or chunk (a batch of 100 stays a handful of statements).
+        Returns their states as committed (chunk keys as the database assigned them)."""
         if not writes:
-            return
+            return {}
+        metadata = {w.document_id: json.dumps(dict(w.metadata), sort_keys=True) for w in writes}
         texts = {w.content_hash: w.text for w in writes}
         for batch in _batches(sorted(texts), 100):
             values = ", ".join(f"(:h{i}, :t{i})" for i in range(len(batch)))
@@ -448,7 +460,7 @@ class Store:
                     {
                         f"id{i}": write.document_id,
                         f"type{i}": write.content_type,
-                        f"m{i}": json.dumps(dict(write.metadata), sort_keys=True),
+                        f"m{i}": metadata[write.document_id],
                         f"h{i}": write.content_hash,
                     }
                 )
@@ -464,6 +476,7 @@ class Store:
             marks, params = in_list("d", batch)
             await tx.execute(f"DELETE FROM rag_chunks WHERE document_id IN {marks}", params)
         chunks = [(w.document_id, chunk) for w in writes for chunk in w.chunks]
+        keys: dict[tuple[str, int], int] = {}
         for batch in _batches(chunks, 100):
             rows: list[str] = []
             params = {}
@@ -480,14 +493,21 @@ class Store:
                         f"tk{i}": " ".join(chunk.tokens),
                     }
                 )
-            await tx.execute(
+            inserted = await tx.execute(
                 "INSERT INTO rag_chunks (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)"
-                f" VALUES {', '.join(rows)}",
+                f" VALUES {', '.join(rows)} RETURNING document_id, ordinal, chunk_key",
                 params,
             )
+            keys.update(((str(r[0]), int(r[1])), int(r[2])) for r in inserted.rows)
         vectors = {h: v for w in writes for h, v in w.vectors.items()}
         if vectors:
             await self._insert_vectors(tx, vectors)
+        # Without a model no vector is stored, so none is read back either.
+        with_vectors = self._model is not None
+        return {
+            w.document_id: _written_state(w, metadata[w.document_id], update_time, keys, vectors=with_vectors)
+            for w in writes
+        }
 
     async def _insert_vectors(self, tx: Transaction, vectors: Mapping[str, Vector]) -> None:
         if self._model is None:
@@ -503,6 +523,34 @@ class Store:
                 " ON CONFLICT (content_hash, model) DO NOTHING",
                 params,
             )
+
+
+def _written_state(
+    write: DocumentWrite, metadata: str, update_time: float, keys: Mapping[tuple[str, int], int], *, vectors: bool
+) -> DocumentState:
+    """What ``_states`` reads back for a document just written (values as they round-trip)."""
+    record = DocumentRecord(
+        write.document_id, write.content_type, json.loads(metadata), write.content_hash, update_time, len(write.chunks)
+    )
+    chunks = sorted(
+        (
+            ChunkRecord(
+                key=keys[(write.document_id, chunk.ordinal)],
+                document_id=write.document_id,
+                ordinal=chunk.ordinal,
+                start=chunk.start,
+                end=chunk.end,
+                heading=chunk.heading,
+                text=write.text[chunk.start : chunk.end],
+                content_hash=chunk.content_hash,
+                tokens=tuple(chunk.tokens),
+                vector=write.vectors.get(chunk.content_hash) if vectors else None,
+            )
+            for chunk in write.chunks
+        ),
+        key=lambda c: c.key,
+    )
+    return DocumentState(write.document_id, record, tuple(chunks))
 
 
 _VERSIONS = """SELECT d.document_id, d.content_hash, d.content_type, d.metadata,
