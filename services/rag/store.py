@@ -412,14 +412,19 @@ class Store:
             if not changed:
                 raise NothingToWrite()
             old_texts = {stored[d].version.content_hash for d in changed if d in stored}
-            old_chunks = await _chunk_hashes(tx, changed)
+            # Only documents that existed have chunks to look up (or, below, to delete): a batch of
+            # new documents skips both statements.
+            replaced = [d for d in changed if d in stored]
+            old_chunks = await _chunk_hashes(tx, replaced)
             if deletes:
                 among, params = _among("document_id", list(deletes), tx.dialect)
                 await tx.execute(f"DELETE FROM rag_documents WHERE {among}", params)
             now = time.time()
             states = {d: DocumentState(d, None, ()) for d in deletes}
             states.update(
-                await self._write_documents(tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now)
+                await self._write_documents(
+                    tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now, replaced=set(replaced)
+                )
             )
             await _collect_garbage(tx, old_texts, old_chunks)
             await _insert(
@@ -428,14 +433,15 @@ class Store:
                 {"generation": "BIGINT", "document_id": "TEXT", "committed_at": "DOUBLE PRECISION"},
                 [(generation, d, now) for d in changed],
             )
-            await tx.execute(
-                "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
-            )
+            if generation > CHANGES_RETAINED:  # before that, every change is retained
+                await tx.execute(
+                    "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
+                )
             await tx.notify(GENERATION_CHANNEL)
         return Committed(generation, outcomes, now, states)
 
     async def _write_documents(
-        self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float
+        self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float, *, replaced: set[str]
     ) -> dict[str, DocumentState]:
         """Write documents with their texts, chunks and vectors: a few multi-row statements per batch,
         never a round trip per document or chunk (a batch of 100 stays a handful of statements).
@@ -466,7 +472,7 @@ class Store:
             " metadata = excluded.metadata, content_hash = excluded.content_hash,"
             " update_time = excluded.update_time",
         )
-        for batch in _batches([w.document_id for w in writes]):
+        for batch in _batches([w.document_id for w in writes if w.document_id in replaced]):
             among, params = _among("document_id", batch, tx.dialect)
             await tx.execute(f"DELETE FROM rag_chunks WHERE {among}", params)
         inserted = await _insert(
