@@ -113,6 +113,17 @@ async def test_each_commit_is_one_generation_and_the_change_log_names_its_docume
     assert b is not None and b.chunk_count == 1 and [c.text for c in states["b"].chunks] == ["two"]
 
 
+async def test_the_change_log_keeps_the_last_generations_it_retains(
+    open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.rag.store.CHANGES_RETAINED", 2)
+    store = await open_store()
+    for i in range(4):
+        await store.apply([write(f"d{i}", f"text {i}")])
+    changes = await store.changes(after=0, up_to=4)
+    assert [(c.generation, c.document_id) for c in changes] == [(3, "d2"), (4, "d3")]
+
+
 def chunked(document_id: str, text: str, metadata: dict[str, str]) -> DocumentWrite:
     """A document cut into its words, one chunk each (a vector for every other one)."""
     chunks, vectors, start = [], {}, 0
