@@ -590,10 +590,12 @@ class RunStore:
         """Every run's events after ``after``, in an order that never puts a later commit first."""
         if self.db.dialect == "postgresql":
             rows = await self.db.fetch_all(
+                # Ordered by the column, not the output (a bare "xid" in ORDER BY names the TEXT
+                # output column: "10" sorts before "9", and the cursor could pass events by).
                 "SELECT CAST(xid AS TEXT), position, version, event FROM run_events"
                 " WHERE (xid, position) > (CAST(CAST(:xid AS TEXT) AS xid8), :position)"
                 " AND xid < pg_snapshot_xmin(pg_current_snapshot())"
-                " ORDER BY xid, position LIMIT :limit",
+                " ORDER BY run_events.xid, run_events.position LIMIT :limit",
                 {"xid": str(after.xid), "position": after.position, "limit": limit},
             )
         else:
