@@ -22,7 +22,7 @@ import re
 import time
 import weakref
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -155,6 +155,14 @@ class PostgresTransaction:
 
     async def lock(self, name: str) -> None:
         await self.execute("SELECT pg_advisory_xact_lock(:key)", {"key": lock_key(name)})
+
+    async def lock_all(self, names: Sequence[str]) -> None:
+        # unnest yields the keys in order, and each row's lock is taken as the row is produced.
+        if names:
+            await self.execute(
+                "SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS BIGINT[])) AS key",
+                {"keys": [lock_key(name) for name in names]},
+            )
 
     async def notify(self, channel: str) -> None:
         # Delivered by PostgreSQL at COMMIT to every listening connection (other replicas);

@@ -174,18 +174,19 @@ class RunProjection:
                 if event.event_id in claimed and (held is None or event.run.version > held.version):
                     newest[event.run_id] = event.run
             # Locks in one order everywhere (claims, runs, then count rows): appliers wait, never deadlock.
-            for run_id in sorted(newest):
-                await tx.lock(f"agent.run_view:{run_id}")
+            await tx.lock_all([f"agent.run_view:{run_id}" for run_id in sorted(newest)])
             counts: Counter[str] = Counter()
+            changed: list[Run] = []
             for run_id, current in (await self._current(tx, sorted(newest))).items():
                 run = newest[run_id]
                 if current is not None and current[0] >= run.version:
                     continue  # stale or already-applied version: the row already reflects it
-                await self._upsert(tx, run)
+                changed.append(run)
                 if current is None or current[1] != run.state:
                     if current is not None:
                         counts[current[1]] -= 1
                     counts[str(run.state)] += 1
+            await self._upsert(tx, changed)
             for state in sorted(counts):
                 if counts[state]:
                     await self._count(tx, state, counts[state])
@@ -196,10 +197,17 @@ class RunProjection:
     async def _current(tx: Transaction, run_ids: list[str]) -> dict[str, tuple[int, str] | None]:
         """Each run's (version, state) in the view, None for a run not in it yet."""
         current: dict[str, tuple[int, str] | None] = dict.fromkeys(run_ids)
-        if run_ids:
+        if not run_ids:
+            return current
+        if tx.dialect == "postgresql":
+            # One array parameter: one statement text (prepared once) whatever the batch's size.
+            found = await tx.execute(
+                "SELECT run_id, version, state FROM run_view WHERE run_id = ANY(CAST(:ids AS TEXT[]))", {"ids": run_ids}
+            )
+        else:
             wanted, params = in_list("r", run_ids)
             found = await tx.execute(f"SELECT run_id, version, state FROM run_view WHERE run_id IN {wanted}", params)
-            current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
+        current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
         return current
 
     async def _applied(self, event_ids: list[str]) -> set[str]:
@@ -221,20 +229,37 @@ class RunProjection:
         )
 
     @staticmethod
-    async def _upsert(tx: Transaction, run: Run) -> None:
-        await tx.execute(
-            "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
-            " VALUES (:run_id, :create_time, :state, :version, :snapshot)"
-            " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
-            " snapshot = excluded.snapshot",
+    async def _upsert(tx: Transaction, runs: Sequence[Run]) -> None:
+        """Write each run's row (one statement on PostgreSQL, one per run on SQLite)."""
+        rows = [
             {
                 "run_id": run.run_id,
                 "create_time": run.create_time,
                 "state": str(run.state),
                 "version": run.version,
                 "snapshot": json.dumps(run.to_dict()),
-            },
+            }
+            for run in runs
+        ]
+        on_conflict = (
+            " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
+            " snapshot = excluded.snapshot"
         )
+        if tx.dialect == "postgresql":
+            if rows:
+                await tx.execute(
+                    "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
+                    " SELECT * FROM unnest(CAST(:run_id AS TEXT[]), CAST(:create_time AS DOUBLE PRECISION[]),"
+                    " CAST(:state AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:snapshot AS TEXT[]))" + on_conflict,
+                    {column: [row[column] for row in rows] for column in rows[0]},
+                )
+            return
+        for row in rows:
+            await tx.execute(
+                "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
+                " VALUES (:run_id, :create_time, :state, :version, :snapshot)" + on_conflict,
+                row,
+            )
 
     @staticmethod
     async def _count(tx: Transaction, state: str, delta: int) -> None:

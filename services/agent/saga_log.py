@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -382,6 +382,9 @@ class _Autocommit:
         raise TypeError("a single autocommitted statement has no commit to wait for")
 
     async def lock(self, name: str) -> None:
+        raise TypeError("a lock outside a transaction would be released at once")
+
+    async def lock_all(self, names: Sequence[str]) -> None:
         raise TypeError("a lock outside a transaction would be released at once")
 
     async def notify(self, channel: str) -> None:
