@@ -1,14 +1,17 @@
-"""The embedding cache: a text is embedded once, served from the cache after, and the least recently used go first."""
+"""Embeddings: a cache that embeds a text once, and forward passes shared by callers that arrive together."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from runtime.embedding import EmbeddingCache, MiniLmEmbedder
+from runtime.embedding import CoalescedPasses, EmbeddingCache, MiniLmEmbedder
 
 
 class RecordingEmbedder:
@@ -118,3 +121,108 @@ def test_the_model_gives_the_same_vectors_through_the_cache_as_without_it(minilm
     uncached = minilm.embed(["When do orders ship?", *sentences])
     assert cache.hits == len(sentences)
     np.testing.assert_allclose(cached, uncached, rtol=0, atol=1e-5)
+
+
+class GatedEncoder:
+    """An encoder whose first pass holds until released, so callers can queue behind it."""
+
+    def __init__(self, *, fail_pass: int | None = None) -> None:
+        self.passes: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail_pass = fail_pass
+
+    def __call__(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        self.passes.append(list(texts))
+        if len(self.passes) == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        if len(self.passes) == self.fail_pass:
+            raise RuntimeError("the model failed")
+        return np.stack([RecordingEmbedder.vector(text) for text in texts])
+
+
+def _in_thread(passes: CoalescedPasses, texts: list[str]) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["vectors"] = passes.embed(texts)
+        except Exception as error:  # handed to the test thread, which asserts on it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, outcome
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached within 10 s"
+        time.sleep(0.001)
+
+
+def test_callers_arriving_during_a_pass_share_the_next_one_and_each_gets_its_own_vectors() -> None:
+    encoder = GatedEncoder()
+    passes = CoalescedPasses(encoder, max_texts=32)
+    first, first_out = _in_thread(passes, ["question one"])
+    assert encoder.entered.wait(10)
+    second, second_out = _in_thread(passes, ["question two", "a sentence"])
+    _until(lambda: passes.waiting == 1)
+    third, third_out = _in_thread(passes, ["question three"])
+    _until(lambda: passes.waiting == 2)
+    encoder.release.set()
+    for thread in (first, second, third):
+        thread.join(10)
+    assert encoder.passes == [["question one"], ["question two", "a sentence", "question three"]]
+    for outcome, texts in (
+        (first_out, ["question one"]),
+        (second_out, ["question two", "a sentence"]),
+        (third_out, ["question three"]),
+    ):
+        np.testing.assert_array_equal(outcome["vectors"], np.stack([RecordingEmbedder.vector(t) for t in texts]))
+    assert passes.waiting == 0
+
+
+def test_a_pass_holds_at_most_max_texts_and_the_rest_wait_for_the_next() -> None:
+    encoder = GatedEncoder()
+    passes = CoalescedPasses(encoder, max_texts=3)
+    first, _ = _in_thread(passes, ["a"])
+    assert encoder.entered.wait(10)
+    queued: list[threading.Thread] = []
+    for texts in (["b", "c"], ["d", "e"], ["f"]):
+        queued.append(_in_thread(passes, texts)[0])
+        _until(lambda: passes.waiting == len(queued))
+    encoder.release.set()
+    for thread in (first, *queued):
+        thread.join(10)
+    assert encoder.passes == [["a"], ["b", "c"], ["d", "e", "f"]]
+    with pytest.raises(ValueError, match="at most 3 texts per pass, got 4"):
+        passes.embed(["w", "x", "y", "z"])
+
+
+def test_a_failed_pass_fails_every_caller_in_it_and_the_next_pass_runs() -> None:
+    encoder = GatedEncoder(fail_pass=2)
+    passes = CoalescedPasses(encoder, max_texts=32)
+    first, first_out = _in_thread(passes, ["a"])
+    assert encoder.entered.wait(10)
+    second, second_out = _in_thread(passes, ["b"])
+    _until(lambda: passes.waiting == 1)
+    third, third_out = _in_thread(passes, ["c"])
+    _until(lambda: passes.waiting == 2)
+    encoder.release.set()
+    for thread in (first, second, third):
+        thread.join(10)
+    assert "vectors" in first_out
+    assert [str(second_out["error"]), str(third_out["error"])] == ["the model failed"] * 2
+    np.testing.assert_array_equal(passes.embed(["d"]), RecordingEmbedder.vector("d")[None, :])
+
+
+def test_the_model_gives_the_same_vectors_to_callers_sharing_a_pass(minilm: MiniLmEmbedder) -> None:
+    questions = [f"How long do refunds take? (#{n})" for n in range(6)] + ["When do orders ship?", "Who pays?"]
+    alone = {q: minilm.embed([q])[0] for q in questions}
+    with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+        together = dict(zip(questions, pool.map(lambda q: minilm.embed([q])[0], questions), strict=True))
+    for question in questions:
+        np.testing.assert_allclose(together[question], alone[question], rtol=0, atol=1e-5)
