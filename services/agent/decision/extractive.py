@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -191,8 +192,14 @@ class ExtractiveDecisionEngine:
             threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
 
     def _load(self) -> None:
+        began = time.monotonic()
         try:
             self._embedder = shared_minilm()
+            log.info(
+                "extractive engine scores with the sentence model",
+                model=self._embedder.model_name,
+                load_s=round(time.monotonic() - began, 1),
+            )
         except ImportError as error:
             log.warning(
                 "extractive engine scores lexically: the sentence model is not installed",
