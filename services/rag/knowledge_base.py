@@ -34,7 +34,16 @@ from services.rag.following import FollowingMetrics, StoreFollower
 from services.rag.index_files import DenseModel, open_indexes
 from services.rag.index_sync import Applied, IndexSync
 from services.rag.search import Hit, Mode, search
-from services.rag.store import SCHEMA, ChunkRecord, DocumentRecord, NothingToWrite, StaleVersion, Store, Vector
+from services.rag.store import (
+    SCHEMA,
+    ChunkRecord,
+    Committed,
+    DocumentRecord,
+    NothingToWrite,
+    StaleVersion,
+    Store,
+    Vector,
+)
 from services.rag.validation import (
     DocumentInput,
     Limits,
@@ -347,22 +356,23 @@ class KnowledgeBase:
         unchanged: Mapping[str, Any],
         wait_searchable: bool,
     ) -> list[IngestResult]:
+        committed: Committed | None
         try:
             committed = await self._store.apply(preparing.writes(prepared, vectors), unchanged=unchanged)
+            generation, outcomes = committed.generation, dict(committed.outcomes)
         except NothingToWrite:
             # "Searchable" still means: whatever the caller committed before (earlier batches of
             # a stream) is indexed too.
+            committed = None
             generation = await self._store.generation()
             stored = await self._store.versions(d.document_id for d in documents)
             outcomes = {d: ("unchanged", found.chunk_count) for d, found in stored.items()}
-        else:
-            generation, outcomes = committed.generation, dict(committed.outcomes)
         results = [
             IngestResult(d.document_id, IngestOutcome(outcomes[d.document_id][0]), outcomes[d.document_id][1])
             for d in documents
         ]
         if wait_searchable:
-            await self._refresh(generation)
+            await (self._refresh(generation) if committed is None else self._indexed(committed))
         elif self._catch_up is None or self._catch_up.done():
             self._catch_up = self._track(self._catch_up_in_background())
         return results
@@ -372,11 +382,16 @@ class KnowledgeBase:
             committed = await self._store.apply([], deletes=[document_id])
         except KeyError:
             raise DocumentNotFound(document_id) from None
-        await self._refresh(committed.generation)
+        await self._indexed(committed)
 
     async def _refresh(self, generation: int) -> None:
         """Return once the indexes reflect ``generation`` or later."""
         applied = await self._ready().catch_up(at_least=generation)
+        self._applied(applied, following=False)
+
+    async def _indexed(self, committed: Committed) -> None:
+        """Return once the indexes reflect this replica's own commit (indexed from what it wrote)."""
+        applied = await self._ready().apply_commit(committed)
         self._applied(applied, following=False)
 
     async def _catch_up_in_background(self) -> None:
