@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.processes import tied_child
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -47,6 +49,7 @@ def redis_server(workdir: Path, *, port: int | None = None) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **tied_child(),  # a pytest killed outright takes its Redis with it
     )
     try:
         assert process.stdout is not None
