@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from runtime.database import Database, Migration, Schema, Transaction
+from runtime.database import Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event, Handler
 
 _V1 = """
@@ -64,13 +64,36 @@ class ProcessedEvents:
         if not event_ids:
             return set()
         ordered = sorted(set(event_ids))
-        values = ", ".join(f"(:consumer, :e{n}, :now)" for n in range(len(ordered)))
+        params = {"consumer": self._consumer, "now": time.time()}
+        if tx.dialect == "postgresql":
+            # One array parameter: one statement text (prepared once per connection) whatever the
+            # batch size, where a VALUES row per id made a new text for nearly every batch.
+            rows = "SELECT :consumer, event_id, :now FROM unnest(CAST(:ids AS TEXT[])) AS event_id"
+            params["ids"] = ordered
+        else:
+            rows = "VALUES " + ", ".join(f"(:consumer, :e{n}, :now)" for n in range(len(ordered)))
+            params |= {f"e{n}": e for n, e in enumerate(ordered)}
         claimed = await tx.execute(
-            f"INSERT INTO processed_events (consumer, event_id, recorded_at) VALUES {values}"
+            f"INSERT INTO processed_events (consumer, event_id, recorded_at) {rows}"
             " ON CONFLICT DO NOTHING RETURNING event_id",
-            {"consumer": self._consumer, "now": time.time(), **{f"e{n}": e for n, e in enumerate(ordered)}},
+            params,
         )
         return {row[0] for row in claimed.rows}
+
+    async def applied(self, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` already recorded (read outside any transaction: a hint, not a claim)."""
+        if not event_ids:
+            return set()
+        if self._db.dialect == "postgresql":
+            wanted, params = "= ANY(CAST(:ids AS TEXT[]))", {"ids": list(event_ids)}
+        else:
+            marks, params = in_list("e", event_ids)
+            wanted = f"IN {marks}"
+        rows = await self._db.fetch_all(
+            f"SELECT event_id FROM processed_events WHERE consumer = :consumer AND event_id {wanted}",
+            {"consumer": self._consumer, **params},
+        )
+        return {row[0] for row in rows}
 
     async def prune(self, *, older_than: float) -> int:
         """Forget ids recorded more than ``older_than`` seconds ago.

@@ -164,7 +164,7 @@ class RunProjection:
     async def _apply_batch(self, events: Sequence[RunEvent], *, position: FeedPosition | None = None) -> None:
         """Apply ``events`` in one transaction: per run, only its newest unapplied version matters."""
         # The ones the ledger already holds (applied from the bus) cost nothing more.
-        known = await self._applied([e.event_id for e in events])
+        known = await self._processed.applied([e.event_id for e in events])
         fresh = [e for e in events if e.event_id not in known]
         async with self._db.transaction() as tx:
             claimed = await self._processed.claim_all(tx, [e.event_id for e in fresh])
@@ -209,16 +209,6 @@ class RunProjection:
             found = await tx.execute(f"SELECT run_id, version, state FROM run_view WHERE run_id IN {wanted}", params)
         current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
         return current
-
-    async def _applied(self, event_ids: list[str]) -> set[str]:
-        if not event_ids:
-            return set()
-        wanted, params = in_list("e", event_ids)
-        rows = await self._db.fetch_all(
-            f"SELECT event_id FROM processed_events WHERE consumer = :consumer AND event_id IN {wanted}",
-            {"consumer": f"projection:{self.NAME}", **params},
-        )
-        return {row[0] for row in rows}
 
     async def _set_position(self, tx: Transaction, position: FeedPosition) -> None:
         await tx.execute(
