@@ -125,7 +125,7 @@ SEMANTIC_WEIGHTS = Weights(
     abstain=1.904,
     release=2.401,
 )
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=1.0, abstain=1.2, release=1.51, missing=1.2)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.042, release=1.21, missing=0.6)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
