@@ -3,12 +3,13 @@
 Every sentence of the passages retrieval ranked first is a candidate. Each is scored by what it
 says about the question, not by how many words it happens to share with it: the semantic
 similarity of question and sentence (all-MiniLM-L6-v2, the model the RAG service embeds with,
-loaded once per process), the same for the sentence under its section heading (a sentence says
-"On shutdown it deregisters."; under "Consul registration" it answers whether a service
-unregisters when it stops), the lexical evidence (the question's topical words the sentence holds),
+loaded once per process), the same for the sentence read under its section heading (alone, "On
+shutdown it deregisters." says little; under "Service discovery with Consul" it says whether a
+service leaves Consul when it stops), the lexical evidence (the question's topical words the sentence holds),
 a question-type cue (a "what is the default / how long / how many" question wants a sentence
 naming a value) and the rank retrieval gave its passage. The weights and thresholds were chosen
-on the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the held-out half measures them.
+by cross-validation inside the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the
+held-out half measures them.
 
 When the best sentence scores below the abstention threshold the engine says the knowledge base
 does not cover the question (no citations); between that and the release threshold it answers
