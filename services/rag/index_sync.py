@@ -23,7 +23,7 @@ import structlog
 from services.rag.chunking import index_text
 from services.rag.dense_index import DenseIndex
 from services.rag.index_files import DenseModel, Manifest, OpenedIndexes, save_dense, write_manifest
-from services.rag.store import CHANGES_RETAINED, Change, DocumentState, Store, Vector
+from services.rag.store import CHANGES_RETAINED, Change, Committed, DocumentState, Store, Vector
 
 _log = structlog.get_logger(__name__)
 
@@ -78,19 +78,41 @@ class IndexSync:
         async with self._lock:
             if at_least is not None and self.generation >= at_least:
                 return Applied(self.generation)
-            head = await self._store.generation()
-            if self.generation < 0 or head < self.generation or head - self.generation >= CHANGES_RETAINED // 2:
-                return await self._rebuild(head)
-            if head == self.generation:
-                return Applied(head)
-            changes = await self._store.changes(after=self.generation, up_to=head)
-            document_ids = sorted({c.document_id for c in changes})
-            for page in _pages(document_ids):
-                states = await self._store.document_states(page)
-                await self._stage(page, list(states.values()), self.dense)
-            await self._commit(head)
+            return await self._catch_up()
+
+    async def apply_commit(self, committed: Committed) -> Applied:
+        """Return once the indexes reflect ``committed`` (this replica's own commit) or later.
+
+        When it is the very next generation, its documents are indexed from what the commit
+        wrote (``committed.states``), with no read of the store: the writer knows the state it
+        just committed. When other commits came between, this catches up through the store.
+        """
+        async with self._lock:
+            if self.generation >= committed.generation:
+                return Applied(self.generation)
+            if self.generation != committed.generation - 1:
+                return await self._catch_up()
+            document_ids = sorted(committed.states)
+            await self._stage(document_ids, [committed.states[d] for d in document_ids], self.dense)
+            await self._commit(committed.generation)
             self.indexed_per_catch_up.append(len(document_ids))
-            return Applied(head, changes, len(document_ids))
+            changes = [Change(committed.generation, d, committed.committed_at) for d in document_ids]
+            return Applied(committed.generation, changes, len(document_ids))
+
+    async def _catch_up(self) -> Applied:
+        head = await self._store.generation()
+        if self.generation < 0 or head < self.generation or head - self.generation >= CHANGES_RETAINED // 2:
+            return await self._rebuild(head)
+        if head == self.generation:
+            return Applied(head)
+        changes = await self._store.changes(after=self.generation, up_to=head)
+        document_ids = sorted({c.document_id for c in changes})
+        for page in _pages(document_ids):
+            states = await self._store.document_states(page)
+            await self._stage(page, list(states.values()), self.dense)
+        await self._commit(head)
+        self.indexed_per_catch_up.append(len(document_ids))
+        return Applied(head, changes, len(document_ids))
 
     async def _rebuild(self, head: int) -> Applied:
         """Index the whole store as of ``head`` or later (pages read after ``head`` may be newer:

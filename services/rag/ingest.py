@@ -41,7 +41,7 @@ async def unchanged_versions(store: Store, documents: Sequence[DocumentInput]) -
 
 def prepare(documents: Sequence[DocumentInput], options: ChunkingOptions) -> list[Prepared]:
     """Chunk and tokenize (CPU-bound: runs in a worker thread)."""
-    prepared: list[Prepared] = []
+    pieces: list[tuple[DocumentInput, ContentType, list[NewChunk], list[str]]] = []
     for document in documents:
         content_type = CONTENT_TYPES[document.content_type]
         chunks: list[NewChunk] = []
@@ -55,13 +55,20 @@ def prepare(documents: Sequence[DocumentInput], options: ChunkingOptions) -> lis
             seen.add(digest)
             chunks.append(NewChunk(len(chunks), piece.start, piece.end, piece.heading, digest, ()))
             texts.append(text)
-        token_lists = tokenize(texts) if texts else []
-        chunks = [
-            NewChunk(c.ordinal, c.start, c.end, c.heading, c.content_hash, tuple(tokens))
-            for c, tokens in zip(chunks, token_lists, strict=True)
-        ]
-        prepared.append(Prepared(document, content_type, content_hash(document.text), chunks, texts))
-    return prepared
+        pieces.append((document, content_type, chunks, texts))
+    # One tokenizer call for the whole batch: its fixed cost per call is several times that of
+    # tokenizing one chunk, and a text's tokens do not depend on the texts beside it.
+    token_lists = iter(tokenize([t for *_, texts in pieces for t in texts]))
+    return [
+        Prepared(
+            document,
+            content_type,
+            content_hash(document.text),
+            [NewChunk(c.ordinal, c.start, c.end, c.heading, c.content_hash, tuple(next(token_lists))) for c in chunks],
+            texts,
+        )
+        for document, content_type, chunks, texts in pieces
+    ]
 
 
 async def embed_missing(store: Store, embed: Embed | None, prepared: Sequence[Prepared]) -> dict[str, Vector]:

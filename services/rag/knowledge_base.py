@@ -26,6 +26,7 @@ from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable
 from runtime.database.sqlite import SQLiteDatabase
 from runtime.embedding import Embedder
+from runtime.supervisor import SupervisedLoop
 from services.rag import ingest as preparing
 from services.rag.chunking import ChunkingOptions
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
@@ -33,7 +34,16 @@ from services.rag.following import FollowingMetrics, StoreFollower
 from services.rag.index_files import DenseModel, open_indexes
 from services.rag.index_sync import Applied, IndexSync
 from services.rag.search import Hit, Mode, search
-from services.rag.store import SCHEMA, ChunkRecord, DocumentRecord, NothingToWrite, StaleVersion, Store, Vector
+from services.rag.store import (
+    SCHEMA,
+    ChunkRecord,
+    Committed,
+    DocumentRecord,
+    NothingToWrite,
+    StaleVersion,
+    Store,
+    Vector,
+)
 from services.rag.validation import (
     DocumentInput,
     Limits,
@@ -277,9 +287,9 @@ class KnowledgeBase:
 
     # --- following the shared store ----------------------------------------------------------
 
-    async def follow(self, *, poll_s: float, backoff: Backoff | None = None) -> None:
-        """Keep the indexes in step with the store, for as long as it runs (a supervised loop)."""
-        await self._follower.run(poll_s=poll_s, backoff=backoff)
+    def follower(self, *, poll_s: float, backoff: Backoff | None = None) -> SupervisedLoop:
+        """The loop that keeps the indexes in step with the store (not started: the caller owns it)."""
+        return self._follower.loop(poll_s=poll_s, backoff=backoff)
 
     async def catch_up(self) -> None:
         """Return once the indexes reflect everything committed when this was called."""
@@ -346,22 +356,23 @@ class KnowledgeBase:
         unchanged: Mapping[str, Any],
         wait_searchable: bool,
     ) -> list[IngestResult]:
+        committed: Committed | None
         try:
             committed = await self._store.apply(preparing.writes(prepared, vectors), unchanged=unchanged)
+            generation, outcomes = committed.generation, dict(committed.outcomes)
         except NothingToWrite:
             # "Searchable" still means: whatever the caller committed before (earlier batches of
             # a stream) is indexed too.
+            committed = None
             generation = await self._store.generation()
             stored = await self._store.versions(d.document_id for d in documents)
             outcomes = {d: ("unchanged", found.chunk_count) for d, found in stored.items()}
-        else:
-            generation, outcomes = committed.generation, dict(committed.outcomes)
         results = [
             IngestResult(d.document_id, IngestOutcome(outcomes[d.document_id][0]), outcomes[d.document_id][1])
             for d in documents
         ]
         if wait_searchable:
-            await self._refresh(generation)
+            await (self._refresh(generation) if committed is None else self._indexed(committed))
         elif self._catch_up is None or self._catch_up.done():
             self._catch_up = self._track(self._catch_up_in_background())
         return results
@@ -371,11 +382,16 @@ class KnowledgeBase:
             committed = await self._store.apply([], deletes=[document_id])
         except KeyError:
             raise DocumentNotFound(document_id) from None
-        await self._refresh(committed.generation)
+        await self._indexed(committed)
 
     async def _refresh(self, generation: int) -> None:
         """Return once the indexes reflect ``generation`` or later."""
         applied = await self._ready().catch_up(at_least=generation)
+        self._applied(applied, following=False)
+
+    async def _indexed(self, committed: Committed) -> None:
+        """Return once the indexes reflect this replica's own commit (indexed from what it wrote)."""
+        applied = await self._ready().apply_commit(committed)
         self._applied(applied, following=False)
 
     async def _catch_up_in_background(self) -> None:

@@ -59,6 +59,8 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     Single characters count as words (bm25s drops them by default): "step 7" or "option B"
     must be findable.
     """
+    if not texts:
+        return []
     tokens = bm25s.tokenize(
         list(texts),
         token_pattern=r"(?u)\b\w+\b",

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from runtime.database import Database, Migration, Row, Schema, Transaction, in_list
+from runtime.database.interface import Dialect
 
 GENERATION_CHANNEL = "rag_generation"
 # Generations whose change rows are kept: a replica further behind reloads the whole store.
@@ -207,13 +208,6 @@ class DocumentState:
     chunks: tuple[ChunkRecord, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    generation: int
-    documents: list[DocumentRecord]
-    chunks: list[ChunkRecord]
-
-
 class StaleVersion(Exception):
     """A document changed between the caller's read and its transaction; prepare it again."""
 
@@ -231,6 +225,11 @@ class Committed:
     generation: int
     # Per document written or found unchanged: "created", "replaced" or "unchanged", and its chunk count.
     outcomes: Mapping[str, tuple[str, int]]
+    committed_at: float = 0.0
+    # The committed state of every document this generation changed (``record`` None when
+    # deleted), exactly as reading it back would find it: the committing replica indexes its own
+    # generation from these without a round trip.
+    states: Mapping[str, DocumentState] = field(default_factory=dict)
 
 
 _STATE_COLUMNS = """
@@ -266,24 +265,6 @@ class Store:
         row = await self.db.fetch_one("SELECT value FROM rag_meta WHERE key = 'generation'")
         return 0 if row is None else int(row[0])
 
-    async def load_all(self) -> Loaded:
-        """Every document and chunk, with vectors where stored, as of one commit (one statement)."""
-        head = await self.generation()
-        rows = await self.db.fetch_all(
-            "SELECT (SELECT value FROM rag_meta WHERE key = 'generation'), "
-            + _STATE_COLUMNS
-            + _STATE_FROM
-            + "ORDER BY k.chunk_key",
-            {"model": self._model or ""},
-        )
-        # With no rows the statement cannot say its generation: the one read before it is at
-        # most the state's own, so a follower never skips a change.
-        generation = int(rows[0][0]) if rows else head
-        states = _states(rows, offset=1)
-        documents = [s.record for s in states.values() if s.record is not None]
-        chunks = sorted((c for s in states.values() for c in s.chunks), key=lambda c: c.key)
-        return Loaded(generation, documents, chunks)
-
     async def changes(self, *, after: int, up_to: int) -> list[Change]:
         rows = await self.db.fetch_all(
             "SELECT generation, document_id, committed_at FROM rag_changes"
@@ -297,9 +278,9 @@ class Store:
         ids = sorted(set(document_ids))
         found: dict[str, DocumentState] = {}
         for batch in _batches(ids):
-            marks, params = in_list("d", batch)
+            among, params = _among("d.document_id", batch, self.db.dialect)
             rows = await self.db.fetch_all(
-                "SELECT " + _STATE_COLUMNS + _STATE_FROM + f"WHERE d.document_id IN {marks} ORDER BY k.chunk_key",
+                "SELECT " + _STATE_COLUMNS + _STATE_FROM + f"WHERE {among} ORDER BY k.chunk_key",
                 {"model": self._model or "", **params},
             )
             found.update(_states(rows))
@@ -319,8 +300,8 @@ class Store:
         """The stored version (and chunk count) of each of these documents that exists."""
         found: dict[str, StoredVersion] = {}
         for batch in _batches(sorted(set(document_ids))):
-            marks, params = in_list("d", batch)
-            rows = await self.db.fetch_all(_VERSIONS + marks, params)
+            among, params = _among("d.document_id", batch, self.db.dialect)
+            rows = await self.db.fetch_all(_VERSIONS + among, params)
             found.update((str(r[0]), _stored_version(r)) for r in rows)
         return found
 
@@ -344,9 +325,9 @@ class Store:
             return {}
         found: dict[str, Vector] = {}
         for batch in _batches(sorted(set(content_hashes))):
-            marks, params = in_list("h", batch)
+            among, params = _among("content_hash", batch, self.db.dialect)
             rows = await self.db.fetch_all(
-                f"SELECT content_hash, vector FROM rag_embeddings WHERE model = :model AND content_hash IN {marks}",
+                f"SELECT content_hash, vector FROM rag_embeddings WHERE model = :model AND {among}",
                 {"model": self._model, **params},
             )
             found.update((str(h), _vector(v)) for h, v in rows)
@@ -406,108 +387,142 @@ class Store:
             if not changed:
                 raise NothingToWrite()
             old_texts = {stored[d].version.content_hash for d in changed if d in stored}
-            old_chunks = await _chunk_hashes(tx, changed)
+            # Only documents that existed have chunks to look up (or, below, to delete): a batch of
+            # new documents skips both statements.
+            replaced = [d for d in changed if d in stored]
+            old_chunks = await _chunk_hashes(tx, replaced)
             if deletes:
-                marks, params = in_list("d", list(deletes))
-                await tx.execute(f"DELETE FROM rag_documents WHERE document_id IN {marks}", params)
+                among, params = _among("document_id", list(deletes), tx.dialect)
+                await tx.execute(f"DELETE FROM rag_documents WHERE {among}", params)
             now = time.time()
-            await self._write_documents(tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now)
+            states = {d: DocumentState(d, None, ()) for d in deletes}
+            states.update(
+                await self._write_documents(
+                    tx, [w for w in writes if outcomes[w.document_id][0] != "unchanged"], now, replaced=set(replaced)
+                )
+            )
             await _collect_garbage(tx, old_texts, old_chunks)
-            for batch in _batches(changed, 100):
-                values = ", ".join(f"(:g, :d{i}, :t)" for i in range(len(batch)))
+            await _insert(
+                tx,
+                "rag_changes",
+                {"generation": "BIGINT", "document_id": "TEXT", "committed_at": "DOUBLE PRECISION"},
+                [(generation, d, now) for d in changed],
+            )
+            if generation > CHANGES_RETAINED:  # before that, every change is retained
                 await tx.execute(
-                    f"INSERT INTO rag_changes (generation, document_id, committed_at) VALUES {values}",
-                    {"g": generation, "t": now, **{f"d{i}": d for i, d in enumerate(batch)}},
+                    "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
                 )
-            await tx.execute(
-                "DELETE FROM rag_changes WHERE generation <= :horizon", {"horizon": generation - CHANGES_RETAINED}
-            )
             await tx.notify(GENERATION_CHANNEL)
-        return Committed(generation, outcomes)
+        return Committed(generation, outcomes, now, states)
 
-    async def _write_documents(self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float) -> None:
+    async def _write_documents(
+        self, tx: Transaction, writes: Sequence[DocumentWrite], update_time: float, *, replaced: set[str]
+    ) -> dict[str, DocumentState]:
         """Write documents with their texts, chunks and vectors: a few multi-row statements per batch,
-        never a round trip per document or chunk (a batch of 100 stays a handful of statements)."""
+        never a round trip per document or chunk (a batch of 100 stays a handful of statements).
+        Returns their states as committed (chunk keys as the database assigned them)."""
         if not writes:
-            return
+            return {}
+        metadata = {w.document_id: json.dumps(dict(w.metadata), sort_keys=True) for w in writes}
         texts = {w.content_hash: w.text for w in writes}
-        for batch in _batches(sorted(texts), 100):
-            values = ", ".join(f"(:h{i}, :t{i})" for i in range(len(batch)))
-            params: dict[str, Any] = {}
-            for i, content_hash in enumerate(batch):
-                params.update({f"h{i}": content_hash, f"t{i}": texts[content_hash]})
-            await tx.execute(
-                f"INSERT INTO rag_contents (content_hash, text) VALUES {values} ON CONFLICT (content_hash) DO NOTHING",
-                params,
-            )
-        for batch in _batches(list(writes), 100):
-            values = ", ".join(f"(:id{i}, :type{i}, :m{i}, :h{i}, :t)" for i in range(len(batch)))
-            params = {"t": update_time}
-            for i, write in enumerate(batch):
-                params.update(
-                    {
-                        f"id{i}": write.document_id,
-                        f"type{i}": write.content_type,
-                        f"m{i}": json.dumps(dict(write.metadata), sort_keys=True),
-                        f"h{i}": write.content_hash,
-                    }
-                )
-            await tx.execute(
-                "INSERT INTO rag_documents (document_id, content_type, metadata, content_hash, update_time)"
-                f" VALUES {values}"
-                " ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,"
-                " metadata = excluded.metadata, content_hash = excluded.content_hash,"
-                " update_time = excluded.update_time",
-                params,
-            )
-        for batch in _batches([w.document_id for w in writes]):
-            marks, params = in_list("d", batch)
-            await tx.execute(f"DELETE FROM rag_chunks WHERE document_id IN {marks}", params)
-        chunks = [(w.document_id, chunk) for w in writes for chunk in w.chunks]
-        for batch in _batches(chunks, 100):
-            rows: list[str] = []
-            params = {}
-            for i, (document_id, chunk) in enumerate(batch):
-                rows.append(f"(:id{i}, :o{i}, :s{i}, :e{i}, :hd{i}, :h{i}, :tk{i})")
-                params.update(
-                    {
-                        f"id{i}": document_id,
-                        f"o{i}": chunk.ordinal,
-                        f"s{i}": chunk.start,
-                        f"e{i}": chunk.end,
-                        f"hd{i}": chunk.heading,
-                        f"h{i}": chunk.content_hash,
-                        f"tk{i}": " ".join(chunk.tokens),
-                    }
-                )
-            await tx.execute(
-                "INSERT INTO rag_chunks (document_id, ordinal, start_offset, end_offset, heading, content_hash, tokens)"
-                f" VALUES {', '.join(rows)}",
-                params,
-            )
+        await _insert(
+            tx,
+            "rag_contents",
+            {"content_hash": "TEXT", "text": "TEXT"},
+            [(h, texts[h]) for h in sorted(texts)],
+            "ON CONFLICT (content_hash) DO NOTHING",
+        )
+        await _insert(
+            tx,
+            "rag_documents",
+            {
+                "document_id": "TEXT",
+                "content_type": "TEXT",
+                "metadata": "TEXT",
+                "content_hash": "TEXT",
+                "update_time": "DOUBLE PRECISION",
+            },
+            [(w.document_id, w.content_type, metadata[w.document_id], w.content_hash, update_time) for w in writes],
+            "ON CONFLICT (document_id) DO UPDATE SET content_type = excluded.content_type,"
+            " metadata = excluded.metadata, content_hash = excluded.content_hash,"
+            " update_time = excluded.update_time",
+        )
+        for batch in _batches([w.document_id for w in writes if w.document_id in replaced]):
+            among, params = _among("document_id", batch, tx.dialect)
+            await tx.execute(f"DELETE FROM rag_chunks WHERE {among}", params)
+        inserted = await _insert(
+            tx,
+            "rag_chunks",
+            {
+                "document_id": "TEXT",
+                "ordinal": "INTEGER",
+                "start_offset": "INTEGER",
+                "end_offset": "INTEGER",
+                "heading": "TEXT",
+                "content_hash": "TEXT",
+                "tokens": "TEXT",
+            },
+            [
+                (w.document_id, c.ordinal, c.start, c.end, c.heading, c.content_hash, " ".join(c.tokens))
+                for w in writes
+                for c in w.chunks
+            ],
+            "RETURNING document_id, ordinal, chunk_key",
+        )
+        keys = {(str(r[0]), int(r[1])): int(r[2]) for r in inserted}
         vectors = {h: v for w in writes for h, v in w.vectors.items()}
         if vectors:
             await self._insert_vectors(tx, vectors)
+        # Without a model no vector is stored, so none is read back either.
+        with_vectors = self._model is not None
+        return {
+            w.document_id: _written_state(w, metadata[w.document_id], update_time, keys, vectors=with_vectors)
+            for w in writes
+        }
 
     async def _insert_vectors(self, tx: Transaction, vectors: Mapping[str, Vector]) -> None:
         if self._model is None:
             return
-        for batch in _batches(sorted(vectors), 100):
-            values = ", ".join(f"(:h{i}, :model, :v{i})" for i in range(len(batch)))
-            params: dict[str, Any] = {"model": self._model}
-            for i, content_hash in enumerate(batch):
-                params[f"h{i}"] = content_hash
-                params[f"v{i}"] = np.asarray(vectors[content_hash], dtype=np.float32).tobytes()
-            await tx.execute(
-                f"INSERT INTO rag_embeddings (content_hash, model, vector) VALUES {values}"
-                " ON CONFLICT (content_hash, model) DO NOTHING",
-                params,
+        await _insert(
+            tx,
+            "rag_embeddings",
+            {"content_hash": "TEXT", "model": "TEXT", "vector": "BYTEA"},
+            [(h, self._model, np.asarray(vectors[h], dtype=np.float32).tobytes()) for h in sorted(vectors)],
+            "ON CONFLICT (content_hash, model) DO NOTHING",
+        )
+
+
+def _written_state(
+    write: DocumentWrite, metadata: str, update_time: float, keys: Mapping[tuple[str, int], int], *, vectors: bool
+) -> DocumentState:
+    """What ``_states`` reads back for a document just written (values as they round-trip)."""
+    record = DocumentRecord(
+        write.document_id, write.content_type, json.loads(metadata), write.content_hash, update_time, len(write.chunks)
+    )
+    chunks = sorted(
+        (
+            ChunkRecord(
+                key=keys[(write.document_id, chunk.ordinal)],
+                document_id=write.document_id,
+                ordinal=chunk.ordinal,
+                start=chunk.start,
+                end=chunk.end,
+                heading=chunk.heading,
+                text=write.text[chunk.start : chunk.end],
+                content_hash=chunk.content_hash,
+                tokens=tuple(chunk.tokens),
+                vector=write.vectors.get(chunk.content_hash) if vectors else None,
             )
+            for chunk in write.chunks
+        ),
+        key=lambda c: c.key,
+    )
+    return DocumentState(write.document_id, record, tuple(chunks))
 
 
 _VERSIONS = """SELECT d.document_id, d.content_hash, d.content_type, d.metadata,
   (SELECT COUNT(*) FROM rag_chunks k WHERE k.document_id = d.document_id)
-FROM rag_documents d WHERE d.document_id IN """
+FROM rag_documents d WHERE """
 
 
 def _stored_version(row: Row) -> StoredVersion:
@@ -517,8 +532,8 @@ def _stored_version(row: Row) -> StoredVersion:
 async def _versions_in(tx: Transaction, document_ids: Sequence[str]) -> dict[str, StoredVersion]:
     found: dict[str, StoredVersion] = {}
     for batch in _batches(sorted(set(document_ids))):
-        marks, params = in_list("d", batch)
-        result = await tx.execute(_VERSIONS + marks, params)
+        among, params = _among("d.document_id", batch, tx.dialect)
+        result = await tx.execute(_VERSIONS + among, params)
         found.update((str(r[0]), _stored_version(r)) for r in result.rows)
     return found
 
@@ -526,8 +541,8 @@ async def _versions_in(tx: Transaction, document_ids: Sequence[str]) -> dict[str
 async def _chunk_hashes(tx: Transaction, document_ids: Sequence[str]) -> set[str]:
     hashes: set[str] = set()
     for batch in _batches(sorted(set(document_ids))):
-        marks, params = in_list("d", batch)
-        result = await tx.execute(f"SELECT content_hash FROM rag_chunks WHERE document_id IN {marks}", params)
+        among, params = _among("document_id", batch, tx.dialect)
+        result = await tx.execute(f"SELECT content_hash FROM rag_chunks WHERE {among}", params)
         hashes.update(str(r[0]) for r in result.rows)
     return hashes
 
@@ -535,27 +550,65 @@ async def _chunk_hashes(tx: Transaction, document_ids: Sequence[str]) -> set[str
 async def _collect_garbage(tx: Transaction, texts: set[str], chunk_hashes: set[str]) -> None:
     """Drop texts and embeddings that lost their last reference in this transaction."""
     for batch in _batches(sorted(texts)):
-        marks, params = in_list("h", batch)
+        among, params = _among("content_hash", batch, tx.dialect)
         await tx.execute(
-            f"DELETE FROM rag_contents WHERE content_hash IN {marks}"
+            f"DELETE FROM rag_contents WHERE {among}"
             " AND NOT EXISTS (SELECT 1 FROM rag_documents d WHERE d.content_hash = rag_contents.content_hash)",
             params,
         )
     for batch in _batches(sorted(chunk_hashes)):
-        marks, params = in_list("h", batch)
+        among, params = _among("content_hash", batch, tx.dialect)
         await tx.execute(
-            f"DELETE FROM rag_embeddings WHERE content_hash IN {marks}"
+            f"DELETE FROM rag_embeddings WHERE {among}"
             " AND NOT EXISTS (SELECT 1 FROM rag_chunks k WHERE k.content_hash = rag_embeddings.content_hash)",
             params,
         )
 
 
-def _states(rows: Sequence[Row], *, offset: int = 0) -> dict[str, DocumentState]:
-    """Group state rows (``_STATE_COLUMNS`` from column ``offset`` on, chunks in key order) by document."""
+# --- statements whose text does not depend on how many rows they carry ----------------------
+#
+# On PostgreSQL a list travels as one array parameter (``unnest`` / ``= ANY``), so each statement
+# has one text whatever the batch: compiled by SQLAlchemy and prepared by the server once per
+# connection, with a handful of parameters instead of one per value. (Row-by-row VALUES made a
+# new statement for nearly every batch, as its chunk count varies.) SQLite, in process, takes
+# lists of parameters.
+
+
+def _among(column: str, values: Sequence[str], dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """``column`` is one of ``values`` (text), and its parameters."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(CAST(:among AS TEXT[]))", {"among": list(values)}
+    marks, params = in_list("among", values)
+    return f"{column} IN {marks}", params
+
+
+async def _insert(
+    tx: Transaction, table: str, columns: Mapping[str, str], rows: Sequence[Sequence[Any]], suffix: str = ""
+) -> list[Row]:
+    """Insert ``rows`` (values in the order of ``columns``, which maps each name to its PostgreSQL
+    type); returns what ``suffix``'s RETURNING clause returns, if any."""
+    if not rows:
+        return []
+    names = ", ".join(columns)
+    if tx.dialect == "postgresql":
+        arrays = ", ".join(f"CAST(:c{i} AS {kind}[])" for i, kind in enumerate(columns.values()))
+        params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
+        result = await tx.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}", params)
+        return list(result.rows)
+    returned: list[Row] = []
+    for batch in _batches(rows, 100):
+        values = ", ".join("(" + ", ".join(f":r{j}c{i}" for i in range(len(columns))) + ")" for j in range(len(batch)))
+        params = {f"r{j}c{i}": value for j, row in enumerate(batch) for i, value in enumerate(row)}
+        result = await tx.execute(f"INSERT INTO {table} ({names}) VALUES {values} {suffix}", params)
+        returned += result.rows
+    return returned
+
+
+def _states(rows: Sequence[Row]) -> dict[str, DocumentState]:
+    """Group state rows (``_STATE_COLUMNS``, chunks in key order) by document."""
     records: dict[str, tuple[Any, ...]] = {}
     chunks: dict[str, list[ChunkRecord]] = {}
-    for full in rows:
-        row = _Shifted(full, offset)
+    for row in rows:
         document_id = str(row[0])
         records.setdefault(document_id, (row[1], row[2], row[3], row[4]))
         bucket = chunks.setdefault(document_id, [])
@@ -587,14 +640,6 @@ def _states(rows: Sequence[Row], *, offset: int = 0) -> dict[str, DocumentState]
         )
         states[document_id] = DocumentState(document_id, record, tuple(chunks[document_id]))
     return states
-
-
-class _Shifted:
-    def __init__(self, row: Row, offset: int) -> None:
-        self._row, self._offset = row, offset
-
-    def __getitem__(self, index: int) -> Any:
-        return self._row[index + self._offset]
 
 
 def _vector(blob: bytes | memoryview) -> Vector:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -31,7 +32,7 @@ import numpy as np
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, loaded_minilm, shared_minilm
+from runtime.embedding import Embedder, EmbeddingCache, loaded_minilm, shared_minilm
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -166,7 +167,9 @@ class ExtractiveDecisionEngine:
     ``semantic=True`` (the default) scores with the MiniLM model when it is installed, else warns
     once and scores lexically; ``embedder`` supplies the model (tests, the evaluation). ``weights``
     overrides the tuned weights. At most ``max_sentences`` are quoted: the best, and the next ones
-    of its document scoring within the weights' ``companion`` margin of it.
+    of its document scoring within the weights' ``companion`` margin of it. The vectors of the last
+    ``embedding_cache_size`` texts embedded are kept, so a sentence recurring across questions is
+    embedded once (0: embed every text every time).
     """
 
     name = "extractive"
@@ -178,12 +181,14 @@ class ExtractiveDecisionEngine:
         embedder: Embedder | None = None,
         weights: Weights | None = None,
         max_sentences: int = 2,
+        embedding_cache_size: int = 10_000,
     ) -> None:
         self._semantic = semantic or embedder is not None
         self._embedder = embedder
         self._weights = weights
         self._max_sentences = max_sentences
         self._terms = _Terms()
+        self._embedding_cache = EmbeddingCache(embedding_cache_size)
         # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
         self._loaded = threading.Event()
         self._loading = threading.Lock()
@@ -204,8 +209,14 @@ class ExtractiveDecisionEngine:
             threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
 
     def _load(self) -> None:
+        began = time.monotonic()
         try:
             self._embedder = shared_minilm()
+            log.info(
+                "extractive engine scores with the sentence model",
+                model=self._embedder.model_name,
+                load_s=round(time.monotonic() - began, 1),
+            )
         except ImportError as error:
             log.warning(
                 "extractive engine scores lexically: the sentence model is not installed",
@@ -289,10 +300,14 @@ class ExtractiveDecisionEngine:
                 )
             )
         if embedder is not None and candidates:
-            # Only the few candidate sentences are embedded, off the event loop (tens of milliseconds).
+            # Off the event loop; sentences embedded for an earlier question come from the cache, the
+            # rest (often the question alone) in one forward pass. Each sentence is embedded alone and
+            # under its section heading.
             count = len(candidates)
             vectors = await asyncio.to_thread(
-                embedder.embed, [request.question, *(c.citation.quote for c in candidates), *headed]
+                self._embedding_cache.embed,
+                embedder,
+                [request.question, *(c.citation.quote for c in candidates), *headed],
             )
             similarities = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
             candidates = [

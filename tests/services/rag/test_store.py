@@ -66,12 +66,12 @@ async def test_replacing_a_document_drops_its_old_text_and_embeddings(open_store
     assert (first.outcomes["a"][0], second.outcomes["a"][0]) == ("created", "replaced")
     assert second.generation == first.generation + 1 == await store.generation()
     assert (await count(store, "contents"), await count(store, "embeddings"), await count(store, "chunks")) == (1, 1, 1)
-    loaded = await store.load_all()
-    assert loaded.generation == second.generation
-    assert [d.content_hash for d in loaded.documents] == [hashlib.sha256(b"new text").hexdigest()]
-    assert [c.text for c in loaded.chunks] == ["new text"]
-    assert loaded.chunks[0].vector is not None
-    assert np.array_equal(loaded.chunks[0].vector, np.ones(4, dtype=np.float32))
+    assert await store.document_ids(after="", limit=10) == ["a"]
+    [state] = (await store.document_states(["a"])).values()
+    assert state.record is not None and state.record.content_hash == hashlib.sha256(b"new text").hexdigest()
+    assert [c.text for c in state.chunks] == ["new text"]
+    assert state.chunks[0].vector is not None
+    assert np.array_equal(state.chunks[0].vector, np.ones(4, dtype=np.float32))
 
 
 async def test_writing_a_stored_version_again_commits_nothing(open_store: Opener) -> None:
@@ -89,9 +89,8 @@ async def test_a_failed_transaction_leaves_nothing_behind(open_store: Opener) ->
     broken = dataclasses.replace(write("b", "never stored"), metadata={"k": object()})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         await store.apply([write("c", "also not stored"), broken])
-    loaded = await store.load_all()
-    assert loaded.generation == 1
-    assert [d.document_id for d in loaded.documents] == ["a"]
+    assert await store.generation() == 1
+    assert await store.document_ids(after="", limit=10) == ["a"]
 
 
 async def test_deleting_a_document_that_does_not_exist_commits_nothing(open_store: Opener) -> None:
@@ -111,6 +110,58 @@ async def test_each_commit_is_one_generation_and_the_change_log_names_its_docume
     assert states["a"].record is None and states["a"].chunks == ()
     b = states["b"].record
     assert b is not None and b.chunk_count == 1 and [c.text for c in states["b"].chunks] == ["two"]
+
+
+async def test_the_change_log_keeps_the_last_generations_it_retains(
+    open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.rag.store.CHANGES_RETAINED", 2)
+    store = await open_store()
+    for i in range(4):
+        await store.apply([write(f"d{i}", f"text {i}")])
+    changes = await store.changes(after=0, up_to=4)
+    assert [(c.generation, c.document_id) for c in changes] == [(3, "d2"), (4, "d3")]
+
+
+def chunked(document_id: str, text: str, metadata: dict[str, str]) -> DocumentWrite:
+    """A document cut into its words, one chunk each (a vector for every other one)."""
+    chunks, vectors, start = [], {}, 0
+    for ordinal, word in enumerate(text.split()):
+        start = text.index(word, start)
+        digest = hashlib.sha256(f"{document_id}/{word}".encode()).hexdigest()
+        chunks.append(NewChunk(ordinal, start, start + len(word), f"h{ordinal}", digest, (word.lower(),)))
+        if ordinal % 2 == 0:
+            vectors[digest] = np.full(4, ordinal, dtype=np.float32)
+        start += len(word)
+    return DocumentWrite(
+        document_id, "text/markdown", metadata, text, hashlib.sha256(text.encode()).hexdigest(), chunks, vectors
+    )
+
+
+@pytest.mark.parametrize("model", ["m", None])
+async def test_a_commit_returns_the_states_reading_them_back_finds(open_store: Opener, model: str | None) -> None:
+    # The committing replica indexes its own generation from these, without reading it back.
+    store = await open_store(model=model)
+    await store.apply([write("gone", "to be deleted"), chunked("kept", "one two", {"b": "2"})])
+    committed = await store.apply(
+        [chunked("ünï", "naïve café — déjà vu", {"z": "1", "a": "ü"}), chunked("kept", "one two three", {"b": "3"})],
+        deletes=["gone"],
+    )
+    read_back = await store.document_states(["ünï", "kept", "gone"])
+    assert committed.states.keys() == read_back.keys()
+    for document_id, state in committed.states.items():
+        expected = read_back[document_id]
+        assert state.record == expected.record
+        if state.record is not None and expected.record is not None:  # in the same order, too
+            assert list(state.record.metadata.items()) == list(expected.record.metadata.items())
+        assert [dataclasses.replace(c, vector=None) for c in state.chunks] == [
+            dataclasses.replace(c, vector=None) for c in expected.chunks
+        ]
+        for mine, theirs in zip(state.chunks, expected.chunks, strict=True):
+            assert (mine.vector is None) == (theirs.vector is None)
+            assert mine.vector is None or theirs.vector is None or np.array_equal(mine.vector, theirs.vector)
+    assert read_back["gone"].record is None
+    assert [c.text for c in read_back["ünï"].chunks] == ["naïve", "café", "—", "déjà", "vu"]
 
 
 async def test_two_replicas_writing_the_same_document_at_once_make_one_document(open_store: Opener) -> None:
@@ -167,9 +218,10 @@ async def test_a_file_written_before_versioned_migrations_is_migrated_with_its_d
     db = await open_database("", sqlite_path=path, setting="AGENTMESH_RAG_DATABASE_URL")
     try:
         store = await Store.open(db, model=None)
-        loaded = await store.load_all()
-        assert loaded.generation == 7
-        assert [(c.document_id, c.text) for c in loaded.chunks] == [("old", "an old document")]
+        assert await store.generation() == 7
+        assert await store.document_ids(after="", limit=10) == ["old"]
+        [state] = (await store.document_states(["old"])).values()
+        assert [(c.document_id, c.text) for c in state.chunks] == [("old", "an old document")]
         committed = await store.apply([write("new", "a new document")])
         assert committed.generation == 8
     finally:
