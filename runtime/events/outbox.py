@@ -118,8 +118,14 @@ class Outbox:
 
     @staticmethod
     async def _mark_sent(tx: Transaction, seqs: list[int]) -> None:
-        wanted, params = in_list("seq", seqs)
-        await tx.execute(f"UPDATE outbox SET published_at = :now WHERE seq IN {wanted}", {"now": time.time(), **params})
+        if tx.dialect == "postgresql":
+            # One array parameter: one statement text (prepared once per connection) whatever the
+            # batch size; an IN list made a new one for nearly every batch.
+            wanted, params = "= ANY(CAST(:seqs AS BIGINT[]))", {"seqs": seqs}
+        else:
+            marks, params = in_list("seq", seqs)
+            wanted = f"IN {marks}"
+        await tx.execute(f"UPDATE outbox SET published_at = :now WHERE seq {wanted}", {"now": time.time(), **params})
 
     async def prune(self, *, older_than: float) -> int:
         """Delete rows sent more than ``older_than`` seconds ago (the event log keeps history)."""
