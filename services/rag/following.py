@@ -75,8 +75,11 @@ class StoreFollower:
         backoff = backoff or Backoff(initial=0.2, maximum=5.0)
         unavailable = False
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as the wake-up does, and the loop would outlive its supervisor's stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=poll_s)
+                async with asyncio.timeout(poll_s):
+                    await self.wake.wait()
             self.wake.clear()
             try:
                 await self._catch_up()
