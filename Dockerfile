@@ -16,12 +16,13 @@ RUN python -m venv /opt/venv \
  && pip install "$(python tools/requirements.py dev | grep '^grpcio-tools==')"
 
 COPY protos/ protos/
+# As the Makefile's gen target: vendored contracts each under their own include root.
 RUN mkdir gen \
- && python -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen \
+ && python -m grpc_tools.protoc -Iprotos -Iprotos/third_party/googleapis --python_out=gen --grpc_python_out=gen \
       $(find protos/agentmesh -name '*.proto' | sort) \
- && python -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
-      --descriptor_set_out=gen/agentmesh.pb \
-      $(find protos/agentmesh -name '*.proto' | sort) protos/google/rpc/status.proto protos/google/rpc/error_details.proto \
+ && python -m grpc_tools.protoc -Iprotos -Iprotos/third_party/googleapis -Iprotos/third_party/a2a \
+      --include_imports --include_source_info --descriptor_set_out=gen/agentmesh.pb \
+      $(find protos/agentmesh -name '*.proto' | sort) google/rpc/status.proto google/rpc/error_details.proto a2a.proto \
  && find gen/agentmesh -type d -exec touch {}/__init__.py \;
 
 COPY runtime/ runtime/

@@ -11,10 +11,12 @@ PY := $(VENV)/bin/python
 BUF_VERSION := 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(shell find protos/agentmesh -name '*.proto' | sort)
+# Vendored contracts, each under its own include root so its file names are upstream's
+# (protos/third_party/*/README.md): in the descriptor set only, never generated as Python.
+GOOGLEAPIS := protos/third_party/googleapis
+GOOGLEAPIS_PROTOS := $(shell find $(GOOGLEAPIS) -name '*.proto' | sort)
 # In the descriptor set too, so Envoy's transcoder can render AIP-193 error details as JSON.
-RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
-# Third-party contracts served by the mesh, each under its own include root so its file name is
-# upstream's (protos/third_party/*/README.md): in the descriptor set only, never generated as Python.
+RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 A2A_PROTO := protos/third_party/a2a/a2a.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
@@ -74,15 +76,15 @@ debian-deps: ## Debian packages the tests use (installed only when missing)
 
 # --- code generation ----------------------------------------------------------------------
 
-gen/.stamp: $(PROTOS) $(A2A_PROTO) $(VENV)/.installed
+gen/.stamp: $(PROTOS) $(GOOGLEAPIS_PROTOS) $(A2A_PROTO) $(VENV)/.installed
 	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -Iprotos \
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(GOOGLEAPIS) \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen \
 	  $(PROTOS)
 	# One descriptor set for Envoy's transcoder, grpcurl and the gateway's reflection.
-	$(PY) -m grpc_tools.protoc -Iprotos -I$(dir $(A2A_PROTO)) --include_imports --include_source_info \
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(GOOGLEAPIS) -I$(dir $(A2A_PROTO)) --include_imports --include_source_info \
 	  --descriptor_set_out=gen/agentmesh.pb $(PROTOS) $(RPC_PROTOS) $(notdir $(A2A_PROTO))
 	find gen/agentmesh -type d -exec touch {}/__init__.py \;
 	touch gen/agentmesh/py.typed gen/.stamp

@@ -22,34 +22,27 @@ from interceptors._typing import (
 DetailsTransform = Callable[[grpc.aio.ClientCallDetails], grpc.aio.ClientCallDetails]
 
 
-class _UnaryUnary(UnaryUnaryClientInterceptorBase):
+class _Transforming:
     def __init__(self, transform: DetailsTransform) -> None:
         self._transform = transform
 
+
+class _UnaryUnary(_Transforming, UnaryUnaryClientInterceptorBase):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._transform(client_call_details), request)
 
 
-class _UnaryStream(UnaryStreamClientInterceptorBase):
-    def __init__(self, transform: DetailsTransform) -> None:
-        self._transform = transform
-
+class _UnaryStream(_Transforming, UnaryStreamClientInterceptorBase):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._transform(client_call_details), request)
 
 
-class _StreamUnary(StreamUnaryClientInterceptorBase):
-    def __init__(self, transform: DetailsTransform) -> None:
-        self._transform = transform
-
+class _StreamUnary(_Transforming, StreamUnaryClientInterceptorBase):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
         return await continuation(self._transform(client_call_details), requests)
 
 
-class _StreamStream(StreamStreamClientInterceptorBase):
-    def __init__(self, transform: DetailsTransform) -> None:
-        self._transform = transform
-
+class _StreamStream(_Transforming, StreamStreamClientInterceptorBase):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
         return await continuation(self._transform(client_call_details), requests)
 

@@ -378,10 +378,12 @@ class _Guard:
             breaker.record(permit, code)
 
 
-class _UnaryUnary(UnaryUnaryClientInterceptorBase):
+class _Guarded:
     def __init__(self, guard: _Guard) -> None:
         self._guard = guard
 
+
+class _UnaryUnary(_Guarded, UnaryUnaryClientInterceptorBase):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -389,20 +391,14 @@ class _UnaryUnary(UnaryUnaryClientInterceptorBase):
         return await self._guard.unary_response(continuation, client_call_details, request)
 
 
-class _UnaryStream(UnaryStreamClientInterceptorBase):
-    def __init__(self, guard: _Guard) -> None:
-        self._guard = guard
-
+class _UnaryStream(_Guarded, UnaryStreamClientInterceptorBase):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await self._guard.streaming(continuation, client_call_details, request)
 
 
-class _StreamUnary(StreamUnaryClientInterceptorBase):
-    def __init__(self, guard: _Guard) -> None:
-        self._guard = guard
-
+class _StreamUnary(_Guarded, StreamUnaryClientInterceptorBase):
     async def intercept_stream_unary(
         self,
         continuation: Callable[..., Any],
@@ -414,10 +410,7 @@ class _StreamUnary(StreamUnaryClientInterceptorBase):
         return await self._guard.streaming(continuation, client_call_details, request_iterator)
 
 
-class _StreamStream(StreamStreamClientInterceptorBase):
-    def __init__(self, guard: _Guard) -> None:
-        self._guard = guard
-
+class _StreamStream(_Guarded, StreamStreamClientInterceptorBase):
     async def intercept_stream_stream(
         self,
         continuation: Callable[..., Any],

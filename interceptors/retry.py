@@ -272,10 +272,12 @@ async def _settle_server_stream(call: Any) -> tuple[grpc.StatusCode, Any] | None
     return code, await call.trailing_metadata()
 
 
-class _UnaryUnary(UnaryUnaryClientInterceptorBase):
+class _Retrying:
     def __init__(self, retrier: Retrier) -> None:
         self._retrier = retrier
 
+
+class _UnaryUnary(_Retrying, UnaryUnaryClientInterceptorBase):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -284,10 +286,7 @@ class _UnaryUnary(UnaryUnaryClientInterceptorBase):
         return await self._retrier.run(continuation, client_call_details, request, _settle_unary)
 
 
-class _UnaryStream(UnaryStreamClientInterceptorBase):
-    def __init__(self, retrier: Retrier) -> None:
-        self._retrier = retrier
-
+class _UnaryStream(_Retrying, UnaryStreamClientInterceptorBase):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:

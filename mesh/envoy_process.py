@@ -14,7 +14,7 @@ import aiohttp
 import yaml
 
 from mesh.envoy_config import Address, Config
-from runtime.processes import tied_child
+from runtime.processes import stop_child, tied_child
 
 _POLL_INTERVAL = 0.05
 
@@ -119,14 +119,8 @@ class EnvoyProcess:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_child(process, within_s=10)
 
     async def _get(self, path: str) -> str:
         async with aiohttp.ClientSession() as session, session.get(f"{self.admin_url}{path}") as response:

@@ -110,8 +110,14 @@ class Lifespan:
     ) -> SupervisedLoop:
         """Start ``body`` as a supervised background loop now; it is stopped at shutdown, before
         anything registered earlier closes (so before what it uses)."""
-        loop = SupervisedLoop(name, body, on_crash=on_crash, stop_service=self.request_stop, backoff=backoff)
-        self.on_close(loop.stop, name=f"loop {name}")
+        return self.keep_running(
+            SupervisedLoop(name, body, on_crash=on_crash, stop_service=self.request_stop, backoff=backoff)
+        )
+
+    def keep_running(self, loop: SupervisedLoop) -> SupervisedLoop:
+        """Start a loop its owner built (with its own outage wording) now; as ``supervise``, it is
+        stopped at shutdown before anything registered earlier closes."""
+        self.on_close(loop.stop, name=f"loop {loop.name}")
         return loop.start()
 
     def bind_stop(self, stop: Callable[[], object]) -> None:

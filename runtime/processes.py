@@ -26,16 +26,18 @@ multiplies whole servers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import structlog
 
@@ -140,6 +142,30 @@ def tied_child(signum: int = signal.SIGTERM) -> TiedChild:
     # preexec_fn is unsafe with threads when it takes a lock another thread may hold; this one
     # only calls prctl through a pointer resolved at import, and getppid/kill.
     return {"start_new_session": True, "preexec_fn": functools.partial(_die_with, os.getpid(), signum)}
+
+
+async def stop_child(process: subprocess.Popen[Any] | asyncio.subprocess.Process, *, within_s: float) -> None:
+    """SIGTERM a child :func:`tied_child` started, SIGKILL it if it has not exited ``within_s``
+    later; returns once it has exited and been reaped (no zombie left)."""
+    if isinstance(process, subprocess.Popen):
+        process.poll()
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # it exited just now
+        process.terminate()
+    try:
+        await asyncio.wait_for(_exited(process), within_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await _exited(process)
+
+
+async def _exited(process: subprocess.Popen[Any] | asyncio.subprocess.Process) -> None:
+    if isinstance(process, subprocess.Popen):
+        await asyncio.to_thread(process.wait)
+    else:
+        await process.wait()
 
 
 def _die_with(parent: int, signum: int) -> None:

@@ -141,11 +141,19 @@ class SupervisedLoop:
             event, **line, failures=self.streak, retry_in=round(delay, 2), exc_info=traceback
         )
 
-    async def stop(self) -> None:
-        """Cancel the loop and wait until it has unwound (idempotent)."""
+    async def stop(self, *, grace_s: float = 0.0) -> None:
+        """Cancel the loop and wait until it has unwound (idempotent).
+
+        With ``grace_s``, a body already told to finish (by a flag of its own) has that long to
+        return by itself before it is cancelled: cancelling some calls mid-way (a blocked
+        XREADGROUP) breaks the connection they run on.
+        """
         task, self._task = self._task, None
         if task is None:
             return
+        if grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), grace_s)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

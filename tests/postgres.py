@@ -7,6 +7,8 @@ nothing else loses its database.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -15,14 +17,20 @@ from pathlib import Path
 
 import pytest
 
+from runtime.processes import tied_child
 from tools.postgres_local import LocalPostgres, free_port, installed
 
 BACKENDS = ("sqlite", "postgresql")
 
 
+_NOT_INSTALLED = "PostgreSQL 15 not installed (make debian-deps installs postgresql-15)"
+# For a test that runs PostgreSQL itself (a launcher, a bench run) rather than through the fixtures below.
+requires_postgres = pytest.mark.skipif(not installed(), reason=_NOT_INSTALLED)
+
+
 def _require_postgres() -> None:
     if not installed():
-        pytest.skip("PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+        pytest.skip(_NOT_INSTALLED)
 
 
 @contextmanager
@@ -33,13 +41,25 @@ def _throwaway_cluster(*, start: bool = True) -> Iterator[LocalPostgres]:
     # which would lock a running cluster out of its own data directory.
     root = Path(tempfile.mkdtemp(prefix="agentmesh-postgres-"))
     cluster = LocalPostgres(root / "cluster", port=free_port())
+    # pg_ctl detaches the server: a pytest killed outright (SIGKILL, OOM) would leave it running
+    # and its directory behind. This guard, tied to pytest, stops and deletes them then.
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "tools.postgres_local", "guard", str(cluster.root), "--remove", str(root)],
+        stdout=subprocess.PIPE,
+        **tied_child(),
+    )
     try:
         if start:
             cluster.start()
+        assert guard.stdout is not None
+        if guard.stdout.readline() != b"guarding\n":
+            raise RuntimeError(f"the PostgreSQL guard exited with {guard.wait()}")
         yield cluster
     finally:
         cluster.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
+        guard.terminate()
+        guard.communicate(timeout=30)
 
 
 @pytest.fixture(scope="session")

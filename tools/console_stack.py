@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from runtime.processes import tied_child
+from runtime.processes import stop_child, tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING
 from tools.prometheus import PrometheusProcess, ScrapeTarget, binary
 
@@ -167,12 +166,7 @@ class ConsoleStack:
 
     async def stop(self) -> None:
         console, self._console = self._console, None
-        if console is not None and console.poll() is None:
-            console.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(console.wait, 10)
-            except subprocess.TimeoutExpired:
-                console.kill()
-                await asyncio.to_thread(console.wait, 5)
+        if console is not None:
+            await stop_child(console, within_s=10)
         if self.prometheus is not None:
             await self.prometheus.stop()

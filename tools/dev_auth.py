@@ -42,31 +42,18 @@ def ensure_dev_auth(keys_dir: Path, *, ttl_seconds: int = 12 * 3600) -> DevAuth:
     kid = json.loads(jwks_path.read_text())["keys"][0]["kid"]
     private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     scopes = sorted({scope for needed in MESH_REQUIRED_SCOPES.values() for scope in needed})
-    token = mint(
-        key=private_key, algorithm="ES256", subject=DEV_SUBJECT, scopes=scopes, kid=kid, ttl_seconds=ttl_seconds
-    )
-    token_file = keys_dir / "dev-token"
-    token_file.write_text(token + "\n")
-    agent_token = mint(
-        key=private_key,
-        algorithm="ES256",
-        subject="agentmesh-agent",
-        scopes=["documents.read"],
-        kid=kid,
-        ttl_seconds=ttl_seconds,
-    )
-    agent_token_file = keys_dir / "agent-token"
-    agent_token_file.write_text(agent_token + "\n")
-    console_token = mint(
-        key=private_key,
-        algorithm="ES256",
-        subject="agentmesh-console",
-        scopes=["runs.read"],
-        kid=kid,
-        ttl_seconds=ttl_seconds,
-    )
-    console_token_file = keys_dir / "console-token"
-    console_token_file.write_text(console_token + "\n")
+
+    def write_token(name: str, subject: str, scopes: list[str]) -> tuple[str, Path]:
+        token = mint(
+            key=private_key, algorithm="ES256", subject=subject, scopes=scopes, kid=kid, ttl_seconds=ttl_seconds
+        )
+        path = keys_dir / name
+        path.write_text(token + "\n")
+        return token, path
+
+    token, token_file = write_token("dev-token", DEV_SUBJECT, scopes)
+    _, agent_token_file = write_token("agent-token", "agentmesh-agent", ["documents.read"])
+    _, console_token_file = write_token("console-token", "agentmesh-console", ["runs.read"])
     return DevAuth(
         jwks_file=jwks_path.resolve(),
         token=token,

@@ -43,7 +43,7 @@ from runtime.discovery.factory import consul_address
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
 from runtime.ports import ensure_free
-from runtime.processes import tied_child
+from runtime.processes import stop_child, tied_child
 from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
 from services.agent.config import AgentSettings
 from services.gateway.config import GatewaySettings
@@ -280,16 +280,11 @@ async def _run(store: LocalStore, auth: DevAuth | None, console: ConsoleStack) -
     finally:
         for name in ("gateway", "agent", "rag"):
             child = processes.get(name)
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(child.wait, 30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            if child is not None:
+                await stop_child(child, within_s=30)
         await console.stop()
         if consul_double is not None:  # last: the services deregistered from it while draining
-            consul_double.terminate()
-            await asyncio.to_thread(consul_double.wait, 10)
+            await stop_child(consul_double, within_s=10)
     return code
 
 

@@ -40,7 +40,7 @@ from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_in
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
 from runtime.ports import ensure_free
-from runtime.processes import tied_child
+from runtime.processes import stop_child, tied_child
 from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
@@ -60,13 +60,7 @@ class _App:
         self.instance, self.process, self.port = instance, process, port
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=30)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await stop_child(self.process, within_s=30)
 
 
 def dev_auth(policy: Policy) -> DevAuth:

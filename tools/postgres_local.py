@@ -1,9 +1,9 @@
 """A throwaway local PostgreSQL cluster (Debian postgresql-15) for tests and `make run STORE=postgres`.
 
 `python -m tools.postgres_local start DIR` initialises DIR (once) and starts the server on a free
-loopback port, printing its URL; `stop DIR` stops it. The server runs as the Debian package's
-`postgres` user (PostgreSQL refuses root), so DIR and every directory above it must be
-traversable by that user; its socket lives in DIR, never in /var/run.
+loopback port, printing its URL; `stop DIR` stops it; `guard DIR` stops it when its parent dies.
+The server runs as the Debian package's `postgres` user (PostgreSQL refuses root), so DIR and every
+directory above it must be traversable by that user; its socket lives in DIR, never in /var/run.
 """
 
 from __future__ import annotations
@@ -235,11 +235,28 @@ def _let_postgres_through(root: Path) -> None:
             parent.chmod(mode | 0o001)
 
 
+def guard(cluster: LocalPostgres, *, remove: Path | None) -> None:
+    """Wait for SIGTERM or SIGINT, then stop ``cluster`` as after a crash and delete ``remove``.
+
+    For a cluster started with ``pg_ctl`` (detached): run as a :func:`runtime.processes.tied_child`
+    of the process that started it, this stops the server when that process dies, however it dies.
+    Prints ``guarding`` once the signals are caught.
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    print("guarding", flush=True)
+    signal.sigwait(signals)
+    cluster.stop(mode="immediate")
+    if remove is not None:
+        shutil.rmtree(remove, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.postgres_local", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("command", choices=["start", "stop", "status", "guard"])
     parser.add_argument("root", type=Path, help="cluster directory (created on first start)")
     parser.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")
+    parser.add_argument("--remove", type=Path, help="guard: the directory to delete once the cluster is stopped")
     args = parser.parse_args(argv)
     cluster = LocalPostgres(args.root.resolve(), args.port)
     try:
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.start())
         elif args.command == "stop":
             cluster.stop()
+        elif args.command == "guard":
+            guard(cluster, remove=args.remove)
         else:
             return 0 if cluster.running() else 3
     except (PostgresNotInstalled, RuntimeError) as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from runtime.processes import tied_child
+from runtime.processes import stop_child, tied_child
 
 JOB = "agentmesh"
 
@@ -107,11 +106,5 @@ class PrometheusProcess:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait, 5)
+        if process is not None:
+            await stop_child(process, within_s=15)

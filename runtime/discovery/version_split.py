@@ -36,11 +36,15 @@ class TaggedResolver:
 
     async def watch(self, service: str) -> AsyncIterator[Endpoints]:
         last: Endpoints | None = None
-        async for endpoints in self._inner.watch(service):
-            tagged = self._only_tagged(endpoints)
-            if tagged != last:
-                last = tagged
-                yield tagged
+        inner = self._inner.watch(service)
+        try:
+            async for endpoints in inner:
+                tagged = self._only_tagged(endpoints)
+                if tagged != last:
+                    last = tagged
+                    yield tagged
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]  # the inner watch stops its queries now
 
     async def aclose(self) -> None:
         return None

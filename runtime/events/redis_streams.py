@@ -9,21 +9,22 @@ so one poison event cannot block a group forever.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import redis.asyncio as redis
 import structlog
 from redis.exceptions import ResponseError
 
+from runtime.backoff import Backoff
 from runtime.events.bus import Event, Handler, Subscription
+from runtime.supervisor import Outage, SupervisedLoop
 
 log = structlog.get_logger(__name__)
 
 _FIELD = "event"
 
 _Entries = list[tuple[str, dict[Any, Any]]]
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _text(value: Any) -> str:
@@ -44,49 +45,47 @@ class _Consumer:
         self._group = group
         self._consumer = consumer
         self._handler = handler
-        self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._loop = SupervisedLoop(
+            f"events:{stream}:{group}:{consumer}",
+            self._consume,
+            backoff=Backoff(initial=bus.retry_delay, maximum=max(bus.retry_delay, 10.0)),
+            outage=Outage(_REDIS_DOWN, "redis unavailable; consumer retrying", self._where),
+        )
 
     def start(self) -> None:
-        name = f"events:{self._stream}:{self._group}:{self._consumer}"
-        self._task = asyncio.create_task(self._run(), name=name)
+        self._loop.start()
 
     async def close(self) -> None:
         """Stop after the current read: cancelling a blocked XREADGROUP would break its connection."""
-        if self._task is None or self._task.done():
-            return
         self._stopping = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=self._bus.block_ms / 1000 + 5.0)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop(grace_s=self._bus.block_ms / 1000 + 5.0)
 
-    async def _run(self) -> None:
-        # Entries this consumer name read in a previous life but never acknowledged come first.
+    def _where(self, _error: Exception) -> dict[str, str]:
+        return {"stream": self._stream, "group": self._group}
+
+    async def _consume(self) -> None:
+        """One connection's worth of consuming; a lost connection is retried by the supervisor."""
+        # A Redis that came back empty (no persistence, a failover to a fresh replica) has no group.
+        await self._bus.create_group(self._stream, self._group)
+        # Entries this consumer name read before (in a previous life, or before the connection
+        # dropped) but never acknowledged come first.
         after = "0"
-        while entries := await self._read(after):
+        while not self._stopping and (entries := await self._read(after)):
             await self._handle_all(entries)
             after = entries[-1][0]
         while not self._stopping:
             try:
                 await self._claim_stale()
                 await self._handle_all(await self._read(">", block_ms=self._bus.block_ms))
-            except (redis.ConnectionError, redis.TimeoutError):
-                log.warning(
-                    "redis unavailable; consumer retrying",
-                    stream=self._stream,
-                    group=self._group,
-                    exc_info=True,
-                )
-                await asyncio.sleep(self._bus.retry_delay)
             except ResponseError as error:
                 if "NOGROUP" not in str(error):
                     raise
                 # The stream or group was deleted under us (FLUSHDB, a trim job): recreate it and go on.
                 log.warning("consumer group vanished; recreating it", stream=self._stream, group=self._group)
                 await self._bus.create_group(self._stream, self._group)
+            else:
+                self._loop.mark_healthy()
 
     async def _read(self, start: str, *, block_ms: int | None = None) -> _Entries:
         response = await self._bus.client.xreadgroup(
@@ -168,7 +167,10 @@ class _Consumer:
 
 
 class RedisStreamsEventBus:
-    """``EventBus`` on Redis Streams (Redis >= 6.2 for XAUTOCLAIM)."""
+    """``EventBus`` on Redis Streams (Redis >= 6.2 for XAUTOCLAIM).
+
+    A consumer that loses Redis retries after ``retry_delay``, doubling up to 10 s while it stays down.
+    """
 
     def __init__(
         self,

@@ -107,8 +107,22 @@ class _Relay:
             multicallable = self._callables[channel] = self._factory(channel)(self.method, _registered_method=True)
         return multicallable(request, timeout=timeout, metadata=metadata)
 
-    def may_retry(self, metadata: Metadata) -> bool:
-        return self.safe or self.retrier.call_is_safe(self.method, None, metadata)
+    def first_attempt(
+        self, context: Context, trace_headers: Iterable[tuple[str, str]], *, retry: bool
+    ) -> tuple[Metadata, float | None, bool, float | None]:
+        """The first attempt's metadata and timeout, whether the call may be retried (the route
+        allows it and the call is safe to repeat), and the deadline all attempts share."""
+        metadata = forwarded_metadata(context, trace_headers)
+        timeout = self.budget.timeout(self.method, context.time_remaining())
+        retry = retry and (self.safe or self.retrier.call_is_safe(self.method, None, metadata))
+        return metadata, timeout, retry, _deadline_of(timeout) if retry else None
+
+    async def next_attempt(
+        self, attempt: int, metadata: Metadata, delay: float, deadline: float | None
+    ) -> tuple[Metadata, float | None]:
+        """After waiting ``delay``: attempt number ``attempt``'s metadata (its attempt header) and timeout."""
+        await self.retrier.sleep(delay)
+        return Retrier.attempt_metadata(metadata, attempt), _left(deadline)
 
     def permit(self) -> Permit:
         permit = self.breaker.acquire()
@@ -164,10 +178,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         span, trace_headers = trace.start(method)
         code = _OK
         try:
-            metadata = forwarded_metadata(context, trace_headers)
-            timeout = relay.budget.timeout(method, context.time_remaining())
-            retry = retry and relay.may_retry(metadata)
-            deadline = _deadline_of(timeout) if retry else None
+            metadata, timeout, retry, deadline = relay.first_attempt(context, trace_headers, retry=retry)
             attempt = 1
             while True:
                 permit = relay.permit()
@@ -187,10 +198,8 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                     await _relay_headers(context, await call.initial_metadata())
                     context.set_trailing_metadata(await call.trailing_metadata())
                     return response
-                await relay.retrier.sleep(delay)
                 attempt += 1
-                metadata = Retrier.attempt_metadata(metadata, attempt)
-                timeout = _left(deadline)
+                metadata, timeout = await relay.next_attempt(attempt, metadata, delay, deadline)
         except grpc.aio.AioRpcError as error:
             code = error.code()
             await _relay_error(context, error)
@@ -209,10 +218,7 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
         permit: Permit | None = None
         headers_sent = False
         try:
-            metadata = forwarded_metadata(context, trace_headers)
-            timeout = relay.budget.timeout(method, context.time_remaining())
-            retry = retry and relay.may_retry(metadata)
-            deadline = _deadline_of(timeout) if retry else None
+            metadata, timeout, retry, deadline = relay.first_attempt(context, trace_headers, retry=retry)
             attempt = 1
             while True:
                 permit = relay.permit()
@@ -227,10 +233,8 @@ def make_handler(route: Route, forwarding: Forwarding) -> grpc.RpcMethodHandler[
                 delay = relay.retry_delay(attempt, error, deadline)
                 if delay is None:
                     raise error
-                await relay.retrier.sleep(delay)
                 attempt += 1
-                metadata = Retrier.attempt_metadata(metadata, attempt)
-                timeout = _left(deadline)
+                metadata, timeout = await relay.next_attempt(attempt, metadata, delay, deadline)
             await context.send_initial_metadata(tuple(headers))
             headers_sent = True
             async for message in call:

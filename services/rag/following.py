@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable
+from runtime.supervisor import Outage, SupervisedLoop
 from services.rag.store import GENERATION_CHANNEL
 
 _log = structlog.get_logger(__name__)
@@ -66,14 +67,21 @@ class StoreFollower:
         self.wake = asyncio.Event()
         self._listening = False
 
-    async def run(self, *, poll_s: float, backoff: Backoff | None = None) -> None:
-        """For as long as it runs (a supervised loop). While the database is down, searches keep
-        being served from the indexes as they are, and this retries with backoff."""
+    def loop(self, *, poll_s: float, backoff: Backoff | None = None) -> SupervisedLoop:
+        """Following as a supervised loop (not started). While the database is down, searches
+        keep being served from the indexes as they are, and the loop retries with backoff."""
+        loop = SupervisedLoop(
+            "store follower",
+            lambda: self._follow(poll_s, loop),
+            backoff=backoff or Backoff(initial=0.2, maximum=5.0),
+            outage=Outage((DatabaseUnavailable,), "rag.follower.database_unavailable", self._unavailable),
+        )
+        return loop
+
+    async def _follow(self, poll_s: float, loop: SupervisedLoop) -> None:
         if not self._listening:
             await self._db.listen(GENERATION_CHANNEL, self.wake.set)
             self._listening = True
-        backoff = backoff or Backoff(initial=0.2, maximum=5.0)
-        unavailable = False
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
             # arrives as the wake-up does, and the loop would outlive its supervisor's stop().
@@ -81,21 +89,9 @@ class StoreFollower:
                 async with asyncio.timeout(poll_s):
                     await self.wake.wait()
             self.wake.clear()
-            try:
-                await self._catch_up()
-            except DatabaseUnavailable as error:
-                delay = backoff.next_delay()
-                (_log.debug if unavailable else _log.warning)(
-                    "rag.follower.database_unavailable",
-                    error=str(error),
-                    serving=self._describe(),
-                    retry_in=round(delay, 2),
-                )
-                unavailable = True
-                await asyncio.sleep(delay)
-                self.wake.set()
-                continue
-            if unavailable:
-                _log.info("rag.follower.database_back", serving=self._describe())
-            unavailable = False
-            backoff.reset()
+            await self._catch_up()
+            loop.mark_healthy()
+
+    def _unavailable(self, _error: Exception) -> dict[str, str]:
+        self.wake.set()  # the retry catches up at once, not a poll period later
+        return {"serving": self._describe()}

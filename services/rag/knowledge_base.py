@@ -26,6 +26,7 @@ from runtime.backoff import Backoff
 from runtime.database import Database, DatabaseUnavailable
 from runtime.database.sqlite import SQLiteDatabase
 from runtime.embedding import Embedder
+from runtime.supervisor import SupervisedLoop
 from services.rag import ingest as preparing
 from services.rag.chunking import ChunkingOptions
 from services.rag.errors import DenseRetrievalDisabled, DocumentNotFound, InvalidArgument, NotReady
@@ -286,9 +287,9 @@ class KnowledgeBase:
 
     # --- following the shared store ----------------------------------------------------------
 
-    async def follow(self, *, poll_s: float, backoff: Backoff | None = None) -> None:
-        """Keep the indexes in step with the store, for as long as it runs (a supervised loop)."""
-        await self._follower.run(poll_s=poll_s, backoff=backoff)
+    def follower(self, *, poll_s: float, backoff: Backoff | None = None) -> SupervisedLoop:
+        """The loop that keeps the indexes in step with the store (not started: the caller owns it)."""
+        return self._follower.loop(poll_s=poll_s, backoff=backoff)
 
     async def catch_up(self) -> None:
         """Return once the indexes reflect everything committed when this was called."""

@@ -77,7 +77,7 @@ async def build(
             await knowledge.start()
             life.on_close(knowledge.close, name="knowledge base")
             # Commits of other replicas (and lost notifications) reach this replica's searches here.
-            life.supervise("store follower", lambda: knowledge.follow(poll_s=poll_s))
+            life.keep_running(knowledge.follower(poll_s=poll_s))
 
         life.on_started(load_knowledge)
         servicer = RagServicer(knowledge, settings)

@@ -208,13 +208,6 @@ class DocumentState:
     chunks: tuple[ChunkRecord, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    generation: int
-    documents: list[DocumentRecord]
-    chunks: list[ChunkRecord]
-
-
 class StaleVersion(Exception):
     """A document changed between the caller's read and its transaction; prepare it again."""
 
@@ -271,24 +264,6 @@ class Store:
         """The last committed generation."""
         row = await self.db.fetch_one("SELECT value FROM rag_meta WHERE key = 'generation'")
         return 0 if row is None else int(row[0])
-
-    async def load_all(self) -> Loaded:
-        """Every document and chunk, with vectors where stored, as of one commit (one statement)."""
-        head = await self.generation()
-        rows = await self.db.fetch_all(
-            "SELECT (SELECT value FROM rag_meta WHERE key = 'generation'), "
-            + _STATE_COLUMNS
-            + _STATE_FROM
-            + "ORDER BY k.chunk_key",
-            {"model": self._model or ""},
-        )
-        # With no rows the statement cannot say its generation: the one read before it is at
-        # most the state's own, so a follower never skips a change.
-        generation = int(rows[0][0]) if rows else head
-        states = _states(rows, offset=1)
-        documents = [s.record for s in states.values() if s.record is not None]
-        chunks = sorted((c for s in states.values() for c in s.chunks), key=lambda c: c.key)
-        return Loaded(generation, documents, chunks)
 
     async def changes(self, *, after: int, up_to: int) -> list[Change]:
         rows = await self.db.fetch_all(
@@ -629,12 +604,11 @@ async def _insert(
     return returned
 
 
-def _states(rows: Sequence[Row], *, offset: int = 0) -> dict[str, DocumentState]:
-    """Group state rows (``_STATE_COLUMNS`` from column ``offset`` on, chunks in key order) by document."""
+def _states(rows: Sequence[Row]) -> dict[str, DocumentState]:
+    """Group state rows (``_STATE_COLUMNS``, chunks in key order) by document."""
     records: dict[str, tuple[Any, ...]] = {}
     chunks: dict[str, list[ChunkRecord]] = {}
-    for full in rows:
-        row = _Shifted(full, offset)
+    for row in rows:
         document_id = str(row[0])
         records.setdefault(document_id, (row[1], row[2], row[3], row[4]))
         bucket = chunks.setdefault(document_id, [])
@@ -666,14 +640,6 @@ def _states(rows: Sequence[Row], *, offset: int = 0) -> dict[str, DocumentState]
         )
         states[document_id] = DocumentState(document_id, record, tuple(chunks[document_id]))
     return states
-
-
-class _Shifted:
-    def __init__(self, row: Row, offset: int) -> None:
-        self._row, self._offset = row, offset
-
-    def __getitem__(self, index: int) -> Any:
-        return self._row[index + self._offset]
 
 
 def _vector(blob: bytes | memoryview) -> Vector:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.rag_growth import Corpus
-from tests.bench.modules import run_bench
-from tools.postgres_local import installed
+from tests.bench.modules import run_bench, tiny_postgres_run
 
 
 def test_documents_are_about_110_words_and_a_probe_word_is_in_no_other_document() -> None:
@@ -26,10 +25,7 @@ def test_documents_are_about_110_words_and_a_probe_word_is_in_no_other_document(
     assert Corpus().batch()[0].text == Corpus().batch()[0].text  # the same corpus every run
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.timeout(180)
-@pytest.mark.skipif(not installed(), reason="PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+@tiny_postgres_run
 def test_a_tiny_run_measures_every_size(tmp_path: Path) -> None:
     done = run_bench(
         "bench.rag_growth",

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.modules import run_bench
-from tools.postgres_local import installed
+from tests.bench.modules import run_bench, tiny_postgres_run
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.timeout(180)
-@pytest.mark.skipif(not installed(), reason="PostgreSQL 15 not installed (make debian-deps installs postgresql-15)")
+@tiny_postgres_run
 def test_a_tiny_run_measures_every_setting_and_the_floor(tmp_path: Path) -> None:
     done = run_bench(
         "bench.write_path",

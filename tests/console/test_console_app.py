@@ -82,26 +82,24 @@ async def test_a_run_s_events_stream_from_watch_run_as_server_sent_events(
 ) -> None:
     async with observed_system(tmp_path, monkeypatch, with_prometheus=False) as system, aiohttp.ClientSession() as http:
         (run_id,) = await send_traffic(system.gateway_address, calls=1)
-        events: list[dict[str, Any]] = []
-        async with asyncio.timeout(20), http.get(f"{system.console.url}/api/runs/{run_id}/events") as response:
-            assert response.headers["content-type"].startswith("text/event-stream")
-            kind = ""
-            async for raw in response.content:
-                line = raw.decode().strip()
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and kind == "run-event":
-                    events.append(json.loads(line.split(":", 1)[1]))
-                    if events[-1]["to_state"] in ("COMPLETED", "WAITING_FOR_REVIEW", "FAILED"):
-                        break
+        events = await _run_events(
+            http,
+            f"{system.console.url}/api/runs/{run_id}/events",
+            until=("COMPLETED", "WAITING_FOR_REVIEW", "FAILED"),
+            within=20,
+        )
         assert events[0]["type"] == "run.created"
         assert [e["sequence"] for e in events] == sorted(e["sequence"] for e in events)
         assert any(e["type"] == "run.step_completed" and e["cause"].startswith("retrieve:") for e in events)
 
 
-async def _run_events(http: aiohttp.ClientSession, url: str, *, until: tuple[str, ...]) -> list[dict[str, Any]]:
+async def _run_events(
+    http: aiohttp.ClientSession, url: str, *, until: tuple[str, ...], within: float = 30
+) -> list[dict[str, Any]]:
+    """A run's server-sent events, up to the first that moves it to a state in ``until``."""
     events: list[dict[str, Any]] = []
-    async with asyncio.timeout(30), http.get(url) as response:
+    async with asyncio.timeout(within), http.get(url) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
         kind = ""
         async for raw in response.content:
             line = raw.decode().strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import pytest
 
@@ -23,12 +24,19 @@ CALLS = 1000
 IN_FLIGHT = 10
 
 
-async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
+class Canary(NamedTuple):
+    sidecar: EnvoyProcess
+    v1: Backend
+
+
+@pytest.fixture
+async def canary_sidecar(
     policy: Policy,
     mesh_certs: MeshCerts,
     backends: Callable[..., Awaitable[Backend]],
     envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:
+) -> Canary:
+    """The gateway's sidecar in front of agent v1, agent v2 (the canary) and one rag."""
     v1 = await backends("agent-v1", certs=mesh_certs("agent"))
     v2 = await backends("agent-v2", certs=mesh_certs("agent"))
     rag = await backends("rag-v1", certs=mesh_certs("rag"))
@@ -38,7 +46,13 @@ async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
         upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}},
         certs=mesh_certs,
     )
-    envoy = await envoys(config, "gateway-sidecar")
+    return Canary(await envoys(config, "gateway-sidecar"), v1)
+
+
+async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
+    policy: Policy, canary_sidecar: Canary
+) -> None:
+    envoy = canary_sidecar.sidecar
     channel = await outbound_channel(envoy, "agent")
     async with channel:
         answered: Counter[str] = Counter()
@@ -54,22 +68,8 @@ async def test_unpinned_traffic_splits_by_the_policy_weights_within_tolerance(
     assert await envoy.stat_reaching("cluster.agent_v2.upstream_rq_total", answered["agent-v2"]) == answered["agent-v2"]
 
 
-async def test_the_version_header_pins_every_call_to_the_canary(
-    policy: Policy,
-    mesh_certs: MeshCerts,
-    backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:
-    v1 = await backends("agent-v1", certs=mesh_certs("agent"))
-    v2 = await backends("agent-v2", certs=mesh_certs("agent"))
-    rag = await backends("rag-v1", certs=mesh_certs("rag"))
-    config = caller_sidecar(
-        policy,
-        caller="gateway",
-        upstreams={"agent": {"v1": [v1], "v2": [v2]}, "rag": {"v1": [rag]}},
-        certs=mesh_certs,
-    )
-    envoy = await envoys(config, "gateway-sidecar")
+async def test_the_version_header_pins_every_call_to_the_canary(canary_sidecar: Canary) -> None:
+    envoy, v1 = canary_sidecar
     async with await outbound_channel(envoy, "agent") as channel:
         answered = await asyncio.gather(*(call(channel, GET_RUN, metadata=[("version", "v2")]) for _ in range(100)))
 

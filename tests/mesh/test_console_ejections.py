@@ -18,9 +18,9 @@ import pytest
 from console.config import ConsoleSettings
 from console.envoy_hosts import EnvoyHosts
 from console.server import running_console
-from mesh.policy import HealthCheck, Policy
+from mesh.policy import Policy
 from tests.mesh.conftest import MeshCerts, call, caller_sidecar, outbound_channel, tuned
-from tests.mesh.test_resilience import CREATE_RUN, SEARCH, Backends, Envoys
+from tests.mesh.test_resilience import CREATE_RUN, SEARCH, Backends, Envoys, health_checked_rags
 from tests.system import free_port
 
 pytestmark = pytest.mark.envoy
@@ -90,16 +90,7 @@ async def test_an_instance_envoy_ejected_is_ejected_on_the_console_s_topology(
 async def test_a_failed_active_health_check_is_reported_and_clears_when_the_instance_serves_again(
     policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
 ) -> None:
-    quick = HealthCheck(interval="200ms", timeout="1s", unhealthy_threshold=1, healthy_threshold=1)
-    rag_a = await backends("rag-a", certs=mesh_certs("rag"))
-    rag_b = await backends("rag-b", certs=mesh_certs("rag"))
-    agent = await backends("agent", certs=mesh_certs("agent"))
-    await rag_b.set_serving(False)
-    config = caller_sidecar(
-        tuned(policy, "rag", health_check=quick), caller="gateway",
-        upstreams={"agent": {"v1": [agent], "v2": [agent]}, "rag": {"v1": [rag_a, rag_b]}}, certs=mesh_certs,
-    )  # fmt: skip
-    envoy = await envoys(config, "gw")
+    envoy, rag_a, rag_b = await health_checked_rags(policy, mesh_certs, backends, envoys, name="gw")
     hosts = EnvoyHosts({"gateway-v1": envoy.admin_url}, {})
     try:
         assert await envoy.stat_reaching("cluster.rag_v1.health_check.failure", 1) >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -30,12 +31,20 @@ INGEST = "/agentmesh.rag.v1.RagService/IngestDocuments"
 _TARGET_NAME = (("grpc.ssl_target_name_override", "localhost"),)
 
 
-async def _rag_sidecar(
+class RagSidecar(NamedTuple):
+    app: Backend
+    envoy: EnvoyProcess
+    inbound: Address
+
+
+@pytest.fixture
+async def rag_sidecar(
     policy: Policy,
     mesh_certs: MeshCerts,
     backends: Callable[..., Awaitable[Backend]],
     envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> tuple[Backend, EnvoyProcess, Address]:
+) -> RagSidecar:
+    """The rag app behind its inbound sidecar."""
     app = await backends("rag-app")
     config = sidecar_bootstrap(
         policy,
@@ -49,7 +58,7 @@ async def _rag_sidecar(
         certs=mesh_certs("rag"),
     )
     envoy = await envoys(config, "rag-sidecar")
-    return app, envoy, await envoy.listener_address("inbound")
+    return RagSidecar(app, envoy, await envoy.listener_address("inbound"))
 
 
 async def _call_as(inbound: Address, certs: CertPaths | None, method: str, *, trust: CertPaths) -> str:
@@ -73,63 +82,48 @@ async def _ssl_stat(envoy: EnvoyProcess, suffix: str) -> int:
 
 
 async def test_an_allowed_caller_reaches_the_app_and_the_app_sees_its_spiffe_id(
-    policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:  # fmt: skip
-    app, _, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
+    policy: Policy, mesh_certs: MeshCerts, rag_sidecar: RagSidecar
+) -> None:
+    app, _, inbound = rag_sidecar
 
     assert await _call_as(inbound, mesh_certs("agent"), SEARCH, trust=mesh_certs("rag")) == "rag-app"
     assert f"URI={policy.spiffe_id('agent')}" in app.last_metadata["x-forwarded-client-cert"]
 
 
-async def test_a_plaintext_client_is_refused(
-    policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:  # fmt: skip
-    app, _, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
-
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _call_as(inbound, None, SEARCH, trust=mesh_certs("rag"))
-
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert app.total_calls == 0
-
-
-async def test_a_client_certificate_from_another_ca_is_refused(
-    policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:  # fmt: skip
-    app, envoy, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
-
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
+@pytest.mark.parametrize(
+    ("caller", "refusal_stat"),
+    [
+        ("plaintext", None),
         # Right SPIFFE ID (the gateway is an allowed caller), wrong issuer.
-        await _call_as(inbound, mesh_certs.rogue("gateway"), SEARCH, trust=mesh_certs("rag"))
-
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert await _ssl_stat(envoy, "ssl.fail_verify_error") >= 1
-    assert app.total_calls == 0
-
-
-async def test_a_trusted_certificate_with_an_identity_the_policy_does_not_name_is_refused(
-    policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:  # fmt: skip
-    app, envoy, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
+        ("rogue gateway", "ssl.fail_verify_error"),
+        ("intruder", "ssl.fail_verify_san"),
+    ],
+    ids=[
+        "a plaintext client",
+        "a client certificate from another CA",
+        "a trusted certificate with an identity the policy does not name",
+    ],
+)
+async def test_a_caller_without_an_allowed_identity_is_refused(
+    rag_sidecar: RagSidecar, mesh_certs: MeshCerts, caller: str, refusal_stat: str | None
+) -> None:
+    app, envoy, inbound = rag_sidecar
+    certs = {"plaintext": None, "rogue gateway": mesh_certs.rogue("gateway"), "intruder": mesh_certs("intruder")}
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _call_as(inbound, mesh_certs("intruder"), SEARCH, trust=mesh_certs("rag"))
+        await _call_as(inbound, certs[caller], SEARCH, trust=mesh_certs("rag"))
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert await _ssl_stat(envoy, "ssl.fail_verify_san") >= 1
+    if refusal_stat is not None:
+        assert await _ssl_stat(envoy, refusal_stat) >= 1
     assert app.total_calls == 0
 
 
 async def test_an_allowed_caller_is_denied_methods_its_policy_does_not_grant(
-    policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
-) -> None:  # fmt: skip
+    policy: Policy, mesh_certs: MeshCerts, rag_sidecar: RagSidecar
+) -> None:
     assert INGEST not in policy.services["rag"].callers["agent"]
-    app, envoy, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
+    app, envoy, inbound = rag_sidecar
 
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await _call_as(inbound, mesh_certs("agent"), INGEST, trust=mesh_certs("rag"))
@@ -143,9 +137,9 @@ async def test_an_allowed_caller_is_denied_methods_its_policy_does_not_grant(
 
 async def test_two_sidecars_carry_a_call_over_mtls_with_the_callers_identity(
     policy: Policy, mesh_certs: MeshCerts, backends: Callable[..., Awaitable[Backend]],
-    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]],
+    envoys: Callable[[Config, str], Awaitable[EnvoyProcess]], rag_sidecar: RagSidecar,
 ) -> None:  # fmt: skip
-    app, rag_sidecar, inbound = await _rag_sidecar(policy, mesh_certs, backends, envoys)
+    app, rag_envoy, inbound = rag_sidecar
     agent_stand_in = await backends("agent-v1", certs=mesh_certs("agent"))
     config = caller_sidecar(
         policy,
@@ -160,4 +154,4 @@ async def test_two_sidecars_carry_a_call_over_mtls_with_the_callers_identity(
 
     assert f"URI={policy.spiffe_id('gateway')}" in app.last_metadata["x-forwarded-client-cert"]
     assert await gateway_sidecar.stat_reaching("cluster.rag_v1.ssl.handshake", 1) >= 1
-    assert await rag_sidecar.stat_reaching("http.inbound.rbac.allowed", 1) >= 1
+    assert await rag_envoy.stat_reaching("http.inbound.rbac.allowed", 1) >= 1

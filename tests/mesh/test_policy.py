@@ -123,5 +123,6 @@ def test_a_method_pattern_naming_no_method_is_caught(methods: Methods) -> None:
 
 def test_the_descriptor_set_describes_the_error_details_the_edge_renders_as_json(methods: Methods) -> None:
     assert missing_error_detail_files(DESCRIPTOR_SET) == [], (
-        "add protos/google/rpc/status.proto and error_details.proto to the descriptor set in `make gen`"
+        "add google/rpc/status.proto and error_details.proto (protos/third_party/googleapis) to the"
+        " descriptor set in `make gen`"
     )

@@ -87,31 +87,21 @@ async def _short_create_run_timeout(
     return envoy, agent
 
 
-async def test_a_route_timeout_caps_a_longer_caller_deadline(
-    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
+@pytest.mark.parametrize(
+    "caller_deadline", [10, None], ids=["caps a longer caller deadline", "bounds a caller that sets none"]
+)
+async def test_a_route_timeout(
+    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys, caller_deadline: float | None
 ) -> None:
     envoy, agent = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "agent") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=10)
+            await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=caller_deadline)
 
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
-    # The service is told the capped deadline, so it can stop work nobody waits for.
-    assert agent.last_deadline is not None and agent.last_deadline <= 0.3
-
-
-async def test_a_route_timeout_also_bounds_callers_that_set_no_deadline(
-    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
-) -> None:
-    envoy, agent = await _short_create_run_timeout(policy, mesh_certs, backends, envoys)
-
-    async with await outbound_channel(envoy, "agent") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await call(channel, CREATE_RUN, metadata=[("x-test-sleep-ms", "3000")], deadline=None)
-
-    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value.details()
-    # Envoy or the service itself (racing at the same instant) ends the call: both hold the limit.
+    # The service is told the capped deadline, so it can stop work nobody waits for (with no
+    # caller deadline, Envoy or the service itself, racing at the same instant, ends the call).
     assert agent.last_deadline is not None and agent.last_deadline <= 0.3
 
 
@@ -161,9 +151,11 @@ async def test_an_instance_returning_errors_is_ejected(
     assert broken.total_calls == broken_calls
 
 
-async def test_active_grpc_health_checks_keep_traffic_off_a_not_serving_instance(
-    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
-) -> None:
+async def health_checked_rags(
+    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys, *, name: str = "gateway-sidecar"
+) -> tuple[EnvoyProcess, Backend, Backend]:
+    """The gateway's sidecar, checking rag's health every 200 ms, in front of rag-a and of rag-b,
+    which does not serve (yet)."""
     quick = HealthCheck(interval="200ms", timeout="1s", unhealthy_threshold=1, healthy_threshold=1)
     rag_a = await backends("rag-a", certs=mesh_certs("rag"))
     rag_b = await backends("rag-b", certs=mesh_certs("rag"))
@@ -173,7 +165,13 @@ async def test_active_grpc_health_checks_keep_traffic_off_a_not_serving_instance
         tuned(policy, "rag", health_check=quick), caller="gateway",
         upstreams={"agent": {"v1": [agent], "v2": [agent]}, "rag": {"v1": [rag_a, rag_b]}}, certs=mesh_certs,
     )  # fmt: skip
-    envoy = await envoys(config, "gateway-sidecar")
+    return await envoys(config, name), rag_a, rag_b
+
+
+async def test_active_grpc_health_checks_keep_traffic_off_a_not_serving_instance(
+    policy: Policy, mesh_certs: MeshCerts, backends: Backends, envoys: Envoys
+) -> None:
+    envoy, _, rag_b = await health_checked_rags(policy, mesh_certs, backends, envoys)
 
     async with await outbound_channel(envoy, "rag") as channel:
         answered = await asyncio.gather(*(call(channel, SEARCH) for _ in range(20)))

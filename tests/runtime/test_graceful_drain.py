@@ -8,21 +8,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.system import health_status, spawn, wait_until
+from tests.system import ServiceProcess, health_status, spawn, wait_until
+
+
+def slow_service(tmp_path: Path, **settings: str) -> ServiceProcess:
+    """``tests.runtime.slow_service`` started with ``AGENTMESH_SLOW_<NAME>`` set from ``settings``."""
+    env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port")}
+    env.update({f"AGENTMESH_SLOW_{name}": value for name, value in settings.items()})
+    return spawn("tests.runtime.slow_service", env, tmp_path)
 
 
 async def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path: Path) -> None:
-    service = spawn(
-        "tests.runtime.slow_service",
-        {
-            "AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"),
-            # New calls are refused while the drain delay lasts; it must outlast the health polling
-            # and the fresh call below even on a busy machine.
-            "AGENTMESH_SLOW_DRAIN_DELAY_S": "4",
-            "AGENTMESH_SLOW_GRACE_PERIOD_S": "10",
-        },
-        tmp_path,
-    )
+    # New calls are refused while the drain delay lasts; it must outlast the health polling and
+    # the fresh call below even on a busy machine.
+    service = slow_service(tmp_path, DRAIN_DELAY_S="4", GRACE_PERIOD_S="10")
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             in_flight = channel.unary_unary("/test.Slow/Wait")(b"2.5", timeout=15)
@@ -59,15 +58,7 @@ async def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path
 async def test_calls_still_running_after_the_grace_period_are_cancelled_and_the_process_exits(
     tmp_path: Path,
 ) -> None:
-    service = spawn(
-        "tests.runtime.slow_service",
-        {
-            "AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"),
-            "AGENTMESH_SLOW_DRAIN_DELAY_S": "0",
-            "AGENTMESH_SLOW_GRACE_PERIOD_S": "0.5",
-        },
-        tmp_path,
-    )
+    service = slow_service(tmp_path, DRAIN_DELAY_S="0", GRACE_PERIOD_S="0.5")
     try:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stream = channel.unary_stream("/test.Slow/Ticks")(b"1000", timeout=30)
@@ -84,9 +75,8 @@ async def test_calls_still_running_after_the_grace_period_are_cancelled_and_the_
 async def test_a_sigterm_that_lands_as_the_start_finishes_still_drains_the_server(tmp_path: Path) -> None:
     # Too late to cancel the start, so it must begin the drain instead of being dropped (a forked
     # worker signalled by its parent at that moment once served on for its whole grace period).
-    env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"), "AGENTMESH_SLOW_SIGNAL_ON_START": "1"}
     try:
-        service = spawn("tests.runtime.slow_service", env, tmp_path)
+        service = slow_service(tmp_path, SIGNAL_ON_START="1")
     except RuntimeError as exited_already:  # it may be gone before the launcher saw the port
         assert "exited with 0" in str(exited_already)
         return
@@ -98,9 +88,8 @@ async def test_a_sigterm_that_lands_as_the_start_finishes_still_drains_the_serve
 
 
 async def test_a_failure_during_start_up_stops_the_server_and_the_process_exits_non_zero(tmp_path: Path) -> None:
-    env = {"AGENTMESH_SLOW_PORT_FILE": str(tmp_path / "port"), "AGENTMESH_SLOW_FAIL_ON_START": "1"}
     try:
-        service = spawn("tests.runtime.slow_service", env, tmp_path)
+        service = slow_service(tmp_path, FAIL_ON_START="1")
     except RuntimeError as exited_already:  # it may fail before the launcher saw the port
         assert "start-up failed" in str(exited_already)
         return

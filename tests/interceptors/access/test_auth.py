@@ -45,6 +45,12 @@ async def client(serve: Serve, key_set: KeySet) -> Any:
         yield EchoClient(channel), channel
 
 
+def mallory_claims() -> dict[str, Any]:
+    """Claims that would pass every check: only how the token is signed can reject it."""
+    now = int(time.time())
+    return {"sub": "mallory", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}
+
+
 def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -161,14 +167,7 @@ async def test_token_naming_an_unknown_key_is_unauthenticated(client: Any) -> No
 async def test_hs256_token_is_refused_by_a_jwks_verifier(client: Any, es256_key: SigningKey) -> None:
     # Algorithm confusion: an HS256 token claiming the ES256 key's kid must not verify.
     echo, _ = client
-    claims = {
-        "sub": "mallory",
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "iat": int(time.time()),
-        "exp": int(time.time()) + 60,
-    }
-    forged = jwt.encode(claims, "x" * 32, algorithm="HS256", headers={"kid": es256_key.kid})
+    forged = jwt.encode(mallory_claims(), "x" * 32, algorithm="HS256", headers={"kid": es256_key.kid})
     error = await rejected(echo.unary(StringValue(value="x"), metadata=bearer(forged)))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(error) == "TOKEN_ALGORITHM"
@@ -176,14 +175,7 @@ async def test_hs256_token_is_refused_by_a_jwks_verifier(client: Any, es256_key:
 
 async def test_unsigned_alg_none_token_is_refused(client: Any, es256_key: SigningKey) -> None:
     echo, _ = client
-    claims = {
-        "sub": "mallory",
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "iat": int(time.time()),
-        "exp": int(time.time()) + 60,
-    }
-    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": es256_key.kid})
+    unsigned = jwt.encode(mallory_claims(), "", algorithm="none", headers={"kid": es256_key.kid})
     error = await rejected(echo.unary(StringValue(value="x"), metadata=bearer(unsigned)))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
 

@@ -72,17 +72,23 @@ async def relay(serve: Serve, key_set: KeySet) -> Any:
         await server.stop(None)
 
 
+def relay_method(channel: grpc.aio.Channel, name: str) -> Any:
+    """The relay's ``Unary`` or ``Bidi`` method on ``channel``."""
+    kind = channel.stream_stream if name == "Bidi" else channel.unary_unary
+    return kind(
+        f"/{RELAY}/{name}",
+        request_serializer=StringValue.SerializeToString,
+        response_deserializer=StringValue.FromString,
+    )
+
+
 def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
 async def test_backend_sees_the_original_caller_through_the_gateway(relay: Any, es256_key: SigningKey) -> None:
     channel = await relay()
-    call = channel.unary_unary(
-        f"/{RELAY}/Unary",
-        request_serializer=StringValue.SerializeToString,
-        response_deserializer=StringValue.FromString,
-    )
+    call = relay_method(channel, "Unary")
     reply = await call(StringValue(value="x"), metadata=bearer(es256_key.token("alice", ("echo.read",))))
     assert reply.value == "alice|-:x"
     await channel.close()
@@ -90,11 +96,7 @@ async def test_backend_sees_the_original_caller_through_the_gateway(relay: Any, 
 
 async def test_streams_carry_the_caller_too(relay: Any, es256_key: SigningKey) -> None:
     channel = await relay()
-    call = channel.stream_stream(
-        f"/{RELAY}/Bidi",
-        request_serializer=StringValue.SerializeToString,
-        response_deserializer=StringValue.FromString,
-    )
+    call = relay_method(channel, "Bidi")
     md = bearer(es256_key.token("bob", ("echo.read",)))
     replies = [r.value async for r in call(requests_of("a", "b"), metadata=md)]
     assert replies == ["bob|-:a", "bob|-:b"]
@@ -103,11 +105,7 @@ async def test_streams_carry_the_caller_too(relay: Any, es256_key: SigningKey) -
 
 async def test_the_backend_checks_scopes_itself(relay: Any, es256_key: SigningKey) -> None:
     channel = await relay()
-    call = channel.unary_unary(
-        f"/{RELAY}/Unary",
-        request_serializer=StringValue.SerializeToString,
-        response_deserializer=StringValue.FromString,
-    )
+    call = relay_method(channel, "Unary")
     # The gateway method needs no scope; the backend's does, and the token lacks it.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(StringValue(value="x"), metadata=bearer(es256_key.token("carol")))
@@ -119,11 +117,7 @@ async def test_the_backend_reverifies_the_token_rather_than_trusting_the_gateway
     relay: Any, es256_key: SigningKey
 ) -> None:
     channel = await relay(backend_audience="rag-only")
-    call = channel.unary_unary(
-        f"/{RELAY}/Unary",
-        request_serializer=StringValue.SerializeToString,
-        response_deserializer=StringValue.FromString,
-    )
+    call = relay_method(channel, "Unary")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(StringValue(value="x"), metadata=bearer(es256_key.token("alice", ("echo.read",))))
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -132,11 +126,7 @@ async def test_the_backend_reverifies_the_token_rather_than_trusting_the_gateway
 
 async def test_without_forwarding_the_backend_sees_no_token(relay: Any, es256_key: SigningKey) -> None:
     channel = await relay(forward=False)
-    call = channel.unary_unary(
-        f"/{RELAY}/Unary",
-        request_serializer=StringValue.SerializeToString,
-        response_deserializer=StringValue.FromString,
-    )
+    call = relay_method(channel, "Unary")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(StringValue(value="x"), metadata=bearer(es256_key.token("alice", ("echo.read",))))
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED

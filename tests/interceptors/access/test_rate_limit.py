@@ -44,16 +44,21 @@ def as_(key: SigningKey, subject: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {key.token(subject)}"),)
 
 
+async def refused_after(client: Any, metadata: Any, *, allowed: int) -> grpc.aio.AioRpcError:
+    """``allowed`` unary calls that succeed, then the error of one more (which must fail)."""
+    for _ in range(allowed):
+        await client.unary(StringValue(value="x"), metadata=metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.unary(StringValue(value="x"), metadata=metadata)
+    return caught.value
+
+
 async def test_calls_beyond_the_burst_are_resource_exhausted_with_retry_and_quota_details(
     echo: Any, es256_key: SigningKey
 ) -> None:
     client, _ = echo
     md = as_(es256_key, "alice")
-    for _ in range(2):
-        await client.unary(StringValue(value="x"), metadata=md)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.unary(StringValue(value="x"), metadata=md)
-    error = caught.value
+    error = await refused_after(client, md, allowed=2)
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(error) == "RATE_LIMITED"
     retry = find_detail(error, error_details_pb2.RetryInfo)
@@ -103,11 +108,8 @@ async def test_streaming_calls_are_limited_too(echo: Any, es256_key: SigningKey)
 async def test_a_caller_override_replaces_the_default_limit(echo: Any, es256_key: SigningKey) -> None:
     client, _ = echo
     md = as_(es256_key, "batch")
-    for _ in range(5):
-        await client.unary(StringValue(value="x"), metadata=md)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.unary(StringValue(value="x"), metadata=md)
-    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = await refused_after(client, md, allowed=5)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_unlimited_methods_are_not_limited(echo: Any) -> None:

@@ -18,6 +18,7 @@ from interceptors.circuit_breaker import (
     BreakerSet,
     BreakerState,
     CircuitBreaker,
+    Permit,
     circuit_breaker_interceptors,
 )
 from rpcstatus.details import find_detail
@@ -62,6 +63,16 @@ def call(cb: CircuitBreaker, code: grpc.StatusCode) -> bool:
         return False
     cb.record(permit, code)
     return True
+
+
+def first_probe(cb: CircuitBreaker, clock: FakeClock) -> Permit:
+    """Open the circuit (3 failures), let its open period pass: the permit of the first probe."""
+    for _ in range(3):
+        call(cb, S.UNAVAILABLE)
+    clock.now += 5
+    probe = cb.acquire()
+    assert probe is not None
+    return probe
 
 
 def test_opens_after_consecutive_failures_and_then_fails_fast() -> None:
@@ -125,11 +136,7 @@ def test_half_open_after_the_open_period_lets_limited_probes_through() -> None:
 
 def test_a_failed_probe_reopens_the_circuit() -> None:
     cb, clock, changes = breaker()
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.record(probe, S.DEADLINE_EXCEEDED)
     assert state(cb) is BreakerState.OPEN
     assert cb.retry_after() == pytest.approx(5)
@@ -142,11 +149,7 @@ def test_a_failed_probe_reopens_the_circuit() -> None:
 
 def test_a_cancelled_probe_frees_its_slot_without_deciding_anything() -> None:
     cb, clock, _ = breaker()
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.release(probe)
     assert state(cb) is BreakerState.HALF_OPEN
     assert cb.acquire() is not None
@@ -156,11 +159,7 @@ def test_late_outcomes_of_calls_admitted_before_a_transition_are_ignored() -> No
     cb, clock, _ = breaker()
     slow = cb.acquire()
     assert slow is not None
-    for _ in range(3):
-        call(cb, S.UNAVAILABLE)
-    clock.now += 5
-    probe = cb.acquire()
-    assert probe is not None
+    probe = first_probe(cb, clock)
     cb.record(slow, S.UNAVAILABLE)  # from before the breaker opened
     assert state(cb) is BreakerState.HALF_OPEN
     cb.record(probe, S.OK)
@@ -183,18 +182,24 @@ def assert_circuit_open(error: grpc.aio.AioRpcError) -> None:
     assert find_detail(error, error_details_pb2.RetryInfo) is not None
 
 
+async def unary_after_failures(client: EchoClient, failures: int) -> grpc.aio.AioRpcError:
+    """``failures`` unary calls that fail, then the error of one more (which must fail too)."""
+    for _ in range(failures):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.unary(StringValue(value="x"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.unary(StringValue(value="x"))
+    return caught.value
+
+
 async def test_unary_calls_fail_fast_once_the_backend_keeps_failing(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE] * 3
     cb, _, _ = breaker()
     async with open_channel(port, *circuit_breaker_interceptors(cb)) as channel:
         client = EchoClient(channel)
-        for _ in range(3):
-            with pytest.raises(grpc.aio.AioRpcError):
-                await client.unary(StringValue(value="x"))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.unary(StringValue(value="x"))
-    assert_circuit_open(caught.value)
+        error = await unary_after_failures(client, 3)
+    assert_circuit_open(error)
     assert echo.calls["Unary"] == 3  # the fast failure never reached the server
 
 
@@ -295,12 +300,8 @@ async def test_a_breaker_set_keeps_one_circuit_per_target_on_a_shared_intercepto
     breakers = BreakerSet(POLICY, target_of=lambda method: "echo" if method.startswith("/test.v1.Echo/") else "other")
     async with open_channel(port, *circuit_breaker_interceptors(breakers)) as channel:
         client = EchoClient(channel)
-        for _ in range(3):
-            with pytest.raises(grpc.aio.AioRpcError):
-                await client.unary(StringValue(value="x"))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await client.unary(StringValue(value="x"))
-        assert_circuit_open(caught.value)
+        error = await unary_after_failures(client, 3)
+        assert_circuit_open(error)
         # Another target behind the same interceptors is unaffected.
         assert (await client.other(StringValue(value="y"))).value == "anonymous|-:y"
     assert breakers.get("echo").state is BreakerState.OPEN

@@ -84,6 +84,13 @@ def retry_info(seconds: float) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(status.trailing_metadata)
 
 
+async def failed_unary(channel: grpc.aio.Channel, *, call_timeout: float | None = None) -> grpc.aio.AioRpcError:
+    """The error that ends a unary Echo call on ``channel`` (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await EchoClient(channel).unary(StringValue(value="x"), timeout=call_timeout)
+    return caught.value
+
+
 async def test_idempotent_unary_call_is_retried_until_it_succeeds(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE, S.UNAVAILABLE]
@@ -101,19 +108,28 @@ async def test_attempts_are_capped_and_the_last_failure_is_returned(serve: Serve
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE] * 10
     async with retry_channel(port, Sleeps(), RetryPolicy(max_attempts=4)) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(channel).unary(StringValue(value="x"))
-    assert caught.value.code() is S.UNAVAILABLE
+        error = await failed_unary(channel)
+    assert error.code() is S.UNAVAILABLE
     assert echo.calls["Unary"] == 4
 
 
-async def test_methods_not_marked_idempotent_are_not_retried(serve: Serve) -> None:
+@pytest.mark.parametrize(
+    ("send", "handler"),
+    [
+        (lambda client: client.other(StringValue(value="x")), "Unary"),  # Other/Call shares the unary handler
+        (lambda client: client.client_stream(requests_of("a"), metadata=(("idempotency-key", "k"),)), "ClientStream"),
+    ],
+    ids=["a method not marked idempotent", "client streaming, even with an idempotency key"],
+)
+async def test_calls_that_may_not_be_repeated_are_not_retried(
+    serve: Serve, send: Callable[[EchoClient], Awaitable[object]], handler: str
+) -> None:
     echo, port = await serve()
     echo.fail_with = [S.UNAVAILABLE]
     async with retry_channel(port, Sleeps()) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
-            await EchoClient(channel).other(StringValue(value="x"))
-    assert echo.calls["Unary"] == 1  # Other/Call shares the unary handler
+            await send(EchoClient(channel))
+    assert echo.calls[handler] == 1
 
 
 async def test_an_idempotency_key_makes_any_method_retryable(serve: Serve) -> None:
@@ -125,13 +141,21 @@ async def test_an_idempotency_key_makes_any_method_retryable(serve: Serve) -> No
     assert echo.calls["Unary"] == 2
 
 
-async def test_codes_that_are_not_retryable_end_the_call_at_once(serve: Serve) -> None:
+@pytest.mark.parametrize(
+    ("code", "wait_s"),
+    [(S.INVALID_ARGUMENT, None), (S.RESOURCE_EXHAUSTED, 30)],
+    ids=["a code that is not retryable", "a RetryInfo wait longer than allowed"],
+)
+async def test_a_failure_that_may_not_be_retried_ends_the_call_at_once(
+    serve: Serve, code: grpc.StatusCode, wait_s: float | None
+) -> None:
     echo, port = await serve()
-    echo.fail_with = [S.INVALID_ARGUMENT]
+    echo.fail_with = [code]
+    if wait_s is not None:
+        echo.trailing_on_failure = retry_info(wait_s)
     async with retry_channel(port, Sleeps()) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(channel).unary(StringValue(value="x"))
-    assert caught.value.code() is S.INVALID_ARGUMENT
+        error = await failed_unary(channel)
+    assert error.code() is code
     assert echo.calls["Unary"] == 1
 
 
@@ -145,26 +169,14 @@ async def test_retry_info_from_the_server_sets_the_minimum_wait(serve: Serve) ->
     assert sleeps.delays == [pytest.approx(0.75)]
 
 
-async def test_a_retry_info_wait_longer_than_allowed_is_not_retried(serve: Serve) -> None:
-    echo, port = await serve()
-    echo.fail_with = [S.RESOURCE_EXHAUSTED]
-    echo.trailing_on_failure = retry_info(30)
-    async with retry_channel(port, Sleeps()) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(channel).unary(StringValue(value="x"))
-    assert caught.value.code() is S.RESOURCE_EXHAUSTED
-    assert echo.calls["Unary"] == 1
-
-
 async def test_no_retry_whose_wait_would_pass_the_deadline(serve: Serve) -> None:
     echo, port = await serve()
     echo.fail_with = [S.RESOURCE_EXHAUSTED]
     echo.trailing_on_failure = retry_info(2)
     sleeps = Sleeps()
     async with retry_channel(port, sleeps) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(channel).unary(StringValue(value="x"), timeout=1)
-    assert caught.value.code() is S.RESOURCE_EXHAUSTED
+        error = await failed_unary(channel, call_timeout=1)
+    assert error.code() is S.RESOURCE_EXHAUSTED
     assert sleeps.delays == []
 
 
@@ -189,10 +201,9 @@ async def test_a_circuit_open_failure_ends_the_retries(serve: Serve) -> None:
     echo.fail_with = [S.UNAVAILABLE] * 10
     cb = CircuitBreaker("echo", BreakerPolicy(consecutive_failures=2))
     async with retry_channel(port, Sleeps(), RetryPolicy(max_attempts=5), *circuit_breaker_interceptors(cb)) as ch:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(ch).unary(StringValue(value="x"))
+        error = await failed_unary(ch)
     assert echo.calls["Unary"] == 2
-    assert error_reason(caught.value) == "CIRCUIT_OPEN"
+    assert error_reason(error) == "CIRCUIT_OPEN"
 
 
 async def test_knowing_the_breaker_no_retry_is_even_attempted_once_it_opens(serve: Serve) -> None:
@@ -205,11 +216,10 @@ async def test_knowing_the_breaker_no_retry_is_even_attempted_once_it_opens(serv
         *circuit_breaker_interceptors(cb),
     ]
     async with open_channel(port, *interceptors) as ch:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await EchoClient(ch).unary(StringValue(value="x"))
+        error = await failed_unary(ch)
     assert echo.calls["Unary"] == 2
     assert len(sleeps.delays) == 1  # one wait, before attempt 2; none after the breaker opened
-    assert caught.value.code() is S.UNAVAILABLE
+    assert error.code() is S.UNAVAILABLE
 
 
 async def test_a_server_stream_failing_before_its_first_response_is_retried(serve: Serve) -> None:
@@ -235,15 +245,6 @@ async def test_a_server_stream_that_already_sent_a_response_is_not_retried(serve
     assert caught.value.code() is S.UNAVAILABLE
     assert received == ["anonymous|-:s:0"]
     assert echo.calls["ServerStream"] == 1
-
-
-async def test_client_streaming_calls_are_never_retried(serve: Serve) -> None:
-    echo, port = await serve()
-    echo.fail_with = [S.UNAVAILABLE]
-    async with retry_channel(port, Sleeps()) as channel:
-        with pytest.raises(grpc.aio.AioRpcError):
-            await EchoClient(channel).client_stream(requests_of("a"), metadata=(("idempotency-key", "k"),))
-    assert echo.calls["ClientStream"] == 1
 
 
 def test_a_non_empty_request_id_makes_a_call_safe_to_repeat() -> None:

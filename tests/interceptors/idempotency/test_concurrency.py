@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from interceptors.idempotency import IdempotencyInterceptor, IdempotencyStore, IdempotentMethod
-from tests.interceptors.idempotency.helpers import keyed, keyed_until_done
+from tests.interceptors.idempotency.helpers import Result, keyed, keyed_until_done
 from tests.interceptors.probe import DO, Probe, serve
 
 KEY = "3d0f7b8e-61a4-4f0c-8a53-5b9d2e7c1a40"
@@ -38,18 +38,16 @@ async def test_fifty_concurrent_identical_calls_run_the_handler_once_and_all_get
 async def test_a_retry_after_a_server_restart_is_replayed(
     store_factory: Callable[[], IdempotencyStore],
 ) -> None:
+    async def call_a_fresh_server(probe: Probe) -> Result:
+        store = store_factory()  # a new store on the same data: the restarted server's
+        try:
+            async with serve(probe, [_interceptor(store)]) as client:
+                return await keyed(client, "ok:durable", KEY)
+        finally:
+            await store.close()
+
     before, after = Probe(), Probe()
-    store = store_factory()
-    try:
-        async with serve(before, [_interceptor(store)]) as client:
-            first = await keyed(client, "ok:durable", KEY)
-    finally:
-        await store.close()
-    store = store_factory()
-    try:
-        async with serve(after, [_interceptor(store)]) as client:
-            retry = await keyed(client, "ok:durable", KEY)
-    finally:
-        await store.close()
+    first = await call_a_fresh_server(before)
+    retry = await call_a_fresh_server(after)
     assert (first.value, retry.value, retry.replayed) == ("durable#1", "durable#1", True)
     assert after.runs["ok:durable"] == 0

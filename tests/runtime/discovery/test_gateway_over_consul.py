@@ -102,6 +102,13 @@ async def gateway(consul: ConsulUnderTest) -> AsyncIterator[ManagedServer]:
     await server.stop()
 
 
+@pytest.fixture
+async def consul_client(consul: ConsulUnderTest) -> AsyncIterator[Any]:
+    client = open_consul(consul.address)
+    yield client
+    await client.close()
+
+
 class Traffic:
     """Callers searching through the gateway without pause, counting who served and what failed."""
 
@@ -135,6 +142,9 @@ class Traffic:
         async with asyncio.timeout(within), self._progress:
             await self._progress.wait_for(predicate)
 
+    async def until_both_serve(self) -> None:
+        await self.until(lambda: all(self.served[name] >= 5 for name in INSTANCES))
+
     async def __aexit__(self, *exc_info: object) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
@@ -143,53 +153,45 @@ class Traffic:
 
 
 async def test_two_rag_instances_share_the_calls_and_the_survivor_takes_all_when_one_is_killed(
-    consul: ConsulUnderTest, rags: dict[str, ServiceProcess], gateway: ManagedServer
+    consul_client: Any, rags: dict[str, ServiceProcess], gateway: ManagedServer
 ) -> None:
-    client = open_consul(consul.address)
-    try:
-        async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
-            await traffic.until(lambda: traffic.served["rag-a"] >= 5 and traffic.served["rag-b"] >= 5)
+    async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
+        await traffic.until_both_serve()
 
-            rags["rag-a"].process.send_signal(signal.SIGKILL)  # no drain, no deregistration
-            await health_until(client, "rag", lambda e: sorted(check_statuses(e)) == ["critical", "passing"])
-            survivor_before = traffic.served["rag-b"]
-            await traffic.until(lambda: traffic.served["rag-b"] >= survivor_before + 20)
-    finally:
-        await client.close()
+        rags["rag-a"].process.send_signal(signal.SIGKILL)  # no drain, no deregistration
+        await health_until(consul_client, "rag", lambda e: sorted(check_statuses(e)) == ["critical", "passing"])
+        survivor_before = traffic.served["rag-b"]
+        await traffic.until(lambda: traffic.served["rag-b"] >= survivor_before + 20)
     assert traffic.failures == [], "Search has no side effects, so every call caught by the kill was retried"
 
 
 async def test_a_sigtermed_instance_leaves_consul_before_it_drains_and_no_call_fails(
-    consul: ConsulUnderTest, rags: dict[str, ServiceProcess], gateway: ManagedServer
+    consul_client: Any, rags: dict[str, ServiceProcess], gateway: ManagedServer
 ) -> None:
-    client = open_consul(consul.address)
-    try:
-        async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
-            await traffic.until(lambda: traffic.served["rag-a"] >= 5 and traffic.served["rag-b"] >= 5)
+    async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
+        await traffic.until_both_serve()
 
-            leaving = rags["rag-a"]
-            leaving.process.send_signal(signal.SIGTERM)
-            # Deregistered while still draining (drain_delay_s=3): gone from the catalog, not just critical.
-            entries = await health_until(client, "rag", lambda e: len(e) == 1)
-            assert entries[0]["Service"]["Port"] == rags["rag-b"].port
-            assert leaving.process.poll() is None, "deregistration comes before the drain, not after it"
-            survivor_before = traffic.served["rag-b"]
-            await traffic.until(lambda: traffic.served["rag-b"] >= survivor_before + 20)
-            assert await asyncio.to_thread(leaving.process.wait, 20) == 0
-    finally:
-        await client.close()
+        leaving = rags["rag-a"]
+        leaving.process.send_signal(signal.SIGTERM)
+        # Deregistered while still draining (drain_delay_s=3): gone from the catalog, not just critical.
+        entries = await health_until(consul_client, "rag", lambda e: len(e) == 1)
+        assert entries[0]["Service"]["Port"] == rags["rag-b"].port
+        assert leaving.process.poll() is None, "deregistration comes before the drain, not after it"
+        survivor_before = traffic.served["rag-b"]
+        await traffic.until(lambda: traffic.served["rag-b"] >= survivor_before + 20)
+        assert await asyncio.to_thread(leaving.process.wait, 20) == 0
     assert traffic.failures == []
     assert "consul.registration.deregistered" in leaving.logs()
 
 
 async def test_route_weights_from_consul_kv_split_the_calls_between_versions_live(
-    consul: ConsulUnderTest, rags: dict[str, ServiceProcess], gateway: ManagedServer
+    consul_client: Any, rags: dict[str, ServiceProcess], gateway: ManagedServer
 ) -> None:
-    client = open_consul(consul.address)
+    client = consul_client
     try:
         await health_until(client, "rag", lambda e: check_statuses(e) == ["passing", "passing"])
         async with Traffic(f"127.0.0.1:{gateway.port}") as traffic:
-            await traffic.until(lambda: traffic.served["rag-a"] >= 5 and traffic.served["rag-b"] >= 5)
+            await traffic.until_both_serve()
 
             # Everything to v2 (rag-b), live: once applied, v1 gets no new calls.
             await client.kv.put("agentmesh/gateway/route_weights", '{"v1": 0, "v2": 100}')
@@ -206,5 +208,4 @@ async def test_route_weights_from_consul_kv_split_the_calls_between_versions_liv
             assert traffic.served["rag-b"] <= only_v1_from["rag-b"] + traffic._callers
     finally:
         await client.kv.delete("agentmesh/gateway/route_weights")
-        await client.close()
     assert traffic.failures == []

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.processes import tied_child
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -19,13 +21,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """Start redis-server (no persistence) and yield its URL; skip the test if Redis is not installed."""
+def redis_server(workdir: Path, *, port: int | None = None) -> Iterator[str]:
+    """Start redis-server (no persistence) and yield its URL; skip the test if Redis is not installed.
+
+    ``port``: a given one, to start a server again where a stopped one was."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     process = subprocess.Popen(
         [
             binary,
@@ -45,6 +49,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **tied_child(),  # a pytest killed outright takes its Redis with it
     )
     try:
         assert process.stdout is not None

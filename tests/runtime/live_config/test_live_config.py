@@ -29,8 +29,10 @@ async def client(consul: ConsulUnderTest) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def live(
-    consul: ConsulUnderTest,
+    consul: ConsulUnderTest, client: Any
 ) -> AsyncIterator[tuple[LiveConfig[DynamicSettings], asyncio.Queue[Change]]]:
+    """A gateway's live config with no overrides yet, and the changes it applies; the overrides a
+    test writes are deleted afterwards."""
     config = LiveConfig(DynamicSettings(), service=consul.unique("gateway"), consul=consul.address)
     changes: asyncio.Queue[Change] = asyncio.Queue()
     config.subscribe(lambda old, new: changes.put_nowait((old, new)))
@@ -38,6 +40,7 @@ async def live(
     await asyncio.wait_for(config.synced.wait(), 10)
     yield config, changes
     await config.aclose()
+    await client.kv.delete(kv_prefix(config._service), recurse=True)
 
 
 def key(config: LiveConfig[Any], path: str) -> str:
@@ -65,7 +68,6 @@ async def test_a_kv_change_applies_live_and_is_logged_old_to_new(
     while config.current.feature_flags != {"hybrid_search": True}:
         await asyncio.wait_for(changes.get(), 10)
     assert config.current.route_weights == {"v1": 90, "v2": 10}
-    await client.kv.delete(kv_prefix(config._service), recurse=True)
 
 
 async def test_an_invalid_kv_value_is_refused_and_the_last_good_settings_stay(
@@ -87,7 +89,6 @@ async def test_an_invalid_kv_value_is_refused_and_the_last_good_settings_stay(
     _, new = await asyncio.wait_for(changes.get(), 10)
     assert new.rate_limit is not None
     assert new.rate_limit.burst == 30
-    await client.kv.delete(kv_prefix(config._service), recurse=True)
 
 
 async def test_deleting_an_override_falls_back_to_the_env_value(

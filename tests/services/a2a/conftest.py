@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from runtime.a2a_card import AgentCardSettings, build_agent_card
 from runtime.bootstrap import ManagedServer
 from runtime.security import AuthSettings
+from tests.services import issuer as issuing
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import start_agent, start_gateway, start_rag
-from tools.dev_tokens import generate_private_key, mint, public_jwk
 
-KID = "a2a-test"
 STOP_TIMEOUT_S = 30
 READ, WRITE, REVIEW = "runs.read", "runs.write", "runs.review"
 
@@ -52,13 +50,7 @@ def card_for(address: str) -> a2a_pb2.AgentCard:
     return build_agent_card(AgentCardSettings(grpc_url=f"http://{address}"))
 
 
-@dataclass(frozen=True)
-class Issuer:
-    private_key: Any
-
-    def token(self, subject: str, *scopes: str) -> str:
-        return mint(key=self.private_key, algorithm="ES256", subject=subject, scopes=scopes, kid=KID)
-
+class Issuer(issuing.Issuer):
     def as_(self, subject: str, *scopes: str, timeout: float = 20) -> ClientCallContext:
         """Call options carrying a bearer token (the SDK sends service parameters as gRPC metadata)."""
         return ClientCallContext(
@@ -68,14 +60,12 @@ class Issuer:
 
 @pytest.fixture(scope="session")
 def issuer() -> Issuer:
-    return Issuer(generate_private_key("ES256"))
+    return Issuer.generate(kid="a2a-test")
 
 
 @pytest.fixture
 def auth(tmp_path: Path, issuer: Issuer) -> AuthSettings:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [public_jwk(issuer.private_key, kid=KID)]}))
-    return AuthSettings(jwks_file=jwks)
+    return issuer.auth_settings(tmp_path)
 
 
 @dataclass

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from services.agent.model import EventType
+from services.agent.model import EventType, Run
 from services.agent.saga_log import SagaStatus
 from services.agent.state_machine import RunState
-from tests.services.agent.conftest import open_stores
+from tests.services.agent.conftest import Stores, open_stores
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,22 +39,27 @@ async def _kill_mid_step(data_dir: Path, step: str) -> str:
     return run_id
 
 
-async def _restart(data_dir: Path, retrieval: str) -> list[str]:
+@asynccontextmanager
+async def _recovered(data_dir: Path, killed_in: str, retrieval: str) -> AsyncIterator[tuple[Stores, Run]]:
+    """A worker killed in step ``killed_in``, then one that recovers with retrieval ``up`` or
+    ``down``: the stores it left and the run it recovered (its state as the recovery said)."""
+    run_id = await _kill_mid_step(data_dir, killed_in)
     process = await _worker(data_dir, "recover", retrieval)
     out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0
-    return out.decode().split("\n")
+    stores = await open_stores(data_dir)
+    try:
+        run = await stores.runs.get(run_id)
+        assert f"RECOVERED {run_id} {run.state.name}" in out.decode().split("\n")
+        yield stores, run
+    finally:
+        await stores.read_db.close()
+        await stores.db.close()
 
 
 async def test_a_run_killed_during_the_decision_resumes_without_repeating_completed_steps(tmp_path: Path) -> None:
-    run_id = await _kill_mid_step(tmp_path, "decide")
-
-    lines = await _restart(tmp_path, "up")
-
-    assert f"RECOVERED {run_id} COMPLETED" in lines
-    stores = await open_stores(tmp_path)
-    try:
-        run = await stores.runs.get(run_id)
+    async with _recovered(tmp_path, killed_in="decide", retrieval="up") as (stores, run):
+        run_id = run.run_id
         assert run.state is RunState.COMPLETED
         assert "5 business days" in run.answer
         # Retrieval completed before the kill: it is not called again after the restart.
@@ -63,26 +70,14 @@ async def test_a_run_killed_during_the_decision_resumes_without_repeating_comple
         steps = [e.cause.split(":")[0] for e in await stores.runs.events(run_id=run_id)
                  if e.type == EventType.STEP_COMPLETED]  # fmt: skip
         assert steps == ["validate", "reserve_budget", "retrieve", "decide"]
-    finally:
-        await stores.read_db.close()
-        await stores.db.close()
 
 
 async def test_a_run_killed_during_retrieval_is_compensated_when_the_retry_fails(tmp_path: Path) -> None:
-    run_id = await _kill_mid_step(tmp_path, "retrieve")
-
-    lines = await _restart(tmp_path, "down")
-
-    assert f"RECOVERED {run_id} FAILED" in lines
-    stores = await open_stores(tmp_path)
-    try:
-        run = await stores.runs.get(run_id)
+    async with _recovered(tmp_path, killed_in="retrieve", retrieval="down") as (stores, run):
+        run_id = run.run_id
         assert run.state is RunState.FAILED
         assert "retrieval failed: UNAVAILABLE" in run.status_reason
         # The budget reserved before the kill is given back, once.
         assert await stores.budget.statuses("alice") == {f"{run_id}:reserve_budget": "RELEASED"}
         assert await stores.sagas.status(run_id) is SagaStatus.COMPENSATED
         assert await stores.sagas.unfinished() == []
-    finally:
-        await stores.read_db.close()
-        await stores.db.close()

@@ -7,7 +7,7 @@ import asyncio
 from runtime.events.outbox import Outbox
 from services.agent.budget import ToolBudget
 from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
-from services.agent.model import EventType
+from services.agent.model import EventType, Run
 from services.agent.retrieval import RetrievalFailed
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
 from services.agent.saga_log import SagaStatus
@@ -146,7 +146,8 @@ async def test_a_failed_step_publishes_one_compensation_event_per_undone_step_be
     assert events[-1][2] is RunState.FAILED
 
 
-async def test_a_cancelled_run_publishes_its_compensations_after_the_cancel(stores: Stores) -> None:
+async def cancelled_mid_decision(stores: Stores) -> Run:
+    """A run of alice's cancelled while its decision step runs, once its execution has ended."""
     run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
     engine = BlockingEngine()
     execution = asyncio.create_task(workflow(stores, engine=engine).execute(run.run_id))
@@ -154,6 +155,11 @@ async def test_a_cancelled_run_publishes_its_compensations_after_the_cancel(stor
     await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="changed my mind")
     execution.cancel()
     await asyncio.gather(execution, return_exceptions=True)
+    return run
+
+
+async def test_a_cancelled_run_publishes_its_compensations_after_the_cancel(stores: Stores) -> None:
+    run = await cancelled_mid_decision(stores)
 
     events = await stores.runs.events(run_id=run.run_id)
     compensated = [e.cause for e in events if e.type == EventType.STEP_COMPENSATED]
@@ -170,14 +176,7 @@ async def test_an_exhausted_tool_budget_fails_the_run_with_the_reason(stores: St
 
 
 async def test_cancelling_a_run_mid_decision_compensates_what_it_did(stores: Stores) -> None:
-    run, _ = await stores.runs.create(question="How long do refunds take?", creator="alice")
-    engine = BlockingEngine()
-    execution = asyncio.create_task(workflow(stores, engine=engine).execute(run.run_id))
-    await asyncio.wait_for(engine.entered.wait(), timeout=10)
-
-    await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="changed my mind")
-    execution.cancel()
-    await asyncio.gather(execution, return_exceptions=True)
+    run = await cancelled_mid_decision(stores)
 
     assert (await stores.runs.get(run.run_id)).state is RunState.CANCELLED
     assert set((await stores.budget.statuses("alice")).values()) == {"RELEASED"}

@@ -41,7 +41,7 @@ from services.gateway.http_entry import mcp_tools
 from services.gateway.routing import build_routes, load_descriptor_pool
 from services.gateway.server import build as build_gateway
 from tests.services.agent.runs import settled_run
-from tests.services.security.conftest import Issuer
+from tests.services.issuer import Issuer
 from tests.system import System, free_port, start_agent, start_rag
 
 DOCUMENT = document_pb2.Document(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -33,40 +34,36 @@ def test_embeddings_are_unit_length_and_similar_texts_are_close(minilm: MiniLmEm
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
 
 
-async def test_dense_search_finds_paraphrases_that_share_no_words(tmp_path: Path, minilm: MiniLmEmbedder) -> None:
+@pytest.fixture
+async def kb(tmp_path: Path, minilm: MiniLmEmbedder) -> AsyncIterator[KnowledgeBase]:
+    """A knowledge base with dense retrieval, holding ``CORPUS``."""
     kb = await KnowledgeBase.open(tmp_path, embedder=minilm, save_delay_s=60)
     try:
         await kb.ingest(CORPUS)
-        assert await kb.search("feline pet", top_k=3, mode=Mode.BM25) == []
-        [best, *_] = await kb.search("feline pet", top_k=3, mode=Mode.DENSE)
-        assert best.chunk.document_id == "pets/cats"
-        assert -1.0 <= best.score <= 1.0
-        [best, *_] = await kb.search("timeout of a remote call", top_k=3, mode=Mode.DENSE)
-        assert best.chunk.document_id == "ops/deadlines"
+        yield kb
     finally:
         await kb.close()
 
 
-async def test_hybrid_is_the_default_and_fuses_both_rankings(tmp_path: Path, minilm: MiniLmEmbedder) -> None:
-    kb = await KnowledgeBase.open(tmp_path, embedder=minilm, save_delay_s=60)
-    try:
-        await kb.ingest(CORPUS)
-        hits = await kb.search("jitter between retries", top_k=4)
-        assert hits[0].chunk.document_id == "ops/backoff"
-        # Reciprocal-rank scores: at most 2 / (60 + 1) for an item first in both rankings.
-        assert 0 < hits[0].score <= 2 / 61 + 1e-9
-    finally:
-        await kb.close()
+async def test_dense_search_finds_paraphrases_that_share_no_words(kb: KnowledgeBase) -> None:
+    assert await kb.search("feline pet", top_k=3, mode=Mode.BM25) == []
+    [best, *_] = await kb.search("feline pet", top_k=3, mode=Mode.DENSE)
+    assert best.chunk.document_id == "pets/cats"
+    assert -1.0 <= best.score <= 1.0
+    [best, *_] = await kb.search("timeout of a remote call", top_k=3, mode=Mode.DENSE)
+    assert best.chunk.document_id == "ops/deadlines"
 
 
-async def test_dense_search_applies_metadata_filters(tmp_path: Path, minilm: MiniLmEmbedder) -> None:
-    kb = await KnowledgeBase.open(tmp_path, embedder=minilm, save_delay_s=60)
-    try:
-        await kb.ingest(CORPUS)
-        hits = await kb.search("feline pet", top_k=4, mode=Mode.DENSE, metadata_filter={"topic": "ops"})
-        assert {h.chunk.document_id for h in hits} == {"ops/deadlines", "ops/backoff"}
-    finally:
-        await kb.close()
+async def test_hybrid_is_the_default_and_fuses_both_rankings(kb: KnowledgeBase) -> None:
+    hits = await kb.search("jitter between retries", top_k=4)
+    assert hits[0].chunk.document_id == "ops/backoff"
+    # Reciprocal-rank scores: at most 2 / (60 + 1) for an item first in both rankings.
+    assert 0 < hits[0].score <= 2 / 61 + 1e-9
+
+
+async def test_dense_search_applies_metadata_filters(kb: KnowledgeBase) -> None:
+    hits = await kb.search("feline pet", top_k=4, mode=Mode.DENSE, metadata_filter={"topic": "ops"})
+    assert {h.chunk.document_id for h in hits} == {"ops/deadlines", "ops/backoff"}
 
 
 async def test_the_vector_index_survives_a_restart(tmp_path: Path, minilm: MiniLmEmbedder) -> None:

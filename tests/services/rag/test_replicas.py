@@ -26,7 +26,6 @@ from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
 from runtime.database import Database, open_database
 from runtime.database.sqlite import SQLiteDatabase
-from runtime.supervisor import SupervisedLoop
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
 from services.rag.following import FollowingMetrics
@@ -173,7 +172,7 @@ async def test_a_follower_wakes_on_another_replicas_commit_and_reports_its_stale
     )
     registry = CollectorRegistry()
     follower = await KnowledgeBase.open(tmp_path / "follower", database=follower_db, metrics=FollowingMetrics(registry))
-    loop = SupervisedLoop("store follower", lambda: follower.follow(poll_s=SLOW_POLL_S)).start()
+    loop = follower.follower(poll_s=SLOW_POLL_S).start()
     try:
         await writer.ingest(DOCUMENTS[:2])
 
@@ -260,7 +259,7 @@ async def test_processes_sharing_one_sqlite_file_follow_each_others_commits(tmp_
     databases = [await SQLiteDatabase.open(path), await SQLiteDatabase.open(path)]
     writer = await KnowledgeBase.open(tmp_path / "rag", database=databases[0])
     reader = await KnowledgeBase.open(tmp_path / "rag", database=databases[1], index_name="index-worker-1")
-    loop = SupervisedLoop("store follower", lambda: reader.follow(poll_s=0.05)).start()
+    loop = reader.follower(poll_s=0.05).start()
     try:
         await writer.ingest(DOCUMENTS[:1])
 

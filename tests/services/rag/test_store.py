@@ -66,12 +66,12 @@ async def test_replacing_a_document_drops_its_old_text_and_embeddings(open_store
     assert (first.outcomes["a"][0], second.outcomes["a"][0]) == ("created", "replaced")
     assert second.generation == first.generation + 1 == await store.generation()
     assert (await count(store, "contents"), await count(store, "embeddings"), await count(store, "chunks")) == (1, 1, 1)
-    loaded = await store.load_all()
-    assert loaded.generation == second.generation
-    assert [d.content_hash for d in loaded.documents] == [hashlib.sha256(b"new text").hexdigest()]
-    assert [c.text for c in loaded.chunks] == ["new text"]
-    assert loaded.chunks[0].vector is not None
-    assert np.array_equal(loaded.chunks[0].vector, np.ones(4, dtype=np.float32))
+    assert await store.document_ids(after="", limit=10) == ["a"]
+    [state] = (await store.document_states(["a"])).values()
+    assert state.record is not None and state.record.content_hash == hashlib.sha256(b"new text").hexdigest()
+    assert [c.text for c in state.chunks] == ["new text"]
+    assert state.chunks[0].vector is not None
+    assert np.array_equal(state.chunks[0].vector, np.ones(4, dtype=np.float32))
 
 
 async def test_writing_a_stored_version_again_commits_nothing(open_store: Opener) -> None:
@@ -89,9 +89,8 @@ async def test_a_failed_transaction_leaves_nothing_behind(open_store: Opener) ->
     broken = dataclasses.replace(write("b", "never stored"), metadata={"k": object()})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         await store.apply([write("c", "also not stored"), broken])
-    loaded = await store.load_all()
-    assert loaded.generation == 1
-    assert [d.document_id for d in loaded.documents] == ["a"]
+    assert await store.generation() == 1
+    assert await store.document_ids(after="", limit=10) == ["a"]
 
 
 async def test_deleting_a_document_that_does_not_exist_commits_nothing(open_store: Opener) -> None:
@@ -219,9 +218,10 @@ async def test_a_file_written_before_versioned_migrations_is_migrated_with_its_d
     db = await open_database("", sqlite_path=path, setting="AGENTMESH_RAG_DATABASE_URL")
     try:
         store = await Store.open(db, model=None)
-        loaded = await store.load_all()
-        assert loaded.generation == 7
-        assert [(c.document_id, c.text) for c in loaded.chunks] == [("old", "an old document")]
+        assert await store.generation() == 7
+        assert await store.document_ids(after="", limit=10) == ["old"]
+        [state] = (await store.document_states(["old"])).values()
+        assert [(c.document_id, c.text) for c in state.chunks] == [("old", "an old document")]
         committed = await store.apply([write("new", "a new document")])
         assert committed.generation == 8
     finally:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,34 +11,20 @@ from interceptors.circuit_breaker import BreakerPolicy
 from interceptors.rate_limit import Limit, RateLimitPolicy
 from runtime.resilience import UpstreamResilience
 from runtime.security import AuthSettings
+from tests.services.issuer import Issuer
 from tests.system import System, start_agent, start_gateway, start_rag
-from tools.dev_tokens import generate_private_key, mint, public_jwk
 
-KID = "mesh-test-1"
 SEARCH = "/agentmesh.rag.v1.RagService/Search"
-
-
-@dataclass(frozen=True)
-class Issuer:
-    private_key: Any
-
-    def token(self, subject: str, *scopes: str) -> str:
-        return mint(key=self.private_key, algorithm="ES256", subject=subject, scopes=scopes, kid=KID)
-
-    def bearer(self, subject: str, *scopes: str) -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {self.token(subject, *scopes)}"),)
 
 
 @pytest.fixture(scope="session")
 def issuer() -> Issuer:
-    return Issuer(generate_private_key("ES256"))
+    return Issuer.generate(kid="mesh-test-1")
 
 
 @pytest.fixture
 def auth_settings(tmp_path: Path, issuer: Issuer) -> AuthSettings:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [public_jwk(issuer.private_key, kid=KID)]}))
-    return AuthSettings(jwks_file=jwks)
+    return issuer.auth_settings(tmp_path)
 
 
 @pytest.fixture

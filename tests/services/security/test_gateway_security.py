@@ -17,7 +17,7 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.details import find_detail
 from tests.services.agent.runs import settled_run
-from tests.services.security.conftest import Issuer
+from tests.services.issuer import Issuer
 from tests.system import System
 
 REFUNDS = document_pb2.Document(

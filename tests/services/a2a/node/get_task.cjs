@@ -12,7 +12,7 @@ const protoLoader = require("@grpc/proto-loader");
 
 const repo = path.resolve(__dirname, "..", "..", "..", "..");
 const definition = protoLoader.loadSync("a2a.proto", {
-  includeDirs: [path.join(repo, "protos", "third_party", "a2a"), path.join(repo, "protos")],
+  includeDirs: [path.join(repo, "protos", "third_party", "a2a"), path.join(repo, "protos", "third_party", "googleapis")],
   keepCase: true,
   enums: String,
   longs: String,
