@@ -7,7 +7,6 @@ Each test runs on the embedded SQLite default (replicas sharing one file) and on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,7 +88,7 @@ async def test_a_replica_indexes_its_own_commits_from_what_it_wrote_and_still_fo
     replica: Replica,
 ) -> None:
     writer, other = await replica("writer"), await replica("other")
-    following = asyncio.create_task(writer.follow(poll_s=0.2))
+    following = writer.follower(poll_s=0.2).start()
 
     async def writer_finds(topic: str, count: int) -> None:
         # Polled: what it waits for is the follower's doing, which signals nothing.
@@ -111,9 +110,7 @@ async def test_a_replica_indexes_its_own_commits_from_what_it_wrote_and_still_fo
         )
         await asyncio.wait_for(writer_finds("canary", 7), 10)
     finally:
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        await following.stop()
 
 
 async def test_start_up_opens_the_saved_indexes_and_applies_only_the_changes_since(replica: Replica) -> None:
