@@ -10,11 +10,12 @@ every chunk that long each way (bench/delay_hop.py: a managed database a zone aw
   better of the two kept: what no write path through that hop can beat;
 * per agent count: that many ``python -m services.agent`` processes (default engine, default
   settings, but a backlog with room for every run) on a fresh database reached through the hop,
-  behind one ``python -m services.gateway``, as callers reach them. After a warm-up,
-  ``--callers`` tasks send ``--runs`` CreateRuns through the gateway (a caller told
-  RESOURCE_EXHAUSTED retries the same request id after the hinted delay, as a client should),
-  while two pollers read every unsettled run with GetRun (10 s deadline) until each is settled
-  (completed, failed, cancelled or waiting for review).
+  behind one ``python -m services.gateway``, as callers reach them. After a warm-up (which, with
+  the default engine, lasts until every agent has loaded its sentence model), ``--callers`` tasks
+  send ``--runs`` CreateRuns through the gateway (a caller told RESOURCE_EXHAUSTED retries the
+  same request id after the hinted delay, as a client should), while two pollers read every
+  unsettled run with GetRun (10 s deadline) until each is settled (completed, failed, cancelled
+  or waiting for review).
 
 Reported per setting: CreateRun/s (the runs over the time until the last CreateRun answered) and
 its p50/p99, runs settled end to end per second (the runs over the time until the last was seen
@@ -50,7 +51,7 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from bench import outputs, profile
 from bench.cli import OneLineParser, positive_int
 from bench.outputs import Bound
-from bench.processes import REPO, ProcessGroup, python_argv, python_env, start_service
+from bench.processes import REPO, Child, ProcessGroup, python_argv, python_env, start_service
 from bench.pyclient import percentile
 from tools.postgres_local import SUPERUSER, LocalPostgres, installed
 
@@ -64,6 +65,11 @@ CREATE_RUN_TIMEOUT_S = 30.0
 POLLERS = 2
 # Each poller pauses this long between GetRuns, so reading does not crowd out the writes it watches.
 POLL_PAUSE_S = 0.02
+# The default engine loads its sentence model in the background once the agent serves (until then
+# it scores lexically): seconds of imports holding the GIL, which the load must not time. Each
+# agent logs one of these when its engine is ready.
+MODEL_READY = ("extractive engine scores with the sentence model", "extractive engine scores lexically")
+MODEL_LOAD_WITHIN_S = 180.0
 # With --profile: how long py-spy samples the first agent from the start of the load.
 PROFILE_SECONDS = 20
 
@@ -340,8 +346,10 @@ async def _measure_agents(
     )
     async with grpc.aio.insecure_channel(gateway.address) as channel:
         stub = agent_grpc.AgentServiceStub(channel)
-        # Warm-up: connections opened, code paths run, on every agent.
+        # Warm-up: connections opened, code paths run, on every agent; the engine's model loaded.
         await _Load(stub, runs=4 * agents, callers=2 * agents, settle_within_s=60).run()
+        if _loads_a_model(agent_settings):
+            await _until_logged(agents_started, MODEL_READY, within_s=MODEL_LOAD_WITHIN_S)
         cpu_before = {**shared.cpu(), **group.cpu()}
         sampler = None
         if profile_dir is not None:
@@ -378,6 +386,24 @@ async def _measure_agents(
             per_role[kind] = per_role.get(kind, 0.0) + seconds - cpu_before.get(role, 0.0)
     setting.cpu_s = {role: round(seconds, 1) for role, seconds in per_role.items()}
     return setting
+
+
+def _loads_a_model(agent_settings: dict[str, str]) -> bool:
+    """Whether the agents' engine loads the sentence model (the default engine does)."""
+    if agent_settings.get("DECISION_ENGINE", "extractive") != "extractive":
+        return False
+    options = json.loads(agent_settings.get("DECISION_ENGINE_OPTIONS") or "{}")
+    return not (isinstance(options, dict) and options.get("semantic", True) is False)
+
+
+async def _until_logged(children: Sequence[Child], lines: Sequence[str], *, within_s: float) -> None:
+    """Wait until every child's log holds one of ``lines``."""
+    deadline = time.monotonic() + within_s
+    for child in children:
+        while not any(line in child.log_path.read_text(errors="replace") for line in lines):
+            if child.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{child.role} did not log any of {list(lines)} within {within_s:g} s")
+            await asyncio.sleep(0.2)
 
 
 async def _ingest_knowledge(rag: str) -> None:

@@ -7,7 +7,7 @@ schema as versioned ``Migration`` steps (``migrations``), and see connection fai
 
 from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
 from runtime.database.factory import open_database, wait_until_reachable
-from runtime.database.interface import Database, Dialect, Result, Row, Transaction, in_list
+from runtime.database.interface import Database, Dialect, Params, Result, Row, Transaction, in_list
 from runtime.database.migrations import Migration, Schema
 from runtime.database.urls import database_url_field, url_problem, validate_url
 
@@ -16,6 +16,7 @@ __all__ = [
     "DatabaseUnavailable",
     "Dialect",
     "Migration",
+    "Params",
     "Result",
     "Row",
     "Schema",

@@ -56,6 +56,9 @@ class Transaction(Protocol):
     async def lock(self, name: str) -> None:
         """Hold ``name`` until this transaction ends; other transactions taking it wait (any process)."""
 
+    async def lock_all(self, names: Sequence[str]) -> None:
+        """``lock`` each of ``names``, in that order (one statement on PostgreSQL)."""
+
     async def notify(self, channel: str) -> None:
         """Once committed, wake ``listen(channel)`` callbacks: in every process on PostgreSQL."""
 

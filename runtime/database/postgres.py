@@ -1,9 +1,13 @@
-"""PostgreSQL backend: SQLAlchemy 2 Core (async) over asyncpg, for replicas sharing one database.
+"""PostgreSQL backend: asyncpg statements over SQLAlchemy 2's connection pool, for replicas sharing one database.
 
-SQLAlchemy brings what a hand-written layer would get wrong: ``:name`` parameters compiled
-for asyncpg, a connection pool that replaces connections a restarted server dropped (pinging
-one that sat idle before handing it out), and prepared-statement caching. Transactions run at
-READ COMMITTED; a store that must serialize with other replicas (a check-then-write) takes a
+SQLAlchemy brings the pool a hand-written layer would get wrong: connections a restarted server
+dropped are replaced (one that sat idle is pinged before it is handed out), overflow and
+checkout timeouts are bounded. Statements go to asyncpg directly: ``:name`` parameters are
+rewritten to ``$n`` once per statement text (the rule SQLAlchemy's ``text()`` applies), and each
+pooled connection keeps its prepared statements (an LRU, as SQLAlchemy's asyncpg dialect does),
+so a statement costs one round trip and little Python: under load Core's per-statement
+compilation and result handling were about a fifth of an agent's CPU. Transactions run at READ
+COMMITTED; a store that must serialize with other replicas (a check-then-write) takes a
 transaction advisory lock (``Transaction.lock``), released by COMMIT or ROLLBACK; one statement
 alone (``execute``) runs in autocommit, with no BEGIN or COMMIT round trip.
 """
@@ -14,20 +18,24 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import re
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine
+import weakref
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from sqlalchemy import TextClause, event, text
+from asyncpg.prepared_stmt import PreparedStatement
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
@@ -70,9 +78,57 @@ def is_unavailable(error: BaseException) -> bool:
     return False
 
 
+# A ``:name`` parameter, as SQLAlchemy's ``text()`` finds them: not a ``::`` cast, not inside a word.
+_PARAMETER = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+# Prepared statements kept per connection (SQLAlchemy's asyncpg dialect keeps 100 as well).
+_PREPARED_PER_CONNECTION = 100
+_STATUS_COUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|MERGE|INSERT \d+) (\d+)")
+
+
 @functools.lru_cache(maxsize=1024)
-def _statement(sql: str) -> TextClause:
-    return text(sql)
+def positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with its ``:name`` parameters numbered ``$1, $2, …`` (a name used twice keeps its
+    number), and the names in that order."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    return _PARAMETER.sub(number, sql), tuple(names)
+
+
+class _Statements:
+    """One connection's prepared statements, by text, the least recently used dropped first."""
+
+    def __init__(self) -> None:
+        self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
+
+    async def run(self, driver: asyncpg.Connection, sql: str, params: Params | None) -> Result:
+        query, names = positional(sql)
+        values = _values(names, params or {})
+        statement = self._prepared.get(query)
+        if statement is None:
+            statement = await driver.prepare(query)
+            self._prepared[query] = statement
+            if len(self._prepared) > _PREPARED_PER_CONNECTION:
+                self._prepared.popitem(last=False)
+        else:
+            self._prepared.move_to_end(query)
+        try:
+            rows = await statement.fetch(*values)
+        except asyncpg.InvalidCachedStatementError:
+            # The schema changed under the plan (a migration by another replica): prepare again.
+            del self._prepared[query]
+            raise
+        count = _STATUS_COUNT.match(statement.get_statusmsg() or "")
+        return Result(rows, int(count.group(1)) if count else -1)
+
+
+def _values(names: tuple[str, ...], params: Mapping[str, Any]) -> list[Any]:
+    try:
+        return [params[name] for name in names]
+    except KeyError as missing:
+        raise ValueError(f"no value for the parameter :{missing.args[0]}") from None
 
 
 def lock_key(name: str) -> int:
@@ -83,22 +139,30 @@ def lock_key(name: str) -> int:
 class PostgresTransaction:
     dialect: Dialect = "postgresql"
 
-    def __init__(self, db: PostgresDatabase, conn: AsyncConnection) -> None:
+    def __init__(self, db: PostgresDatabase, driver: asyncpg.Connection, statements: _Statements) -> None:
         self._db = db
-        self.conn = conn
+        self._driver = driver
+        self._statements = statements
         self._after_commit: list[Callable[[], None]] = []
         self._notified: set[str] = set()
 
     async def execute(self, sql: str, params: Params | None = None) -> Result:
         with self._db.unavailable_as_typed():
-            result = await self.conn.execute(_statement(sql), dict(params or {}))
-            return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
+            return await self._statements.run(self._driver, sql, params)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
 
     async def lock(self, name: str) -> None:
         await self.execute("SELECT pg_advisory_xact_lock(:key)", {"key": lock_key(name)})
+
+    async def lock_all(self, names: Sequence[str]) -> None:
+        # unnest yields the keys in order, and each row's lock is taken as the row is produced.
+        if names:
+            await self.execute(
+                "SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS BIGINT[])) AS key",
+                {"keys": [lock_key(name) for name in names]},
+            )
 
     async def notify(self, channel: str) -> None:
         # Delivered by PostgreSQL at COMMIT to every listening connection (other replicas);
@@ -113,10 +177,7 @@ class PostgresTransaction:
     async def execute_script(self, script: str) -> None:
         """Several statements (DDL), in this transaction, through asyncpg's simple query protocol."""
         with self._db.unavailable_as_typed():
-            raw = await self.conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            await driver.execute(script)
+            await self._driver.execute(script)
 
     def run_commit_callbacks(self) -> None:
         callbacks, self._after_commit = self._after_commit, []
@@ -139,6 +200,10 @@ class PostgresDatabase:
             parsed.set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
             max_overflow=pool_size,
+            # The connection returned last is handed out first: the few a steady load needs stay
+            # hot (their statements prepared) and the rest sit idle, rather than every call
+            # rotating through all of them.
+            pool_use_lifo=True,
             # Pinged at checkout only after sitting idle (_ping_if_idle): SQLAlchemy's pre-ping costs
             # three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than most statements.
             pool_pre_ping=False,
@@ -149,8 +214,7 @@ class PostgresDatabase:
         for pool_event in ("connect", "checkin"):
             event.listen(pool, pool_event, _note_use)
         event.listen(pool, "checkout", _ping_if_idle)
-        # Reads, and writes of one statement, need no BEGIN/COMMIT: a statement alone is a transaction.
-        self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statements: weakref.WeakKeyDictionary[asyncpg.Connection, _Statements] = weakref.WeakKeyDictionary()
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
@@ -170,45 +234,59 @@ class PostgresDatabase:
             raise
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[tuple[asyncpg.Connection, _Statements]]:
+        """A pooled connection (outside any transaction: a statement on it commits on its own).
+
+        One interrupted mid-statement (cancelled, or the server gone) is in a state nobody knows:
+        it is discarded rather than handed to the next caller.
+        """
+        with self.unavailable_as_typed():
+            pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert isinstance(driver, asyncpg.Connection)
+        statements = self._statements.get(driver)
+        if statements is None:
+            statements = self._statements[driver] = _Statements()
+        discard = False
+        try:
+            yield driver, statements
+        except BaseException as error:
+            discard = isinstance(error, asyncio.CancelledError) or is_unavailable(error) or driver.is_in_transaction()
+            raise
+        finally:
+            # Back to the pool (its reset and events run in SQLAlchemy's greenlet), or discarded.
+            await _complete(greenlet_spawn(pooled.invalidate if discard else pooled.close))
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """A write transaction; BEGIN, COMMIT and ROLLBACK finish before a CancelledError goes through."""
-        conn = self.engine.connect()
-        try:
+        async with self._connection() as (driver, statements):
             with self.unavailable_as_typed():
-                await _complete(conn.start())
-            # BEGIN goes out with the first statement (SQLAlchemy's autobegin).
-            tx = PostgresTransaction(self, conn)
+                await _complete(driver.execute("BEGIN"))
+            tx = PostgresTransaction(self, driver, statements)
             try:
                 yield tx
             except BaseException:
-                await self._rollback(conn)
+                await self._rollback(driver)
                 raise
             with self.unavailable_as_typed():
-                await _complete(conn.commit())
-        finally:
-            if conn.sync_connection is not None:
-                await _complete(conn.close())
+                await _complete(driver.execute("COMMIT"))
         tx.run_commit_callbacks()
 
-    async def _rollback(self, conn: AsyncConnection) -> None:
-        try:
-            await _complete(conn.rollback())
-        except Exception:
-            # A connection interrupted mid-statement may not roll back cleanly: never reuse it.
-            with contextlib.suppress(Exception):
-                await _complete(conn.invalidate())
+    @staticmethod
+    async def _rollback(driver: asyncpg.Connection) -> None:
+        # A connection interrupted mid-statement may not roll back cleanly: left in its
+        # transaction, it is discarded when it goes back (``_connection``).
+        with contextlib.suppress(Exception):
+            await _complete(driver.execute("ROLLBACK"))
 
     async def execute(self, sql: str, params: Params | None = None) -> Result:
-        with self.unavailable_as_typed():
-            async with self._reads.connect() as conn:
-                result = await conn.execute(_statement(sql), dict(params or {}))
-                return Result(list(result.fetchall()) if result.returns_rows else [], result.rowcount)
+        async with self._connection() as (driver, statements):
+            with self.unavailable_as_typed():
+                return await statements.run(driver, sql, params)
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Any]:
-        with self.unavailable_as_typed():
-            async with self._reads.connect() as conn:
-                result = await conn.execute(_statement(sql), dict(params or {}))
-                return list(result.fetchall())
+        return list((await self.execute(sql, params)).rows)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Any:
         rows = await self.fetch_all(sql, params)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class SQLiteTransaction:
 
     async def lock(self, name: str) -> None:
         # The writer is already exclusive (in-process lock + BEGIN IMMEDIATE across processes).
+        return None
+
+    async def lock_all(self, names: Sequence[str]) -> None:
         return None
 
     async def notify(self, channel: str) -> None:

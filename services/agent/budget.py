@@ -44,21 +44,19 @@ class ToolBudget:
     async def reserve(self, reservation_id: str, *, owner: str, units: int) -> None:
         async with self._db.transaction() as tx:
             await tx.lock(f"agent.tool_budget:{owner}")
-            exists = await tx.execute(
-                "SELECT 1 FROM tool_budget_reservations WHERE reservation_id = :id", {"id": reservation_id}
-            )
-            if exists.first() is not None:
+            # Read under the lock (a statement's snapshot is taken when it starts, so after the lock's wait).
+            found = (
+                await tx.execute(
+                    "SELECT (SELECT count(*) FROM tool_budget_reservations WHERE reservation_id = :id),"
+                    " (SELECT coalesce(sum(units), 0) FROM tool_budget_reservations"
+                    " WHERE owner = :owner AND status = 'HELD')",
+                    {"id": reservation_id, "owner": owner},
+                )
+            ).first()
+            assert found is not None
+            if found[0]:
                 return
-            held = int(
-                (
-                    await tx.execute(
-                        "SELECT coalesce(sum(units), 0) FROM tool_budget_reservations"
-                        " WHERE owner = :owner AND status = 'HELD'",
-                        {"owner": owner},
-                    )
-                ).scalar()
-                or 0
-            )
+            held = int(found[1] or 0)
             if held + units > self._limit:
                 raise BudgetExhausted(
                     f"tool budget of {owner or 'anonymous'!r} exhausted: {held} of {self._limit} calls held"
@@ -79,12 +77,12 @@ class ToolBudget:
         await self._close(reservation_id, "SETTLED")
 
     async def _close(self, reservation_id: str, status: str) -> None:
-        async with self._db.transaction() as tx:
-            await tx.execute(
-                "UPDATE tool_budget_reservations SET status = :status, updated_at = :now"
-                " WHERE reservation_id = :id AND status = 'HELD'",
-                {"status": status, "now": time.time(), "id": reservation_id},
-            )
+        # One statement, its own transaction (on PostgreSQL without a BEGIN/COMMIT round trip each).
+        await self._db.execute(
+            "UPDATE tool_budget_reservations SET status = :status, updated_at = :now"
+            " WHERE reservation_id = :id AND status = 'HELD'",
+            {"status": status, "now": time.time(), "id": reservation_id},
+        )
 
     async def statuses(self, owner: str) -> dict[str, str]:
         rows = await self._db.fetch_all(

@@ -1,10 +1,14 @@
 """The read side: a run view and per-state counts, built only from run events.
 
-Fed live from the event bus and, after a restart and then every few seconds, from the event
-log's global feed by cursor (``catch_up``), with the same idempotent apply: each event id is
-applied once (the ledger commits with the view), and a run's row only moves forward in
-``version``, so redelivered or reordered events cannot roll it back or double-count it.
-``rebuild`` drops the view and replays the whole log, which yields exactly the live view.
+Fed one way: from the event log's global feed by cursor (``catch_up``), woken by each commit
+(this replica's at once, other replicas' by their NOTIFY) and polling as a safety net
+(``follow``). Commits arriving together are applied as one batch, in one transaction, so the
+read side costs a few statements per batch rather than a transaction per event. The apply is
+idempotent: each event id is applied once (the ledger commits with the view), and a run's row
+only moves forward in ``version``, so an event read twice (two replicas following one feed)
+cannot roll it back or double-count it. ``rebuild`` drops the view and replays the whole log,
+which yields exactly the live view. (The event bus still carries the events to their other
+consumers; feeding the view from it as well applied every event twice.)
 
 Replicas sharing a database share one view without a lock shared by all runs: a transaction
 applying a run's event takes that run's lock (``agent.run_view:<run_id>``; runs in sorted order,
@@ -107,7 +111,7 @@ class RunProjection:
     # -- building ----------------------------------------------------------------------
 
     async def apply(self, event: Event) -> None:
-        """Bus handler: apply one run event, at most once."""
+        """Apply one run event, at most once (in any order, any number of times: the view converges)."""
         await self._apply_batch([run_event_from_event(event)])
 
     async def catch_up(self, store: RunStore, *, batch_size: int = 500) -> int:
@@ -121,11 +125,21 @@ class RunProjection:
             await self._apply_batch([event for _, event in entries], position=entries[-1][0])
             read += len(entries)
 
-    async def follow(self, store: RunStore, *, interval_s: float) -> None:
-        """Catch up every ``interval_s`` (forever): what the bus delivered is skipped, what it lost is applied."""
+    async def follow(self, store: RunStore, *, interval_s: float, gather_s: float = 0.02) -> None:
+        """Forever: catch up after each commit (waiting ``gather_s`` for the commits arriving with it,
+        applied in the same batch), and at least every ``interval_s``.
+
+        The poll also picks up what a wake could not see yet: on PostgreSQL the feed holds back an
+        event until every transaction older than its own has ended.
+        """
         while True:
+            committed = store.next_commit()  # taken before reading, so no commit slips between
             await self.catch_up(store)
-            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.wait_for(committed.wait(), timeout=interval_s)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(gather_s)
 
     async def rebuild(self, store: RunStore) -> int:
         """Forget everything and replay the whole event log."""
@@ -160,18 +174,19 @@ class RunProjection:
                 if event.event_id in claimed and (held is None or event.run.version > held.version):
                     newest[event.run_id] = event.run
             # Locks in one order everywhere (claims, runs, then count rows): appliers wait, never deadlock.
-            for run_id in sorted(newest):
-                await tx.lock(f"agent.run_view:{run_id}")
+            await tx.lock_all([f"agent.run_view:{run_id}" for run_id in sorted(newest)])
             counts: Counter[str] = Counter()
+            changed: list[Run] = []
             for run_id, current in (await self._current(tx, sorted(newest))).items():
                 run = newest[run_id]
                 if current is not None and current[0] >= run.version:
                     continue  # stale or already-applied version: the row already reflects it
-                await self._upsert(tx, run)
+                changed.append(run)
                 if current is None or current[1] != run.state:
                     if current is not None:
                         counts[current[1]] -= 1
                     counts[str(run.state)] += 1
+            await self._upsert(tx, changed)
             for state in sorted(counts):
                 if counts[state]:
                     await self._count(tx, state, counts[state])
@@ -182,10 +197,17 @@ class RunProjection:
     async def _current(tx: Transaction, run_ids: list[str]) -> dict[str, tuple[int, str] | None]:
         """Each run's (version, state) in the view, None for a run not in it yet."""
         current: dict[str, tuple[int, str] | None] = dict.fromkeys(run_ids)
-        if run_ids:
+        if not run_ids:
+            return current
+        if tx.dialect == "postgresql":
+            # One array parameter: one statement text (prepared once) whatever the batch's size.
+            found = await tx.execute(
+                "SELECT run_id, version, state FROM run_view WHERE run_id = ANY(CAST(:ids AS TEXT[]))", {"ids": run_ids}
+            )
+        else:
             wanted, params = in_list("r", run_ids)
             found = await tx.execute(f"SELECT run_id, version, state FROM run_view WHERE run_id IN {wanted}", params)
-            current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
+        current.update({row[0]: (int(row[1]), row[2]) for row in found.rows})
         return current
 
     async def _applied(self, event_ids: list[str]) -> set[str]:
@@ -207,20 +229,37 @@ class RunProjection:
         )
 
     @staticmethod
-    async def _upsert(tx: Transaction, run: Run) -> None:
-        await tx.execute(
-            "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
-            " VALUES (:run_id, :create_time, :state, :version, :snapshot)"
-            " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
-            " snapshot = excluded.snapshot",
+    async def _upsert(tx: Transaction, runs: Sequence[Run]) -> None:
+        """Write each run's row (one statement on PostgreSQL, one per run on SQLite)."""
+        rows = [
             {
                 "run_id": run.run_id,
                 "create_time": run.create_time,
                 "state": str(run.state),
                 "version": run.version,
                 "snapshot": json.dumps(run.to_dict()),
-            },
+            }
+            for run in runs
+        ]
+        on_conflict = (
+            " ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = excluded.version,"
+            " snapshot = excluded.snapshot"
         )
+        if tx.dialect == "postgresql":
+            if rows:
+                await tx.execute(
+                    "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
+                    " SELECT * FROM unnest(CAST(:run_id AS TEXT[]), CAST(:create_time AS DOUBLE PRECISION[]),"
+                    " CAST(:state AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:snapshot AS TEXT[]))" + on_conflict,
+                    {column: [row[column] for row in rows] for column in rows[0]},
+                )
+            return
+        for row in rows:
+            await tx.execute(
+                "INSERT INTO run_view (run_id, create_time, state, version, snapshot)"
+                " VALUES (:run_id, :create_time, :state, :version, :snapshot)" + on_conflict,
+                row,
+            )
 
     @staticmethod
     async def _count(tx: Transaction, state: str, delta: int) -> None:

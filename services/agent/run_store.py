@@ -200,6 +200,19 @@ def _stored_run(snapshot: str, version: int) -> Run:
     return replace(Run.from_dict(json.loads(snapshot)), version=int(version))
 
 
+def _record_only_event(run_id: str, event_type: str, cause: str) -> dict[str, Any]:
+    """Parameters of ``_APPEND_CTES``: the event, its sequence and run filled in by the statement."""
+    event = Event(
+        id=uuid.uuid4().hex,
+        stream=RUN_EVENTS_STREAM,
+        type=event_type,
+        key=run_id,
+        occurred_at=time.time(),
+        data={"sequence": 0, "cause": cause, "from_state": None, "to_state": None, "run": None},
+    )
+    return {"run_id": run_id, "event_id": event.id, "event": event.to_json()}
+
+
 def _fingerprint(question: str, labels: Mapping[str, str], retrieval_filter: Mapping[str, str]) -> str:
     canonical = json.dumps([question, dict(labels), dict(retrieval_filter)], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -240,6 +253,23 @@ _UPDATE_RUN = (
     "UPDATE runs SET state = :state, snapshot = :snapshot, version = :version"
     " WHERE run_id = :run_id AND version = :expected RETURNING run_id"
 )
+
+# PostgreSQL: a record-only event (a step's) appended without reading the run first, as CTEs of a
+# statement (``{where}``: more conditions on the run's row): the run's version bumped under its row
+# lock, the event with the run as it now is embedded, and its outbox row.
+_APPEND_CTES = (
+    "moved AS (UPDATE runs SET version = version + 1 WHERE run_id = :run_id{where}"
+    " RETURNING run_id, version, snapshot),"
+    " new_event AS (SELECT m.run_id, m.version, CAST(jsonb_set(jsonb_set(CAST(:event AS jsonb),"
+    " '{{data,sequence}}', to_jsonb(m.version)), '{{data,run}}',"
+    " jsonb_set(CAST(m.snapshot AS jsonb), '{{version}}', to_jsonb(m.version))) AS TEXT) AS event FROM moved m),"
+    " logged AS (INSERT INTO run_events (run_id, version, event_id, event)"
+    " SELECT run_id, version, :event_id, event FROM new_event),"
+    " published AS (" + Outbox.insert_select("SELECT :event_id, event FROM new_event") + ")"
+)
+_NOT_TERMINAL = " AND state NOT IN (" + ", ".join(f"'{state}'" for state in sorted(TERMINAL)) + ")"
+_APPEND_IN_PLACE = "WITH " + _APPEND_CTES.format(where="") + " SELECT count(*) FROM moved"
+_APPEND_IN_PLACE_UNLESS_TERMINAL = "WITH " + _APPEND_CTES.format(where=_NOT_TERMINAL) + " SELECT count(*) FROM moved"
 
 
 class RunStore:
@@ -353,15 +383,11 @@ class RunStore:
         raise ConcurrentUpdate(run_id)
 
     async def append_step_event(self, tx: Transaction, run_id: str, *, step: str, cause: str) -> None:
-        """Record a completed workflow step, inside the caller's (the saga log's) transaction."""
-        for _ in range(_ATTEMPTS):
-            run = await self._load(tx, run_id)
-            if run.state in TERMINAL:
-                return  # a step that finished after the run was cancelled: its last event stays the terminal one
-            logged = replace(run, version=run.version + 1)
-            if await self._write(tx, logged, [_event(logged, EventType.STEP_COMPLETED, f"{step}: {cause}")]):
-                return
-        raise ConcurrentUpdate(run_id)
+        """Record a completed workflow step, inside the caller's (the saga log's) transaction.
+
+        A step that finished after the run was cancelled records nothing: its last event stays the terminal one.
+        """
+        await self._append(tx, run_id, EventType.STEP_COMPLETED, f"{step}: {cause}", after_terminal=False)
 
     async def append_compensation_event(self, tx: Transaction, run_id: str, *, step: str) -> None:
         """Record a step's compensation, inside the saga log's transaction marking it compensated.
@@ -369,12 +395,42 @@ class RunStore:
         Recorded after a terminal state too: a cancelled run is compensated after it is CANCELLED,
         and its page should still show what was undone.
         """
+        await self._append(tx, run_id, EventType.STEP_COMPENSATED, f"{step}: compensated", after_terminal=True)
+
+    async def _append(self, tx: Transaction, run_id: str, event_type: str, cause: str, *, after_terminal: bool) -> None:
+        """Append an event that changes nothing but the run's version (a step's record) in ``tx``."""
+        if tx.dialect == "postgresql":
+            # Nothing to decide from the run, so no read: one statement bumps the version under
+            # the row's lock (a concurrent writer's change is kept, ours goes on top of it) and
+            # writes the event, the run as it now is embedded, with its outbox row.
+            appended = await tx.execute(
+                _APPEND_IN_PLACE if after_terminal else _APPEND_IN_PLACE_UNLESS_TERMINAL,
+                _record_only_event(run_id, event_type, cause),
+            )
+            if appended.scalar():
+                tx.on_commit(self._committed_here)
+            elif not await self.db.fetch_one("SELECT 1 FROM runs WHERE run_id = :run_id", {"run_id": run_id}):
+                raise RunNotFound(run_id)
+            return
         for _ in range(_ATTEMPTS):
             run = await self._load(tx, run_id)
+            if run.state in TERMINAL and not after_terminal:
+                return
             logged = replace(run, version=run.version + 1)
-            if await self._write(tx, logged, [_event(logged, EventType.STEP_COMPENSATED, f"{step}: compensated")]):
+            if await self._write(tx, logged, [_event(logged, event_type, cause)]):
                 return
         raise ConcurrentUpdate(run_id)
+
+    def step_event_ctes(self, run_id: str, *, step: str, cause: str, when: str) -> tuple[str, dict[str, Any]]:
+        """PostgreSQL: ``append_step_event`` as data-modifying CTEs for a caller's statement (the
+        saga log's mark of the step), appending only where the SQL condition ``when`` holds; call
+        ``committed`` once that statement has committed."""
+        ctes = _APPEND_CTES.format(where=f"{_NOT_TERMINAL} AND {when}")
+        return ctes, _record_only_event(run_id, EventType.STEP_COMPLETED, f"{step}: {cause}")
+
+    def committed(self) -> None:
+        """A statement of the caller's that appended (``step_event_ctes``) has committed."""
+        self._committed_here()
 
     @staticmethod
     def _moved(run: Run, to_state: RunState, changes: Mapping[str, Any], *, cause: str = "") -> Run:
@@ -534,10 +590,12 @@ class RunStore:
         """Every run's events after ``after``, in an order that never puts a later commit first."""
         if self.db.dialect == "postgresql":
             rows = await self.db.fetch_all(
+                # Ordered by the column, not the output (a bare "xid" in ORDER BY names the TEXT
+                # output column: "10" sorts before "9", and the cursor could pass events by).
                 "SELECT CAST(xid AS TEXT), position, version, event FROM run_events"
                 " WHERE (xid, position) > (CAST(CAST(:xid AS TEXT) AS xid8), :position)"
                 " AND xid < pg_snapshot_xmin(pg_current_snapshot())"
-                " ORDER BY xid, position LIMIT :limit",
+                " ORDER BY run_events.xid, run_events.position LIMIT :limit",
                 {"xid": str(after.xid), "position": after.position, "limit": limit},
             )
         else:

@@ -95,13 +95,16 @@ class Saga:
             return await self._finished(saga_id)
 
         recorded = await self._log.steps(saga_id)
+        to_run = [p for p, step in enumerate(self._steps) if recorded.get(step.name, (None,))[0] is not StepStatus.DONE]
         results: dict[str, Any] = {}
+        started = -1  # the step the previous step's write also marked started
         for position, step in enumerate(self._steps):
-            if step.name in recorded and recorded[step.name][0] is StepStatus.DONE:
+            if position not in to_run:
                 results[step.name] = recorded[step.name][1]
                 continue
             context = StepContext(saga_id, step.name, dict(results))
-            await self._log.mark_started(saga_id, position, step.name)
+            if started != position:
+                await self._log.mark_started(saga_id, position, step.name)
             try:
                 async with self._log.keep_leased(saga_id):
                     result = await step.action(context)
@@ -110,7 +113,17 @@ class Saga:
                 await self._log.mark_step(saga_id, step.name, StepStatus.FAILED)
                 outcome = await self.compensate(saga_id, reason=f"{step.name} failed: {error}")
                 return SagaOutcome(outcome.status, outcome.results, outcome.error, failed_step=step.name)
-            await self._log.mark_step(saga_id, step.name, StepStatus.DONE, result=result, listener=self._on_step_done)
+            following = next((p for p in to_run if p > position), None)
+            await self._log.mark_step(
+                saga_id,
+                step.name,
+                StepStatus.DONE,
+                result=result,
+                listener=self._on_step_done,
+                # The next step is marked started by the same write (it starts right after).
+                start=None if following is None else (following, self._steps[following].name),
+            )
+            started = -1 if following is None else following
             results[step.name] = result
         await self._log.set_status(saga_id, SagaStatus.COMPLETED, on_settled=self._on_settled)
         return SagaOutcome(SagaStatus.COMPLETED, results)

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from runtime.database import Database, DatabaseUnavailable, Migration, Schema, Transaction
+from runtime.database import Database, DatabaseUnavailable, Dialect, Migration, Params, Result, Schema, Transaction
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +75,39 @@ class SettleListener(Protocol):
         """Called inside the transaction that ends the saga (COMPLETED or COMPENSATED)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """A listener's writes folded into the saga log's one PostgreSQL statement.
+
+    ``ctes(leased)`` gives them as data-modifying CTEs (``name AS (…)``, comma-separated) that
+    write only where the SQL condition ``leased`` holds (the lease was renewed, so the saga's own
+    write happened), with their parameters, named apart from the saga log's; ``on_commit`` runs
+    once the statement has committed.
+    """
+
+    ctes: Callable[[str], tuple[str, Mapping[str, Any]]] | None = None
+    on_commit: Callable[[], None] | None = None
+
+
+@runtime_checkable
+class FoldingStepListener(Protocol):
+    """A ``StepListener`` that can also give its writes as a ``Fold``: on PostgreSQL the step's mark
+    and those writes are then one statement (one round trip, no BEGIN and COMMIT)."""
+
+    async def __call__(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None: ...
+
+    def fold(self, saga_id: str, step: str, result: Any) -> Fold: ...
+
+
+@runtime_checkable
+class FoldingSettleListener(Protocol):
+    """A ``SettleListener`` that can also give its writes as a ``Fold`` (see ``FoldingStepListener``)."""
+
+    async def __call__(self, tx: Transaction, saga_id: str) -> None: ...
+
+    def fold(self, saga_id: str) -> Fold: ...
+
+
 SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
 
 
@@ -107,31 +141,31 @@ class SagaLog:
     async def begin(self, saga_id: str) -> SagaStatus:
         """Create the saga if new and take its lease; raises ``SagaLeased`` if another owner holds it."""
         now = time.time()
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO sagas (saga_id, status, updated_at) VALUES (:saga_id, :status, :now)"
-                " ON CONFLICT (saga_id) DO NOTHING",
-                {"saga_id": saga_id, "status": str(SagaStatus.RUNNING), "now": now},
-            )
-            # One conditional UPDATE: PostgreSQL re-checks the condition on the row it locked, so
-            # of several replicas taking an expired lease at once exactly one gets it.
-            taken = await tx.execute(
-                "UPDATE sagas SET owner = :owner, lease_until = :until"
-                " WHERE saga_id = :saga_id AND status IN ('RUNNING', 'COMPENSATING')"
-                " AND (owner = :owner OR lease_until <= :now) RETURNING status",
-                {"owner": self.owner, "until": now + self._lease_s, "saga_id": saga_id, "now": now},
-            )
-            row = taken.first()
-            if row is not None:
-                return SagaStatus(row[0])
-            row = (
-                await tx.execute("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            ).first()
-            assert row is not None
-            status = SagaStatus(row[0])
-            if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-                raise SagaLeased(saga_id, row[1])
-            return status
+        # One upsert, its own transaction: PostgreSQL re-checks the condition on the row it
+        # locked, so of several replicas taking an expired lease at once exactly one gets it.
+        taken = await self.db.execute(
+            "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
+            " VALUES (:saga_id, :status, :now, :owner, :until)"
+            " ON CONFLICT (saga_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
+            " WHERE sagas.status IN ('RUNNING', 'COMPENSATING')"
+            " AND (sagas.owner = excluded.owner OR sagas.lease_until <= excluded.updated_at) RETURNING status",
+            {
+                "saga_id": saga_id,
+                "status": str(SagaStatus.RUNNING),
+                "now": now,
+                "owner": self.owner,
+                "until": now + self._lease_s,
+            },
+        )
+        row = taken.first()
+        if row is not None:
+            return SagaStatus(row[0])
+        row = await self.db.fetch_one("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
+        assert row is not None
+        status = SagaStatus(row[0])
+        if status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            raise SagaLeased(saga_id, row[1])
+        return status
 
     async def _renew(self, tx: Transaction, saga_id: str) -> None:
         renewed = await tx.execute(
@@ -139,11 +173,44 @@ class SagaLog:
             {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner},
         )
         if renewed.rowcount != 1:
-            # Our lease expired and another owner took the saga over: it continues, we stop.
-            owner = (
-                await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            ).scalar()
-            raise SagaLeased(saga_id, owner or "")
+            await self._lost(tx, saga_id)
+
+    async def _lost(self, tx: Transaction, saga_id: str) -> None:
+        """Our lease expired and another owner took the saga over: it continues, we stop."""
+        owner = (await tx.execute("SELECT owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})).scalar()
+        raise SagaLeased(saga_id, owner or "")
+
+    async def _renewed_with(
+        self, tx: Transaction, saga_id: str, writes: list[str], params: Mapping[str, Any], fold: Fold | None = None
+    ) -> None:
+        """Renew the lease and, only if that held, run ``writes`` (changes of saga_steps whose
+        ``{leased}`` condition says "the renewal held"), and ``fold``'s.
+
+        On PostgreSQL one statement (the renewal a data-modifying CTE the writes are conditioned
+        on); on SQLite, with no such CTEs and no network, the renewal and then each write.
+        """
+        values = {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner, **params}
+        if tx.dialect != "postgresql":
+            assert fold is None, "folds are PostgreSQL statements"
+            await self._renew(tx, saga_id)
+            for write in writes:
+                await tx.execute(write.format(leased="1 = 1"), values)
+            return
+        leased = "EXISTS (SELECT 1 FROM renewed)"
+        ctes = [f"write{n} AS ({write.format(leased=leased)})" for n, write in enumerate(writes)]
+        if fold is not None and fold.ctes is not None:
+            folded, folded_params = fold.ctes(leased)
+            ctes.append(folded)
+            values |= folded_params
+        renewed = await tx.execute(
+            "WITH renewed AS (UPDATE sagas SET lease_until = :until WHERE saga_id = :saga_id AND owner = :owner"
+            f" RETURNING saga_id), {', '.join(ctes)} SELECT count(*) FROM renewed",
+            values,
+        )
+        if renewed.scalar() != 1:
+            await self._lost(tx, saga_id)
+        if fold is not None and fold.on_commit is not None:
+            fold.on_commit()  # the statement was its own transaction: committed
 
     @contextlib.asynccontextmanager
     async def keep_leased(self, saga_id: str) -> AsyncIterator[None]:
@@ -202,21 +269,8 @@ class SagaLog:
         return [row[0] for row in rows]
 
     async def mark_started(self, saga_id: str, position: int, name: str) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            await tx.execute(
-                "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
-                " VALUES (:saga_id, :position, :name, :status, 1, :now)"
-                " ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
-                " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at",
-                {
-                    "saga_id": saga_id,
-                    "position": position,
-                    "name": name,
-                    "status": str(StepStatus.STARTED),
-                    "now": time.time(),
-                },
-            )
+        async with self._writing() as tx:
+            await self._renewed_with(tx, saga_id, [_STARTED], _started(position, name))
 
     async def mark_step(
         self,
@@ -226,34 +280,112 @@ class SagaLog:
         *,
         result: Any = None,
         listener: StepListener | None = None,
+        start: tuple[int, str] | None = None,
     ) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            await tx.execute(
-                "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
-                " WHERE saga_id = :saga_id AND name = :name",
-                {
-                    "status": str(status),
-                    "result": None if result is None else json.dumps(result),
-                    "now": time.time(),
-                    "saga_id": saga_id,
-                    "name": name,
-                },
-            )
+        """Mark step ``name`` ``status`` (telling ``listener`` in the same transaction) and, with
+        ``start``, the step at that (position, name) as started: the next one, in the same write."""
+        writes = [
+            "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
+            " WHERE saga_id = :saga_id AND name = :name AND {leased}"
+        ]
+        params: dict[str, Any] = {
+            "status": str(status),
+            "result": None if result is None else json.dumps(result),
+            "now": time.time(),
+            "name": name,
+        }
+        if start is not None:
+            writes.append(_STARTED)
+            params |= _started(*start)
+        if isinstance(listener, FoldingStepListener) and self.db.dialect == "postgresql":
+            fold = listener.fold(saga_id, name, result)
+            await self._renewed_with(_Autocommit(self.db), saga_id, writes, params, fold)
+            return
+        async with self._writing(alone=listener is None) as tx:
+            await self._renewed_with(tx, saga_id, writes, params)
             if listener is not None:
                 await listener(tx, saga_id, name, result)
 
     async def set_status(
         self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
     ) -> None:
-        async with self.db.transaction() as tx:
-            await self._renew(tx, saga_id)
-            if status in SETTLED:
-                await tx.execute("UPDATE sagas SET lease_until = 0 WHERE saga_id = :saga_id", {"saga_id": saga_id})
-            await tx.execute(
+        settles = status in SETTLED
+        listener = on_settled if settles else None
+        folded = isinstance(listener, FoldingSettleListener) and self.db.dialect == "postgresql"
+        async with self._writing(alone=listener is None or folded) as tx:
+            # The renewal and the change in one UPDATE: only the lease holder changes the status,
+            # and a settled saga's lease is let go (nothing more runs for it).
+            changed = await tx.execute(
                 "UPDATE sagas SET status = :status, error = CASE WHEN :error = '' THEN error ELSE :error END,"
-                " updated_at = :now WHERE saga_id = :saga_id",
-                {"status": str(status), "error": error, "now": time.time(), "saga_id": saga_id},
+                " updated_at = :now, lease_until = :until WHERE saga_id = :saga_id AND owner = :owner",
+                {
+                    "status": str(status),
+                    "error": error,
+                    "now": time.time(),
+                    "until": 0 if settles else time.time() + self._lease_s,
+                    "saga_id": saga_id,
+                    "owner": self.owner,
+                },
             )
-            if status in SETTLED and on_settled is not None:
-                await on_settled(tx, saga_id)
+            if changed.rowcount != 1:
+                await self._lost(tx, saga_id)
+            if isinstance(listener, FoldingSettleListener) and folded:
+                fold = listener.fold(saga_id)
+                assert fold.ctes is None, "a settle listener's fold carries no writes (the status UPDATE has no CTEs)"
+                if fold.on_commit is not None:
+                    fold.on_commit()  # the UPDATE was its own transaction: committed
+            elif listener is not None:
+                await listener(tx, saga_id)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, *, alone: bool = True) -> AsyncIterator[Transaction]:
+        """Where a saga write runs: one statement ``alone`` on PostgreSQL needs no BEGIN and COMMIT
+        (a statement is a transaction of its own there); otherwise a transaction."""
+        if alone and self.db.dialect == "postgresql":
+            yield _Autocommit(self.db)
+            return
+        async with self.db.transaction() as tx:
+            yield tx
+
+
+# A step marked started (renewing the lease), on its own or folded into the previous step's mark.
+_STARTED = (
+    "INSERT INTO saga_steps (saga_id, position, name, status, attempts, updated_at)"
+    " SELECT :saga_id, CAST(:started_position AS INTEGER), :started_name, :started_status, 1,"
+    " CAST(:started_now AS DOUBLE PRECISION)"
+    " WHERE {leased} ON CONFLICT (saga_id, name) DO UPDATE SET status = excluded.status,"
+    " attempts = saga_steps.attempts + 1, updated_at = excluded.updated_at"
+)
+
+
+def _started(position: int, name: str) -> dict[str, Any]:
+    return {
+        "started_position": position,
+        "started_name": name,
+        "started_status": str(StepStatus.STARTED),
+        "started_now": time.time(),
+    }
+
+
+class _Autocommit:
+    """The ``Transaction`` face of single statements on PostgreSQL, each committed on its own."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        return await self._db.execute(sql, params)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        raise TypeError("a single autocommitted statement has no commit to wait for")
+
+    async def lock(self, name: str) -> None:
+        raise TypeError("a lock outside a transaction would be released at once")
+
+    async def lock_all(self, names: Sequence[str]) -> None:
+        raise TypeError("a lock outside a transaction would be released at once")
+
+    async def notify(self, channel: str) -> None:
+        raise TypeError("notify within a transaction")

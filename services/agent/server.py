@@ -33,13 +33,12 @@ from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
-from services.agent.run_store import RUN_EVENTS_STREAM, RunStore
+from services.agent.run_store import RunStore
 from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
 from services.agent.workflow import RunWorkflow, WorkflowOptions
 
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-PROJECTION_GROUP = "agent.projection.runs"
 
 
 async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Database, Database]:
@@ -186,17 +185,11 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
 
     async def start_background(port: int) -> None:
         await projection.catch_up(store)
-        await bus.subscribe(
-            RUN_EVENTS_STREAM,
-            group=PROJECTION_GROUP,
-            consumer=instance,
-            handler=projection.apply,
-        )
         # Started after the executor and the bus were opened, so stopped before they close.
         life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
         life.supervise("commit announcements", store.announce_commits)
-        # Keeps the read model's cursor current and applies what the bus did not deliver.
-        life.supervise("projection catch-up", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
+        # The read model follows the log's feed, woken by commits (the only way it is fed).
+        life.supervise("projection", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("orphaned run takeover", resume_orphaned_runs)
         # Runs a previous process accepted but did not finish: resume or compensate them.

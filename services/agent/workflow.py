@@ -25,7 +25,7 @@ from services.agent.model import Citation, Run
 from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
 from services.agent.run_store import RunStore
 from services.agent.saga import Saga, SagaStep, StepContext
-from services.agent.saga_log import SagaLeased, SagaLog, SagaStatus
+from services.agent.saga_log import Fold, SagaLeased, SagaLog, SagaStatus
 from services.agent.state_machine import IllegalTransition, RunState
 
 log = structlog.get_logger(__name__)
@@ -79,9 +79,9 @@ class RunWorkflow:
                 SagaStep("decide", self._decide),
                 SagaStep("record", self._record),
             ],
-            on_step_done=self._step_done,
+            on_step_done=StepEvents(store),
             on_step_compensated=self._step_compensated,
-            on_settled=self._saga_settled,
+            on_settled=WakeWatchers(store),
         )
 
     async def execute(self, run_id: str) -> Run:
@@ -228,16 +228,42 @@ class RunWorkflow:
         await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
         return {"state": str(target), "summary": f"run {target}"}
 
-    async def _step_done(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
-        summary = result.get("summary", "done") if isinstance(result, dict) else "done"
-        await self._store.append_step_event(tx, saga_id, step=step, cause=summary)
-
     async def _step_compensated(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
         await self._store.append_compensation_event(tx, saga_id, step=step)
 
-    async def _saga_settled(self, tx: Transaction, saga_id: str) -> None:
-        # Watchers of a finished run wait for this: nothing more is appended to its log after it.
+
+class StepEvents:
+    """A completed step's event in the run's stream, committed with the saga log's mark of the step
+    (on PostgreSQL folded into that one statement)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    async def __call__(self, tx: Transaction, saga_id: str, step: str, result: Any) -> None:
+        await self._store.append_step_event(tx, saga_id, step=step, cause=_summary(result))
+
+    def fold(self, saga_id: str, step: str, result: Any) -> Fold:
+        def ctes(leased: str) -> tuple[str, Mapping[str, Any]]:
+            return self._store.step_event_ctes(saga_id, step=step, cause=_summary(result), when=leased)
+
+        return Fold(ctes, on_commit=self._store.committed)
+
+
+class WakeWatchers:
+    """Watchers of a finished run wait for its saga to end: nothing more is appended after it."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    async def __call__(self, tx: Transaction, saga_id: str) -> None:
         await self._store.wake_watchers(tx)
+
+    def fold(self, saga_id: str) -> Fold:
+        return Fold(on_commit=self._store.committed)
+
+
+def _summary(result: Any) -> str:
+    return str(result.get("summary", "done")) if isinstance(result, dict) else "done"
 
 
 def _decision_to_dict(decision: Decision) -> dict[str, Any]:

@@ -99,6 +99,12 @@ def _not_a_log_line(line: str) -> bool:
 # structured log lines of the build come first, then the one line that names the setting.
 BUILD_TIME = [
     ("agent", "AGENTMESH_AGENT_DECISION_ENGINE", "gpt", "AGENTMESH_AGENT_DECISION_ENGINE=gpt"),
+    (
+        "agent",
+        "AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS",
+        '{"embedding_cache_size": -1}',
+        "AGENTMESH_AGENT_DECISION_ENGINE=extractive with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS: embedding_cache_size",
+    ),
     ("agent", "AGENTMESH_AGENT_AUTH", '{"jwks_file": "/nonexistent/jwks.json"}', "AGENTMESH_AGENT_AUTH: /nonexistent"),
     ("gateway", "AGENTMESH_GATEWAY_DESCRIPTOR_SET", "/nonexistent/set.pb", "AGENTMESH_GATEWAY_DESCRIPTOR_SET: /non"),
     (

@@ -3,10 +3,13 @@
 Every sentence of the passages retrieval ranked first is a candidate. Each is scored by what it
 says about the question, not by how many words it happens to share with it: the semantic
 similarity of question and sentence (all-MiniLM-L6-v2, the model the RAG service embeds with,
-loaded once per process), the lexical evidence (the question's topical words the sentence holds),
+loaded once per process), the same for the sentence read under its section heading (alone, "On
+shutdown it deregisters." says little; under "Service discovery with Consul" it says whether a
+service leaves Consul when it stops), the lexical evidence (the question's topical words the sentence holds),
 a question-type cue (a "what is the default / how long / how many" question wants a sentence
 naming a value) and the rank retrieval gave its passage. The weights and thresholds were chosen
-on the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the held-out half measures them.
+by cross-validation inside the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the
+held-out half measures them.
 
 When the best sentence scores below the abstention threshold the engine says the knowledge base
 does not cover the question (no citations); between that and the release threshold it answers
@@ -21,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, loaded_minilm, shared_minilm
+from runtime.embedding import Embedder, EmbeddingCache, loaded_minilm, shared_minilm
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -105,11 +109,25 @@ class Weights:
     # Taken off per share of the question's topical words that no passage read contains: a question
     # about "gzip" or "WebSockets" over passages that never say them is likely not covered.
     missing: float = 0.0
+    # On the similarity of the question with the sentence read under its section heading.
+    topic: float = 0.0
+    # A second sentence of the best one's document is quoted when it scores within this of the best.
+    companion: float = 0.05
 
 
 # Chosen on the tuning half of eval/rag (python -m eval.rag.tune); see docs/rag.md for the figures.
-SEMANTIC_WEIGHTS = Weights(similarity=1.0, lexical=0.25, cue=0.1, rank=1.0, abstain=1.35, release=1.678, missing=0.6)
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=1.0, abstain=1.2, release=1.51, missing=1.2)
+SEMANTIC_WEIGHTS = Weights(
+    similarity=0.5,
+    topic=1.0,
+    lexical=0.25,
+    cue=0.0,
+    rank=1.25,
+    missing=0.3,
+    companion=0.2,
+    abstain=1.904,
+    release=2.401,
+)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.042, release=1.21, missing=0.6)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
@@ -122,6 +140,7 @@ class Candidate:
     rank: int  # of its passage in retrieval order
     position: int  # in its passage
     similarity: float  # cosine with the question (0 without the model)
+    topic_similarity: float  # cosine of the sentence under its section heading with the question (0 without the model)
     lexical: float  # weighted share of the question's words it holds
     topical: bool  # holds a topical word of the question, not only shape words like "long"
     cue: float  # 1 when the question asks for a value and the sentence names one
@@ -131,6 +150,7 @@ class Candidate:
     def score(self, weights: Weights) -> float:
         return (
             weights.similarity * self.similarity
+            + weights.topic * self.topic_similarity
             + weights.lexical * self.lexical
             + weights.cue * self.cue
             + weights.rank * self.rank_score
@@ -147,7 +167,9 @@ class ExtractiveDecisionEngine:
     ``semantic=True`` (the default) scores with the MiniLM model when it is installed, else warns
     once and scores lexically; ``embedder`` supplies the model (tests, the evaluation). ``weights``
     overrides the tuned weights. At most ``max_sentences`` are quoted: the best, and the next ones
-    of its document scoring within ``companion_margin`` of it.
+    of its document scoring within the weights' ``companion`` margin of it. The vectors of the last
+    ``embedding_cache_size`` texts embedded are kept, so a sentence recurring across questions is
+    embedded once (0: embed every text every time).
     """
 
     name = "extractive"
@@ -159,14 +181,14 @@ class ExtractiveDecisionEngine:
         embedder: Embedder | None = None,
         weights: Weights | None = None,
         max_sentences: int = 2,
-        companion_margin: float = 0.05,
+        embedding_cache_size: int = 10_000,
     ) -> None:
         self._semantic = semantic or embedder is not None
         self._embedder = embedder
         self._weights = weights
         self._max_sentences = max_sentences
-        self._companion_margin = companion_margin
         self._terms = _Terms()
+        self._embedding_cache = EmbeddingCache(embedding_cache_size)
         # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
         self._loaded = threading.Event()
         self._loading = threading.Lock()
@@ -187,8 +209,14 @@ class ExtractiveDecisionEngine:
             threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
 
     def _load(self) -> None:
+        began = time.monotonic()
         try:
             self._embedder = shared_minilm()
+            log.info(
+                "extractive engine scores with the sentence model",
+                model=self._embedder.model_name,
+                load_s=round(time.monotonic() - began, 1),
+            )
         except ImportError as error:
             log.warning(
                 "extractive engine scores lexically: the sentence model is not installed",
@@ -241,11 +269,13 @@ class ExtractiveDecisionEngine:
         missing = len(strong - read) / len(strong) if strong else 0.0
         candidates: list[Candidate] = []
         seen: set[tuple[str, int]] = set()
-        for rank, passage, start, sentence in _sentences(request.passages):
+        headed: list[str] = []
+        for rank, passage, start, heading, sentence in _sentences(request.passages):
             # Overlapping chunks repeat sentences; weigh each once.
             if (passage.document_id, passage.start_offset + start) in seen:
                 continue
             seen.add((passage.document_id, passage.start_offset + start))
+            headed.append(f"{heading}: {sentence}" if heading else sentence)
             terms = self._terms(sentence)
             shared = question.keys() & terms.keys()
             candidates.append(
@@ -261,6 +291,7 @@ class ExtractiveDecisionEngine:
                     rank=rank,
                     position=start,
                     similarity=0.0,
+                    topic_similarity=0.0,
                     lexical=sum(weight(stem, terms[stem]) for stem in shared) / total if total else 0.0,
                     topical=bool(shared & strong),
                     cue=1.0 if wants_value and _VALUE.search(sentence) else 0.0,
@@ -269,12 +300,20 @@ class ExtractiveDecisionEngine:
                 )
             )
         if embedder is not None and candidates:
-            # Only the few candidate sentences are embedded, off the event loop (tens of milliseconds).
+            # Off the event loop; sentences embedded for an earlier question come from the cache, the
+            # rest (often the question alone) in one forward pass. Each sentence is embedded alone and
+            # under its section heading.
+            count = len(candidates)
             vectors = await asyncio.to_thread(
-                embedder.embed, [request.question, *(c.citation.quote for c in candidates)]
+                self._embedding_cache.embed,
+                embedder,
+                [request.question, *(c.citation.quote for c in candidates), *headed],
             )
             similarities = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
-            candidates = [_with_similarity(c, float(s)) for c, s in zip(candidates, similarities, strict=True)]
+            candidates = [
+                replace(c, similarity=float(s), topic_similarity=float(t))
+                for c, s, t in zip(candidates, similarities[:count], similarities[count:], strict=True)
+            ]
         return candidates
 
     def choose(self, candidates: Sequence[Candidate], weights: Weights | None = None) -> Decision:
@@ -293,7 +332,7 @@ class ExtractiveDecisionEngine:
         companions = [
             c
             for s, c in scored[1:]
-            if c.citation.document_id == best.citation.document_id and s >= best_score - self._companion_margin
+            if c.citation.document_id == best.citation.document_id and s >= best_score - weights.companion
         ]
         chosen = [best, *companions[: self._max_sentences - 1]]
         # Read in document order, so the answer flows like the source.
@@ -308,37 +347,25 @@ class ExtractiveDecisionEngine:
         return None
 
 
-def _with_similarity(candidate: Candidate, similarity: float) -> Candidate:
-    return Candidate(
-        candidate.citation,
-        candidate.rank,
-        candidate.position,
-        similarity,
-        candidate.lexical,
-        candidate.topical,
-        candidate.cue,
-        candidate.rank_score,
-        candidate.missing,
-    )
-
-
 def _confidence(score: float, weights: Weights) -> float:
     """Maps a score to [0, 1] with ``release`` at the review threshold: linear below it, and above it."""
     if score < weights.release:
         span = max(weights.release - weights.abstain, 1e-9)
         return max(0.0, _RELEASE_CONFIDENCE * (score - weights.abstain) / span)
-    top = weights.similarity + weights.lexical + weights.cue + weights.rank
+    top = weights.similarity + weights.topic + weights.lexical + weights.cue + weights.rank
     span = max(top - weights.release, 1e-9)
     return min(1.0, _RELEASE_CONFIDENCE + (1 - _RELEASE_CONFIDENCE) * (score - weights.release) / span)
 
 
-def _sentences(passages: Sequence[Passage]) -> Iterator[tuple[int, Passage, int, str]]:
-    """(passage rank, passage, offset in it, sentence) of every statement in the passages."""
+def _sentences(passages: Sequence[Passage]) -> Iterator[tuple[int, Passage, int, str, str]]:
+    """(passage rank, passage, offset in it, section heading above it, sentence) of every statement in them."""
     for rank, passage in enumerate(passages):
+        heading = ""
         for match in _SENTENCE.finditer(passage.text):
             sentence = match.group()
             # A Markdown heading names a topic but states nothing; an answer quotes statements.
             if sentence.startswith("#"):
+                heading = sentence.lstrip("#").strip()
                 continue
             start = match.start()
             if marker := _LIST_MARKER.match(sentence):
@@ -346,4 +373,4 @@ def _sentences(passages: Sequence[Passage]) -> Iterator[tuple[int, Passage, int,
             sentence = sentence.rstrip()
             if sentence:
                 # Offsets are code points, like Python string indices.
-                yield rank, passage, start, sentence
+                yield rank, passage, start, heading, sentence

@@ -20,8 +20,8 @@ async def test_bm25_keeps_its_recall_and_mrr_on_the_evaluation_set() -> None:
 async def test_the_default_engine_keeps_its_held_out_answer_quality_over_bm25() -> None:
     # Floors a little under the committed held-out figures; the settings were chosen on the tuning half.
     held_out = (await evaluate(dense=False, chunking=ChunkingOptions()))["answers"]["bm25/extractive"]["held-out"]
-    assert held_out["right"] >= 0.62
-    assert held_out["answered_but_wrong"] <= 0.12
+    assert held_out["right"] >= 0.63
+    assert held_out["answered_but_wrong"] <= 0.09
     assert held_out["abstention_recall"] >= 0.6
     assert held_out["unanswerable_released"] <= 1
 

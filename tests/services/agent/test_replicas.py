@@ -28,6 +28,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
+from services.agent.a2a_push import PUSH_GROUP
 from tests.services.agent.runs import SETTLED, listed_once, settled_run
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import ServiceProcess, spawn, wait_until
@@ -247,7 +248,7 @@ async def test_the_database_restarting_under_traffic_costs_retryable_errors_only
 
 @pytest.mark.redis
 @pytest.mark.timeout(180)
-async def test_on_redis_streams_the_replicas_share_one_projection_group(
+async def test_on_redis_streams_the_replicas_share_one_consumer_group(
     tmp_path: Path, postgres_url: str, redis_url: str
 ) -> None:
     bus = {"EVENT_BUS": "redis", "REDIS_URL": redis_url}
@@ -257,17 +258,17 @@ async def test_on_redis_streams_the_replicas_share_one_projection_group(
         client = redis.Redis.from_url(redis_url)
         try:
 
-            async def projection_group() -> dict[str, Any] | None:
-                # The stream has other groups too (A2A push deliveries): the projection's is one of them.
+            async def push_group() -> dict[str, Any] | None:
+                # The run events' consumer on the bus (A2A push deliveries); the read model follows the log.
                 groups = await client.xinfo_groups("agent.runs")
-                return next((g for g in groups if g["name"].decode() == "agent.projection.runs"), None)
+                return next((g for g in groups if g["name"].decode() == PUSH_GROUP), None)
 
             async def all_acknowledged() -> bool:
-                group = await projection_group()
+                group = await push_group()
                 return group is not None and group["pending"] == 0 and group["lag"] == 0
 
             await wait_until(all_acknowledged, timeout_s=30)
-            consumers = await client.xinfo_consumers("agent.runs", "agent.projection.runs")
+            consumers = await client.xinfo_consumers("agent.runs", PUSH_GROUP)
         finally:
             await client.aclose()
 

@@ -3,8 +3,11 @@
 A database a zone away adds about a millisecond each way to every round trip, so the write path
 is designed in round trips: a first CreateRun is a look-up of its request id and one statement
 (the run, its events, their outbox rows and the NOTIFY), a replay the look-up alone, a state
-change a read and one statement. Connection set-up and the first PREPARE of each statement on a
-connection are paid once per pooled connection, so each command runs once before it is counted.
+change a read and one statement. A saga step's bookkeeping is one statement: it is marked done,
+with its step event, the lease renewed and the next step marked started (the saga's first step is
+marked started by a statement of its own), so a whole run's execution is counted too (it was 77
+before). Connection set-up and the first PREPARE of each statement on a connection are paid once
+per pooled connection, so each command runs once before it is counted.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from sqlalchemy.engine import make_url
 
 from runtime.database import open_database
 from runtime.events.outbox import Outbox
+from services.agent.budget import ToolBudget
 from services.agent.run_store import RunStore
+from services.agent.saga_log import SagaLog, SagaStatus, StepStatus
 from services.agent.state_machine import RunState
+from services.agent.workflow import RunWorkflow, StepEvents, WakeWatchers
 from tests.services.agent.conftest import close_stores, open_stores
+from tests.services.agent.engines import REFUNDS, FixedEngine, StaticRetriever
 from tests.services.agent.round_trips import RoundTripCounter
 
 pytestmark = pytest.mark.postgres
@@ -60,6 +67,39 @@ async def test_create_replay_and_transition_round_trips(tmp_path: Path, postgres
         async def get() -> None:
             await store.get(run_id)
 
+        saga_log = SagaLog(db, owner="counted")
+
+        async def begin_saga() -> None:
+            await saga_log.begin((await schema_owner.runs.create(question="q?"))[0].run_id)
+
+        async def saga_step() -> None:
+            step = uuid.uuid4().hex
+            await saga_log.mark_started(saga_id, 0, step)
+            done = {"summary": "done"}
+            await saga_log.mark_step(saga_id, step, StepStatus.DONE, result=done, listener=StepEvents(store))
+
+        flow = RunWorkflow(
+            store=store,
+            saga_log=saga_log,
+            budget=ToolBudget(db, max_units_per_owner=1_000),
+            retriever=StaticRetriever([REFUNDS]),
+            engine=FixedEngine(),
+        )
+
+        async def execute_run() -> None:
+            run, _ = await schema_owner.runs.create(question="How long do refunds take?")
+            before = counter.round_trips
+            print("=== RUN")
+            assert (await flow.execute(run.run_id)).state is RunState.COMPLETED
+            costs.append(counter.round_trips - before)
+
+        async def settle_saga() -> None:
+            saga, _ = await schema_owner.runs.create(question="q?")
+            await saga_log.begin(saga.run_id)
+            before = counter.round_trips
+            await saga_log.set_status(saga.run_id, SagaStatus.COMPLETED, on_settled=WakeWatchers(store))
+            costs.append(counter.round_trips - before)
+
         try:
             costs: list[int] = []
             figures = {
@@ -71,6 +111,14 @@ async def test_create_replay_and_transition_round_trips(tmp_path: Path, postgres
             figures["transition"] = costs[-1]
             run_id = (await schema_owner.runs.create(question="q?"))[0].run_id
             figures["GetRun's read"] = await cost(get)
+            figures["saga begin"] = await cost(begin_saga)
+            saga_id = (await schema_owner.runs.create(question="q?"))[0].run_id
+            await saga_log.begin(saga_id)
+            figures["saga step (started, done + step event)"] = await cost(saga_step)
+            await cost(settle_saga)
+            figures["saga settled"] = costs[-1]
+            await cost(execute_run)
+            figures["a run executed (5 steps)"] = costs[-1]
         finally:
             await db.close()
     await close_stores(schema_owner)
@@ -81,4 +129,8 @@ async def test_create_replay_and_transition_round_trips(tmp_path: Path, postgres
         "CreateRun without request id": 1,
         "transition": 2,
         "GetRun's read": 1,
+        "saga begin": 1,
+        "saga step (started, done + step event)": 2,
+        "saga settled": 1,
+        "a run executed (5 steps)": 24,
     }

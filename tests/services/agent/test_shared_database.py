@@ -61,6 +61,28 @@ async def test_the_feed_delivers_an_append_committed_late_once_and_in_commit_saf
     assert await replicas[2].runs.feed(after=delivered[-1][0]) == []
 
 
+async def test_the_feed_orders_transaction_ids_as_numbers_across_a_digit_boundary(replicas: list[Stores]) -> None:
+    """Transaction 9 comes before 10 (a text order would put "10" first, and a cursor past it skip 9)."""
+    run, _ = await replicas[0].runs.create(question="q?")
+    [(first, _), (second, _)] = await replicas[0].runs.feed()
+    async with replicas[0].db.transaction() as tx:
+        # As if the two appends had been written by those transactions (long committed: both final).
+        for xid, position in ((10, first.position), (9, second.position)):
+            await tx.execute(
+                "UPDATE run_events SET xid = CAST(CAST(:xid AS TEXT) AS xid8) WHERE position = :position",
+                {"xid": str(xid), "position": position},
+            )
+    ordered = await replicas[1].runs.feed()
+    assert [position for position, _ in ordered] == [FeedPosition(9, second.position), FeedPosition(10, first.position)]
+    # Read one at a time, the cursor passes nothing by.
+    one, cursor = [], FeedPosition()
+    while batch := await replicas[1].runs.feed(after=cursor, limit=1):
+        one += batch
+        cursor = batch[-1][0]
+    assert one == ordered
+    assert [event.run_id for _, event in ordered] == [run.run_id] * 2
+
+
 async def test_a_reader_following_the_feed_gets_every_event_once_while_replicas_write(
     replicas: list[Stores],
 ) -> None:
