@@ -84,7 +84,8 @@ class LiveView:
         async with self._changed:
             if int(self.snapshot["version"]) == seen:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout_s)
+                    async with asyncio.timeout(timeout_s):
+                        await self._changed.wait()
         return self.snapshot
 
     async def _refresh_every_period(self) -> None:

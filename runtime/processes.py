@@ -154,7 +154,8 @@ async def stop_child(process: subprocess.Popen[Any] | asyncio.subprocess.Process
     with contextlib.suppress(ProcessLookupError):  # it exited just now
         process.terminate()
     try:
-        await asyncio.wait_for(_exited(process), within_s)
+        async with asyncio.timeout(within_s):
+            await _exited(process)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

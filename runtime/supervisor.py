@@ -153,7 +153,8 @@ class SupervisedLoop:
             return
         if grace_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), grace_s)
+                async with asyncio.timeout(grace_s):
+                    await asyncio.shield(task)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

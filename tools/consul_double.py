@@ -333,7 +333,8 @@ class ConsulAgentDouble:
                 break
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             index, result = read()
         return index, result
 

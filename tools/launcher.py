@@ -273,7 +273,8 @@ async def _run(store: LocalStore, auth: DevAuth | None, console: ConsoleStack) -
                 code = 1
                 stop.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
     except (RuntimeError, TimeoutError) as error:
         print(f"start-up failed: {error}", file=sys.stderr)
         code = 1

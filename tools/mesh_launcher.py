@@ -311,7 +311,8 @@ async def _run(policy: Policy, auth: DevAuth, store: LocalStore, console: Consol
                 code = 1
                 stop.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
     except (RuntimeError, TimeoutError, grpc.aio.AioRpcError) as error:
         print(f"start-up failed: {error} (logs in {WORK_DIR})", file=sys.stderr)
         code = 1

@@ -355,7 +355,8 @@ class PostgresDatabase:
                     subscribed.add(channel)
                     self.wake(channel)
                 try:
-                    await asyncio.wait_for(self._listener_wakeup.wait(), timeout=10.0)
+                    async with asyncio.timeout(10.0):
+                        await self._listener_wakeup.wait()
                 except TimeoutError:
                     # The keep-alive query notices a silently dead connection.
                     await conn.execute("SELECT 1")

@@ -175,7 +175,8 @@ class BalancedChannel(grpc.aio.Channel):
                 outage=Outage((Exception,), "discovery.watch_failed", self._watch_failed),
             ).start()
         try:
-            await asyncio.wait_for(self._resolved.wait(), first_resolve_timeout)
+            async with asyncio.timeout(first_resolve_timeout):
+                await self._resolved.wait()
         except TimeoutError:
             log.warning(
                 "discovery.not_yet_resolved",
@@ -235,7 +236,8 @@ class BalancedChannel(grpc.aio.Channel):
 
     async def _retire(self, generation: _Generation) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(generation.idle.wait(), self._retire_after)
+            async with asyncio.timeout(self._retire_after):
+                await generation.idle.wait()
         await generation.channel.close(None)
 
     # -- grpc.aio.Channel -------------------------------------------------------------------

@@ -166,4 +166,5 @@ class Outbox:
                 await self.prune(older_than=retention)
                 last_prune = time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=poll_interval)
+                async with asyncio.timeout(poll_interval):
+                    await self._wakeup.wait()

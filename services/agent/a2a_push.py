@@ -206,7 +206,8 @@ class PushNotifications:
                 while await self.deliver_once(session) > 0:
                     pass
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), poll_interval_s)
+                    async with asyncio.timeout(poll_interval_s):
+                        await self._wakeup.wait()
 
     async def deliver_once(self, session: aiohttp.ClientSession, *, batch_size: int = 50) -> int:
         claimed = await self._claim(batch_size)

@@ -247,7 +247,8 @@ class RunTaskHandler(RequestHandler):
             if run.state in SETTLED or (left is not None and left <= 0):
                 return run
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(next_commit.wait(), WAIT_POLL_S if left is None else min(left, WAIT_POLL_S))
+                async with asyncio.timeout(WAIT_POLL_S if left is None else min(left, WAIT_POLL_S)):
+                    await next_commit.wait()
 
     async def _follow(self, run_id: str) -> AsyncIterator[Event]:
         """The task, then its updates from the run's event log, until it is terminal or waits for input.
@@ -273,7 +274,8 @@ class RunTaskHandler(RequestHandler):
                     return
             if not events:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(next_commit.wait(), WAIT_POLL_S)
+                    async with asyncio.timeout(WAIT_POLL_S):
+                        await next_commit.wait()
 
     # -- tasks ----------------------------------------------------------------------------
 

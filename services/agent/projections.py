@@ -136,7 +136,8 @@ class RunProjection:
             committed = store.next_commit()  # taken before reading, so no commit slips between
             await self.catch_up(store)
             try:
-                await asyncio.wait_for(committed.wait(), timeout=interval_s)
+                async with asyncio.timeout(interval_s):
+                    await committed.wait()
             except TimeoutError:
                 continue
             await asyncio.sleep(gather_s)

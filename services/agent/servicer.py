@@ -155,7 +155,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 finished_seen = True
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(next_commit.wait(), WATCH_POLL_S)
+                async with asyncio.timeout(WATCH_POLL_S):
+                    await next_commit.wait()
 
     async def _finished(self, run_id: str) -> bool:
         """Terminal, and nothing more will be appended to its log: its saga (in the shared database) has settled.

@@ -191,7 +191,8 @@ class RunWorkflow:
         passages = tuple(Passage.from_dict(p) for p in ctx.results["retrieve"]["passages"])
         request = DecisionRequest(run_id=ctx.saga_id, question=question, passages=passages)
         try:
-            decision = await asyncio.wait_for(self._engine.decide(request), self._options.decision_timeout)
+            async with asyncio.timeout(self._options.decision_timeout):
+                decision = await self._engine.decide(request)
             summary = f"decided by {decision.decided_by} (confidence {decision.confidence:.2f})"
         except Exception as error:
             failure = "timed out" if isinstance(error, TimeoutError) else f"failed: {error}"

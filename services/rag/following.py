@@ -83,8 +83,11 @@ class StoreFollower:
             await self._db.listen(GENERATION_CHANNEL, self.wake.set)
             self._listening = True
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as the wake-up does, and the loop would outlive its supervisor's stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=poll_s)
+                async with asyncio.timeout(poll_s):
+                    await self.wake.wait()
             self.wake.clear()
             await self._catch_up()
             loop.mark_healthy()

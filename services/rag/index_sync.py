@@ -64,6 +64,13 @@ class IndexSync:
         self._dense_saved = self.generation
         # Documents (re)indexed per catch-up, most recent last: what a change cost, in documents.
         self.indexed_per_catch_up: list[int] = []
+        # Documents whose state was read from the store to index them: other replicas' changes
+        # and rebuilds; this replica's own commits are indexed from what they wrote.
+        self.read_back = 0
+        # This replica's own commits between the start of their transaction and their indexing,
+        # and whether a follower's catch-up was put off meanwhile (see ``follow``).
+        self._own_commits = 0
+        self._follow_deferred = False
 
     @property
     def ready(self) -> bool:
@@ -78,7 +85,38 @@ class IndexSync:
         async with self._lock:
             if at_least is not None and self.generation >= at_least:
                 return Applied(self.generation)
-            return await self._catch_up()
+            return await self._catch_up(await self._store.generation())
+
+    async def follow(self) -> Applied | None:
+        """The follower's catch-up: None, and remembered, while this replica's own commit is under way.
+
+        That commit's indexing (``apply_commit``) brings the indexes to its generation, so a
+        catch-up meanwhile would only race it to the same documents and index them the slow way,
+        reading back what the writer holds. ``end_own_commit`` says when to follow again.
+        """
+        if self._own_commits:
+            self._follow_deferred = True
+            return None
+        async with self._lock:
+            head = await self._store.generation()
+            # A commit of this replica's own that began while the head was read may be in it.
+            if self._own_commits:
+                self._follow_deferred = True
+                return None
+            return await self._catch_up(head)
+
+    def begin_own_commit(self) -> None:
+        """Before this replica's own transaction: the follower waits for ``end_own_commit``."""
+        self._own_commits += 1
+
+    def end_own_commit(self) -> bool:
+        """After that commit is indexed (or failed): whether a follower's catch-up was put off
+        meanwhile and is due now (others' commits may have come after this one)."""
+        self._own_commits -= 1
+        due = self._follow_deferred and not self._own_commits
+        if due:
+            self._follow_deferred = False
+        return due
 
     async def apply_commit(self, committed: Committed) -> Applied:
         """Return once the indexes reflect ``committed`` (this replica's own commit) or later.
@@ -91,7 +129,7 @@ class IndexSync:
             if self.generation >= committed.generation:
                 return Applied(self.generation)
             if self.generation != committed.generation - 1:
-                return await self._catch_up()
+                return await self._catch_up(await self._store.generation())
             document_ids = sorted(committed.states)
             await self._stage(document_ids, [committed.states[d] for d in document_ids], self.dense)
             await self._commit(committed.generation)
@@ -99,8 +137,8 @@ class IndexSync:
             changes = [Change(committed.generation, d, committed.committed_at) for d in document_ids]
             return Applied(committed.generation, changes, len(document_ids))
 
-    async def _catch_up(self) -> Applied:
-        head = await self._store.generation()
+    async def _catch_up(self, head: int) -> Applied:
+        """Apply the changes up to ``head``, the store's generation read under the lock."""
         if self.generation < 0 or head < self.generation or head - self.generation >= CHANGES_RETAINED // 2:
             return await self._rebuild(head)
         if head == self.generation:
@@ -109,6 +147,7 @@ class IndexSync:
         document_ids = sorted({c.document_id for c in changes})
         for page in _pages(document_ids):
             states = await self._store.document_states(page)
+            self.read_back += len(states)
             await self._stage(page, list(states.values()), self.dense)
         await self._commit(head)
         self.indexed_per_catch_up.append(len(document_ids))
@@ -127,6 +166,7 @@ class IndexSync:
             if not page:
                 break
             states = await self._store.document_states(page)
+            self.read_back += len(states)
             await self._stage([], list(states.values()), dense)
             count, after = count + len(page), page[-1]
         self.dense = dense

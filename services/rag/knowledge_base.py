@@ -142,7 +142,7 @@ class KnowledgeBase:
         self._writes: set[asyncio.Task[Any]] = set()
         self._catch_up: asyncio.Task[None] | None = None
         self._save_task: asyncio.Task[None] | None = None
-        self._follower = StoreFollower(store.db, self.catch_up, self._serving)
+        self._follower = StoreFollower(store.db, self._follow, self._serving)
         # Texts this process has embedded (never those whose vectors it found in the store).
         self.embedded_chunks = 0
 
@@ -298,6 +298,14 @@ class KnowledgeBase:
         if self._metrics is not None:
             self._metrics.caught_up()
 
+    async def _follow(self) -> None:
+        applied = await self._ready().follow()
+        if applied is None:
+            return  # this replica's own commit under way: followed again once it is indexed
+        self._applied(applied, following=True)
+        if self._metrics is not None:
+            self._metrics.caught_up()
+
     # --- writes ---------------------------------------------------------------------------
 
     def document_violations(self, document: DocumentInput, *, field: str) -> Violations:
@@ -356,33 +364,47 @@ class KnowledgeBase:
         unchanged: Mapping[str, Any],
         wait_searchable: bool,
     ) -> list[IngestResult]:
-        committed: Committed | None
-        try:
-            committed = await self._store.apply(preparing.writes(prepared, vectors), unchanged=unchanged)
-            generation, outcomes = committed.generation, dict(committed.outcomes)
-        except NothingToWrite:
-            # "Searchable" still means: whatever the caller committed before (earlier batches of
-            # a stream) is indexed too.
-            committed = None
-            generation = await self._store.generation()
-            stored = await self._store.versions(d.document_id for d in documents)
-            outcomes = {d: ("unchanged", found.chunk_count) for d, found in stored.items()}
-        results = [
-            IngestResult(d.document_id, IngestOutcome(outcomes[d.document_id][0]), outcomes[d.document_id][1])
-            for d in documents
-        ]
-        if wait_searchable:
-            await (self._refresh(generation) if committed is None else self._indexed(committed))
-        elif self._catch_up is None or self._catch_up.done():
-            self._catch_up = self._track(self._catch_up_in_background())
-        return results
+        with self._own_commit():
+            committed: Committed | None
+            try:
+                committed = await self._store.apply(preparing.writes(prepared, vectors), unchanged=unchanged)
+                generation, outcomes = committed.generation, dict(committed.outcomes)
+            except NothingToWrite:
+                # "Searchable" still means: whatever the caller committed before (earlier batches of
+                # a stream) is indexed too.
+                committed = None
+                generation = await self._store.generation()
+                stored = await self._store.versions(d.document_id for d in documents)
+                outcomes = {d: ("unchanged", found.chunk_count) for d, found in stored.items()}
+            results = [
+                IngestResult(d.document_id, IngestOutcome(outcomes[d.document_id][0]), outcomes[d.document_id][1])
+                for d in documents
+            ]
+            if wait_searchable:
+                await (self._refresh(generation) if committed is None else self._indexed(committed))
+            elif self._catch_up is None or self._catch_up.done():
+                self._catch_up = self._track(self._catch_up_in_background())
+            return results
 
     async def _commit_delete(self, document_id: str) -> None:
+        with self._own_commit():
+            try:
+                committed = await self._store.apply([], deletes=[document_id])
+            except KeyError:
+                raise DocumentNotFound(document_id) from None
+            await self._indexed(committed)
+
+    @contextlib.contextmanager
+    def _own_commit(self) -> Iterator[None]:
+        """Around a commit of this replica and its indexing: the follower stands aside meanwhile
+        (it would index the same documents by reading them back) and follows once it is over."""
+        sync = self._ready()
+        sync.begin_own_commit()
         try:
-            committed = await self._store.apply([], deletes=[document_id])
-        except KeyError:
-            raise DocumentNotFound(document_id) from None
-        await self._indexed(committed)
+            yield
+        finally:
+            if sync.end_own_commit():
+                self._follower.wake.set()
 
     async def _refresh(self, generation: int) -> None:
         """Return once the indexes reflect ``generation`` or later."""

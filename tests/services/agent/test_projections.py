@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -136,3 +137,17 @@ async def test_the_rebuild_command_replays_the_log_into_the_configured_read_data
     counts = await rebuild(settings)
 
     assert counts == {"CANCELLED": 1, "COMPLETED": 2, "FAILED": 1, "PROCESSING": 1}
+
+
+async def test_a_follower_cancelled_as_a_commit_wakes_it_stops(stores: Stores) -> None:
+    # A replica's drain cancels the read model's follower just as the last run's commit wakes it.
+    # (Python 3.11's asyncio.wait_for loses that cancellation: the loop ran on and the drain hung.)
+    follower = asyncio.create_task(stores.projection.follow(stores.runs, interval_s=60, gather_s=0))
+    run, _ = await stores.runs.create(question="is the follower parked?")
+    await wait_until(lambda: stores.projection.get(run.run_id))
+    for _ in range(5):  # let it finish its catch-up and wait for the next commit
+        await asyncio.sleep(0)
+    stores.runs.next_commit().set()  # what the next commit does
+    follower.cancel()
+    done, _ = await asyncio.wait([follower], timeout=5)
+    assert done, "the follower kept running after it was cancelled"

@@ -84,6 +84,35 @@ async def test_a_change_reindexes_only_the_documents_it_touched_whatever_the_cor
     assert len(small.snapshot.chunks) == len(writer.snapshot.chunks) == 405
 
 
+async def test_a_replica_indexes_its_own_commits_from_what_it_wrote_and_still_follows_the_others(
+    replica: Replica,
+) -> None:
+    writer, other = await replica("writer"), await replica("other")
+    following = writer.follower(poll_s=0.2).start()
+
+    async def writer_finds(topic: str, count: int) -> None:
+        # Polled: what it waits for is the follower's doing, which signals nothing.
+        while len(await writer.search(topic, top_k=20)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    try:
+        await other.ingest(documents(1000, 5, topic="rollout"))
+        await asyncio.wait_for(writer_finds("rollout", 5), 10)
+        read_back = writer.indexes.read_back
+        for start in range(0, 100, 20):
+            await writer.ingest(documents(start, 20))
+        # Its follower, woken by each of these commits, stood aside: nothing was read back.
+        assert writer.indexes.read_back == read_back
+        # Commits of another replica landing while this one's are under way are followed all the same.
+        await asyncio.gather(
+            other.ingest(documents(2000, 7, topic="canary")),
+            *(writer.ingest(documents(start, 20, topic="budget")) for start in range(0, 100, 20)),
+        )
+        await asyncio.wait_for(writer_finds("canary", 7), 10)
+    finally:
+        await following.stop()
+
+
 async def test_start_up_opens_the_saved_indexes_and_applies_only_the_changes_since(replica: Replica) -> None:
     writer = await replica("writer")
     await writer.ingest(documents(0, 30))
