@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from runtime.heap import freeze_again
+
 
 class Embedder(Protocol):
     """Maps texts to L2-normalised float32 vectors; called from worker threads."""
@@ -244,6 +246,8 @@ def shared_minilm() -> MiniLmEmbedder:
     with _shared_lock:
         if _shared is None:
             _shared = MiniLmEmbedder()
+            # torch and the model are hundreds of thousands of objects kept for the process's life.
+            freeze_again("loading the sentence model")
         return _shared
 
 
