@@ -22,6 +22,7 @@ def test_a_tiny_run_measures_every_setting_and_the_floor(tmp_path: Path) -> None
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| delay each way | agents | CreateRun/s |" in done.stdout
+    assert " | GetRun p99 ms while creating / after | " in done.stdout
     assert "CreateRun/s at 1 ms each way ≥ 0.7x no added delay (1 agent)" in done.stdout
     results = json.loads((tmp_path / "write_path.json").read_text())
     assert [(s["delay_ms"], s["agents"]) for s in results["settings"]] == [(0.0, 1), (1.0, 1)]
