@@ -34,7 +34,7 @@ from interceptors.layer import ServerChain
 from runtime.channel_options import KEEPALIVE_TIME_MS
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
-from runtime.heap import freeze_service_process
+from runtime.heap import freeze_long_lived
 from runtime.lifespan import Lifespan
 from runtime.live_config.settings import DynamicSettings
 from runtime.logging import configure_logging
@@ -268,7 +268,7 @@ def run_service(settings_type: type[_S], build: ServiceBuild[_S]) -> int:
         return EXIT_INVALID_SETTING
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     # The service's modules are imported: they live as long as the process (runtime/heap.py).
-    freeze_service_process("importing the service")
+    freeze_long_lived("importing the service")
 
     def serve(settings: _S) -> int:
         return asyncio.run(serve_until_signal(lambda: build(settings, discovery, dynamic=dynamic)))

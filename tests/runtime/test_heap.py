@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.heap import freeze_again, freeze_long_lived
+from runtime.heap import freeze_long_lived
 
 
 class Node:
@@ -41,10 +41,3 @@ def test_garbage_made_before_freezing_is_collected_rather_than_kept_for_good() -
     garbage = weakref.ref(Node())
     freeze_long_lived("a test")
     assert garbage() is None
-
-
-def test_outside_a_service_process_a_later_freeze_does_nothing() -> None:
-    # Test processes build servers and models again and again: their heap stays collectable.
-    frozen = gc.get_freeze_count()
-    freeze_again("loading a model in a test")
-    assert gc.get_freeze_count() == frozen
