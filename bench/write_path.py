@@ -69,8 +69,8 @@ POLLERS = 2
 # Each poller pauses this long between GetRuns, so reading does not crowd out the writes it watches.
 POLL_PAUSE_S = 0.02
 # The default engine loads its sentence model in the background once the agent serves (until then
-# it scores lexically): seconds of imports holding the GIL, which the load must not time. Each
-# agent logs one of these when its engine is ready.
+# it scores lexically): seconds of CPU in the agent's model process, which the load must not time.
+# Each agent logs one of these when its engine is ready.
 MODEL_READY = ("extractive engine scores with the sentence model", "extractive engine scores lexically")
 MODEL_LOAD_WITHIN_S = 180.0
 # With --profile: how long py-spy samples the first agent from the start of the load.
