@@ -270,7 +270,10 @@ class ChildProcessEmbedder:
     @staticmethod
     def _start() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_load
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_load,
+            initargs=(os.getpid(),),
         )
 
     def _remote_pass(self, texts: list[str]) -> npt.NDArray[np.float32]:
@@ -296,11 +299,12 @@ _PARENT_CHECK_S = 1.0
 _child_model: MiniLmEmbedder | None = None
 
 
-def _child_load() -> None:
+def _child_load(parent: int) -> None:
     global _child_model  # noqa: PLW0603 - one model per child process
     # A parent killed with SIGKILL never tells its pool's workers to stop, and they wait on their
     # pipe for good (hundreds of MB each): the child watches for its parent to go and then exits.
-    parent = os.getppid()
+    # The parent's id comes from the parent: one that died while this child was starting has
+    # already left it to init, and os.getppid() here would watch init.
     threading.Thread(target=_exit_when_orphaned, args=(parent,), name="parent-watch", daemon=True).start()
     _child_model = MiniLmEmbedder()
 
