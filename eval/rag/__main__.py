@@ -68,7 +68,9 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
 def passages(hits: list[Hit]) -> tuple[Passage, ...]:
     """Search hits as the agent's retrieval step hands them to the decision engine."""
     return tuple(
-        Passage(h.chunk.document_id, chunk_id(h.chunk), h.chunk.start, h.chunk.end, h.chunk.text, h.score)
+        Passage(
+            h.chunk.document_id, chunk_id(h.chunk), h.chunk.start, h.chunk.end, h.chunk.text, h.score, h.chunk.heading
+        )
         for h in hits[:ANSWER_TOP_K]
     )
 

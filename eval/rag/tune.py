@@ -168,13 +168,24 @@ def release_threshold(scored: Sequence[Scored], abstain: float) -> float:
 def grid(lexical_only: bool) -> list[Weights]:
     if lexical_only:
         return [
-            Weights(0.0, 1.0, 0.0, rank, abstain=0.0, release=0.0, missing=missing, topic=0.0, companion=companion)
-            for rank, missing, companion in itertools.product([0.3, 0.5, 0.7, 1.0], [0.0, 0.6, 1.2], [0.05, 0.1, 0.2])
+            Weights(0.0, 1.0, 0.0, rank, 0.0, 0.0, missing=missing, topic=0.0, companion=companion, unmet=unmet)
+            for rank, missing, companion, unmet in itertools.product(
+                [0.3, 0.5, 0.7, 1.0], [0.0, 0.6, 1.2], [0.05, 0.1, 0.2], [0.0, 0.25, 0.5]
+            )
         ]
     return [
-        Weights(similarity, lexical, cue, rank, 0.0, 0.0, missing=missing, topic=topic, companion=companion)
-        for similarity, topic, lexical, cue, rank, missing, companion in itertools.product(
-            [0.5, 1.0], [0.0, 0.5, 0.75, 1.0], [0.1, 0.25], [0.0, 0.1], [0.75, 1.0, 1.25], [0.3, 0.6], [0.05, 0.2, 0.3]
+        Weights(
+            similarity, lexical, cue, rank, 0.0, 0.0, missing=missing, topic=topic, companion=companion, unmet=unmet
+        )
+        for similarity, topic, lexical, cue, rank, missing, companion, unmet in itertools.product(
+            [0.5, 1.0],
+            [0.5, 0.75, 1.0],
+            [0.1, 0.25],
+            [0.0, 0.1],
+            [0.75, 1.0, 1.25],
+            [0.3, 0.6, 1.0],
+            [0.05, 0.2, 0.3],
+            [0.0, 0.5, 1.0],
         )
     ]
 

@@ -43,6 +43,7 @@ class RagRetriever:
                 end_offset=result.citation.end_offset,
                 text=result.citation.quote,
                 score=result.score,
+                heading=result.heading,
             )
             for result in response.results
         ]

@@ -87,6 +87,7 @@ def _search_result(hit: Hit) -> document_pb2.SearchResult:
         ),
         score=hit.score,
         metadata=dict(hit.document.metadata),
+        heading=chunk.heading,
     )
 
 

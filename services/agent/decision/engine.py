@@ -19,6 +19,8 @@ class Passage:
     end_offset: int
     text: str
     score: float
+    # The chunk's heading path in its document ("Retry policy > Backoff"); empty when it has none.
+    heading: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +30,7 @@ class Passage:
             "end_offset": self.end_offset,
             "text": self.text,
             "score": self.score,
+            "heading": self.heading,
         }
 
     @classmethod
@@ -39,6 +42,8 @@ class Passage:
             end_offset=int(raw["end_offset"]),
             text=str(raw["text"]),
             score=float(raw["score"]),
+            # Runs retrieved before passages carried it have none.
+            heading=str(raw.get("heading", "")),
         )
 
 

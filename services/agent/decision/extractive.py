@@ -7,9 +7,11 @@ loaded once per process), the same for the sentence read under its section headi
 shutdown it deregisters." says little; under "Service discovery with Consul" it says whether a
 service leaves Consul when it stops), the lexical evidence (the question's topical words the sentence holds),
 a question-type cue (a "what is the default / how long / how many" question wants a sentence
-naming a value) and the rank retrieval gave its passage. The weights and thresholds were chosen
-by cross-validation inside the tuning half of ``eval/rag`` only (``python -m eval.rag.tune``); the
-held-out half measures them.
+naming a value: one that names none is on the topic without answering) and the rank retrieval
+gave its passage. The section heading is the chunk's heading path when retrieval gives it
+("Retry policy > Backoff"), so the document's title is part of what a sentence is read under.
+The weights and thresholds were chosen by cross-validation inside the tuning half of ``eval/rag``
+only (``python -m eval.rag.tune``); the held-out half measures them.
 
 When the best sentence scores below the abstention threshold the engine says the knowledge base
 does not cover the question (no citations); between that and the release threshold it answers
@@ -113,21 +115,25 @@ class Weights:
     topic: float = 0.0
     # A second sentence of the best one's document is quoted when it scores within this of the best.
     companion: float = 0.05
+    # Taken off a sentence that names no value when the question asks for one ("What is the default
+    # cool-down?" over "After a cool-down it turns half-open"): it is on the topic and does not answer.
+    unmet: float = 0.0
 
 
 # Chosen on the tuning half of eval/rag (python -m eval.rag.tune); see docs/rag.md for the figures.
 SEMANTIC_WEIGHTS = Weights(
-    similarity=0.5,
-    topic=1.0,
-    lexical=0.25,
+    similarity=1.0,
+    topic=0.5,
+    lexical=0.1,
     cue=0.0,
-    rank=1.25,
-    missing=0.3,
-    companion=0.2,
-    abstain=1.904,
-    release=2.401,
+    rank=0.75,
+    missing=0.6,
+    companion=0.3,
+    unmet=0.5,
+    abstain=1.365,
+    release=1.522,
 )
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.042, release=1.21, missing=0.6)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.054, release=1.325, missing=0.6)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
@@ -144,6 +150,7 @@ class Candidate:
     lexical: float  # weighted share of the question's words it holds
     topical: bool  # holds a topical word of the question, not only shape words like "long"
     cue: float  # 1 when the question asks for a value and the sentence names one
+    unmet: float  # 1 when the question asks for a value and the sentence names none
     rank_score: float  # its passage's retrieval score over the best passage's
     missing: float  # share of the question's topical words in none of the passages read
 
@@ -155,6 +162,7 @@ class Candidate:
             + weights.cue * self.cue
             + weights.rank * self.rank_score
             - weights.missing * self.missing
+            - weights.unmet * self.unmet
         )
 
 
@@ -295,6 +303,7 @@ class ExtractiveDecisionEngine:
                     lexical=sum(weight(stem, terms[stem]) for stem in shared) / total if total else 0.0,
                     topical=bool(shared & strong),
                     cue=1.0 if wants_value and _VALUE.search(sentence) else 0.0,
+                    unmet=1.0 if wants_value and not _VALUE.search(sentence) else 0.0,
                     rank_score=passage.score / top_score if top_score > 0 else 0.0,
                     missing=missing,
                 )
@@ -358,14 +367,19 @@ def _confidence(score: float, weights: Weights) -> float:
 
 
 def _sentences(passages: Sequence[Passage]) -> Iterator[tuple[int, Passage, int, str, str]]:
-    """(passage rank, passage, offset in it, section heading above it, sentence) of every statement in them."""
+    """(passage rank, passage, offset in it, section heading above it, sentence) of every statement in them.
+
+    The heading is the passage's heading path when retrieval gave one ("Retry policy > Backoff": the
+    document's title too, and a chunk that starts mid-section has no heading line of its own), else
+    the last heading line above the sentence in the passage.
+    """
     for rank, passage in enumerate(passages):
-        heading = ""
+        heading = passage.heading
         for match in _SENTENCE.finditer(passage.text):
             sentence = match.group()
             # A Markdown heading names a topic but states nothing; an answer quotes statements.
             if sentence.startswith("#"):
-                heading = sentence.lstrip("#").strip()
+                heading = passage.heading or sentence.lstrip("#").strip()
                 continue
             start = match.start()
             if marker := _LIST_MARKER.match(sentence):

@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
+from runtime.embedding import Embedder
 from services.agent.decision import Decision, DecisionRequest, ExtractiveDecisionEngine, Passage
 from services.agent.model import Citation
 
@@ -101,3 +105,17 @@ REFUNDS = Passage(
     text="Refunds are processed within 5 business days. A refund needs the order number.",
     score=3.2,
 )
+
+
+class Recording:
+    """The real model, with the batches it was asked for written down."""
+
+    def __init__(self, model: Embedder) -> None:
+        self.model = model
+        self.model_name = model.model_name
+        self.dimensions = model.dimensions
+        self.batches: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.batches.append(list(texts))
+        return self.model.embed(texts)

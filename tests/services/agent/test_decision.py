@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from eval.rag.chat_double import NOT_FOUND, ChatDouble, quote_first_passage
+from runtime.embedding import loaded_minilm
 from services.agent.decision import (
     NO_KNOWLEDGE,
     DecisionRequest,
@@ -19,7 +20,7 @@ from services.agent.decision import (
 )
 from services.agent.decision.extractive import LEXICAL_WEIGHTS, Weights
 from services.agent.rules import ReviewPolicy
-from tests.services.agent.engines import REFUNDS, SlowEngine
+from tests.services.agent.engines import REFUNDS, Recording, SlowEngine
 
 DOCUMENT = "# Refunds\n\nRefunds are processed within 5 business days.\n\nA refund needs the order number."
 CHUNK = Passage("refund-policy", "refund-policy#0", 0, len(DOCUMENT), DOCUMENT, 2.0)
@@ -106,10 +107,11 @@ HEALTH = (
 async def test_the_sentence_that_answers_wins_over_the_ones_sharing_most_words() -> None:
     passage = Passage("reflection", "reflection#0", 0, len(REFLECTION), REFLECTION, 5.0)
     question = "Is it risky to leave reflection on in production?"
-    # Which sentence is chosen, whatever the thresholds (abstention has its own tests).
+    # Which sentence scores best, whatever the thresholds (abstention has its own tests) and without the
+    # companion a second sentence within the margin may join it as.
     engine = ExtractiveDecisionEngine()
     candidates = await engine.candidates(DecisionRequest("run-1", question, (passage,)))
-    decision = engine.choose(candidates, dataclasses.replace(engine.weights, abstain=0.0))
+    decision = engine.choose(candidates, dataclasses.replace(engine.weights, abstain=0.0, companion=0.0))
     assert [c.quote for c in decision.citations] == [
         "Reflection exposes the API surface, not data, but operators may still turn it off on internet-facing"
         " listeners."
@@ -244,3 +246,43 @@ async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_o
     release.set()
     assert engine.weights == LEXICAL_WEIGHTS
     assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
+
+
+async def test_a_sentence_is_read_under_its_chunks_heading_path_when_retrieval_gives_one() -> None:
+    model = loaded_minilm()
+    if model is None:
+        pytest.skip("the sentence model is not installed (dense extra)")
+    text = "## Backoff\n\nThe delay grows with each attempt."
+    recording = Recording(model)
+    engine = ExtractiveDecisionEngine(embedder=recording, embedding_cache_size=0)
+    request = DecisionRequest("run-1", "How long between retries?", ())
+    # The path names the document's title too ("Retry policy"), which the chunk's own heading line does not.
+    with_path = Passage("retries", "retries#1", 10, 10 + len(text), text, 1.0, heading="Retry policy > Backoff")
+    await engine.candidates(dataclasses.replace(request, passages=(with_path,)))
+    assert "Retry policy > Backoff: The delay grows with each attempt." in recording.batches[-1]
+    # Without one (an older RAG), the heading line above the sentence is what it is read under.
+    await engine.candidates(dataclasses.replace(request, passages=(dataclasses.replace(with_path, heading=""),)))
+    assert "Backoff: The delay grows with each attempt." in recording.batches[-1]
+
+
+async def test_a_sentence_naming_no_value_does_not_answer_a_question_asking_for_one() -> None:
+    text = "# Sessions\n\nA session expires after an idle period. The idle period is thirty minutes."
+    passage = Passage("sessions", "sessions#0", 0, len(text), text, 1.0)
+    engine = ExtractiveDecisionEngine()
+    candidates = await engine.candidates(
+        DecisionRequest("run-1", "How long is the idle period of a session?", (passage,))
+    )
+    assert [(c.citation.quote, c.unmet) for c in candidates] == [
+        ("A session expires after an idle period.", 1.0),
+        ("The idle period is thirty minutes.", 0.0),
+    ]
+    # A question that asks for no value holds no sentence to that.
+    candidates = await engine.candidates(DecisionRequest("run-1", "When does a session expire?", (passage,)))
+    assert [c.unmet for c in candidates] == [0.0, 0.0]
+
+
+def test_a_passage_keeps_its_heading_path_through_a_saved_run_and_reads_runs_saved_without_one() -> None:
+    passage = Passage("retries", "retries#1", 10, 20, "The delay grows.", 1.0, heading="Retry policy > Backoff")
+    assert Passage.from_dict(passage.to_dict()) == passage
+    older = {k: v for k, v in passage.to_dict().items() if k != "heading"}
+    assert Passage.from_dict(older) == dataclasses.replace(passage, heading="")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
-import numpy.typing as npt
 import pytest
 
-from runtime.embedding import Embedder, loaded_minilm
+from runtime.embedding import loaded_minilm
 from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
+from tests.services.agent.engines import Recording
 
 REFUNDS = "Refunds are processed within 5 business days. A refund needs the order number and the receipt."
 SHIPPING = "Orders ship within 2 business days. Express shipping arrives the next business day."
@@ -18,20 +15,6 @@ PASSAGES = (
     Passage("shipping", "shipping#0", 0, len(SHIPPING), SHIPPING, 1.5),
 )
 QUESTIONS = ("How long do refunds take?", "What does a refund need?", "When do orders ship?", "How fast is express?")
-
-
-class Recording:
-    """The real model, with the batches it was asked for written down."""
-
-    def __init__(self, model: Embedder) -> None:
-        self.model = model
-        self.model_name = model.model_name
-        self.dimensions = model.dimensions
-        self.batches: list[list[str]] = []
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        self.batches.append(list(texts))
-        return self.model.embed(texts)
 
 
 async def test_sentences_seen_for_one_question_are_not_embedded_again_and_decisions_do_not_change() -> None:

@@ -18,6 +18,7 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
+from services.agent.retrieval import RagRetriever
 from tests.services.agent.runs import settled_run
 from tests.system import running_system, start_rag
 
@@ -63,7 +64,7 @@ async def ingest(rag: rag_grpc.RagServiceAsyncStub, *documents: document_pb2.Doc
     return [r.outcome for r in response.results]
 
 
-async def test_search_returns_citations_with_chunk_ids_offsets_scores_and_metadata(
+async def test_search_returns_citations_with_chunk_ids_offsets_scores_metadata_and_heading_paths(
     rag: rag_grpc.RagServiceAsyncStub,
 ) -> None:
     assert await ingest(rag, RETRIES, INVOICES) == [Created, Created]
@@ -75,7 +76,19 @@ async def test_search_returns_citations_with_chunk_ids_offsets_scores_and_metada
     assert "retry budget" in best.citation.quote
     assert best.score > 0 and best.citation.score == best.score
     assert dict(best.metadata) == {"team": "platform"}
+    assert best.heading == "Retries > Budgets"
     assert [r.score for r in response.results] == sorted((r.score for r in response.results), reverse=True)
+
+
+async def test_the_agents_retriever_hands_each_passage_its_heading_path(
+    rag_server: ManagedServer, rag: rag_grpc.RagServiceAsyncStub
+) -> None:
+    await ingest(rag, RETRIES, INVOICES)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rag_server.port}") as channel:
+        passages = await RagRetriever(lambda: channel, timeout_s=5)("retry budget load", {}, 5)
+    assert {(p.document_id, p.heading) for p in passages} >= {("guide/retries", "Retries > Budgets")}
+    # Plain text has no headings.
+    assert all(p.heading == "" for p in passages if p.document_id == "billing/invoices")
 
 
 async def test_get_returns_the_stored_document_and_delete_removes_it(rag: rag_grpc.RagServiceAsyncStub) -> None:
