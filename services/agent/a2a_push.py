@@ -139,17 +139,6 @@ class PushNotifications:
             await _recount(tx, stored.task_id)
         return stored
 
-    async def expect(self, task_id: str) -> None:
-        """Count a config that the caller is about to store for an existing task (a reply that
-        carries one), so the events its reply writes are read for configs when consumed. If the
-        config never comes, the count stays one too high until the task's next save or delete:
-        a read that finds nothing, never a lost push."""
-        async with self._db.transaction() as tx:
-            await tx.execute(
-                "UPDATE runs SET push_configs = push_configs + 1 WHERE run_id = :task_id AND push_configs >= 0",
-                {"task_id": task_id},
-            )
-
     async def get(self, task_id: str, config_id: str) -> a2a_pb2.TaskPushNotificationConfig:
         row = await self._db.fetch_one(
             "SELECT config FROM a2a_push_configs WHERE task_id = :task_id AND config_id = :config_id",

@@ -171,17 +171,29 @@ class RunTaskHandler(RequestHandler):
             with _push_url_errors("configuration.task_push_notification_config.url"):
                 await check_push_url(push.url, self._push.settings)
         if message.task_id:
-            if with_push:
-                # Counted before the reply writes its events, so they are pushed to the config too.
-                await self._push.expect(message.task_id)
-            run = await self._reply(message)
-        else:
-            run = await self._create(message, push_config_follows=with_push)
+            return await self._reply_with(message, push if with_push else None)
+        run = await self._create(message, push_config_follows=with_push)
         if with_push:
             push.task_id = run.run_id
             with _push_url_errors("configuration.task_push_notification_config.url"):
                 await self._push.save(push, creator=current_caller.get().subject)
         return run
+
+    async def _reply_with(self, message: a2a_pb2.Message, push: a2a_pb2.TaskPushNotificationConfig | None) -> Run:
+        """The reply, its push config (if it carries one) stored first: updates committed before a
+        config are not pushed to it, and the reply's outcome should be. A refused reply applied
+        nothing, so its config is removed again."""
+        if push is None:
+            return await self._reply(message)
+        _check_task_id(message.task_id, "message.task_id")
+        push.task_id = message.task_id
+        with _push_url_errors("configuration.task_push_notification_config.url"):
+            stored = await self._push.save(push, creator=current_caller.get().subject)
+        try:
+            return await self._reply(message)
+        except Exception:
+            await self._push.delete(message.task_id, stored.id)
+            raise
 
     async def _create(self, message: a2a_pb2.Message, *, push_config_follows: bool) -> Run:
         question = _text_of(message)
