@@ -27,6 +27,7 @@ RUN mkdir gen \
 
 COPY runtime/ runtime/
 COPY rpcstatus/ rpcstatus/
+COPY bounded/ bounded/
 COPY interceptors/ interceptors/
 COPY services/ services/
 # Bytecode now: the root filesystem is read-only at run time.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any, Protocol
 
 import jwt
 import structlog
+
+from bounded.lru import LRUCache
 
 log = structlog.get_logger(__name__)
 
@@ -190,9 +191,8 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
-        self._cache_size = cache_size
         self._clock = clock
-        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
+        self._cache: LRUCache[str, VerifiedToken] = LRUCache(cache_size)
         self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "sub", "iss", "aud"], "verify_iat": True})
 
     def still_valid(self, verified: VerifiedToken) -> bool:
@@ -208,16 +208,13 @@ class TokenVerifier:
         cached = self._cache.get(token)
         if cached is not None:
             if cached.expires_at + self._leeway <= self._clock():
-                del self._cache[token]
+                self._cache.pop(token)
                 raise TokenRejected("TOKEN_EXPIRED", "the bearer token has expired; obtain a new one")
             if self._keys.find(cached.kid) is cached.key:
-                self._cache.move_to_end(token)
                 return cached
-            del self._cache[token]  # its key was rotated out: verify again (and fail)
+            self._cache.pop(token)  # its key was rotated out: verify again (and fail)
         verified = self._verify_uncached(token)
         self._cache[token] = verified
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
         return verified
 
     def _verify_uncached(self, token: str) -> VerifiedToken:

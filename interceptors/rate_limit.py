@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ import grpc.aio
 from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bounded.lru import LRUCache
 from interceptors._typing import Context
 from interceptors.identity import current_caller
 from interceptors.layer import Check, Concern, MethodInfo
@@ -106,9 +106,8 @@ class RateLimiter:
         self._policy = policy
         self._default = MethodRules(policy.limits)
         self._per_caller = {subject: MethodRules(rules) for subject, rules in policy.caller_limits.items()}
-        self._max_buckets = max_buckets
         self._clock = clock
-        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self._buckets: LRUCache[tuple[str, str], TokenBucket] = LRUCache(max_buckets)
 
     def replace_policy(self, policy: RateLimitPolicy) -> None:
         """Swap the limits while serving (live config); buckets restart full under the new limits."""
@@ -146,10 +145,6 @@ class RateLimiter:
                 return 0.0
             bucket = TokenBucket(limit.rate_per_second, float(limit.burst), float(limit.burst), now)
             self._buckets[key] = bucket
-            if len(self._buckets) > self._max_buckets:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
         return bucket.take(now)
 
 

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from bounded.lru import LRUCache
 
 
 class Embedder(Protocol):
@@ -198,7 +199,7 @@ class EmbeddingCache:
                 f" got {max_entries!r}"
             )
         self.max_entries = max_entries
-        self._vectors: OrderedDict[tuple[str, str], npt.NDArray[np.float32]] = OrderedDict()
+        self._vectors: LRUCache[tuple[str, str], npt.NDArray[np.float32]] = LRUCache(max_entries)
         self._lock = threading.Lock()
         # Texts served from the cache, and distinct texts embedded, since it was made.
         self.hits = 0
@@ -217,7 +218,6 @@ class EmbeddingCache:
             for text in texts:
                 vector = self._vectors.get((model, text))
                 if vector is not None:
-                    self._vectors.move_to_end((model, text))
                     found[text] = vector
             missing = list(dict.fromkeys(t for t in texts if t not in found))
             self.hits += sum(1 for t in texts if t in found)
@@ -231,9 +231,6 @@ class EmbeddingCache:
             with self._lock:
                 for text in missing:
                     self._vectors[(model, text)] = found[text]
-                    self._vectors.move_to_end((model, text))
-                while len(self._vectors) > self.max_entries:
-                    self._vectors.popitem(last=False)
         if not texts:
             return np.zeros((0, embedder.dimensions), dtype=np.float32)
         return np.stack([found[text] for text in texts])

@@ -7,9 +7,9 @@ The event loop makes every operation atomic, since none of them awaits.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from bounded.lru import LRUCache
 from interceptors.idempotency.store import Entry
 
 
@@ -27,31 +27,28 @@ class MemoryStore:
     def __init__(self, *, max_entries: int = 100_000) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self._max_entries = max_entries
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        # Oldest claim first: reading a slot (a retry finding its record) does not keep it longer.
+        self._slots: LRUCache[str, _Slot] = LRUCache(max_entries)
 
     async def claim(self, key: str, fingerprint: str, owner: str, *, lease: float) -> Entry | None:
         now = time.monotonic()
-        slot = self._slots.get(key)
+        slot = self._slots.peek(key)
         if slot is not None and slot.expires_at > now:
             return Entry(slot.fingerprint, slot.record)
         self._slots[key] = _Slot(fingerprint, owner, None, now + lease)
-        self._slots.move_to_end(key)
-        while len(self._slots) > self._max_entries:
-            self._slots.popitem(last=False)
         return None
 
     async def complete(self, key: str, owner: str, record: bytes, *, ttl: float) -> None:
-        slot = self._slots.get(key)
+        slot = self._slots.peek(key)
         if slot is not None and slot.owner == owner:
             slot.owner = None
             slot.record = record
             slot.expires_at = time.monotonic() + ttl
 
     async def release(self, key: str, owner: str) -> None:
-        slot = self._slots.get(key)
+        slot = self._slots.peek(key)
         if slot is not None and slot.owner == owner:
-            del self._slots[key]
+            self._slots.pop(key)
 
     async def close(self) -> None:
         self._slots.clear()

@@ -21,7 +21,7 @@ import hashlib
 import re
 import time
 import weakref
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
+from bounded.lru import LRUCache
 from runtime.backoff import Backoff
 from runtime.database.errors import DatabaseUnavailable
 from runtime.database.interface import Dialect, Params, Result
@@ -101,7 +102,7 @@ class _Statements:
     """One connection's prepared statements, by text, the least recently used dropped first."""
 
     def __init__(self) -> None:
-        self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
+        self._prepared: LRUCache[str, PreparedStatement] = LRUCache(_PREPARED_PER_CONNECTION)
 
     async def run(self, driver: asyncpg.Connection, sql: str, params: Params | None) -> Result:
         query, names = positional(sql)
@@ -110,15 +111,11 @@ class _Statements:
         if statement is None:
             statement = await driver.prepare(query)
             self._prepared[query] = statement
-            if len(self._prepared) > _PREPARED_PER_CONNECTION:
-                self._prepared.popitem(last=False)
-        else:
-            self._prepared.move_to_end(query)
         try:
             rows = await statement.fetch(*values)
         except asyncpg.InvalidCachedStatementError:
             # The schema changed under the plan (a migration by another replica): prepare again.
-            del self._prepared[query]
+            self._prepared.pop(query)
             raise
         count = _STATUS_COUNT.match(statement.get_statusmsg() or "")
         return Result(rows, int(count.group(1)) if count else -1)

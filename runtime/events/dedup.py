@@ -10,8 +10,8 @@ or not persisted; it suppresses duplicates within one process lifetime.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
+from bounded.lru import LRUCache
 from runtime.database import Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event, Handler
 
@@ -115,16 +115,13 @@ class ProcessedEvents:
 
 def deduplicate(handler: Handler, *, capacity: int = 100_000) -> Handler:
     """Wrap ``handler`` so an event id seen in the last ``capacity`` events is handled once."""
-    seen: OrderedDict[str, None] = OrderedDict()
+    seen: LRUCache[str, bool] = LRUCache(capacity)
 
     async def handle_once(event: Event) -> None:
-        if event.id in seen:
-            seen.move_to_end(event.id)
+        if seen.get(event.id):  # a duplicate, now the most recently seen
             return
         await handler(event)
         # Only after success: a failed attempt must stay eligible for redelivery.
-        seen[event.id] = None
-        if len(seen) > capacity:
-            seen.popitem(last=False)
+        seen[event.id] = True
 
     return handle_once

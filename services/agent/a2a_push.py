@@ -13,6 +13,9 @@
   LOCKED`` on PostgreSQL, the single writer on SQLite).
 - Bounded: after ``max_attempts`` failures, or a URL the policy now refuses, a row is abandoned
   (kept, with its last error, for inspection), never retried forever.
+- Read only where they may exist: the run row counts its configs (changed here, under the row's
+  lock) and each run event carries the count its write saw (``run_store``: why that loses no push).
+  The consumer reads a task's configs only for an event that does not say 0.
 - Sent as the A2A spec and a2a-sdk's sender do: the StreamResponse as JSON, the config's token in
   ``X-A2A-Notification-Token`` and its authentication as ``Authorization: <scheme> <credentials>``.
 """
@@ -31,7 +34,7 @@ from a2a.types import a2a_pb2
 from google.protobuf import json_format
 
 from runtime.backoff import Backoff
-from runtime.database import Database, Migration, Schema
+from runtime.database import Database, Migration, Schema, Transaction
 from runtime.events.bus import Event
 from services.agent.a2a_push_policy import PushSettings, PushUrlRefused, check_push_url
 from services.agent.a2a_tasks import stream_events
@@ -126,12 +129,14 @@ class PushNotifications:
             "now": time.time(),
         }
         async with self._db.transaction() as tx:
+            await _lock_run(tx, stored.task_id)
             await tx.execute(
                 "INSERT INTO a2a_push_configs (task_id, config_id, creator, config, create_time)"
                 " VALUES (:task_id, :config_id, :creator, :config, :now)"
                 " ON CONFLICT (task_id, config_id) DO UPDATE SET config = excluded.config, creator = excluded.creator",
                 params,
             )
+            await _recount(tx, stored.task_id)
         return stored
 
     async def get(self, task_id: str, config_id: str) -> a2a_pb2.TaskPushNotificationConfig:
@@ -156,10 +161,12 @@ class PushNotifications:
 
     async def delete(self, task_id: str, config_id: str) -> None:
         async with self._db.transaction() as tx:
+            await _lock_run(tx, task_id)
             await tx.execute(
                 "DELETE FROM a2a_push_configs WHERE task_id = :task_id AND config_id = :config_id",
                 {"task_id": task_id, "config_id": config_id},
             )
+            await _recount(tx, task_id)
 
     # -- enqueue (a bus consumer) -----------------------------------------------------------
 
@@ -167,7 +174,8 @@ class PushNotifications:
         """The deliveries one run event makes: one per (update it produces, config of its task)."""
         run_event = run_event_from_event(event)
         updates = list(stream_events(run_event))
-        if not updates:
+        # 0: the task had no config when this event committed (-1 or absent: not known, so read).
+        if not updates or event.data.get("push_configs", -1) == 0:
             return
         rows = await self._db.fetch_all(
             "SELECT config_id FROM a2a_push_configs WHERE task_id = :task_id", {"task_id": run_event.run_id}
@@ -279,6 +287,20 @@ class PushNotifications:
             "SELECT count(*) FROM a2a_push_deliveries WHERE delivered_at IS NULL AND abandoned_at IS NULL"
         )
         return int(row[0]) if row else 0
+
+
+async def _lock_run(tx: Transaction, task_id: str) -> None:
+    """Take the task's run row lock first: every change of its configs, and every event written for
+    it, then waits for this transaction (``run_store``), so the count written next is exact."""
+    await tx.execute("UPDATE runs SET push_configs = push_configs WHERE run_id = :task_id", {"task_id": task_id})
+
+
+async def _recount(tx: Transaction, task_id: str) -> None:
+    await tx.execute(
+        "UPDATE runs SET push_configs = (SELECT count(*) FROM a2a_push_configs WHERE task_id = :task_id)"
+        " WHERE run_id = :task_id",
+        {"task_id": task_id},
+    )
 
 
 def _stream_response(

@@ -165,18 +165,37 @@ class RunTaskHandler(RequestHandler):
         if violations:
             raise invalid_argument(violations)
         push = params.configuration.task_push_notification_config
-        if params.configuration.HasField("task_push_notification_config"):
+        with_push = params.configuration.HasField("task_push_notification_config")
+        if with_push:
             # Checked before anything is created: a refused URL creates no task.
             with _push_url_errors("configuration.task_push_notification_config.url"):
                 await check_push_url(push.url, self._push.settings)
-        run = await self._reply(message) if message.task_id else await self._create(message)
-        if params.configuration.HasField("task_push_notification_config"):
+        if message.task_id:
+            return await self._reply_with(message, push if with_push else None)
+        run = await self._create(message, push_config_follows=with_push)
+        if with_push:
             push.task_id = run.run_id
             with _push_url_errors("configuration.task_push_notification_config.url"):
                 await self._push.save(push, creator=current_caller.get().subject)
         return run
 
-    async def _create(self, message: a2a_pb2.Message) -> Run:
+    async def _reply_with(self, message: a2a_pb2.Message, push: a2a_pb2.TaskPushNotificationConfig | None) -> Run:
+        """The reply, its push config (if it carries one) stored first: updates committed before a
+        config are not pushed to it, and the reply's outcome should be. A refused reply applied
+        nothing, so its config is removed again."""
+        if push is None:
+            return await self._reply(message)
+        _check_task_id(message.task_id, "message.task_id")
+        push.task_id = message.task_id
+        with _push_url_errors("configuration.task_push_notification_config.url"):
+            stored = await self._push.save(push, creator=current_caller.get().subject)
+        try:
+            return await self._reply(message)
+        except Exception:
+            await self._push.delete(message.task_id, stored.id)
+            raise
+
+    async def _create(self, message: a2a_pb2.Message, *, push_config_follows: bool) -> Run:
         question = _text_of(message)
         if not question.strip():
             raise invalid_argument([("message.parts", "needs a text part with the question")])
@@ -191,6 +210,7 @@ class RunTaskHandler(RequestHandler):
             labels={CONTEXT_LABEL: context_id},
             retrieval_filter={},
             request_id_field="message.message_id",
+            push_config_follows=push_config_follows,
         )
 
     async def _reply(self, message: a2a_pb2.Message) -> Run:

@@ -83,8 +83,11 @@ class RunCommands:
         labels: Mapping[str, str],
         retrieval_filter: Mapping[str, str],
         request_id_field: str = "request_id",
+        push_config_follows: bool = False,
     ) -> Run:
-        """Store a run for the caller and start it, or return the run this request id already made."""
+        """Store a run for the caller and start it, or return the run this request id already made.
+
+        ``push_config_follows``: an A2A push config is stored for it next (``RunStore.create``)."""
         try:
             with self._executor.admit() as admission:
                 try:
@@ -94,6 +97,7 @@ class RunCommands:
                         request_id=request_id,
                         labels=labels,
                         retrieval_filter=retrieval_filter,
+                        push_config_follows=push_config_follows,
                     )
                 except RequestIdReused:
                     raise invalid_argument(

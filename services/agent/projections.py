@@ -5,10 +5,11 @@ Fed one way: from the event log's global feed by cursor (``catch_up``), woken by
 (``follow``). Commits arriving together are applied as one batch, in one transaction, so the
 read side costs a few statements per batch rather than a transaction per event. The apply is
 idempotent: each event id is applied once (the ledger commits with the view), and a run's row
-only moves forward in ``version``, so an event read twice (two replicas following one feed)
-cannot roll it back or double-count it. ``rebuild`` drops the view and replays the whole log,
-which yields exactly the live view. (The event bus still carries the events to their other
-consumers; feeding the view from it as well applied every event twice.)
+only moves forward in ``version``, so an event read twice (one replica follows, under a lease,
+but two may for a moment: see ``follow``) cannot roll it back or double-count it. ``rebuild``
+drops the view and replays the whole log, which yields exactly the live view. (The event bus
+still carries the events to their other consumers; feeding the view from it as well applied
+every event twice.)
 
 Replicas sharing a database share one view without a lock shared by all runs: a transaction
 applying a run's event takes that run's lock (``agent.run_view:<run_id>``; runs in sorted order,
@@ -23,6 +24,9 @@ import asyncio
 import base64
 import binascii
 import json
+import os
+import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,11 +64,20 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
 # Version 2: the feed's cursor is (xid, position); a version-1 checkpoint N is (0, N), since the
 # events logged before the migration carry xid 0 and their old sequence as position.
 _V2 = "ALTER TABLE projection_checkpoints ADD COLUMN xid BIGINT NOT NULL DEFAULT 0;"
+# Version 3: which replica follows the feed (``follow``), as a lease.
+_V3 = """
+CREATE TABLE IF NOT EXISTS projection_leases (
+    name   TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until  {real} NOT NULL
+);
+"""
 SCHEMA = Schema(
     "agent.run_view",
     (
         Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),
         Migration(2, sqlite=_V2, postgresql=_V2),
+        Migration(3, sqlite=_V3.format(real="REAL"), postgresql=_V3.format(real="DOUBLE PRECISION")),
     ),
 )
 
@@ -103,6 +116,10 @@ class RunProjection:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._processed = ProcessedEvents(db, consumer=f"projection:{self.NAME}")
+        # This follower's name in the lease, and until when (monotonic) it leads without renewing.
+        self._holder = f"{os.getpid()}.{uuid.uuid4().hex}"  # the pid: which replica, to a person
+        self._leads_until = 0.0
+        self._next_try = 0.0
 
     async def create_schema(self) -> None:
         await self._processed.create_schema()
@@ -131,16 +148,44 @@ class RunProjection:
 
         The poll also picks up what a wake could not see yet: on PostgreSQL the feed holds back an
         event until every transaction older than its own has ended.
+
+        One replica follows at a time: another's reads would only find what it applied. It holds a
+        lease of ``3 * interval_s``, renewed every ``interval_s``; the others try to take it at that
+        pace, so a follower that died is replaced within about ``3 * interval_s`` (the view waits
+        meanwhile, it is never wrong). Two followers at once (a stalled leader, clocks far apart)
+        cost reads only: the apply is idempotent.
         """
         while True:
             committed = store.next_commit()  # taken before reading, so no commit slips between
-            await self.catch_up(store)
+            if await self._leading(interval_s):
+                await self.catch_up(store)
             try:
                 async with asyncio.timeout(interval_s):
                     await committed.wait()
             except TimeoutError:
                 continue
             await asyncio.sleep(gather_s)
+
+    async def _leading(self, interval_s: float) -> bool:
+        """Whether this follower holds the lease (taking or renewing it when due: one statement)."""
+        now = time.monotonic()
+        if now < self._leads_until:
+            return True
+        if now < self._next_try:
+            return False
+        wall = time.time()
+        won = await self._db.execute(
+            "INSERT INTO projection_leases (name, holder, until) VALUES (:name, :holder, :until)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
+            " WHERE projection_leases.holder = excluded.holder OR projection_leases.until < :now"
+            " RETURNING holder",
+            {"name": self.NAME, "holder": self._holder, "until": wall + 3 * interval_s, "now": wall},
+        )
+        if won.rows:
+            self._leads_until = now + interval_s
+            return True
+        self._leads_until, self._next_try = 0.0, now + interval_s
+        return False
 
     async def rebuild(self, store: RunStore) -> int:
         """Forget everything and replay the whole event log."""

@@ -112,12 +112,17 @@ ALTER TABLE run_events ADD CONSTRAINT run_events_by_run UNIQUE (run_id, version)
 CREATE INDEX run_events_feed ON run_events (xid, position);
 UPDATE runs SET version = coalesce((SELECT max(e.version) FROM run_events e WHERE e.run_id = runs.run_id), 0);
 """
+# Version 3: how many A2A push configs the run has, kept by services/agent/a2a_push.py under the
+# row's lock (-1: not known, a run made before; read as "may have some"). Each event carries the
+# count its write saw, so the push consumer skips the config read for an event that says 0.
+_V3 = "ALTER TABLE runs ADD COLUMN push_configs INTEGER NOT NULL DEFAULT -1;"
 # Files written before versioned migrations kept this version in PRAGMA user_version.
 SCHEMA = Schema(
     "agent.runs",
     (
         Migration(1, sqlite=_V1, postgresql=_V1),
         Migration(2, sqlite=_V2_SQLITE, postgresql=_V2_POSTGRESQL),
+        Migration(3, sqlite=_V3, postgresql=_V3),
     ),
     legacy_table="runs",
 )
@@ -244,14 +249,24 @@ def _event(
 
 # PostgreSQL: the run row's write (``{run}``, a CTE returning ``run_id``: nothing when it did not
 # apply), then the events and outbox rows of only a row that was written, and the NOTIFY.
+#
+# Push configs: an event carries ``push_configs``, the run's count as its write found it, and the
+# A2A push consumer reads no configs for an event that says 0. That loses no push a config stored
+# before the event's commit is owed, because the count changes only under the run row's lock, in
+# the transaction that stores or deletes a config (``a2a_push.PushNotifications``), and an event's
+# write holds that lock too: an update applies only if the count is still the one the writer read
+# (on PostgreSQL, an UPDATE that waited for the lock re-checks its WHERE on the row as committed),
+# and an append takes the count from the row it updates. So a config's transaction commits either
+# before the event's write takes the lock (the event counts it) or after the event committed (an
+# update committed before its config was stored, which is not pushed: docs/a2a.md).
 _INSERT_RUN = (
-    "INSERT INTO runs (run_id, creator, request_id, fingerprint, state, snapshot, version)"
-    " VALUES (:run_id, :creator, :request_id, :fingerprint, :state, :snapshot, :version)"
+    "INSERT INTO runs (run_id, creator, request_id, fingerprint, state, snapshot, version, push_configs)"
+    " VALUES (:run_id, :creator, :request_id, :fingerprint, :state, :snapshot, :version, :push_configs)"
     " ON CONFLICT (creator, request_id) DO NOTHING RETURNING run_id"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET state = :state, snapshot = :snapshot, version = :version"
-    " WHERE run_id = :run_id AND version = :expected RETURNING run_id"
+    " WHERE run_id = :run_id AND version = :expected AND push_configs = :push_configs RETURNING run_id"
 )
 
 # PostgreSQL: a record-only event (a step's) appended without reading the run first, as CTEs of a
@@ -259,9 +274,9 @@ _UPDATE_RUN = (
 # lock, the event with the run as it now is embedded, and its outbox row.
 _APPEND_CTES = (
     "moved AS (UPDATE runs SET version = version + 1 WHERE run_id = :run_id{where}"
-    " RETURNING run_id, version, snapshot),"
-    " new_event AS (SELECT m.run_id, m.version, CAST(jsonb_set(jsonb_set(CAST(:event AS jsonb),"
-    " '{{data,sequence}}', to_jsonb(m.version)), '{{data,run}}',"
+    " RETURNING run_id, version, snapshot, push_configs),"
+    " new_event AS (SELECT m.run_id, m.version, CAST(jsonb_set(jsonb_set(jsonb_set(CAST(:event AS jsonb),"
+    " '{{data,sequence}}', to_jsonb(m.version)), '{{data,push_configs}}', to_jsonb(m.push_configs)), '{{data,run}}',"
     " jsonb_set(CAST(m.snapshot AS jsonb), '{{version}}', to_jsonb(m.version))) AS TEXT) AS event FROM moved m),"
     " logged AS (INSERT INTO run_events (run_id, version, event_id, event)"
     " SELECT run_id, version, :event_id, event FROM new_event),"
@@ -299,12 +314,17 @@ class RunStore:
         labels: Mapping[str, str] | None = None,
         retrieval_filter: Mapping[str, str] | None = None,
         start: bool = True,
+        push_config_follows: bool = False,
     ) -> tuple[Run, bool]:
         """Create a run (IDLE, then PROCESSING when ``start``); returns it and whether it is new.
 
         The same ``request_id`` from the same creator returns the first run instead of a second,
         whichever replica takes it: the insert is conditional on the (creator, request_id) unique
         constraint, never a read followed by a write.
+
+        ``push_config_follows``: the caller stores an A2A push config for the run right after (a
+        message that carries one). The run then starts counting one, so its first events are read
+        for configs when consumed, as they would be were the config already there.
         """
         labels, retrieval_filter = dict(labels or {}), dict(retrieval_filter or {})
         fingerprint = _fingerprint(question, labels, retrieval_filter)
@@ -336,7 +356,7 @@ class RunStore:
                 )
             )
         created = {"creator": creator, "request_id": request_id or None, "fingerprint": fingerprint}
-        if await self._write(None, run, events, insert=created):
+        if await self._write(None, run, events, push_configs=int(push_config_follows), insert=created):
             return run, True
         # Another call with this request id committed first (the INSERT waited for it).
         replayed = await self._replay(creator, request_id, fingerprint)
@@ -372,12 +392,12 @@ class RunStore:
         if decided_by is not None:
             changes["decided_by"] = decided_by
         for _ in range(_ATTEMPTS):
-            run = await self.get(run_id)
+            run, push_configs = await self._current(run_id)
             if only_from is not None and run.state not in set(only_from):
                 raise IllegalTransition(run.state, to_state)
             updated = self._moved(run, to_state, changes, cause=cause)
             event = _event(updated, EventType.STATE_CHANGED, cause, from_state=run.state, to_state=to_state)
-            if await self._write(None, updated, [event]):
+            if await self._write(None, updated, [event], push_configs=push_configs):
                 log.info("run state changed", run_id=run_id, from_state=run.state, to_state=to_state, cause=cause)
                 return updated
         raise ConcurrentUpdate(run_id)
@@ -413,11 +433,11 @@ class RunStore:
                 raise RunNotFound(run_id)
             return
         for _ in range(_ATTEMPTS):
-            run = await self._load(tx, run_id)
+            run, push_configs = await self._current(run_id, tx)
             if run.state in TERMINAL and not after_terminal:
                 return
             logged = replace(run, version=run.version + 1)
-            if await self._write(tx, logged, [_event(logged, event_type, cause)]):
+            if await self._write(tx, logged, [_event(logged, event_type, cause)], push_configs=push_configs):
                 return
         raise ConcurrentUpdate(run_id)
 
@@ -451,20 +471,24 @@ class RunStore:
         run: Run,
         events: Sequence[Event],
         *,
+        push_configs: int,
         insert: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Write ``run`` (new: ``insert``; else only over version ``run.version - len(events)``)
-        with ``events`` and their outbox rows, in ``tx`` or as a transaction of its own.
+        """Write ``run`` (new: ``insert``; else only over version ``run.version - len(events)`` and
+        only while it counts ``push_configs``) with ``events`` and their outbox rows, in ``tx`` or
+        as a transaction of its own. Each event carries that count.
 
         False (nothing written) when the run row was not: its request id is taken, or another
-        writer moved the run first.
+        writer moved the run (or stored a push config) first.
         """
+        events = [replace(event, data={**event.data, "push_configs": push_configs}) for event in events]
         params: dict[str, Any] = {
             "run_id": run.run_id,
             "state": str(run.state),
             "snapshot": json.dumps(run.to_dict()),
             "version": run.version,
             "expected": run.version - len(events),
+            "push_configs": push_configs,
             **(insert or {}),
         }
         if self.db.dialect == "postgresql":
@@ -556,13 +580,14 @@ class RunStore:
         self._committed.set()
         self._committed = asyncio.Event()
 
-    async def _load(self, tx: Transaction, run_id: str) -> Run:
-        row = (
-            await tx.execute("SELECT snapshot, version FROM runs WHERE run_id = :run_id", {"run_id": run_id})
-        ).first()
+    async def _current(self, run_id: str, tx: Transaction | None = None) -> tuple[Run, int]:
+        """The run as stored (in ``tx`` if given), and its push config count, which a write of it
+        must still find."""
+        query, params = "SELECT snapshot, version, push_configs FROM runs WHERE run_id = :run_id", {"run_id": run_id}
+        row = (await tx.execute(query, params)).first() if tx is not None else await self.db.fetch_one(query, params)
         if row is None:
             raise RunNotFound(run_id)
-        return _stored_run(row[0], row[1])
+        return _stored_run(row[0], row[1]), int(row[2])
 
     # -- reads of the write model (commands, GetRun, recovery, WatchRun) -------------------
 

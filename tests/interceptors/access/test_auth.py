@@ -292,6 +292,19 @@ def test_a_verified_token_is_served_from_the_cache(
     assert checker.verify(token) is first
 
 
+def test_the_token_cache_is_bounded_and_keeps_the_tokens_used_last(es256_key: SigningKey, key_set: KeySet) -> None:
+    checker = verifier(key_set, cache_size=2)
+    alice, bob, carol = (es256_key.token(subject=name) for name in ("alice", "bob", "carol"))
+    first_alice = checker.verify(alice)
+    checker.verify(bob)
+    assert checker.verify(alice) is first_alice  # alice used again: bob is now the oldest
+    checker.verify(carol)
+
+    assert checker.verify(alice) is first_alice
+    first_bob = checker.verify(bob)  # verified again: it had been dropped
+    assert checker.verify(bob) is first_bob
+
+
 def _publish(path: Any, *keys: SigningKey, mtime_ns: int) -> None:
     """The issuer's JWKS file with ``keys``, stamped ``mtime_ns`` (what a reload looks at)."""
     path.write_text(json.dumps({"keys": [public_jwk(k.private_key, kid=k.kid) for k in keys]}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from interceptors.idempotency import Entry, IdempotencyStore
+from interceptors.idempotency import Entry, IdempotencyStore, MemoryStore
 
 
 async def test_the_first_claim_wins_and_later_ones_see_the_running_call(store: IdempotencyStore) -> None:
@@ -51,3 +51,14 @@ async def test_completed_keys_expire_after_their_ttl(store: IdempotencyStore) ->
     await store.complete("k", "owner-a", b"outcome", ttl=0.05)
     await asyncio.sleep(0.15)
     assert await store.claim("k", "fp", "owner-b", lease=60) is None
+
+
+async def test_the_memory_store_drops_the_oldest_claim_past_its_bound_even_if_read_since() -> None:
+    store = MemoryStore(max_entries=2)
+    await store.claim("a", "fp", "owner", lease=60)
+    await store.claim("b", "fp", "owner", lease=60)
+    assert await store.claim("a", "fp", "retry", lease=60) == Entry("fp", None)  # a read: "a" stays oldest
+    await store.claim("c", "fp", "owner", lease=60)
+
+    assert await store.claim("a", "fp", "later", lease=60) is None  # dropped, so claimable again
+    assert await store.claim("c", "fp", "retry", lease=60) == Entry("fp", None)

@@ -16,9 +16,22 @@ from google.protobuf import json_format
 
 from services.agent.a2a_push_policy import PushSettings
 from tests.services.a2a.conftest import Issuer, StartSystem, card_for, sdk_client
-from tests.services.a2a.test_a2a_service import ASKER, grpc_code, message, returning_immediately, send
+from tests.services.a2a.test_a2a_service import (
+    ASKER,
+    READ,
+    REVIEW,
+    WRITE,
+    grpc_code,
+    message,
+    returning_immediately,
+    send,
+)
 
 TaskState = a2a_pb2.TaskState
+# The test receiver listens on loopback, which the default policy refuses; retries come quickly.
+LOOPBACK_PUSH = PushSettings.model_validate(
+    {"allowed_networks": ["127.0.0.0/8"], "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
+)
 
 
 @dataclass
@@ -65,9 +78,7 @@ async def test_each_update_reaches_the_receiver_once_in_order_with_its_auth_head
     start_system: StartSystem, issuer: Issuer, receiver: Receiver
 ) -> None:
     system = await start_system(
-        a2a_push=PushSettings.model_validate(
-            {"allowed_networks": ["127.0.0.0/8"], "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
-        ),
+        a2a_push=LOOPBACK_PUSH,
         decision_engine="tests.services.agent.engines:SlowEngine",
         decision_engine_options={"delay_s": 0.5},
     )
@@ -125,3 +136,29 @@ async def test_under_the_default_policy_loopback_private_and_link_local_push_url
     request.message.parts[0].text = "Where is my parcel?"
     request.configuration.ClearField("task_push_notification_config")
     assert (await send(client, returning_immediately(request), asker)).id != task.id
+
+
+async def test_a_reviewers_reply_that_carries_a_push_config_has_the_outcome_pushed(
+    start_system: StartSystem, issuer: Issuer, receiver: Receiver
+) -> None:
+    system = await start_system(a2a_push=LOOPBACK_PUSH)
+    client = sdk_client(card_for(system.gateway_address), streaming=False)
+    task = await send(client, message("How often do passwords rotate?"), issuer.as_("alice", *ASKER))
+    assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED  # the task had no config until now
+
+    reply = message("approve: matches the policy", task_id=task.id)
+    reply.configuration.task_push_notification_config.CopyFrom(push_config(receiver.url))
+    with pytest.raises(A2AClientError) as refused:  # the asker may not review: nothing applied, no config kept
+        await send(client, reply, issuer.as_("alice", *ASKER))
+    assert grpc_code(refused.value) == grpc.StatusCode.PERMISSION_DENIED
+    listed = await client.list_task_push_notification_configs(
+        a2a_pb2.ListTaskPushNotificationConfigsRequest(task_id=task.id), context=issuer.as_("alice", *ASKER)
+    )
+    assert not listed.configs
+    approved = await send(client, reply, issuer.as_("rita", READ, WRITE, REVIEW))
+
+    # The reply's transition commits before its config is stored; it is pushed all the same.
+    assert approved.status.state == TaskState.TASK_STATE_COMPLETED
+    await asyncio.wait_for(receiver.completed.wait(), 20)
+    kinds = [update.WhichOneof("payload") for _, update, status in receiver.posts if status == 200]
+    assert kinds == ["artifact_update", "status_update"]

@@ -14,7 +14,7 @@ from runtime.events.in_process import InProcessEventBus
 from services.agent.config import AgentSettings
 from services.agent.projections import InvalidPageToken, RunProjection
 from services.agent.rebuild_projection import rebuild
-from services.agent.run_store import RUN_EVENTS_STREAM, event_from_run_event
+from services.agent.run_store import RUN_EVENTS_STREAM, RunStore, event_from_run_event
 from services.agent.state_machine import RunState
 from tests.services.agent.conftest import Stores, open_stores
 from tests.system import wait_until
@@ -151,3 +151,49 @@ async def test_a_follower_cancelled_as_a_commit_wakes_it_stops(stores: Stores) -
     follower.cancel()
     done, _ = await asyncio.wait([follower], timeout=5)
     assert done, "the follower kept running after it was cancelled"
+
+
+class CountingFollower(RunProjection):
+    """A follower that says how often it tried for the lease and lost, and how often it read the feed."""
+
+    lost = 0
+    catch_ups = 0
+
+    async def _leading(self, interval_s: float) -> bool:
+        leads = await super()._leading(interval_s)
+        self.lost += not leads
+        return leads
+
+    async def catch_up(self, store: RunStore, *, batch_size: int = 500) -> int:
+        self.catch_ups += 1
+        return await super().catch_up(store, batch_size=batch_size)
+
+
+async def test_one_replica_follows_the_feed_and_another_takes_over_once_it_dies(stores: Stores) -> None:
+    # A lease of 1.5 s: a loaded machine does not stall the leader's loop that long, so it renews.
+    first, second = CountingFollower(stores.read_db), CountingFollower(stores.read_db)
+    leader = asyncio.create_task(first.follow(stores.runs, interval_s=0.5, gather_s=0))
+    standby: asyncio.Task[None] | None = None
+    try:
+        run, _ = await stores.runs.create(question="who follows?")
+        await wait_until(lambda: first.get(run.run_id))
+        standby = asyncio.create_task(second.follow(stores.runs, interval_s=0.5, gather_s=0))
+        await wait_until(lambda: _true(second.lost >= 2))  # it tried twice while the first renewed
+
+        run, _ = await stores.runs.create(question="still the first?")
+        await wait_until(lambda: first.get(run.run_id))
+        assert second.catch_ups == 0  # woken by every commit, it read nothing
+
+        leader.cancel()  # dead: it renews no more, and does not hand over
+        run, _ = await stores.runs.create(question="and now?")
+        await wait_until(lambda: second.get(run.run_id))  # within the lease (1.5 s) and a try
+        assert second.catch_ups > 0
+    finally:
+        for task in (leader, standby):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,8 +1,8 @@
 """Two agent replicas on one PostgreSQL database behind one gateway, as real processes, each with
 its own data dir (as pods with their own volumes): any replica answers for every run, one
 request id makes one run, a SIGKILLed replica's runs settle through the survivor, WatchRun on
-one replica follows a run executing on the other, and the database restarting under traffic
-costs retryable errors only.
+one replica follows a run executing on the other, the read model is taken over when the replica
+following the feed is SIGKILLed, and the database restarting under traffic costs retryable errors only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from agentmesh.agent.v1 import run_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
+from runtime.database import open_database
 from services.agent.a2a_push import PUSH_GROUP
 from tests.services.agent.runs import SETTLED, listed_once, settled_run
 from tests.services.agent.test_agent_service import KNOWLEDGE
@@ -187,6 +188,31 @@ async def test_runs_of_a_sigkilled_replica_settle_once_through_the_survivor(tmp_
         assert len(terminal) == 1, history  # settled exactly once
         steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
         assert all(count == 1 for count in steps.values()), steps  # no step recorded twice
+
+
+@pytest.mark.timeout(180)
+async def test_when_the_replica_following_the_feed_is_sigkilled_the_other_takes_the_read_model_over(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    db = await open_database(postgres_url, sqlite_path=tmp_path / "unused.sqlite3", setting="DATABASE_URL")
+    try:
+        async with mesh(tmp_path, postgres_url) as system, stub(system.gateway.address) as gateway:
+            first = await _create(gateway, "How long do refunds take?")
+            await listed_once(gateway, [first.run_id])
+            # The follower's lease names its process.
+            [(holder,)] = await db.fetch_all("SELECT holder FROM projection_leases WHERE name = 'runs'")
+            [leader] = [a for a in system.agents if a.process.pid == int(holder.split(".")[0])]
+            [survivor] = [a for a in system.agents if a is not leader]
+            leader.kill()  # SIGKILL: the lease is left to expire (3 x OUTBOX_POLL_S)
+
+            async with stub(survivor.address) as agent:
+                after = await _create(agent, "How long do refunds take, now?")
+                listed = await listed_once(agent, [first.run_id, after.run_id])
+            [(holder,)] = await db.fetch_all("SELECT holder FROM projection_leases WHERE name = 'runs'")
+        assert int(holder.split(".")[0]) == survivor.process.pid
+        assert {r.run_id for r in listed.runs} >= {first.run_id, after.run_id}
+    finally:
+        await db.close()
 
 
 @pytest.mark.timeout(180)

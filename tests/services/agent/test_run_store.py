@@ -119,7 +119,7 @@ async def test_a_write_over_a_version_another_writer_moved_changes_nothing(store
     await stores.runs.transition(run.run_id, RunState.CANCELLED, cause="cancelled")
     moved = replace(stale, state=RunState.COMPLETED, version=stale.version + 1)
     event = _event(moved, EventType.STATE_CHANGED, "answered", to_state=RunState.COMPLETED)
-    assert not await stores.runs._write(None, moved, [event])
+    assert not await stores.runs._write(None, moved, [event], push_configs=0)
     assert (await stores.runs.get(run.run_id)).state is RunState.CANCELLED
     assert [e.to_state for e in await stores.runs.events(run.run_id)][-1] is RunState.CANCELLED
 
@@ -147,9 +147,9 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
 class AlwaysOvertaken(RunStore):
     """A run store whose every write over a version finds another writer got there first."""
 
-    async def _write(self, tx: Any, run: Run, events: Any, *, insert: Any = None) -> bool:
+    async def _write(self, tx: Any, run: Run, events: Any, *, push_configs: int, insert: Any = None) -> bool:
         if insert is not None:
-            return await super()._write(tx, run, events, insert=insert)
+            return await super()._write(tx, run, events, push_configs=push_configs, insert=insert)
         return False
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from runtime.database import Database, Schema, open_database
+from runtime.events.bus import Event
 from runtime.events.outbox import Outbox
 from services.agent import projections, run_store
 from services.agent.model import EventType, Run, RunEvent
@@ -114,6 +115,10 @@ async def test_runs_and_events_of_schema_version_1_are_found_after_the_upgrade(
         assert not created and again.run_id == "run_b"
         await stores.runs.transition("run_b", RunState.FAILED, cause="after the upgrade")
         assert [e.sequence for e in await stores.runs.events("run_b")] == [1, 2, 3]
+        # A run made before its push configs were counted: its events say "not known" (-1), so the
+        # push consumer still reads its configs.
+        [(newest,)] = await stores.db.fetch_all("SELECT event FROM outbox ORDER BY seq DESC LIMIT 1")
+        assert Event.from_json(newest).data["push_configs"] == -1
 
         # The read model resumes after the sixth event's predecessor: the sixth, then the new one.
         assert await stores.projection.catch_up(stores.runs) == 2
