@@ -163,18 +163,26 @@ def _until(condition: Callable[[], bool]) -> None:
         time.sleep(0.001)
 
 
+def _behind_a_held_pass(encoder: GatedEncoder, passes: CoalescedPasses, *calls: list[str]) -> list[dict[str, object]]:
+    """The first call's pass held inside ``encoder``, each later call queued behind it in order, then
+    all let go; each call's outcome, in order."""
+    started = [_in_thread(passes, calls[0])]
+    assert encoder.entered.wait(10)
+    for queued, texts in enumerate(calls[1:], start=1):
+        started.append(_in_thread(passes, texts))
+        _until(lambda: passes.waiting == queued)  # noqa: B023 - evaluated before the loop moves on
+    encoder.release.set()
+    for thread, _ in started:
+        thread.join(10)
+    return [outcome for _, outcome in started]
+
+
 def test_callers_arriving_during_a_pass_share_the_next_one_and_each_gets_its_own_vectors() -> None:
     encoder = GatedEncoder()
     passes = CoalescedPasses(encoder, max_texts=32)
-    first, first_out = _in_thread(passes, ["question one"])
-    assert encoder.entered.wait(10)
-    second, second_out = _in_thread(passes, ["question two", "a sentence"])
-    _until(lambda: passes.waiting == 1)
-    third, third_out = _in_thread(passes, ["question three"])
-    _until(lambda: passes.waiting == 2)
-    encoder.release.set()
-    for thread in (first, second, third):
-        thread.join(10)
+    first_out, second_out, third_out = _behind_a_held_pass(
+        encoder, passes, ["question one"], ["question two", "a sentence"], ["question three"]
+    )
     assert encoder.passes == [["question one"], ["question two", "a sentence", "question three"]]
     for outcome, texts in (
         (first_out, ["question one"]),
@@ -188,15 +196,7 @@ def test_callers_arriving_during_a_pass_share_the_next_one_and_each_gets_its_own
 def test_a_pass_holds_at_most_max_texts_and_the_rest_wait_for_the_next() -> None:
     encoder = GatedEncoder()
     passes = CoalescedPasses(encoder, max_texts=3)
-    first, _ = _in_thread(passes, ["a"])
-    assert encoder.entered.wait(10)
-    queued: list[threading.Thread] = []
-    for texts in (["b", "c"], ["d", "e"], ["f"]):
-        queued.append(_in_thread(passes, texts)[0])
-        _until(lambda: passes.waiting == len(queued))
-    encoder.release.set()
-    for thread in (first, *queued):
-        thread.join(10)
+    _behind_a_held_pass(encoder, passes, ["a"], ["b", "c"], ["d", "e"], ["f"])
     assert encoder.passes == [["a"], ["b", "c"], ["d", "e", "f"]]
     with pytest.raises(ValueError, match="at most 3 texts per pass, got 4"):
         passes.embed(["w", "x", "y", "z"])
@@ -205,15 +205,7 @@ def test_a_pass_holds_at_most_max_texts_and_the_rest_wait_for_the_next() -> None
 def test_a_failed_pass_fails_every_caller_in_it_and_the_next_pass_runs() -> None:
     encoder = GatedEncoder(fail_pass=2)
     passes = CoalescedPasses(encoder, max_texts=32)
-    first, first_out = _in_thread(passes, ["a"])
-    assert encoder.entered.wait(10)
-    second, second_out = _in_thread(passes, ["b"])
-    _until(lambda: passes.waiting == 1)
-    third, third_out = _in_thread(passes, ["c"])
-    _until(lambda: passes.waiting == 2)
-    encoder.release.set()
-    for thread in (first, second, third):
-        thread.join(10)
+    first_out, second_out, third_out = _behind_a_held_pass(encoder, passes, ["a"], ["b"], ["c"])
     assert "vectors" in first_out
     assert [str(second_out["error"]), str(third_out["error"])] == ["the model failed"] * 2
     np.testing.assert_array_equal(passes.embed(["d"]), RecordingEmbedder.vector("d")[None, :])
