@@ -219,8 +219,7 @@ class _Load:
         self.callers = callers
         self.settle_within_s = settle_within_s
         self.create_latencies: list[float] = []
-        self.get_latencies: list[float] = []
-        # The same, split by whether CreateRuns were still being sent when the GetRun was.
+        # GetRun latencies, by whether CreateRuns were still being sent when the GetRun was.
         self.get_latencies_creating: list[float] = []
         self.get_latencies_after: list[float] = []
         self.errors: Counter[str] = Counter()
@@ -295,7 +294,6 @@ class _Load:
             await asyncio.sleep(POLL_PAUSE_S)
 
     def _got(self, seconds: float, *, creating: bool) -> None:
-        self.get_latencies.append(seconds)
         (self.get_latencies_creating if creating else self.get_latencies_after).append(seconds)
 
     async def run(self) -> float:
@@ -378,7 +376,7 @@ async def _measure_agents(
             await asyncio.to_thread(profile.finish, sampler, raw, profile_dir / f"write_path-{tag}-agent.txt")
     created = len(load.create_latencies)
     creates = sorted(load.create_latencies)
-    gets = sorted(load.get_latencies)
+    gets = sorted(load.get_latencies_creating + load.get_latencies_after)
     setting.created = created
     setting.create_per_s = round(created / (load.last_created - began), 1) if created else 0.0
     setting.create_p50_ms = round(percentile(creates, 0.5) * 1000, 1)
