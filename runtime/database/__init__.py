@@ -5,6 +5,7 @@ schema as versioned ``Migration`` steps (``migrations``), and see connection fai
 ``DatabaseUnavailable`` whichever backend they run on.
 """
 
+from runtime.database.announcer import Announcer
 from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
 from runtime.database.factory import open_database, wait_until_reachable
 from runtime.database.interface import Database, Dialect, Params, Result, Row, Transaction, in_list
@@ -12,6 +13,7 @@ from runtime.database.migrations import Migration, Schema
 from runtime.database.urls import database_url_field, url_problem, validate_url
 
 __all__ = [
+    "Announcer",
     "Database",
     "DatabaseUnavailable",
     "Dialect",

@@ -22,10 +22,12 @@ from rpcstatus.errors import (
     resource_exhausted,
     unavailable,
 )
+from services.agent.cancellations import Cancellations
 from services.agent.config import AgentSettings
 from services.agent.executor import ExecutorClosed, ExecutorFull, RunExecutor
 from services.agent.messages import proto_state_name
 from services.agent.model import Run
+from services.agent.run_queue import UnstartedRuns
 from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore
 from services.agent.state_machine import IllegalTransition, RunState
 
@@ -70,10 +72,25 @@ def _background_context() -> contextvars.Context:
 
 
 class RunCommands:
-    def __init__(self, *, store: RunStore, executor: RunExecutor, settings: AgentSettings) -> None:
+    """``executor``: this replica's, if it executes runs. ``unstarted``: given when runs are
+    executed by whichever replica claims them (role "serve" or "execute"): admission is then
+    checked against the shared backlog, and an admitted run is announced instead of submitted."""
+
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        executor: RunExecutor | None,
+        settings: AgentSettings,
+        cancellations: Cancellations | None = None,
+        unstarted: UnstartedRuns | None = None,
+    ) -> None:
+        assert executor is not None or unstarted is not None, "runs must be executed somewhere"
         self._store = store
         self._executor = executor
         self._settings = settings
+        self._cancellations = cancellations or Cancellations(store)
+        self._unstarted = unstarted
 
     async def create(
         self,
@@ -88,26 +105,37 @@ class RunCommands:
         """Store a run for the caller and start it, or return the run this request id already made.
 
         ``push_config_follows``: an A2A push config is stored for it next (``RunStore.create``)."""
+
+        async def store() -> tuple[Run, bool]:
+            try:
+                return await self._store.create(
+                    question=question,
+                    creator=current_caller.get().subject,
+                    request_id=request_id,
+                    labels=labels,
+                    retrieval_filter=retrieval_filter,
+                    push_config_follows=push_config_follows,
+                )
+            except RequestIdReused:
+                raise invalid_argument(
+                    [(request_id_field, "was already used for a different request; use a new one")]
+                ) from None
+
         try:
-            with self._executor.admit() as admission:
-                try:
-                    run, created = await self._store.create(
-                        question=question,
-                        creator=current_caller.get().subject,
-                        request_id=request_id,
-                        labels=labels,
-                        retrieval_filter=retrieval_filter,
-                        push_config_follows=push_config_follows,
-                    )
-                except RequestIdReused:
-                    raise invalid_argument(
-                        [(request_id_field, "was already used for a different request; use a new one")]
-                    ) from None
+            if self._unstarted is not None:
+                await self._unstarted.check_room()
+                run, created = await store()
                 if created:
-                    self._executor.submit(admission, run.run_id, context=_background_context())
+                    self._unstarted.admitted()
+            else:
+                assert self._executor is not None
+                with self._executor.admit() as admission:
+                    run, created = await store()
+                    if created:
+                        self._executor.submit(admission, run.run_id, context=_background_context())
         except ExecutorFull as full:
             raise resource_exhausted(
-                f"the agent is at capacity ({full.capacity} runs running or queued); retry later",
+                f"the agent is {full}; retry later",
                 retry_after_s=self._settings.busy_retry_after_s,
                 limit="agent_run_slots",
             ) from None
@@ -120,8 +148,10 @@ class RunCommands:
 
     async def cancel(self, run_id: str, reason: str) -> Run:
         run = await self._store.transition(run_id, RunState.CANCELLED, cause=reason or "cancelled by caller")
-        # Interrupts the workflow if it is executing; it then compensates what it had done.
-        self._executor.cancel(run.run_id)
+        # Interrupts the workflow if it is executing here; it then compensates what it had done.
+        # Executing on another replica, that replica's executor is told (services/agent/cancellations.py).
+        if self._executor is None or not self._executor.cancel(run.run_id):
+            self._cancellations.cancelled()
         return run
 
     async def review(self, run_id: str, *, approve: bool, comment: str, reference: str = "") -> Run:

@@ -42,9 +42,20 @@ class AgentSettings(ServiceSettings):
     retrieval_top_k: int = Field(default=3, ge=1, le=50)
     retrieval_timeout_s: float = Field(default=2.0, gt=0)
 
-    # Background execution: runs in flight at once, and admitted runs waiting for a worker.
+    # What this replica does with runs. "all": serves every RPC and executes the runs it admits
+    # (one process does everything). "serve": serves every RPC and inserts admitted runs, executes
+    # none and loads no decision model: its event loop only answers calls. "execute": serves too,
+    # and its workers claim unstarted runs from the shared database (any replica's), woken by
+    # each admission. A "serve" replica needs at least one "execute" replica on its database.
+    role: Literal["all", "serve", "execute"] = "all"
+    # Background execution: runs in flight at once, and admitted runs waiting for a worker (with
+    # role "all" this replica's own queue; otherwise the runs no executor has begun yet, counted
+    # in the shared database).
     workers: int = Field(default=8, ge=1)
     backlog: int = Field(default=256, ge=0)
+    # Role "execute": how often to look for unstarted runs when no admission woke it (commits are
+    # announced by NOTIFY on PostgreSQL; on SQLite shared by processes this poll is the wake-up).
+    claim_poll_s: float = Field(default=0.25, gt=0)
     # The RetryInfo hint sent with RESOURCE_EXHAUSTED when workers and backlog are full.
     busy_retry_after_s: float = Field(default=1.0, ge=0)
 

@@ -18,9 +18,10 @@ log = structlog.get_logger(__name__)
 
 
 class ExecutorFull(Exception):
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, slots: str = "runs running or queued") -> None:
         self.capacity = capacity
-        super().__init__(f"all {capacity} run slots (running and queued) are taken")
+        self.slots = slots
+        super().__init__(f"at capacity ({capacity} {slots})")
 
 
 class ExecutorClosed(Exception):
@@ -38,7 +39,9 @@ class Admission:
 class RunExecutor:
     def __init__(self, execute: Callable[[str], Awaitable[object]], *, workers: int, backlog: int) -> None:
         self._execute = execute
+        self.workers = workers
         self._workers = asyncio.Semaphore(workers)
+        self._on_free: list[Callable[[], None]] = []
         self.capacity = workers + backlog
         self._admitted = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -47,6 +50,20 @@ class RunExecutor:
     @property
     def admitted(self) -> int:
         return self._admitted
+
+    @property
+    def free(self) -> int:
+        """Workers with no run to execute (runs waiting for a worker count as taking one)."""
+        return max(0, self.workers - len(self._tasks))
+
+    @property
+    def executing(self) -> list[str]:
+        """The runs this executor holds (executing or waiting for a worker)."""
+        return list(self._tasks)
+
+    def on_free(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a run's execution ends (a worker came free)."""
+        self._on_free.append(callback)
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[Admission]:
@@ -89,6 +106,8 @@ class RunExecutor:
         finally:
             self._admitted -= 1
             self._tasks.pop(run_id, None)
+            for callback in self._on_free:
+                callback()
 
     def cancel(self, run_id: str) -> bool:
         """Interrupt a run's execution (after it was cancelled); False if it is not executing."""

@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from runtime.database import Database, Migration, Schema, Transaction, in_list
+from runtime.database import Announcer, Database, Migration, Schema, Transaction, in_list
 from runtime.events.bus import Event
 from runtime.events.outbox import Outbox
 from services.agent.model import Citation, EventType, Run, RunEvent
@@ -292,8 +292,7 @@ class RunStore:
         self.db = db
         self._outbox = outbox
         self._committed = asyncio.Event()
-        # Set by a commit made here and not yet announced to the other replicas.
-        self._unannounced = asyncio.Event()
+        self._announcer = Announcer(db, LOG_CHANNEL)
         self._statements: dict[tuple[str, int], str] = {}
 
     async def create_schema(self) -> None:
@@ -559,22 +558,12 @@ class RunStore:
 
     def _committed_here(self) -> None:
         self._outbox.wake()
-        self.db.wake(LOG_CHANNEL)  # this process's watchers, at once
-        self._unannounced.set()
+        self._announcer.committed()  # this process's watchers at once, the other replicas' soon
 
     async def announce_commits(self) -> None:
         """Forever: tell the other replicas' watchers of this replica's commits, one NOTIFY for all
-        those made since the last one (a background loop; on SQLite one process owns the file)."""
-        if self.db.dialect != "postgresql":
-            return
-        while True:
-            await self._unannounced.wait()
-            self._unannounced.clear()
-            try:
-                await self.db.execute("SELECT pg_notify(:channel, '')", {"channel": LOG_CHANNEL})
-            except BaseException:
-                self._unannounced.set()  # still owed, after the restart
-                raise
+        those made since the last one (a background loop)."""
+        await self._announcer.announce()
 
     def _wake_watchers(self) -> None:
         self._committed.set()

@@ -135,6 +135,10 @@ class SagaLog:
         self.owner = owner
         self._lease_s = lease_s
 
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
     async def create_schema(self) -> None:
         await self.db.migrate(SCHEMA)
 

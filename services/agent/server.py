@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import SpanProcessor
@@ -14,6 +15,7 @@ from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import Database, open_database, wait_until_reachable
 from runtime.discovery.factory import build_upstreams
 from runtime.discovery.settings import DiscoverySettings
+from runtime.discovery.upstreams import DiscoveryUpstreams
 from runtime.events.bus import EventBus
 from runtime.events.in_process import InProcessEventBus
 from runtime.events.outbox import Outbox
@@ -26,6 +28,7 @@ from runtime.resilience import upstream_guards
 from runtime.settings_errors import InvalidSetting
 from services.agent.a2a_service import a2a_binding
 from services.agent.budget import ToolBudget
+from services.agent.cancellations import Cancellations
 from services.agent.commands import RunCommands
 from services.agent.config import AgentSettings
 from services.agent.decision import Preloads, load_decision_engine
@@ -33,6 +36,7 @@ from services.agent.executor import RunExecutor
 from services.agent.projections import RunProjection
 from services.agent.retrieval import RagRetriever
 from services.agent.rules import FallbackRule, FallbackRules, ReviewPolicy
+from services.agent.run_queue import UnstartedRuns
 from services.agent.run_store import RunStore
 from services.agent.saga_log import SagaLog
 from services.agent.servicer import AgentServicer
@@ -70,6 +74,55 @@ def event_bus(settings: AgentSettings) -> EventBus:
     if settings.event_bus == "redis":
         return RedisStreamsEventBus.from_url(settings.redis_url)
     return InProcessEventBus()
+
+
+def _workflow(
+    life: Lifespan,
+    settings: AgentSettings,
+    *,
+    store: RunStore,
+    saga_log: SagaLog,
+    budget: ToolBudget,
+    upstreams: DiscoveryUpstreams,
+) -> RunWorkflow:
+    """The run workflow with its decision engine (its model loading in the background)."""
+    try:
+        engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        # An unknown engine, a factory that is not there, or options it does not take.
+        raise InvalidSetting(
+            f"AGENTMESH_AGENT_DECISION_ENGINE={settings.decision_engine} with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS:"
+            f" {error}"
+        ) from None
+    life.on_close(engine.close, name="decision engine")
+    if isinstance(engine, Preloads):
+        # A model takes seconds to load: it loads while the agent already serves (the extractive engine
+        # scores lexically until it is there), so start-up and health do not wait for torch.
+        engine.preload()
+    return RunWorkflow(
+        store=store,
+        saga_log=saga_log,
+        budget=budget,
+        retriever=RagRetriever(lambda: upstreams.channel("rag"), timeout_s=settings.retrieval_timeout_s),
+        engine=engine,
+        fallback=FallbackRules([FallbackRule(r.pattern, r.answer) for r in settings.fallback_rules]),
+        review=ReviewPolicy(
+            min_confidence=settings.review_min_confidence, sensitive_terms=settings.review_sensitive_terms
+        ),
+        options=WorkflowOptions(
+            decision_timeout=settings.decision_timeout_s,
+            top_k=settings.retrieval_top_k,
+            tool_calls_per_run=settings.tool_calls_per_run,
+        ),
+    )
+
+
+def _executor(life: Lifespan, settings: AgentSettings, workflow: RunWorkflow) -> RunExecutor:
+    # With role "execute" the backlog is the shared one: its workers only take the runs they claim.
+    backlog = settings.backlog if settings.role == "all" else 0
+    executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=backlog)
+    life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
+    return executor
 
 
 async def build(
@@ -137,45 +190,28 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     )
     life.on_close(upstreams.close, name="upstreams")
     await follow_live_config(service.live_config, breakers=guards.breakers, upstreams=upstreams)
-    try:
-        engine = load_decision_engine(settings.decision_engine, settings.decision_engine_options)
-    except (ValueError, TypeError, ImportError, AttributeError) as error:
-        # An unknown engine, a factory that is not there, or options it does not take.
-        raise InvalidSetting(
-            f"AGENTMESH_AGENT_DECISION_ENGINE={settings.decision_engine} with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS:"
-            f" {error}"
-        ) from None
-    life.on_close(engine.close, name="decision engine")
-    if isinstance(engine, Preloads):
-        # A model takes seconds to load: it loads while the agent already serves (the extractive engine
-        # scores lexically until it is there), so start-up and health do not wait for torch.
-        engine.preload()
-    workflow = RunWorkflow(
-        store=store,
-        saga_log=saga_log,
-        budget=budget,
-        retriever=RagRetriever(lambda: upstreams.channel("rag"), timeout_s=settings.retrieval_timeout_s),
-        engine=engine,
-        fallback=FallbackRules([FallbackRule(r.pattern, r.answer) for r in settings.fallback_rules]),
-        review=ReviewPolicy(
-            min_confidence=settings.review_min_confidence, sensitive_terms=settings.review_sensitive_terms
-        ),
-        options=WorkflowOptions(
-            decision_timeout=settings.decision_timeout_s,
-            top_k=settings.retrieval_top_k,
-            tool_calls_per_run=settings.tool_calls_per_run,
-        ),
+    unstarted = None if settings.role == "all" else UnstartedRuns(db, saga_log, backlog=settings.backlog)
+    # A "serve" replica executes nothing: no workflow, no decision engine (nor its model's child process).
+    workflow = (
+        None
+        if settings.role == "serve"
+        else _workflow(life, settings, store=store, saga_log=saga_log, budget=budget, upstreams=upstreams)
     )
-    executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=settings.backlog)
-    life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
-    commands = RunCommands(store=store, executor=executor, settings=settings)
+    executor = None if workflow is None else _executor(life, settings, workflow)
+    cancellations = Cancellations(store)
+    commands = RunCommands(
+        store=store, executor=executor, settings=settings, cancellations=cancellations, unstarted=unstarted
+    )
     servicer = AgentServicer(store=store, sagas=saga_log, projection=projection, commands=commands)
 
     async def resume_orphaned_runs() -> None:
         # Sagas whose owner died (its lease expired) are taken over here, not only at start-up.
+        # With role "execute", runs no saga was begun for are claimed as they come instead.
+        assert workflow is not None and executor is not None
+        idle_after_s = settings.saga_lease_s if settings.role == "all" else 0.0
         while True:
             await asyncio.sleep(settings.saga_lease_s)
-            for run_id in await workflow.recover(include_unstarted=False, unstarted_after_s=settings.saga_lease_s):
+            for run_id in await workflow.recover(include_unstarted=False, unstarted_after_s=idle_after_s):
                 executor.resume(run_id)
 
     async def prune_ledger_hourly() -> None:
@@ -191,10 +227,23 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         # The read model follows the log's feed, woken by commits (the only way it is fed).
         life.supervise("projection", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
         life.supervise("ledger pruning", prune_ledger_hourly)
+        life.supervise("cancel announcements", cancellations.announce)
+        if unstarted is not None:
+            life.supervise("admission announcements", unstarted.announce)
+        if workflow is None or executor is None:
+            return
+        life.supervise(
+            "cancels of runs executing here",
+            functools.partial(cancellations.follow, executor, poll_s=settings.claim_poll_s),
+        )
         life.supervise("orphaned run takeover", resume_orphaned_runs)
-        # Runs a previous process accepted but did not finish: resume or compensate them.
-        for run_id in await workflow.recover():
+        # Runs a previous process accepted but did not finish: resume or compensate them (with
+        # role "execute" only sagas already begun; unstarted runs are claimed below).
+        for run_id in await workflow.recover(include_unstarted=unstarted is None):
             executor.resume(run_id)
+        if unstarted is not None:
+            claiming = functools.partial(unstarted.feed, executor, poll_s=settings.claim_poll_s)
+            life.supervise("run claiming", claiming)
 
     life.on_started(start_background)
     return service.plan(

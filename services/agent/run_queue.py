@@ -1,0 +1,125 @@
+"""Runs admitted but not yet begun, shared by the replicas: counted for admission, claimed by executors.
+
+With ``AGENTMESH_AGENT_ROLE`` "serve" or "execute" the replica that admits a run is not the one
+that executes it. The queue is then the database itself: a run is *unstarted* while it is IDLE or
+PROCESSING and no saga was begun for it (the state ``RunStore.create`` leaves it in). Admission
+counts those rows against the backlog bound; an executor claims some by beginning their sagas
+in its name (the saga log's lease, the same one ``Saga.run`` takes and the orphaned-run takeover
+checks), one statement for as many runs as it has free workers. The saga's primary key decides
+races: of two executors claiming one run, exactly one inserts its saga. An executor killed after
+claiming leaves leases that expire, and the takeover resumes those runs as it resumes any other.
+
+Admissions are announced on ``ADMITTED_CHANNEL`` (this process's executor at once, the others by
+NOTIFY on PostgreSQL); executors also poll, which is the only wake-up across processes sharing
+an SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from runtime.database import Announcer, Database, in_list
+from services.agent.executor import ExecutorFull, RunExecutor
+from services.agent.saga_log import SagaLog, SagaStatus
+from services.agent.state_machine import RunState
+
+log = structlog.get_logger(__name__)
+
+ADMITTED_CHANNEL = "agent_runs_admitted"
+_UNBEGUN = (RunState.IDLE, RunState.PROCESSING)
+_UNSTARTED = "r.state IN {states} AND NOT EXISTS (SELECT 1 FROM sagas s WHERE s.saga_id = r.run_id)"
+# Oldest first: the position of the run's first event (its creation), through the (run_id, version) index.
+_ADMITTED_ORDER = "(SELECT e.position FROM run_events e WHERE e.run_id = r.run_id AND e.version = 1)"
+
+
+class UnstartedRuns:
+    def __init__(self, db: Database, sagas: SagaLog, *, backlog: int) -> None:
+        self._db = db
+        self._sagas = sagas
+        self.backlog = backlog
+        self._announcer = Announcer(db, ADMITTED_CHANNEL)
+        self._counting: asyncio.Future[int] | None = None
+        # Set by an admission, a worker coming free, or the listener (re)connecting.
+        self._wake = asyncio.Event()
+        self._following = False
+
+    # -- admission (any role but "all") ------------------------------------------------------
+
+    async def count(self) -> int:
+        """How many runs no executor has begun. Callers arriving while a count is in flight share
+        it (one round trip for a burst of CreateRuns, at most that round trip stale)."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(self._count())
+        return await asyncio.shield(self._counting)
+
+    async def _count(self) -> int:
+        states, params = in_list("state", [str(s) for s in _UNBEGUN])
+        row = await self._db.fetch_one(f"SELECT count(*) FROM runs r WHERE {_UNSTARTED.format(states=states)}", params)
+        return int(row[0]) if row else 0
+
+    async def check_room(self) -> None:
+        """Raise ``ExecutorFull`` when the shared backlog is full.
+
+        The bound is soft by the calls admitted at the same moment (each saw the same count): it
+        protects the executors from an unbounded queue, it is not an exact quota.
+        """
+        if await self.count() >= self.backlog:
+            raise ExecutorFull(self.backlog, slots="runs waiting for an executor")
+
+    def admitted(self) -> None:
+        """A run was admitted (committed): wake the executors."""
+        self._announcer.committed()
+
+    async def announce(self) -> None:
+        """Forever: tell the other processes' executors of this one's admissions (a background loop)."""
+        await self._announcer.announce()
+
+    # -- claiming (role "execute") ------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[str]:
+        """Begin the sagas of up to ``limit`` unstarted runs, oldest first, in this executor's name."""
+        states, params = in_list("state", [str(s) for s in _UNBEGUN])
+        now = time.time()
+        # SKIP LOCKED: executors claiming at once take different runs instead of queueing on the
+        # same rows (the insert's ON CONFLICT would make all but one come away empty).
+        lock = " FOR UPDATE OF r SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        claimed = await self._db.execute(
+            "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
+            " SELECT r.run_id, :status, :now, :owner, :until FROM runs r"
+            f" WHERE {_UNSTARTED.format(states=states)} ORDER BY {_ADMITTED_ORDER} LIMIT :limit{lock}"
+            " ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id",
+            {
+                **params,
+                "status": str(SagaStatus.RUNNING),
+                "now": now,
+                "owner": self._sagas.owner,
+                "until": now + self._sagas.lease_s,
+                "limit": limit,
+            },
+        )
+        return [row[0] for row in claimed.rows]
+
+    async def feed(self, executor: RunExecutor, *, poll_s: float) -> None:
+        """Forever: keep ``executor``'s free workers busy with claimed runs (a background loop).
+
+        Woken by an admission (here or, by NOTIFY, on another replica), by a worker coming free,
+        and every ``poll_s`` in case a wake-up was missed.
+        """
+        if not self._following:  # once per process: a restarted loop keeps its subscriptions
+            self._following = True
+            await self._db.listen(ADMITTED_CHANNEL, self._wake.set)
+            executor.on_free(self._wake.set)
+        while True:
+            self._wake.clear()
+            free = executor.free
+            if free:
+                for run_id in await self.claim(free):
+                    executor.resume(run_id)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_s):
+                        await self._wake.wait()
