@@ -1,6 +1,7 @@
 """Two agent replicas on one PostgreSQL database behind one gateway, as real processes, each with
 its own data dir (as pods with their own volumes): any replica answers for every run, one
-request id makes one run, a SIGKILLed replica's runs settle through the survivor, WatchRun on
+request id makes one run, a SIGKILLed replica's runs settle through the survivor (also when it is an
+executor of runs a "serve" replica admitted), WatchRun on
 one replica follows a run executing on the other, the read model is taken over when the replica
 following the feed is SIGKILLed, and the database restarting under traffic costs retryable errors only.
 """
@@ -71,7 +72,9 @@ async def _serving(process: ServiceProcess, name: str) -> None:
 
 
 @asynccontextmanager
-async def mesh(tmp_path: Path, database_url: str, **agent_env: str) -> AsyncIterator[Mesh]:
+async def mesh(
+    tmp_path: Path, database_url: str, *, roles: tuple[str, ...] = ("all", "all"), **agent_env: str
+) -> AsyncIterator[Mesh]:
     started: list[ServiceProcess] = []
     try:
         rag = _service("services.rag", "RAG", "rag", tmp_path, {})
@@ -79,9 +82,13 @@ async def mesh(tmp_path: Path, database_url: str, **agent_env: str) -> AsyncIter
         agent_settings = {"DATABASE_URL": database_url, "RAG_ENDPOINTS": json.dumps([rag.address])}
         agents = [
             _service(
-                "services.agent", "AGENT", f"agent-{n}", tmp_path, {**agent_settings, **FAST_TAKEOVER, **agent_env}
+                "services.agent",
+                "AGENT",
+                f"agent-{n}",
+                tmp_path,
+                {**agent_settings, **FAST_TAKEOVER, "ROLE": role, "INSTANCE_ID": f"agent-{n}", **agent_env},
             )
-            for n in range(2)
+            for n, role in enumerate(roles)
         ]
         started.extend(agents)
         backends = {"agent": [a.address for a in agents], "rag": [rag.address]}
@@ -184,6 +191,42 @@ async def test_runs_of_a_sigkilled_replica_settle_once_through_the_survivor(tmp_
     for history in histories:
         sequences = [e.sequence for e in history]
         assert sequences == sorted(set(sequences))
+        terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
+        assert len(terminal) == 1, history  # settled exactly once
+        steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
+        assert all(count == 1 for count in steps.values()), steps  # no step recorded twice
+
+
+@pytest.mark.timeout(240)
+async def test_runs_of_a_sigkilled_executor_settle_once_through_the_other_executor(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    roles = ("serve", "execute", "execute")
+    async with mesh(tmp_path, postgres_url, roles=roles, WORKERS="4", **SLOW_DECISIONS) as system:
+        serve = system.agents[0]
+        async with stub(serve.address) as agent:
+            runs = [await _create(agent, f"How long do refunds take? ({n})") for n in range(10)]
+            # Mid-flight: the first run is deciding (its retrieval step is logged) on some executor.
+            async for response in agent.WatchRun(agent_pb.WatchRunRequest(run_id=runs[0].run_id), timeout=30):
+                if response.event.cause.startswith("retrieve:"):
+                    break
+        db = await open_database(postgres_url, sqlite_path=tmp_path / "unused.sqlite3", setting="DATABASE_URL")
+        try:
+            holder = await db.fetch_one("SELECT owner FROM sagas WHERE saga_id = :id", {"id": runs[0].run_id})
+        finally:
+            await db.close()
+        assert holder is not None
+        doomed = system.agents[int(holder[0].removeprefix("agent-"))]
+        assert doomed is not serve
+        doomed.kill()  # SIGKILL mid-run: its leases expire, the other executor takes its runs over
+
+        async with stub(serve.address) as agent:
+            settled = [await settled_run(agent, run.run_id, timeout_s=90) for run in runs]
+            histories = [await _events(agent, run.run_id) for run in runs]
+    assert all(run.state in SETTLED for run in settled)
+    for history in histories:
+        sequences = [e.sequence for e in history]
+        assert sequences == list(range(1, len(history) + 1))
         terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
         assert len(terminal) == 1, history  # settled exactly once
         steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
