@@ -10,7 +10,9 @@ every chunk that long each way (bench/delay_hop.py: a managed database a zone aw
   better of the two kept: what no write path through that hop can beat;
 * per agent count: that many ``python -m services.agent`` processes (default engine, default
   settings, but a backlog with room for every run) on a fresh database reached through the hop,
-  behind one ``python -m services.gateway``, as callers reach them. After a warm-up (which, with
+  behind one ``python -m services.gateway``, as callers reach them. An entry of ``--agents`` may
+  instead name one process per role (``AGENTMESH_AGENT_ROLE``), e.g. ``serve+execute``: the gateway
+  then reaches the replicas that serve (not the "execute" ones, whose loop runs the runs). After a warm-up (which, with
   the default engine, lasts until every agent has loaded its sentence model), ``--callers`` tasks
   send ``--runs`` CreateRuns through the gateway (a caller told RESOURCE_EXHAUSTED retries the
   same request id after the hinted delay, as a client should), while two pollers read every
@@ -102,6 +104,8 @@ QUESTIONS = (
 class Setting:
     delay_ms: float
     agents: int
+    # "1", "2": that many agents of role "all"; "serve+execute": one agent per role named.
+    topology: str
     load_average: list[float]
     runs: int
     created: int = 0
@@ -316,7 +320,7 @@ async def _measure_agents(
     *,
     database_url: str,
     rag: str,
-    agents: int,
+    topology: str,
     delay_ms: float,
     runs: int,
     callers: int,
@@ -324,8 +328,16 @@ async def _measure_agents(
     agent_settings: dict[str, str],
     profile_dir: Path | None = None,
 ) -> Setting:
-    setting = Setting(delay_ms=delay_ms, agents=agents, load_average=[round(x, 2) for x in os.getloadavg()], runs=runs)
-    tag = f"{delay_ms:g}ms-{agents}"
+    roles = _roles(topology)
+    agents = len(roles)
+    setting = Setting(
+        delay_ms=delay_ms,
+        agents=agents,
+        topology=topology,
+        load_average=[round(x, 2) for x in os.getloadavg()],
+        runs=runs,
+    )
+    tag = f"{delay_ms:g}ms-{topology}"
     hop = _hop_name(delay_ms)
     # Started one after another: each migrates the schema under the database's lock anyway.
     agents_started = [
@@ -333,20 +345,24 @@ async def _measure_agents(
             group,
             "services.agent",
             "AGENT",
-            f"agent-{tag}-{n}",
+            f"agent-{tag}-{n}-{role}",
             work,
             DATABASE_URL=database_url,
             RAG_ENDPOINTS=json.dumps([rag]),
             # Room for every run of the load: CreateRun/s measures the write path, not admission
             # control (with the default 256, runs created faster than they settle are refused).
             BACKLOG=str(max(256, runs)),
+            ROLE=role,
             **agent_settings,
             DRAIN_DELAY_S="0",
             GRACE_PERIOD_S="1",
         )
-        for n in range(agents)
+        for n, role in enumerate(roles)
     ]
-    addresses = [child.address for child in agents_started]
+    # Callers reach the replicas that serve; "execute" replicas only when nothing else serves.
+    serving = [child for child, role in zip(agents_started, roles, strict=True) if role != "execute"]
+    addresses = [child.address for child in serving or agents_started]
+    executing = [child for child, role in zip(agents_started, roles, strict=True) if role != "serve"]
     gateway = await start_service(
         group,
         "services.gateway",
@@ -362,7 +378,7 @@ async def _measure_agents(
         # Warm-up: connections opened, code paths run, on every agent; the engine's model loaded.
         await _Load(stub, runs=4 * agents, callers=2 * agents, settle_within_s=60).run()
         if _loads_a_model(agent_settings):
-            await _until_logged(agents_started, MODEL_READY, within_s=MODEL_LOAD_WITHIN_S)
+            await _until_logged(executing, MODEL_READY, within_s=MODEL_LOAD_WITHIN_S)
         cpu_before = {**shared.cpu(), **group.cpu()}
         sampler = None
         if profile_dir is not None:
@@ -397,7 +413,9 @@ async def _measure_agents(
     per_role: dict[str, float] = {}
     for role, seconds in cpu_after.items():
         if tag in role or role in ("rag", hop):
-            kind = "agents" if role.startswith("agent") else role.split("-")[0]
+            kind = role.split("-")[0]
+            if kind == "agent":  # agents of role "all" together; in a split topology, per role
+                kind = "agents" if role.endswith("-all") else f"agent {role.rsplit('-', 1)[1]}"
             per_role[kind] = per_role.get(kind, 0.0) + seconds - cpu_before.get(role, 0.0)
     setting.cpu_s = {role: round(seconds, 1) for role, seconds in per_role.items()}
     return setting
@@ -433,7 +451,7 @@ async def run(
     runs: int,
     callers: int,
     delays_ms: Sequence[float],
-    agent_counts: Sequence[int],
+    topologies: Sequence[str],
     floor_seconds: float,
     floor_connections: int,
     settle_within_s: float,
@@ -459,7 +477,7 @@ async def run(
                 # loop move with whatever else the shared machine runs, and a floor is the best case.
                 measured = [await _floor(floor_url, delay_ms, floor_seconds, floor_connections)]
                 progress(f"floor, {delay_ms:g} ms each way: {measured[-1].per_s:,.0f} transactions/s")
-                for agents in agent_counts:
+                for topology in topologies:
                     name = f"runs_{len(settings)}"
                     await asyncio.to_thread(cluster.create_database, name)
                     async with _processes(work) as group:
@@ -469,7 +487,7 @@ async def run(
                             work,
                             database_url=_via(hop_port, name),
                             rag=rag,
-                            agents=agents,
+                            topology=topology,
                             delay_ms=delay_ms,
                             runs=runs,
                             callers=callers,
@@ -501,7 +519,39 @@ async def run(
 
 
 def _find(results: dict[str, Any], delay_ms: float, agents: int) -> dict[str, Any] | None:
-    return next((s for s in results["settings"] if s["delay_ms"] == delay_ms and s["agents"] == agents), None)
+    """The setting of ``agents`` agents of role "all" at ``delay_ms``."""
+    return next(
+        (s for s in results["settings"] if s["delay_ms"] == delay_ms and s.get("topology", str(agents)) == str(agents)),
+        None,
+    )
+
+
+ROLES = ("all", "serve", "execute")
+
+
+def _roles(topology: str) -> list[str]:
+    """``"2"`` → two agents of role "all"; ``"serve+execute"`` → one agent per role named."""
+    if topology.isdigit():
+        return ["all"] * int(topology)
+    return topology.split("+")
+
+
+def _topologies(text: str) -> list[str]:
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    for entry in entries:
+        roles = [] if entry.isdigit() else entry.split("+")
+        if entry.isdigit() and int(entry) < 1:
+            raise ValueError(f"--agents {text!r}: every count must be at least 1")
+        if not entry.isdigit() and (any(r not in ROLES for r in roles) or not set(roles) - {"execute"}):
+            raise ValueError(
+                f"--agents {text!r}: expected counts or roles joined by '+' ({', '.join(ROLES)}; one that"
+                " serves at least), e.g. 1,2,serve+execute"
+            )
+        if "serve" in roles and not {"all", "execute"} & set(roles):
+            raise ValueError(f"--agents {text!r}: {entry} has no replica that executes runs (add +execute)")
+    if not entries or len(set(entries)) != len(entries):
+        raise ValueError(f"--agents {text!r}: expected distinct entries, e.g. 1,2,serve+execute")
+    return entries
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -547,9 +597,7 @@ def targets(results: dict[str, Any]) -> list[Bound]:
         )
     for s in at_far:
         found.append(
-            Bound(
-                f"runs settled end to end at {far:g} ms, {s['agents']} agent(s), ≥ 42/s", s["settled_per_s"], 42, True
-            )
+            Bound(f"runs settled end to end at {far:g} ms, {_topology(s)}, ≥ 42/s", s["settled_per_s"], 42, True)
         )
     if at_far:
         found.append(
@@ -571,11 +619,17 @@ def targets(results: dict[str, Any]) -> list[Bound]:
     return found
 
 
+def _topology(d: dict[str, Any]) -> str:
+    topology = d.get("topology", str(d["agents"]))
+    return f"{topology} agent(s)" if topology.isdigit() else f"agents {topology}"
+
+
 def _row(s: Setting | dict[str, Any]) -> str:
     d = asdict(s) if isinstance(s, Setting) else s
     errors = ", ".join(f"{k} {v}" for k, v in sorted(d["errors"].items())) or "none"
     return (
-        f"| {d['delay_ms']:g} ms | {d['agents']} | {d['create_per_s']:,.1f} | {d['create_p50_ms']:,.0f} |"
+        f"| {d['delay_ms']:g} ms | {d.get('topology', d['agents'])} | {d['create_per_s']:,.1f} |"
+        f" {d['create_p50_ms']:,.0f} |"
         f" {d['create_p99_ms']:,.0f} | {d['settled_per_s']:,.2f} ({d['settled']}/{d['runs']}) |"
         f" {d['get_p50_ms']:,.1f} | {d['get_p99_ms']:,.1f} |"
         f" {d.get('get_p99_creating_ms', 0):,.1f} / {d.get('get_p99_after_ms', 0):,.1f} |"
@@ -646,7 +700,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=positive_int, default=300, help="CreateRuns per setting (default 300)")
     parser.add_argument("--callers", type=positive_int, default=32, help="concurrent callers (default 32)")
     parser.add_argument("--delays-ms", default="0,1", help="added delays each way, comma-separated (default 0,1)")
-    parser.add_argument("--agents", default="1,2", help="agent replica counts, comma-separated (default 1,2)")
+    parser.add_argument(
+        "--agents",
+        default="1,2",
+        help="agent replica counts, comma-separated (default 1,2); an entry may name one agent per role"
+        " (AGENTMESH_AGENT_ROLE) instead, e.g. serve+execute",
+    )
     parser.add_argument("--floor-seconds", type=float, default=3.0, help="length of the floor's run (default 3)")
     parser.add_argument("--floor-connections", type=positive_int, default=32)
     parser.add_argument(
@@ -670,11 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         delays = _numbers(args.delays_ms, float, "--delays-ms")
-        agents = _numbers(args.agents, int, "--agents")
+        topologies = _topologies(args.agents)
     except ValueError as error:
         parser.error(str(error))
-    if 0 in agents:
-        parser.error(f"--agents {args.agents!r}: every count must be at least 1")
     if not args.floor_seconds > 0 or not args.settle_within > 0:
         parser.error("--floor-seconds and --settle-within must be above 0")
     if not installed():
@@ -695,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
             runs=args.runs,
             callers=args.callers,
             delays_ms=delays,
-            agent_counts=agents,
+            topologies=topologies,
             floor_seconds=args.floor_seconds,
             floor_connections=args.floor_connections,
             settle_within_s=args.settle_within,

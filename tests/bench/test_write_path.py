@@ -36,11 +36,32 @@ def test_a_tiny_run_measures_every_setting_and_the_floor(tmp_path: Path) -> None
     assert (tmp_path / "write_path.md").read_text().startswith("Measured ")
 
 
+@tiny_postgres_run
+def test_a_split_topology_is_measured_beside_the_agents_that_do_everything(tmp_path: Path) -> None:
+    done = run_bench(
+        "bench.write_path",
+        *("--runs", "6", "--callers", "3", "--delays-ms", "1", "--agents", "1,serve+execute"),
+        *("--floor-seconds", "0.3", "--settle-within", "90", "--out", str(tmp_path), "--no-doc"),
+        timeout=170,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| 1 ms | serve+execute | " in done.stdout
+    assert "runs settled end to end at 1 ms, agents serve+execute, ≥ 42/s" in done.stdout
+    results = json.loads((tmp_path / "write_path.json").read_text())
+    assert [(s["topology"], s["agents"]) for s in results["settings"]] == [("1", 1), ("serve+execute", 2)]
+    split = results["settings"][1]
+    assert (split["created"], split["settled"], split["errors"]) == (6, 6, {})
+    assert {"agent serve", "agent execute"} <= set(split["cpu_s"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (("--delays-ms", "one"), "--delays-ms 'one': expected comma-separated numbers"),
         (("--agents", "0"), "--agents '0': every count must be at least 1"),
+        (("--agents", "1,serve+run"), "--agents '1,serve+run': expected counts or roles joined by '+'"),
+        (("--agents", "serve"), "--agents 'serve': serve has no replica that executes runs"),
         (("--runs", "0"), "--runs: 0 is not a whole number of at least 1"),
         (("--no-such-flag",), "unrecognized arguments: --no-such-flag"),
         (("--agent-setting", "WORKERS"), "--agent-setting 'WORKERS': expected NAME=VALUE"),
