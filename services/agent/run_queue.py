@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import structlog
@@ -37,12 +38,20 @@ _ADMITTED_ORDER = "(SELECT e.position FROM run_events e WHERE e.run_id = r.run_i
 
 
 class UnstartedRuns:
-    def __init__(self, db: Database, sagas: SagaLog, *, backlog: int) -> None:
+    """``count_fresh_s``: how long admission reuses a count of the unstarted runs (with this
+    replica's admissions since added), so a burst of CreateRuns costs a count per that period, not
+    one per call."""
+
+    def __init__(self, db: Database, sagas: SagaLog, *, backlog: int, count_fresh_s: float = 0.1) -> None:
         self._db = db
         self._sagas = sagas
         self.backlog = backlog
+        self._count_fresh_s = count_fresh_s
         self._announcer = Announcer(db, ADMITTED_CHANNEL)
-        self._counting: asyncio.Future[int] | None = None
+        self._counting: asyncio.Future[tuple[int, float, int]] | None = None
+        # The last count: unstarted runs, when it began (monotonic), this replica's admissions then.
+        self._counted: tuple[int, float, int] = (0, -math.inf, 0)
+        self._admissions = 0
         # Set by an admission, a worker coming free, or the listener (re)connecting.
         self._wake = asyncio.Event()
         self._following = False
@@ -50,28 +59,35 @@ class UnstartedRuns:
     # -- admission (any role but "all") ------------------------------------------------------
 
     async def count(self) -> int:
-        """How many runs no executor has begun. Callers arriving while a count is in flight share
-        it (one round trip for a burst of CreateRuns, at most that round trip stale)."""
-        if self._counting is None or self._counting.done():
-            self._counting = asyncio.ensure_future(self._count())
-        return await asyncio.shield(self._counting)
-
-    async def _count(self) -> int:
+        """How many runs no executor has begun."""
         states, params = in_list("state", [str(s) for s in _UNBEGUN])
         row = await self._db.fetch_one(f"SELECT count(*) FROM runs r WHERE {_UNSTARTED.format(states=states)}", params)
         return int(row[0]) if row else 0
 
+    async def _recount(self) -> tuple[int, float, int]:
+        began, admissions = time.monotonic(), self._admissions
+        counted = (await self.count(), began, admissions)
+        self._counted = max(self._counted, counted, key=lambda c: c[1])
+        return counted
+
     async def check_room(self) -> None:
         """Raise ``ExecutorFull`` when the shared backlog is full.
 
-        The bound is soft by the calls admitted at the same moment (each saw the same count): it
-        protects the executors from an unbounded queue, it is not an exact quota.
+        Against a count at most ``count_fresh_s`` old (callers arriving while it is taken share it)
+        plus this replica's admissions since: the bound is soft by what other replicas admitted in
+        that time. It keeps the queue of unstarted runs bounded; it is not an exact quota.
         """
-        if await self.count() >= self.backlog:
+        unstarted, counted_at, admissions = self._counted
+        if time.monotonic() - counted_at > self._count_fresh_s:
+            if self._counting is None or self._counting.done():
+                self._counting = asyncio.ensure_future(self._recount())
+            unstarted, _, admissions = await asyncio.shield(self._counting)
+        if unstarted + self._admissions - admissions >= self.backlog:
             raise ExecutorFull(self.backlog, slots="runs waiting for an executor")
 
     def admitted(self) -> None:
-        """A run was admitted (committed): wake the executors."""
+        """A run was admitted (committed): counted, and the executors woken."""
+        self._admissions += 1
         self._announcer.committed()
 
     async def announce(self) -> None:

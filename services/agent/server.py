@@ -220,14 +220,17 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
             await asyncio.sleep(3600)
 
     async def start_background(port: int) -> None:
-        await projection.catch_up(store)
         # Started after the executor and the bus were opened, so stopped before they close.
-        life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
         life.supervise("commit announcements", store.announce_commits)
-        # The read model follows the log's feed, woken by commits (the only way it is fed).
-        life.supervise("projection", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
-        life.supervise("ledger pruning", prune_ledger_hourly)
         life.supervise("cancel announcements", cancellations.announce)
+        if settings.role != "serve":
+            # A serve replica leaves the log's consumers to the executors (any replica's relay
+            # publishes any row; the read model has one follower at a time), so its loop only serves.
+            await projection.catch_up(store)
+            life.supervise("outbox relay", lambda: outbox.relay(bus, poll_interval=settings.outbox_poll_s))
+            # The read model follows the log's feed, woken by commits (the only way it is fed).
+            life.supervise("projection", lambda: projection.follow(store, interval_s=settings.outbox_poll_s))
+            life.supervise("ledger pruning", prune_ledger_hourly)
         if unstarted is not None:
             life.supervise("admission announcements", unstarted.announce)
         if workflow is None or executor is None:

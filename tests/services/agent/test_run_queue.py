@@ -76,10 +76,28 @@ async def test_runs_claimed_by_an_executor_that_died_are_taken_over_when_its_lea
 
 
 async def test_admission_is_refused_once_the_unstarted_backlog_is_full(stores: Stores) -> None:
-    serving = queue(stores, "serve", backlog=2)
+    # A count an hour fresh: what this replica admits since is added at once; what another
+    # replica admitted is seen at the next count (the bound is soft by that much).
+    serving = UnstartedRuns(stores.db, SagaLog(stores.db, owner="serve"), backlog=3, count_fresh_s=3600)
     await serving.check_room()
+    await _admit(stores, 1)  # admitted by another replica
+    for _ in range(2):
+        await serving.check_room()
+        await _admit(stores, 1)
+        serving.admitted()
+    await serving.check_room()  # 0 counted + 2 of its own
+    await _admit(stores, 1)
+    serving.admitted()
+    with pytest.raises(ExecutorFull, match=r"at capacity \(3 runs waiting for an executor\)"):
+        await serving.check_room()
+    with pytest.raises(ExecutorFull):  # a replica counting now sees all 4
+        await UnstartedRuns(stores.db, SagaLog(stores.db, owner="serve-2"), backlog=3).check_room()
+
+
+async def test_an_executor_beginning_a_run_makes_room_at_the_next_count(stores: Stores) -> None:
+    serving = UnstartedRuns(stores.db, SagaLog(stores.db, owner="serve"), backlog=2, count_fresh_s=0)
     await _admit(stores, 2)
-    with pytest.raises(ExecutorFull, match=r"at capacity \(2 runs waiting for an executor\)"):
+    with pytest.raises(ExecutorFull):
         await serving.check_room()
     await queue(stores, "executor").claim(1)  # an executor began one: room again
     await serving.check_room()
