@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
@@ -54,3 +55,14 @@ async def listed_once(
             return page
         await asyncio.sleep(0.05)
     raise AssertionError(f"ListRuns did not list {run_ids} within 10 s: {[r.run_id for r in page.runs]}")
+
+
+def assert_settled_once(history: list[run_pb2.RunEvent]) -> None:
+    """A run's whole history, however many replicas executed or took it over: gap-free, settled
+    exactly once, no step recorded twice."""
+    sequences = [e.sequence for e in history]
+    assert sequences == list(range(1, len(history) + 1)), sequences
+    terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
+    assert len(terminal) == 1, history
+    steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
+    assert all(count == 1 for count in steps.values()), steps

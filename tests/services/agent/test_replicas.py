@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.database import open_database
 from services.agent.a2a_push import PUSH_GROUP
-from tests.services.agent.runs import SETTLED, listed_once, settled_run
+from tests.services.agent.runs import SETTLED, assert_settled_once, listed_once, settled_run
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import ServiceProcess, spawn, wait_until
 from tools.postgres_local import LocalPostgres
@@ -73,8 +72,9 @@ async def _serving(process: ServiceProcess, name: str) -> None:
 
 @asynccontextmanager
 async def mesh(
-    tmp_path: Path, database_url: str, *, roles: tuple[str, ...] = ("all", "all"), **agent_env: str
+    tmp_path: Path, database_url: str, roles: tuple[str, ...] = ("all", "all"), /, **agent_env: str
 ) -> AsyncIterator[Mesh]:
+    """RAG, agents of ``roles`` (AGENTMESH_AGENT_ROLE) with ``agent_env``, and a gateway to them."""
     started: list[ServiceProcess] = []
     try:
         rag = _service("services.rag", "RAG", "rag", tmp_path, {})
@@ -189,12 +189,7 @@ async def test_runs_of_a_sigkilled_replica_settle_once_through_the_survivor(tmp_
             histories = [await _events(agent, run.run_id) for run in runs]
     assert all(run.state in SETTLED for run in settled)
     for history in histories:
-        sequences = [e.sequence for e in history]
-        assert sequences == sorted(set(sequences))
-        terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
-        assert len(terminal) == 1, history  # settled exactly once
-        steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
-        assert all(count == 1 for count in steps.values()), steps  # no step recorded twice
+        assert_settled_once(history)
 
 
 @pytest.mark.timeout(240)
@@ -202,7 +197,7 @@ async def test_runs_of_a_sigkilled_executor_settle_once_through_the_other_execut
     tmp_path: Path, postgres_url: str
 ) -> None:
     roles = ("serve", "execute", "execute")
-    async with mesh(tmp_path, postgres_url, roles=roles, WORKERS="4", **SLOW_DECISIONS) as system:
+    async with mesh(tmp_path, postgres_url, roles, WORKERS="4", **SLOW_DECISIONS) as system:
         serve = system.agents[0]
         async with stub(serve.address) as agent:
             runs = [await _create(agent, f"How long do refunds take? ({n})") for n in range(10)]
@@ -225,12 +220,7 @@ async def test_runs_of_a_sigkilled_executor_settle_once_through_the_other_execut
             histories = [await _events(agent, run.run_id) for run in runs]
     assert all(run.state in SETTLED for run in settled)
     for history in histories:
-        sequences = [e.sequence for e in history]
-        assert sequences == list(range(1, len(history) + 1))
-        terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
-        assert len(terminal) == 1, history  # settled exactly once
-        steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
-        assert all(count == 1 for count in steps.values()), steps  # no step recorded twice
+        assert_settled_once(history)
 
 
 @pytest.mark.timeout(180)

@@ -27,7 +27,7 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
-from tests.services.agent.runs import SETTLED, settled_run, until_step
+from tests.services.agent.runs import assert_settled_once, settled_run, until_step
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import start_agent, start_rag, wait_until
 
@@ -84,11 +84,8 @@ async def _history(agent: agent_grpc.AgentServiceAsyncStub, run_id: str) -> list
 
 
 def _executed_once(history: list[run_pb2.RunEvent]) -> None:
-    sequences = [e.sequence for e in history]
-    assert sequences == list(range(1, len(history) + 1))  # gap-free
-    terminal = [e for e in history if e.type == "run.state_changed" and e.to_state in SETTLED]
-    assert len(terminal) == 1, history
-    # The record step's own event is the terminal transition.
+    assert_settled_once(history)
+    # Every step once (the record step's own event is the terminal transition).
     steps = Counter(e.cause.split(":")[0] for e in history if e.type == "run.step_completed")
     assert steps == Counter({"validate": 1, "reserve_budget": 1, "retrieve": 1, "decide": 1}), steps
 
