@@ -121,6 +121,16 @@ async def _events(agent: agent_grpc.AgentServiceAsyncStub, run_id: str) -> list[
     return [r.event async for r in agent.WatchRun(agent_pb.WatchRunRequest(run_id=run_id), timeout=30)]
 
 
+async def _each_settled_once(address: str, runs: list[run_pb2.Run]) -> None:
+    """Every run settles (read through ``address``), each exactly once with a gap-free history."""
+    async with stub(address) as agent:
+        settled = [await settled_run(agent, run.run_id, timeout_s=90) for run in runs]
+        histories = [await _events(agent, run.run_id) for run in runs]
+    assert all(run.state in SETTLED for run in settled)
+    for history in histories:
+        assert_settled_once(history)
+
+
 @pytest.mark.timeout(180)
 async def test_any_replica_answers_for_every_run(tmp_path: Path, postgres_url: str) -> None:
     async with mesh(tmp_path, postgres_url) as system, stub(system.gateway.address) as gateway:
@@ -184,12 +194,7 @@ async def test_runs_of_a_sigkilled_replica_settle_once_through_the_survivor(tmp_
                     break
         doomed.kill()  # SIGKILL: no drain, leases left to expire
 
-        async with stub(survivor.address) as agent:
-            settled = [await settled_run(agent, run.run_id, timeout_s=90) for run in runs]
-            histories = [await _events(agent, run.run_id) for run in runs]
-    assert all(run.state in SETTLED for run in settled)
-    for history in histories:
-        assert_settled_once(history)
+        await _each_settled_once(survivor.address, runs)
 
 
 @pytest.mark.timeout(240)
@@ -215,12 +220,7 @@ async def test_runs_of_a_sigkilled_executor_settle_once_through_the_other_execut
         assert doomed is not serve
         doomed.kill()  # SIGKILL mid-run: its leases expire, the other executor takes its runs over
 
-        async with stub(serve.address) as agent:
-            settled = [await settled_run(agent, run.run_id, timeout_s=90) for run in runs]
-            histories = [await _events(agent, run.run_id) for run in runs]
-    assert all(run.state in SETTLED for run in settled)
-    for history in histories:
-        assert_settled_once(history)
+        await _each_settled_once(serve.address, runs)
 
 
 @pytest.mark.timeout(180)

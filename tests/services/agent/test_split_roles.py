@@ -27,7 +27,7 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
-from tests.services.agent.runs import assert_settled_once, settled_run, until_step
+from tests.services.agent.runs import assert_settled_once, listed_once, settled_run, until_step
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import start_agent, start_rag, wait_until
 
@@ -101,6 +101,8 @@ async def test_runs_admitted_by_a_serve_replica_are_settled_by_an_execute_replic
         assert all(run.state == Run.STATE_PROCESSING for run in created)
         settled = [await settled_run(serve, run.run_id, timeout_s=60) for run in created]
         histories = [await _history(serve, run.run_id) for run in created]
+        # The read model, followed by the executor, lists them on the serve replica.
+        await listed_once(serve, [run.run_id for run in created])
     assert [run.state for run in settled] == [Run.STATE_COMPLETED] * 5
     assert settled[0].answer == "Refunds are processed within 5 business days. [1]"
     for history in histories:
