@@ -131,9 +131,9 @@ SEMANTIC_WEIGHTS = Weights(
     companion=0.3,
     unmet=0.5,
     abstain=1.365,
-    release=1.522,
+    release=1.634,
 )
-LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.054, release=1.325, missing=0.6)
+LEXICAL_WEIGHTS = Weights(similarity=0.0, lexical=1.0, cue=0.0, rank=0.7, abstain=1.054, release=1.42, missing=0.6)
 # The confidence the engine gives an answer scoring exactly ``release``: the agent's default review threshold.
 _RELEASE_CONFIDENCE = 0.25
 
