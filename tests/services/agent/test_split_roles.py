@@ -1,7 +1,8 @@
 """Serving and executing in separate replicas (``AGENTMESH_AGENT_ROLE``), on the real servers and both
 backends: a "serve" replica admits runs that "execute" replicas claim and settle, each run executed
 once however many executors race for it; admission is bounded by the runs no executor has begun;
-CancelRun on the serving replica interrupts a run executing on another.
+CancelRun on the serving replica interrupts a run executing on another; an execute replica alone
+admits runs and executes them through the same queue, woken by its own admissions.
 
 In-process servers on one database (on SQLite, one data dir: processes sharing its files, woken by
 their poll); a SIGKILLed executor is in test_replicas.py (real processes).
@@ -52,10 +53,7 @@ class Split:
         server = await start_agent(
             data_dir,
             f"127.0.0.1:{self._rag.port}",
-            role=role,
-            database_url=self._database_url,
-            claim_poll_s=0.05,
-            **settings,
+            **{"role": role, "database_url": self._database_url, "claim_poll_s": 0.05, **settings},
         )
         self._stack.push_async_callback(server.stop)
         channel = await self._stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
@@ -173,3 +171,18 @@ async def test_cancelling_on_the_serve_replica_interrupts_the_run_executing_on_a
     assert transitions[-1] == (Run.STATE_PROCESSING, Run.STATE_CANCELLED)
     # The watch ended after the executor compensated what the run had done.
     assert (events[-1].type, events[-1].cause) == ("run.step_compensated", "reserve_budget: compensated")
+
+
+@pytest.mark.timeout(120)
+async def test_an_execute_replica_alone_admits_runs_and_settles_them_through_the_shared_queue(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with split(tmp_path, database_url) as system:
+        # claim_poll_s an hour: only the admission's own wake-up can start the runs.
+        execute = await system.replica("execute", claim_poll_s=3600)
+        created = [await _create(execute) for _ in range(3)]
+        settled = [await settled_run(execute, run.run_id, timeout_s=60) for run in created]
+        histories = [await _history(execute, run.run_id) for run in created]
+    assert [run.state for run in settled] == [Run.STATE_COMPLETED] * 3
+    for history in histories:
+        _executed_once(history)
