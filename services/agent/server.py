@@ -100,7 +100,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     instance = life.closing(claim_instance_id(settings.instance_id, data_dir=settings.data_dir)).name
     saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
-    projection = RunProjection(read_db)
+    projection = RunProjection(read_db, instance=instance)
 
     async def prepare_databases(_port: int) -> None:
         # Here rather than in build(): a database that is not up yet is waited for (logged once,
