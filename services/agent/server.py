@@ -50,7 +50,7 @@ async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Datab
             settings.database_url,
             sqlite_path=settings.write_db_path,
             setting="AGENTMESH_AGENT_DATABASE_URL",
-            pool_size=settings.database_pool_size,
+            pool_size=settings.database_connections,
         )
     )
     if settings.database_url and not settings.read_database_url:
@@ -60,7 +60,7 @@ async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Datab
             settings.read_database_url,
             sqlite_path=settings.read_db_path,
             setting="AGENTMESH_AGENT_READ_DATABASE_URL",
-            pool_size=settings.database_pool_size,
+            pool_size=settings.database_connections,
         )
     )
     return db, read_db
