@@ -1,14 +1,15 @@
 """A mapping that holds at most ``capacity`` entries and drops the least recently used first.
 
 One implementation for every in-process cache of the mesh (verified tokens, idempotency slots,
-rate-limit buckets, prepared statements, embeddings, handled event ids). Not thread-safe: the event
-loop serializes its users, and a user shared between threads holds its own lock around compound steps.
+rate-limit buckets, prepared statements, embeddings, handled event ids, the console's traces). Not
+thread-safe: the event loop serializes its users, and a user shared between threads holds its own
+lock around compound steps.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -52,6 +53,11 @@ class LRUCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def values(self, *, newest_first: bool = False) -> Iterator[V]:
+        """The values in order of use, least recent first unless ``newest_first``; none is used by it."""
+        values = self._entries.values()
+        return reversed(values) if newest_first else iter(values)
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries

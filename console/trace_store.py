@@ -9,10 +9,11 @@ tracing backend (point the services' ``OTLP_ENDPOINT`` at Jaeger or Tempo instea
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from bounded.lru import LRUCache
 
 # OTLP status codes (opentelemetry.proto.trace.v1.Status.StatusCode).
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
@@ -130,7 +131,7 @@ class TraceStore:
             raise ValueError("the trace ring needs room for at least one trace of one span")
         self.max_traces = max_traces
         self.max_spans_per_trace = max_spans_per_trace
-        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self._traces: LRUCache[str, Trace] = LRUCache(max_traces)
 
     def add(self, spans: list[Span]) -> None:
         """Store spans; a trace seen again moves to the newest end, the oldest traces fall off."""
@@ -138,25 +139,21 @@ class TraceStore:
             trace = self._traces.get(span.trace_id)
             if trace is None:
                 trace = self._traces[span.trace_id] = Trace(span.trace_id)
-            else:
-                self._traces.move_to_end(span.trace_id)
             if len(trace.spans) < self.max_spans_per_trace:
                 trace.spans.append(span)
             else:
                 trace.dropped_spans += 1
-        while len(self._traces) > self.max_traces:
-            self._traces.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._traces)
 
     def get(self, trace_id: str) -> Trace | None:
-        return self._traces.get(trace_id.lower())
+        return self._traces.peek(trace_id.lower())
 
     def recent(self, *, limit: int = 50, service: str = "", errors_only: bool = False) -> list[Trace]:
         """Newest first, optionally only traces touching ``service`` or only failed ones."""
         found: list[Trace] = []
-        for trace in reversed(self._traces.values()):
+        for trace in self._traces.values(newest_first=True):
             if service and all(s.service != service for s in trace.spans):
                 continue
             if errors_only and not trace.error:

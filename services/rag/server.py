@@ -12,7 +12,7 @@ from runtime.assembly import assembling
 from runtime.bootstrap import ServerPlan, ServiceBinding
 from runtime.database import open_database, wait_until_reachable
 from runtime.discovery.settings import DiscoverySettings
-from runtime.embedding import Embedder, MiniLmEmbedder
+from runtime.embedding import Embedder, shared_minilm
 from runtime.live_config.settings import DynamicSettings
 from runtime.processes import current_worker
 from services.rag.chunking import ChunkingOptions
@@ -39,8 +39,9 @@ async def build(
         chains, life = service.chains, service.life
         embedder: Embedder | None = None
         if settings.dense_enabled:
-            # Loading torch and the model takes seconds: off the event loop.
-            embedder = await asyncio.to_thread(MiniLmEmbedder)
+            # In a child process, as the agent's engine has it: a forward pass run here would take
+            # the GIL from the event loop that serves Search. Starting it takes seconds: off the loop.
+            embedder = await asyncio.to_thread(shared_minilm)
         database = life.closing(
             await open_database(
                 settings.database_url,

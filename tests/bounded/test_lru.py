@@ -40,6 +40,16 @@ def test_peek_and_in_read_without_using_the_entry() -> None:
     assert cache.peek("a") is None
 
 
+def test_values_come_in_order_of_use_and_reading_them_uses_none() -> None:
+    cache: LRUCache[str, int] = LRUCache(3)
+    cache["a"], cache["b"], cache["c"] = 1, 2, 3
+    cache.get("a")
+    assert list(cache.values()) == [2, 3, 1]
+    assert list(cache.values(newest_first=True)) == [1, 3, 2]
+    cache["d"] = 4  # "b" is still the least recently used
+    assert list(cache.values()) == [3, 1, 4]
+
+
 def test_a_stored_none_is_still_used_by_get() -> None:
     cache: LRUCache[str, None] = LRUCache(2)
     cache["a"] = None

