@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 from sqlalchemy import event
 
 from runtime.database.postgres import PostgresDatabase
+from tests.postgres import connections_seen
 
 POOL_SIZE = 4
 
@@ -19,15 +19,6 @@ async def test_callers_past_the_pool_size_wait_for_a_connection_instead_of_openi
     closed: list[object] = []
     event.listen(db.engine.sync_engine.pool, "connect", lambda conn, _record: opened.append(conn))
     event.listen(db.engine.sync_engine.pool, "close", lambda conn, _record: closed.append(conn))
-    # The server's own count of the test database's connections, from a connection outside the pool.
-    watcher = await asyncpg.connect(postgres_url)
-    others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    seen: list[int] = []
-
-    async def watch() -> None:
-        while True:
-            seen.append(await watcher.fetchval(others))
-            await asyncio.sleep(0.01)
 
     async def transaction() -> None:
         async with db.transaction() as tx:
@@ -36,14 +27,11 @@ async def test_callers_past_the_pool_size_wait_for_a_connection_instead_of_openi
     async def statement() -> None:
         await db.execute("SELECT pg_sleep(0.02)")
 
-    watching = asyncio.create_task(watch())
     try:
-        for _ in range(3):  # waves of ten times as many callers as connections, both kinds of use
-            await asyncio.gather(*(transaction() if n % 2 else statement() for n in range(10 * POOL_SIZE)))
+        async with connections_seen(postgres_url) as seen:
+            for _ in range(3):  # waves of ten times as many callers as connections, both kinds of use
+                await asyncio.gather(*(transaction() if n % 2 else statement() for n in range(10 * POOL_SIZE)))
     finally:
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
-        await watcher.close()
         await db.close()
     assert max(seen) == POOL_SIZE  # saturated, and never one more
     assert len(opened) == POOL_SIZE  # each opened once and kept:

@@ -7,13 +7,13 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from services.agent.config import POOL_HEADROOM
+from tests.postgres import connections_seen
 from tests.services.agent.runs import settled_run
 from tests.system import free_ports, spawn_serving
 
@@ -43,18 +43,8 @@ async def test_a_replica_under_concurrent_load_holds_no_more_connections_than_st
         tmp_path,
         timeout_s=60,
     )
-    watcher = await asyncpg.connect(postgres_url)
-    others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    seen: list[int] = []
-
-    async def watch() -> None:
-        while True:
-            seen.append(await watcher.fetchval(others))
-            await asyncio.sleep(0.01)
-
-    watching = asyncio.create_task(watch())
     try:
-        async with grpc.aio.insecure_channel(agent.address) as channel:
+        async with connections_seen(postgres_url) as seen, grpc.aio.insecure_channel(agent.address) as channel:
             stub = agent_grpc.AgentServiceStub(channel)
 
             async def create(n: int) -> str:
@@ -63,14 +53,11 @@ async def test_a_replica_under_concurrent_load_holds_no_more_connections_than_st
                 )
                 return (await stub.CreateRun(request, timeout=30)).run.run_id
 
-            # Ten callers per connection at once: CreateRun handlers, idempotency records and
+            # Forty callers at once, several per connection: CreateRun handlers, idempotency records and
             # the workers' transactions all want one.
             run_ids = await asyncio.gather(*(create(n) for n in range(40)))
             for run_id in run_ids:
                 await settled_run(stub, run_id, timeout_s=60)
     finally:
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
-        await watcher.close()
         agent.kill()
     assert seen and max(seen) <= WORKERS + POOL_HEADROOM + LISTEN + IDEMPOTENCY
