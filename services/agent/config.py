@@ -73,9 +73,10 @@ class AgentSettings(ServiceSettings):
     # Event bus: in-process (embedded default) or Redis Streams.
     event_bus: Literal["in_process", "redis"] = "in_process"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # This replica's name: saga lease owner and Redis consumer name. Empty: host name plus a
-    # random suffix, unique per process (events a dead consumer had read are claimed by the
-    # live ones after `claim_idle`, so a new name loses nothing).
+    # This replica's name: saga lease owner, the read model's lease and Redis consumer name.
+    # Empty: host name plus a random suffix, kept in the data dir (runtime/instance.py), unique
+    # per live process (events a dead consumer had read are claimed by the live ones after
+    # `claim_idle`, so a new name loses nothing).
     instance_id: str = ""
     outbox_poll_s: float = Field(default=1.0, gt=0)
     # A run's saga is leased to the instance executing it; each step renews the lease, so it must
