@@ -13,8 +13,14 @@ fold is answered with it. Among the settings whose cross-validated answered-but-
 wrong). Its abstention threshold is then set on the whole tuning half by the same rule: the most
 right answers with at most 0.08 answered-but-wrong and at least 0.85 of the unanswerable questions
 abstained (a margin under the targets, since a threshold set on a sample is optimistic there).
-The release threshold is just above the best score any unanswerable tuning question reaches, so
-none would skip review.
+
+The release threshold (from it up an answer skips review) is a one-sided normal tolerance bound on
+the best scores of the unanswerable tuning questions: with 95% confidence, at least a share
+``coverage`` of unanswerable questions score under it. It is never below the best of them. The
+coverage is chosen by the same cross-validation: the lowest (the most right answers released
+unreviewed) at which no held-back unanswerable question reaches its training part's bound. Just
+above the sample's best score, the previous rule, released held-back unanswerable questions:
+a new question can outscore the best of a sample.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import asyncio
 import itertools
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats  # type: ignore[import-untyped]
 
 from eval.rag.__main__ import HERE, load_corpus, load_questions, passages
 from eval.rag.metrics import answer_is_right
@@ -45,6 +52,10 @@ SHUFFLES = 3
 # The rule that sets a threshold on a sample (a margin under the targets: 0.10 wrong, 0.8 recall).
 THRESHOLD_MAX_WRONG = 0.08
 THRESHOLD_MIN_RECALL = 0.85
+# The release bound: the shares of unanswerable questions it may be set to keep under review, and
+# the confidence that it does.
+RELEASE_COVERAGES = (0.9, 0.95, 0.975, 0.99, 0.995)
+RELEASE_CONFIDENCE = 0.95
 
 
 async def tuning_candidates(engine: ExtractiveDecisionEngine) -> list[tuple[dict[str, Any], list[Candidate]]]:
@@ -145,24 +156,74 @@ def choose_threshold(scored: Sequence[Scored]) -> float:
     )
 
 
-def cross_validated(scored: Sequence[Scored]) -> Figures:
-    """Mean figures on held-back folds of the tuning half, each answered with its training part's threshold."""
-    results = []
+def _folds(scored: Sequence[Scored]) -> Iterator[tuple[list[Scored], list[Scored]]]:
+    """(training part, held-back fold) of the tuning half: 5 folds, 3 shuffles."""
     for shuffle in range(SHUFFLES):
         order = list(range(len(scored)))
         random.Random(shuffle).shuffle(order)
         for fold in range(FOLDS):
             held_back = set(order[fold::FOLDS])
-            train = [s for i, s in enumerate(scored) if i not in held_back]
-            test = [s for i, s in enumerate(scored) if i in held_back]
-            results.append(figures(test, choose_threshold(train)))
+            yield (
+                [s for i, s in enumerate(scored) if i not in held_back],
+                [s for i, s in enumerate(scored) if i in held_back],
+            )
+
+
+def cross_validated(scored: Sequence[Scored]) -> Figures:
+    """Mean figures on held-back folds of the tuning half, each answered with its training part's threshold."""
+    results = [figures(test, choose_threshold(train)) for train, test in _folds(scored)]
     return Figures(*(sum(getattr(r, field) for r in results) / len(results) for field in Figures.__slots__))
 
 
-def release_threshold(scored: Sequence[Scored], abstain: float) -> float:
-    """Just above the best score any unanswerable tuning question reaches, so none would skip review."""
+def release_bound(scored: Sequence[Scored], coverage: float) -> float:
+    """The one-sided normal upper tolerance bound for a share ``coverage`` of the unanswerable scores.
+
+    mean + k * standard deviation, k from the noncentral t, at ``RELEASE_CONFIDENCE``.
+    """
+    unanswerable = np.array([s.best for s in scored if not s.answerable and np.isfinite(s.best)])
+    n = len(unanswerable)
+    if n < 2:
+        return float("-inf")
+    k = stats.nct.ppf(RELEASE_CONFIDENCE, n - 1, stats.norm.ppf(coverage) * np.sqrt(n)) / np.sqrt(n)
+    return float(unanswerable.mean() + k * unanswerable.std(ddof=1))
+
+
+def release_threshold(scored: Sequence[Scored], abstain: float, coverage: float) -> float:
+    """The release bound, never at or under the best unanswerable score seen, nor the abstention threshold."""
     top_unanswerable = max((s.best for s in scored if not s.answerable), default=abstain)
-    return round(max(abstain + 0.01, top_unanswerable + 0.01), 3)
+    return round(max(abstain, top_unanswerable, release_bound(scored, coverage)) + 0.01, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A coverage under cross-validation: held-back unanswerable questions released, right answers released."""
+
+    coverage: float
+    unanswerable_released: int
+    right_released: float  # share of the held-back questions answered rightly that skip review
+
+
+def cross_validated_release(scored: Sequence[Scored]) -> list[Release]:
+    """Each coverage's release bound set on a fold's training part, counted on its held-back fold.
+
+    The bound alone, without the floor of the best score seen, so a coverage too low shows.
+    """
+    released = dict.fromkeys(RELEASE_COVERAGES, 0)
+    right_released: dict[float, list[float]] = {c: [] for c in RELEASE_COVERAGES}
+    for train, test in _folds(scored):
+        abstain = choose_threshold(train)
+        rightly_answered = [s for s in test if s.right and s.best >= abstain]
+        for coverage in RELEASE_COVERAGES:
+            bound = release_bound(train, coverage)
+            released[coverage] += sum(1 for s in test if not s.answerable and s.best >= bound)
+            if rightly_answered:
+                right_released[coverage].append(sum(s.best >= bound for s in rightly_answered) / len(rightly_answered))
+    return [Release(c, released[c], sum(right_released[c]) / max(len(right_released[c]), 1)) for c in RELEASE_COVERAGES]
+
+
+def choose_coverage(releases: Sequence[Release]) -> Release:
+    """The lowest coverage that released no held-back unanswerable question (else the fewest released)."""
+    return min(releases, key=lambda r: (r.unanswerable_released, -r.right_released))
 
 
 def grid(lexical_only: bool) -> list[Weights]:
@@ -205,8 +266,11 @@ def main() -> None:
     ranked = sorted(admissible or results, key=lambda r: (-r[0].right, r[0].wrong))
     for cv, weights, scored in ranked[:5]:
         abstain = choose_threshold(scored)
-        chosen = replace(weights, abstain=round(abstain, 3), release=release_threshold(scored, abstain))
-        print(f"cross-validated {cv}\n  whole tuning half {figures(scored, abstain)}\n  {chosen}")
+        release = choose_coverage(cross_validated_release(scored))
+        chosen = replace(
+            weights, abstain=round(abstain, 3), release=release_threshold(scored, abstain, release.coverage)
+        )
+        print(f"cross-validated {cv}\n  {release}\n  whole tuning half {figures(scored, abstain)}\n  {chosen}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ async def test_bm25_keeps_its_recall_and_mrr_on_the_evaluation_set() -> None:
 @pytest.mark.timeout(300)
 async def test_the_default_engine_keeps_its_held_out_answer_quality_over_bm25() -> None:
     # Floors a little under the committed held-out figures (0.532 right, 0.072 wrong, 0.821 abstention recall,
-    # 3 of 28 released); the settings were chosen on the tuning half.
+    # 1 of 28 released); the settings were chosen on the tuning half.
     held_out = (await evaluate(dense=False, chunking=ChunkingOptions()))["answers"]["bm25/extractive"]["held-out"]
     assert held_out["right"] >= 0.51
     assert held_out["answered_but_wrong"] <= 0.09
     assert held_out["abstention_recall"] >= 0.78
-    assert held_out["unanswerable_released"] <= 3
+    assert held_out["unanswerable_released"] <= 1
 
 
 @pytest.mark.slow
