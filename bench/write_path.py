@@ -347,13 +347,16 @@ async def _measure_agents(
             "AGENT",
             f"agent-{tag}-{n}-{role}",
             work,
-            DATABASE_URL=database_url,
-            RAG_ENDPOINTS=json.dumps([rag]),
-            # Room for every run of the load: CreateRun/s measures the write path, not admission
-            # control (with the default 256, runs created faster than they settle are refused).
-            BACKLOG=str(max(256, runs)),
-            ROLE=role,
-            **agent_settings,
+            **{
+                "DATABASE_URL": database_url,
+                "RAG_ENDPOINTS": json.dumps([rag]),
+                # Room for every run of the load: CreateRun/s measures the write path, not admission
+                # control (with the default 256, runs created faster than they settle are refused).
+                "BACKLOG": str(max(256, runs)),
+                "ROLE": role,
+                # Given ones win: DATABASE_URL= runs the agents on their SQLite files (the embedded default).
+                **agent_settings,
+            },
             DRAIN_DELAY_S="0",
             GRACE_PERIOD_S="1",
         )
@@ -716,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an AGENTMESH_AGENT_NAME for every agent, e.g. 'DECISION_ENGINE_OPTIONS={\"semantic\": false}'",
+        help="an AGENTMESH_AGENT_NAME for every agent, e.g. 'DECISION_ENGINE_OPTIONS={\"semantic\": false}';"
+        " DATABASE_URL= runs them on SQLite (the embedded default; with one agent, the delay does not apply)",
     )
     parser.add_argument(
         "--profile",

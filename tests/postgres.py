@@ -6,15 +6,17 @@ nothing else loses its database.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from runtime.processes import tied_child
@@ -97,3 +99,25 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return ""
     return str(request.getfixturevalue("postgres_url"))
+
+
+@asynccontextmanager
+async def connections_seen(url: str, *, every_s: float = 0.01) -> AsyncIterator[list[int]]:
+    """The server's count of the database's other connections, sampled while the block runs
+    (from a connection of its own, not counted)."""
+    watcher = await asyncpg.connect(url)
+    others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(await watcher.fetchval(others))
+            await asyncio.sleep(every_s)
+
+    watching = asyncio.create_task(watch())
+    try:
+        yield seen
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await watcher.close()

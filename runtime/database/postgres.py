@@ -1,8 +1,11 @@
 """PostgreSQL backend: asyncpg statements over SQLAlchemy 2's connection pool, for replicas sharing one database.
 
 SQLAlchemy brings the pool a hand-written layer would get wrong: connections a restarted server
-dropped are replaced (one that sat idle is pinged before it is handed out), overflow and
-checkout timeouts are bounded. Statements go to asyncpg directly: ``:name`` parameters are
+dropped are replaced (one that sat idle is pinged before it is handed out), checkout waits are
+bounded. The pool holds at most ``pool_size`` connections and keeps them open (no overflow): a
+replica's share of the server's ``max_connections`` is one stated number, and a steady load does
+not open and close connections through the network hop (SQLAlchemy closes an overflow connection
+at check-in). Statements go to asyncpg directly: ``:name`` parameters are
 rewritten to ``$n`` once per statement text (the rule SQLAlchemy's ``text()`` applies), and each
 pooled connection keeps its prepared statements (an LRU, as SQLAlchemy's asyncpg dialect does),
 so a statement costs one round trip and little Python: under load Core's per-statement
@@ -196,7 +199,10 @@ class PostgresDatabase:
         self.engine: AsyncEngine = create_async_engine(
             parsed.set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
-            max_overflow=pool_size,
+            # Callers past ``pool_size`` wait for a connection (up to ``pool_timeout``) instead of
+            # opening one more through the hop, preparing its statements afresh and closing it at
+            # check-in: measured, waiting costs less (docs/benchmarks.md, "Workers and the pool").
+            max_overflow=0,
             # The connection returned last is handed out first: the few a steady load needs stay
             # hot (their statements prepared) and the rest sit idle, rather than every call
             # rotating through all of them.

@@ -15,6 +15,11 @@ from runtime.database import database_url_field
 from runtime.resilience import UpstreamResilience
 from services.agent.a2a_push_policy import PushSettings
 
+# Connections a replica needs besides its workers' (one each): RPC handlers (CreateRun's
+# transaction, GetRun's read), the read model's follower, the outbox relay and the sweeps.
+# Measured with 16 workers, pools of 20-24 settled the most runs (docs/benchmarks.md).
+POOL_HEADROOM = 4
+
 
 class FallbackRuleSetting(BaseModel):
     """When the decision step fails, a question matching `pattern` (a regex) gets `answer`."""
@@ -79,9 +84,10 @@ class AgentSettings(ServiceSettings):
     # Event bus: in-process (embedded default) or Redis Streams.
     event_bus: Literal["in_process", "redis"] = "in_process"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # This replica's name: saga lease owner and Redis consumer name. Empty: host name plus a
-    # random suffix, unique per process (events a dead consumer had read are claimed by the
-    # live ones after `claim_idle`, so a new name loses nothing).
+    # This replica's name: saga lease owner, the read model's lease and Redis consumer name.
+    # Empty: host name plus a random suffix, kept in the data dir (runtime/instance.py), unique
+    # per live process (events a dead consumer had read are claimed by the live ones after
+    # `claim_idle`, so a new name loses nothing).
     instance_id: str = ""
     outbox_poll_s: float = Field(default=1.0, gt=0)
     # A run's saga is leased to the instance executing it; each step renews the lease, so it must
@@ -94,7 +100,9 @@ class AgentSettings(ServiceSettings):
     database_url: str = ""
     # The read model's database; empty: the same as database_url (one database, one pool).
     read_database_url: str = ""
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Connections in each database's pool, the most this replica opens to it; unset: one per
+    # worker and POOL_HEADROOM more (docs/database.md, "Connections").
+    database_pool_size: int | None = Field(default=None, ge=1, le=200)
     _service_database_urls = field_validator("database_url", "read_database_url")(database_url_field)
 
     @model_validator(mode="after")
@@ -106,6 +114,11 @@ class AgentSettings(ServiceSettings):
                 " or a slow step would lose its run to another instance"
             )
         return self
+
+    @property
+    def database_connections(self) -> int:
+        """The pool size: ``database_pool_size``, else a connection per worker and the headroom."""
+        return self.database_pool_size or self.workers + POOL_HEADROOM
 
     @property
     def write_db_path(self) -> Path:

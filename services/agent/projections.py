@@ -72,12 +72,16 @@ CREATE TABLE IF NOT EXISTS projection_leases (
     until  {real} NOT NULL
 );
 """
+# Version 4: the lease names the holder's instance too, so a restarted replica takes its own back
+# at once. Leases taken before it name none ('') and are simply left to expire.
+_V4 = "ALTER TABLE projection_leases ADD COLUMN instance TEXT NOT NULL DEFAULT '';"
 SCHEMA = Schema(
     "agent.run_view",
     (
         Migration(1, sqlite=_V1.format(real="REAL"), postgresql=_V1.format(real="DOUBLE PRECISION")),
         Migration(2, sqlite=_V2, postgresql=_V2),
         Migration(3, sqlite=_V3.format(real="REAL"), postgresql=_V3.format(real="DOUBLE PRECISION")),
+        Migration(4, sqlite=_V4, postgresql=_V4),
     ),
 )
 
@@ -113,11 +117,18 @@ class PageToken:
 class RunProjection:
     NAME = "runs"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, instance: str = "") -> None:
+        """``instance``: the replica's stable id (``runtime.instance``), so that once restarted it
+        takes back the lease its previous process left (see ``follow``); empty: none."""
         self._db = db
         self._processed = ProcessedEvents(db, consumer=f"projection:{self.NAME}")
-        # This follower's name in the lease, and until when (monotonic) it leads without renewing.
-        self._holder = f"{os.getpid()}.{uuid.uuid4().hex}"  # the pid: which replica, to a person
+        # This process's name in the lease (the pid: which process, to a person; the nonce: unique
+        # even where two processes share an instance id by mistake), and its replica's.
+        self.holder = f"{os.getpid()}.{uuid.uuid4().hex}"
+        self._instance = instance
+        # Until this process's first try for the lease, it may take one its instance holds.
+        self._first_try = True
+        # Until when (monotonic) it leads without renewing, and when it tries again if it does not.
         self._leads_until = 0.0
         self._next_try = 0.0
 
@@ -153,7 +164,13 @@ class RunProjection:
         lease of ``3 * interval_s``, renewed every ``interval_s``; the others try to take it at that
         pace, so a follower that died is replaced within about ``3 * interval_s`` (the view waits
         meanwhile, it is never wrong). Two followers at once (a stalled leader, clocks far apart)
-        cost reads only: the apply is idempotent.
+        cost reads only: the apply is idempotent, and the cursor only moves forward.
+
+        A replica restarted under the same instance id takes the lease its previous process left
+        at its first try, without waiting for it to expire. That process is normally dead (a
+        claimed id's slot is locked for its process's lifetime); if it is alive (one id configured
+        for two processes by mistake), it loses its next renewal and stands by, so the two follow
+        together for one interval at most, and never take the lease from each other again.
         """
         while True:
             committed = store.next_commit()  # taken before reading, so no commit slips between
@@ -175,12 +192,23 @@ class RunProjection:
             return False
         wall = time.time()
         won = await self._db.execute(
-            "INSERT INTO projection_leases (name, holder, until) VALUES (:name, :holder, :until)"
-            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
+            "INSERT INTO projection_leases (name, holder, instance, until) VALUES (:name, :holder, :instance, :until)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, instance = excluded.instance,"
+            " until = excluded.until"
             " WHERE projection_leases.holder = excluded.holder OR projection_leases.until < :now"
+            " OR projection_leases.instance = :predecessor"
             " RETURNING holder",
-            {"name": self.NAME, "holder": self._holder, "until": wall + 3 * interval_s, "now": wall},
+            {
+                "name": self.NAME,
+                "holder": self.holder,
+                "instance": self._instance,
+                "until": wall + 3 * interval_s,
+                "now": wall,
+                # NULL matches no row: after the first try, only an expired lease is taken.
+                "predecessor": self._instance if self._first_try and self._instance else None,
+            },
         )
+        self._first_try = False
         if won.rows:
             self._leads_until = now + interval_s
             return True

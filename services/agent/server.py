@@ -54,7 +54,7 @@ async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Datab
             settings.database_url,
             sqlite_path=settings.write_db_path,
             setting="AGENTMESH_AGENT_DATABASE_URL",
-            pool_size=settings.database_pool_size,
+            pool_size=settings.database_connections,
         )
     )
     if settings.database_url and not settings.read_database_url:
@@ -64,7 +64,7 @@ async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Datab
             settings.read_database_url,
             sqlite_path=settings.read_db_path,
             setting="AGENTMESH_AGENT_READ_DATABASE_URL",
-            pool_size=settings.database_pool_size,
+            pool_size=settings.database_connections,
         )
     )
     return db, read_db
@@ -153,7 +153,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     instance = life.closing(claim_instance_id(settings.instance_id, data_dir=settings.data_dir)).name
     saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
-    projection = RunProjection(read_db)
+    projection = RunProjection(read_db, instance=instance)
 
     async def prepare_databases(_port: int) -> None:
         # Here rather than in build(): a database that is not up yet is waited for (logged once,

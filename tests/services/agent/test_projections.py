@@ -197,3 +197,61 @@ async def test_one_replica_follows_the_feed_and_another_takes_over_once_it_dies(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _lease_holder(stores: Stores) -> str:
+    return str((await stores.read_db.fetch_one("SELECT holder FROM projection_leases WHERE name = 'runs'") or [""])[0])
+
+
+async def test_a_replica_restarted_under_its_instance_id_takes_its_lease_back_at_once(stores: Stores) -> None:
+    # A lease of 3 minutes: only a takeover, not its expiry, can let the restarted process follow.
+    before = CountingFollower(stores.read_db, instance="agent-a")
+    crashed = asyncio.create_task(before.follow(stores.runs, interval_s=60, gather_s=0))
+    restarted = other = None
+    try:
+        run, _ = await stores.runs.create(question="who follows?")
+        await wait_until(lambda: before.get(run.run_id))
+        crashed.cancel()  # dead without handing over: its lease is left for 3 minutes
+        await asyncio.gather(crashed, return_exceptions=True)
+
+        stranger = CountingFollower(stores.read_db, instance="agent-b")
+        other = asyncio.create_task(stranger.follow(stores.runs, interval_s=60, gather_s=0))
+        await wait_until(lambda: _true(stranger.lost >= 1))  # another replica waits for the expiry
+
+        after = CountingFollower(stores.read_db, instance="agent-a")
+        restarted = asyncio.create_task(after.follow(stores.runs, interval_s=60, gather_s=0))
+        run, _ = await stores.runs.create(question="and after the restart?")
+        await wait_until(lambda: after.get(run.run_id))
+        assert await _lease_holder(stores) == after.holder
+        assert after.lost == 0 and stranger.catch_ups == 0
+    finally:
+        for task in (crashed, other, restarted):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_two_live_processes_given_one_instance_id_take_the_lease_from_each_other_once(stores: Stores) -> None:
+    # A configuration mistake: the newer process takes the lease at its first try, the older loses
+    # its next renewal and stands by, and neither takes it from the other again.
+    older, newer = (
+        CountingFollower(stores.read_db, instance="agent-a"),
+        CountingFollower(stores.read_db, instance="agent-a"),
+    )
+    first = asyncio.create_task(older.follow(stores.runs, interval_s=0.5, gather_s=0))
+    second: asyncio.Task[None] | None = None
+    try:
+        await wait_until(lambda: _true(older.catch_ups > 0))
+        assert await _lease_holder(stores) == older.holder
+        second = asyncio.create_task(newer.follow(stores.runs, interval_s=0.5, gather_s=0))
+        await wait_until(lambda: _true(older.lost >= 3))  # renewals every 0.5 s, each lost
+        assert await _lease_holder(stores) == newer.holder
+        assert newer.lost == 0
+
+        run, _ = await stores.runs.create(question="who follows now?")
+        await wait_until(lambda: newer.get(run.run_id))
+    finally:
+        for task in (first, second):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

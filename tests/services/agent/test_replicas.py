@@ -3,7 +3,8 @@ its own data dir (as pods with their own volumes): any replica answers for every
 request id makes one run, a SIGKILLed replica's runs settle through the survivor (also when it is an
 executor of runs a "serve" replica admitted), WatchRun on
 one replica follows a run executing on the other, the read model is taken over when the replica
-following the feed is SIGKILLed, and the database restarting under traffic costs retryable errors only.
+following the feed is SIGKILLed (and taken back at once by a replica restarted on its data dir), and
+the database restarting under traffic costs retryable errors only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,3 +339,48 @@ async def test_on_redis_streams_the_replicas_share_one_consumer_group(
         await wait_until(all_counted)
     assert all(run.state in SETTLED for run in settled)
     assert len({c["name"] for c in consumers}) == 2  # one consumer per replica, distinct ids
+
+
+@pytest.mark.timeout(180)
+async def test_a_replica_restarted_on_its_data_dir_takes_the_read_model_back_without_waiting(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # A lease of 90 s (3 x OUTBOX_POLL_S): only the takeover by its own instance id, not the
+    # expiry, lets the restarted process follow within the test's time.
+    env = {
+        "DATABASE_URL": postgres_url,
+        "RAG_ENDPOINTS": '["127.0.0.1:1"]',  # no RAG: retrieval fails fast, the decision is fixed
+        "RETRIEVAL_TIMEOUT_S": "0.2",
+        "DECISION_ENGINE": "tests.services.agent.engines:FixedEngine",
+        "OUTBOX_POLL_S": "30",
+    }
+    db = await open_database(postgres_url, sqlite_path=tmp_path / "unused.sqlite3", setting="DATABASE_URL")
+
+    async def holder_pid() -> int:
+        row = await db.fetch_one("SELECT holder FROM projection_leases WHERE name = 'runs'")
+        return int(row[0].split(".")[0]) if row else 0
+
+    started: list[ServiceProcess] = []
+    try:
+        crashed = _service("services.agent", "AGENT", "agent", tmp_path, env)
+        started.append(crashed)
+        await _serving(crashed, "agent")
+        await wait_until(lambda: _is(holder_pid(), crashed.process.pid))
+        crashed.kill()  # SIGKILL: its lease is left for 90 s, its data dir's instance id freed
+
+        restarted = _service("services.agent", "AGENT", "agent", tmp_path, env)  # the same data dir
+        started.append(restarted)
+        await _serving(restarted, "agent")
+        await wait_until(lambda: _is(holder_pid(), restarted.process.pid), timeout_s=30)
+        async with stub(restarted.address) as agent:
+            run = await _create(agent, "How long do refunds take?")
+            listed = await listed_once(agent, [run.run_id])
+        assert [r.run_id for r in listed.runs] == [run.run_id]
+    finally:
+        for process in started:
+            process.kill()
+        await db.close()
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
