@@ -5,7 +5,7 @@ schema as versioned ``Migration`` steps (``migrations``), and see connection fai
 ``DatabaseUnavailable`` whichever backend they run on.
 """
 
-from runtime.database.announcer import Announcer
+from runtime.database.announcer import Announcer, Wakeup
 from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
 from runtime.database.factory import open_database, wait_until_reachable
 from runtime.database.interface import Database, Dialect, Params, Result, Row, Transaction, in_list
@@ -24,6 +24,7 @@ __all__ = [
     "Schema",
     "SchemaMismatch",
     "Transaction",
+    "Wakeup",
     "database_url_field",
     "in_list",
     "open_database",

@@ -1,4 +1,5 @@
-"""Telling every process that listens on a channel that something committed, without slowing the commits.
+"""Telling every process that listens on a channel that something committed, without slowing the
+commits (``Announcer``), and being told (``Wakeup``).
 
 A transaction that sends ``NOTIFY`` holds a cluster-wide lock from its NOTIFY until after its
 commit (PostgreSQL queues notifications in commit order), so notifying from the writing
@@ -10,6 +11,7 @@ in a statement of its own, for all the commits made since the last one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from runtime.database.interface import Database
 
@@ -38,3 +40,31 @@ class Announcer:
             except BaseException:
                 self._owed.set()  # still owed, after the restart
                 raise
+
+
+class Wakeup:
+    """The listening side: woken by this process's ``Announcer.committed`` at once, by the other
+    processes' NOTIFY, and by each (re)connect of the listener (which may have missed some)."""
+
+    def __init__(self, db: Database, channel: str) -> None:
+        self._db = db
+        self.channel = channel
+        self._woken = asyncio.Event()
+        self._listening = False
+
+    def set(self) -> None:
+        """Wake the waiter (for wake-ups of this process's own, such as a worker coming free)."""
+        self._woken.set()
+
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Until woken or ``timeout_s`` passed; a wake-up that came while the caller worked returns at once.
+
+        Listens from the first call on, once per process: a restarted loop keeps the subscription.
+        """
+        if not self._listening:
+            self._listening = True
+            await self._db.listen(self.channel, self._woken.set)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._woken.wait()
+        self._woken.clear()

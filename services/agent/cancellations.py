@@ -10,10 +10,7 @@ compensate what they had done, as a run cancelled on the replica executing it do
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-from runtime.database import Announcer, in_list
+from runtime.database import Announcer, Wakeup, in_list
 from services.agent.executor import RunExecutor
 from services.agent.run_store import RunStore
 from services.agent.state_machine import RunState
@@ -25,8 +22,7 @@ class Cancellations:
     def __init__(self, store: RunStore) -> None:
         self._store = store
         self._announcer = Announcer(store.db, CANCELLED_CHANNEL)
-        self._wake = asyncio.Event()
-        self._following = False
+        self._wakeup = Wakeup(store.db, CANCELLED_CHANNEL)
 
     def cancelled(self) -> None:
         """A run was cancelled (committed): tell the executors."""
@@ -43,18 +39,9 @@ class Cancellations:
         ``poll_s`` (a query only while it executes runs; on PostgreSQL the listener's reconnects
         cover missed notifications).
         """
-        if not self._following:  # once per process: a restarted loop keeps its subscription
-            self._following = True
-            await self._store.db.listen(CANCELLED_CHANNEL, self._wake.set)
-        polling = self._store.db.dialect != "postgresql"
+        timeout_s = None if self._store.db.dialect == "postgresql" else poll_s
         while True:
-            if polling:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_s):
-                        await self._wake.wait()
-            else:
-                await self._wake.wait()
-            self._wake.clear()
+            await self._wakeup.wait(timeout_s)
             executing = executor.executing
             if not executing:
                 continue

