@@ -10,6 +10,7 @@ from runtime.database.errors import DatabaseUnavailable, SchemaMismatch
 from runtime.database.factory import open_database, wait_until_reachable
 from runtime.database.interface import Database, Dialect, Params, Result, Row, Transaction, in_list
 from runtime.database.migrations import Migration, Schema
+from runtime.database.postgres import lock_key
 from runtime.database.urls import database_url_field, url_problem, validate_url
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Wakeup",
     "database_url_field",
     "in_list",
+    "lock_key",
     "open_database",
     "url_problem",
     "validate_url",

@@ -1,8 +1,9 @@
 """CancelRun on one replica interrupting the run's execution on another.
 
-A cancelled run is CANCELLED in the shared database at once, and a workflow reads its run before
-each step, so it would stop at its next step anyway; but a step can take as long as its timeout
-(a decision waits up to ``decision_timeout_s``). So every cancel is announced on
+A cancelled run is CANCELLED in the shared database at once, but the workflow executing it does
+not read its run again before each step (the record step's transition would refuse it, but only
+after the retrieval and the decision, which can take as long as ``decision_timeout_s``). So every
+cancel is announced on
 ``CANCELLED_CHANNEL`` (this process at once, the others by NOTIFY on PostgreSQL), and each executor
 then looks up which of the runs it is executing were cancelled and interrupts them: they
 compensate what they had done, as a run cancelled on the replica executing it does.

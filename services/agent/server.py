@@ -120,7 +120,7 @@ def _workflow(
 def _executor(life: Lifespan, settings: AgentSettings, workflow: RunWorkflow) -> RunExecutor:
     # With role "execute" the backlog is the shared one: its workers only take the runs they claim.
     backlog = settings.backlog if settings.role == "all" else 0
-    executor = RunExecutor(workflow.execute, workers=settings.workers, backlog=backlog)
+    executor = RunExecutor(workflow.drive, workers=settings.workers, backlog=backlog)
     life.on_close(lambda: executor.shutdown(grace_s=settings.grace_period_s), name="run executor")
     return executor
 

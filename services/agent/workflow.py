@@ -70,6 +70,8 @@ class RunWorkflow:
         self._fallback = fallback or FallbackRules()
         self._review = review or ReviewPolicy()
         self._options = options or WorkflowOptions()
+        # The runs ``drive`` is executing in this process, as read when their execution began.
+        self._executing: dict[str, Run] = {}
         self._saga = Saga(
             saga_log,
             [
@@ -85,26 +87,40 @@ class RunWorkflow:
         )
 
     async def execute(self, run_id: str) -> Run:
-        """Run (or resume) the workflow of one run to a resting state; safe to call again."""
+        """Run (or resume) the workflow of one run to a resting state, and return the run as it rests;
+        safe to call again."""
+        await self.drive(run_id)
+        return await self._store.get(run_id)
+
+    async def drive(self, run_id: str) -> None:
+        """Run (or resume) the workflow of one run to a resting state; safe to call again. (What the
+        executor's workers call: unlike ``execute`` it does not read the run back at the end.)"""
         run = await self._store.get(run_id)
         if run.state is RunState.IDLE:
             run = await self._store.transition(run_id, RunState.PROCESSING, cause="picked up by a worker")
         if run.state is not RunState.PROCESSING:
             await self._finish_saga(run)
-            return await self._store.get(run_id)
+            return
+        # The steps take the question, creator and filter from the run as read here (they never
+        # change) instead of reading it again before each step. A cancel does not wait for a step
+        # to read it: CancelRun interrupts the execution (this replica's executor at once, another
+        # replica's through services/agent/cancellations.py), and the record step's transition
+        # refuses a run that is no longer PROCESSING.
+        self._executing[run_id] = run
         try:
             outcome = await self._saga.run(run_id)
         except SagaLeased as leased:
             log.info("run is being executed by another instance", run_id=run_id, owner=leased.owner)
-            return await self._store.get(run_id)
+            return
         except asyncio.CancelledError:
             # Cancelled by CancelRun: undo now. Cancelled by shutdown: leave it for recovery.
             if (await self._store.get(run_id)).state is RunState.CANCELLED:
                 await asyncio.shield(self.abort(run_id, reason="run cancelled"))
             raise
+        finally:
+            self._executing.pop(run_id, None)
         if outcome.status is SagaStatus.COMPENSATED:
             await self._fail_if_running(run_id, outcome.error)
-        return await self._store.get(run_id)
 
     async def abort(self, run_id: str, *, reason: str) -> None:
         """Compensate whatever the run's saga did (after a cancel, or a crash mid-compensation)."""
@@ -159,7 +175,10 @@ class RunWorkflow:
     # -- steps (each idempotent by StepContext.key) -------------------------------------
 
     async def _running(self, run_id: str) -> Run:
-        run = await self._store.get(run_id)
+        run = self._executing.get(run_id)
+        if run is None:
+            # Not begun by ``drive`` here (a saga finished after a crash): read it.
+            run = await self._store.get(run_id)
         if run.state is not RunState.PROCESSING:
             raise RunCancelled(f"run is {run.state}")
         return run
@@ -208,7 +227,9 @@ class RunWorkflow:
         return Decision(answer="", citations=(), confidence=0.0, decided_by="fallback:escalated")
 
     async def _record(self, ctx: StepContext) -> dict[str, Any]:
-        run = await self._store.get(ctx.saga_id)
+        # Held by ``drive``: PROCESSING when it began, and the transition below only moves it from
+        # there (a cancel meanwhile makes it an IllegalTransition: the step fails and compensates).
+        run = self._executing.get(ctx.saga_id) or await self._store.get(ctx.saga_id)
         if run.state in (RunState.COMPLETED, RunState.WAITING_FOR_REVIEW):
             # Recorded by an earlier attempt that died before the saga log said so.
             await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
@@ -225,6 +246,7 @@ class RunWorkflow:
             answer=decision.answer,
             citations=decision.citations,
             decided_by=decision.decided_by,
+            only_from=[RunState.PROCESSING],
         )
         await self._budget.settle(StepContext(ctx.saga_id, "reserve_budget").key)
         return {"state": str(target), "summary": f"run {target}"}
