@@ -20,7 +20,7 @@ import structlog
 
 from runtime.database import Transaction
 from services.agent.budget import ToolBudget
-from services.agent.decision import Decision, DecisionEngine, DecisionRequest, Passage
+from services.agent.decision import Decision, DecisionEngine, DecisionRequest, Passage, Prepares
 from services.agent.model import Citation, Run
 from services.agent.rules import FallbackRules, ReviewPolicy, ValidationPolicy
 from services.agent.run_store import RunStore
@@ -186,6 +186,8 @@ class RunWorkflow:
     async def _validate(self, ctx: StepContext) -> dict[str, Any]:
         run = await self._running(ctx.saga_id)
         question = self._validation.check(run.question)
+        if isinstance(self._engine, Prepares):
+            self._engine.prepare(question)  # its part of the decision overlaps the next two steps
         return {"question": question, "summary": "question accepted"}
 
     async def _reserve_budget(self, ctx: StepContext) -> dict[str, Any]:

@@ -7,7 +7,7 @@ change to this code. The built-in extractive engine needs no network and no mode
 the retrieved sentences that answer the question, each with its citation.
 """
 
-from services.agent.decision.engine import Decision, DecisionEngine, DecisionRequest, Passage, Preloads
+from services.agent.decision.engine import Decision, DecisionEngine, DecisionRequest, Passage, Preloads, Prepares
 from services.agent.decision.extractive import NO_KNOWLEDGE, ExtractiveDecisionEngine
 from services.agent.decision.http import HttpDecisionEngine
 from services.agent.decision.loader import ENGINES, load_decision_engine
@@ -22,5 +22,6 @@ __all__ = [
     "HttpDecisionEngine",
     "Passage",
     "Preloads",
+    "Prepares",
     "load_decision_engine",
 ]

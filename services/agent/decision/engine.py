@@ -79,3 +79,13 @@ class Preloads(Protocol):
     """An engine with something slow to load (a model): the server starts loading it, without waiting."""
 
     def preload(self) -> None: ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """An engine with work it can start from the question alone (its vector), before the passages are
+    retrieved: the workflow calls ``prepare`` once the question is valid, so that work overlaps the
+    budget and retrieval steps instead of following them. Best effort: ``decide`` gives the same
+    decision whether or not it was called."""
+
+    def prepare(self, question: str) -> None: ...

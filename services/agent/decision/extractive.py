@@ -24,13 +24,16 @@ and rank alone, with thresholds chosen the same way for that case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
@@ -62,6 +65,9 @@ _WEAK_WORDS = frozenset(
 )
 # Weak words still count a little: of two sentences on the topic, the one that also says how long wins.
 _WEAK_WEIGHT = 0.25
+# Questions whose vectors are being embedded ahead of their decisions, at most (the oldest forgotten
+# first: a run that failed before deciding never collects its own).
+_PREPARED_AT_MOST = 256
 # Another form of a question's word ("refund" for "refunds") counts less than the word itself: it
 # often comes from a sentence on a neighbouring point ("a refund request needs ...").
 _OTHER_FORM_WEIGHT = 0.5
@@ -200,6 +206,8 @@ class ExtractiveDecisionEngine:
         self._max_sentences = max_sentences
         self._terms = _Terms()
         self._embedding_cache = EmbeddingCache(embedding_cache_size)
+        # Questions being embedded ahead of their decision (``prepare``), on the event loop's side.
+        self._preparing: OrderedDict[str, asyncio.Task[npt.NDArray[np.float32]]] = OrderedDict()
         # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
         self._loaded = threading.Event()
         self._loading = threading.Lock()
@@ -256,6 +264,19 @@ class ExtractiveDecisionEngine:
             return self._weights
         return SEMANTIC_WEIGHTS if embedder is not None else LEXICAL_WEIGHTS
 
+    def prepare(self, question: str) -> None:
+        """Start embedding ``question`` into the cache now, so its decision (after retrieval) finds
+        the vector there instead of waiting for a forward pass of its own."""
+        embedder = self._ready_model()
+        if embedder is None or not self._embedding_cache.max_entries or question in self._preparing:
+            return
+        pass_ = asyncio.ensure_future(asyncio.to_thread(self._embedding_cache.embed, embedder, [question]))
+        # A failed pass is only a miss: the decision embeds the question itself.
+        pass_.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._preparing[question] = pass_
+        while len(self._preparing) > _PREPARED_AT_MOST:
+            self._preparing.popitem(last=False)
+
     async def decide(self, request: DecisionRequest) -> Decision:
         embedder = self._ready_model()
         candidates = await self._candidates(request, embedder)
@@ -311,6 +332,11 @@ class ExtractiveDecisionEngine:
                     missing=missing,
                 )
             )
+        preparing = self._preparing.pop(request.question, None)
+        if preparing is not None:
+            # Embedding the question again while that pass runs would cost a second one.
+            with contextlib.suppress(Exception):
+                await preparing
         if embedder is not None and candidates:
             # Off the event loop; sentences embedded for an earlier question come from the cache, the
             # rest (often the question alone) in one forward pass. Each sentence is embedded alone and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.embedding import loaded_minilm
+from runtime.embedding import Embedder, loaded_minilm
 from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
 from tests.services.agent.engines import Recording
 
@@ -17,10 +17,17 @@ PASSAGES = (
 QUESTIONS = ("How long do refunds take?", "What does a refund need?", "When do orders ship?", "How fast is express?")
 
 
-async def test_sentences_seen_for_one_question_are_not_embedded_again_and_decisions_do_not_change() -> None:
-    model = loaded_minilm()
-    if model is None:
+@pytest.fixture
+def model() -> Embedder:
+    loaded = loaded_minilm()
+    if loaded is None:
         pytest.skip("the sentence model is not installed (dense extra)")
+    return loaded
+
+
+async def test_sentences_seen_for_one_question_are_not_embedded_again_and_decisions_do_not_change(
+    model: Embedder,
+) -> None:
     recording = Recording(model)
     cached = ExtractiveDecisionEngine(embedder=recording)
     uncached = ExtractiveDecisionEngine(embedder=model, embedding_cache_size=0)
@@ -39,3 +46,19 @@ async def test_sentences_seen_for_one_question_are_not_embedded_again_and_decisi
 def test_a_bad_cache_size_is_refused_when_the_engine_is_built() -> None:
     with pytest.raises(ValueError, match="embedding_cache_size must be a whole number of entries"):
         ExtractiveDecisionEngine(embedding_cache_size=-5)
+
+
+async def test_a_question_prepared_ahead_is_embedded_once_and_decided_as_without(model: Embedder) -> None:
+    recording = Recording(model)
+    engine = ExtractiveDecisionEngine(embedder=recording)
+    plain = ExtractiveDecisionEngine(embedder=model)
+    for question in QUESTIONS:
+        engine.prepare(question)  # the workflow's validation step, while retrieval still runs
+        engine.prepare(question)  # a second call while the first is in flight starts nothing
+        request = DecisionRequest("run-1", question, PASSAGES)
+        decided, expected = await engine.decide(request), await plain.decide(request)
+        assert (decided.answer, decided.citations) == (expected.answer, expected.citations)
+        assert decided.confidence == pytest.approx(expected.confidence, abs=1e-5)
+    sentences = [c.citation.quote for c in await plain.candidates(DecisionRequest("run-1", QUESTIONS[0], PASSAGES))]
+    # Each question once, on its own, before its decision; the sentences once, by the first decision.
+    assert recording.batches == [[QUESTIONS[0]], sentences, *([q] for q in QUESTIONS[1:])]
