@@ -88,16 +88,17 @@ class Saga:
 
     async def run(self, saga_id: str) -> SagaOutcome:
         """Run (or resume) the saga; on a step failure compensate and return a COMPENSATED outcome."""
-        status = await self._log.begin(saga_id)
+        # A saga this creates has no steps recorded: its first is marked started by the same write.
+        status, created = await self._log.begin_first(saga_id, 0, self._steps[0].name)
         if status is SagaStatus.COMPENSATING:
             return await self.compensate(saga_id, reason="resuming an interrupted compensation")
         if status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
             return await self._finished(saga_id)
 
-        recorded = await self._log.steps(saga_id)
+        recorded = {} if created else await self._log.steps(saga_id)
         to_run = [p for p, step in enumerate(self._steps) if recorded.get(step.name, (None,))[0] is not StepStatus.DONE]
         results: dict[str, Any] = {}
-        started = -1  # the step the previous step's write also marked started
+        started = 0 if created else -1  # the step the previous write also marked started
         for position, step in enumerate(self._steps):
             if position not in to_run:
                 results[step.name] = recorded[step.name][1]
@@ -120,12 +121,16 @@ class Saga:
                 StepStatus.DONE,
                 result=result,
                 listener=self._on_step_done,
-                # The next step is marked started by the same write (it starts right after).
+                # The next step is marked started by the same write (it starts right after); after
+                # the last, the saga completes by it.
                 start=None if following is None else (following, self._steps[following].name),
+                completes=following is None,
+                on_settled=self._on_settled if following is None else None,
             )
             started = -1 if following is None else following
             results[step.name] = result
-        await self._log.set_status(saga_id, SagaStatus.COMPLETED, on_settled=self._on_settled)
+        if not to_run:
+            await self._log.set_status(saga_id, SagaStatus.COMPLETED, on_settled=self._on_settled)
         return SagaOutcome(SagaStatus.COMPLETED, results)
 
     async def compensate(self, saga_id: str, *, reason: str) -> SagaOutcome:

@@ -19,7 +19,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from runtime.database import Database, DatabaseUnavailable, Dialect, Migration, Params, Result, Schema, Transaction
+from runtime.database import (
+    Database,
+    DatabaseUnavailable,
+    Dialect,
+    Migration,
+    Params,
+    Result,
+    Row,
+    Schema,
+    Transaction,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -144,24 +154,43 @@ class SagaLog:
 
     async def begin(self, saga_id: str) -> SagaStatus:
         """Create the saga if new and take its lease; raises ``SagaLeased`` if another owner holds it."""
-        now = time.time()
         # One upsert, its own transaction: PostgreSQL re-checks the condition on the row it
         # locked, so of several replicas taking an expired lease at once exactly one gets it.
-        taken = await self.db.execute(
-            "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
-            " VALUES (:saga_id, :status, :now, :owner, :until)"
-            " ON CONFLICT (saga_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
-            " WHERE sagas.status IN ('RUNNING', 'COMPENSATING')"
-            " AND (sagas.owner = excluded.owner OR sagas.lease_until <= excluded.updated_at) RETURNING status",
-            {
-                "saga_id": saga_id,
-                "status": str(SagaStatus.RUNNING),
-                "now": now,
-                "owner": self.owner,
-                "until": now + self._lease_s,
-            },
-        )
-        row = taken.first()
+        row = (await self.db.execute(f"{_BEGIN} RETURNING status", self._begin_params(saga_id))).first()
+        return await self._begun(saga_id, row)
+
+    async def begin_first(self, saga_id: str, position: int, name: str) -> tuple[SagaStatus, bool]:
+        """``begin``, marking step ``name`` (at ``position``) started if that created the saga.
+
+        Returns the status and whether the saga was created (so it has no other step recorded). On
+        PostgreSQL one statement; on SQLite ``begin`` alone (False: the caller reads the steps).
+        """
+        if self.db.dialect != "postgresql":
+            return await self.begin(saga_id), False
+        # xmax is 0 on a row the upsert inserted, and set on one it updated (locked).
+        row = (
+            await self.db.execute(
+                f"WITH taken AS ({_BEGIN} RETURNING status, xmax = 0 AS created),"
+                f" started AS ({_STARTED.format(leased='(SELECT created FROM taken)')})"
+                " SELECT status, created FROM taken",
+                self._begin_params(saga_id) | _started(position, name),
+            )
+        ).first()
+        status = await self._begun(saga_id, row)
+        return status, bool(row is not None and row[1])
+
+    def _begin_params(self, saga_id: str) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "saga_id": saga_id,
+            "status": str(SagaStatus.RUNNING),
+            "now": now,
+            "owner": self.owner,
+            "until": now + self._lease_s,
+        }
+
+    async def _begun(self, saga_id: str, row: Row | None) -> SagaStatus:
+        """The status ``begin`` found (its upsert's row), or ``SagaLeased`` if it took no lease."""
         if row is not None:
             return SagaStatus(row[0])
         row = await self.db.fetch_one("SELECT status, owner FROM sagas WHERE saga_id = :saga_id", {"saga_id": saga_id})
@@ -185,17 +214,26 @@ class SagaLog:
         raise SagaLeased(saga_id, owner or "")
 
     async def _renewed_with(
-        self, tx: Transaction, saga_id: str, writes: list[str], params: Mapping[str, Any], fold: Fold | None = None
+        self,
+        tx: Transaction,
+        saga_id: str,
+        writes: list[str],
+        params: Mapping[str, Any],
+        fold: Fold | None = None,
+        *,
+        completes: bool = False,
     ) -> None:
         """Renew the lease and, only if that held, run ``writes`` (changes of saga_steps whose
         ``{leased}`` condition says "the renewal held"), and ``fold``'s.
 
         On PostgreSQL one statement (the renewal a data-modifying CTE the writes are conditioned
-        on); on SQLite, with no such CTEs and no network, the renewal and then each write.
+        on); on SQLite, with no such CTEs and no network, the renewal and then each write. With
+        ``completes`` (PostgreSQL only) the renewal is instead the saga's end: COMPLETED, its lease
+        let go, as ``set_status`` does.
         """
         values = {"until": time.time() + self._lease_s, "saga_id": saga_id, "owner": self.owner, **params}
         if tx.dialect != "postgresql":
-            assert fold is None, "folds are PostgreSQL statements"
+            assert fold is None and not completes, "folds are PostgreSQL statements"
             await self._renew(tx, saga_id)
             for write in writes:
                 await tx.execute(write.format(leased="1 = 1"), values)
@@ -206,8 +244,13 @@ class SagaLog:
             folded, folded_params = fold.ctes(leased)
             ctes.append(folded)
             values |= folded_params
+        if completes:
+            renewal = "status = :completed, updated_at = :completed_at, lease_until = 0"
+            values |= {"completed": str(SagaStatus.COMPLETED), "completed_at": time.time()}
+        else:
+            renewal = "lease_until = :until"
         renewed = await tx.execute(
-            "WITH renewed AS (UPDATE sagas SET lease_until = :until WHERE saga_id = :saga_id AND owner = :owner"
+            f"WITH renewed AS (UPDATE sagas SET {renewal} WHERE saga_id = :saga_id AND owner = :owner"
             f" RETURNING saga_id), {', '.join(ctes)} SELECT count(*) FROM renewed",
             values,
         )
@@ -285,9 +328,15 @@ class SagaLog:
         result: Any = None,
         listener: StepListener | None = None,
         start: tuple[int, str] | None = None,
+        completes: bool = False,
+        on_settled: SettleListener | None = None,
     ) -> None:
         """Mark step ``name`` ``status`` (telling ``listener`` in the same transaction) and, with
-        ``start``, the step at that (position, name) as started: the next one, in the same write."""
+        ``start``, the step at that (position, name) as started: the next one, in the same write.
+
+        ``completes``: it was the saga's last step to run; the saga is then COMPLETED (telling
+        ``on_settled``) as by ``set_status``, on PostgreSQL by the same statement.
+        """
         writes = [
             "UPDATE saga_steps SET status = :status, result = coalesce(:result, result), updated_at = :now"
             " WHERE saga_id = :saga_id AND name = :name AND {leased}"
@@ -301,14 +350,19 @@ class SagaLog:
         if start is not None:
             writes.append(_STARTED)
             params |= _started(*start)
-        if isinstance(listener, FoldingStepListener) and self.db.dialect == "postgresql":
+        settles_folded = on_settled is None or isinstance(on_settled, FoldingSettleListener)
+        if isinstance(listener, FoldingStepListener) and self.db.dialect == "postgresql" and settles_folded:
             fold = listener.fold(saga_id, name, result)
-            await self._renewed_with(_Autocommit(self.db), saga_id, writes, params, fold)
+            await self._renewed_with(_Autocommit(self.db), saga_id, writes, params, fold, completes=completes)
+            if completes and isinstance(on_settled, FoldingSettleListener):
+                self._settled_folded(on_settled, saga_id)
             return
         async with self._writing(alone=listener is None) as tx:
             await self._renewed_with(tx, saga_id, writes, params)
             if listener is not None:
                 await listener(tx, saga_id, name, result)
+        if completes:
+            await self.set_status(saga_id, SagaStatus.COMPLETED, on_settled=on_settled)
 
     async def set_status(
         self, saga_id: str, status: SagaStatus, *, error: str = "", on_settled: SettleListener | None = None
@@ -334,12 +388,17 @@ class SagaLog:
             if changed.rowcount != 1:
                 await self._lost(tx, saga_id)
             if isinstance(listener, FoldingSettleListener) and folded:
-                fold = listener.fold(saga_id)
-                assert fold.ctes is None, "a settle listener's fold carries no writes (the status UPDATE has no CTEs)"
-                if fold.on_commit is not None:
-                    fold.on_commit()  # the UPDATE was its own transaction: committed
+                self._settled_folded(listener, saga_id)
             elif listener is not None:
                 await listener(tx, saga_id)
+
+    @staticmethod
+    def _settled_folded(listener: FoldingSettleListener, saga_id: str) -> None:
+        """Tell ``listener`` of a saga ended by one statement, committed by now."""
+        fold = listener.fold(saga_id)
+        assert fold.ctes is None, "a settle listener's fold carries no writes (the status UPDATE has no CTEs)"
+        if fold.on_commit is not None:
+            fold.on_commit()
 
     @contextlib.asynccontextmanager
     async def _writing(self, *, alone: bool = True) -> AsyncIterator[Transaction]:
@@ -351,6 +410,15 @@ class SagaLog:
         async with self.db.transaction() as tx:
             yield tx
 
+
+# Create the saga or take its lease: only if it is unsettled and ours or its lease expired.
+_BEGIN = (
+    "INSERT INTO sagas (saga_id, status, updated_at, owner, lease_until)"
+    " VALUES (:saga_id, :status, :now, :owner, :until)"
+    " ON CONFLICT (saga_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
+    " WHERE sagas.status IN ('RUNNING', 'COMPENSATING')"
+    " AND (sagas.owner = excluded.owner OR sagas.lease_until <= excluded.updated_at)"
+)
 
 # A step marked started (renewing the lease), on its own or folded into the previous step's mark.
 _STARTED = (

@@ -4,12 +4,14 @@ A database a zone away adds about a millisecond each way to every round trip, so
 is designed in round trips: a first CreateRun is a look-up of its request id and one statement
 (the run, its events, their outbox rows and the NOTIFY), a replay the look-up alone, a state
 change a read and one statement. A saga step's bookkeeping is one statement: it is marked done,
-with its step event, the lease renewed and the next step marked started (the saga's first step is
-marked started by a statement of its own), so a whole run's execution is counted too (it was 77,
-then 24 while each step read the run again and the tool budget's reservation was a transaction of
-five round trips: BEGIN, the caller's lock, a read, an insert, COMMIT). Connection set-up and the
-first PREPARE of each statement on a connection are paid once per pooled connection, so each
-command runs once before it is counted.
+with its step event, the lease renewed and the next step marked started; a new saga's first step
+is marked started by the statement creating the saga, and the last step's mark completes the
+saga. A whole run's execution is counted too: it was 77, then 24 while each step read the run
+again, the tool budget's reservation was a transaction of five round trips (BEGIN, the caller's
+lock, a read, an insert, COMMIT), and the saga's start (begin, read its steps, mark the first
+started) and end (the last mark, then the status) were separate statements. Connection set-up
+and the first PREPARE of each statement on a connection are paid once per pooled connection, so
+each command runs once before it is counted.
 """
 
 from __future__ import annotations
@@ -141,5 +143,5 @@ async def test_create_replay_and_transition_round_trips(tmp_path: Path, postgres
         "saga step (started, done + step event)": 2,
         "saga settled": 1,
         "tool budget reservation": 1,
-        "a run executed (5 steps)": 14,
+        "a run executed (5 steps)": 11,
     }

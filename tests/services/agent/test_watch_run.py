@@ -27,7 +27,7 @@ from services.agent.decision import DecisionEngine, ExtractiveDecisionEngine
 from services.agent.executor import RunExecutor
 from services.agent.model import EventType, Run, RunEvent
 from services.agent.run_store import RunStore
-from services.agent.saga_log import SETTLED, SagaLog, SagaStatus, SettleListener
+from services.agent.saga_log import SETTLED, SagaLog, SagaStatus, SettleListener, StepStatus
 from services.agent.servicer import AgentServicer
 from services.agent.state_machine import RunState
 from services.agent.workflow import RunWorkflow
@@ -111,6 +111,11 @@ class HeldSagaLog(SagaLog):
         if status in SETTLED:
             await self.let_settle.wait()
         await super().set_status(saga_id, status, error=error, on_settled=on_settled)
+
+    async def mark_step(self, saga_id: str, name: str, status: StepStatus, **marking: Any) -> None:
+        if marking.get("completes"):  # the last step's mark ends the saga too
+            await self.let_settle.wait()
+        await super().mark_step(saga_id, name, status, **marking)
 
     async def settled(self, saga_id: str) -> bool:
         settled = await super().settled(saga_id)
