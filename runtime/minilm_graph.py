@@ -17,6 +17,7 @@ export is deterministic, so they write the same bytes).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import multiprocessing
 import os
 import tempfile
@@ -76,7 +77,7 @@ def minilm_graph(cache_dir: Path, *, model: Path | None = None) -> Path:
     """The path of ``model``'s graph in ``cache_dir``, exported there first if it is not (seconds, with torch).
 
     The export runs in a process of its own, so the caller never imports torch. Raises ImportError
-    when the graph must be exported and torch or sentence-transformers is not installed.
+    when the graph must be exported and torch, sentence-transformers or onnx is not installed.
     """
     model = model or model_dir()
     key = model_digest(model)
@@ -84,8 +85,6 @@ def minilm_graph(cache_dir: Path, *, model: Path | None = None) -> Path:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Checked here: in the exporting process a missing package would only say that it failed.
-    import importlib.util  # noqa: PLC0415
-
     for package in ("torch", "sentence_transformers", "onnx"):
         if importlib.util.find_spec(package) is None:
             raise ImportError(f"No module named {package!r} (needed once, to export the ONNX graph)", name=package)
@@ -118,8 +117,8 @@ def _export(model: str, target: str) -> None:
 
     torch.set_num_threads(1)
     pipeline = SentenceTransformer(model, device="cpu").eval()
-    # The plain attention graph: onnxruntime fuses it, and runs it faster than the SDPA export on
-    # batches of chunks (64 chunks: 1.94 s CPU against 2.26 s; one question 5.0 ms either way).
+    # The plain attention graph: onnxruntime runs it faster than the SDPA export on batches of
+    # chunks (64 chunks: 1.94 s CPU against 2.26 s; one question 5.0 ms either way).
     encoder: Any = pipeline[0]
     encoder.auto_model.set_attn_implementation("eager")
 
@@ -137,7 +136,8 @@ def _export(model: str, target: str) -> None:
     with torch.inference_mode(), warnings.catch_warnings():
         # The TorchScript exporter warns that it is the legacy one and that shapes become constants
         # (none that vary here: checked against torch's vectors in tests/runtime/test_minilm_graph.py).
-        # The dynamo exporter needs onnxscript too and took 8 s; this one needs onnx alone, 1.7 s.
+        # The dynamo exporter needs onnxscript too, took 8 s and failed converting to opset 17; this
+        # one needs onnx alone and takes 1.7 s.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             SentenceVectors().eval(),
