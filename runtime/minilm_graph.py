@@ -16,11 +16,13 @@ export is deterministic, so they write the same bytes).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import multiprocessing
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from typing import Any
 # exported the old way. Bump it with any change to _export.
 _RECIPE = "st-pipeline-eager-opset17-v1"
 _PREFIX = "all-MiniLM-L6-v2"
+_PARTIAL = ".onnx.partial"
+# A temporary file older than this belongs to an export that died (one takes seconds): removed.
+_ABANDONED_AFTER_S = 3600.0
 # Hex digits of each digest in a file name: 64 bits, far beyond any accidental collision here.
 _DIGEST_CHARS = 16
 # The graph's inputs and output (what MiniLmEmbedder feeds and reads).
@@ -88,7 +93,8 @@ def minilm_graph(cache_dir: Path, *, model: Path | None = None) -> Path:
     for package in ("torch", "sentence_transformers", "onnx"):
         if importlib.util.find_spec(package) is None:
             raise ImportError(f"No module named {package!r} (needed once, to export the ONNX graph)", name=package)
-    handle, temporary = tempfile.mkstemp(prefix=f".{_PREFIX}-", suffix=".onnx.partial", dir=cache_dir)
+    _remove_abandoned(cache_dir)
+    handle, temporary = tempfile.mkstemp(prefix=f".{_PREFIX}-", suffix=_PARTIAL, dir=cache_dir)
     os.close(handle)
     try:
         exporter = multiprocessing.get_context("spawn").Process(
@@ -103,6 +109,15 @@ def minilm_graph(cache_dir: Path, *, model: Path | None = None) -> Path:
     finally:
         Path(temporary).unlink(missing_ok=True)
     return target
+
+
+def _remove_abandoned(cache_dir: Path) -> None:
+    """Delete the temporary files of exports killed before they could (90 MB each)."""
+    now = time.time()
+    for path in cache_dir.glob(f".{_PREFIX}-*{_PARTIAL}"):
+        with contextlib.suppress(FileNotFoundError):  # another replica's cleanup got there first
+            if now - path.stat().st_mtime > _ABANDONED_AFTER_S:
+                path.unlink()
 
 
 def _export(model: str, target: str) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def test_the_vectors_equal_the_pipeline_on_torch_alone_and_batched(
 # A second start on the same cache: which graph it opened, and whether it imported torch.
 SECOND_START = """
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from runtime.embedding import MiniLmEmbedder
@@ -118,10 +120,13 @@ def test_a_damaged_graph_is_exported_again_whole_even_by_replicas_starting_toget
     good = cached_graph(cache_dir)
     assert good is not None
     damaged = tmp_path / good.name
-    # Cut short, as by a full disk or a copy interrupted; and a temporary file an export left behind.
+    # Cut short, as by a full disk or a copy interrupted; and the temporary files of two exports that
+    # were killed, one a minute ago (perhaps still running) and one two hours ago (certainly dead).
     damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    leftover = tmp_path / ".all-MiniLM-L6-v2-abc.onnx.partial"
-    shutil.copyfile(damaged, leftover)
+    recent, abandoned = tmp_path / ".all-MiniLM-L6-v2-a.onnx.partial", tmp_path / ".all-MiniLM-L6-v2-b.onnx.partial"
+    for leftover, age_s in ((recent, 60), (abandoned, 7200)):
+        shutil.copyfile(damaged, leftover)
+        os.utime(leftover, (time.time() - age_s, time.time() - age_s))
 
     assert cached_graph(tmp_path) is None
     assert not damaged.exists()  # removed, not loaded
@@ -133,7 +138,7 @@ def test_a_damaged_graph_is_exported_again_whole_even_by_replicas_starting_toget
     assert rebuilt == {tmp_path / good.name}
     assert (tmp_path / good.name).read_bytes() == good.read_bytes()
     assert cached_graph(tmp_path) == tmp_path / good.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.name, leftover.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.name, recent.name])
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1", "1.5", ""])
