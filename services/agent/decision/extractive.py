@@ -17,7 +17,7 @@ When the best sentence scores below the abstention threshold the engine says the
 does not cover the question (no citations); between that and the release threshold it answers
 with a confidence under the agent's default review threshold, so a person looks first.
 
-Without torch and the model wheel (the ``dense`` extra) it scores on the lexical evidence, cue
+Without onnxruntime and the model wheel (the ``dense`` extra) it scores on the lexical evidence, cue
 and rank alone, with thresholds chosen the same way for that case.
 """
 
@@ -31,13 +31,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, EmbeddingCache, loaded_minilm, shared_minilm
+from runtime.embedding import (
+    DEFAULT_MODEL_CACHE,
+    Embedder,
+    EmbeddingCache,
+    forward_threads,
+    loaded_minilm,
+    shared_minilm,
+)
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -208,29 +216,36 @@ class ExtractiveDecisionEngine:
         self._embedding_cache = EmbeddingCache(embedding_cache_size)
         # Questions being embedded ahead of their decision (``prepare``), on the event loop's side.
         self._preparing: OrderedDict[str, asyncio.Task[npt.NDArray[np.float32]]] = OrderedDict()
-        # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
+        # The model loads in a daemon thread (about a second; seconds more on a first start, exporting its
+        # graph); until it is there, decisions score lexically.
         self._loaded = threading.Event()
         self._loading = threading.Lock()
         self._started = embedder is not None or not semantic
         if self._started:
             self._loaded.set()
 
-    def preload(self) -> None:
-        """Start loading the model in the background; the agent calls this as it starts, and does not wait."""
+    def preload(self, *, model_cache: Path = DEFAULT_MODEL_CACHE) -> None:
+        """Start loading the model in the background; the agent calls this as it starts, and does not wait.
+
+        The model's ONNX graph is kept in ``model_cache``. A thread count the model cannot use
+        (OMP_NUM_THREADS) raises ValueError here, not in the background.
+        """
         with self._loading:
             if self._started:
                 return
-            self._started = True
             if (model := loaded_minilm()) is not None:  # already in this process: no thread needed
+                self._started = True
                 self._embedder = model
                 self._loaded.set()
                 return
-            threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
+            forward_threads()
+            self._started = True
+            threading.Thread(target=self._load, args=(model_cache,), name="sentence-model", daemon=True).start()
 
-    def _load(self) -> None:
+    def _load(self, model_cache: Path) -> None:
         began = time.monotonic()
         try:
-            self._embedder = shared_minilm()
+            self._embedder = shared_minilm(model_cache)
             log.info(
                 "extractive engine scores with the sentence model",
                 model=self._embedder.model_name,
@@ -242,6 +257,8 @@ class ExtractiveDecisionEngine:
                 error=str(error),
                 install="pip install 'agentmesh[dense]'",
             )
+        except (OSError, RuntimeError) as error:  # e.g. its graph could be neither read nor exported
+            log.warning("extractive engine scores lexically: the sentence model did not load", error=str(error))
         finally:
             self._loaded.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,8 +152,8 @@ async def test_an_answer_scoring_between_the_thresholds_goes_to_review_and_above
 
 
 async def test_without_the_sentence_model_the_engine_still_answers_lexically(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing() -> None:
-        raise ImportError("No module named 'torch'")
+    def missing(model_cache: Path) -> None:
+        raise ImportError("No module named 'onnxruntime'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", missing)
     monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
@@ -235,7 +236,7 @@ async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_o
 ) -> None:
     release = threading.Event()
 
-    def slow_model() -> object:
+    def slow_model(model_cache: Path) -> object:
         release.wait(10)
         raise ImportError("still loading, then missing")
 
