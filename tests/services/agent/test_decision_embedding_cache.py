@@ -6,6 +6,7 @@ import pytest
 
 from runtime.embedding import loaded_minilm
 from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
+from services.agent.decision.extractive import MODEL_NICENESS
 from tests.services.agent.engines import Recording
 
 REFUNDS = "Refunds are processed within 5 business days. A refund needs the order number and the receipt."
@@ -18,7 +19,7 @@ QUESTIONS = ("How long do refunds take?", "What does a refund need?", "When do o
 
 
 async def test_sentences_seen_for_one_question_are_not_embedded_again_and_decisions_do_not_change() -> None:
-    model = loaded_minilm()
+    model = loaded_minilm(niceness=MODEL_NICENESS)
     if model is None:
         pytest.skip("the sentence model is not installed (dense extra)")
     recording = Recording(model)
