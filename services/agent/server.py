@@ -113,7 +113,11 @@ def _workflow(
     if isinstance(engine, Preloads):
         # A model takes seconds to load: it loads while the agent already serves (the extractive engine
         # scores lexically until it is there), so start-up and health do not wait for torch.
-        engine.preload()
+        try:
+            # Files derived from the model (its ONNX graph) are kept under the data dir.
+            engine.preload(model_cache=settings.data_dir / "models")
+        except ValueError as error:  # a setting the model reads, such as its thread count
+            raise InvalidSetting(str(error)) from None
     return RunWorkflow(
         store=store,
         saga_log=saga_log,

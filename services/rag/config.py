@@ -16,9 +16,9 @@ class RagSettings(ServiceSettings):
     max_document_bytes: int = Field(default=1024 * 1024, gt=0)
     max_batch_documents: int = Field(default=100, gt=0)
     max_top_k: int = Field(default=50, gt=0)
-    # Dense retrieval loads torch and all-MiniLM-L6-v2 (seconds, ~0.5 GB), so it is opt-in:
-    # BM25 alone starts instantly and needs neither. Turning it on later embeds the chunks
-    # already stored, once, on the next start.
+    # Dense retrieval runs all-MiniLM-L6-v2 in a child process (~200 MB; its graph exported with torch
+    # on the first start: seconds), so it is opt-in: BM25 alone starts instantly and needs neither.
+    # Turning it on later embeds the chunks already stored, once, on the next start.
     dense_enabled: bool = False
     chunk_size: int = Field(default=800, ge=32, description="target chunk size in characters")
     chunk_overlap: int = Field(default=120, ge=0, description="characters repeated between consecutive chunks")

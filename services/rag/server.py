@@ -15,6 +15,7 @@ from runtime.discovery.settings import DiscoverySettings
 from runtime.embedding import Embedder, shared_minilm
 from runtime.live_config.settings import DynamicSettings
 from runtime.processes import current_worker
+from runtime.settings_errors import InvalidSetting
 from services.rag.chunking import ChunkingOptions
 from services.rag.config import RagSettings
 from services.rag.following import FollowingMetrics
@@ -41,7 +42,11 @@ async def build(
         if settings.dense_enabled:
             # In a child process, as the agent's engine has it: a forward pass run here would take
             # the GIL from the event loop that serves Search. Starting it takes seconds: off the loop.
-            embedder = await asyncio.to_thread(shared_minilm)
+            # Its ONNX graph is kept under the data dir (exported there on the first start: seconds).
+            try:
+                embedder = await asyncio.to_thread(shared_minilm, settings.data_dir / "models")
+            except ValueError as error:  # a thread count that is no count
+                raise InvalidSetting(str(error)) from None
         database = life.closing(
             await open_database(
                 settings.database_url,

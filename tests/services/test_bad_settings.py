@@ -106,6 +106,8 @@ BUILD_TIME = [
         "AGENTMESH_AGENT_DECISION_ENGINE=extractive with AGENTMESH_AGENT_DECISION_ENGINE_OPTIONS: embedding_cache_size",
     ),
     ("agent", "AGENTMESH_AGENT_AUTH", '{"jwks_file": "/nonexistent/jwks.json"}', "AGENTMESH_AGENT_AUTH: /nonexistent"),
+    # The sentence model's thread count, read by the default engine as the agent starts.
+    ("agent", "OMP_NUM_THREADS", "two", "OMP_NUM_THREADS must be a whole number of threads for the sentence model"),
     ("gateway", "AGENTMESH_GATEWAY_DESCRIPTOR_SET", "/nonexistent/set.pb", "AGENTMESH_GATEWAY_DESCRIPTOR_SET: /non"),
     (
         "gateway",

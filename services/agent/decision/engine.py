@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from services.agent.model import Citation
@@ -76,6 +77,10 @@ class DecisionEngine(Protocol):
 
 @runtime_checkable
 class Preloads(Protocol):
-    """An engine with something slow to load (a model): the server starts loading it, without waiting."""
+    """An engine with something slow to load (a model): the server starts loading it, without waiting.
 
-    def preload(self) -> None: ...
+    ``model_cache`` is a directory the engine may keep files derived from its model in (the
+    service's data dir's ``models/``). A setting the model cannot use raises ValueError at once.
+    """
+
+    def preload(self, *, model_cache: Path) -> None: ...

@@ -17,7 +17,7 @@ When the best sentence scores below the abstention threshold the engine says the
 does not cover the question (no citations); between that and the release threshold it answers
 with a confidence under the agent's default review threshold, so a person looks first.
 
-Without torch and the model wheel (the ``dense`` extra) it scores on the lexical evidence, cue
+Without onnxruntime and the model wheel (the ``dense`` extra) it scores on the lexical evidence, cue
 and rank alone, with thresholds chosen the same way for that case.
 """
 
@@ -29,12 +29,21 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import Stemmer  # type: ignore[import-not-found]
 import structlog
 
-from runtime.embedding import Embedder, EmbeddingCache, checked_niceness, loaded_minilm, shared_minilm
+from runtime.embedding import (
+    DEFAULT_MODEL_CACHE,
+    Embedder,
+    EmbeddingCache,
+    checked_niceness,
+    forward_threads,
+    loaded_minilm,
+    shared_minilm,
+)
 from services.agent.decision.engine import Decision, DecisionRequest, Passage
 from services.agent.model import Citation
 
@@ -206,30 +215,37 @@ class ExtractiveDecisionEngine:
         self._max_sentences = max_sentences
         self._terms = _Terms()
         self._embedding_cache = EmbeddingCache(embedding_cache_size)
-        # The model loads in a daemon thread (seconds: torch); until it is there, decisions score lexically.
+        # The model loads in a daemon thread (about a second; seconds more on a first start, exporting its
+        # graph); until it is there, decisions score lexically.
         self._loaded = threading.Event()
         self._loading = threading.Lock()
         self._started = embedder is not None or not semantic
         if self._started:
             self._loaded.set()
 
-    def preload(self) -> None:
-        """Start loading the model in the background; the agent calls this as it starts, and does not wait."""
+    def preload(self, *, model_cache: Path = DEFAULT_MODEL_CACHE) -> None:
+        """Start loading the model in the background; the agent calls this as it starts, and does not wait.
+
+        The model's ONNX graph is kept in ``model_cache``. A thread count the model cannot use
+        (OMP_NUM_THREADS) raises ValueError here, not in the background.
+        """
         with self._loading:
             if self._started:
                 return
-            self._started = True
             # Already in this process: no thread needed.
             if (model := loaded_minilm(niceness=self._model_niceness)) is not None:
+                self._started = True
                 self._embedder = model
                 self._loaded.set()
                 return
-            threading.Thread(target=self._load, name="sentence-model", daemon=True).start()
+            forward_threads()
+            self._started = True
+            threading.Thread(target=self._load, args=(model_cache,), name="sentence-model", daemon=True).start()
 
-    def _load(self) -> None:
+    def _load(self, model_cache: Path) -> None:
         began = time.monotonic()
         try:
-            self._embedder = shared_minilm(niceness=self._model_niceness)
+            self._embedder = shared_minilm(model_cache, niceness=self._model_niceness)
             log.info(
                 "extractive engine scores with the sentence model",
                 model=self._embedder.model_name,
@@ -241,6 +257,8 @@ class ExtractiveDecisionEngine:
                 error=str(error),
                 install="pip install 'agentmesh[dense]'",
             )
+        except (OSError, RuntimeError) as error:  # e.g. its graph could be neither read nor exported
+            log.warning("extractive engine scores lexically: the sentence model did not load", error=str(error))
         finally:
             self._loaded.set()
 

@@ -77,7 +77,7 @@ async def close_stores(stores: Stores) -> None:
 def sentence_model() -> None:
     """Load the default engine's model once per test process, as the agent server does before it serves.
 
-    Otherwise the first decision of a run would spend its decision timeout loading torch.
+    Otherwise the first decision of a run would spend its decision timeout loading the model.
     """
     with contextlib.suppress(ImportError):  # without the dense extra the engine scores lexically
         shared_minilm(niceness=MODEL_NICENESS)

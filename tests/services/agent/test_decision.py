@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,8 +152,8 @@ async def test_an_answer_scoring_between_the_thresholds_goes_to_review_and_above
 
 
 async def test_without_the_sentence_model_the_engine_still_answers_lexically(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(**_: object) -> None:
-        raise ImportError("No module named 'torch'")
+    def missing(model_cache: Path, **_: object) -> None:
+        raise ImportError("No module named 'onnxruntime'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", missing)
     monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda **_: None)
@@ -169,9 +170,9 @@ async def test_the_engine_asks_for_its_model_below_the_agents_own_priority_unles
 ) -> None:
     asked: list[dict[str, object]] = []
 
-    def recorded(**kwargs: object) -> None:
+    def recorded(model_cache: Path, **kwargs: object) -> None:
         asked.append(kwargs)
-        raise ImportError("No module named 'torch'")
+        raise ImportError("No module named 'onnxruntime'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", recorded)
     monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda **_: None)
@@ -259,7 +260,7 @@ async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_o
 ) -> None:
     release = threading.Event()
 
-    def slow_model(**_: object) -> object:
+    def slow_model(model_cache: Path, **_: object) -> object:
         release.wait(10)
         raise ImportError("still loading, then missing")
 
