@@ -17,10 +17,15 @@ from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from tests.services.agent.runs import settled_run
 from tests.system import free_ports, start_agent, wait_until
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(180)]
 
-# Far below the write pool's 5 s wait for a connection: a read queued there runs out of it.
-READ_DEADLINE_S = 2.0
+# A read queued for the write pool gets UNAVAILABLE after the pool's 5 s wait for a connection, so a
+# read that answers within this did not queue there; the lock is held until it does.
+READ_DEADLINE_S = 20.0
+# Far below that 5 s: a read queued for the write pool runs out of it.
+SHORT_DEADLINE_S = 2.0
+# Time for the blocked CreateRun to reach the lock on a loaded machine.
+BLOCKED_WITHIN_S = 60.0
 
 
 @asynccontextmanager
@@ -66,7 +71,7 @@ async def _someone_waits_on_the_lock(locker: asyncpg.Connection) -> bool:
 
 
 def _create(stub: agent_grpc.AgentServiceAsyncStub, question: str) -> asyncio.Future[agent_pb.CreateRunResponse]:
-    return asyncio.ensure_future(stub.CreateRun(agent_pb.CreateRunRequest(question=question), timeout=30))
+    return asyncio.ensure_future(stub.CreateRun(agent_pb.CreateRunRequest(question=question), timeout=90))
 
 
 async def test_get_run_answers_while_every_write_connection_waits_behind_a_blocked_write(
@@ -79,7 +84,7 @@ async def test_get_run_answers_while_every_write_connection_waits_behind_a_block
         async with writes_blocked(postgres_url) as locker:
             # The pool's one connection is now inside a CreateRun transaction waiting on the lock.
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(locker))
+            await wait_until(lambda: _someone_waits_on_the_lock(locker), timeout_s=BLOCKED_WITHIN_S)
 
             read = await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=READ_DEADLINE_S)
 
@@ -101,10 +106,10 @@ async def test_with_no_query_pool_get_run_queues_behind_the_writes_for_a_connect
 
         async with writes_blocked(postgres_url) as locker:
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(locker))
+            await wait_until(lambda: _someone_waits_on_the_lock(locker), timeout_s=BLOCKED_WITHIN_S)
 
             with pytest.raises(grpc.aio.AioRpcError) as waited:
-                await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=READ_DEADLINE_S)
+                await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=SHORT_DEADLINE_S)
 
             assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await blocked
