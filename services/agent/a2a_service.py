@@ -304,7 +304,7 @@ class RunTaskHandler(RequestHandler):
         if params.HasField("history_length") and params.history_length < 0:
             raise invalid_argument([("history_length", "must not be negative")])
         with _task_errors(params.id):
-            run = await self._store.get(params.id)
+            run = await self._store.get_for_caller(params.id)
         return task_of(run, history_length=params.history_length if params.HasField("history_length") else None)
 
     async def on_list_tasks(

@@ -103,6 +103,10 @@ class AgentSettings(ServiceSettings):
     # Connections in each database's pool, the most this replica opens to it; unset: one per
     # worker and POOL_HEADROOM more (docs/database.md, "Connections").
     database_pool_size: int | None = Field(default=None, ge=1, le=200)
+    # On PostgreSQL, connections of a pool of their own for callers' reads of one run (GetRun, A2A
+    # GetTask), which run executions and CreateRun's transactions never hold: such a read does not
+    # queue behind them for a connection. 0: those reads share the pool above.
+    database_query_pool_size: int = Field(default=2, ge=0, le=50)
     _service_database_urls = field_validator("database_url", "read_database_url")(database_url_field)
 
     @model_validator(mode="after")

@@ -288,8 +288,10 @@ _APPEND_IN_PLACE_UNLESS_TERMINAL = "WITH " + _APPEND_CTES.format(where=_NOT_TERM
 
 
 class RunStore:
-    def __init__(self, db: Database, outbox: Outbox) -> None:
+    def __init__(self, db: Database, outbox: Outbox, *, queries: Database | None = None) -> None:
         self.db = db
+        # Callers' reads of one run (get_for_caller); the write pool's when there is no pool of their own.
+        self._queries = queries or db
         self._outbox = outbox
         self._committed = asyncio.Event()
         self._announcer = Announcer(db, LOG_CHANNEL)
@@ -581,7 +583,17 @@ class RunStore:
     # -- reads of the write model (commands, GetRun, recovery, WatchRun) -------------------
 
     async def get(self, run_id: str) -> Run:
-        row = await self.db.fetch_one("SELECT snapshot, version FROM runs WHERE run_id = :run_id", {"run_id": run_id})
+        return await self._get(self.db, run_id)
+
+    async def get_for_caller(self, run_id: str) -> Run:
+        """The row ``get`` reads, for a caller (GetRun, A2A GetTask): from the query pool when the
+        store has one, so the read never waits for a connection that writes and executions hold.
+        Committed writes are there at once (same database), so a run just created is found."""
+        return await self._get(self._queries, run_id)
+
+    @staticmethod
+    async def _get(db: Database, run_id: str) -> Run:
+        row = await db.fetch_one("SELECT snapshot, version FROM runs WHERE run_id = :run_id", {"run_id": run_id})
         if row is None:
             raise RunNotFound(run_id)
         return _stored_run(row[0], row[1])

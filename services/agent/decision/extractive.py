@@ -42,6 +42,7 @@ from runtime.embedding import (
     DEFAULT_MODEL_CACHE,
     Embedder,
     EmbeddingCache,
+    checked_niceness,
     forward_threads,
     loaded_minilm,
     shared_minilm,
@@ -184,6 +185,8 @@ class Candidate:
 
 
 NO_KNOWLEDGE = "The knowledge base has nothing on this question."
+# The model process's niceness by default: below the agent's own loop, which serves the calls.
+MODEL_NICENESS = 10
 
 
 class ExtractiveDecisionEngine:
@@ -194,7 +197,9 @@ class ExtractiveDecisionEngine:
     overrides the tuned weights. At most ``max_sentences`` are quoted: the best, and the next ones
     of its document scoring within the weights' ``companion`` margin of it. The vectors of the last
     ``embedding_cache_size`` texts embedded are kept, so a sentence recurring across questions is
-    embedded once (0: embed every text every time).
+    embedded once (0: embed every text every time). The model's process runs at ``model_niceness``
+    (0-19, ``os.nice``): decisions are background work next to the calls the agent serves, whose
+    event loop should get the cores first (docs/benchmarks.md, GetRun's tail).
     """
 
     name = "extractive"
@@ -207,7 +212,9 @@ class ExtractiveDecisionEngine:
         weights: Weights | None = None,
         max_sentences: int = 2,
         embedding_cache_size: int = 10_000,
+        model_niceness: int = MODEL_NICENESS,
     ) -> None:
+        self._model_niceness = checked_niceness(model_niceness, "model_niceness")
         self._semantic = semantic or embedder is not None
         self._embedder = embedder
         self._weights = weights
@@ -233,7 +240,8 @@ class ExtractiveDecisionEngine:
         with self._loading:
             if self._started:
                 return
-            if (model := loaded_minilm()) is not None:  # already in this process: no thread needed
+            # Already in this process: no thread needed.
+            if (model := loaded_minilm(niceness=self._model_niceness)) is not None:
                 self._started = True
                 self._embedder = model
                 self._loaded.set()
@@ -245,7 +253,7 @@ class ExtractiveDecisionEngine:
     def _load(self, model_cache: Path) -> None:
         began = time.monotonic()
         try:
-            self._embedder = shared_minilm(model_cache)
+            self._embedder = shared_minilm(model_cache, niceness=self._model_niceness)
             log.info(
                 "extractive engine scores with the sentence model",
                 model=self._embedder.model_name,

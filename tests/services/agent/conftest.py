@@ -18,6 +18,7 @@ from runtime.embedding import shared_minilm
 from runtime.events.outbox import Outbox
 from runtime.security import AuthSettings
 from services.agent.budget import ToolBudget
+from services.agent.decision.extractive import MODEL_NICENESS
 from services.agent.projections import RunProjection
 from services.agent.run_store import RunStore
 from services.agent.saga_log import SagaLog
@@ -79,7 +80,7 @@ def sentence_model() -> None:
     Otherwise the first decision of a run would spend its decision timeout loading the model.
     """
     with contextlib.suppress(ImportError):  # without the dense extra the engine scores lexically
-        shared_minilm()
+        shared_minilm(niceness=MODEL_NICENESS)
 
 
 @pytest.fixture

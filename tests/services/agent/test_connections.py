@@ -1,5 +1,6 @@
 """An agent replica's connections to PostgreSQL stay within the budget docs/database.md states
-(its pool of WORKERS + 4, one LISTEN connection, the idempotency store's 3), whatever the load."""
+(its pool of WORKERS + 4, the query pool's 2, one LISTEN connection, the idempotency store's 3),
+whatever the load."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
-from services.agent.config import POOL_HEADROOM
+from services.agent.config import POOL_HEADROOM, AgentSettings
 from tests.postgres import connections_seen
 from tests.services.agent.runs import settled_run
 from tests.system import free_ports, spawn_serving
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 WORKERS = 2
 LISTEN, IDEMPOTENCY = 1, 3
+QUERIES = AgentSettings.model_fields["database_query_pool_size"].default
 
 
 @pytest.mark.timeout(120)
@@ -60,4 +62,4 @@ async def test_a_replica_under_concurrent_load_holds_no_more_connections_than_st
                 await settled_run(stub, run_id, timeout_s=60)
     finally:
         agent.kill()
-    assert seen and max(seen) <= WORKERS + POOL_HEADROOM + LISTEN + IDEMPOTENCY
+    assert seen and max(seen) <= WORKERS + POOL_HEADROOM + QUERIES + LISTEN + IDEMPOTENCY

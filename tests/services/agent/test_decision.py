@@ -19,7 +19,7 @@ from services.agent.decision import (
     Passage,
     load_decision_engine,
 )
-from services.agent.decision.extractive import LEXICAL_WEIGHTS, Weights
+from services.agent.decision.extractive import LEXICAL_WEIGHTS, MODEL_NICENESS, Weights
 from services.agent.rules import ReviewPolicy
 from tests.services.agent.engines import REFUNDS, Recording, SlowEngine
 
@@ -152,16 +152,40 @@ async def test_an_answer_scoring_between_the_thresholds_goes_to_review_and_above
 
 
 async def test_without_the_sentence_model_the_engine_still_answers_lexically(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(model_cache: Path) -> None:
+    def missing(model_cache: Path, **_: object) -> None:
         raise ImportError("No module named 'onnxruntime'")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", missing)
-    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda **_: None)
     engine = ExtractiveDecisionEngine()
     await engine.warm_up()
     decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
     assert engine.weights == LEXICAL_WEIGHTS
     assert [c.quote for c in decision.citations] == ["Refunds are processed within 5 business days."]
+
+
+@pytest.mark.parametrize(("options", "niceness"), [({}, MODEL_NICENESS), ({"model_niceness": 0}, 0)])
+async def test_the_engine_asks_for_its_model_below_the_agents_own_priority_unless_told(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], niceness: int
+) -> None:
+    asked: list[dict[str, object]] = []
+
+    def recorded(model_cache: Path, **kwargs: object) -> None:
+        asked.append(kwargs)
+        raise ImportError("No module named 'onnxruntime'")
+
+    monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", recorded)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda **_: None)
+    engine = ExtractiveDecisionEngine(**options)
+    await engine.warm_up()
+    assert asked == [{"niceness": niceness}]
+    assert MODEL_NICENESS > 0  # decisions are background work: the model yields to the serving loop
+
+
+@pytest.mark.parametrize("niceness", [-5, 20, "10", True])
+def test_a_model_niceness_a_process_cannot_give_itself_is_refused_when_the_engine_is_built(niceness: object) -> None:
+    with pytest.raises(ValueError, match="model_niceness must be a whole number from 0 to 19"):
+        load_decision_engine("extractive", {"model_niceness": niceness})
 
 
 def test_engines_are_chosen_by_name_or_import_path_with_their_options() -> None:
@@ -236,12 +260,12 @@ async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_o
 ) -> None:
     release = threading.Event()
 
-    def slow_model(model_cache: Path) -> object:
+    def slow_model(model_cache: Path, **_: object) -> object:
         release.wait(10)
         raise ImportError("still loading, then missing")
 
     monkeypatch.setattr("services.agent.decision.extractive.shared_minilm", slow_model)
-    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda: None)
+    monkeypatch.setattr("services.agent.decision.extractive.loaded_minilm", lambda **_: None)
     engine = ExtractiveDecisionEngine()
     decision = await engine.decide(DecisionRequest("run-1", "How long do refunds take?", (CHUNK,)))
     release.set()
@@ -250,7 +274,7 @@ async def test_until_the_model_has_loaded_the_engine_answers_lexically_instead_o
 
 
 async def test_a_sentence_is_read_under_its_chunks_heading_path_when_retrieval_gives_one() -> None:
-    model = loaded_minilm()
+    model = loaded_minilm(niceness=MODEL_NICENESS)
     if model is None:
         pytest.skip("the sentence model is not installed (dense extra)")
     text = "## Backoff\n\nThe delay grows with each attempt."

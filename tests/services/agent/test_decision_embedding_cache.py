@@ -6,6 +6,7 @@ import pytest
 
 from runtime.embedding import Embedder, loaded_minilm
 from services.agent.decision import DecisionRequest, ExtractiveDecisionEngine, Passage
+from services.agent.decision.extractive import MODEL_NICENESS
 from tests.services.agent.engines import Recording
 
 REFUNDS = "Refunds are processed within 5 business days. A refund needs the order number and the receipt."
@@ -19,7 +20,7 @@ QUESTIONS = ("How long do refunds take?", "What does a refund need?", "When do o
 
 @pytest.fixture
 def model() -> Embedder:
-    loaded = loaded_minilm()
+    loaded = loaded_minilm(niceness=MODEL_NICENESS)
     if loaded is None:
         pytest.skip("the sentence model is not installed (dense extra)")
     return loaded

@@ -12,13 +12,13 @@ import pytest
 from google.rpc import error_details_pb2
 
 from rpcstatus.errors import ApiError
-from runtime.database import SchemaMismatch
+from runtime.database import SchemaMismatch, open_database
 from runtime.database.sqlite import SQLiteDatabase as Database
 from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
 from services.agent.commands import domain_errors
 from services.agent.model import EventType, Run
-from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunStore, _event
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore, _event
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -84,6 +84,23 @@ async def test_a_review_only_applies_to_a_run_waiting_for_one(stores: Stores) ->
             run.run_id, RunState.COMPLETED, cause="approved", only_from=[RunState.WAITING_FOR_REVIEW]
         )
     assert (await stores.runs.get(run.run_id)).state is RunState.PROCESSING
+
+
+async def test_a_callers_read_finds_a_run_the_moment_it_is_created_through_the_query_pool(
+    stores: Stores, database_url: str
+) -> None:
+    # On PostgreSQL the query pool is a pool of its own (as the server opens it); on SQLite there is none.
+    queries = await open_database(database_url, sqlite_path=Path("unused"), setting="Q") if database_url else None
+    store = RunStore(stores.db, stores.outbox, queries=queries)
+    try:
+        run, _ = await store.create(question="How long do refunds take?", start=False)
+
+        assert await store.get_for_caller(run.run_id) == run == await store.get(run.run_id)
+        with pytest.raises(RunNotFound):
+            await store.get_for_caller("no-such-run")
+    finally:
+        if queries is not None:
+            await queries.close()
 
 
 async def test_the_same_request_id_returns_the_first_run_and_a_different_request_is_refused(stores: Stores) -> None:
