@@ -211,6 +211,11 @@ class PostgresDatabase:
             # three round trips (BEGIN, ping, ROLLBACK) on every checkout, more than most statements.
             pool_pre_ping=False,
             pool_timeout=connect_timeout_s,
+            # No ROLLBACK at check-in: statements never go through SQLAlchemy's transaction API,
+            # and a connection whose transaction was not ended by COMMIT or ROLLBACK (or whose
+            # statement was interrupted) is discarded, never returned (``_connection``). Check-in
+            # is then bookkeeping only, done in place (no greenlet, no task).
+            pool_reset_on_return=None,
             connect_args={"timeout": connect_timeout_s},
         )
         pool = self.engine.sync_engine.pool
@@ -240,8 +245,9 @@ class PostgresDatabase:
     async def _connection(self) -> AsyncIterator[tuple[asyncpg.Connection, _Statements]]:
         """A pooled connection (outside any transaction: a statement on it commits on its own).
 
-        One interrupted mid-statement (cancelled, or the server gone) is in a state nobody knows:
-        it is discarded rather than handed to the next caller.
+        One interrupted mid-statement (cancelled, or the server gone) is in a state nobody knows,
+        and one still inside a transaction would hand it on: both are discarded rather than
+        handed to the next caller.
         """
         with self.unavailable_as_typed():
             pooled = await self.engine.raw_connection()
@@ -254,11 +260,14 @@ class PostgresDatabase:
         try:
             yield driver, statements
         except BaseException as error:
-            discard = isinstance(error, asyncio.CancelledError) or is_unavailable(error) or driver.is_in_transaction()
+            discard = isinstance(error, asyncio.CancelledError) or is_unavailable(error)
             raise
         finally:
-            # Back to the pool (its reset and events run in SQLAlchemy's greenlet), or discarded.
-            await _complete(greenlet_spawn(pooled.invalidate if discard else pooled.close))
+            if discard or driver.is_in_transaction():
+                # Closing the connection is I/O: in SQLAlchemy's greenlet, to its end.
+                await _complete(greenlet_spawn(pooled.invalidate))
+            else:
+                pooled.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:

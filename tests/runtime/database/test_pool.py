@@ -36,3 +36,20 @@ async def test_callers_past_the_pool_size_wait_for_a_connection_instead_of_openi
     assert max(seen) == POOL_SIZE  # saturated, and never one more
     assert len(opened) == POOL_SIZE  # each opened once and kept:
     assert len(closed) == len(opened)  # closed only by close()
+
+
+async def test_a_connection_left_inside_a_transaction_is_never_handed_to_the_next_caller(postgres_url: str) -> None:
+    # Check-in does no ROLLBACK (statements end their own transactions): a connection that comes
+    # back inside one anyway is discarded, so its open transaction can neither hold locks nor
+    # swallow the next caller's autocommit statements.
+    db = PostgresDatabase(postgres_url, setting="TEST_DATABASE_URL", pool_size=1)
+    try:
+        await db.execute("CREATE TABLE kept (n INT)")
+        async with db._connection() as (driver, _statements):
+            await driver.execute("BEGIN")
+            await driver.execute("INSERT INTO kept VALUES (1)")
+        await db.execute("INSERT INTO kept VALUES (2)")
+        rows = await db.fetch_all("SELECT n, txid_current_if_assigned() IS NULL AS outside FROM kept")
+    finally:
+        await db.close()
+    assert [(row["n"], row["outside"]) for row in rows] == [(2, True)]
