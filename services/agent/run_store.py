@@ -133,6 +133,21 @@ LOG_CHANNEL = "agent_run_events"
 _ATTEMPTS = 8
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """Whether a write of a run went through (true as a bool); if not, for a PostgreSQL insert,
+    the fingerprint, snapshot and version of the run its request id made before."""
+
+    written: bool
+    existing: tuple[Any, ...] | None = None
+
+    def __bool__(self) -> bool:
+        return self.written
+
+
+_WRITTEN = _Written(True)
+
+
 class RunNotFound(LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -264,6 +279,14 @@ _INSERT_RUN = (
     " VALUES (:run_id, :creator, :request_id, :fingerprint, :state, :snapshot, :version, :push_configs)"
     " ON CONFLICT (creator, request_id) DO NOTHING RETURNING run_id"
 )
+# PostgreSQL's insert statement also returns, in place of a row written, the run its request id
+# made in a transaction committed before the statement began (a replay in one round trip). One
+# committed while the INSERT waited for it is not in the statement's snapshot: read after.
+_FOUND_INSTEAD = (
+    "run_id, NULL AS fingerprint, NULL AS snapshot, NULL AS version FROM written"
+    " UNION ALL SELECT NULL, fingerprint, snapshot, version FROM runs"
+    " WHERE creator = :creator AND request_id = :request_id AND NOT EXISTS (SELECT 1 FROM written)"
+)
 _UPDATE_RUN = (
     "UPDATE runs SET state = :state, snapshot = :snapshot, version = :version"
     " WHERE run_id = :run_id AND version = :expected AND push_configs = :push_configs RETURNING run_id"
@@ -329,9 +352,10 @@ class RunStore:
         """
         labels, retrieval_filter = dict(labels or {}), dict(retrieval_filter or {})
         fingerprint = _fingerprint(question, labels, retrieval_filter)
-        if request_id:
+        if request_id and self.db.dialect != "postgresql":
             # A replay needs no write: answer it from the committed run. (A miss decides
-            # nothing: the conditional INSERT below does.)
+            # nothing: the conditional INSERT below does. On PostgreSQL that INSERT's statement
+            # returns a run committed before it itself: one round trip either way.)
             replayed = await self._replay(creator, request_id, fingerprint)
             if replayed is not None:
                 return replayed, False
@@ -357,10 +381,16 @@ class RunStore:
                 )
             )
         created = {"creator": creator, "request_id": request_id or None, "fingerprint": fingerprint}
-        if await self._write(None, run, events, push_configs=int(push_config_follows), insert=created):
+        written = await self._write(None, run, events, push_configs=int(push_config_follows), insert=created)
+        if written:
             return run, True
-        # Another call with this request id committed first (the INSERT waited for it).
-        replayed = await self._replay(creator, request_id, fingerprint)
+        # Another call with this request id committed first: before the statement (its row came
+        # back with it), or while the INSERT waited for it (read now).
+        replayed = (
+            self._replayed(written.existing, request_id, fingerprint)
+            if written.existing is not None
+            else await self._replay(creator, request_id, fingerprint)
+        )
         assert replayed is not None, "ON CONFLICT said the row exists"
         return replayed, False
 
@@ -474,7 +504,7 @@ class RunStore:
         *,
         push_configs: int,
         insert: Mapping[str, Any] | None = None,
-    ) -> bool:
+    ) -> _Written:
         """Write ``run`` (new: ``insert``; else only over version ``run.version - len(events)`` and
         only while it counts ``push_configs``) with ``events`` and their outbox rows, in ``tx`` or
         as a transaction of its own. Each event carries that count.
@@ -496,15 +526,15 @@ class RunStore:
             sql = self._statement("insert" if insert is not None else "update", len(events))
             for n, event in enumerate(events):
                 params |= {f"v{n}": event.data["sequence"], f"id{n}": event.id, f"e{n}": event.to_json()}
+            row = (await (self.db if tx is None else tx).execute(sql, params)).first()
+            if row is None or row[0] is None:
+                # An insert's row, when it is there, is the run its request id already made.
+                return _Written(False, existing=None if row is None else tuple(row)[1:])
             if tx is None:
-                written = (await self.db.execute(sql, params)).first() is not None
-                if written:
-                    self._committed_here()
-                return written
-            if (await tx.execute(sql, params)).first() is None:
-                return False
-            tx.on_commit(self._committed_here)
-            return True
+                self._committed_here()
+            else:
+                tx.on_commit(self._committed_here)
+            return _WRITTEN
         if tx is None:
             async with self.db.transaction() as own:
                 return await self._write_statements(own, params, events, insert=insert is not None)
@@ -512,10 +542,10 @@ class RunStore:
 
     async def _write_statements(
         self, tx: Transaction, params: Mapping[str, Any], events: Sequence[Event], *, insert: bool
-    ) -> bool:
+    ) -> _Written:
         """The same writes as separate statements in ``tx`` (SQLite: no data-modifying CTEs)."""
         if not (await tx.execute(_INSERT_RUN if insert else _UPDATE_RUN, params)).rows:
-            return False
+            return _Written(False)
         for event in events:
             await tx.execute(
                 "INSERT INTO run_events (run_id, version, event_id, event) VALUES (:run_id, :version, :id, :event)",
@@ -523,7 +553,7 @@ class RunStore:
             )
             await self._outbox.append(tx, event)
         tx.on_commit(self._committed_here)
-        return True
+        return _WRITTEN
 
     def _statement(self, kind: str, events: int) -> str:
         """The one PostgreSQL statement writing a run and ``events`` events (text cached: prepared once)."""
@@ -539,7 +569,7 @@ class RunStore:
                 " SELECT w.run_id, n.version, n.event_id, n.event FROM written w, new_events n ORDER BY n.version),"
                 " published AS ("
                 + self._outbox.insert_select("SELECT n.event_id, n.event FROM written, new_events n ORDER BY n.version")
-                + ") SELECT run_id FROM written"
+                + (f") SELECT {_FOUND_INSTEAD}" if kind == "insert" else ") SELECT run_id FROM written")
             )
         return self._statements[key]
 
@@ -548,8 +578,11 @@ class RunStore:
             "SELECT fingerprint, snapshot, version FROM runs WHERE creator = :creator AND request_id = :request_id",
             {"creator": creator, "request_id": request_id},
         )
-        if found is None:
-            return None
+        return None if found is None else self._replayed(found, request_id, fingerprint)
+
+    @staticmethod
+    def _replayed(found: Any, request_id: str, fingerprint: str) -> Run:
+        """The run a request id made (``found``: its fingerprint, snapshot and version), if this is the same request."""
         if found[0] != fingerprint:
             raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
         return _stored_run(found[1], found[2])
