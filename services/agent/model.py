@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.agent.state_machine import RunState
@@ -19,6 +19,16 @@ class Citation:
     end_offset: int
     quote: str
     score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "document_id": self.document_id,
+            "chunk_id": self.chunk_id,
+            "start_offset": self.start_offset,
+            "end_offset": self.end_offset,
+            "quote": self.quote,
+            "score": self.score,
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Citation:
@@ -51,12 +61,24 @@ class Run:
     retrieval_filter: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        raw = asdict(self)
-        raw["state"] = str(self.state)
-        raw["citations"] = [asdict(c) for c in self.citations]
-        raw["labels"] = dict(self.labels)
-        raw["retrieval_filter"] = dict(self.retrieval_filter)
-        return raw
+        # Field by field, in declaration order: ``dataclasses.asdict`` deep-copies every value
+        # recursively, and every write, event and read-model row serializes the run.
+        return {
+            "run_id": self.run_id,
+            "question": self.question,
+            "state": str(self.state),
+            "version": self.version,
+            "create_time": self.create_time,
+            "update_time": self.update_time,
+            "creator": self.creator,
+            "request_id": self.request_id,
+            "answer": self.answer,
+            "citations": [c.to_dict() for c in self.citations],
+            "status_reason": self.status_reason,
+            "decided_by": self.decided_by,
+            "labels": dict(self.labels),
+            "retrieval_filter": dict(self.retrieval_filter),
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Run:
