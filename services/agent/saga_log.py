@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import structlog
 
@@ -116,6 +116,26 @@ class FoldingSettleListener(Protocol):
     async def __call__(self, tx: Transaction, saga_id: str) -> None: ...
 
     def fold(self, saga_id: str) -> Fold: ...
+
+
+def _folds_steps(listener: Any) -> TypeGuard[FoldingStepListener]:
+    return _implements(type(listener), FoldingStepListener)
+
+
+def _folds_settling(listener: Any) -> TypeGuard[FoldingSettleListener]:
+    return _implements(type(listener), FoldingSettleListener)
+
+
+# Asked once per listener class: an isinstance check against a runtime-checkable protocol looks
+# up every member each time, and each step of every run asks.
+_IMPLEMENTS: dict[tuple[type, type], bool] = {}
+
+
+def _implements(cls: type, protocol: type) -> bool:
+    implements = _IMPLEMENTS.get((cls, protocol))
+    if implements is None:
+        implements = _IMPLEMENTS[(cls, protocol)] = issubclass(cls, protocol)
+    return implements
 
 
 SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
@@ -350,11 +370,11 @@ class SagaLog:
         if start is not None:
             writes.append(_STARTED)
             params |= _started(*start)
-        settles_folded = on_settled is None or isinstance(on_settled, FoldingSettleListener)
-        if isinstance(listener, FoldingStepListener) and self.db.dialect == "postgresql" and settles_folded:
+        settles_folded = on_settled is None or _folds_settling(on_settled)
+        if _folds_steps(listener) and self.db.dialect == "postgresql" and settles_folded:
             fold = listener.fold(saga_id, name, result)
             await self._renewed_with(_Autocommit(self.db), saga_id, writes, params, fold, completes=completes)
-            if completes and isinstance(on_settled, FoldingSettleListener):
+            if completes and _folds_settling(on_settled):
                 self._settled_folded(on_settled, saga_id)
             return
         async with self._writing(alone=listener is None) as tx:
@@ -369,7 +389,7 @@ class SagaLog:
     ) -> None:
         settles = status in SETTLED
         listener = on_settled if settles else None
-        folded = isinstance(listener, FoldingSettleListener) and self.db.dialect == "postgresql"
+        folded = _folds_settling(listener) and self.db.dialect == "postgresql"
         async with self._writing(alone=listener is None or folded) as tx:
             # The renewal and the change in one UPDATE: only the lease holder changes the status,
             # and a settled saga's lease is let go (nothing more runs for it).
@@ -387,7 +407,7 @@ class SagaLog:
             )
             if changed.rowcount != 1:
                 await self._lost(tx, saga_id)
-            if isinstance(listener, FoldingSettleListener) and folded:
+            if _folds_settling(listener) and folded:
                 self._settled_folded(listener, saga_id)
             elif listener is not None:
                 await listener(tx, saga_id)
