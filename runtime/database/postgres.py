@@ -37,8 +37,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.queue import AsyncAdaptedQueue
 
 from bounded.lru import LRUCache
 from runtime.backoff import Backoff
@@ -198,6 +199,7 @@ class PostgresDatabase:
         self._connect_timeout_s = connect_timeout_s
         self.engine: AsyncEngine = create_async_engine(
             parsed.set(drivername="postgresql+asyncpg"),
+            poolclass=_Pool,
             pool_size=pool_size,
             # Callers past ``pool_size`` wait for a connection (up to ``pool_timeout``) instead of
             # opening one more through the hop, preparing its statements afresh and closing it at
@@ -389,6 +391,19 @@ class PostgresDatabase:
 
 def _set_event(wakeup: asyncio.Event, _conn: object) -> None:
     wakeup.set()
+
+
+class _Queue(AsyncAdaptedQueue[ConnectionPoolEntry]):
+    """The pool's idle connections. A connection that is there is taken at once: SQLAlchemy's
+    blocking get (every checkout once the pool is full) wraps the queue's get in
+    ``asyncio.wait_for``, a task and a timer per checkout even when nothing has to wait."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
+        return super().get(block and self.empty(), timeout)
+
+
+class _Pool(AsyncAdaptedQueuePool):
+    _queue_class = _Queue
 
 
 # A connection used this recently is taken to be alive; one idle longer may have been dropped by a
