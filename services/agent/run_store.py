@@ -194,16 +194,18 @@ def event_from_run_event(event: RunEvent) -> Event:
     )
 
 
-def run_event_from_event(event: Event) -> RunEvent:
+def run_event_from_event(event: Event, *, version: int | None = None) -> RunEvent:
+    """The run event ``event`` carries; ``version``, when given, is its sequence and its run's version."""
     data = event.data
+    run = data["run"] if version is None else {**data["run"], "version": version}
     return RunEvent(
-        sequence=int(data["sequence"]),
+        sequence=int(data["sequence"] if version is None else version),
         event_id=event.id,
         run_id=event.key,
         type=event.type,
         cause=str(data["cause"]),
         create_time=event.occurred_at,
-        run=Run.from_dict(data["run"]),
+        run=Run.from_dict(run),
         from_state=RunState(data["from_state"]) if data.get("from_state") else None,
         to_state=RunState(data["to_state"]) if data.get("to_state") else None,
     )
@@ -212,12 +214,13 @@ def run_event_from_event(event: Event) -> RunEvent:
 def _stored_event(version: int, raw: str) -> RunEvent:
     # The stored version is the truth: events logged before per-run streams carry the old
     # global sequence (and the run's old version) in their JSON.
-    event = run_event_from_event(Event.from_json(raw))
-    return replace(event, sequence=int(version), run=replace(event.run, version=int(version)))
+    return run_event_from_event(Event.from_json(raw), version=int(version))
 
 
 def _stored_run(snapshot: str, version: int) -> Run:
-    return replace(Run.from_dict(json.loads(snapshot)), version=int(version))
+    raw = json.loads(snapshot)
+    raw["version"] = int(version)
+    return Run.from_dict(raw)
 
 
 def _record_only_event(run_id: str, event_type: str, cause: str) -> dict[str, Any]:
