@@ -134,7 +134,7 @@ _ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
-class _Written:
+class Written:
     """Whether a write of a run went through (true as a bool); if not, for a PostgreSQL insert,
     the fingerprint, snapshot and version of the run its request id made before."""
 
@@ -145,7 +145,7 @@ class _Written:
         return self.written
 
 
-_WRITTEN = _Written(True)
+_WRITTEN = Written(True)
 
 
 class RunNotFound(LookupError):
@@ -507,7 +507,7 @@ class RunStore:
         *,
         push_configs: int,
         insert: Mapping[str, Any] | None = None,
-    ) -> _Written:
+    ) -> Written:
         """Write ``run`` (new: ``insert``; else only over version ``run.version - len(events)`` and
         only while it counts ``push_configs``) with ``events`` and their outbox rows, in ``tx`` or
         as a transaction of its own. Each event carries that count.
@@ -532,7 +532,7 @@ class RunStore:
             row = (await (self.db if tx is None else tx).execute(sql, params)).first()
             if row is None or row[0] is None:
                 # An insert's row, when it is there, is the run its request id already made.
-                return _Written(False, existing=None if row is None else tuple(row)[1:])
+                return Written(False, existing=None if row is None else tuple(row)[1:])
             if tx is None:
                 self._committed_here()
             else:
@@ -545,10 +545,10 @@ class RunStore:
 
     async def _write_statements(
         self, tx: Transaction, params: Mapping[str, Any], events: Sequence[Event], *, insert: bool
-    ) -> _Written:
+    ) -> Written:
         """The same writes as separate statements in ``tx`` (SQLite: no data-modifying CTEs)."""
         if not (await tx.execute(_INSERT_RUN if insert else _UPDATE_RUN, params)).rows:
-            return _Written(False)
+            return Written(False)
         for event in events:
             await tx.execute(
                 "INSERT INTO run_events (run_id, version, event_id, event) VALUES (:run_id, :version, :id, :event)",

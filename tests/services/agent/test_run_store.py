@@ -18,7 +18,7 @@ from runtime.events.bus import Event, Handler, Subscription
 from runtime.events.outbox import Outbox
 from services.agent.commands import domain_errors
 from services.agent.model import EventType, Run
-from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore, _event
+from services.agent.run_store import ConcurrentUpdate, RequestIdReused, RunNotFound, RunStore, Written, _event
 from services.agent.state_machine import IllegalTransition, RunState
 from tests.services.agent.conftest import Stores
 
@@ -164,10 +164,10 @@ async def test_a_database_written_by_another_schema_is_refused_at_start_with_wha
 class AlwaysOvertaken(RunStore):
     """A run store whose every write over a version finds another writer got there first."""
 
-    async def _write(self, tx: Any, run: Run, events: Any, *, push_configs: int, insert: Any = None) -> bool:
+    async def _write(self, tx: Any, run: Run, events: Any, *, push_configs: int, insert: Any = None) -> Written:
         if insert is not None:
             return await super()._write(tx, run, events, push_configs=push_configs, insert=insert)
-        return False
+        return Written(False)
 
 
 async def test_a_command_that_keeps_losing_races_gives_up_with_a_retryable_error(stores: Stores) -> None:
