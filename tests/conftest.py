@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.system import MODEL_CACHE, System, running_system
+from tests.system import MODEL_CACHE, MODEL_CACHE_VARIABLES, System, running_system
 
 # PostgreSQL fixtures (postgres_cluster, postgres_url, own_postgres, unstarted_postgres, database_url).
 pytest_plugins = ["tests.postgres"]
@@ -20,8 +20,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # exported there once (about 8 s of CPU) instead of once per test's fresh data dir. In the
     # environment, so servers built in this process and those started as subprocesses (which
     # inherit it) read it alike. A value already set wins.
-    for service in ("AGENT", "RAG"):
-        os.environ.setdefault(f"AGENTMESH_{service}_MODEL_CACHE_DIR", str(MODEL_CACHE))
+    for variable in MODEL_CACHE_VARIABLES:
+        os.environ.setdefault(variable, str(MODEL_CACHE))
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 # as replicas on a host can share it): the default one, under the repository, which the tests that
 # embed directly use too. Tests of the export itself use directories of their own.
 MODEL_CACHE = REPO / DEFAULT_MODEL_CACHE
+MODEL_CACHE_VARIABLES = ("AGENTMESH_AGENT_MODEL_CACHE_DIR", "AGENTMESH_RAG_MODEL_CACHE_DIR")
 
 
 @dataclass
