@@ -186,7 +186,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         if queries is not None:
             # Every connection opened now, not by the first reads of a burst: a connection through the
             # network costs several round trips, which that read would wait for.
-            await asyncio.gather(*(queries.fetch_all("SELECT 1") for _ in range(settings.database_query_pool_size)))
+            await asyncio.gather(*(queries.ping() for _ in range(settings.database_query_pool_size)))
 
     life.on_started(prepare_databases)
 
