@@ -22,6 +22,8 @@ import psutil
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
+# The services that may run the sentence model (their settings have MODEL_CACHE_DIR).
+MODEL_SERVICES = ("AGENT", "RAG")
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -160,7 +162,13 @@ async def start_service(group: ProcessGroup, module: str, prefix: str, name: str
     ``settings`` are its ``AGENTMESH_<prefix>_*`` variables; port 0 with a port file, and a data dir
     of its own under ``work`` unless given.
     """
-    values = {"PORT": "0", "PORT_FILE": str(group.port_file(name)), "DATA_DIR": str(work / name), **settings}
+    values = {"PORT": "0", "PORT_FILE": str(group.port_file(name)), "DATA_DIR": str(work / name)}
+    if prefix in MODEL_SERVICES:
+        # The run's agents and RAG share one model cache, as replicas on a host can: the sentence
+        # model's graph is exported once per run (seconds of CPU), not once per data dir.
+        variable = f"AGENTMESH_{prefix}_MODEL_CACHE_DIR"
+        values["MODEL_CACHE_DIR"] = os.environ.get(variable) or str(work / "models")
+    values |= settings
     env = python_env({f"AGENTMESH_{prefix}_{k}": v for k, v in values.items()})
     child = await asyncio.to_thread(
         group.start, name, python_argv(module), env=env, port_file=group.port_file(name), timeout_s=60

@@ -77,3 +77,26 @@ class ServiceSettings(BaseSettings):
     idempotency_database_url: str = ""
     idempotency_redis_url: str = "redis://127.0.0.1:6379/0"
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+
+
+class ModelServiceSettings(ServiceSettings):
+    """A service that may run the sentence model (the agent's decisions, RAG's dense retrieval)."""
+
+    # Where the model's exported ONNX graph is kept (runtime/minilm_graph.py); unset: the `models`
+    # folder of `data_dir`. Replicas on one host may share one directory, and only the first to
+    # start exports (seconds of CPU): files are named by the digest of the model and of their own
+    # bytes and written by atomic rename, so a replica never opens a partial or damaged one.
+    model_cache_dir: Path | None = None
+
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _a_directory(cls, path: Path | None) -> Path | None:
+        # Checked now: a file there would otherwise surface only when the model loads, in the background.
+        if path is not None and path.exists() and not path.is_dir():
+            raise ValueError("names something that is not a directory")
+        return path
+
+    @property
+    def model_cache(self) -> Path:
+        """The directory the model's exported graph is kept in."""
+        return self.model_cache_dir or self.data_dir / "models"

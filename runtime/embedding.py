@@ -28,7 +28,8 @@ from bounded.lru import LRUCache
 from runtime.minilm_graph import INPUTS, OUTPUT, minilm_graph, model_dir
 
 # Where the exported graph is kept when the caller names no directory: the `models/` folder of the
-# services' default data dir. A service passes its own data dir's (``<data_dir>/models``).
+# services' default data dir. A service passes its own setting's (``<data_dir>/models`` unless
+# MODEL_CACHE_DIR names another).
 DEFAULT_MODEL_CACHE = Path("var") / "models"
 
 

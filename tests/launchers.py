@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.system import REPO
+from tests.system import MODEL_CACHE_VARIABLES, REPO
 
 BANNER = b"agentmesh is up"
 
@@ -66,8 +66,14 @@ def kill_and_find_no_survivor(process: subprocess.Popen[bytes], within_s: float 
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without agentmesh's or Consul's settings, and with the repository importable."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "CONSUL_"))}
+    """The environment without agentmesh's or Consul's settings, and with the repository importable.
+
+    The suite's shared model cache is kept: a service that starts loading its model there opens the
+    graph instead of exporting one into a throwaway data dir.
+    """
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "CONSUL_")) or k in MODEL_CACHE_VARIABLES
+    }
     return {**inherited, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
 
 

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime.bootstrap import ManagedServer
+from runtime.embedding import DEFAULT_MODEL_CACHE
 from services.agent.config import AgentSettings
 from services.agent.server import build as build_agent
 from services.gateway.config import GatewaySettings
@@ -33,6 +34,11 @@ from services.rag.server import build as build_rag
 from tools.serving import wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
+# The one directory the servers the tests start keep the sentence model's exported graph in (shared,
+# as replicas on a host can share it): the default one, under the repository, which the tests that
+# embed directly use too. Tests of the export itself use directories of their own.
+MODEL_CACHE = REPO / DEFAULT_MODEL_CACHE
+MODEL_CACHE_VARIABLES = ("AGENTMESH_AGENT_MODEL_CACHE_DIR", "AGENTMESH_RAG_MODEL_CACHE_DIR")
 
 
 @dataclass

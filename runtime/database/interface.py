@@ -82,6 +82,9 @@ class Database(Protocol):
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
 
+    async def ping(self) -> None:
+        """Return once the database answers a read; raise if it cannot (DatabaseUnavailable on PostgreSQL)."""
+
     async def migrate(self, schema: Schema) -> int:
         """Bring ``schema`` to its latest version under a database-wide lock; returns the version."""
 

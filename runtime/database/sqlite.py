@@ -155,6 +155,10 @@ class SQLiteDatabase:
         rows = list(await self._reader.execute_fetchall(sql, dict(params or {})))
         return rows[0] if rows else None
 
+    async def ping(self) -> None:
+        # A read of the file itself (its schema page): SQLite answers a bare SELECT 1 without touching it.
+        await self.fetch_all("SELECT 1 FROM sqlite_master LIMIT 1")
+
     async def migrate(self, schema: Schema) -> int:
         # BEGIN IMMEDIATE holds SQLite's file write lock: processes sharing the file migrate once.
         async with self.transaction() as tx:

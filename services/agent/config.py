@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.a2a_card import AgentCardSettings
-from runtime.config import ServiceSettings
+from runtime.config import ModelServiceSettings
 from runtime.database import database_url_field
 from runtime.resilience import UpstreamResilience
 from services.agent.a2a_push_policy import PushSettings
@@ -38,7 +38,7 @@ class FallbackRuleSetting(BaseModel):
         return pattern
 
 
-class AgentSettings(ServiceSettings):
+class AgentSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMESH_AGENT_", env_file=".env", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535)

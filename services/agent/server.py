@@ -114,8 +114,9 @@ def _workflow(
         # A model takes seconds to load: it loads while the agent already serves (the extractive engine
         # scores lexically until it is there), so start-up and health do not wait for torch.
         try:
-            # Files derived from the model (its ONNX graph) are kept under the data dir.
-            engine.preload(model_cache=settings.data_dir / "models")
+            # Files derived from the model (its ONNX graph) are kept in the model cache (the data
+            # dir's, or one the host's replicas share).
+            engine.preload(model_cache=settings.model_cache)
         except ValueError as error:  # a setting the model reads, such as its thread count
             raise InvalidSetting(str(error)) from None
     return RunWorkflow(
@@ -185,7 +186,7 @@ async def _assemble(service: Assembly, settings: AgentSettings) -> ServerPlan:
         if queries is not None:
             # Every connection opened now, not by the first reads of a burst: a connection through the
             # network costs several round trips, which that read would wait for.
-            await asyncio.gather(*(queries.fetch_all("SELECT 1") for _ in range(settings.database_query_pool_size)))
+            await asyncio.gather(*(queries.ping() for _ in range(settings.database_query_pool_size)))
 
     life.on_started(prepare_databases)
 

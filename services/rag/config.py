@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from runtime.config import ServiceSettings
+from runtime.config import ModelServiceSettings
 from runtime.database import database_url_field
 
 
-class RagSettings(ServiceSettings):
+class RagSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMESH_RAG_", env_file=".env", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)

@@ -42,9 +42,9 @@ async def build(
         if settings.dense_enabled:
             # In a child process, as the agent's engine has it: a forward pass run here would take
             # the GIL from the event loop that serves Search. Starting it takes seconds: off the loop.
-            # Its ONNX graph is kept under the data dir (exported there on the first start: seconds).
+            # Its ONNX graph is kept in the model cache (exported there on the first start: seconds).
             try:
-                embedder = await asyncio.to_thread(shared_minilm, settings.data_dir / "models")
+                embedder = await asyncio.to_thread(shared_minilm, settings.model_cache)
             except ValueError as error:  # a thread count that is no count
                 raise InvalidSetting(str(error)) from None
         database = life.closing(

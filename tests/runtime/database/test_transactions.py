@@ -172,3 +172,13 @@ async def test_a_read_after_a_commit_sees_it_while_other_reads_are_in_flight(db:
     finally:
         reading = False
         await asyncio.gather(*readers)
+
+
+async def test_ping_answers_before_any_schema_and_after_one(database_url: str, tmp_path: Path) -> None:
+    database = await open_database(database_url, sqlite_path=tmp_path / "p.sqlite3", setting="TEST_DATABASE_URL")
+    try:
+        await database.ping()  # nothing migrated yet: an empty file or database still answers
+        await database.migrate(ITEMS)
+        await database.ping()
+    finally:
+        await database.close()
