@@ -152,7 +152,7 @@ bench: gen debian-deps ## what each part of the mesh costs (h2load + grpc.aio lo
 	$(PY) -m bench.run_store
 	# The chain's own work per call in instructions, by concern (callgrind; ~2 min): bench/results/instructions.json
 	$(PY) -m bench.instructions
-	# The agent's write path with PostgreSQL a hop away, 0 and 1 ms, 1 and 2 agents (~6 min): bench/results/write_path.{json,md}
+	# The agent's write path with PostgreSQL a hop away, 0 and 1 ms, 1 and 2 agents and serve+execute apart (~2 min): bench/results/write_path.{json,md}
 	$(PY) -m bench.write_path
 	# RAG as the corpus grows, two replicas (RAG_GROWTH_SIZES): bench/results/rag_growth.{json,md}
 	$(PY) -m bench.rag_growth --sizes $(RAG_GROWTH_SIZES)

@@ -1,6 +1,6 @@
 """The agent's write path with its database a network hop away: CreateRun, settling, GetRun under load.
 
-`python -m bench.write_path [--runs 300] [--callers 32] [--delays-ms 0,1] [--agents 1,2]` starts a
+`python -m bench.write_path [--runs 300] [--callers 32] [--delays-ms 0,1] [--agents 1,2,serve+execute]` starts a
 throwaway PostgreSQL cluster (tools/postgres_local.py), one rag process (a few documents, so runs
 have passages to answer from) and, per added delay, a TCP hop in front of PostgreSQL that holds
 every chunk that long each way (bench/delay_hop.py: a managed database a zone away). Per delay:
@@ -602,15 +602,13 @@ def targets(results: dict[str, Any]) -> list[Bound]:
         found.append(
             Bound(f"runs settled end to end at {far:g} ms, {_topology(s)}, ≥ 42/s", s["settled_per_s"], 42, True)
         )
-    if at_far:
+    # Per topology: serving and executing in one loop or apart is a deployment's choice
+    # (docs/agent.md, ROLE), so each shows whether it meets the bound on its own.
+    for s in at_far:
         found.append(
-            Bound(
-                f"GetRun p99 during the load at {far:g} ms ≤ 50 ms (worst setting)",
-                max(s["get_p99_ms"] for s in at_far),
-                50,
-                False,
-            )
+            Bound(f"GetRun p99 during the load at {far:g} ms, {_topology(s)}, ≤ 50 ms", s["get_p99_ms"], 50, False)
         )
+    if at_far:
         found.append(
             Bound(
                 f"GetRun DEADLINE_EXCEEDED at {far:g} ms = 0",
@@ -705,9 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delays-ms", default="0,1", help="added delays each way, comma-separated (default 0,1)")
     parser.add_argument(
         "--agents",
-        default="1,2",
-        help="agent replica counts, comma-separated (default 1,2); an entry may name one agent per role"
-        " (AGENTMESH_AGENT_ROLE) instead, e.g. serve+execute",
+        default="1,2,serve+execute",
+        help="agent replica counts, comma-separated (default 1,2,serve+execute); an entry may name one agent"
+        " per role (AGENTMESH_AGENT_ROLE) instead, e.g. serve+execute",
     )
     parser.add_argument("--floor-seconds", type=float, default=3.0, help="length of the floor's run (default 3)")
     parser.add_argument("--floor-connections", type=positive_int, default=32)

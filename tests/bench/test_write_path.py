@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import write_path
 from tests.bench.modules import run_bench, tiny_postgres_run
 
 
@@ -48,6 +49,8 @@ def test_a_split_topology_is_measured_beside_the_agents_that_do_everything(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| 1 ms | serve+execute | " in done.stdout
     assert "runs settled end to end at 1 ms, agents serve+execute, ≥ 42/s" in done.stdout
+    assert "GetRun p99 during the load at 1 ms, 1 agent(s), ≤ 50 ms" in done.stdout
+    assert "GetRun p99 during the load at 1 ms, agents serve+execute, ≤ 50 ms" in done.stdout
     results = json.loads((tmp_path / "write_path.json").read_text())
     assert [(s["topology"], s["agents"]) for s in results["settings"]] == [("1", 1), ("serve+execute", 2)]
     split = results["settings"][1]
@@ -73,3 +76,25 @@ def test_a_bad_argument_is_refused_in_one_line(args: tuple[str, ...], message: s
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert message in done.stderr
+
+
+def test_each_topology_is_held_to_the_getrun_bound_on_its_own() -> None:
+    def setting(topology: str, get_p99_ms: float) -> dict[str, object]:
+        return {
+            "delay_ms": 1.0,
+            "topology": topology,
+            "agents": 2,
+            "create_per_s": 100.0,
+            "settled_per_s": 45.0,
+            "get_p99_ms": get_p99_ms,
+            "deadline_exceeded": 0,
+        }
+
+    results = {"settings": [setting("2", 90.0), setting("serve+execute", 30.0)], "floors": []}
+
+    bounds = {b.text: b for b in write_path.targets(results) if b.text.startswith("GetRun p99")}
+
+    assert {text: (b.value, b.met) for text, b in bounds.items()} == {
+        "GetRun p99 during the load at 1 ms, 2 agent(s), ≤ 50 ms": (90.0, False),
+        "GetRun p99 during the load at 1 ms, agents serve+execute, ≤ 50 ms": (30.0, True),
+    }
