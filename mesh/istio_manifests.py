@@ -31,6 +31,8 @@ AGENT_TOKEN_SECRET = "agentmesh-agent-token"
 AGENT_TOKEN_DIR = "/var/run/secrets/agentmesh/agent-token"
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 _RUN_AS = 10001
+# With roles, callers reach only the pods that serve; executors keep their probes and no traffic.
+SERVING_ROLE = "serve"
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -43,7 +45,7 @@ def kubernetes_service(policy: Policy, service: str) -> Manifest:
         "kind": "Service",
         "metadata": meta(policy, service, app=service),
         "spec": {
-            "selector": {"app": service},
+            "selector": {"app": service} if spec.roles is None else {"app": service, "role": SERVING_ROLE},
             "ports": [
                 {
                     "name": CONTAINER_PORT_NAME,
@@ -123,18 +125,27 @@ def _volumes(service: str) -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
-def deployment(policy: Policy, service: str, version: str) -> Manifest:
+def _role_labels(role: str) -> dict[str, str]:
+    return {} if role == "all" else {"role": role}
+
+
+def deployment(policy: Policy, service: str, version: str, role: str = "all") -> Manifest:
+    """One version's pods; with the policy's ``roles``, those of one role (``AGENTMESH_AGENT_ROLE``)."""
     spec: Service = policy.services[service]
     volumes, mounts = _volumes(service)
     probe = {"grpc": {"port": spec.port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
-    labels = {"app": service, "version": version}
+    labels = {"app": service, "version": version, **_role_labels(role)}
+    env = _service_env(policy, service)
+    if role != "all":
+        env.append({"name": f"AGENTMESH_{service.upper()}_ROLE", "value": role})
+    name = f"{service}-{version}" if role == "all" else f"{service}-{version}-{role}"
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(policy, f"{service}-{version}", **labels),
+        "metadata": meta(policy, name, **labels),
         "spec": {
             # State is shared (PostgreSQL, Redis), so any replica serves any request.
-            "replicas": spec.replicas,
+            "replicas": spec.pods_per_role()[role],
             # A rollout adds a pod before it removes one: capacity never dips.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": labels},
@@ -173,7 +184,7 @@ def deployment(policy: Policy, service: str, version: str) -> Manifest:
                                     else [{"name": HTTP_PORT_NAME, "containerPort": spec.http_port, "protocol": "TCP"}]
                                 ),
                             ],
-                            "env": _service_env(policy, service),
+                            "env": env,
                             "readinessProbe": {**probe, "initialDelaySeconds": 2},
                             "livenessProbe": {**probe, "initialDelaySeconds": 10},
                             "resources": resources(spec.resources),
@@ -361,13 +372,18 @@ def destination_rule(policy: Policy, service: str) -> Manifest:
 # --------------------------------------------------------------------------- Istio security
 
 
-def disruption_budget(policy: Policy, service: str) -> Manifest:
-    """A drain or upgrade takes at most one of a service's pods (any version) at a time."""
+def disruption_budget(policy: Policy, service: str, role: str = "all") -> Manifest:
+    """A drain or upgrade takes at most one of a service's pods (any version; per role) at a time.
+
+    Split by role, each role keeps its own budget: serving and executing capacity are separate,
+    and Kubernetes refuses to evict a pod that more than one budget selects.
+    """
+    labels = {"app": service, **_role_labels(role)}
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": meta(policy, service, app=service),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": service}}},
+        "metadata": meta(policy, service if role == "all" else f"{service}-{role}", **labels),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
     }
 
 
@@ -459,8 +475,15 @@ def manifest_files(policy: Policy) -> dict[str, list[Manifest]]:
         # The stores first: the services wait for them at start, but need not wait long.
         "postgres.yaml": postgres_objects(policy),
         "redis.yaml": redis_objects(policy),
-        "deployments.yaml": [deployment(policy, s, v) for s in services for v in policy.services[s].versions],
-        "poddisruptionbudgets.yaml": [disruption_budget(policy, s) for s in services],
+        "deployments.yaml": [
+            deployment(policy, s, v, role)
+            for s in services
+            for v in policy.services[s].versions
+            for role in policy.services[s].pods_per_role()
+        ],
+        "poddisruptionbudgets.yaml": [
+            disruption_budget(policy, s, role) for s in services for role in policy.services[s].pods_per_role()
+        ],
         "peerauthentication.yaml": [peer_authentication(policy)],
         "authorizationpolicies.yaml": [authorization_policy(policy, s) for s in services] + [require_jwt(policy)],
         "requestauthentication.yaml": [request_authentication(policy)],

@@ -146,13 +146,30 @@ class Resources(_Strict):
     memory: str
 
 
+class Roles(_Strict):
+    """The agent's two jobs in Deployments of their own (``AGENTMESH_AGENT_ROLE``, docs/agent.md).
+
+    Callers reach only the ``serve`` pods, so reads are not accepted behind executing runs; the
+    ``execute`` pods claim the runs the serve pods admit, through the shared PostgreSQL.
+    """
+
+    serve: Annotated[int, Field(ge=1)]
+    execute: Annotated[int, Field(ge=1)]
+
+
+# Only the agent runs apart by role (services/agent/config.py's `role`).
+ROLE_SERVICES = frozenset({"agent"})
+
+
 class Service(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)]
     # The app's HTTP side in its pod (the edge upstream's, where edge.http_routes go on Kubernetes).
     http_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     versions: list[Version] = Field(min_length=1)
     # Pods per version on Kubernetes; every one serves any request (state is shared, see `state`).
-    replicas: Annotated[int, Field(ge=1)]
+    replicas: Annotated[int, Field(ge=1)] | None = None
+    # Instead of `replicas`: pods per role per version, each role a Deployment of its own (agent only).
+    roles: Roles | None = None
     canary: Canary | None = None
     # caller name -> method patterns it may call; a caller is a service name or "edge".
     callers: dict[str, list[MethodPattern]]
@@ -168,6 +185,19 @@ class Service(_Strict):
         # Otherwise a new method would fall through every route and fail as UNIMPLEMENTED.
         if "*" not in self.routes[-1].methods:
             raise ValueError('the last route must match "*" so that every method has a timeout')
+        return self
+
+    def pods_per_role(self) -> dict[str, int]:
+        """Role -> pods per version: ``{"all": replicas}``, or the serve and execute counts."""
+        if self.roles is None:
+            assert self.replicas is not None  # _replicas_or_roles
+            return {"all": self.replicas}
+        return {"serve": self.roles.serve, "execute": self.roles.execute}
+
+    @model_validator(mode="after")
+    def _replicas_or_roles(self) -> Service:
+        if (self.replicas is None) == (self.roles is None):
+            raise ValueError("give exactly one of replicas (pods that serve and execute) or roles (pods per role)")
         return self
 
     @model_validator(mode="after")
@@ -282,6 +312,19 @@ class Policy(_Strict):
         for fault in self.faults:
             if fault.service not in self.services:
                 raise ValueError(f"fault {fault.name!r} targets unknown service {fault.service!r}")
+        for name, service in self.services.items():
+            if service.roles is None:
+                continue
+            if name not in ROLE_SERVICES:
+                raise ValueError(
+                    f"services.{name}.roles: only {', '.join(sorted(ROLE_SERVICES))} runs apart by role; "
+                    "give it replicas instead"
+                )
+            if name not in self.state.databases:
+                raise ValueError(
+                    f"services.{name}.roles needs state.databases.{name}: serve and execute pods share runs "
+                    "only through one PostgreSQL database (DATABASE_URL)"
+                )
         unknown_users = ({*self.state.databases, *self.state.redis_users}) - set(self.services)
         if unknown_users:
             raise ValueError(f"state names unknown services {sorted(unknown_users)}")

@@ -13,8 +13,8 @@ from cloudcoil.models.istio.networking.v1 import DestinationRule, Gateway, Virtu
 from cloudcoil.models.istio.security.v1 import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from pydantic import BaseModel
 
-from mesh.istio_manifests import DATA_DIR
-from mesh.policy import Policy
+from mesh.istio_manifests import DATA_DIR, manifest_files
+from mesh.policy import DEFAULT_POLICY_PATH, Policy
 
 REPO = Path(__file__).resolve().parents[2]
 ISTIO = REPO / "istio"
@@ -119,7 +119,7 @@ def test_workloads_follow_the_platform_rules(policy: Policy) -> None:
         assert "readinessProbe" in container and "livenessProbe" in container
         assert set(container["resources"]["requests"]) == {"cpu", "memory"}
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
-    assert set(deployments) == {f"{s}-{v}" for s, spec in policy.services.items() for v in spec.versions}
+    assert set(deployments) == _deployment_names(policy)
     for deployment in deployments.values():
         pod = deployment["spec"]["template"]
         assert pod["metadata"]["labels"]["version"] == deployment["metadata"]["labels"]["version"]
@@ -130,6 +130,16 @@ def test_workloads_follow_the_platform_rules(policy: Policy) -> None:
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert "grpc" in container["readinessProbe"] and "grpc" in container["livenessProbe"]
         assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+
+
+def _deployment_names(policy: Policy) -> set[str]:
+    """``<service>-<version>``, or ``<service>-<version>-<role>`` where the policy splits by role."""
+    return {
+        f"{service}-{version}" if role == "all" else f"{service}-{version}-{role}"
+        for service, spec in policy.services.items()
+        for version in spec.versions
+        for role in spec.pods_per_role()
+    }
 
 
 def test_mesh_wide_mtls_is_strict_and_destinations_use_istio_mutual() -> None:
@@ -163,8 +173,9 @@ def _env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_version_runs_replicas_on_shared_state_with_none_in_its_pods(policy: Policy) -> None:
     for name, deployment in _by_name("Deployment").items():
-        service = deployment["metadata"]["labels"]["app"]
-        assert deployment["spec"]["replicas"] == policy.services[service].replicas >= 2, name
+        labels = deployment["metadata"]["labels"]
+        replicas = policy.services[labels["app"]].pods_per_role()[labels.get("role", "all")]
+        assert deployment["spec"]["replicas"] == replicas >= 2, name
         # What sits on an emptyDir is a cache the pod rebuilds, never state (which is below).
         pod = deployment["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -172,13 +183,14 @@ def test_every_version_runs_replicas_on_shared_state_with_none_in_its_pods(polic
         [data_volume] = [v for v in pod["volumes"] if v["name"] == data_mount["name"]]
         assert data_volume["name"] == "cache", name
 
-    for name in ("agent-v1", "agent-v2", "rag-v1"):
+    agents = [f"agent-{v}-{role}" for v in ("v1", "v2") for role in ("serve", "execute")]
+    for name in (*agents, "rag-v1"):
         env = _env(_by_name("Deployment")[name])
         prefix = f"AGENTMESH_{name.split('-')[0].upper()}_"
         # The URL (with its password) comes from a Secret, never from the manifest.
         url = env[prefix + "DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert url == {"name": policy.state.database_secret, "key": name.split("-")[0]}
-    for name in ("agent-v1", "agent-v2"):
+    for name in agents:
         env = _env(_by_name("Deployment")[name])
         assert env["AGENTMESH_AGENT_EVENT_BUS"]["value"] == "redis"
         assert env["AGENTMESH_AGENT_IDEMPOTENCY_STORE"]["value"] == "redis"
@@ -190,9 +202,13 @@ def test_every_version_runs_replicas_on_shared_state_with_none_in_its_pods(polic
 
 def test_a_drain_takes_at_most_one_pod_of_each_service_at_a_time(policy: Policy) -> None:
     budgets = _by_name("PodDisruptionBudget")
-    assert set(budgets) == set(policy.services)
-    for service, budget in budgets.items():
-        assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app": service}}}
+    # The agent's roles are capacities of their own: one pod of each may go at once. No pod is under
+    # two budgets (Kubernetes would refuse to evict it).
+    assert set(budgets) == {"gateway", "rag", "agent-serve", "agent-execute"}
+    for name, budget in budgets.items():
+        service, _, role = name.partition("-")
+        labels = {"app": service, "role": role} if role else {"app": service}
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
 
 
 def test_the_stores_keep_their_data_on_persistent_volumes(policy: Policy) -> None:
@@ -215,3 +231,50 @@ def test_only_the_services_that_use_a_store_may_connect_to_it(policy: Policy) ->
         [rule] = policies[store]["spec"]["rules"]
         [source] = rule["from"]
         assert source["source"]["principals"] == [f"agentmesh.local/ns/default/sa/{u}" for u in users]
+
+
+def test_the_agent_serves_and_executes_in_deployments_of_their_own(policy: Policy) -> None:
+    deployments, services = _by_name("Deployment"), _by_name("Service")
+    roles = policy.services["agent"].roles
+    assert roles is not None
+    for version in policy.services["agent"].versions:
+        for role, replicas in (("serve", roles.serve), ("execute", roles.execute)):
+            deployment = deployments[f"agent-{version}-{role}"]
+            labels = {"app": "agent", "version": version, "role": role}
+            assert deployment["spec"]["replicas"] == replicas
+            assert deployment["spec"]["selector"]["matchLabels"] == labels
+            assert deployment["spec"]["template"]["metadata"]["labels"] == {**labels, "sidecar.istio.io/inject": "true"}
+            env = _env(deployment)
+            assert env["AGENTMESH_AGENT_ROLE"]["value"] == role
+            # Both share the runs through one database: the admitted run is claimed from there.
+            assert env["AGENTMESH_AGENT_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "agent"
+            # Executors take no callers, but their probes stay: the kubelet restarts a stuck one.
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            assert "grpc" in container["readinessProbe"] and "grpc" in container["livenessProbe"]
+        assert f"agent-{version}" not in deployments
+    # Callers (the Service, hence Istio's endpoints for every subset) reach only the serve pods.
+    assert services["agent"]["spec"]["selector"] == {"app": "agent", "role": "serve"}
+    assert services["rag"]["spec"]["selector"] == {"app": "rag"}
+
+
+def test_a_service_without_roles_runs_pods_that_serve_and_execute() -> None:
+    raw = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    agent = raw["services"]["agent"]
+    del agent["roles"]
+    agent["replicas"] = 2
+    files = manifest_files(Policy.model_validate(raw))
+
+    deployments = {
+        d["metadata"]["name"]: d for d in files["deployments.yaml"] if d["metadata"]["labels"]["app"] == "agent"
+    }
+    assert set(deployments) == {"agent-v1", "agent-v2"}
+    for deployment in deployments.values():
+        assert deployment["spec"]["replicas"] == 2
+        assert "role" not in deployment["spec"]["selector"]["matchLabels"]
+        assert "AGENTMESH_AGENT_ROLE" not in _env(deployment)
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    [service] = [s for s in files["services.yaml"] if s["metadata"]["name"] == "agent"]
+    assert service["spec"]["selector"] == {"app": "agent"}
+    budgets = {b["metadata"]["name"]: b for b in files["poddisruptionbudgets.yaml"]}
+    assert budgets["agent"]["spec"]["selector"] == {"matchLabels": {"app": "agent"}}
+    assert "agent-serve" not in budgets

@@ -272,7 +272,8 @@ def test_the_edge_and_the_ingress_demand_the_same_tokens_and_leave_the_same_meth
 def test_every_deployment_checks_the_forwarded_token_as_the_edge_does() -> None:
     edge = _envoy_edge_auth()
     checks = _deployment_auth()
-    assert set(checks) == {"gateway-v1", "agent-v1", "agent-v2", "rag-v1"}
+    agents = {f"agent-{v}-{role}" for v in ("v1", "v2") for role in ("serve", "execute")}
+    assert set(checks) == {"gateway-v1", *agents, "rag-v1"}
     for name, auth in checks.items():
         assert auth["issuer"] == edge["issuer"], name
         assert [auth["audience"]] == edge["audiences"], name

@@ -74,6 +74,29 @@ def test_the_last_route_must_catch_every_method() -> None:
         Policy.model_validate(raw)
 
 
+def test_only_the_agent_runs_apart_by_role() -> None:
+    raw = _raw()
+    rag = raw["services"]["rag"]  # type: ignore[index]
+    del rag["replicas"]
+    rag["roles"] = {"serve": 2, "execute": 2}
+    with pytest.raises(ValidationError, match=r"services\.rag\.roles: only agent runs apart by role"):
+        Policy.model_validate(raw)
+
+
+def test_roles_need_the_shared_database() -> None:
+    raw = _raw()
+    del raw["state"]["databases"]["agent"]  # type: ignore[index]
+    with pytest.raises(ValidationError, match=r"services\.agent\.roles needs state\.databases\.agent"):
+        Policy.model_validate(raw)
+
+
+def test_a_service_gives_replicas_or_roles_not_both() -> None:
+    raw = _raw()
+    raw["services"]["agent"]["replicas"] = 2  # type: ignore[index]
+    with pytest.raises(ValidationError, match="exactly one of replicas"):
+        Policy.model_validate(raw)
+
+
 def test_durations_need_a_unit() -> None:
     raw = _raw()
     raw["services"]["rag"]["routes"][0]["timeout"] = "3"  # type: ignore[index]
