@@ -53,18 +53,21 @@ async def agent(
 
 @asynccontextmanager
 async def writes_blocked(postgres_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """``runs`` locked against writes (plain reads still go through) until the block ends."""
-    locker = await asyncpg.connect(postgres_url)
+    """``runs`` locked against writes (plain reads still go through) until the block ends. Yields
+    another connection to watch the server from: within one transaction PostgreSQL's activity view
+    is a snapshot taken at its first read, so the locking one would never see a waiter that came later."""
+    locker, observer = await asyncpg.connect(postgres_url), await asyncpg.connect(postgres_url)
     try:
         async with locker.transaction():
             await locker.execute("LOCK TABLE runs IN EXCLUSIVE MODE")
-            yield locker
+            yield observer
     finally:
+        await observer.close()
         await locker.close()
 
 
-async def _someone_waits_on_the_lock(locker: asyncpg.Connection) -> bool:
-    waiting = await locker.fetchval(
+async def _someone_waits_on_the_lock(observer: asyncpg.Connection) -> bool:
+    waiting = await observer.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     return bool(waiting)
@@ -81,10 +84,10 @@ async def test_get_run_answers_while_every_write_connection_waits_behind_a_block
         run = (await _create(stub, "How long do refunds take?")).run
         settled = await settled_run(stub, run.run_id, timeout_s=30)
 
-        async with writes_blocked(postgres_url) as locker:
+        async with writes_blocked(postgres_url) as observer:
             # The pool's one connection is now inside a CreateRun transaction waiting on the lock.
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(locker), timeout_s=BLOCKED_WITHIN_S)
+            await wait_until(lambda: _someone_waits_on_the_lock(observer), timeout_s=BLOCKED_WITHIN_S)
 
             read = await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=READ_DEADLINE_S)
 
@@ -104,9 +107,9 @@ async def test_with_no_query_pool_get_run_queues_behind_the_writes_for_a_connect
         run = (await _create(stub, "How long do refunds take?")).run
         await settled_run(stub, run.run_id, timeout_s=30)
 
-        async with writes_blocked(postgres_url) as locker:
+        async with writes_blocked(postgres_url) as observer:
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(locker), timeout_s=BLOCKED_WITHIN_S)
+            await wait_until(lambda: _someone_waits_on_the_lock(observer), timeout_s=BLOCKED_WITHIN_S)
 
             with pytest.raises(grpc.aio.AioRpcError) as waited:
                 await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=SHORT_DEADLINE_S)
