@@ -39,7 +39,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
-from sqlalchemy.util.queue import AsyncAdaptedQueue
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
 from bounded.lru import LRUCache
 from runtime.backoff import Backoff
@@ -394,12 +394,26 @@ def _set_event(wakeup: asyncio.Event, _conn: object) -> None:
 
 
 class _Queue(AsyncAdaptedQueue[ConnectionPoolEntry]):
-    """The pool's idle connections. A connection that is there is taken at once: SQLAlchemy's
-    blocking get (every checkout once the pool is full) wraps the queue's get in
-    ``asyncio.wait_for``, a task and a timer per checkout even when nothing has to wait."""
+    """The pool's idle connections, taken without SQLAlchemy's ``asyncio.wait_for``.
+
+    A connection that is there is taken at once: the blocking get (every checkout once the pool
+    is full) would cost a task and a timer even when nothing has to wait. And a caller that does
+    wait does so under ``asyncio.timeout``: Python 3.11's ``wait_for`` returns the connection
+    instead of raising when the caller is cancelled just as one comes free, so the cancellation
+    is lost, and a background loop being stopped went on forever (a service's shutdown hung).
+    """
 
     def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
-        return super().get(block and self.empty(), timeout)
+        if not block or not self.empty():
+            return self.get_nowait()
+        try:
+            return self.await_(self._wait_for_one(within_s=timeout))
+        except TimeoutError as error:
+            raise Empty() from error
+
+    async def _wait_for_one(self, *, within_s: float | None) -> ConnectionPoolEntry:
+        async with asyncio.timeout(within_s):
+            return await self._queue.get()
 
 
 class _Pool(AsyncAdaptedQueuePool):

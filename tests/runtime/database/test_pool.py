@@ -53,3 +53,23 @@ async def test_a_connection_left_inside_a_transaction_is_never_handed_to_the_nex
     finally:
         await db.close()
     assert [(row["n"], row["outside"]) for row in rows] == [(2, True)]
+
+
+async def test_a_caller_cancelled_as_a_connection_comes_free_is_cancelled_and_leaves_it_to_the_next(
+    postgres_url: str,
+) -> None:
+    # Python 3.11's asyncio.wait_for (SQLAlchemy's wait for a connection) returned the connection
+    # when its caller was cancelled just as one came free: the cancellation was lost, and a
+    # background loop being stopped at that moment ran on, hanging its service's shutdown.
+    db = PostgresDatabase(postgres_url, setting="TEST_DATABASE_URL", pool_size=1)
+    try:
+        async with db.transaction() as tx:
+            waiting = asyncio.ensure_future(db.execute("SELECT 1"))
+            await tx.execute("SELECT pg_sleep(0.1)")  # the caller is waiting for the pool's one connection
+        waiting.cancel()  # the connection came back (woke it) and no await has run since
+        outcome = await asyncio.gather(waiting, return_exceptions=True)
+        next_caller = await db.execute("SELECT 2")
+    finally:
+        await db.close()
+    assert waiting.cancelled(), outcome
+    assert next_caller.scalar() == 2
