@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -38,13 +37,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
-from tests.system import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.system import free_ports, wait_until
 
 
 @dataclass
@@ -60,7 +53,8 @@ async def traced_system(data_dir: Path) -> AsyncIterator[Traced]:
     """rag, agent and gateway with every span exported in memory, and a traced client channel."""
     exporter = InMemorySpanExporter()
     spans = [SimpleSpanProcessor(exporter)]
-    ports = {name: _free_port() for name in ("gateway", "agent", "rag")}
+    # Picked together: probes closed one by one could be handed the same port twice.
+    ports = dict(zip(("gateway", "agent", "rag"), free_ports(3), strict=True))
     common: dict[str, Any] = {"port": 0, "data_dir": data_dir, "drain_delay_s": 0, "grace_period_s": 1}
     rag = ManagedServer(await build_rag(RagSettings(**common, metrics_port=ports["rag"]), span_processors=spans))
     await rag.start()

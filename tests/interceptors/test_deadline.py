@@ -84,10 +84,11 @@ async def test_outgoing_calls_get_the_remaining_budget_less_the_margin(probe: Pr
 
         probe.hook = forward
         async with serve(probe, [DeadlineInterceptor()]) as client:
-            await client.do(sv("ok:up"), timeout=2)
+            await client.do(sv("ok:up"), timeout=10)
     [remaining] = seen
-    # 2 s budget, less the margin, less the time spent getting there; never the client's 60 s.
-    assert remaining is not None and 0.5 < remaining <= 1.6  # grpc rounds the wire timeout up
+    # 10 s budget, less the margin, less the time spent getting there (a new channel's connect,
+    # which a loaded machine can stretch to seconds); never the client's 60 s.
+    assert remaining is not None and 5 < remaining <= 9.6  # grpc rounds the wire timeout up
 
 
 async def test_an_outgoing_call_with_no_budget_left_fails_locally(probe: Probe) -> None:

@@ -62,17 +62,31 @@ def gateway_env(tmp_path: Path, descriptor_set: Path, **extra: str) -> dict[str,
 
 
 def log_lines(process: ServiceProcess) -> list[dict[str, Any]]:
+    """The JSON lines the processes have finished writing (the log is read while they write it)."""
     lines = []
-    for line in process.logs().splitlines():
-        if line.startswith("{"):
+    for line in process.logs().splitlines(keepends=True):
+        if line.startswith("{") and line.endswith("\n"):
             lines.append(json.loads(line))
     return lines
 
 
-def worker_pids(process: ServiceProcess) -> list[int]:
-    """The workers' pids, which the parent logs right after forking, long before any serves."""
-    [started] = [line for line in log_lines(process) if line["event"] == "serving from processes"]
-    return list(started["pids"])
+async def worker_pids(process: ServiceProcess) -> list[int]:
+    """The workers' pids, which the parent logs right after forking.
+
+    Waited for: the port file that `spawn` waits for is written by a worker, and on a loaded
+    machine a worker can be serving before the parent, which forked it, has logged anything.
+    """
+
+    def started() -> list[dict[str, Any]]:
+        return [line for line in log_lines(process) if line["event"] == "serving from processes"]
+
+    async def logged() -> bool:
+        return bool(started()) or process.process.poll() is not None
+
+    await wait_until(logged)
+    lines = started()
+    assert len(lines) == 1, process.logs()  # none: the gateway exited first, and its log says why
+    return list(lines[0]["pids"])
 
 
 def alive(pid: int) -> bool:
@@ -111,7 +125,7 @@ async def test_two_processes_share_the_port_and_a_sigterm_drains_both(
             if len(echo.peers) == 2:
                 break
         assert len(echo.peers) == 2, "every call went to one process"
-        pids = worker_pids(gateway)
+        pids = await worker_pids(gateway)
         assert len(pids) == 2
 
         gateway.process.terminate()  # SIGTERM to the parent only
@@ -146,7 +160,7 @@ async def test_workers_do_not_outlive_a_killed_parent(
         tmp_path,
     )
     try:
-        pids = worker_pids(gateway)
+        pids = await worker_pids(gateway)
         await asyncio.to_thread(gateway.kill)  # SIGKILL: the parent cannot forward anything
 
         async def workers_gone() -> bool:

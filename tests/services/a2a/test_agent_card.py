@@ -13,14 +13,14 @@ from runtime.a2a_card import AgentCardSettings
 from services.gateway.agent_card import agent_card_routes
 from tests.services.a2a.conftest import Issuer, StartSystem, sdk_client
 from tests.services.a2a.test_a2a_service import ASKER, message, returning_immediately, send
-from tests.system import free_port
+from tests.system import free_ports
 
 
 async def test_the_card_validates_against_the_sdk_model_and_its_grpc_url_reaches_the_agent(
     start_system: StartSystem, issuer: Issuer
 ) -> None:
     # The gateway's real HTTP side (services/gateway/http_entry.py), its card naming the gateway's gRPC port.
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)  # picked together: never the same port twice
     system = await start_system(
         gateway={"port": grpc_port, "http_port": http_port, "a2a": {"grpc_url": f"http://127.0.0.1:{grpc_port}"}}
     )

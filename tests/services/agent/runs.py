@@ -40,7 +40,11 @@ async def until_step(agent: agent_grpc.AgentServiceAsyncStub, run_id: str, step:
 
 
 async def listed_once(
-    agent: agent_grpc.AgentServiceAsyncStub, run_ids: list[str], request: agent_pb.ListRunsRequest | None = None
+    agent: agent_grpc.AgentServiceAsyncStub,
+    run_ids: list[str],
+    request: agent_pb.ListRunsRequest | None = None,
+    *,
+    metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> agent_pb.ListRunsResponse:
     """The first ListRuns page that holds every run of ``run_ids``.
 
@@ -50,7 +54,7 @@ async def listed_once(
     request = request or agent_pb.ListRunsRequest()
     page = agent_pb.ListRunsResponse()
     for _ in range(200):
-        page = await agent.ListRuns(request, timeout=5)
+        page = await agent.ListRuns(request, timeout=5, metadata=metadata)
         if set(run_ids) <= {r.run_id for r in page.runs}:
             return page
         await asyncio.sleep(0.05)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from a2a.types import a2a_pb2
 from aiohttp import web
@@ -250,30 +251,35 @@ async def test_on_postgresql_writes_wait_for_a_config_being_stored_and_count_it(
         push = PushNotifications(stores.db, LOOPBACK_ALLOWED)
         await push.create_schema()
         run, _ = await stores.runs.create(question="q?")
-        # The config's transaction holds the run row a while: a trigger sleeps inside its INSERT.
+        # The config's transaction holds the run row until the test lets it go: a trigger inside
+        # its INSERT waits for an advisory lock the test holds (a sleep would be a race: on a loaded
+        # machine the writes could start after it ended, and no longer test waiting for the row).
         await stores.db.execute(
-            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql"
-            " AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$"
+            "CREATE FUNCTION gated_insert() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN PERFORM pg_advisory_xact_lock({GATE}); RETURN NEW; END $$"
         )
         await stores.db.execute(
-            "CREATE TRIGGER slow BEFORE INSERT ON a2a_push_configs FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+            "CREATE TRIGGER gated BEFORE INSERT ON a2a_push_configs FOR EACH ROW EXECUTE FUNCTION gated_insert()"
         )
-        saving = asyncio.create_task(
-            push.save(a2a_pb2.TaskPushNotificationConfig(task_id=run.run_id, url=url), creator="alice")
-        )
-
-        async def save_sleeps() -> bool:
-            row = await stores.db.fetch_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-            return bool(row and row[0])
-
-        await wait_until(save_sleeps, interval_s=0.01)  # it holds the run row now
-
-        # Both kinds of write start while the config is being stored: an append (no read) and an
-        # update (read first, when the count is still 0). Each waits for the row and counts the config.
-        await asyncio.gather(
-            _step(stores, run.run_id, "retrieve"),
-            stores.runs.transition(run.run_id, RunState.WAITING_FOR_REVIEW, cause="unsure", answer="a"),
-        )
+        gate = await asyncpg.connect(postgres_url)
+        try:
+            await gate.execute(f"SELECT pg_advisory_lock({GATE})")
+            saving = asyncio.create_task(
+                push.save(a2a_pb2.TaskPushNotificationConfig(task_id=run.run_id, url=url), creator="alice")
+            )
+            # Both kinds of write start while the config is being stored: an append (no read) and an
+            # update (read first, when the count is still 0). Each waits for the row and counts the config.
+            await wait_until(lambda: _lock_waiters(gate, 1, saving), timeout_s=30)
+            assert not saving.done(), saving.result()  # it holds the run row now
+            writing = asyncio.gather(
+                _step(stores, run.run_id, "retrieve"),
+                stores.runs.transition(run.run_id, RunState.WAITING_FOR_REVIEW, cause="unsure", answer="a"),
+            )
+            await wait_until(lambda: _lock_waiters(gate, 3, writing), timeout_s=30)
+            await gate.execute(f"SELECT pg_advisory_unlock({GATE})")
+            await writing
+        finally:
+            await gate.close()
         await saving
         assert sorted((e.type, e.data["push_configs"]) for e in (await _published(stores))[-2:]) == [
             ("run.state_changed", 1),
@@ -281,3 +287,15 @@ async def test_on_postgresql_writes_wait_for_a_config_being_stored_and_count_it(
         ]
     finally:
         await close_stores(stores)
+
+
+# The advisory lock the test holds to keep a config's transaction open (any number no other test takes).
+GATE = 727_001
+
+
+async def _lock_waiters(gate: asyncpg.Connection, count: int, task: asyncio.Future[Any]) -> bool:
+    """Whether ``count`` statements wait for a lock (or ``task`` ended instead: its result says why)."""
+    waiting = await gate.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return bool(waiting >= count or task.done())

@@ -22,6 +22,10 @@ def queue(stores: Stores, owner: str, *, lease_s: float = 30, backlog: int = 100
     return UnstartedRuns(stores.db, SagaLog(stores.db, owner=owner, lease_s=lease_s), backlog=backlog)
 
 
+# A dead claimer's lease in the takeover test (its expiry is waited for, so the test takes this long).
+DEAD_LEASE_S = 2.0
+
+
 async def _admit(stores: Stores, count: int) -> list[str]:
     return [(await stores.runs.create(question=f"q{n}?"))[0].run_id for n in range(count)]
 
@@ -67,11 +71,17 @@ async def test_of_executors_claiming_at_once_each_run_is_claimed_exactly_once(st
 
 async def test_runs_claimed_by_an_executor_that_died_are_taken_over_when_its_lease_expires(stores: Stores) -> None:
     admitted = await _admit(stores, 2)
-    assert await queue(stores, "dead", lease_s=0.05).claim(2) == admitted
+    # The lease is long enough that a loaded machine cannot let it run out between the claim and
+    # the first look (at 0.05 s it did, and the runs were found orphaned already), and the takeover
+    # is waited for rather than slept for.
+    assert await queue(stores, "dead", lease_s=DEAD_LEASE_S).claim(2) == admitted
     survivor = SagaLog(stores.db, owner="survivor", lease_s=30)
     assert await survivor.unfinished() == []  # leased, for now
-    await asyncio.sleep(0.1)
-    assert sorted(await survivor.unfinished()) == sorted(admitted)
+
+    async def taken_over() -> bool:
+        return sorted(await survivor.unfinished()) == sorted(admitted)
+
+    await wait_until(taken_over, timeout_s=DEAD_LEASE_S + 10)
     assert await survivor.begin(admitted[0]) is SagaStatus.RUNNING
 
 

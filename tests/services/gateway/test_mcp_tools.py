@@ -27,7 +27,6 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.rag.v1 import document_pb2
 from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
@@ -40,7 +39,7 @@ from services.gateway.config import DEFAULT_DESCRIPTOR_SET, GatewaySettings
 from services.gateway.http_entry import mcp_tools
 from services.gateway.routing import build_routes, load_descriptor_pool
 from services.gateway.server import build as build_gateway
-from tests.services.agent.runs import settled_run
+from tests.services.agent.runs import listed_once, settled_run
 from tests.services.issuer import Issuer
 from tests.system import System, free_port, start_agent, start_rag
 
@@ -227,10 +226,11 @@ async def test_a_retried_create_run_runs_once(mcp_system: McpSystem, issuer: Iss
     assert other["run_id"] != first["run_id"]
     async with grpc.aio.insecure_channel(system.gateway_address) as channel:
         agent = agent_grpc.AgentServiceStub(channel)
-        listed = await agent.ListRuns(
-            agent_pb.ListRunsRequest(), metadata=issuer.bearer("model", "runs.read"), timeout=5
-        )
-        run = await settled_run(agent, first["run_id"], metadata=issuer.bearer("model", "runs.read"))
+        reader = issuer.bearer("model", "runs.read")
+        # Waited for: ListRuns reads the read model, which follows the log a moment after CreateRun
+        # returns. A duplicate run the retry made would precede `other` in the log, so it is listed too.
+        listed = await listed_once(agent, [first["run_id"], other["run_id"]], metadata=reader)
+        run = await settled_run(agent, first["run_id"], metadata=reader)
     assert sorted(r.run_id for r in listed.runs) == sorted([first["run_id"], other["run_id"]])
     assert "5 business days" in run.answer
 
