@@ -66,9 +66,18 @@ async def writes_blocked(postgres_url: str) -> AsyncIterator[asyncpg.Connection]
         await locker.close()
 
 
-async def _someone_waits_on_the_lock(observer: asyncpg.Connection) -> bool:
+async def _create_waits_on_the_lock(
+    observer: asyncpg.Connection, blocked: asyncio.Future[agent_pb.CreateRunResponse]
+) -> bool:
+    """Whether the CreateRun's insert is waiting on the lock (failing at once, with its outcome, if
+    the CreateRun ended instead: a wait would otherwise only time out, naming no cause)."""
+    if blocked.done():
+        raise AssertionError(
+            f"the CreateRun ended before it reached the lock: {blocked.exception() or blocked.result()}"
+        )
     waiting = await observer.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE 'WITH written AS (INSERT INTO runs %'"
     )
     return bool(waiting)
 
@@ -87,7 +96,7 @@ async def test_get_run_answers_while_every_write_connection_waits_behind_a_block
         async with writes_blocked(postgres_url) as observer:
             # The pool's one connection is now inside a CreateRun transaction waiting on the lock.
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(observer), timeout_s=BLOCKED_WITHIN_S)
+            await wait_until(lambda: _create_waits_on_the_lock(observer, blocked), timeout_s=BLOCKED_WITHIN_S)
 
             read = await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=READ_DEADLINE_S)
 
@@ -109,7 +118,7 @@ async def test_with_no_query_pool_get_run_queues_behind_the_writes_for_a_connect
 
         async with writes_blocked(postgres_url) as observer:
             blocked = _create(stub, "When do orders ship?")
-            await wait_until(lambda: _someone_waits_on_the_lock(observer), timeout_s=BLOCKED_WITHIN_S)
+            await wait_until(lambda: _create_waits_on_the_lock(observer, blocked), timeout_s=BLOCKED_WITHIN_S)
 
             with pytest.raises(grpc.aio.AioRpcError) as waited:
                 await stub.GetRun(agent_pb.GetRunRequest(run_id=run.run_id), timeout=SHORT_DEADLINE_S)
