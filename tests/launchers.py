@@ -50,13 +50,16 @@ def gone(process: psutil.Process) -> bool:
 def kill_and_find_no_survivor(process: subprocess.Popen[bytes], within_s: float = 60) -> list[str]:
     """SIGKILL ``process``; wait until every process it had started is gone. Their command lines."""
     started = psutil.Process(process.pid).children(recursive=True)
-    commands = [" ".join(child.cmdline()) for child in started]
+    commands = []
+    for child in started:
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended since it was listed
+            commands.append(" ".join(child.cmdline()))
     process.kill()  # as an OOM kill or a crashed terminal does: the launcher stops nothing itself
     process.wait()
     deadline = time.monotonic() + within_s
     try:
         while survivors := [child for child in started if not gone(child)]:
-            assert time.monotonic() < deadline, [" ".join(s.cmdline()) for s in survivors]
+            assert time.monotonic() < deadline, ([s.pid for s in survivors], commands)
             time.sleep(0.2)
     finally:  # a failure must not leave them running either
         for child in started:
