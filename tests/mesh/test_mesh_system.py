@@ -5,32 +5,34 @@ from __future__ import annotations
 import ssl
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+import pytest_asyncio
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from agentmesh.agent.v1 import run_pb2
-from mesh.policy import Policy
+from mesh.policy import Policy, load_policy
 from tests.grpcurl import grpcurl
 from tests.mesh.conftest import MeshCerts, TokenIssuer
 from tests.mesh.mesh_system import MeshSystem, running_mesh
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+# One mesh for the module (seconds of processes and Envoys to start): each test makes runs of its own
+# and reads counters as they grow, so none depends on another's traffic.
+pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(
-    policy: Policy, mesh_certs: MeshCerts, token_issuer: TokenIssuer, tmp_path: Path
+    mesh_certs: MeshCerts, token_issuer: TokenIssuer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[MeshSystem]:
-    async with running_mesh(policy, mesh_certs, token_issuer, tmp_path) as started:
+    async with running_mesh(load_policy(), mesh_certs, token_issuer, tmp_path_factory.mktemp("mesh")) as started:
         yield started
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def edge_channel(
     mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
 ) -> AsyncIterator[grpc.aio.Channel]:
@@ -44,7 +46,7 @@ async def edge_channel(
         yield channel
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def http(
     mesh: MeshSystem, mesh_certs: MeshCerts, token_issuer: TokenIssuer
 ) -> AsyncIterator[aiohttp.ClientSession]:

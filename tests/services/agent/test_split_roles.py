@@ -28,12 +28,23 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from rpcstatus.errors import status_details
 from runtime.bootstrap import ManagedServer
+from services.agent import servicer as servicer_module
 from tests.services.agent.runs import assert_settled_once, listed_once, settled_run, until_step
 from tests.services.agent.test_agent_service import KNOWLEDGE
 from tests.system import start_agent, start_rag, wait_until
 
 Run = run_pb2.Run
 BLOCKING = {"decision_engine": "tests.services.agent.engines:BlockingEngine"}
+
+
+@pytest.fixture(autouse=True)
+def watches_poll_often_on_sqlite(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite a replica's watchers hear of another replica's commits only by WatchRun's poll (5 s
+    in production), so a watch on the serve replica would sit out that poll for each event the executor
+    logs. Polled often here, the tests wait for the events, not the poll. PostgreSQL keeps the 5 s:
+    its NOTIFY must wake the watchers."""
+    if not database_url:
+        monkeypatch.setattr(servicer_module, "WATCH_POLL_S", 0.05)
 
 
 class Split:
