@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from interceptors.chain import bootstrap_chain
 from interceptors.drain import DrainInterceptor
 from interceptors.layer import ServerChain
+from runtime import entry
 from runtime.channel_options import KEEPALIVE_TIME_MS
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
@@ -41,7 +42,7 @@ from runtime.logging import configure_logging
 from runtime.ports import port_holder, taken_message
 from runtime.processes import run_processes
 from runtime.reflection import enable_reflection
-from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error, load_settings
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, env_name, explain_os_error
 
 log = structlog.get_logger(__name__)
 
@@ -252,20 +253,17 @@ class ServiceBuild(Protocol[_S_contra]):
 
 
 def run_service(settings_type: type[_S], build: ServiceBuild[_S]) -> int:
-    """Entry point for `python -m services.<name>`: settings from env/.env, logs, serve, drain.
+    """Entry point for a server whose module is imported already (``runtime.entry.run_service`` reads
+    the settings before importing the server, for `python -m services.<name>`)."""
+    return entry.run_service(settings_type, lambda: build)
 
-    The service's settings, discovery's and the live ones' env/.env defaults are read here,
-    once, and handed to ``build``. A setting that cannot be used ends the process with one line
-    on stderr naming the variable and what it accepts (exit 2), whether it is found here or
-    while building the server.
+
+def serve_service(settings: _S, discovery: DiscoverySettings, dynamic: DynamicSettings, build: ServiceBuild[_S]) -> int:
+    """Logs, serve, drain, for settings read by ``runtime.entry.run_service``.
+
+    A setting found unusable while building or starting the server ends the process with one
+    line on stderr naming the variable and what it accepts (exit 2), as one found while reading.
     """
-    try:
-        settings = load_settings(settings_type)
-        discovery = load_settings(DiscoverySettings)
-        dynamic = load_settings(DynamicSettings)
-    except InvalidSetting as error:
-        print(error, file=sys.stderr)
-        return EXIT_INVALID_SETTING
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     # The service's modules are imported: they live as long as the process (runtime/heap.py).
     freeze_long_lived("importing the service")

@@ -10,7 +10,7 @@ a 17 s load. ``gc.freeze()`` moves every object alive now to a permanent generat
 skip; objects made later are collected as before, and full passes walk only them.
 
 What is frozen is never collected as a cycle again, so this runs once, in a service's own process
-(``runtime.bootstrap.run_service``, after its imports), never in a test process that builds servers
+(``runtime.bootstrap.serve_service``, after its imports), never in a test process that builds servers
 again and again.
 """
 

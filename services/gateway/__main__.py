@@ -1,8 +1,23 @@
 """`python -m services.gateway`: serve the gateway."""
 
-from runtime.bootstrap import run_service
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runtime.entry import run_service
 from services.gateway.config import GatewaySettings
-from services.gateway.server import build
+
+if TYPE_CHECKING:
+    from runtime.bootstrap import ServiceBuild
+
+
+def import_build() -> ServiceBuild[GatewaySettings]:
+    # Imported only once the settings are read: a bad setting is refused without the seconds of
+    # importing the server (runtime/entry.py).
+    from services.gateway.server import build  # noqa: PLC0415
+
+    return build
+
 
 if __name__ == "__main__":
-    raise SystemExit(run_service(GatewaySettings, build))
+    raise SystemExit(run_service(GatewaySettings, import_build))

@@ -1,0 +1,46 @@
+"""`python -m services.<name>`'s first step: read the settings, and refuse a bad one before importing the server.
+
+A service's server (grpc, SQLAlchemy, its stores and engines) takes seconds of CPU to import; a
+process given a setting it cannot use only prints one line and exits 2. So the settings are read
+first, from modules that do not import the server, and the server's modules only once they pass.
+(The settings types still import grpc and SQLAlchemy through the policy models they embed, a
+third of the import; the server's own modules are the rest.)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from runtime.config import ServiceSettings
+from runtime.discovery.settings import DiscoverySettings
+from runtime.live_config.settings import DynamicSettings
+from runtime.settings_errors import EXIT_INVALID_SETTING, InvalidSetting, load_settings
+
+if TYPE_CHECKING:
+    from runtime.bootstrap import ServiceBuild
+
+_S = TypeVar("_S", bound=ServiceSettings)
+
+
+def run_service(settings_type: type[_S], import_build: Callable[[], ServiceBuild[_S]]) -> int:
+    """Read the service's, discovery's and the live settings from env/.env, then import and serve.
+
+    ``import_build`` imports the service's ``server.build`` and returns it; it is called only once
+    the settings are read. A setting that cannot be used ends the process with one line on stderr
+    naming the variable and what it accepts (exit 2), whether it is found here or while building
+    the server (``runtime.bootstrap.serve_service``).
+    """
+    try:
+        settings = load_settings(settings_type)
+        discovery = load_settings(DiscoverySettings)
+        dynamic = load_settings(DynamicSettings)
+    except InvalidSetting as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SETTING
+    build = import_build()
+    # Imported here, not at the top, so that a refused setting never pays for grpc.aio's server side.
+    from runtime.bootstrap import serve_service  # noqa: PLC0415
+
+    return serve_service(settings, discovery, dynamic, build)
