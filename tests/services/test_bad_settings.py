@@ -21,7 +21,9 @@ from tests.system import REPO
 MODULES = {"console": "console", "launcher": "tools.launcher"}  # the rest are services.<name>
 
 
-async def start_and_refuse(service: str, setting: str, value: str, work_dir: Path) -> list[str]:
+async def start_and_refuse(
+    service: str, setting: str, value: str, work_dir: Path, more_env: dict[str, str] | None = None
+) -> list[str]:
     """The stderr lines of ``service`` started with ``setting=value``, asserting it exits EXIT_INVALID_SETTING."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "CONSUL_"))}
     prefix = f"AGENTMESH_{service.upper()}_"
@@ -31,6 +33,7 @@ async def start_and_refuse(service: str, setting: str, value: str, work_dir: Pat
         f"{prefix}PORT": "0",
         f"{prefix}DATA_DIR": str(work_dir / "data"),
         setting: value,
+        **(more_env or {}),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", MODULES.get(service, f"services.{service}"), cwd=work_dir, env=env,
@@ -88,6 +91,20 @@ async def test_a_bad_setting_is_one_line_naming_it(
     [line] = await start_and_refuse(service, setting, value, tmp_path)
     assert says in line
     assert "expected" in line or "must" in line or "not" in line
+
+
+@pytest.mark.parametrize("service", ["agent", "rag", "gateway"])
+async def test_a_bad_setting_is_refused_before_the_server_is_imported(tmp_path: Path, service: str) -> None:
+    # The server's modules are seconds of imports a refusal has no use for (runtime/entry.py).
+    # PYTHONPROFILEIMPORTTIME (-X importtime) writes a line to stderr for each module imported.
+    setting = f"AGENTMESH_{service.upper()}_PORT"
+    lines = await start_and_refuse(service, setting, "abc", tmp_path, {"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert f"services.{service}.config" in imported  # the settings were read, and the listing is whole
+    assert f"services.{service}.server" not in imported
+    assert "runtime.bootstrap" not in imported
+    [line] = [line for line in lines if not line.startswith("import time:")]
+    assert line.startswith(f"{setting}: Input should be a valid integer")
 
 
 def _not_a_log_line(line: str) -> bool:
