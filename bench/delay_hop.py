@@ -97,7 +97,11 @@ class _Side(asyncio.Protocol):
                 return
             peer.sent_eof = True
             if peer.transport.can_write_eof() and not peer.transport.is_closing():
-                peer.transport.write_eof()
+                try:
+                    peer.transport.write_eof()
+                except OSError:
+                    # The peer's socket was reset before asyncio noticed: nothing more can reach it.
+                    peer.transport.abort()
             peer._close_if_done()
         if out and not peer.transport.is_closing():
             peer.transport.write(b"".join(out))

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
 from bounded.lru import LRUCache
@@ -218,7 +218,7 @@ class PostgresDatabase:
             # statement was interrupted) is discarded, never returned (``_connection``). Check-in
             # is then bookkeeping only, done in place (no greenlet, no task).
             pool_reset_on_return=None,
-            connect_args={"timeout": connect_timeout_s},
+            async_creator=self._connect,
         )
         pool = self.engine.sync_engine.pool
         for pool_event in ("connect", "checkin"):
@@ -228,6 +228,25 @@ class PostgresDatabase:
         self._listeners: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._listener: SupervisedLoop | None = None
         self._listener_wakeup = asyncio.Event()
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A new connection for the pool, made to its end even if the checkout that asked is cancelled.
+
+        The pool frees the connection's place as soon as making it fails. Abandoned half-made (its
+        socket closed, the server not waited for), the server would hold its session a while
+        longer, and the next caller would open one more: the replica above its stated share of
+        ``max_connections``. So a cancelled checkout's connection is finished, then closed, and the
+        cancellation goes on once the server has let it go.
+        """
+        connecting = asyncio.ensure_future(asyncpg.connect(self._dsn, timeout=self._connect_timeout_s))
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            await asyncio.wait({connecting})
+            if not connecting.cancelled() and connecting.exception() is None:
+                with contextlib.suppress(Exception):
+                    await _complete(connecting.result().close(timeout=self._connect_timeout_s))
+            raise
 
     @contextlib.contextmanager
     def unavailable_as_typed(self) -> Any:
@@ -417,7 +436,34 @@ class _Queue(AsyncAdaptedQueue[ConnectionPoolEntry]):
 
 
 class _Pool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's pool, with ``_Queue``, and with a new connection made in a task of its own.
+
+    A new connection is made in the greenlet of the caller checking out, and set up there
+    (SQLAlchemy's ``connect`` event: the dialect's codecs, a round trip each). If that caller is
+    cancelled during the set-up, SQLAlchemy drops the half-made entry without closing its
+    connection, and frees its place in the pool: the server keeps the session until the garbage
+    collector closes it, while the next caller opens another. Made apart, the connection is
+    finished, then closed, and only then does the caller's cancellation go on. (A connection
+    re-made in an entry already in the pool is closed by SQLAlchemy when its set-up fails;
+    ``PostgresDatabase._connect`` sees the connecting itself to its end in both cases.)
+    """
+
     _queue_class = _Queue
+
+    def _create_connection(self) -> ConnectionPoolEntry:
+        return await_only(_made_whole(super()._create_connection))
+
+
+async def _made_whole(make: Callable[[], ConnectionPoolEntry]) -> ConnectionPoolEntry:
+    making = asyncio.ensure_future(greenlet_spawn(make))
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+        await asyncio.wait({making})
+        if not making.cancelled() and making.exception() is None:
+            with contextlib.suppress(Exception):
+                await _complete(greenlet_spawn(making.result().close))
+        raise
 
 
 # A connection used this recently is taken to be alive; one idle longer may have been dropped by a

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
+from bench.delay_hop import DelayHop
 from runtime.database.postgres import PostgresDatabase
 from tests.postgres import connections_seen
+from tests.system import wait_until
 
 POOL_SIZE = 4
 
@@ -72,4 +77,44 @@ async def test_a_caller_cancelled_as_a_connection_comes_free_is_cancelled_and_le
     finally:
         await db.close()
     assert waiting.cancelled(), outcome
+    assert next_caller.scalar() == 2
+
+
+# A session is in pg_stat_activity once the server has accepted it; SQLAlchemy then sets a new
+# pool's first connection up (the dialect's initialize: the server's version, schema, isolation
+# level, a round trip each, in a transaction).
+OTHERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND backend_type = 'client backend'"
+)
+STAGES = {"connecting": OTHERS, "setting up": OTHERS + " AND query <> ''"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+async def test_a_caller_cancelled_while_its_connection_is_made_returns_only_once_the_server_let_it_go(
+    postgres_url: str, stage: str
+) -> None:
+    # The pool frees a connection's place when making it fails: a connection abandoned half-made
+    # (its socket closed, or left to the garbage collector) would let the next caller open another
+    # while the server still holds the first, one more than the pool's stated size.
+    url = make_url(postgres_url)
+    assert url.port is not None
+    async with DelayHop(url.host or "127.0.0.1", url.port, delay_s=0.1) as hop:
+        db = PostgresDatabase(
+            url.set(port=hop.port).render_as_string(hide_password=False), setting="TEST_DATABASE_URL", pool_size=1
+        )
+        observer = await asyncpg.connect(postgres_url)
+        try:
+            connecting = asyncio.ensure_future(db.execute("SELECT 1"))
+            # The server is at that stage; its answer is still on the way through the hop.
+            await wait_until(lambda: observer.fetchval(STAGES[stage]), timeout_s=10, interval_s=0.01)
+            connecting.cancel()
+            outcome = await asyncio.gather(connecting, return_exceptions=True)
+            left_behind = await observer.fetchval(OTHERS)
+            next_caller = await db.execute("SELECT 2")
+        finally:
+            await observer.close()
+            await db.close()
+    assert connecting.cancelled(), outcome
+    assert left_behind == 0
     assert next_caller.scalar() == 2
