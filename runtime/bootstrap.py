@@ -31,7 +31,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from interceptors.chain import bootstrap_chain
 from interceptors.drain import DrainInterceptor
 from interceptors.layer import ServerChain
-from runtime import entry
 from runtime.channel_options import KEEPALIVE_TIME_MS
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
@@ -250,12 +249,6 @@ class ServiceBuild(Protocol[_S_contra]):
     def __call__(
         self, settings: _S_contra, discovery: DiscoverySettings, /, *, dynamic: DynamicSettings
     ) -> Awaitable[ServerPlan]: ...
-
-
-def run_service(settings_type: type[_S], build: ServiceBuild[_S]) -> int:
-    """Entry point for a server whose module is imported already (``runtime.entry.run_service`` reads
-    the settings before importing the server, for `python -m services.<name>`)."""
-    return entry.run_service(settings_type, lambda: build)
 
 
 def serve_service(settings: _S, discovery: DiscoverySettings, dynamic: DynamicSettings, build: ServiceBuild[_S]) -> int:

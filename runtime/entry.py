@@ -9,9 +9,9 @@ first, from modules that do not import the server, and the server's modules only
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 _S = TypeVar("_S", bound=ServiceSettings)
 
 
-def run_service(settings_type: type[_S], import_build: Callable[[], ServiceBuild[_S]]) -> int:
+def run_service(settings_type: type[_S], server_module: str) -> int:
     """Read the service's, discovery's and the live settings from env/.env, then import and serve.
 
-    ``import_build`` imports the service's ``server.build`` and returns it; it is called only once
-    the settings are read. A setting that cannot be used ends the process with one line on stderr
-    naming the variable and what it accepts (exit 2), whether it is found here or while building
-    the server (``runtime.bootstrap.serve_service``).
+    ``server_module`` names the module whose ``build`` makes the server (``services.agent.server``);
+    it is imported only once the settings are read. A setting that cannot be used ends the process
+    with one line on stderr naming the variable and what it accepts (exit 2), whether it is found
+    here or while building the server (``runtime.bootstrap.serve_service``).
     """
     try:
         settings = load_settings(settings_type)
@@ -39,7 +39,7 @@ def run_service(settings_type: type[_S], import_build: Callable[[], ServiceBuild
     except InvalidSetting as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID_SETTING
-    build = import_build()
+    build = cast("ServiceBuild[_S]", importlib.import_module(server_module).build)
     # Imported here, not at the top, so that a refused setting never pays for grpc.aio's server side.
     from runtime.bootstrap import serve_service  # noqa: PLC0415
 

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from runtime.entry import run_service
 from services.gateway.config import GatewaySettings
 
-if TYPE_CHECKING:
-    from runtime.bootstrap import ServiceBuild
-
-
-def import_build() -> ServiceBuild[GatewaySettings]:
-    # Imported only once the settings are read: a bad setting is refused without the seconds of
-    # importing the server (runtime/entry.py).
-    from services.gateway.server import build  # noqa: PLC0415
-
-    return build
-
-
 if __name__ == "__main__":
-    raise SystemExit(run_service(GatewaySettings, import_build))
+    # The server module is named, not imported: it is imported only once the settings are read, so
+    # a bad setting is refused without the seconds of importing it (runtime/entry.py).
+    raise SystemExit(run_service(GatewaySettings, "services.gateway.server"))

@@ -14,9 +14,10 @@ from typing import Any
 import grpc
 from pydantic_settings import SettingsConfigDict
 
-from runtime.bootstrap import ServerPlan, run_service
+from runtime.bootstrap import ServerPlan
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
+from runtime.entry import run_service
 from runtime.live_config.settings import DynamicSettings
 
 
@@ -68,4 +69,5 @@ async def build(settings: SlowSettings, discovery: DiscoverySettings, *, dynamic
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_service(SlowSettings, build))
+    # Run as `python -m`, this module is __main__: its build is taken from there, not from a second import.
+    raise SystemExit(run_service(SlowSettings, __name__))
