@@ -25,7 +25,7 @@ import re
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -238,15 +238,10 @@ class PostgresDatabase:
         ``max_connections``. So a cancelled checkout's connection is finished, then closed, and the
         cancellation goes on once the server has let it go.
         """
-        connecting = asyncio.ensure_future(asyncpg.connect(self._dsn, timeout=self._connect_timeout_s))
-        try:
-            return await asyncio.shield(connecting)
-        except asyncio.CancelledError:
-            await asyncio.wait({connecting})
-            if not connecting.cancelled() and connecting.exception() is None:
-                with contextlib.suppress(Exception):
-                    await _complete(connecting.result().close(timeout=self._connect_timeout_s))
-            raise
+        return await _made_else_closed(
+            asyncpg.connect(self._dsn, timeout=self._connect_timeout_s),
+            lambda conn: conn.close(timeout=self._connect_timeout_s),
+        )
 
     @contextlib.contextmanager
     def unavailable_as_typed(self) -> Any:
@@ -451,18 +446,24 @@ class _Pool(AsyncAdaptedQueuePool):
     _queue_class = _Queue
 
     def _create_connection(self) -> ConnectionPoolEntry:
-        return await_only(_made_whole(super()._create_connection))
+        return await_only(_made_else_closed(greenlet_spawn(super()._create_connection), _closed_in_greenlet))
 
 
-async def _made_whole(make: Callable[[], ConnectionPoolEntry]) -> ConnectionPoolEntry:
-    making = asyncio.ensure_future(greenlet_spawn(make))
+async def _closed_in_greenlet(record: ConnectionPoolEntry) -> None:
+    await greenlet_spawn(record.close)
+
+
+async def _made_else_closed(making: Awaitable[_T], close: Callable[[_T], Coroutine[Any, Any, object]]) -> _T:
+    """``making`` awaited to its end even if the caller is cancelled meanwhile; then what it made
+    is closed (also to its end) before the cancellation goes on."""
+    made = asyncio.ensure_future(making)
     try:
-        return await asyncio.shield(making)
+        return await asyncio.shield(made)
     except asyncio.CancelledError:
-        await asyncio.wait({making})
-        if not making.cancelled() and making.exception() is None:
+        await asyncio.wait({made})
+        if not made.cancelled() and made.exception() is None:
             with contextlib.suppress(Exception):
-                await _complete(greenlet_spawn(making.result().close))
+                await _complete(close(made.result()))
         raise
 
 
