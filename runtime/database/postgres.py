@@ -434,7 +434,8 @@ class _Pool(AsyncAdaptedQueuePool):
     """SQLAlchemy's pool, with ``_Queue``, and with a new connection made in a task of its own.
 
     A new connection is made in the greenlet of the caller checking out, and set up there
-    (SQLAlchemy's ``connect`` event: the dialect's codecs, a round trip each). If that caller is
+    (SQLAlchemy's ``connect`` event: on a pool's first connection, the dialect's initialize reads
+    the server's version, schema and isolation level, a round trip each). If that caller is
     cancelled during the set-up, SQLAlchemy drops the half-made entry without closing its
     connection, and frees its place in the pool: the server keeps the session until the garbage
     collector closes it, while the next caller opens another. Made apart, the connection is
