@@ -309,9 +309,26 @@ class PostgresDatabase:
             await _complete(driver.execute("ROLLBACK"))
 
     async def execute(self, sql: str, params: Params | None = None) -> Result:
+        """One statement on its own (autocommit).
+
+        A caller cancelled while its statement runs lets the statement end, for up to
+        ``_END_AFTER_CANCEL_S``, before its cancellation goes on. Interrupting it would cost the
+        server a connection of its own (the cancel request) and the pool a new connection (an
+        interrupted one is discarded, ``_connection``): many times what a statement of a few
+        milliseconds costs, and a watch whose client hangs up mid-read does it all the time. One
+        still running then is interrupted, as before, so a statement stuck behind a lock cannot
+        hold a cancelled caller (a replica being stopped) for long.
+        """
         async with self._connection() as (driver, statements):
-            with self.unavailable_as_typed():
-                return await statements.run(driver, sql, params)
+            statement = asyncio.ensure_future(statements.run(driver, sql, params))
+            try:
+                with self.unavailable_as_typed():
+                    return await asyncio.shield(statement)
+            except asyncio.CancelledError:
+                if not await _ended_with_a_result(statement, within_s=_END_AFTER_CANCEL_S):
+                    raise  # interrupted, or failed: the connection is discarded
+        # It ended: its connection went back to the pool, and the caller's cancellation goes on.
+        raise asyncio.CancelledError
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Any]:
         return list((await self.execute(sql, params)).rows)
@@ -466,6 +483,22 @@ async def _made_else_closed(making: Awaitable[_T], close: Callable[[_T], Corouti
             with contextlib.suppress(Exception):
                 await _complete(close(made.result()))
         raise
+
+
+# How long a statement whose caller was cancelled may go on to end by itself (``PostgresDatabase.execute``).
+_END_AFTER_CANCEL_S = 1.0
+
+
+async def _ended_with_a_result(statement: asyncio.Future[Any], *, within_s: float) -> bool:
+    """Whether ``statement`` ends with a result within ``within_s``; if it has not ended by then
+    (or the caller is cancelled again meanwhile), it is cancelled and awaited."""
+    try:
+        await asyncio.wait({statement}, timeout=within_s)
+    finally:
+        if not statement.done():
+            statement.cancel()
+            await asyncio.wait({statement})
+    return not statement.cancelled() and statement.exception() is None
 
 
 # A connection used this recently is taken to be alive; one idle longer may have been dropped by a

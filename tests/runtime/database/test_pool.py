@@ -118,3 +118,55 @@ async def test_a_caller_cancelled_while_its_connection_is_made_returns_only_once
     assert connecting.cancelled(), outcome
     assert left_behind == 0
     assert next_caller.scalar() == 2
+
+
+async def running(url: str, statement: str) -> None:
+    """Return once the server is running ``statement`` (watched from a connection of its own)."""
+    observer = await asyncpg.connect(url)
+    active = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1"
+    try:
+        await wait_until(lambda: observer.fetchval(active, statement), timeout_s=10, interval_s=0.01)
+    finally:
+        await observer.close()
+
+
+async def test_a_statement_whose_caller_is_cancelled_ends_on_its_own_and_its_connection_is_kept(
+    postgres_url: str,
+) -> None:
+    # Interrupting it would cost the server a connection of its own for the cancel request and the
+    # pool a new connection (an interrupted one is discarded): a watch whose client hangs up
+    # mid-read does this all the time, for a read that ends in milliseconds.
+    db = PostgresDatabase(postgres_url, setting="TEST_DATABASE_URL", pool_size=1)
+    opened: list[object] = []
+    event.listen(db.engine.sync_engine.pool, "connect", lambda conn, _record: opened.append(conn))
+    slow_insert = "INSERT INTO ended SELECT 1 FROM pg_sleep(0.3)"
+    try:
+        await db.execute("CREATE TABLE ended (n INT)")
+        session = await db.fetch_one("SELECT pg_backend_pid()")
+        writing = asyncio.ensure_future(db.execute(slow_insert))
+        await running(postgres_url, slow_insert)
+        writing.cancel()
+        outcome = await asyncio.gather(writing, return_exceptions=True)
+        inserted = await db.fetch_one("SELECT count(*) FROM ended")
+        after = await db.fetch_one("SELECT pg_backend_pid()")
+    finally:
+        await db.close()
+    assert writing.cancelled(), outcome  # the caller still sees its cancellation
+    assert inserted[0] == 1  # the statement ran to its end
+    assert after[0] == session[0] and len(opened) == 1  # on the same connection, kept
+
+
+async def test_a_statement_still_running_a_while_after_its_caller_is_cancelled_is_interrupted(
+    postgres_url: str,
+) -> None:
+    db = PostgresDatabase(postgres_url, setting="TEST_DATABASE_URL", pool_size=1)
+    try:
+        sleeping = asyncio.ensure_future(db.execute("SELECT pg_sleep(60)"))
+        await running(postgres_url, "SELECT pg_sleep(60)")
+        sleeping.cancel()
+        outcome = await asyncio.wait_for(asyncio.gather(sleeping, return_exceptions=True), timeout=30)
+        next_caller = await db.execute("SELECT 2")
+    finally:
+        await db.close()
+    assert sleeping.cancelled(), outcome
+    assert next_caller.scalar() == 2
