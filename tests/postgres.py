@@ -101,24 +101,25 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+# The database's client connections other than the asking one. The server's own workers show in
+# pg_stat_activity under the database too (an autovacuum worker analyzing a table the load filled),
+# and are nobody's connection.
+OTHER_CLIENTS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND backend_type = 'client backend'"
+)
+
+
 @asynccontextmanager
 async def connections_seen(url: str, *, every_s: float = 0.01) -> AsyncIterator[list[int]]:
-    """The server's count of the database's other client connections, sampled while the block runs
-    (from a connection of its own, not counted).
-
-    Only client backends: the server's own workers show in pg_stat_activity under the database
-    too (an autovacuum worker analyzing a table the load filled), and are nobody's connection.
-    """
+    """The server's count of the database's other client connections (``OTHER_CLIENTS``), sampled
+    while the block runs (from a connection of its own, not counted)."""
     watcher = await asyncpg.connect(url)
-    others = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " AND backend_type = 'client backend'"
-    )
     seen: list[int] = []
 
     async def watch() -> None:
         while True:
-            seen.append(await watcher.fetchval(others))
+            seen.append(await watcher.fetchval(OTHER_CLIENTS))
             await asyncio.sleep(every_s)
 
     watching = asyncio.create_task(watch())

@@ -464,11 +464,8 @@ class _Pool(AsyncAdaptedQueuePool):
     _queue_class = _Queue
 
     def _create_connection(self) -> ConnectionPoolEntry:
-        return await_only(_made_else_closed(greenlet_spawn(super()._create_connection), _closed_in_greenlet))
-
-
-async def _closed_in_greenlet(record: ConnectionPoolEntry) -> None:
-    await greenlet_spawn(record.close)
+        made = _made_else_closed(greenlet_spawn(super()._create_connection), lambda entry: greenlet_spawn(entry.close))
+        return await_only(made)
 
 
 async def _made_else_closed(making: Awaitable[_T], close: Callable[[_T], Coroutine[Any, Any, object]]) -> _T:
@@ -476,9 +473,8 @@ async def _made_else_closed(making: Awaitable[_T], close: Callable[[_T], Corouti
     is closed (also to its end) before the cancellation goes on."""
     made = asyncio.ensure_future(making)
     try:
-        return await asyncio.shield(made)
+        return await _complete(made)
     except asyncio.CancelledError:
-        await asyncio.wait({made})
         if not made.cancelled() and made.exception() is None:
             with contextlib.suppress(Exception):
                 await _complete(close(made.result()))
@@ -520,7 +516,7 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Po
         raise DisconnectionError(f"idle connection dropped: {error}") from error
 
 
-async def _complete(awaitable: Coroutine[Any, Any, _T]) -> _T:
+async def _complete(awaitable: Awaitable[_T]) -> _T:
     """Await ``awaitable`` to its end even if the caller is cancelled meanwhile (then re-raise)."""
     task = asyncio.ensure_future(awaitable)
     try:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from bench.delay_hop import DelayHop
 from runtime.database.postgres import PostgresDatabase
-from tests.postgres import connections_seen
+from tests.postgres import OTHER_CLIENTS, connections_seen
 from tests.system import wait_until
 
 POOL_SIZE = 4
@@ -83,11 +83,7 @@ async def test_a_caller_cancelled_as_a_connection_comes_free_is_cancelled_and_le
 # A session is in pg_stat_activity once the server has accepted it; SQLAlchemy then sets a new
 # pool's first connection up (the dialect's initialize: the server's version, schema, isolation
 # level, a round trip each, in a transaction).
-OTHERS = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    " AND backend_type = 'client backend'"
-)
-STAGES = {"connecting": OTHERS, "setting up": OTHERS + " AND query <> ''"}
+STAGES = {"connecting": OTHER_CLIENTS, "setting up": OTHER_CLIENTS + " AND query <> ''"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -110,7 +106,7 @@ async def test_a_caller_cancelled_while_its_connection_is_made_returns_only_once
             await wait_until(lambda: observer.fetchval(STAGES[stage]), timeout_s=10, interval_s=0.01)
             connecting.cancel()
             outcome = await asyncio.gather(connecting, return_exceptions=True)
-            left_behind = await observer.fetchval(OTHERS)
+            left_behind = await observer.fetchval(OTHER_CLIENTS)
             next_caller = await db.execute("SELECT 2")
         finally:
             await observer.close()
