@@ -30,9 +30,10 @@ from agentmesh.rag.v1 import rag_service_pb2 as rag_pb
 from agentmesh.rag.v1 import rag_service_pb2_grpc as rag_grpc
 from runtime.bootstrap import ManagedServer
 from runtime.logging import configure_logging
+from runtime.ports import free_port
 from services.rag.config import RagSettings
 from services.rag.server import build
-from tools.postgres_local import LocalPostgres, free_port
+from tools.postgres_local import LocalPostgres
 
 
 def _percentile(values: list[float], q: float) -> float:

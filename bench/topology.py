@@ -25,6 +25,7 @@ from mesh.edge_config import edge_bootstrap
 from mesh.envoy_config import Address, sidecar_bootstrap
 from mesh.local_layout import LOOPBACK, mesh_identities
 from mesh.policy import Policy, Proxy, load_policy
+from runtime.ports import free_port
 from tools.postgres_local import LocalPostgres
 
 DESCRIPTOR_SET_PATH = REPO / "gen" / "agentmesh.pb"
@@ -54,12 +55,6 @@ class Topology(Protocol):
     def start(self, group: ProcessGroup) -> Endpoint: ...
 
     def describe(self) -> str: ...
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_tcp(child: Child, timeout_s: float = 20) -> None:

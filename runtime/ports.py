@@ -33,6 +33,13 @@ def ensure_free(ports: Iterable[tuple[int, str]], host: str = "127.0.0.1") -> No
             raise PortTaken(taken_message(port, setting))
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at this moment, as the kernel picks one (for a server started next)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _taken(host: str, port: int) -> bool:
     # Without SO_REUSEPORT, so a gRPC server's socket (which sets it) counts; SO_REUSEADDR, so a
     # connection of the last run still in TIME_WAIT does not.

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from runtime.processes import tied_child
-from tools.postgres_local import LocalPostgres, free_port, installed
+from tests.ports import free_port
+from tools.postgres_local import LocalPostgres, installed
 
 BACKENDS = ("sqlite", "postgresql")
 

@@ -8,10 +8,8 @@ process boundary (drain, restart, SIGKILL).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -160,22 +158,6 @@ async def spawn_serving(
         service.kill()
         raise
     return service
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports free right now (for servers whose port must be known before they start).
-
-    All probes stay open until every port is picked, so the kernel cannot hand one out twice.
-    """
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 async def health_status(address: str, service: str = "", timeout_s: float = 2) -> str:

@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.ports import free_port
 from runtime.processes import tied_child
 
 BIN_DIR = Path(os.environ.get("AGENTMESH_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
@@ -38,12 +38,6 @@ class PostgresNotInstalled(RuntimeError):
 
 def installed() -> bool:
     return (BIN_DIR / "initdb").exists() and (BIN_DIR / "pg_ctl").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

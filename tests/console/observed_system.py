@@ -18,7 +18,8 @@ from agentmesh.rag.v1 import document_pb2, rag_service_pb2, rag_service_pb2_grpc
 from console.config import ConsoleSettings
 from console.server import RunningConsole, running_console
 from runtime.bootstrap import ManagedServer
-from tests.system import free_ports, start_agent, start_gateway, start_rag
+from tests.ports import free_ports
+from tests.system import start_agent, start_gateway, start_rag
 from tools.prometheus import PrometheusProcess, ScrapeTarget, binary
 
 SERVICES = ("rag", "agent", "gateway")

@@ -19,7 +19,7 @@ from agentmesh.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from console.config import ConsoleSettings
 from console.server import running_console
 from tests.console.observed_system import observed_system, send_traffic
-from tests.system import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from console.inventory import ConsulInventory, InventoryUnavailable, StaticInven
 from runtime.discovery.consul_client import ConsulAddress, open_consul
 from tests.doubles.consul_fixtures import ConsulUnderTest
 from tests.doubles.echo_instance import EchoInstance
-from tests.system import free_port
+from tests.ports import free_port
 
 
 async def test_consul_instances_carry_their_version_and_an_instance_that_stops_serving_looks_it(

@@ -10,7 +10,7 @@ import pytest
 
 from console.prometheus import GoldenSignals, PrometheusUnavailable, PromQL, Signals
 from tests.console.observed_system import observed_system, send_traffic
-from tests.system import free_port
+from tests.ports import free_port
 from tools.prometheus import scrape_config
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from console.inventory import Instance, probe
 from console.prometheus import MethodSignals, Signals
 from console.topology import CLIENT, build, observe_calls
 from console.trace_store import STATUS_UNSET, Span
-from tests.system import free_port
+from tests.ports import free_port
 
 SEARCH = "/agentmesh.rag.v1.RagService/Search"
 CREATE = "/agentmesh.agent.v1.AgentService/CreateRun"

@@ -7,7 +7,6 @@ is kept honest.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +19,7 @@ import trustme
 from runtime.discovery.consul_client import ConsulAddress, open_consul
 from tests.doubles.consul_fixtures import ConsulUnderTest, check_statuses, health_until
 from tests.doubles.echo_instance import EchoInstance
+from tests.ports import free_port
 from tools.consul_double import ConsulAgentDouble
 
 WAIT = 20.0  # generous: checks run on their own schedule on a loaded machine
@@ -211,7 +211,7 @@ async def test_a_grpc_check_with_grpc_use_tls_probes_over_tls() -> None:
 
 
 async def test_the_double_runs_as_a_standalone_process_for_make_run() -> None:
-    port = await asyncio.to_thread(_free_port)
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.consul_double", "--port", str(port), stdout=asyncio.subprocess.PIPE
     )
@@ -227,10 +227,3 @@ async def test_the_double_runs_as_a_standalone_process_for_make_run() -> None:
     finally:
         process.terminate()
         await process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

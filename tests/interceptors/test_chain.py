@@ -37,7 +37,8 @@ from services.gateway.config import GatewaySettings
 from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
-from tests.system import free_ports, wait_until
+from tests.ports import free_ports
+from tests.system import wait_until
 
 
 @dataclass

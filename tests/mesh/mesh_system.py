@@ -35,7 +35,7 @@ from services.gateway.server import build as build_gateway
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
 from tests.mesh.conftest import LOOPBACK, MeshCerts, TokenIssuer
-from tests.system import free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Builds an app given where it reaches each callee (its sidecar's outbound listeners).

@@ -21,7 +21,7 @@ from console.server import running_console
 from mesh.policy import Policy
 from tests.mesh.conftest import MeshCerts, call, caller_sidecar, outbound_channel, tuned
 from tests.mesh.test_resilience import CREATE_RUN, SEARCH, Backends, Envoys, health_checked_rags
-from tests.system import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.envoy
 

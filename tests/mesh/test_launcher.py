@@ -11,7 +11,7 @@ from mesh.policy import Policy
 from runtime.ports import PortTaken, ensure_free
 from runtime.security import AuthSettings
 from tests.launchers import NO_MODEL, clean_env, kill_and_find_no_survivor, launcher, wait_up
-from tests.system import free_ports
+from tests.ports import free_ports
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
 from tools.mesh_launcher import app_env, console_stack, listening_ports

@@ -16,6 +16,7 @@ from runtime.bootstrap import ManagedServer, ServiceBinding
 from runtime.config import ServiceSettings
 from runtime.discovery.settings import DiscoverySettings
 from runtime.live_config.settings import DynamicSettings
+from tests.ports import free_port
 
 
 class Resource:
@@ -24,13 +25,6 @@ class Resource:
 
     async def close(self) -> None:
         self._closed.append(self.name)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def settings(tmp_path: Path, **fields: object) -> ServiceSettings:

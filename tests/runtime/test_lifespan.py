@@ -15,6 +15,7 @@ from runtime.config import ServiceSettings
 from runtime.lifespan import Lifespan
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
+from tests.ports import free_port
 
 
 class Resource:
@@ -132,9 +133,7 @@ def _port_is_free(port: int) -> bool:
 
 
 async def test_a_rag_build_that_fails_half_way_releases_its_metrics_port(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("the data dir must be a directory")
     settings = RagSettings(port=0, data_dir=not_a_directory, metrics_port=metrics_port, dense_enabled=False)

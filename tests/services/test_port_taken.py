@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.launchers import clean_env, holding, our_leftover
-from tests.system import free_port
+from tests.ports import free_port
 
 MODULES = {"console": "console"}  # the rest are services.<name>
 

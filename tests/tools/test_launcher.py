@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.launchers import NO_MODEL, clean_env, holding, kill_and_find_no_survivor, launcher, our_leftover, wait_up
-from tests.system import REPO, free_ports
+from tests.ports import free_ports
+from tests.system import REPO
 
 SERVICES = ("rag", "agent", "gateway")
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +11,7 @@ import redis as sync_redis
 
 from interceptors.idempotency import IdempotencyStore, MemoryStore
 from runtime.idempotency import DatabaseStore, RedisStore
+from tests.ports import free_port
 
 
 def sqlite_store(path: Path) -> DatabaseStore:
@@ -24,19 +24,13 @@ def postgres_store(url: str) -> DatabaseStore:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real, private redis-server on a free loopback port, gone after the test."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],

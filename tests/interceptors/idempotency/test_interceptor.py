@@ -4,7 +4,6 @@ outcomes and bad keys are handled."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from interceptors.idempotency import IdempotencyInterceptor, IdempotentMethod, M
 from runtime.idempotency import RedisStore
 from tests.interceptors.idempotency.helpers import CallerFromHeader, detail, keyed
 from tests.interceptors.probe import DO, STREAM, Probe, serve, sv
+from tests.ports import free_port
 
 KEY = "6f1c2a9e-3b7d-4c55-9e0a-1d2b3c4d5e6f"
 
@@ -158,9 +158,7 @@ def test_method_names_are_checked_at_construction() -> None:
 
 
 async def test_an_unreachable_store_is_unavailable_with_retry_info_and_the_handler_does_not_run(probe: Probe) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nothing listens there
     store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
     interceptor = IdempotencyInterceptor(store=store, methods={DO: IdempotentMethod()}, retry_delay=0.05)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,12 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime.processes import tied_child
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
 @contextmanager
@@ -29,7 +23,7 @@ def redis_server(workdir: Path, *, port: int | None = None) -> Iterator[str]:
     if binary is None:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,

@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 
 from runtime.a2a_card import AgentCardSettings
 from services.gateway.agent_card import agent_card_routes
+from tests.ports import free_ports
 from tests.services.a2a.conftest import Issuer, StartSystem, sdk_client
 from tests.services.a2a.test_a2a_service import ASKER, message, returning_immediately, send
-from tests.system import free_ports
 
 
 async def test_the_card_validates_against_the_sdk_model_and_its_grpc_url_reaches_the_agent(

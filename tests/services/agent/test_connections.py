@@ -14,9 +14,10 @@ import pytest
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
 from services.agent.config import POOL_HEADROOM, AgentSettings
+from tests.ports import free_ports
 from tests.postgres import connections_seen
 from tests.services.agent.runs import settled_run
-from tests.system import free_ports, spawn_serving
+from tests.system import spawn_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

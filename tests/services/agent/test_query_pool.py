@@ -14,8 +14,9 @@ import pytest
 
 from agentmesh.agent.v1 import agent_service_pb2 as agent_pb
 from agentmesh.agent.v1 import agent_service_pb2_grpc as agent_grpc
+from tests.ports import free_ports
 from tests.services.agent.runs import settled_run
-from tests.system import free_ports, start_agent, wait_until
+from tests.system import start_agent, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -39,9 +39,10 @@ from services.gateway.config import DEFAULT_DESCRIPTOR_SET, GatewaySettings
 from services.gateway.http_entry import mcp_tools
 from services.gateway.routing import build_routes, load_descriptor_pool
 from services.gateway.server import build as build_gateway
+from tests.ports import free_port
 from tests.services.agent.runs import listed_once, settled_run
 from tests.services.issuer import Issuer
-from tests.system import System, free_port, start_agent, start_rag
+from tests.system import System, start_agent, start_rag
 
 DOCUMENT = document_pb2.Document(
     document_id="refund-policy", text="Refunds are processed within 5 business days.", metadata={"team": "billing"}
