@@ -42,8 +42,9 @@ def worker_band(worker: str | None, workers: str | None, ephemeral_floor: int) -
     return range(start, start + width)
 
 
-def _nothing_on(port: int) -> bool:
-    # No SO_REUSEADDR: a port with a listener, a bound socket or a connection in TIME_WAIT is passed over.
+def port_is_free(port: int) -> bool:
+    """Nothing holds ``port`` on loopback: no listener, no bound socket, and (the probe sets no
+    SO_REUSEADDR) no connection in TIME_WAIT."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -67,7 +68,7 @@ class Band:
             for _ in range(len(self.ports)):
                 port = self.ports[self._next % len(self.ports)]
                 self._next += 1
-                if _nothing_on(port):
+                if port_is_free(port):
                     picked.append(port)
                     if len(picked) == count:
                         return picked

@@ -4,7 +4,6 @@ and background loops are supervised (a crash restarts the loop or stops the serv
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from runtime.config import ServiceSettings
 from runtime.lifespan import Lifespan
 from services.rag.config import RagSettings
 from services.rag.server import build as build_rag
-from tests.ports import free_port
+from tests.ports import free_port, port_is_free
 
 
 class Resource:
@@ -123,15 +122,6 @@ async def test_a_loop_that_must_not_fail_alone_stops_the_service_and_every_resou
     assert closed == ["opened after the loop", "bus", "db"]
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 async def test_a_rag_build_that_fails_half_way_releases_its_metrics_port(tmp_path: Path) -> None:
     metrics_port = free_port()
     not_a_directory = tmp_path / "file"
@@ -141,4 +131,4 @@ async def test_a_rag_build_that_fails_half_way_releases_its_metrics_port(tmp_pat
     with pytest.raises(OSError):
         await build_rag(settings)  # the metrics endpoint was open when the store failed to open
 
-    assert _port_is_free(metrics_port)
+    assert port_is_free(metrics_port)
