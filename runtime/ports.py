@@ -33,11 +33,18 @@ def ensure_free(ports: Iterable[tuple[int, str]], host: str = "127.0.0.1") -> No
             raise PortTaken(taken_message(port, setting))
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports nothing listens on at this moment, as the kernel picks them (for
+    servers started next). All probes stay open until every port is picked, so none is handed twice."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on at this moment, as the kernel picks one (for a server started next)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 def _taken(host: str, port: int) -> bool:

@@ -16,6 +16,8 @@ import socket
 import threading
 from pathlib import Path
 
+from runtime.ports import free_ports as kernel_picks
+
 # The band's floor: well above the ports well-known services listen on.
 BANDS_START = 10_000
 # A worker's band narrower than this (a machine whose ephemeral range starts low) is not worth
@@ -83,20 +85,8 @@ _PORTS = Band(_WORKER_BAND) if _WORKER_BAND is not None else None
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct loopback ports nothing uses right now, for this test's servers."""
-    return _PORTS.pick(count) if _PORTS is not None else _from_the_kernel(count)
+    return _PORTS.pick(count) if _PORTS is not None else kernel_picks(count)
 
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def _from_the_kernel(count: int) -> list[int]:
-    # All probes stay open until every port is picked, so the kernel cannot hand one out twice.
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
