@@ -74,18 +74,19 @@ class EnvoyProcess:
     async def start(self, *, ready_within: float = 30.0) -> None:
         self._admin_path.unlink(missing_ok=True)
         with self._log_path.open("ab") as log:
-            self._process = await asyncio.create_subprocess_exec(
+            # Its own session: Ctrl-C reaches the launcher, which stops Envoys last; it
+            # dies with the process that started it, however that one dies.
+            tied = tied_child([
                 envoy_binary(), "-c", str(self._config_path),
                 # No shared memory, so any number of Envoys (and test runs) coexist.
                 "--disable-hot-restart",
                 "--concurrency", str(self._concurrency),
                 "--admin-address-path", str(self._admin_path),
                 "-l", self._log_level,
-                stdout=log, stderr=log,
-                # Its own session: Ctrl-C reaches the launcher, which stops Envoys last; it
-                # dies with the process that started it, however that one dies.
-                **tied_child(),
-            )  # fmt: skip
+            ])  # fmt: skip
+            self._process = await asyncio.create_subprocess_exec(
+                *tied["args"], start_new_session=tied["start_new_session"], stdout=log, stderr=log
+            )
         try:
             await self._wait_ready(ready_within)
         except BaseException:

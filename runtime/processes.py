@@ -29,14 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
+import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import structlog
@@ -121,27 +123,35 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
 
 
 class TiedChild(TypedDict):
-    """:class:`subprocess.Popen` options (also ``asyncio.create_subprocess_exec``'s) from :func:`tied_child`."""
+    """:class:`subprocess.Popen` arguments from :func:`tied_child` (``Popen(**tied_child(...), ...)``)."""
 
+    args: list[str]
     start_new_session: bool
-    preexec_fn: Callable[[], None]
 
 
-def tied_child(signum: int = signal.SIGTERM) -> TiedChild:
-    """Options for a long-lived child this process starts and must never leave behind.
+_TIED_EXEC = Path(__file__).with_name("tied_exec.py")
+
+
+def tied_child(command: Sequence[str], signum: int = signal.SIGTERM, *, user: str | None = None) -> TiedChild:
+    """``command`` as a long-lived child this process starts and must never leave behind.
 
     The child gets its own session (a Ctrl-C at the terminal reaches this process only, which then
     stops its children in order) and ``signum`` from the kernel when this process dies, however it
-    dies (SIGKILL, an OOM kill): ``PR_SET_PDEATHSIG``.
+    dies (SIGKILL, an OOM kill): ``PR_SET_PDEATHSIG``, asked for by ``runtime/tied_exec.py``
+    before it execs ``command`` (as ``user``, if given). Nothing runs between fork and exec in
+    this process, so ``subprocess`` can vfork: see that file for why that matters with grpc.
 
-    Linux sends the signal when the *thread* that forked dies: start children from the main
-    thread (an asyncio loop's thread is), never from ``asyncio.to_thread``. The setting survives
-    ``exec`` and ``Popen(user=...)`` (applied before ``preexec_fn``), not a fork of the child's
-    own: a program that daemonizes (``pg_ctl start``) must be run in the foreground instead.
+    Linux sends the signal when the *thread* that started the child dies: start children from the
+    main thread (an asyncio loop's thread is), never from ``asyncio.to_thread``. The setting
+    survives ``exec``, not a fork of the child's own: a program that daemonizes (``pg_ctl
+    start``) must be run in the foreground instead. For ``asyncio.create_subprocess_exec``, pass
+    ``*tied["args"]`` and ``start_new_session``.
     """
-    # preexec_fn is unsafe with threads when it takes a lock another thread may hold; this one
-    # only calls prctl through a pointer resolved at import, and getppid/kill.
-    return {"start_new_session": True, "preexec_fn": functools.partial(_die_with, os.getpid(), signum)}
+    program = shutil.which(command[0])
+    if program is None:  # said here, as Popen would, not by the helper once it has started
+        raise FileNotFoundError(errno.ENOENT, "no such program", command[0])
+    helper = [sys.executable, "-I", "-S", str(_TIED_EXEC), str(os.getpid()), str(int(signum)), user or "-"]
+    return {"args": [*helper, program, *command[1:]], "start_new_session": True}
 
 
 async def stop_child(process: subprocess.Popen[Any] | asyncio.subprocess.Process, *, within_s: float) -> None:

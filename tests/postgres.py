@@ -47,9 +47,8 @@ def _throwaway_cluster(*, start: bool = True) -> Iterator[LocalPostgres]:
     # pg_ctl detaches the server: a pytest killed outright (SIGKILL, OOM) would leave it running
     # and its directory behind. This guard, tied to pytest, stops and deletes them then.
     guard = subprocess.Popen(
-        [sys.executable, "-m", "tools.postgres_local", "guard", str(cluster.root), "--remove", str(root)],
+        **tied_child([sys.executable, "-m", "tools.postgres_local", "guard", str(cluster.root), "--remove", str(root)]),
         stdout=subprocess.PIPE,
-        **tied_child(),
     )
     try:
         if start:

@@ -128,12 +128,11 @@ class ConsoleStack:
         log = (self._work_dir / "console.log").open("ab")
         with log:
             self._console = subprocess.Popen(  # noqa: ASYNC220  # a long-lived child, waited for below
-                [sys.executable, "-m", "console"],
+                **tied_child([sys.executable, "-m", "console"]),
                 env=env,
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
-                **tied_child(),
             )
         await self._wait_ready(port_file)
 

@@ -169,10 +169,9 @@ async def _wait_discovered(name: str, timeout_s: float = 30) -> None:
 def _start_consul_double() -> subprocess.Popen[bytes]:
     port = consul_address(DISCOVERY).port
     return subprocess.Popen(  # started before any service, like an agent already running on the host
-        [sys.executable, "-m", "tools.consul_double", "--port", str(port)],
+        **tied_child([sys.executable, "-m", "tools.consul_double", "--port", str(port)]),
         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"},
         cwd=REPO,
-        **tied_child(),
     )
 
 
@@ -249,10 +248,9 @@ async def _run(store: LocalStore, auth: DevAuth | None, console: ConsoleStack) -
         for name in ("rag", "agent", "gateway"):
             # Own process group: Ctrl-C reaches the launcher only, which then drains in order.
             processes[name] = subprocess.Popen(  # noqa: ASYNC220  # start-up is sequential by design
-                [sys.executable, "-m", f"services.{name}"],
+                **tied_child([sys.executable, "-m", f"services.{name}"]),  # even when the launcher is killed
                 env=_env(name, auth, store),
                 cwd=REPO,
-                **tied_child(),  # even when the launcher is killed
             )
             await wait_serving(name, f"{HOST}:{PORTS[name]}", exit_code=processes[name].poll)
             if DISCOVERY.discovery == "consul":

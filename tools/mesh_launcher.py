@@ -167,10 +167,15 @@ async def _start_app(policy: Policy, instance: str, auth: DevAuth, store: LocalS
     service, _ = split_instance(instance)
     log = (WORK_DIR / f"{instance}.log").open("ab")
     with log:
+        tied = tied_child([sys.executable, "-m", f"services.{service}"])
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{service}",
-            cwd=REPO, env=app_env(policy, instance, auth, store), stdout=log, stderr=log, **tied_child(),
-        )  # fmt: skip
+            *tied["args"],
+            start_new_session=tied["start_new_session"],
+            cwd=REPO,
+            env=app_env(policy, instance, auth, store),
+            stdout=log,
+            stderr=log,
+        )
     app = _App(instance, process, policy.local.instances[instance].app)
     try:
         await wait_serving(app.instance, f"{LOOPBACK}:{app.port}", exit_code=lambda: app.process.returncode, poll_s=0.2)

@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from runtime.ports import free_port
 from runtime.processes import tied_child
@@ -129,15 +128,14 @@ class LocalPostgres:
         """
         if not self.port:
             self.port = free_port()
-        as_postgres: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        command = [str(BIN_DIR / "postgres"), "-D", str(self.data_dir), *self._server_options()]
         with self.log_file.open("ab") as log:
             self._server = subprocess.Popen(
-                [str(BIN_DIR / "postgres"), "-D", str(self.data_dir), *self._server_options()],
+                # SIGINT: a fast shutdown. PostgreSQL refuses to run as root.
+                **tied_child(command, signal.SIGINT, user="postgres" if os.geteuid() == 0 else None),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                **tied_child(signal.SIGINT),  # SIGINT: a fast shutdown
-                **(as_postgres if os.geteuid() == 0 else {}),
             )
 
     def wait_ready(self, within_s: float = 60) -> str:

@@ -73,16 +73,17 @@ class PrometheusProcess:
         log = (self.work_dir / "prometheus.log").open("ab")
         with log:
             self._process = subprocess.Popen(  # noqa: ASYNC220  # a long-lived child, waited for below
-                [
-                    path,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={self.work_dir / 'data'}",
-                    "--storage.tsdb.retention.time=2h",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
+                **tied_child(
+                    [
+                        path,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={self.work_dir / 'data'}",
+                        "--storage.tsdb.retention.time=2h",
+                        f"--web.listen-address=127.0.0.1:{self.port}",
+                    ]
+                ),
                 stdout=log,
                 stderr=log,
-                **tied_child(),
             )
         await self._wait_ready(within_s)
 

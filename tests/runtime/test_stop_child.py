@@ -25,14 +25,16 @@ time.sleep(60)
 async def test_a_child_is_stopped_by_sigterm_or_else_killed_and_reaped(
     kind: str, behaviour: str, exit_code: int
 ) -> None:
-    args = (sys.executable, "-c", CHILD, behaviour)
+    tied = tied_child([sys.executable, "-c", CHILD, behaviour])
     process: subprocess.Popen[bytes] | asyncio.subprocess.Process
     if kind == "popen":
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, **tied_child())  # noqa: ASYNC220  # as the launchers do
+        process = subprocess.Popen(**tied, stdout=subprocess.PIPE)  # noqa: ASYNC220  # as the launchers do
         assert process.stdout is not None
         assert await asyncio.to_thread(process.stdout.readline) == b"ready\n"
     else:
-        process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, **tied_child())
+        process = await asyncio.create_subprocess_exec(
+            *tied["args"], start_new_session=tied["start_new_session"], stdout=subprocess.PIPE
+        )
         assert process.stdout is not None
         assert await process.stdout.readline() == b"ready\n"
 

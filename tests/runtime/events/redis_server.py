@@ -24,26 +24,13 @@ def redis_server(workdir: Path, *, port: int | None = None) -> Iterator[str]:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
+    command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
     process = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--protected-mode",
-            "no",
-        ],
+        **tied_child(command),  # a pytest killed outright takes its Redis with it
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        **tied_child(),  # a pytest killed outright takes its Redis with it
     )
     try:
         assert process.stdout is not None
