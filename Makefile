@@ -20,10 +20,9 @@ RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 A2A_PROTO := protos/third_party/a2a/a2a.proto
 SITE := $(VENV)/lib/python3.11/site-packages
 PYTEST_ARGS ?=
-# Processes `make test` spreads the suite over, a test file to each at a time (pytest-xdist).
-# 0, the default, runs it in this one: on two workers the launcher SIGKILL test once waited 180 s
-# for the whole system to come up (1 run in 14), not yet explained; TEST_WORKERS=2 halves the time.
-TEST_WORKERS ?= 0
+# Processes `make test` spreads the suite over, a test file to each at a time (pytest-xdist;
+# 0 runs it in this one). Two on CI's two cores: most tests wait on servers they start.
+TEST_WORKERS ?= 2
 # The corpus sizes `make bench` grows the RAG replicas through (the last is the largest; the issue's
 # 100,000 takes minutes once a change costs what it should, hours where it does not).
 RAG_GROWTH_SIZES ?= 1000,10000
