@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -44,6 +43,7 @@ from typing import Any, TypedDict, TypeVar
 import structlog
 
 from runtime.config import ServiceSettings
+from runtime.tied_exec import die_with
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +58,6 @@ class Worker:
 
 _current = Worker(0, 1)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Resolved once here: a child between fork and exec must not dlopen (another thread may hold the lock).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def current_worker() -> Worker:
@@ -109,7 +106,7 @@ def run_processes(settings: _S, serve: Callable[[_S], int]) -> int:
             if pid == 0:  # the worker
                 code = 1
                 try:
-                    _die_with(parent, signal.SIGTERM)
+                    die_with(parent, signal.SIGTERM)
                     _current = Worker(index, count)
                     structlog.contextvars.bind_contextvars(worker=index)
                     code = serve(worker_settings(settings, _current, port))
@@ -177,14 +174,6 @@ async def _exited(process: subprocess.Popen[Any] | asyncio.subprocess.Process) -
         await asyncio.to_thread(process.wait)
     else:
         await process.wait()
-
-
-def _die_with(parent: int, signum: int) -> None:
-    """Have the kernel send this process ``signum`` when ``parent`` dies (Linux prctl)."""
-    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signum) != 0:
-        log.warning("process cannot follow its parent", errno=ctypes.get_errno())
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signum)
 
 
 def _supervise(children: dict[int, int]) -> int:

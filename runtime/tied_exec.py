@@ -5,7 +5,8 @@ the signal (``prctl(PR_SET_PDEATHSIG)``) in ``Popen``'s ``preexec_fn`` instead w
 ``subprocess`` fork() rather than vfork(), and fork() runs grpc's fork handlers in a parent
 that holds channels: they restart its pollers under calls in flight (``epoll_wait error: Bad
 file descriptor``), now and then abort the child before it execs, and once froze a launcher
-outright. Asked for here, after a plain vfork and exec, no fork handler runs anywhere.
+outright (the likely cause of a launcher that froze once where it started a child). Asked for
+here, after a plain vfork and exec, no fork handler runs anywhere.
 
 Run by path with ``python -I -S``: only the standard library is imported, in milliseconds. USER
 (``-`` for none) is who COMMAND runs as: the switch is made here, before the signal is asked
@@ -21,6 +22,18 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Resolved at import: a forked worker (runtime/processes.py) must not dlopen, since another thread
+# of its parent may have held the loader's lock at the fork.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+
+
+def die_with(parent: int, signum: int) -> None:
+    """Have the kernel send this process ``signum`` when ``parent`` dies; end now if it already has."""
+    if _prctl is not None and _prctl(PR_SET_PDEATHSIG, signum) != 0:
+        print(f"process {os.getpid()} cannot follow its parent: errno {ctypes.get_errno()}", file=sys.stderr)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        signal.signal(signum, signal.SIG_DFL)  # SIGINT too ends the process, with no traceback
+        os.kill(os.getpid(), signum)
 
 
 def become(user: str) -> None:
@@ -35,12 +48,7 @@ def main(argv: list[str]) -> None:
     parent, signum, user, command = int(argv[0]), int(argv[1]), argv[2], argv[3:]
     if user != "-":
         become(user)
-    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
-    if prctl is not None and prctl(PR_SET_PDEATHSIG, signum) != 0:
-        print(f"tied_exec: {command[0]} cannot follow its parent: errno {ctypes.get_errno()}", file=sys.stderr)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        signal.signal(signum, signal.SIG_DFL)  # SIGINT too ends the process, with no traceback
-        os.kill(os.getpid(), signum)
+    die_with(parent, signum)
     os.execvp(command[0], command)
 
 
