@@ -6,6 +6,9 @@ the suite split across workers (``make test`` runs pytest-xdist), the other work
 picks are such binds. So a test's ports come from a band of its worker's own, below the kernel's
 ephemeral range (``net.ipv4.ip_local_port_range``), where no bind to port 0 and no outgoing
 connection is ever given a port: only this worker picks there, one port after the other.
+
+The bands pass over the ports ``make run MESH=envoy`` fixes (mesh/policy.yaml's local layout):
+the mesh launcher test binds those, whichever worker runs it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import socket
 import threading
 from pathlib import Path
 
+from mesh.policy import load_policy
 from runtime.ports import free_ports as kernel_picks
+from tools.mesh_launcher import layout_ports
 
 # The band's floor: well above the ports well-known services listen on.
 BANDS_START = 10_000
@@ -59,8 +64,9 @@ class Band:
     """Picks ports one after the other through ``ports``, from a random place (so a run does not
     begin on ports the last one may have left in TIME_WAIT), passing over those in use."""
 
-    def __init__(self, ports: range) -> None:
+    def __init__(self, ports: range, *, reserved: frozenset[int] = frozenset()) -> None:
         self.ports = ports
+        self._reserved = reserved
         self._next = random.randrange(len(ports))
         self._picking = threading.Lock()  # some tests pick from a thread
 
@@ -70,7 +76,7 @@ class Band:
             for _ in range(len(self.ports)):
                 port = self.ports[self._next % len(self.ports)]
                 self._next += 1
-                if port_is_free(port):
+                if port not in self._reserved and port_is_free(port):
                     picked.append(port)
                     if len(picked) == count:
                         return picked
@@ -80,7 +86,8 @@ class Band:
 _WORKER_BAND = worker_band(
     os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT"), _ephemeral_floor()
 )
-_PORTS = Band(_WORKER_BAND) if _WORKER_BAND is not None else None
+MESH_LAYOUT = frozenset(port for port, _ in layout_ports(load_policy()))
+_PORTS = Band(_WORKER_BAND, reserved=MESH_LAYOUT) if _WORKER_BAND is not None else None
 
 
 def free_ports(count: int) -> list[int]:

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from tests.ports import BANDS_START, Band, free_ports, worker_band
+from mesh.policy import load_policy
+from tests.ports import BANDS_START, MESH_LAYOUT, Band, free_ports, worker_band
 
 
 def test_each_worker_has_a_band_of_its_own_below_the_ephemeral_range() -> None:
@@ -36,6 +37,21 @@ def test_a_port_in_use_is_passed_over_and_a_band_with_none_free_says_so() -> Non
 
         with pytest.raises(RuntimeError, match=f"^no 1 free ports left in {taken}-{taken}$"):
             Band(range(taken, taken + 1)).pick(1)
+
+
+def test_a_band_passes_over_its_reserved_ports() -> None:
+    (port,) = free_ports(1)
+    band = Band(range(port - 1, port + 2), reserved=frozenset({port - 1, port + 1}))
+
+    assert band.pick(1) == [port]
+
+
+def test_the_bands_reserve_the_ports_the_mesh_launcher_test_binds() -> None:
+    # It binds the layout's fixed ports (mesh/policy.yaml) while the other worker picks from its band.
+    local = load_policy().local
+    fixed = {local.edge.port, local.edge.admin, *(instance.inbound for instance in local.instances.values())}
+
+    assert fixed <= MESH_LAYOUT
 
 
 def test_the_suite_s_ports_are_free_and_distinct() -> None:

@@ -116,7 +116,12 @@ def _observed(policy: Policy, instance: str) -> Observed:
 
 
 def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, str]]:
-    """Every port this run listens on, with the setting that moves it (the policy's local layout)."""
+    """Every port this run listens on, with the setting that moves it."""
+    return console.ports() + layout_ports(policy)
+
+
+def layout_ports(policy: Policy) -> list[tuple[int, str]]:
+    """The ports the policy's local layout fixes (edge, sidecars, apps, their metrics), each with where."""
     where = "in mesh/policy.yaml, then `make mesh-render`"
     ports = [
         (policy.local.edge.port, f"local.edge.port {where}"),
@@ -131,12 +136,10 @@ def listening_ports(policy: Policy, console: ConsoleStack) -> list[tuple[int, st
             *((port, f"{key}.outbound.{callee} {where}") for callee, port in instance.outbound.items()),
             *([] if instance.http is None else [(instance.http, f"{key}.http {where}")]),
         ]
-        if instance.http is not None:
-            ports.append((instance.http, f"{key}.http {where}"))
         service, _ = split_instance(name)
         metrics = f"AGENTMESH_{service.upper()}_METRICS_PORT"
         ports.append((int(observed_env(_observed(policy, name))[metrics]), metrics))
-    return console.ports() + ports
+    return ports
 
 
 def console_stack(policy: Policy, auth: DevAuth) -> ConsoleStack:

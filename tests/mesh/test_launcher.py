@@ -15,7 +15,7 @@ from tests.launchers import NO_MODEL, clean_env, kill_and_find_no_survivor, laun
 from tests.ports import free_ports
 from tools.dev_auth import DevAuth, ensure_dev_auth
 from tools.local_store import LocalStore
-from tools.mesh_launcher import app_env, console_stack, listening_ports
+from tools.mesh_launcher import app_env, console_stack, layout_ports, listening_ports
 
 SQLITE = LocalStore("sqlite")
 
@@ -138,13 +138,12 @@ def test_every_port_of_the_layout_is_checked_before_anything_starts_with_where_t
 @pytest.mark.envoy
 @pytest.mark.timeout(300)
 def test_the_mesh_launcher_killed_by_sigkill_leaves_no_envoy_app_or_console_behind(
-    policy: Policy, auth: DevAuth, tmp_path: Path
+    policy: Policy, tmp_path: Path
 ) -> None:
-    # The layout's ports are fixed (mesh/policy.yaml) and sit in the kernel's ephemeral range: a
-    # connection another test (or test worker) has open may hold one for a while. A `make run
-    # MESH=envoy` up on this machine holds them all.
-    stack = console_stack(policy, auth)
-    layout = [port for port in listening_ports(policy, stack) if port not in stack.ports()]
+    # The layout's ports are fixed (mesh/policy.yaml). The tests' port bands pass over them, but the
+    # apps' sit in the kernel's ephemeral range, where a connection another test (or test worker)
+    # has open may hold one for a while. A `make run MESH=envoy` up on this machine holds them all.
+    layout = layout_ports(policy)
     deadline = time.monotonic() + 60
     while True:
         try:
