@@ -14,7 +14,7 @@ import aiohttp
 import yaml
 
 from mesh.envoy_config import Address, Config
-from runtime.processes import stop_child, tied_child
+from runtime.processes import start_tied, stop_child
 
 _POLL_INTERVAL = 0.05
 
@@ -76,17 +76,14 @@ class EnvoyProcess:
         with self._log_path.open("ab") as log:
             # Its own session: Ctrl-C reaches the launcher, which stops Envoys last; it
             # dies with the process that started it, however that one dies.
-            tied = tied_child([
+            self._process = await start_tied([
                 envoy_binary(), "-c", str(self._config_path),
                 # No shared memory, so any number of Envoys (and test runs) coexist.
                 "--disable-hot-restart",
                 "--concurrency", str(self._concurrency),
                 "--admin-address-path", str(self._admin_path),
                 "-l", self._log_level,
-            ])  # fmt: skip
-            self._process = await asyncio.create_subprocess_exec(
-                *tied["args"], start_new_session=tied["start_new_session"], stdout=log, stderr=log
-            )
+            ], stdout=log, stderr=log)  # fmt: skip
         try:
             await self._wait_ready(ready_within)
         except BaseException:

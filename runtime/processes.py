@@ -141,14 +141,21 @@ def tied_child(command: Sequence[str], signum: int = signal.SIGTERM, *, user: st
     Linux sends the signal when the *thread* that started the child dies: start children from the
     main thread (an asyncio loop's thread is), never from ``asyncio.to_thread``. The setting
     survives ``exec``, not a fork of the child's own: a program that daemonizes (``pg_ctl
-    start``) must be run in the foreground instead. For ``asyncio.create_subprocess_exec``, pass
-    ``*tied["args"]`` and ``start_new_session``.
+    start``) must be run in the foreground instead. On a loop, :func:`start_tied` does the same.
     """
     program = shutil.which(command[0])
     if program is None:  # said here, as Popen would, not by the helper once it has started
         raise FileNotFoundError(errno.ENOENT, "no such program", command[0])
     helper = [sys.executable, "-I", "-S", str(_TIED_EXEC), str(os.getpid()), str(int(signum)), user or "-"]
     return {"args": [*helper, program, *command[1:]], "start_new_session": True}
+
+
+async def start_tied(
+    command: Sequence[str], signum: int = signal.SIGTERM, **options: Any
+) -> asyncio.subprocess.Process:
+    """:func:`tied_child` for ``asyncio.create_subprocess_exec``; ``options`` are its (stdout, env, cwd...)."""
+    tied = tied_child(command, signum)
+    return await asyncio.create_subprocess_exec(*tied["args"], start_new_session=tied["start_new_session"], **options)
 
 
 async def stop_child(process: subprocess.Popen[Any] | asyncio.subprocess.Process, *, within_s: float) -> None:

@@ -40,7 +40,7 @@ from mesh.local_layout import LOOPBACK, instance_name, mesh_identities, split_in
 from mesh.policy import Policy, load_policy
 from mesh.render import drift
 from runtime.ports import ensure_free
-from runtime.processes import stop_child, tied_child
+from runtime.processes import start_tied, stop_child
 from services.gateway.http_entry import AGENT_CARD_PATH, MCP_PATH
 from tools.console_stack import ConsoleStack, Observed, observed_env
 from tools.dev_auth import DEV_SUBJECT, DevAuth, ensure_dev_auth
@@ -170,10 +170,8 @@ async def _start_app(policy: Policy, instance: str, auth: DevAuth, store: LocalS
     service, _ = split_instance(instance)
     log = (WORK_DIR / f"{instance}.log").open("ab")
     with log:
-        tied = tied_child([sys.executable, "-m", f"services.{service}"])
-        process = await asyncio.create_subprocess_exec(
-            *tied["args"],
-            start_new_session=tied["start_new_session"],
+        process = await start_tied(
+            [sys.executable, "-m", f"services.{service}"],
             cwd=REPO,
             env=app_env(policy, instance, auth, store),
             stdout=log,

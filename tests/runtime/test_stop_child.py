@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runtime.processes import stop_child, tied_child
+from runtime.processes import start_tied, stop_child, tied_child
 
 # Says it is ready, then sleeps; with "stubborn" it ignores SIGTERM.
 CHILD = """
@@ -25,16 +25,14 @@ time.sleep(60)
 async def test_a_child_is_stopped_by_sigterm_or_else_killed_and_reaped(
     kind: str, behaviour: str, exit_code: int
 ) -> None:
-    tied = tied_child([sys.executable, "-c", CHILD, behaviour])
+    command = [sys.executable, "-c", CHILD, behaviour]
     process: subprocess.Popen[bytes] | asyncio.subprocess.Process
     if kind == "popen":
-        process = subprocess.Popen(**tied, stdout=subprocess.PIPE)  # noqa: ASYNC220  # as the launchers do
+        process = subprocess.Popen(**tied_child(command), stdout=subprocess.PIPE)  # noqa: ASYNC220  # as the launchers do
         assert process.stdout is not None
         assert await asyncio.to_thread(process.stdout.readline) == b"ready\n"
     else:
-        process = await asyncio.create_subprocess_exec(
-            *tied["args"], start_new_session=tied["start_new_session"], stdout=subprocess.PIPE
-        )
+        process = await start_tied(command, stdout=subprocess.PIPE)
         assert process.stdout is not None
         assert await process.stdout.readline() == b"ready\n"
 
